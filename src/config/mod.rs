@@ -1,0 +1,220 @@
+//! Configuration: the TOML file → raw serde structs → validated `Settings`. Errors name file, line and key.
+
+mod raw;
+mod settings;
+pub mod units;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+pub use raw::RawConfig;
+pub use settings::*;
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/etcd-backupd.toml";
+
+/// A config problem placed in the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Located {
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    pub key: String,
+    pub message: String,
+}
+
+/// Why a config could not be used. Displays one line per problem, each naming file, line and key.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub problems: Vec<Located>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let file = self.file.display();
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            match (p.line, p.column) {
+                (Some(l), Some(c)) => write!(f, "{file}:{l}:{c}: ")?,
+                (Some(l), None) => write!(f, "{file}:{l}: ")?,
+                _ => write!(f, "{file}: ")?,
+            }
+            if p.key.is_empty() {
+                write!(f, "{}", p.message)?;
+            } else {
+                write!(f, "{}: {}", p.key, p.message)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Reads, parses, validates the config at `path`, and checks the files it names.
+pub fn load(path: &Path) -> Result<Settings, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.to_path_buf(),
+        problems: vec![Located {
+            line: None,
+            column: None,
+            key: String::new(),
+            message: format!(
+                "cannot read the config file: {e} (pass another file with --config or $ETCD_BACKUPD_CONFIG, or create this one from /usr/share/doc/etcd-backupd/etcd-backupd.toml)"
+            ),
+        }],
+    })?;
+    let fail = |problems| ConfigError { file: path.to_path_buf(), problems };
+    let mut settings = parse(&text).map_err(fail)?;
+    let issues = resolve_files(&mut settings);
+    if issues.is_empty() {
+        Ok(settings)
+    } else {
+        Err(fail(issues.into_iter().map(|i| place(&text, i)).collect()))
+    }
+}
+
+/// Parses and validates config text. Pure.
+pub fn parse(text: &str) -> Result<Settings, Vec<Located>> {
+    let de = toml::Deserializer::parse(text).map_err(|e| vec![toml_error(text, "", &e)])?;
+    let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        vec![toml_error(text, if key == "." { "" } else { &key }, e.inner())]
+    })?;
+    validate(raw).map_err(|issues| issues.into_iter().map(|i| place(text, i)).collect())
+}
+
+fn toml_error(text: &str, key: &str, e: &toml::de::Error) -> Located {
+    let (line, column) = match e.span() {
+        Some(span) => {
+            let (l, c) = line_col(text, span.start);
+            (Some(l), Some(c))
+        }
+        None => (None, None),
+    };
+    let mut message = e.message().trim().to_string();
+    if message.starts_with("unknown field") {
+        message.push_str(" (check the spelling; see etcd-backupd.toml(5) for every key)");
+    }
+    Located { line, column, key: key.to_string(), message }
+}
+
+/// Puts a validation issue on the line of its key (or of its table, when the key is absent).
+fn place(text: &str, issue: Issue) -> Located {
+    let pos = locate(text, &issue.key).map(|off| line_col(text, off));
+    Located { line: pos.map(|p| p.0), column: pos.map(|p| p.1), key: issue.key, message: issue.message }
+}
+
+/// Byte offset of the value of a dotted key like `etcd.endpoints[1]`, or of the nearest enclosing key present.
+fn locate(text: &str, key: &str) -> Option<usize> {
+    use toml::de::{DeTable, DeValue};
+    let root = DeTable::parse(text).ok()?;
+    let mut table = root.get_ref();
+    let mut best = None;
+    for part in key.split('.') {
+        let (name, index) = match part.split_once('[') {
+            Some((n, rest)) => (n, rest.trim_end_matches(']').parse::<usize>().ok()),
+            None => (part, None),
+        };
+        let Some((k, value)) = table.iter().find(|(k, _)| k.get_ref() == name) else { break };
+        best = Some(k.span().start);
+        let mut value = value;
+        if let (Some(i), DeValue::Array(items)) = (index, value.get_ref())
+            && let Some(item) = items.get(i)
+        {
+            best = Some(item.span().start);
+            value = item;
+        }
+        match value.get_ref() {
+            DeValue::Table(t) => table = t,
+            _ => {
+                if index.is_none() {
+                    best = Some(value.span().start);
+                }
+                break;
+            }
+        }
+    }
+    best
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// Checks the files the settings name (readable, plausible contents) and reads the recipients file.
+fn resolve_files(settings: &mut Settings) -> Vec<Issue> {
+    let mut issues = Vec::new();
+    let etcd = &settings.etcd;
+    if let Some(ca) = &etcd.cacert {
+        check_pem_file("etcd.cacert", ca, "CERTIFICATE", &mut issues);
+    }
+    if let Some(cc) = &etcd.client_cert {
+        check_pem_file("etcd.cert", &cc.cert, "CERTIFICATE", &mut issues);
+        check_pem_file("etcd.key", &cc.key, "PRIVATE KEY", &mut issues);
+    }
+    if let Some(auth) = &etcd.auth
+        && let Err(e) = std::fs::read_to_string(&auth.password_file)
+    {
+        issues.push(Issue::new("etcd.password_file", unreadable(&auth.password_file, &e)));
+    }
+    if let Some(s3) = &settings.s3
+        && let Some(ca) = &s3.ca_file
+    {
+        check_pem_file("s3.ca_file", ca, "CERTIFICATE", &mut issues);
+    }
+
+    let enc = &mut settings.encryption;
+    if let Some(file) = enc.recipients_file.clone() {
+        match std::fs::read_to_string(&file) {
+            Err(e) => issues.push(Issue::new("encryption.recipients_file", unreadable(&file, &e))),
+            Ok(text) => match crate::crypto::parse_recipients_text(&text) {
+                Ok(list) => enc.recipients.extend(list),
+                Err((line, e)) => issues.push(Issue::new(
+                    "encryption.recipients_file",
+                    format!("{}:{line}: {e}", file.display()),
+                )),
+            },
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    enc.recipients.retain(|r| seen.insert(r.clone()));
+    if enc.recipients.is_empty() && issues.iter().all(|i| i.key != "encryption.recipients_file") {
+        issues.push(Issue::new(
+            "encryption.recipients",
+            "no recipients: backups are always encrypted; add at least one age public key (age1…) or SSH public key to encryption.recipients or encryption.recipients_file. Make the key pair on a machine that is not this host (`age-keygen -o backup-key.txt`) and copy only the public key here",
+        ));
+    }
+    issues
+}
+
+fn check_pem_file(key: &str, path: &Path, kind: &str, issues: &mut Vec<Issue>) {
+    match std::fs::read(path) {
+        Err(e) => issues.push(Issue::new(key, unreadable(path, &e))),
+        Ok(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            if !text.contains("-----BEGIN ") || !text.contains(kind) {
+                issues.push(Issue::new(
+                    key,
+                    format!("'{}' does not hold a PEM {}: expected a file with a \"-----BEGIN {}\" block", path.display(), kind.to_lowercase(), kind),
+                ));
+            }
+        }
+    }
+}
+
+fn unreadable(path: &Path, e: &std::io::Error) -> String {
+    let hint = match e.kind() {
+        std::io::ErrorKind::NotFound => "check the path",
+        std::io::ErrorKind::PermissionDenied => "let the user running etcd-backupd read it (group membership or a copy with the right owner)",
+        _ => "check the file",
+    };
+    format!("cannot read '{}': {e} ({hint})", path.display())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,66 @@
+//! The config file as written: every key optional, unknown keys rejected. Validation lives in `settings`.
+
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub etcd: Option<RawEtcd>,
+    #[serde(default)]
+    pub backup: RawBackup,
+    #[serde(default)]
+    pub encryption: RawEncryption,
+    #[serde(default)]
+    pub local: RawLocal,
+    pub s3: Option<RawS3>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEtcd {
+    pub endpoints: Option<Vec<String>>,
+    pub cacert: Option<String>,
+    pub cert: Option<String>,
+    pub key: Option<String>,
+    pub username: Option<String>,
+    pub password_file: Option<String>,
+    pub dial_timeout: Option<String>,
+    pub snapshot_timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackup {
+    pub cluster: Option<String>,
+    pub compression: Option<String>,
+    pub compression_level: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEncryption {
+    pub recipients: Option<Vec<String>>,
+    pub recipients_file: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLocal {
+    pub dir: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawS3 {
+    pub bucket: Option<String>,
+    pub prefix: Option<String>,
+    pub region: Option<String>,
+    pub endpoint: Option<String>,
+    pub force_path_style: Option<bool>,
+    pub storage_class: Option<String>,
+    pub server_side_encryption: Option<String>,
+    pub sse_kms_key_id: Option<String>,
+    pub checksums: Option<String>,
+    pub ca_file: Option<String>,
+    pub part_size: Option<String>,
+}

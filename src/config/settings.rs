@@ -1,0 +1,382 @@
+//! Validated, typed settings built from the raw config. Pure: no file system, no network.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::raw::{RawConfig, RawEtcd, RawS3};
+use super::units::{parse_duration, parse_size};
+use crate::manifest::{ClusterName, Compression};
+
+pub const DEFAULT_LOCAL_DIR: &str = "/var/lib/etcd-backupd/backups";
+pub const DEFAULT_DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+pub const DEFAULT_PART_SIZE: u64 = 8 * 1024 * 1024;
+pub const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
+pub const MAX_PART_SIZE: u64 = 5 * 1024 * 1024 * 1024;
+pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
+
+/// Everything the program needs to know, checked.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub etcd: EtcdSettings,
+    pub cluster: ClusterName,
+    pub compression: Compression,
+    pub encryption: EncryptionSettings,
+    pub local: LocalSettings,
+    pub s3: Option<S3Settings>,
+}
+
+#[derive(Debug, Clone)]
+pub struct EtcdSettings {
+    pub endpoints: Vec<String>,
+    pub cacert: Option<PathBuf>,
+    pub client_cert: Option<ClientCert>,
+    pub auth: Option<EtcdAuth>,
+    pub dial_timeout: Duration,
+    pub snapshot_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCert {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdAuth {
+    pub username: String,
+    pub password_file: PathBuf,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct EncryptionSettings {
+    /// Recipients written inline in the config.
+    pub recipients: Vec<String>,
+    pub recipients_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct LocalSettings {
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Settings {
+    pub bucket: String,
+    /// Empty, or ends with `/`.
+    pub prefix: String,
+    pub region: Option<String>,
+    pub endpoint: Option<String>,
+    pub force_path_style: bool,
+    pub storage_class: Option<String>,
+    pub sse: Option<ServerSideEncryption>,
+    pub checksums: ChecksumMode,
+    pub ca_file: Option<PathBuf>,
+    pub part_size: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerSideEncryption {
+    S3,
+    Kms { key_id: Option<String> },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChecksumMode {
+    /// Send a CRC32 with every part and carry it into the completed upload (AWS, recent MinIO).
+    WhenSupported,
+    /// Only checksums the API requires (older MinIO, Ceph, R2).
+    WhenRequired,
+}
+
+/// One problem with one key of the config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issue {
+    /// Dotted key path, such as `etcd.dial_timeout`.
+    pub key: String,
+    pub message: String,
+}
+
+impl Issue {
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Issue { key: key.into(), message: message.into() }
+    }
+}
+
+/// Checks the raw config and builds settings, or lists every problem found.
+pub fn validate(raw: RawConfig) -> Result<Settings, Vec<Issue>> {
+    let mut issues = Vec::new();
+    let etcd = validate_etcd(raw.etcd, &mut issues);
+
+    let cluster = match raw.backup.cluster {
+        None => ClusterName::default(),
+        Some(name) => ClusterName::parse(&name).unwrap_or_else(|e| {
+            issues.push(Issue::new("backup.cluster", e));
+            ClusterName::default()
+        }),
+    };
+
+    let level = match raw.backup.compression_level {
+        None => DEFAULT_ZSTD_LEVEL,
+        Some(l) if (1..=19).contains(&l) => l as i32,
+        Some(l) => {
+            issues.push(Issue::new(
+                "backup.compression_level",
+                format!("{l} is out of range: expected a zstd level from 1 (fastest) to 19 (smallest); 3 is the default"),
+            ));
+            DEFAULT_ZSTD_LEVEL
+        }
+    };
+    let compression = match raw.backup.compression.as_deref() {
+        None | Some("zstd") => Compression::Zstd { level },
+        Some("none") => Compression::None,
+        Some(other) => {
+            issues.push(Issue::new(
+                "backup.compression",
+                format!("\"{other}\" is not supported: expected \"zstd\" or \"none\""),
+            ));
+            Compression::Zstd { level }
+        }
+    };
+
+    let encryption = EncryptionSettings {
+        recipients: raw
+            .encryption
+            .recipients
+            .unwrap_or_default()
+            .into_iter()
+            .map(|r| r.trim().to_string())
+            .collect(),
+        recipients_file: path_key(raw.encryption.recipients_file, "encryption.recipients_file", &mut issues),
+    };
+    for (i, r) in encryption.recipients.iter().enumerate() {
+        if let Err(e) = crate::crypto::parse_recipient(r) {
+            issues.push(Issue::new(format!("encryption.recipients[{i}]"), e));
+        }
+    }
+
+    let local = LocalSettings {
+        dir: path_key(raw.local.dir, "local.dir", &mut issues).unwrap_or_else(|| PathBuf::from(DEFAULT_LOCAL_DIR)),
+    };
+
+    let s3 = raw.s3.map(|s3| validate_s3(s3, &mut issues));
+
+    match etcd {
+        Some(etcd) if issues.is_empty() => Ok(Settings { etcd, cluster, compression, encryption, local, s3 }),
+        _ => Err(issues),
+    }
+}
+
+fn validate_etcd(raw: Option<RawEtcd>, issues: &mut Vec<Issue>) -> Option<EtcdSettings> {
+    let Some(raw) = raw else {
+        issues.push(Issue::new(
+            "etcd",
+            "the [etcd] table is missing: add [etcd] with endpoints = [\"https://127.0.0.1:2379\"] (the local member)",
+        ));
+        return None;
+    };
+    let endpoints = raw.endpoints.unwrap_or_default();
+    if endpoints.is_empty() {
+        issues.push(Issue::new(
+            "etcd.endpoints",
+            "no endpoints: list the local member, for example endpoints = [\"https://127.0.0.1:2379\"]",
+        ));
+    }
+    let mut any_https = false;
+    for (i, ep) in endpoints.iter().enumerate() {
+        match endpoint_scheme(ep) {
+            Ok(https) => any_https |= https,
+            Err(e) => issues.push(Issue::new(format!("etcd.endpoints[{i}]"), e)),
+        }
+    }
+
+    let cacert = path_key(raw.cacert, "etcd.cacert", issues);
+    let cert = path_key(raw.cert, "etcd.cert", issues);
+    let key = path_key(raw.key, "etcd.key", issues);
+    let client_cert = match (cert, key) {
+        (Some(cert), Some(key)) => Some(ClientCert { cert, key }),
+        (Some(_), None) => {
+            issues.push(Issue::new("etcd.key", "etcd.cert is set but etcd.key is not: a client certificate needs its private key"));
+            None
+        }
+        (None, Some(_)) => {
+            issues.push(Issue::new("etcd.cert", "etcd.key is set but etcd.cert is not: a client key needs its certificate"));
+            None
+        }
+        (None, None) => None,
+    };
+    if !any_https && !endpoints.is_empty() && (cacert.is_some() || client_cert.is_some()) {
+        issues.push(Issue::new(
+            "etcd.endpoints",
+            "TLS files are configured but no endpoint uses https://: write the endpoints as https://HOST:PORT",
+        ));
+    }
+
+    let auth = match (raw.username, path_key(raw.password_file, "etcd.password_file", issues)) {
+        (Some(username), Some(password_file)) if !username.is_empty() => Some(EtcdAuth { username, password_file }),
+        (Some(_), Some(_)) => {
+            issues.push(Issue::new("etcd.username", "is empty: name the etcd user, or remove username and password_file"));
+            None
+        }
+        (Some(_), None) => {
+            issues.push(Issue::new(
+                "etcd.password_file",
+                "etcd.username is set but etcd.password_file is not: put the password in a file readable only by etcd-backupd and name it here",
+            ));
+            None
+        }
+        (None, Some(_)) => {
+            issues.push(Issue::new("etcd.username", "etcd.password_file is set but etcd.username is not"));
+            None
+        }
+        (None, None) => None,
+    };
+
+    let dial_timeout = duration_key(raw.dial_timeout, "etcd.dial_timeout", DEFAULT_DIAL_TIMEOUT, issues);
+    let snapshot_timeout = duration_key(raw.snapshot_timeout, "etcd.snapshot_timeout", DEFAULT_SNAPSHOT_TIMEOUT, issues);
+
+    Some(EtcdSettings { endpoints, cacert, client_cert, auth, dial_timeout, snapshot_timeout })
+}
+
+/// Returns whether the endpoint uses https, or why it is not an endpoint.
+fn endpoint_scheme(ep: &str) -> Result<bool, String> {
+    let (https, rest) = if let Some(rest) = ep.strip_prefix("https://") {
+        (true, rest)
+    } else if let Some(rest) = ep.strip_prefix("http://") {
+        (false, rest)
+    } else {
+        return Err(format!("\"{ep}\" is not an endpoint URL: expected https://HOST:PORT or http://HOST:PORT"));
+    };
+    let authority = rest.trim_end_matches('/');
+    let port = authority.rsplit_once(':').map(|(_, p)| p);
+    match port {
+        Some(p) if !authority.starts_with(':') && p.parse::<u16>().is_ok() => Ok(https),
+        _ => Err(format!("\"{ep}\" has no host and port: expected a URL like https://127.0.0.1:2379")),
+    }
+}
+
+fn validate_s3(raw: RawS3, issues: &mut Vec<Issue>) -> S3Settings {
+    let bucket = raw.bucket.unwrap_or_default();
+    if let Err(e) = check_bucket_name(&bucket) {
+        issues.push(Issue::new("s3.bucket", e));
+    }
+    let prefix = match raw.prefix {
+        None => String::new(),
+        Some(p) if p.starts_with('/') => {
+            issues.push(Issue::new("s3.prefix", format!("\"{p}\" starts with '/': S3 keys have no leading slash; write \"{}\"", p.trim_start_matches('/'))));
+            String::new()
+        }
+        Some(p) if p.is_empty() || p.ends_with('/') => p,
+        Some(p) => format!("{p}/"),
+    };
+    if let Some(endpoint) = &raw.endpoint
+        && !(endpoint.starts_with("https://") || endpoint.starts_with("http://"))
+    {
+        issues.push(Issue::new("s3.endpoint", format!("\"{endpoint}\" is not a URL: expected https://HOST[:PORT]")));
+    }
+    if let Some(class) = &raw.storage_class
+        && (class.is_empty() || !class.chars().all(|c| c.is_ascii_uppercase() || c == '_'))
+    {
+        issues.push(Issue::new(
+            "s3.storage_class",
+            format!("\"{class}\" is not a storage class: expected a name like \"STANDARD\", \"STANDARD_IA\" or \"GLACIER_IR\""),
+        ));
+    }
+    let sse = match raw.server_side_encryption.as_deref() {
+        None => None,
+        Some("AES256") => Some(ServerSideEncryption::S3),
+        Some("aws:kms") => Some(ServerSideEncryption::Kms { key_id: raw.sse_kms_key_id.clone() }),
+        Some(other) => {
+            issues.push(Issue::new(
+                "s3.server_side_encryption",
+                format!("\"{other}\" is not supported: expected \"AES256\" (SSE-S3) or \"aws:kms\" (SSE-KMS)"),
+            ));
+            None
+        }
+    };
+    if raw.sse_kms_key_id.is_some() && !matches!(sse, Some(ServerSideEncryption::Kms { .. })) {
+        issues.push(Issue::new(
+            "s3.sse_kms_key_id",
+            "is set but s3.server_side_encryption is not \"aws:kms\": set server_side_encryption = \"aws:kms\" or remove the key id",
+        ));
+    }
+    let checksums = match raw.checksums.as_deref() {
+        None | Some("when_supported") => ChecksumMode::WhenSupported,
+        Some("when_required") => ChecksumMode::WhenRequired,
+        Some(other) => {
+            issues.push(Issue::new(
+                "s3.checksums",
+                format!("\"{other}\" is not supported: expected \"when_supported\" (default) or \"when_required\" (older MinIO, Ceph, R2)"),
+            ));
+            ChecksumMode::WhenSupported
+        }
+    };
+    let part_size = match raw.part_size.as_deref().map(parse_size) {
+        None => DEFAULT_PART_SIZE,
+        Some(Ok(size)) if (MIN_PART_SIZE..=MAX_PART_SIZE).contains(&size) => size,
+        Some(Ok(_)) => {
+            issues.push(Issue::new("s3.part_size", "must be between 5MiB and 5GiB (the S3 multipart limits)"));
+            DEFAULT_PART_SIZE
+        }
+        Some(Err(e)) => {
+            issues.push(Issue::new("s3.part_size", e));
+            DEFAULT_PART_SIZE
+        }
+    };
+    S3Settings {
+        bucket,
+        prefix,
+        region: raw.region.filter(|r| !r.is_empty()),
+        endpoint: raw.endpoint,
+        force_path_style: raw.force_path_style.unwrap_or(false),
+        storage_class: raw.storage_class,
+        sse,
+        checksums,
+        ca_file: path_key(raw.ca_file, "s3.ca_file", issues),
+        part_size,
+    }
+}
+
+/// The S3 bucket naming rules that matter for a clear early error.
+fn check_bucket_name(bucket: &str) -> Result<(), String> {
+    if bucket.is_empty() {
+        return Err("is missing: name the bucket, for example bucket = \"etcd-backups\"".into());
+    }
+    let ok_chars = bucket.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
+    let ok_ends = bucket.starts_with(|c: char| c.is_ascii_alphanumeric()) && bucket.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if !(3..=63).contains(&bucket.len()) || !ok_chars || !ok_ends {
+        return Err(format!(
+            "\"{bucket}\" is not a valid bucket name: 3 to 63 lowercase letters, digits, '-' or '.', starting and ending with a letter or digit"
+        ));
+    }
+    Ok(())
+}
+
+fn path_key(value: Option<String>, key: &str, issues: &mut Vec<Issue>) -> Option<PathBuf> {
+    match value {
+        Some(v) if v.is_empty() => {
+            issues.push(Issue::new(key, "is empty: give an absolute path or remove the key"));
+            None
+        }
+        Some(v) if !v.starts_with('/') => {
+            issues.push(Issue::new(key, format!("\"{v}\" is a relative path: give an absolute path, such as \"/etc/etcd-backupd/{v}\"")));
+            None
+        }
+        other => other.map(PathBuf::from),
+    }
+}
+
+fn duration_key(value: Option<String>, key: &str, default: Duration, issues: &mut Vec<Issue>) -> Duration {
+    match value.as_deref().map(parse_duration) {
+        None => default,
+        Some(Ok(d)) if d.is_zero() => {
+            issues.push(Issue::new(key, "must be longer than zero"));
+            default
+        }
+        Some(Ok(d)) => d,
+        Some(Err(e)) => {
+            issues.push(Issue::new(key, e));
+            default
+        }
+    }
+}

@@ -1,0 +1,126 @@
+//! age recipients (public keys only) and the encryptor built from them.
+
+use std::io::Write;
+
+use age::Recipient;
+
+/// Parses one recipient: an age X25519 public key (`age1…`) or an SSH public key (`ssh-ed25519 …`, `ssh-rsa …`).
+pub fn parse_recipient(text: &str) -> Result<Box<dyn Recipient + Send + Sync>, String> {
+    let text = text.trim();
+    if text.starts_with("AGE-SECRET-KEY-") {
+        return Err(
+            "this is an age secret key, not a public key: never put it on the etcd host; give its public key instead (`age-keygen -y KEYFILE` prints it)"
+                .into(),
+        );
+    }
+    if text.starts_with("-----BEGIN") {
+        return Err("this is a private key file, not a public key: give the SSH public key (the .pub file's line)".into());
+    }
+    if text.starts_with("age1") {
+        return text
+            .parse::<age::x25519::Recipient>()
+            .map(|r| Box::new(r) as _)
+            .map_err(|e| format!("\"{}\" is not a valid age public key: {e}", shorten(text)));
+    }
+    if text.starts_with("ssh-") {
+        return text.parse::<age::ssh::Recipient>().map(|r| Box::new(r) as _).map_err(|e| {
+            let why = match e {
+                age::ssh::ParseRecipientKeyError::RsaModulusTooSmall => "RSA keys under 2048 bits are refused".to_string(),
+                age::ssh::ParseRecipientKeyError::RsaModulusTooLarge => "the RSA key is too large".to_string(),
+                age::ssh::ParseRecipientKeyError::Unsupported(kind) => format!("{kind} keys are not supported by age; use ssh-ed25519 or ssh-rsa"),
+                _ => "it does not parse".to_string(),
+            };
+            format!("\"{}\" is not a usable SSH public key: {why}", shorten(text))
+        });
+    }
+    Err(format!(
+        "\"{}\" is not a recipient: expected an age public key (age1…) or an SSH public key (ssh-ed25519 … or ssh-rsa …)",
+        shorten(text)
+    ))
+}
+
+fn shorten(text: &str) -> String {
+    if text.chars().count() > 24 { format!("{}…", text.chars().take(20).collect::<String>()) } else { text.to_string() }
+}
+
+/// Parses a recipients file: one recipient per line; blank lines and `#` comments are skipped.
+/// On error returns the 1-based line number and the reason.
+pub fn parse_recipients_text(text: &str) -> Result<Vec<String>, (usize, String)> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        parse_recipient(line).map_err(|e| (i + 1, e))?;
+        out.push(line.to_string());
+    }
+    Ok(out)
+}
+
+/// Wraps `output` so that everything written to it is encrypted to all `recipients`.
+/// The caller must call `finish()` on the returned writer, or the file is truncated.
+pub fn encrypt_to<W: Write>(recipients: &[String], output: W) -> Result<age::stream::StreamWriter<W>, String> {
+    let parsed = recipients.iter().map(|r| parse_recipient(r)).collect::<Result<Vec<_>, _>>()?;
+    let encryptor = age::Encryptor::with_recipients(parsed.iter().map(|r| r.as_ref() as &dyn Recipient))
+        .map_err(|e| format!("cannot encrypt to these recipients: {e}"))?;
+    encryptor.wrap_output(output).map_err(|e| format!("cannot start encryption: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const AGE_PUB: &str = "age129n4cdkqnnw0ufcsz5av60my25tehpq9mlsxr3jfs68hzl2nqf4qpfwa0s";
+    const SSH_PUB: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHS95VBVaLPmudeOW9aEVTrqx9kr85m1tzlEzwEJFKwE ops@example";
+
+    #[test]
+    fn accepts_age_and_ssh_keys() {
+        assert!(parse_recipient(AGE_PUB).is_ok());
+        assert!(parse_recipient(SSH_PUB).is_ok());
+        assert!(parse_recipient(&format!("  {AGE_PUB}  ")).is_ok());
+    }
+
+    #[test]
+    fn refuses_secret_keys_with_a_hint() {
+        let e = parse_recipient("AGE-SECRET-KEY-1QQQ").unwrap_err();
+        assert!(e.contains("never put it on the etcd host"), "{e}");
+        let e = parse_recipient("-----BEGIN OPENSSH PRIVATE KEY-----").unwrap_err();
+        assert!(e.contains("private key"), "{e}");
+    }
+
+    #[test]
+    fn refuses_garbage() {
+        assert!(parse_recipient("age1notakey").unwrap_err().contains("not a valid age public key"));
+        assert!(parse_recipient("hello").unwrap_err().contains("not a recipient"));
+        assert!(parse_recipient("ssh-ed25519 AAAA").unwrap_err().contains("SSH public key"));
+    }
+
+    #[test]
+    fn recipients_file_skips_comments_and_names_the_bad_line() {
+        let text = format!("# ops team\n\n{AGE_PUB}\n  # offline key\n{SSH_PUB}\n");
+        assert_eq!(parse_recipients_text(&text).unwrap(), vec![AGE_PUB.to_string(), SSH_PUB.to_string()]);
+        let text = format!("{AGE_PUB}\n\nnot-a-key\n");
+        let (line, e) = parse_recipients_text(&text).unwrap_err();
+        assert_eq!(line, 3);
+        assert!(e.contains("not a recipient"));
+    }
+
+    #[test]
+    fn encrypts_to_every_recipient() {
+        let id1 = age::x25519::Identity::generate();
+        let id2 = age::x25519::Identity::generate();
+        let recipients = vec![id1.to_public().to_string(), id2.to_public().to_string()];
+        let mut out = Vec::new();
+        let mut w = encrypt_to(&recipients, &mut out).unwrap();
+        w.write_all(b"etcd snapshot").unwrap();
+        w.finish().unwrap();
+        for id in [&id1, &id2] {
+            let d = age::Decryptor::new(&out[..]).unwrap();
+            let mut r = d.decrypt(std::iter::once(id as &dyn age::Identity)).unwrap();
+            let mut plain = Vec::new();
+            std::io::Read::read_to_end(&mut r, &mut plain).unwrap();
+            assert_eq!(plain, b"etcd snapshot");
+        }
+    }
+}

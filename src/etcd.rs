@@ -1,0 +1,166 @@
+//! Talking to the local etcd member: connect (TLS, auth), read its status, stream a snapshot.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use etcd_client::{AlarmAction, AlarmType, Certificate, Client, ConnectOptions, Identity, TlsOptions};
+
+use crate::config::EtcdSettings;
+use crate::manifest::EtcdFacts;
+
+/// A connection to one member, with what it reported about itself.
+pub struct Member {
+    client: Client,
+    pub facts: EtcdFacts,
+}
+
+/// Connects to the first endpoint that answers a status request; the error names every endpoint tried.
+pub async fn connect(settings: &EtcdSettings) -> Result<Member> {
+    let options = connect_options(settings)?;
+    let mut failures = Vec::new();
+    for endpoint in &settings.endpoints {
+        match tokio::time::timeout(settings.dial_timeout, connect_one(endpoint, options.clone())).await {
+            Ok(Ok(member)) => return Ok(member),
+            Ok(Err(e)) => failures.push(format!("{endpoint}: {}", explain(&e, settings))),
+            Err(_) => failures.push(format!(
+                "{endpoint}: no answer within {} (etcd.dial_timeout): is etcd running and listening there?",
+                humantime::format_duration(settings.dial_timeout)
+            )),
+        }
+    }
+    bail!("cannot reach etcd:\n  {}", failures.join("\n  "))
+}
+
+fn connect_options(settings: &EtcdSettings) -> Result<ConnectOptions> {
+    let mut options = ConnectOptions::new()
+        .with_connect_timeout(settings.dial_timeout)
+        .with_keep_alive(Duration::from_secs(10), Duration::from_secs(20));
+    if settings.endpoints.iter().any(|e| e.starts_with("https://")) {
+        let mut tls = TlsOptions::new();
+        match &settings.cacert {
+            Some(ca) => {
+                let pem = std::fs::read(ca).with_context(|| format!("cannot read etcd.cacert '{}'", ca.display()))?;
+                tls = tls.ca_certificate(Certificate::from_pem(pem));
+            }
+            None => tls = tls.with_native_roots(),
+        }
+        if let Some(cc) = &settings.client_cert {
+            let cert = std::fs::read(&cc.cert).with_context(|| format!("cannot read etcd.cert '{}'", cc.cert.display()))?;
+            let key = std::fs::read(&cc.key).with_context(|| format!("cannot read etcd.key '{}'", cc.key.display()))?;
+            tls = tls.identity(Identity::from_pem(cert, key));
+        }
+        options = options.with_tls(tls);
+    }
+    if let Some(auth) = &settings.auth {
+        let password = std::fs::read_to_string(&auth.password_file)
+            .with_context(|| format!("cannot read etcd.password_file '{}'", auth.password_file.display()))?;
+        options = options.with_user(auth.username.clone(), password.trim_end_matches(['\n', '\r']).to_string());
+    }
+    Ok(options)
+}
+
+async fn connect_one(endpoint: &str, options: ConnectOptions) -> Result<Member, etcd_client::Error> {
+    let mut client = Client::connect([endpoint], Some(options)).await?;
+    let status = client.status().await?;
+    let header = status.header().ok_or_else(|| etcd_client::Error::Internal("status response without header".into()))?;
+    let (cluster_id, member_id) = (header.cluster_id(), header.member_id());
+    let revision = header.revision();
+    let members = client.member_list().await?;
+    let member_name = members
+        .members()
+        .iter()
+        .find(|m| m.id() == member_id)
+        .map(|m| m.name().to_string())
+        .unwrap_or_default();
+    let alarms = client.alarm(AlarmAction::Get, AlarmType::None, None).await?;
+    let alarms = alarms
+        .alarms()
+        .iter()
+        .map(|a| format!("{:?} on member {:x}", a.alarm(), a.member_id()))
+        .collect();
+    let facts = EtcdFacts {
+        endpoint: endpoint.to_string(),
+        cluster_id: format!("{cluster_id:x}"),
+        member_id: format!("{member_id:x}"),
+        member_name,
+        version: status.version().to_string(),
+        revision,
+        raft_term: status.raft_term(),
+        raft_index: status.raft_index(),
+        db_size: u64::try_from(status.db_size()).unwrap_or(0),
+        leader: format!("{:x}", status.leader()),
+        alarms,
+    };
+    Ok(Member { client, facts })
+}
+
+/// Turns a client error into a sentence an operator can act on.
+fn explain(e: &etcd_client::Error, settings: &EtcdSettings) -> String {
+    let chain = error_chain(e);
+    let lower = chain.to_lowercase();
+    let hint = if let etcd_client::Error::GRpcStatus(status) = e {
+        match status.code() {
+            tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => {
+                if settings.auth.is_some() {
+                    "etcd refused the user: check etcd.username and the password in etcd.password_file"
+                } else {
+                    "etcd has authentication enabled: set etcd.username and etcd.password_file, or use a client certificate (etcd.cert, etcd.key)"
+                }
+            }
+            tonic::Code::Unavailable => "etcd is not serving: is it running and healthy?",
+            _ => "",
+        }
+    } else if lower.contains("unknownissuer") || lower.contains("unknown issuer") || lower.contains("invalid peer certificate") {
+        "the server's certificate is not signed by etcd.cacert: point etcd.cacert at the etcd CA (kubeadm: /etc/kubernetes/pki/etcd/ca.crt)"
+    } else if lower.contains("certificate") || lower.contains("alert") || lower.contains("handshake") || lower.contains("tls") {
+        "the TLS handshake failed: check that etcd.cert and etcd.key are a client certificate signed by etcd's CA (kubeadm: healthcheck-client.crt/.key)"
+    } else if lower.contains("connection refused") {
+        "connection refused: is etcd running and listening on this address?"
+    } else if lower.contains("http2") || lower.contains("frame") {
+        "the server did not speak gRPC over this scheme: check http:// versus https:// in etcd.endpoints"
+    } else {
+        ""
+    };
+    if hint.is_empty() { chain } else { format!("{chain} ({hint})") }
+}
+
+/// All messages in an error's source chain, joined.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = s.source();
+    }
+    parts.join(": ")
+}
+
+impl Member {
+    /// Starts the snapshot stream; the caller reads it with `next_chunk`.
+    pub async fn snapshot(&mut self) -> Result<Snapshot> {
+        let stream = self.client.snapshot().await.map_err(|e| {
+            anyhow!("etcd at {} refused the snapshot: {}", self.facts.endpoint, error_chain(&e))
+        })?;
+        Ok(Snapshot { stream, endpoint: self.facts.endpoint.clone() })
+    }
+}
+
+/// A snapshot being streamed from etcd.
+pub struct Snapshot {
+    stream: etcd_client::SnapshotStreaming,
+    endpoint: String,
+}
+
+impl Snapshot {
+    /// The next piece of the snapshot, or `None` at its end.
+    pub async fn next_chunk(&mut self) -> Result<Option<Vec<u8>>> {
+        match self.stream.message().await {
+            Ok(Some(msg)) => Ok(Some(msg.blob().to_vec())),
+            Ok(None) => Ok(None),
+            Err(e) => Err(anyhow!("the snapshot stream from {} broke: {}", self.endpoint, error_chain(&e))),
+        }
+    }
+}

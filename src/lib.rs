@@ -1,0 +1,11 @@
+//! etcd-backupd: verified, compressed, age-encrypted etcd v3 snapshots to a local directory and S3.
+
+pub mod cli;
+pub mod config;
+pub mod crypto;
+pub mod etcd;
+pub mod manifest;
+pub mod pipeline;
+pub mod snapshot;
+pub mod store;
+pub mod telemetry;

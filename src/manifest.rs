@@ -1,0 +1,275 @@
+//! What a backup is: its id, its file names, and the manifest that commits it. Pure.
+
+use std::fmt;
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Version of the manifest format written by this build.
+pub const FORMAT_VERSION: u32 = 1;
+pub const MANIFEST_SUFFIX: &str = ".manifest.json";
+/// Suffix of a file still being written; never a backup.
+pub const PART_SUFFIX: &str = ".part";
+
+/// Names one cluster's backups: the folder under the local dir and under the S3 prefix.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ClusterName(String);
+
+impl ClusterName {
+    pub fn parse(name: &str) -> Result<Self, String> {
+        let valid = !name.is_empty()
+            && name.len() <= 63
+            && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if valid {
+            Ok(ClusterName(name.to_string()))
+        } else {
+            Err(format!(
+                "\"{name}\" is not a cluster name: 1 to 63 letters, digits, '-', '_' or '.', starting with a letter or digit (it becomes a folder name)"
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for ClusterName {
+    fn default() -> Self {
+        ClusterName("default".into())
+    }
+}
+
+impl fmt::Display for ClusterName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl TryFrom<String> for ClusterName {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        ClusterName::parse(&s)
+    }
+}
+
+impl From<ClusterName> for String {
+    fn from(c: ClusterName) -> String {
+        c.0
+    }
+}
+
+/// How the snapshot is compressed before encryption.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Zstd { level: i32 },
+}
+
+impl Compression {
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Zstd { .. } => "zstd",
+        }
+    }
+
+    /// File extension of the artifact, e.g. `.db.zst.age`.
+    pub fn artifact_extension(self) -> &'static str {
+        match self {
+            Compression::None => ".db.age",
+            Compression::Zstd { .. } => ".db.zst.age",
+        }
+    }
+}
+
+/// A label an operator attaches to a backup, such as `pre-upgrade-1.31`.
+pub fn check_label(label: &str) -> Result<(), String> {
+    let ok = !label.is_empty()
+        && label.len() <= 64
+        && label.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("\"{label}\" is not a label: 1 to 64 letters, digits, '-', '_' or '.'"))
+    }
+}
+
+/// A backup's id: its UTC start time and the etcd revision, `20261122T060000Z-r48211`.
+/// Ids sort by time as plain strings.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct BackupId {
+    created: DateTime<Utc>,
+    revision: i64,
+}
+
+const ID_TIME_FORMAT: &str = "%Y%m%dT%H%M%SZ";
+
+impl BackupId {
+    pub fn new(created: DateTime<Utc>, revision: i64) -> Self {
+        let created = created.with_timezone(&Utc);
+        // Ids have whole seconds; keep the struct equal to what parses back.
+        let secs = created.timestamp();
+        let created = DateTime::from_timestamp(secs, 0).unwrap_or(created);
+        BackupId { created, revision }
+    }
+
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let bad = || format!("\"{text}\" is not a backup id: expected one like 20261122T060000Z-r48211");
+        let (time, rev) = text.split_once("-r").ok_or_else(bad)?;
+        if time.len() != 16 || rev.is_empty() || !rev.chars().all(|c| c.is_ascii_digit()) || rev.starts_with('0') && rev != "0" {
+            return Err(bad());
+        }
+        let naive = NaiveDateTime::parse_from_str(time, ID_TIME_FORMAT).map_err(|_| bad())?;
+        let revision = rev.parse().map_err(|_| bad())?;
+        Ok(BackupId { created: naive.and_utc(), revision })
+    }
+
+    pub fn created(&self) -> DateTime<Utc> {
+        self.created
+    }
+
+    pub fn revision(&self) -> i64 {
+        self.revision
+    }
+
+    pub fn manifest_name(&self) -> String {
+        format!("{self}{MANIFEST_SUFFIX}")
+    }
+
+    pub fn artifact_name(&self, compression: Compression) -> String {
+        format!("{self}{}", compression.artifact_extension())
+    }
+}
+
+impl fmt::Display for BackupId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-r{}", self.created.format(ID_TIME_FORMAT), self.revision)
+    }
+}
+
+impl TryFrom<String> for BackupId {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        BackupId::parse(&s)
+    }
+}
+
+impl From<BackupId> for String {
+    fn from(id: BackupId) -> String {
+        id.to_string()
+    }
+}
+
+/// What one file name in a cluster folder is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    Manifest(BackupId),
+    Artifact(BackupId),
+    /// A `.part` file left by a run that did not finish.
+    Partial(String),
+    /// Anything else: never ours to touch.
+    Foreign,
+}
+
+/// Classifies a file name found next to backups.
+pub fn classify(name: &str) -> Entry {
+    if name.ends_with(PART_SUFFIX) && name.contains(".db") {
+        return Entry::Partial(name.to_string());
+    }
+    if let Some(stem) = name.strip_suffix(MANIFEST_SUFFIX) {
+        return BackupId::parse(stem).map_or(Entry::Foreign, Entry::Manifest);
+    }
+    for ext in [Compression::None.artifact_extension(), Compression::Zstd { level: 0 }.artifact_extension()] {
+        if let Some(stem) = name.strip_suffix(ext) {
+            return BackupId::parse(stem).map_or(Entry::Foreign, Entry::Artifact);
+        }
+    }
+    Entry::Foreign
+}
+
+/// The commit marker of a backup, stored as JSON next to the artifact.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub format_version: u32,
+    pub id: BackupId,
+    pub created: DateTime<Utc>,
+    pub duration_ms: u64,
+    pub cluster: ClusterName,
+    pub label: Option<String>,
+    pub host: String,
+    pub tool_version: String,
+    pub etcd: EtcdFacts,
+    pub snapshot: SnapshotFacts,
+    pub artifact: ArtifactFacts,
+}
+
+/// What etcd reported about the member when the snapshot started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdFacts {
+    pub endpoint: String,
+    /// Hex, as `etcdctl endpoint status` prints it.
+    pub cluster_id: String,
+    pub member_id: String,
+    pub member_name: String,
+    pub version: String,
+    pub revision: i64,
+    pub raft_term: u64,
+    pub raft_index: u64,
+    pub db_size: u64,
+    pub leader: String,
+    pub alarms: Vec<String>,
+}
+
+/// The plain snapshot as etcd sent it (trailer included).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotFacts {
+    pub size: u64,
+    /// The sha256 etcd appended to the snapshot, checked while streaming.
+    pub sha256: String,
+}
+
+/// The encrypted file that is stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArtifactFacts {
+    pub name: String,
+    pub size: u64,
+    pub sha256: String,
+    pub compression: String,
+    pub compression_level: Option<i32>,
+    pub encryption: String,
+    pub recipients: Vec<String>,
+}
+
+impl Manifest {
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut out = serde_json::to_vec_pretty(self).unwrap_or_default();
+        out.push(b'\n');
+        out
+    }
+
+    /// Parses a manifest and checks that it is the one its file name says.
+    pub fn from_json(bytes: &[u8], expected: &BackupId) -> Result<Self, String> {
+        let m: Manifest = serde_json::from_slice(bytes).map_err(|e| format!("not a valid manifest: {e}"))?;
+        if m.format_version > FORMAT_VERSION {
+            return Err(format!(
+                "manifest format {} is newer than this etcd-backupd understands ({FORMAT_VERSION}): upgrade etcd-backupd",
+                m.format_version
+            ));
+        }
+        if &m.id != expected {
+            return Err(format!("manifest says id {} but is stored as {expected}", m.id));
+        }
+        Ok(m)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,344 @@
+//! One backup, top to bottom: connect → precheck → stream the snapshot while checking its trailer,
+//! compressing and encrypting it once → fan the encrypted bytes out to every destination → commit each
+//! destination on its own, manifest last.
+
+use std::io::Write;
+use std::time::Instant;
+
+use anyhow::{Context, Result, anyhow, bail};
+use bytes::{Bytes, BytesMut};
+use chrono::Utc;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+
+use crate::config::Settings;
+use crate::config::units::format_size;
+use crate::manifest::{ArtifactFacts, BackupId, Compression, FORMAT_VERSION, Manifest, SnapshotFacts};
+use crate::snapshot::TrailerCheck;
+use crate::store::Upload;
+use crate::store::local::LocalStore;
+use crate::store::s3::S3Store;
+
+/// Encrypted bytes are handed to destinations in pieces of this size.
+const CHUNK: usize = 1 << 20;
+/// Pieces queued per destination before the snapshot stream waits for it.
+const QUEUE: usize = 4;
+
+#[derive(Debug, Default)]
+pub struct BackupRequest {
+    pub label: Option<String>,
+}
+
+/// What happened to one backup.
+#[derive(Debug)]
+pub struct BackupReport {
+    pub manifest: Manifest,
+    pub committed: Vec<&'static str>,
+    pub failed: Vec<(&'static str, String)>,
+}
+
+/// Space the local folder needs for a database of `db_size` bytes: the artifact is at most the database
+/// plus framing (zstd's worst case and age's 16 bytes per 64 KiB), and a margin for the file system.
+pub fn required_local_space(db_size: u64) -> u64 {
+    db_size + db_size / 64 + 16 * 1024 * 1024
+}
+
+/// Takes one backup. `Err` means no destination committed anything; a report with failures means
+/// some destinations committed and others did not.
+pub async fn run_backup(settings: &Settings, request: &BackupRequest) -> Result<BackupReport> {
+    let started = Utc::now();
+    let clock = Instant::now();
+    let mut failed: Vec<(&'static str, String)> = Vec::new();
+
+    let mut member = crate::etcd::connect(&settings.etcd).await?;
+    let facts = member.facts.clone();
+    tracing::info!(
+        endpoint = %facts.endpoint, member = %facts.member_name, member_id = %facts.member_id,
+        version = %facts.version, revision = facts.revision, db_size = facts.db_size,
+        "connected to etcd"
+    );
+    if facts.leader == "0" {
+        tracing::warn!(endpoint = %facts.endpoint, "etcd reports no leader; taking the snapshot anyway");
+    }
+    for alarm in &facts.alarms {
+        tracing::warn!(endpoint = %facts.endpoint, %alarm, "etcd has an active alarm; taking the snapshot anyway");
+    }
+
+    let id = BackupId::new(started, facts.revision);
+    let artifact_name = id.artifact_name(settings.compression);
+    let manifest_name = id.manifest_name();
+    let mut uploads = Vec::new();
+
+    let local = LocalStore::new(&settings.local.dir, &settings.cluster);
+    match begin_local(&local, facts.db_size, &artifact_name, &manifest_name).await {
+        Ok(upload) => uploads.push(Upload::Local(upload)),
+        Err(e) => failed.push(("local", format!("{e:#}"))),
+    }
+    if let Some(s3) = &settings.s3 {
+        match begin_s3(s3, settings, &artifact_name, &manifest_name).await {
+            Ok(upload) => uploads.push(Upload::S3(upload)),
+            Err(e) => failed.push(("s3", format!("{e:#}"))),
+        }
+    }
+    if uploads.is_empty() {
+        bail!("no destination can take the backup:\n  {}", describe(&failed));
+    }
+
+    // Destinations: each drains its own queue; on error it stops, which the encoder notices.
+    let mut senders = Vec::new();
+    let mut sinks = Vec::new();
+    for mut upload in uploads {
+        let (tx, mut rx) = mpsc::channel::<Bytes>(QUEUE);
+        senders.push(tx);
+        sinks.push(tokio::spawn(async move {
+            while let Some(chunk) = rx.recv().await {
+                if let Err(e) = upload.write(chunk).await {
+                    return (upload, Err(e));
+                }
+            }
+            (upload, Ok(()))
+        }));
+    }
+
+    let (plain_tx, plain_rx) = mpsc::channel::<Vec<u8>>(QUEUE);
+    let compression = settings.compression;
+    let recipients = settings.encryption.recipients.clone();
+    let encoder = tokio::task::spawn_blocking(move || encode(plain_rx, senders, compression, &recipients));
+
+    let read = tokio::time::timeout(settings.etcd.snapshot_timeout, async {
+        let mut snapshot = member.snapshot().await?;
+        while let Some(chunk) = snapshot.next_chunk().await? {
+            if plain_tx.send(chunk).await.is_err() {
+                break; // the encoder stopped; its result says why
+            }
+        }
+        anyhow::Ok(())
+    })
+    .await
+    .unwrap_or_else(|_| {
+        Err(anyhow!(
+            "the snapshot took longer than {} (etcd.snapshot_timeout)",
+            humantime::format_duration(settings.etcd.snapshot_timeout)
+        ))
+    });
+    drop(plain_tx);
+
+    let encoded = encoder.await.context("the encoder task failed")?;
+    let mut finished = Vec::new();
+    for sink in sinks {
+        finished.push(sink.await.context("a destination task failed")?);
+    }
+
+    let encoded = match read.and_then(|()| encoded) {
+        Ok(ok) => ok,
+        Err(e) => {
+            for (upload, written) in finished {
+                if let Err(why) = written {
+                    failed.push((upload.destination(), format!("{why:#}")));
+                }
+                upload.abort().await;
+            }
+            let mut e = e.context("the backup failed; nothing was committed");
+            if !failed.is_empty() {
+                e = e.context(format!("destinations failed:\n  {}", describe(&failed)));
+            }
+            return Err(e);
+        }
+    };
+
+    let manifest = Manifest {
+        format_version: FORMAT_VERSION,
+        id: id.clone(),
+        created: started,
+        duration_ms: clock.elapsed().as_millis() as u64,
+        cluster: settings.cluster.clone(),
+        label: request.label.clone(),
+        host: hostname(),
+        tool_version: env!("CARGO_PKG_VERSION").to_string(),
+        etcd: facts,
+        snapshot: SnapshotFacts { size: encoded.plain_size, sha256: encoded.snapshot_sha256 },
+        artifact: ArtifactFacts {
+            name: artifact_name,
+            size: encoded.artifact_size,
+            sha256: encoded.artifact_sha256,
+            compression: settings.compression.name().to_string(),
+            compression_level: match settings.compression {
+                Compression::Zstd { level } => Some(level),
+                Compression::None => None,
+            },
+            encryption: "age".to_string(),
+            recipients: settings.encryption.recipients.clone(),
+        },
+    };
+
+    let mut committed = Vec::new();
+    for (upload, written) in finished {
+        let destination = upload.destination();
+        let outcome = match written {
+            Ok(()) => upload.commit(&manifest).await,
+            Err(e) => {
+                upload.abort().await;
+                Err(e)
+            }
+        };
+        match outcome {
+            Ok(()) => {
+                tracing::info!(%destination, id = %id, "backup committed");
+                committed.push(destination);
+            }
+            Err(e) => failed.push((destination, format!("{e:#}"))),
+        }
+    }
+    tracing::info!(
+        id = %id, revision = manifest.etcd.revision, snapshot = %format_size(manifest.snapshot.size),
+        artifact = %format_size(manifest.artifact.size), committed = ?committed, failed = failed.len(),
+        "backup finished"
+    );
+    if committed.is_empty() {
+        bail!("backup {id} was taken but no destination committed it:\n  {}", describe(&failed));
+    }
+    Ok(BackupReport { manifest, committed, failed })
+}
+
+fn describe(failed: &[(&str, String)]) -> String {
+    failed.iter().map(|(d, e)| format!("{d}: {e}")).collect::<Vec<_>>().join("\n  ")
+}
+
+async fn begin_local(local: &LocalStore, db_size: u64, artifact: &str, manifest: &str) -> Result<crate::store::local::LocalUpload> {
+    local.prepare()?;
+    let free = local.free_space()?;
+    let needed = required_local_space(db_size);
+    if free < needed {
+        bail!(
+            "not enough free space in '{}': {} free, {} needed for a {} database (free space, or point local.dir elsewhere)",
+            local.folder().display(),
+            format_size(free),
+            format_size(needed),
+            format_size(db_size)
+        );
+    }
+    local.begin(artifact, manifest).await
+}
+
+async fn begin_s3(
+    s3: &crate::config::S3Settings,
+    settings: &Settings,
+    artifact: &str,
+    manifest: &str,
+) -> Result<crate::store::s3::S3Upload> {
+    let store = S3Store::new(s3, &settings.cluster).await?;
+    store.check_bucket().await?;
+    store.begin(artifact, manifest).await
+}
+
+fn hostname() -> String {
+    nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+/// What the encoder produced.
+struct Encoded {
+    plain_size: u64,
+    /// The trailer, checked.
+    snapshot_sha256: String,
+    artifact_size: u64,
+    artifact_sha256: String,
+}
+
+/// Runs on a blocking thread: plain chunks in, trailer checked, compressed, encrypted, fanned out.
+fn encode(
+    mut plain: mpsc::Receiver<Vec<u8>>,
+    senders: Vec<mpsc::Sender<Bytes>>,
+    compression: Compression,
+    recipients: &[String],
+) -> Result<Encoded> {
+    let fanout = FanOut { senders: senders.into_iter().map(Some).collect(), buf: BytesMut::with_capacity(CHUNK), hasher: Sha256::new(), size: 0 };
+    let encrypted = crate::crypto::encrypt_to(recipients, fanout).map_err(|e| anyhow!(e))?;
+    let mut check = TrailerCheck::new();
+    let fanout = match compression {
+        Compression::Zstd { level } => {
+            let mut z = zstd::stream::write::Encoder::new(encrypted, level).context("cannot start zstd")?;
+            while let Some(chunk) = plain.blocking_recv() {
+                check.update(&chunk);
+                z.write_all(&chunk).map_err(write_error)?;
+            }
+            z.finish().map_err(write_error)?.finish().map_err(write_error)?
+        }
+        Compression::None => {
+            let mut w = encrypted;
+            while let Some(chunk) = plain.blocking_recv() {
+                check.update(&chunk);
+                w.write_all(&chunk).map_err(write_error)?;
+            }
+            w.finish().map_err(write_error)?
+        }
+    };
+    let plain_size = check.total();
+    let (artifact_size, artifact_sha256) = fanout.close().map_err(write_error)?;
+    let snapshot_sha256 = check.finish()?;
+    Ok(Encoded { plain_size, snapshot_sha256, artifact_size, artifact_sha256 })
+}
+
+fn write_error(e: std::io::Error) -> anyhow::Error {
+    anyhow!("cannot write the encrypted backup: {e}")
+}
+
+/// Hashes the artifact and hands it, in `CHUNK` pieces, to every destination still taking it.
+struct FanOut {
+    senders: Vec<Option<mpsc::Sender<Bytes>>>,
+    buf: BytesMut,
+    hasher: Sha256,
+    size: u64,
+}
+
+impl FanOut {
+    fn send(&mut self) -> std::io::Result<()> {
+        let piece = self.buf.split().freeze();
+        for slot in &mut self.senders {
+            if let Some(tx) = slot
+                && tx.blocking_send(piece.clone()).is_err()
+            {
+                *slot = None; // that destination failed; it reports why
+            }
+        }
+        if self.senders.iter().all(Option::is_none) {
+            return Err(std::io::Error::other("every destination failed"));
+        }
+        Ok(())
+    }
+
+    fn close(mut self) -> std::io::Result<(u64, String)> {
+        if !self.buf.is_empty() {
+            self.send()?;
+        }
+        Ok((self.size, hex::encode(self.hasher.finalize_reset())))
+    }
+}
+
+impl Write for FanOut {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.hasher.update(data);
+        self.size += data.len() as u64;
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= CHUNK {
+            self.send()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_space_covers_the_database_and_framing() {
+        assert_eq!(required_local_space(0), 16 * 1024 * 1024);
+        let gib = 1u64 << 30;
+        assert!(required_local_space(gib) > gib + gib / 100);
+        assert!(required_local_space(gib) < gib + gib / 10);
+    }
+}

@@ -1,0 +1,175 @@
+//! The local backup directory: `<dir>/<cluster>/<id>.db.zst.age` plus `<id>.manifest.json`.
+//! Files are written as `.part` (0600), fsynced, renamed, and the folder fsynced.
+
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use tokio::io::AsyncWriteExt;
+
+use super::{Found, Listing, Stored, accept, pair_up};
+use crate::manifest::{ClusterName, Manifest, PART_SUFFIX};
+
+pub struct LocalStore {
+    folder: PathBuf,
+}
+
+impl LocalStore {
+    pub fn new(dir: &Path, cluster: &ClusterName) -> Self {
+        LocalStore { folder: dir.join(cluster.as_str()) }
+    }
+
+    pub fn folder(&self) -> &Path {
+        &self.folder
+    }
+
+    /// Creates the cluster folder (and the backup dir) with mode 0700.
+    pub fn prepare(&self) -> Result<()> {
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&self.folder).with_context(|| {
+            format!("cannot create the local backup folder '{}' (local.dir must be writable by etcd-backupd)", self.folder.display())
+        })
+    }
+
+    /// Bytes available to an unprivileged writer in the folder's file system.
+    pub fn free_space(&self) -> Result<u64> {
+        let st = nix::sys::statvfs::statvfs(&self.folder)
+            .with_context(|| format!("cannot read free space of '{}'", self.folder.display()))?;
+        Ok(st.blocks_available() as u64 * st.fragment_size() as u64)
+    }
+
+    /// Starts writing `name` as `name.part`; fails if the backup already exists.
+    pub async fn begin(&self, name: &str, manifest_name: &str) -> Result<LocalUpload> {
+        let final_path = self.folder.join(name);
+        if final_path.exists() || self.folder.join(manifest_name).exists() {
+            anyhow::bail!("'{}' already exists: a backup with this id was already taken", final_path.display());
+        }
+        let part_path = self.folder.join(format!("{name}{PART_SUFFIX}"));
+        let file = open_new(&part_path).await?;
+        Ok(LocalUpload {
+            file: Some(file),
+            part_path,
+            final_path,
+            manifest_name: manifest_name.to_string(),
+            folder: self.folder.clone(),
+            done: false,
+        })
+    }
+
+    /// The committed backups in the folder, newest first.
+    pub async fn list(&self) -> Result<Listing> {
+        let mut found = Vec::new();
+        let mut dir = match tokio::fs::read_dir(&self.folder).await {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Listing::default()),
+            Err(e) => return Err(e).with_context(|| format!("cannot list '{}'", self.folder.display())),
+        };
+        while let Some(entry) = dir.next_entry().await.with_context(|| format!("cannot list '{}'", self.folder.display()))? {
+            let meta = entry.metadata().await?;
+            if meta.is_file() {
+                found.push(Found { name: entry.file_name().to_string_lossy().into_owned(), size: meta.len() });
+            }
+        }
+        let (wanted, mut ignored) = pair_up(&found);
+        let mut backups = Vec::new();
+        for (id, manifest_name, artifact_size) in wanted {
+            let path = self.folder.join(&manifest_name);
+            let read = tokio::fs::read(&path).await.map_err(|e| e.to_string());
+            match read.and_then(|bytes| accept(&bytes, &id, artifact_size)) {
+                Ok(manifest) => backups.push(Stored { manifest }),
+                Err(why) => {
+                    tracing::warn!(path = %path.display(), %why, "ignoring a manifest that does not check out");
+                    ignored.push((manifest_name, why));
+                }
+            }
+        }
+        Ok(Listing { backups, ignored })
+    }
+}
+
+async fn open_new(path: &Path) -> Result<tokio::fs::File> {
+    let mut options = tokio::fs::OpenOptions::new();
+    options.write(true).create_new(true).mode(0o600);
+    options.open(path).await.with_context(|| format!("cannot create '{}'", path.display()))
+}
+
+/// Writes `bytes` to `folder/name` crash-safely: `.part`, fsync, rename, fsync the folder.
+pub async fn write_atomic(folder: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+    let part = folder.join(format!("{name}{PART_SUFFIX}"));
+    let _ = tokio::fs::remove_file(&part).await;
+    let mut file = open_new(&part).await?;
+    let written = async {
+        file.write_all(bytes).await?;
+        file.sync_all().await
+    }
+    .await;
+    if let Err(e) = written {
+        let _ = tokio::fs::remove_file(&part).await;
+        return Err(e).with_context(|| format!("cannot write '{}'", part.display()));
+    }
+    let target = folder.join(name);
+    tokio::fs::rename(&part, &target)
+        .await
+        .with_context(|| format!("cannot rename '{}' to '{}'", part.display(), target.display()))?;
+    sync_dir(folder).await
+}
+
+async fn sync_dir(folder: &Path) -> Result<()> {
+    let dir = tokio::fs::File::open(folder).await.with_context(|| format!("cannot open '{}'", folder.display()))?;
+    dir.sync_all().await.with_context(|| format!("cannot fsync '{}'", folder.display()))
+}
+
+/// An artifact being written to the local folder.
+pub struct LocalUpload {
+    file: Option<tokio::fs::File>,
+    part_path: PathBuf,
+    final_path: PathBuf,
+    manifest_name: String,
+    folder: PathBuf,
+    done: bool,
+}
+
+impl LocalUpload {
+    pub async fn write(&mut self, chunk: Bytes) -> Result<()> {
+        let file = self.file.as_mut().context("local upload already closed")?;
+        file.write_all(&chunk).await.with_context(|| format!("cannot write '{}'", self.part_path.display()))
+    }
+
+    pub async fn commit(mut self, manifest: &Manifest) -> Result<()> {
+        let mut file = self.file.take().context("local upload already closed")?;
+        file.flush().await?;
+        file.sync_all().await.with_context(|| format!("cannot fsync '{}'", self.part_path.display()))?;
+        drop(file);
+        tokio::fs::rename(&self.part_path, &self.final_path)
+            .await
+            .with_context(|| format!("cannot rename '{}'", self.part_path.display()))?;
+        self.done = true;
+        sync_dir(&self.folder).await?;
+        write_atomic(&self.folder, &self.manifest_name, &manifest.to_json()).await.inspect_err(|_| {
+            // Without its manifest the artifact is not a backup; do not leave it looking like one.
+            let _ = std::fs::remove_file(&self.final_path);
+        })
+    }
+
+    pub async fn abort(mut self) {
+        self.file.take();
+        self.remove_part();
+    }
+
+    fn remove_part(&mut self) {
+        if !self.done {
+            self.done = true;
+            if let Err(e) = std::fs::remove_file(&self.part_path)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(path = %self.part_path.display(), error = %e, "cannot remove unfinished backup file");
+            }
+        }
+    }
+}
+
+impl Drop for LocalUpload {
+    fn drop(&mut self) {
+        self.remove_part();
+    }
+}

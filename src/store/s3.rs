@@ -1,0 +1,366 @@
+//! S3 and S3-compatible stores: `<prefix><cluster>/<id>.db.zst.age` by multipart upload, then the
+//! manifest by a single PUT. An upload that does not commit is aborted.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow};
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, StorageClass};
+use aws_smithy_http_client::tls::{Provider, TlsContext, TrustStore, rustls_provider::CryptoMode};
+use bytes::{Bytes, BytesMut};
+use tokio::task::JoinHandle;
+
+use super::{Found, Listing, Stored, accept, pair_up};
+use crate::config::{ChecksumMode, S3Settings, ServerSideEncryption};
+use crate::manifest::{ClusterName, Manifest};
+
+/// The largest manifest we read; anything bigger is not ours.
+const MAX_MANIFEST_BYTES: usize = 1 << 20;
+
+#[derive(Clone)]
+pub struct S3Store {
+    client: Client,
+    settings: S3Settings,
+    /// `<prefix><cluster>/`
+    folder: String,
+    /// Where, for messages: `s3://bucket/prefix/cluster/ at https://endpoint`.
+    place: String,
+}
+
+impl S3Store {
+    /// Builds a client from the settings and the standard AWS credential chain. Makes no request.
+    pub async fn new(settings: &S3Settings, cluster: &ClusterName) -> Result<Self> {
+        let mut trust = TrustStore::default();
+        if let Some(ca) = &settings.ca_file {
+            let pem = std::fs::read(ca).with_context(|| format!("cannot read s3.ca_file '{}'", ca.display()))?;
+            trust = trust.with_pem_certificate(pem);
+        }
+        let tls = TlsContext::builder()
+            .with_trust_store(trust)
+            .build()
+            .map_err(|e| anyhow!("cannot use s3.ca_file: {}", crate::etcd::error_chain(&e)))?;
+        let http = aws_smithy_http_client::Builder::new()
+            .tls_provider(Provider::Rustls(CryptoMode::Ring))
+            .tls_context(tls)
+            .build_https();
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest()).http_client(http);
+        if let Some(region) = &settings.region {
+            loader = loader.region(Region::new(region.clone()));
+        }
+        let sdk = loader.load().await;
+        let mut config = aws_sdk_s3::config::Builder::from(&sdk)
+            .force_path_style(settings.force_path_style)
+            .timeout_config(
+                aws_config::timeout::TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(10))
+                    .read_timeout(Duration::from_secs(120))
+                    .build(),
+            );
+        if sdk.region().is_none() {
+            if settings.endpoint.is_none() {
+                anyhow::bail!("no S3 region: set s3.region (or AWS_REGION) to the bucket's region");
+            }
+            // S3-compatible stores mostly ignore the region, but SigV4 needs one.
+            config = config.region(Region::new("us-east-1"));
+        }
+        if let Some(endpoint) = &settings.endpoint {
+            config = config.endpoint_url(endpoint);
+        }
+        if settings.checksums == ChecksumMode::WhenRequired {
+            config = config
+                .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+                .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+        }
+        let folder = format!("{}{}/", settings.prefix, cluster);
+        let at = settings.endpoint.clone().unwrap_or_else(|| "AWS".to_string());
+        let place = format!("s3://{}/{} at {}", settings.bucket, folder, at);
+        Ok(S3Store { client: aws_sdk_s3::Client::from_conf(config.build()), settings: settings.clone(), folder, place })
+    }
+
+    /// `s3://bucket/prefix/cluster/ at ENDPOINT`, for messages.
+    pub fn place(&self) -> &str {
+        &self.place
+    }
+
+    /// Checks that the bucket exists and these credentials reach it.
+    pub async fn check_bucket(&self) -> Result<()> {
+        self.client
+            .head_bucket()
+            .bucket(&self.settings.bucket)
+            .send()
+            .await
+            .map_err(|e| self.explain(e, "checking the bucket"))?;
+        Ok(())
+    }
+
+    /// Starts a multipart upload of `name`; nothing is visible until `commit`.
+    pub async fn begin(&self, name: &str, manifest_name: &str) -> Result<S3Upload> {
+        let key = format!("{}{name}", self.folder);
+        let s = &self.settings;
+        let mut req = self
+            .client
+            .create_multipart_upload()
+            .bucket(&s.bucket)
+            .key(&key)
+            .content_type("application/octet-stream");
+        if let Some(class) = &s.storage_class {
+            req = req.storage_class(StorageClass::from(class.as_str()));
+        }
+        if s.checksums == ChecksumMode::WhenSupported {
+            req = req.checksum_algorithm(ChecksumAlgorithm::Crc32);
+        }
+        req = match &s.sse {
+            None => req,
+            Some(ServerSideEncryption::S3) => req.server_side_encryption(aws_sdk_s3::types::ServerSideEncryption::Aes256),
+            Some(ServerSideEncryption::Kms { key_id }) => req
+                .server_side_encryption(aws_sdk_s3::types::ServerSideEncryption::AwsKms)
+                .set_ssekms_key_id(key_id.clone()),
+        };
+        let out = req.send().await.map_err(|e| self.explain(e, "starting the upload"))?;
+        let upload_id = out.upload_id().context("the store started an upload without an upload id")?.to_string();
+        Ok(S3Upload {
+            store: self.clone(),
+            key,
+            manifest_key: format!("{}{manifest_name}", self.folder),
+            upload_id,
+            buffer: BytesMut::new(),
+            parts: Vec::new(),
+            in_flight: None,
+        })
+    }
+
+    /// The committed backups under this cluster's prefix, newest first.
+    pub async fn list(&self) -> Result<Listing> {
+        let mut found = Vec::new();
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.settings.bucket)
+            .prefix(&self.folder)
+            .delimiter("/")
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| self.explain(e, "listing backups"))?;
+            for object in page.contents() {
+                if let Some(name) = object.key().and_then(|k| k.strip_prefix(&self.folder)) {
+                    found.push(Found { name: name.to_string(), size: object.size().unwrap_or(0).max(0) as u64 });
+                }
+            }
+        }
+        let (wanted, mut ignored) = pair_up(&found);
+        let mut backups = Vec::new();
+        for (id, manifest_name, artifact_size) in wanted {
+            let key = format!("{}{manifest_name}", self.folder);
+            match self.get_small(&key).await.and_then(|b| accept(&b, &id, artifact_size).map_err(|e| anyhow!(e))) {
+                Ok(manifest) => backups.push(Stored { manifest }),
+                Err(why) => {
+                    tracing::warn!(%key, why = %format!("{why:#}"), "ignoring a manifest that does not check out");
+                    ignored.push((manifest_name, format!("{why:#}")));
+                }
+            }
+        }
+        Ok(Listing { backups, ignored })
+    }
+
+    async fn get_small(&self, key: &str) -> Result<Vec<u8>> {
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.settings.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| self.explain(e, "reading a manifest"))?;
+        if out.content_length().unwrap_or(0) > MAX_MANIFEST_BYTES as i64 {
+            anyhow::bail!("'{key}' is too large to be a manifest");
+        }
+        let body = out.body.collect().await.with_context(|| format!("cannot read '{key}'"))?;
+        Ok(body.into_bytes().to_vec())
+    }
+
+    /// Turns an SDK error into a sentence naming bucket, endpoint and what to check.
+    fn explain<E, R>(&self, err: SdkError<E, R>, action: &str) -> anyhow::Error
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+        R: std::fmt::Debug + HttpStatus,
+    {
+        let status = err.raw_response().map(|r| r.status_code());
+        let code = err.code().map(str::to_string);
+        let bucket = &self.settings.bucket;
+        let hint = match (code.as_deref(), status) {
+            (Some("NoSuchBucket"), _) | (None, Some(404)) => format!(
+                "bucket '{bucket}' does not exist: create it, or fix s3.bucket / s3.endpoint / s3.region"
+            ),
+            (Some("InvalidAccessKeyId" | "SignatureDoesNotMatch" | "InvalidToken" | "ExpiredToken"), _) => {
+                "the store rejected the credentials: check the AWS access key and secret (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, the shared profile, or the instance role)".to_string()
+            }
+            (Some("AccessDenied"), _) | (None, Some(403)) => format!(
+                "access denied: the credentials are wrong or lack permission on bucket '{bucket}' (s3:PutObject, s3:GetObject, s3:ListBucket, s3:AbortMultipartUpload, s3:DeleteObject)"
+            ),
+            (Some("PermanentRedirect" | "AuthorizationHeaderMalformed"), _) | (None, Some(301)) => {
+                "the bucket is in another region: set s3.region to the bucket's region".to_string()
+            }
+            _ => String::new(),
+        };
+        let detail = match &err {
+            SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
+                let chain = DisplayErrorContext(&err).to_string();
+                if chain.contains("credentials") {
+                    format!("no usable AWS credentials: {chain} (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, a profile, or an instance role)")
+                } else {
+                    format!("cannot reach the store: {chain}")
+                }
+            }
+            _ => DisplayErrorContext(&err).to_string(),
+        };
+        if hint.is_empty() {
+            anyhow!("S3 {} failed for {}: {detail}", action, self.place)
+        } else {
+            anyhow!("S3 {} failed for {}: {hint} ({detail})", action, self.place)
+        }
+    }
+}
+
+/// The HTTP status of a raw response, whatever its type.
+pub trait HttpStatus {
+    fn status_code(&self) -> u16;
+}
+
+impl HttpStatus for aws_smithy_runtime_api::client::orchestrator::HttpResponse {
+    fn status_code(&self) -> u16 {
+        self.status().as_u16()
+    }
+}
+
+/// An artifact being uploaded in parts: one part uploads while the next fills.
+pub struct S3Upload {
+    store: S3Store,
+    key: String,
+    manifest_key: String,
+    upload_id: String,
+    buffer: BytesMut,
+    parts: Vec<CompletedPart>,
+    in_flight: Option<JoinHandle<Result<CompletedPart>>>,
+}
+
+impl S3Upload {
+    pub async fn write(&mut self, chunk: Bytes) -> Result<()> {
+        self.buffer.extend_from_slice(&chunk);
+        let part_size = self.store.settings.part_size as usize;
+        while self.buffer.len() >= part_size {
+            let part = self.buffer.split_to(part_size).freeze();
+            self.send_part(part).await?;
+        }
+        Ok(())
+    }
+
+    async fn send_part(&mut self, body: Bytes) -> Result<()> {
+        self.wait_in_flight().await?;
+        let number = i32::try_from(self.parts.len() + 1).unwrap_or(i32::MAX);
+        if number > 10_000 {
+            anyhow::bail!("the artifact needs more than 10000 parts: raise s3.part_size");
+        }
+        let store = self.store.clone();
+        let (key, upload_id) = (self.key.clone(), self.upload_id.clone());
+        self.in_flight = Some(tokio::spawn(async move {
+            let mut req = store
+                .client
+                .upload_part()
+                .bucket(&store.settings.bucket)
+                .key(&key)
+                .upload_id(&upload_id)
+                .part_number(number)
+                .body(ByteStream::from(body));
+            if store.settings.checksums == ChecksumMode::WhenSupported {
+                req = req.checksum_algorithm(ChecksumAlgorithm::Crc32);
+            }
+            let out = req.send().await.map_err(|e| store.explain(e, &format!("uploading part {number}")))?;
+            Ok(CompletedPart::builder()
+                .part_number(number)
+                .set_e_tag(out.e_tag().map(str::to_string))
+                .set_checksum_crc32(out.checksum_crc32().map(str::to_string))
+                .build())
+        }));
+        Ok(())
+    }
+
+    async fn wait_in_flight(&mut self) -> Result<()> {
+        if let Some(handle) = self.in_flight.take() {
+            let part = handle.await.context("part upload task failed")??;
+            self.parts.push(part);
+        }
+        Ok(())
+    }
+
+    pub async fn commit(mut self, manifest: &Manifest) -> Result<()> {
+        let last = std::mem::take(&mut self.buffer).freeze();
+        if !last.is_empty() || self.parts.is_empty() && self.in_flight.is_none() {
+            self.send_part(last).await?;
+        }
+        self.wait_in_flight().await?;
+        let s = &self.store.settings;
+        let client = &self.store.client;
+        client
+            .complete_multipart_upload()
+            .bucket(&s.bucket)
+            .key(&self.key)
+            .upload_id(&self.upload_id)
+            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(self.parts.clone())).build())
+            .send()
+            .await
+            .map_err(|e| self.store.explain(e, "completing the upload"))?;
+        // Manifests stay in the default storage class so they can always be read at once.
+        let mut put = client
+            .put_object()
+            .bucket(&s.bucket)
+            .key(&self.manifest_key)
+            .content_type("application/json")
+            .body(ByteStream::from(manifest.to_json()));
+        put = match &s.sse {
+            None => put,
+            Some(ServerSideEncryption::S3) => put.server_side_encryption(aws_sdk_s3::types::ServerSideEncryption::Aes256),
+            Some(ServerSideEncryption::Kms { key_id }) => put
+                .server_side_encryption(aws_sdk_s3::types::ServerSideEncryption::AwsKms)
+                .set_ssekms_key_id(key_id.clone()),
+        };
+        if let Err(e) = put.send().await {
+            let err = self.store.explain(e, "writing the manifest");
+            // An artifact without its manifest is not a backup: remove it rather than leave it looking like one.
+            if let Err(del) = client.delete_object().bucket(&s.bucket).key(&self.key).send().await {
+                tracing::warn!(key = %self.key, error = %DisplayErrorContext(&del), "cannot remove the uncommitted artifact");
+            }
+            return Err(err);
+        }
+        Ok(())
+    }
+
+    pub async fn abort(mut self) {
+        if let Some(handle) = self.in_flight.take() {
+            handle.abort();
+            let _ = handle.await;
+        }
+        let s = &self.store.settings;
+        let result = self
+            .store
+            .client
+            .abort_multipart_upload()
+            .bucket(&s.bucket)
+            .key(&self.key)
+            .upload_id(&self.upload_id)
+            .send()
+            .await;
+        match result {
+            Ok(_) => tracing::info!(key = %self.key, "aborted the unfinished S3 upload"),
+            Err(e) => tracing::warn!(
+                key = %self.key,
+                upload_id = %self.upload_id,
+                error = %DisplayErrorContext(&e),
+                "cannot abort the unfinished S3 upload; the store keeps its parts until a lifecycle rule or a later cleanup removes them"
+            ),
+        }
+    }
+}
