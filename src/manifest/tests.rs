@@ -1,0 +1,144 @@
+use super::*;
+use chrono::TimeZone;
+
+fn t(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(y, mo, d, h, mi, s).unwrap()
+}
+
+#[test]
+fn id_round_trips_and_sorts_by_time() {
+    let id = BackupId::new(t(2026, 11, 22, 6, 0, 0), 48211);
+    assert_eq!(id.to_string(), "20261122T060000Z-r48211");
+    assert_eq!(BackupId::parse("20261122T060000Z-r48211").unwrap(), id);
+    let later = BackupId::new(t(2026, 11, 22, 6, 0, 1), 7);
+    assert!(later > id);
+    assert!(later.to_string() > id.to_string(), "string order is time order");
+    let next_year = BackupId::new(t(2027, 1, 1, 0, 0, 0), 1);
+    assert!(next_year.to_string() > later.to_string());
+}
+
+#[test]
+fn id_drops_sub_seconds() {
+    let precise = t(2026, 11, 22, 6, 0, 0) + chrono::Duration::milliseconds(731);
+    let id = BackupId::new(precise, 3);
+    assert_eq!(BackupId::parse(&id.to_string()).unwrap(), id);
+}
+
+#[test]
+fn bad_ids_are_refused() {
+    for bad in [
+        "",
+        "20261122T060000Z",
+        "20261122T060000Z-r",
+        "20261122T060000Z-rx",
+        "20261122T060000Z-r01",
+        "2026112T060000Z-r1",
+        "20261322T060000Z-r1",
+        "20261122T060000-r1",
+        "latest",
+        "20261122T060000Z-r1/../x",
+    ] {
+        assert!(BackupId::parse(bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn names_carry_id_compression_and_kind() {
+    let id = BackupId::new(t(2026, 1, 2, 3, 4, 5), 9);
+    assert_eq!(id.artifact_name(Compression::Zstd { level: 3 }), "20260102T030405Z-r9.db.zst.age");
+    assert_eq!(id.artifact_name(Compression::None), "20260102T030405Z-r9.db.age");
+    assert_eq!(id.manifest_name(), "20260102T030405Z-r9.manifest.json");
+    assert_eq!(classify("20260102T030405Z-r9.db.zst.age"), Entry::Artifact(id.clone()));
+    assert_eq!(classify("20260102T030405Z-r9.db.age"), Entry::Artifact(id.clone()));
+    assert_eq!(classify("20260102T030405Z-r9.manifest.json"), Entry::Manifest(id));
+    assert_eq!(classify("20260102T030405Z-r9.db.zst.age.part"), Entry::Partial("20260102T030405Z-r9.db.zst.age.part".into()));
+    for foreign in ["notes.txt", "x.db.zst.age", "20260102T030405Z-r9.db.zst", "snapshot.db", "x.manifest.json", ".part"] {
+        assert_eq!(classify(foreign), Entry::Foreign, "{foreign}");
+    }
+}
+
+#[test]
+fn cluster_names() {
+    assert!(ClusterName::parse("prod-east").is_ok());
+    assert!(ClusterName::parse("k8s.prod_1").is_ok());
+    for bad in ["", "-x", ".hidden", "a/b", "a b", "..", &"x".repeat(64)] {
+        assert!(ClusterName::parse(bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn labels() {
+    assert!(check_label("pre-upgrade-1.31").is_ok());
+    for bad in ["", "a b", "x/y", &"l".repeat(65)] {
+        assert!(check_label(bad).is_err(), "{bad}");
+    }
+}
+
+fn sample() -> Manifest {
+    let id = BackupId::new(t(2026, 11, 22, 6, 0, 0), 48211);
+    Manifest {
+        format_version: FORMAT_VERSION,
+        id: id.clone(),
+        created: t(2026, 11, 22, 6, 0, 0),
+        duration_ms: 1234,
+        cluster: ClusterName::parse("prod").unwrap(),
+        label: Some("pre-upgrade".into()),
+        host: "cp-1".into(),
+        tool_version: "0.1.0".into(),
+        etcd: EtcdFacts {
+            endpoint: "https://127.0.0.1:2379".into(),
+            cluster_id: "cdf818194e3a8c32".into(),
+            member_id: "8e9e05c52164694d".into(),
+            member_name: "cp-1".into(),
+            version: "3.5.1".into(),
+            revision: 48211,
+            raft_term: 2,
+            raft_index: 50000,
+            db_size: 20480,
+            leader: "8e9e05c52164694d".into(),
+            alarms: vec![],
+        },
+        snapshot: SnapshotFacts { size: 20512, sha256: "ab".repeat(32) },
+        artifact: ArtifactFacts {
+            name: id.artifact_name(Compression::Zstd { level: 3 }),
+            size: 900,
+            sha256: "cd".repeat(32),
+            compression: "zstd".into(),
+            compression_level: Some(3),
+            encryption: "age".into(),
+            recipients: vec!["age1x".into()],
+        },
+    }
+}
+
+#[test]
+fn manifest_round_trips() {
+    let m = sample();
+    let json = m.to_json();
+    assert_eq!(Manifest::from_json(&json, &m.id).unwrap(), m);
+    let text = String::from_utf8(json).unwrap();
+    assert!(text.contains("\"id\": \"20261122T060000Z-r48211\""), "{text}");
+    assert!(text.ends_with('\n'));
+}
+
+#[test]
+fn manifest_under_another_name_is_refused() {
+    let m = sample();
+    let other = BackupId::new(t(2026, 11, 22, 7, 0, 0), 1);
+    assert!(Manifest::from_json(&m.to_json(), &other).unwrap_err().contains("stored as"));
+}
+
+#[test]
+fn newer_format_asks_for_an_upgrade() {
+    let mut m = sample();
+    m.format_version = FORMAT_VERSION + 1;
+    assert!(Manifest::from_json(&m.to_json(), &m.id).unwrap_err().contains("upgrade etcd-backupd"));
+}
+
+#[test]
+fn garbage_is_not_a_manifest() {
+    let id = sample().id;
+    assert!(Manifest::from_json(b"{}", &id).is_err());
+    assert!(Manifest::from_json(b"", &id).is_err());
+    assert!(Manifest::from_json(b"\xff\x00", &id).is_err());
+}
