@@ -96,53 +96,48 @@ async fn connect_one(endpoint: &str, options: ConnectOptions) -> Result<Member, 
 
 /// Turns a client error into a sentence an operator can act on.
 fn explain(e: &etcd_client::Error, settings: &EtcdSettings) -> String {
-    let chain = error_chain(e);
-    let lower = chain.to_lowercase();
-    let hint = if let etcd_client::Error::GRpcStatus(status) = e {
-        match status.code() {
-            tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => {
-                if settings.auth.is_some() {
-                    "etcd refused the user: check etcd.username and the password in etcd.password_file"
-                } else {
-                    "etcd has authentication enabled: set etcd.username and etcd.password_file, or use a client certificate (etcd.cert, etcd.key)"
+    let (chain, code) = match e {
+        etcd_client::Error::GRpcStatus(status) => {
+            let mut text = status.message().to_string();
+            if let Some(source) = std::error::Error::source(status) {
+                let rest = crate::errors::chain(source);
+                if !text.contains(&rest) {
+                    text = if text.is_empty() { rest } else { format!("{text}: {rest}") };
                 }
             }
-            tonic::Code::Unavailable => "etcd is not serving: is it running and healthy?",
-            _ => "",
+            (text, Some(status.code()))
         }
-    } else if lower.contains("unknownissuer") || lower.contains("unknown issuer") || lower.contains("invalid peer certificate") {
-        "the server's certificate is not signed by etcd.cacert: point etcd.cacert at the etcd CA (kubeadm: /etc/kubernetes/pki/etcd/ca.crt)"
+        other => (crate::errors::chain(other), None),
+    };
+    let lower = chain.to_lowercase();
+    let hint = if lower.contains("unknownissuer") || lower.contains("unknown issuer") || lower.contains("invalid peer certificate") {
+        "etcd's server certificate is not signed by etcd.cacert: point etcd.cacert at the etcd CA (kubeadm: /etc/kubernetes/pki/etcd/ca.crt)"
     } else if lower.contains("certificate") || lower.contains("alert") || lower.contains("handshake") || lower.contains("tls") {
-        "the TLS handshake failed: check that etcd.cert and etcd.key are a client certificate signed by etcd's CA (kubeadm: healthcheck-client.crt/.key)"
+        "the TLS handshake failed: etcd.cert and etcd.key must be a client certificate signed by etcd's CA (kubeadm: /etc/kubernetes/pki/etcd/healthcheck-client.crt and .key), and etcd.cacert that CA"
     } else if lower.contains("connection refused") {
         "connection refused: is etcd running and listening on this address?"
-    } else if lower.contains("http2") || lower.contains("frame") {
-        "the server did not speak gRPC over this scheme: check http:// versus https:// in etcd.endpoints"
+    } else if lower.contains("http2") || lower.contains("frame") || lower.contains("protocol") {
+        "the server did not speak gRPC this way: check http:// versus https:// in etcd.endpoints"
     } else {
-        ""
+        match code {
+            Some(tonic::Code::Unauthenticated | tonic::Code::PermissionDenied) if settings.auth.is_some() => {
+                "etcd refused the user: check etcd.username and the password in etcd.password_file"
+            }
+            Some(tonic::Code::Unauthenticated | tonic::Code::PermissionDenied) => {
+                "etcd has authentication enabled: set etcd.username and etcd.password_file, or use a client certificate (etcd.cert, etcd.key)"
+            }
+            Some(tonic::Code::Unavailable) => "etcd is not serving: is it running and healthy?",
+            _ => "",
+        }
     };
     if hint.is_empty() { chain } else { format!("{chain} ({hint})") }
-}
-
-/// All messages in an error's source chain, joined.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        source = s.source();
-    }
-    parts.join(": ")
 }
 
 impl Member {
     /// Starts the snapshot stream; the caller reads it with `next_chunk`.
     pub async fn snapshot(&mut self) -> Result<Snapshot> {
         let stream = self.client.snapshot().await.map_err(|e| {
-            anyhow!("etcd at {} refused the snapshot: {}", self.facts.endpoint, error_chain(&e))
+            anyhow!("etcd at {} refused the snapshot: {}", self.facts.endpoint, crate::errors::chain(&e))
         })?;
         Ok(Snapshot { stream, endpoint: self.facts.endpoint.clone() })
     }
@@ -160,7 +155,7 @@ impl Snapshot {
         match self.stream.message().await {
             Ok(Some(msg)) => Ok(Some(msg.blob().to_vec())),
             Ok(None) => Ok(None),
-            Err(e) => Err(anyhow!("the snapshot stream from {} broke: {}", self.endpoint, error_chain(&e))),
+            Err(e) => Err(anyhow!("the snapshot stream from {} broke: {}", self.endpoint, crate::errors::chain(&e))),
         }
     }
 }

@@ -3,6 +3,7 @@
 pub mod cli;
 pub mod config;
 pub mod crypto;
+pub mod errors;
 pub mod etcd;
 pub mod manifest;
 pub mod pipeline;

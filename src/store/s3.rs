@@ -41,7 +41,7 @@ impl S3Store {
         let tls = TlsContext::builder()
             .with_trust_store(trust)
             .build()
-            .map_err(|e| anyhow!("cannot use s3.ca_file: {}", crate::etcd::error_chain(&e)))?;
+            .map_err(|e| anyhow!("cannot use s3.ca_file: {}", crate::errors::chain(&e)))?;
         let http = aws_smithy_http_client::Builder::new()
             .tls_provider(Provider::Rustls(CryptoMode::Ring))
             .tls_context(tls)
@@ -192,13 +192,13 @@ impl S3Store {
         let code = err.code().map(str::to_string);
         let bucket = &self.settings.bucket;
         let hint = match (code.as_deref(), status) {
-            (Some("NoSuchBucket"), _) | (None, Some(404)) => format!(
+            (Some("NoSuchBucket" | "NotFound"), _) | (None, Some(404)) => format!(
                 "bucket '{bucket}' does not exist: create it, or fix s3.bucket / s3.endpoint / s3.region"
             ),
             (Some("InvalidAccessKeyId" | "SignatureDoesNotMatch" | "InvalidToken" | "ExpiredToken"), _) => {
                 "the store rejected the credentials: check the AWS access key and secret (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, the shared profile, or the instance role)".to_string()
             }
-            (Some("AccessDenied"), _) | (None, Some(403)) => format!(
+            (Some("AccessDenied" | "Forbidden"), _) | (None, Some(403)) => format!(
                 "access denied: the credentials are wrong or lack permission on bucket '{bucket}' (s3:PutObject, s3:GetObject, s3:ListBucket, s3:AbortMultipartUpload, s3:DeleteObject)"
             ),
             (Some("PermanentRedirect" | "AuthorizationHeaderMalformed"), _) | (None, Some(301)) => {
@@ -207,15 +207,25 @@ impl S3Store {
             _ => String::new(),
         };
         let detail = match &err {
+            SdkError::ServiceError(_) => {
+                let mut d = format!("HTTP {}", status.map_or_else(|| "?".to_string(), |s| s.to_string()));
+                if let Some(code) = &code {
+                    d += &format!(" {code}");
+                }
+                if let Some(message) = err.message() {
+                    d += &format!(": {message}");
+                }
+                d
+            }
             SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
-                let chain = DisplayErrorContext(&err).to_string();
+                let chain = crate::errors::chain(&err);
                 if chain.contains("credentials") {
                     format!("no usable AWS credentials: {chain} (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, a profile, or an instance role)")
                 } else {
                     format!("cannot reach the store: {chain}")
                 }
             }
-            _ => DisplayErrorContext(&err).to_string(),
+            _ => crate::errors::chain(&err),
         };
         if hint.is_empty() {
             anyhow!("S3 {} failed for {}: {detail}", action, self.place)
