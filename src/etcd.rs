@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
-use etcd_client::{AlarmAction, AlarmType, Certificate, Client, ConnectOptions, Identity, TlsOptions};
+use etcd_client::{
+    AlarmAction, AlarmType, Certificate, Client, ConnectOptions, Identity, TlsOptions,
+};
 
 use crate::config::EtcdSettings;
 use crate::manifest::EtcdFacts;
@@ -39,30 +41,45 @@ fn connect_options(settings: &EtcdSettings) -> Result<ConnectOptions> {
         let mut tls = TlsOptions::new();
         match &settings.cacert {
             Some(ca) => {
-                let pem = std::fs::read(ca).with_context(|| format!("cannot read etcd.cacert '{}'", ca.display()))?;
+                let pem = std::fs::read(ca)
+                    .with_context(|| format!("cannot read etcd.cacert '{}'", ca.display()))?;
                 tls = tls.ca_certificate(Certificate::from_pem(pem));
             }
             None => tls = tls.with_native_roots(),
         }
         if let Some(cc) = &settings.client_cert {
-            let cert = std::fs::read(&cc.cert).with_context(|| format!("cannot read etcd.cert '{}'", cc.cert.display()))?;
-            let key = std::fs::read(&cc.key).with_context(|| format!("cannot read etcd.key '{}'", cc.key.display()))?;
+            let cert = std::fs::read(&cc.cert)
+                .with_context(|| format!("cannot read etcd.cert '{}'", cc.cert.display()))?;
+            let key = std::fs::read(&cc.key)
+                .with_context(|| format!("cannot read etcd.key '{}'", cc.key.display()))?;
             tls = tls.identity(Identity::from_pem(cert, key));
         }
         options = options.with_tls(tls);
     }
     if let Some(auth) = &settings.auth {
-        let password = std::fs::read_to_string(&auth.password_file)
-            .with_context(|| format!("cannot read etcd.password_file '{}'", auth.password_file.display()))?;
-        options = options.with_user(auth.username.clone(), password.trim_end_matches(['\n', '\r']).to_string());
+        let password = std::fs::read_to_string(&auth.password_file).with_context(|| {
+            format!(
+                "cannot read etcd.password_file '{}'",
+                auth.password_file.display()
+            )
+        })?;
+        options = options.with_user(
+            auth.username.clone(),
+            password.trim_end_matches(['\n', '\r']).to_string(),
+        );
     }
     Ok(options)
 }
 
-async fn connect_one(endpoint: &str, options: ConnectOptions) -> Result<Member, etcd_client::Error> {
+async fn connect_one(
+    endpoint: &str,
+    options: ConnectOptions,
+) -> Result<Member, etcd_client::Error> {
     let mut client = Client::connect([endpoint], Some(options)).await?;
     let status = client.status().await?;
-    let header = status.header().ok_or_else(|| etcd_client::Error::Internal("status response without header".into()))?;
+    let header = status
+        .header()
+        .ok_or_else(|| etcd_client::Error::Internal("status response without header".into()))?;
     let (cluster_id, member_id) = (header.cluster_id(), header.member_id());
     let revision = header.revision();
     let members = client.member_list().await?;
@@ -72,7 +89,9 @@ async fn connect_one(endpoint: &str, options: ConnectOptions) -> Result<Member, 
         .find(|m| m.id() == member_id)
         .map(|m| m.name().to_string())
         .unwrap_or_default();
-    let alarms = client.alarm(AlarmAction::Get, AlarmType::None, None).await?;
+    let alarms = client
+        .alarm(AlarmAction::Get, AlarmType::None, None)
+        .await?;
     let alarms = alarms
         .alarms()
         .iter()
@@ -102,7 +121,11 @@ fn explain(e: &etcd_client::Error, settings: &EtcdSettings) -> String {
             if let Some(source) = std::error::Error::source(status) {
                 let rest = crate::errors::chain(source);
                 if !text.contains(&rest) {
-                    text = if text.is_empty() { rest } else { format!("{text}: {rest}") };
+                    text = if text.is_empty() {
+                        rest
+                    } else {
+                        format!("{text}: {rest}")
+                    };
                 }
             }
             (text, Some(status.code()))
@@ -110,9 +133,16 @@ fn explain(e: &etcd_client::Error, settings: &EtcdSettings) -> String {
         other => (crate::errors::chain(other), None),
     };
     let lower = chain.to_lowercase();
-    let hint = if lower.contains("unknownissuer") || lower.contains("unknown issuer") || lower.contains("invalid peer certificate") {
+    let hint = if lower.contains("unknownissuer")
+        || lower.contains("unknown issuer")
+        || lower.contains("invalid peer certificate")
+    {
         "etcd's server certificate is not signed by etcd.cacert: point etcd.cacert at the etcd CA (kubeadm: /etc/kubernetes/pki/etcd/ca.crt)"
-    } else if lower.contains("certificate") || lower.contains("alert") || lower.contains("handshake") || lower.contains("tls") {
+    } else if lower.contains("certificate")
+        || lower.contains("alert")
+        || lower.contains("handshake")
+        || lower.contains("tls")
+    {
         "the TLS handshake failed: etcd.cert and etcd.key must be a client certificate signed by etcd's CA (kubeadm: /etc/kubernetes/pki/etcd/healthcheck-client.crt and .key), and etcd.cacert that CA"
     } else if lower.contains("connection refused") {
         "connection refused: is etcd running and listening on this address?"
@@ -120,7 +150,9 @@ fn explain(e: &etcd_client::Error, settings: &EtcdSettings) -> String {
         "the server did not speak gRPC this way: check http:// versus https:// in etcd.endpoints"
     } else {
         match code {
-            Some(tonic::Code::Unauthenticated | tonic::Code::PermissionDenied) if settings.auth.is_some() => {
+            Some(tonic::Code::Unauthenticated | tonic::Code::PermissionDenied)
+                if settings.auth.is_some() =>
+            {
                 "etcd refused the user: check etcd.username and the password in etcd.password_file"
             }
             Some(tonic::Code::Unauthenticated | tonic::Code::PermissionDenied) => {
@@ -130,16 +162,27 @@ fn explain(e: &etcd_client::Error, settings: &EtcdSettings) -> String {
             _ => "",
         }
     };
-    if hint.is_empty() { chain } else { format!("{chain} ({hint})") }
+    if hint.is_empty() {
+        chain
+    } else {
+        format!("{chain} ({hint})")
+    }
 }
 
 impl Member {
     /// Starts the snapshot stream; the caller reads it with `next_chunk`.
     pub async fn snapshot(&mut self) -> Result<Snapshot> {
         let stream = self.client.snapshot().await.map_err(|e| {
-            anyhow!("etcd at {} refused the snapshot: {}", self.facts.endpoint, crate::errors::chain(&e))
+            anyhow!(
+                "etcd at {} refused the snapshot: {}",
+                self.facts.endpoint,
+                crate::errors::chain(&e)
+            )
         })?;
-        Ok(Snapshot { stream, endpoint: self.facts.endpoint.clone() })
+        Ok(Snapshot {
+            stream,
+            endpoint: self.facts.endpoint.clone(),
+        })
     }
 }
 
@@ -155,7 +198,11 @@ impl Snapshot {
         match self.stream.message().await {
             Ok(Some(msg)) => Ok(Some(msg.blob().to_vec())),
             Ok(None) => Ok(None),
-            Err(e) => Err(anyhow!("the snapshot stream from {} broke: {}", self.endpoint, crate::errors::chain(&e))),
+            Err(e) => Err(anyhow!(
+                "the snapshot stream from {} broke: {}",
+                self.endpoint,
+                crate::errors::chain(&e)
+            )),
         }
     }
 }

@@ -65,7 +65,10 @@ pub fn load(path: &Path) -> Result<Settings, ConfigError> {
             ),
         }],
     })?;
-    let fail = |problems| ConfigError { file: path.to_path_buf(), problems };
+    let fail = |problems| ConfigError {
+        file: path.to_path_buf(),
+        problems,
+    };
     let mut settings = parse(&text).map_err(fail)?;
     let issues = resolve_files(&mut settings);
     if issues.is_empty() {
@@ -80,7 +83,11 @@ pub fn parse(text: &str) -> Result<Settings, Vec<Located>> {
     let de = toml::Deserializer::parse(text).map_err(|e| vec![toml_error(text, "", &e)])?;
     let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
         let key = e.path().to_string();
-        vec![toml_error(text, if key == "." { "" } else { &key }, e.inner())]
+        vec![toml_error(
+            text,
+            if key == "." { "" } else { &key },
+            e.inner(),
+        )]
     })?;
     validate(raw).map_err(|issues| issues.into_iter().map(|i| place(text, i)).collect())
 }
@@ -97,13 +104,23 @@ fn toml_error(text: &str, key: &str, e: &toml::de::Error) -> Located {
     if message.starts_with("unknown field") {
         message.push_str(" (check the spelling; see etcd-backupd.toml(5) for every key)");
     }
-    Located { line, column, key: key.to_string(), message }
+    Located {
+        line,
+        column,
+        key: key.to_string(),
+        message,
+    }
 }
 
 /// Puts a validation issue on the line of its key (or of its table, when the key is absent).
 fn place(text: &str, issue: Issue) -> Located {
     let pos = locate(text, &issue.key).map(|off| line_col(text, off));
-    Located { line: pos.map(|p| p.0), column: pos.map(|p| p.1), key: issue.key, message: issue.message }
+    Located {
+        line: pos.map(|p| p.0),
+        column: pos.map(|p| p.1),
+        key: issue.key,
+        message: issue.message,
+    }
 }
 
 /// Byte offset of the value of a dotted key like `etcd.endpoints[1]`, or of the nearest enclosing key present.
@@ -117,7 +134,9 @@ fn locate(text: &str, key: &str) -> Option<usize> {
             Some((n, rest)) => (n, rest.trim_end_matches(']').parse::<usize>().ok()),
             None => (part, None),
         };
-        let Some((k, value)) = table.iter().find(|(k, _)| k.get_ref() == name) else { break };
+        let Some((k, value)) = table.iter().find(|(k, _)| k.get_ref() == name) else {
+            break;
+        };
         best = Some(k.span().start);
         let mut value = value;
         if let (Some(i), DeValue::Array(items)) = (index, value.get_ref())
@@ -160,7 +179,10 @@ fn resolve_files(settings: &mut Settings) -> Vec<Issue> {
     if let Some(auth) = &etcd.auth
         && let Err(e) = std::fs::read_to_string(&auth.password_file)
     {
-        issues.push(Issue::new("etcd.password_file", unreadable(&auth.password_file, &e)));
+        issues.push(Issue::new(
+            "etcd.password_file",
+            unreadable(&auth.password_file, &e),
+        ));
     }
     if let Some(s3) = &settings.s3
         && let Some(ca) = &s3.ca_file
@@ -171,7 +193,10 @@ fn resolve_files(settings: &mut Settings) -> Vec<Issue> {
     let enc = &mut settings.encryption;
     if let Some(file) = enc.recipients_file.clone() {
         match std::fs::read_to_string(&file) {
-            Err(e) => issues.push(Issue::new("encryption.recipients_file", unreadable(&file, &e))),
+            Err(e) => issues.push(Issue::new(
+                "encryption.recipients_file",
+                unreadable(&file, &e),
+            )),
             Ok(text) => match crate::crypto::parse_recipients_text(&text) {
                 Ok(list) => enc.recipients.extend(list),
                 Err((line, e)) => issues.push(Issue::new(
@@ -210,7 +235,9 @@ fn check_pem_file(key: &str, path: &Path, kind: &str, issues: &mut Vec<Issue>) {
 fn unreadable(path: &Path, e: &std::io::Error) -> String {
     let hint = match e.kind() {
         std::io::ErrorKind::NotFound => "check the path",
-        std::io::ErrorKind::PermissionDenied => "let the user running etcd-backupd read it (group membership or a copy with the right owner)",
+        std::io::ErrorKind::PermissionDenied => {
+            "let the user running etcd-backupd read it (group membership or a copy with the right owner)"
+        }
         _ => "check the file",
     };
     format!("cannot read '{}': {e} ({hint})", path.display())

