@@ -14,6 +14,7 @@ use crate::manifest::EtcdFacts;
 pub struct Member {
     client: Client,
     pub facts: EtcdFacts,
+    snapshot: Option<etcd_client::SnapshotStreaming>,
 }
 
 /// Connects to the first endpoint that answers a status request; the error names every endpoint tried.
@@ -110,7 +111,11 @@ async fn connect_one(
         leader: format!("{:x}", status.leader()),
         alarms,
     };
-    Ok(Member { client, facts })
+    Ok(Member {
+        client,
+        facts,
+        snapshot: None,
+    })
 }
 
 /// Turns a client error into a sentence an operator can act on.
@@ -169,9 +174,12 @@ fn explain(e: &etcd_client::Error, settings: &EtcdSettings) -> String {
     }
 }
 
-impl Member {
-    /// Starts the snapshot stream; the caller reads it with `next_chunk`.
-    pub async fn snapshot(&mut self) -> Result<Snapshot> {
+impl crate::pipeline::SnapshotSource for Member {
+    fn facts(&self) -> &EtcdFacts {
+        &self.facts
+    }
+
+    async fn open(&mut self) -> Result<()> {
         let stream = self.client.snapshot().await.map_err(|e| {
             anyhow!(
                 "etcd at {} refused the snapshot: {}",
@@ -179,28 +187,21 @@ impl Member {
                 crate::errors::chain(&e)
             )
         })?;
-        Ok(Snapshot {
-            stream,
-            endpoint: self.facts.endpoint.clone(),
-        })
+        self.snapshot = Some(stream);
+        Ok(())
     }
-}
 
-/// A snapshot being streamed from etcd.
-pub struct Snapshot {
-    stream: etcd_client::SnapshotStreaming,
-    endpoint: String,
-}
-
-impl Snapshot {
-    /// The next piece of the snapshot, or `None` at its end.
-    pub async fn next_chunk(&mut self) -> Result<Option<Vec<u8>>> {
-        match self.stream.message().await {
+    async fn next_chunk(&mut self) -> Result<Option<Vec<u8>>> {
+        let stream = self
+            .snapshot
+            .as_mut()
+            .context("the snapshot was not started")?;
+        match stream.message().await {
             Ok(Some(msg)) => Ok(Some(msg.blob().to_vec())),
             Ok(None) => Ok(None),
             Err(e) => Err(anyhow!(
                 "the snapshot stream from {} broke: {}",
-                self.endpoint,
+                self.facts.endpoint,
                 crate::errors::chain(&e)
             )),
         }

@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 
 use crate::config::Settings;
 use crate::config::units::format_size;
+use crate::manifest::EtcdFacts;
 use crate::manifest::{
     ArtifactFacts, BackupId, Compression, FORMAT_VERSION, Manifest, SnapshotFacts,
 };
@@ -48,12 +49,30 @@ pub fn required_local_space(db_size: u64) -> u64 {
 /// Takes one backup. `Err` means no destination committed anything; a report with failures means
 /// some destinations committed and others did not.
 pub async fn run_backup(settings: &Settings, request: &BackupRequest) -> Result<BackupReport> {
+    let member = crate::etcd::connect(&settings.etcd).await?;
+    write_backup(settings, request, member).await
+}
+
+/// Where the plain snapshot comes from: etcd, or (in tests) bytes a real etcd cannot be made to send.
+pub trait SnapshotSource: Send {
+    /// What the member reported before the snapshot.
+    fn facts(&self) -> &EtcdFacts;
+    /// Starts the snapshot stream.
+    fn open(&mut self) -> impl Future<Output = Result<()>> + Send;
+    /// The next piece of the snapshot, or `None` at its end.
+    fn next_chunk(&mut self) -> impl Future<Output = Result<Option<Vec<u8>>>> + Send;
+}
+
+/// Takes one backup from `source` into every configured destination.
+pub async fn write_backup<S: SnapshotSource>(
+    settings: &Settings,
+    request: &BackupRequest,
+    mut source: S,
+) -> Result<BackupReport> {
     let started = Utc::now();
     let clock = Instant::now();
     let mut failed: Vec<(&'static str, String)> = Vec::new();
-
-    let mut member = crate::etcd::connect(&settings.etcd).await?;
-    let facts = member.facts.clone();
+    let facts = source.facts().clone();
     tracing::info!(
         endpoint = %facts.endpoint, member = %facts.member_name, member_id = %facts.member_id,
         version = %facts.version, revision = facts.revision, db_size = facts.db_size,
@@ -112,8 +131,8 @@ pub async fn run_backup(settings: &Settings, request: &BackupRequest) -> Result<
         tokio::task::spawn_blocking(move || encode(plain_rx, senders, compression, &recipients));
 
     let read = tokio::time::timeout(settings.etcd.snapshot_timeout, async {
-        let mut snapshot = member.snapshot().await?;
-        while let Some(chunk) = snapshot.next_chunk().await? {
+        source.open().await?;
+        while let Some(chunk) = source.next_chunk().await? {
             if plain_tx.send(chunk).await.is_err() {
                 break; // the encoder stopped; its result says why
             }

@@ -1,0 +1,151 @@
+//! Faults a real etcd cannot be made to produce (a corrupted trailer, a stream that breaks, a runt
+//! snapshot), fed through the whole pipeline into the real local directory and the in-process S3.
+//! One test function: it sets the AWS credential variables before any runtime thread exists.
+
+mod common;
+
+use std::collections::VecDeque;
+use std::path::Path;
+
+use anyhow::{Result, anyhow};
+use common::*;
+use etcd_backupd::manifest::EtcdFacts;
+use etcd_backupd::pipeline::{BackupRequest, SnapshotSource, write_backup};
+use sha2::Digest;
+
+struct FakeSource {
+    facts: EtcdFacts,
+    chunks: VecDeque<Vec<u8>>,
+    /// Fail instead of sending the chunk at this index.
+    break_at: Option<usize>,
+    sent: usize,
+}
+
+impl FakeSource {
+    fn new(snapshot: Vec<u8>, revision: i64) -> Self {
+        let facts = EtcdFacts {
+            endpoint: "http://127.0.0.1:1".into(),
+            cluster_id: "1".into(),
+            member_id: "2".into(),
+            member_name: "fake".into(),
+            version: "3.5.1".into(),
+            revision,
+            raft_term: 1,
+            raft_index: 1,
+            db_size: snapshot.len() as u64,
+            leader: "2".into(),
+            alarms: vec![],
+        };
+        let chunks = snapshot.chunks(32 * 1024 + 7).map(<[u8]>::to_vec).collect();
+        FakeSource { facts, chunks, break_at: None, sent: 0 }
+    }
+}
+
+impl SnapshotSource for FakeSource {
+    fn facts(&self) -> &EtcdFacts {
+        &self.facts
+    }
+
+    async fn open(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    async fn next_chunk(&mut self) -> Result<Option<Vec<u8>>> {
+        if self.break_at == Some(self.sent) {
+            return Err(anyhow!("the snapshot stream from {} broke: injected", self.facts.endpoint));
+        }
+        self.sent += 1;
+        Ok(self.chunks.pop_front())
+    }
+}
+
+/// A plausible snapshot: 12 MiB of pseudo-random pages and etcd's sha256 trailer.
+fn snapshot_bytes() -> Vec<u8> {
+    let mut state = 0x2545f4914f6cdd1du64;
+    let mut body: Vec<u8> = (0..12 * 1024 * 1024)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
+    let sum = sha2::Sha256::digest(&body);
+    body.extend_from_slice(&sum);
+    body
+}
+
+fn settings(work: &Path, s3: &S3, recipient: &str) -> etcd_backupd::config::Settings {
+    let text = format!(
+        "[etcd]\nendpoints = [\"http://127.0.0.1:1\"]\n[encryption]\nrecipients = [\"{recipient}\"]\n[local]\ndir = \"{}\"\n{}",
+        work.join("backups").display(),
+        s3.config_table(BUCKET, "")
+    );
+    etcd_backupd::config::parse(&text).unwrap()
+}
+
+/// Nothing that looks like a backup, and no unfinished multipart upload, anywhere.
+fn assert_clean(work: &Path, s3: &S3) {
+    let local = files(&work.join("backups/default"));
+    assert!(local.is_empty(), "local: {local:?}");
+    assert!(s3.keys(BUCKET).is_empty(), "s3 objects: {:?}", s3.keys(BUCKET));
+    let uploads: Vec<String> = files(&s3.root).into_iter().filter(|n| n.starts_with(".upload")).collect();
+    assert!(uploads.is_empty(), "multipart uploads left behind: {uploads:?}");
+}
+
+#[test]
+fn faults_in_the_snapshot_stream_commit_nothing_anywhere() {
+    // SAFETY: set before any other thread of this test binary exists (this is its only test).
+    unsafe {
+        std::env::set_var("AWS_ACCESS_KEY_ID", ACCESS_KEY);
+        std::env::set_var("AWS_SECRET_ACCESS_KEY", SECRET_KEY);
+        std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
+        std::env::set_var("AWS_CONFIG_FILE", "/nonexistent/aws-config");
+        std::env::set_var("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/aws-credentials");
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        let good = snapshot_bytes();
+        let request = BackupRequest::default();
+
+        // A good stream from the fake commits in both places (the fake itself is sound).
+        let (s3, work) = (S3::start().await, tempfile::tempdir().unwrap());
+        let id = age_identity(work.path(), "ops");
+        let report = write_backup(&settings(work.path(), &s3, &id.recipient), &request, FakeSource::new(good.clone(), 10))
+            .await
+            .unwrap();
+        assert_eq!(report.committed, vec!["local", "s3"]);
+        assert_eq!(report.manifest.snapshot.sha256, hex::encode(&good[good.len() - 32..]));
+        assert!(s3.faults.parts_seen.load(std::sync::atomic::Ordering::SeqCst) >= 2, "a real multipart upload");
+
+        // Every flipped position class: first page, middle, last data byte, inside the trailer.
+        for pos in [0, good.len() / 2, good.len() - 33, good.len() - 1] {
+            let (s3, work) = (S3::start().await, tempfile::tempdir().unwrap());
+            let mut bad = good.clone();
+            bad[pos] ^= 0x40;
+            let err = write_backup(&settings(work.path(), &s3, &id.recipient), &request, FakeSource::new(bad, 10))
+                .await
+                .unwrap_err();
+            let text = format!("{err:#}");
+            assert!(text.contains("sha256 trailer does not match"), "flip at {pos}: {text}");
+            assert!(text.contains("nothing was committed"), "{text}");
+            assert_clean(work.path(), &s3);
+        }
+
+        // The stream breaks after several parts went to S3.
+        let (s3, work) = (S3::start().await, tempfile::tempdir().unwrap());
+        let mut source = FakeSource::new(good.clone(), 10);
+        source.break_at = Some(300);
+        let err = write_backup(&settings(work.path(), &s3, &id.recipient), &request, source).await.unwrap_err();
+        assert!(format!("{err:#}").contains("broke: injected"), "{err:#}");
+        assert_clean(work.path(), &s3);
+
+        // A runt: etcd sent less than a trailer.
+        let (s3, work) = (S3::start().await, tempfile::tempdir().unwrap());
+        let err = write_backup(&settings(work.path(), &s3, &id.recipient), &request, FakeSource::new(vec![1, 2, 3], 10))
+            .await
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("too short"), "{err:#}");
+        assert_clean(work.path(), &s3);
+    });
+}
