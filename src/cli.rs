@@ -71,10 +71,7 @@ impl From<anyhow::Error> for Failure {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     crate::telemetry::init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("etcd-backupd: cannot start the async runtime: {e}");
@@ -115,20 +112,14 @@ fn print_summary(path: &std::path::Path, s: &Settings) {
     };
     println!("  etcd:       {}{auth}", s.etcd.endpoints.join(", "));
     println!("  cluster:    {}", s.cluster);
-    println!(
-        "  local:      {}",
-        s.local.dir.join(s.cluster.as_str()).display()
-    );
+    println!("  local:      {}", s.local.dir.join(s.cluster.as_str()).display());
     match &s.s3 {
         Some(s3) => println!(
             "  s3:         s3://{}/{}{}/{}",
             s3.bucket,
             s3.prefix,
             s.cluster,
-            s3.endpoint
-                .as_deref()
-                .map(|e| format!(" at {e}"))
-                .unwrap_or_default()
+            s3.endpoint.as_deref().map(|e| format!(" at {e}")).unwrap_or_default()
         ),
         None => println!("  s3:         not configured (backups stay on this host)"),
     }
@@ -149,17 +140,8 @@ async fn backup(settings: &Settings, label: Option<String>) -> Result<(), Failur
     if report.failed.is_empty() {
         Ok(())
     } else {
-        let lines: Vec<String> = report
-            .failed
-            .iter()
-            .map(|(d, e)| format!("{d}: {e}"))
-            .collect();
-        Err(anyhow::anyhow!(
-            "backup {} is NOT committed in every destination:\n  {}",
-            m.id,
-            lines.join("\n  ")
-        )
-        .into())
+        let lines: Vec<String> = report.failed.iter().map(|(d, e)| format!("{d}: {e}")).collect();
+        Err(anyhow::anyhow!("backup {} is NOT committed in every destination:\n  {}", m.id, lines.join("\n  ")).into())
     }
 }
 
@@ -178,18 +160,12 @@ async fn list(settings: &Settings, json: bool) -> Result<(), Failure> {
         for stored in listing.backups {
             merged
                 .entry(stored.manifest.id.clone())
-                .or_insert_with(|| Listed {
-                    destinations: Vec::new(),
-                    manifest: stored.manifest,
-                })
+                .or_insert_with(|| Listed { destinations: Vec::new(), manifest: stored.manifest })
                 .destinations
                 .push(destination);
         }
     };
-    match LocalStore::new(&settings.local.dir, &settings.cluster)
-        .list()
-        .await
-    {
+    match LocalStore::new(&settings.local.dir, &settings.cluster).list().await {
         Ok(l) => add("local", l),
         Err(e) => errors.push(format!("local: {e:#}")),
     }
@@ -205,10 +181,7 @@ async fn list(settings: &Settings, json: bool) -> Result<(), Failure> {
         let text = serde_json::to_string_pretty(&rows).map_err(anyhow::Error::from)?;
         println!("{text}");
     } else {
-        println!(
-            "{:<26} {:<20} {:>10} {:>11}  {:<20} STORED IN",
-            "ID", "CREATED (UTC)", "REVISION", "SIZE", "LABEL"
-        );
+        println!("{:<26} {:<20} {:>10} {:>11}  {:<20} STORED IN", "ID", "CREATED (UTC)", "REVISION", "SIZE", "LABEL");
         for r in &rows {
             let m = &r.manifest;
             println!(

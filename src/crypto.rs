@@ -14,7 +14,9 @@ pub fn parse_recipient(text: &str) -> Result<Box<dyn Recipient + Send + Sync>, S
         );
     }
     if text.starts_with("-----BEGIN") {
-        return Err("this is a private key file, not a public key: give the SSH public key (the .pub file's line)".into());
+        return Err(
+            "this is a private key file, not a public key: give the SSH public key (the .pub file's line)".into()
+        );
     }
     if text.starts_with("age1") {
         return text
@@ -23,27 +25,19 @@ pub fn parse_recipient(text: &str) -> Result<Box<dyn Recipient + Send + Sync>, S
             .map_err(|e| format!("\"{}\" is not a valid age public key: {e}", shorten(text)));
     }
     if text.starts_with("ssh-") {
-        return text
-            .parse::<age::ssh::Recipient>()
-            .map(|r| Box::new(r) as _)
-            .map_err(|e| {
-                let why = match e {
-                    age::ssh::ParseRecipientKeyError::RsaModulusTooSmall => {
-                        "RSA keys under 2048 bits are refused".to_string()
-                    }
-                    age::ssh::ParseRecipientKeyError::RsaModulusTooLarge => {
-                        "the RSA key is too large".to_string()
-                    }
-                    age::ssh::ParseRecipientKeyError::Unsupported(kind) => {
-                        format!("{kind} keys are not supported by age; use ssh-ed25519 or ssh-rsa")
-                    }
-                    _ => "it does not parse".to_string(),
-                };
-                format!(
-                    "\"{}\" is not a usable SSH public key: {why}",
-                    shorten(text)
-                )
-            });
+        return text.parse::<age::ssh::Recipient>().map(|r| Box::new(r) as _).map_err(|e| {
+            let why = match e {
+                age::ssh::ParseRecipientKeyError::RsaModulusTooSmall => {
+                    "RSA keys under 2048 bits are refused".to_string()
+                }
+                age::ssh::ParseRecipientKeyError::RsaModulusTooLarge => "the RSA key is too large".to_string(),
+                age::ssh::ParseRecipientKeyError::Unsupported(kind) => {
+                    format!("{kind} keys are not supported by age; use ssh-ed25519 or ssh-rsa")
+                }
+                _ => "it does not parse".to_string(),
+            };
+            format!("\"{}\" is not a usable SSH public key: {why}", shorten(text))
+        });
     }
     Err(format!(
         "\"{}\" is not a recipient: expected an age public key (age1…) or an SSH public key (ssh-ed25519 … or ssh-rsa …)",
@@ -76,20 +70,11 @@ pub fn parse_recipients_text(text: &str) -> Result<Vec<String>, (usize, String)>
 
 /// Wraps `output` so that everything written to it is encrypted to all `recipients`.
 /// The caller must call `finish()` on the returned writer, or the file is truncated.
-pub fn encrypt_to<W: Write>(
-    recipients: &[String],
-    output: W,
-) -> Result<age::stream::StreamWriter<W>, String> {
-    let parsed = recipients
-        .iter()
-        .map(|r| parse_recipient(r))
-        .collect::<Result<Vec<_>, _>>()?;
-    let encryptor =
-        age::Encryptor::with_recipients(parsed.iter().map(|r| r.as_ref() as &dyn Recipient))
-            .map_err(|e| format!("cannot encrypt to these recipients: {e}"))?;
-    encryptor
-        .wrap_output(output)
-        .map_err(|e| format!("cannot start encryption: {e}"))
+pub fn encrypt_to<W: Write>(recipients: &[String], output: W) -> Result<age::stream::StreamWriter<W>, String> {
+    let parsed = recipients.iter().map(|r| parse_recipient(r)).collect::<Result<Vec<_>, _>>()?;
+    let encryptor = age::Encryptor::with_recipients(parsed.iter().map(|r| r.as_ref() as &dyn Recipient))
+        .map_err(|e| format!("cannot encrypt to these recipients: {e}"))?;
+    encryptor.wrap_output(output).map_err(|e| format!("cannot start encryption: {e}"))
 }
 
 #[cfg(test)]
@@ -97,7 +82,8 @@ mod tests {
     use super::*;
 
     const AGE_PUB: &str = "age129n4cdkqnnw0ufcsz5av60my25tehpq9mlsxr3jfs68hzl2nqf4qpfwa0s";
-    const SSH_PUB: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHS95VBVaLPmudeOW9aEVTrqx9kr85m1tzlEzwEJFKwE ops@example";
+    const SSH_PUB: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHS95VBVaLPmudeOW9aEVTrqx9kr85m1tzlEzwEJFKwE ops@example";
 
     #[test]
     fn accepts_age_and_ssh_keys() {
@@ -110,41 +96,21 @@ mod tests {
     fn refuses_secret_keys_with_a_hint() {
         let e = parse_recipient("AGE-SECRET-KEY-1QQQ").err().unwrap();
         assert!(e.contains("never put it on the etcd host"), "{e}");
-        let e = parse_recipient("-----BEGIN OPENSSH PRIVATE KEY-----")
-            .err()
-            .unwrap();
+        let e = parse_recipient("-----BEGIN OPENSSH PRIVATE KEY-----").err().unwrap();
         assert!(e.contains("private key"), "{e}");
     }
 
     #[test]
     fn refuses_garbage() {
-        assert!(
-            parse_recipient("age1notakey")
-                .err()
-                .unwrap()
-                .contains("not a valid age public key")
-        );
-        assert!(
-            parse_recipient("hello")
-                .err()
-                .unwrap()
-                .contains("not a recipient")
-        );
-        assert!(
-            parse_recipient("ssh-ed25519 AAAA")
-                .err()
-                .unwrap()
-                .contains("SSH public key")
-        );
+        assert!(parse_recipient("age1notakey").err().unwrap().contains("not a valid age public key"));
+        assert!(parse_recipient("hello").err().unwrap().contains("not a recipient"));
+        assert!(parse_recipient("ssh-ed25519 AAAA").err().unwrap().contains("SSH public key"));
     }
 
     #[test]
     fn recipients_file_skips_comments_and_names_the_bad_line() {
         let text = format!("# ops team\n\n{AGE_PUB}\n  # offline key\n{SSH_PUB}\n");
-        assert_eq!(
-            parse_recipients_text(&text).unwrap(),
-            vec![AGE_PUB.to_string(), SSH_PUB.to_string()]
-        );
+        assert_eq!(parse_recipients_text(&text).unwrap(), vec![AGE_PUB.to_string(), SSH_PUB.to_string()]);
         let text = format!("{AGE_PUB}\n\nnot-a-key\n");
         let (line, e) = parse_recipients_text(&text).unwrap_err();
         assert_eq!(line, 3);
@@ -162,9 +128,7 @@ mod tests {
         w.finish().unwrap();
         for id in [&id1, &id2] {
             let d = age::Decryptor::new(&out[..]).unwrap();
-            let mut r = d
-                .decrypt(std::iter::once(id as &dyn age::Identity))
-                .unwrap();
+            let mut r = d.decrypt(std::iter::once(id as &dyn age::Identity)).unwrap();
             let mut plain = Vec::new();
             std::io::Read::read_to_end(&mut r, &mut plain).unwrap();
             assert_eq!(plain, b"etcd snapshot");

@@ -3,9 +3,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
-use etcd_client::{
-    AlarmAction, AlarmType, Certificate, Client, ConnectOptions, Identity, TlsOptions,
-};
+use etcd_client::{AlarmAction, AlarmType, Certificate, Client, ConnectOptions, Identity, TlsOptions};
 
 use crate::config::EtcdSettings;
 use crate::manifest::EtcdFacts;
@@ -42,62 +40,39 @@ fn connect_options(settings: &EtcdSettings) -> Result<ConnectOptions> {
         let mut tls = TlsOptions::new();
         match &settings.cacert {
             Some(ca) => {
-                let pem = std::fs::read(ca)
-                    .with_context(|| format!("cannot read etcd.cacert '{}'", ca.display()))?;
+                let pem = std::fs::read(ca).with_context(|| format!("cannot read etcd.cacert '{}'", ca.display()))?;
                 tls = tls.ca_certificate(Certificate::from_pem(pem));
             }
             None => tls = tls.with_native_roots(),
         }
         if let Some(cc) = &settings.client_cert {
-            let cert = std::fs::read(&cc.cert)
-                .with_context(|| format!("cannot read etcd.cert '{}'", cc.cert.display()))?;
-            let key = std::fs::read(&cc.key)
-                .with_context(|| format!("cannot read etcd.key '{}'", cc.key.display()))?;
+            let cert =
+                std::fs::read(&cc.cert).with_context(|| format!("cannot read etcd.cert '{}'", cc.cert.display()))?;
+            let key = std::fs::read(&cc.key).with_context(|| format!("cannot read etcd.key '{}'", cc.key.display()))?;
             tls = tls.identity(Identity::from_pem(cert, key));
         }
         options = options.with_tls(tls);
     }
     if let Some(auth) = &settings.auth {
-        let password = std::fs::read_to_string(&auth.password_file).with_context(|| {
-            format!(
-                "cannot read etcd.password_file '{}'",
-                auth.password_file.display()
-            )
-        })?;
-        options = options.with_user(
-            auth.username.clone(),
-            password.trim_end_matches(['\n', '\r']).to_string(),
-        );
+        let password = std::fs::read_to_string(&auth.password_file)
+            .with_context(|| format!("cannot read etcd.password_file '{}'", auth.password_file.display()))?;
+        options = options.with_user(auth.username.clone(), password.trim_end_matches(['\n', '\r']).to_string());
     }
     Ok(options)
 }
 
-async fn connect_one(
-    endpoint: &str,
-    options: ConnectOptions,
-) -> Result<Member, etcd_client::Error> {
+async fn connect_one(endpoint: &str, options: ConnectOptions) -> Result<Member, etcd_client::Error> {
     let mut client = Client::connect([endpoint], Some(options)).await?;
     let status = client.status().await?;
-    let header = status
-        .header()
-        .ok_or_else(|| etcd_client::Error::Internal("status response without header".into()))?;
+    let header =
+        status.header().ok_or_else(|| etcd_client::Error::Internal("status response without header".into()))?;
     let (cluster_id, member_id) = (header.cluster_id(), header.member_id());
     let revision = header.revision();
     let members = client.member_list().await?;
-    let member_name = members
-        .members()
-        .iter()
-        .find(|m| m.id() == member_id)
-        .map(|m| m.name().to_string())
-        .unwrap_or_default();
-    let alarms = client
-        .alarm(AlarmAction::Get, AlarmType::None, None)
-        .await?;
-    let alarms = alarms
-        .alarms()
-        .iter()
-        .map(|a| format!("{:?} on member {:x}", a.alarm(), a.member_id()))
-        .collect();
+    let member_name =
+        members.members().iter().find(|m| m.id() == member_id).map(|m| m.name().to_string()).unwrap_or_default();
+    let alarms = client.alarm(AlarmAction::Get, AlarmType::None, None).await?;
+    let alarms = alarms.alarms().iter().map(|a| format!("{:?} on member {:x}", a.alarm(), a.member_id())).collect();
     let facts = EtcdFacts {
         endpoint: endpoint.to_string(),
         cluster_id: format!("{cluster_id:x}"),
@@ -111,11 +86,7 @@ async fn connect_one(
         leader: format!("{:x}", status.leader()),
         alarms,
     };
-    Ok(Member {
-        client,
-        facts,
-        snapshot: None,
-    })
+    Ok(Member { client, facts, snapshot: None })
 }
 
 /// Turns a client error into a sentence an operator can act on.
@@ -126,11 +97,7 @@ fn explain(e: &etcd_client::Error, settings: &EtcdSettings) -> String {
             if let Some(source) = std::error::Error::source(status) {
                 let rest = crate::errors::chain(source);
                 if !text.contains(&rest) {
-                    text = if text.is_empty() {
-                        rest
-                    } else {
-                        format!("{text}: {rest}")
-                    };
+                    text = if text.is_empty() { rest } else { format!("{text}: {rest}") };
                 }
             }
             (text, Some(status.code()))
@@ -155,9 +122,7 @@ fn explain(e: &etcd_client::Error, settings: &EtcdSettings) -> String {
         "the server did not speak gRPC this way: check http:// versus https:// in etcd.endpoints"
     } else {
         match code {
-            Some(tonic::Code::Unauthenticated | tonic::Code::PermissionDenied)
-                if settings.auth.is_some() =>
-            {
+            Some(tonic::Code::Unauthenticated | tonic::Code::PermissionDenied) if settings.auth.is_some() => {
                 "etcd refused the user: check etcd.username and the password in etcd.password_file"
             }
             Some(tonic::Code::Unauthenticated | tonic::Code::PermissionDenied) => {
@@ -167,11 +132,7 @@ fn explain(e: &etcd_client::Error, settings: &EtcdSettings) -> String {
             _ => "",
         }
     };
-    if hint.is_empty() {
-        chain
-    } else {
-        format!("{chain} ({hint})")
-    }
+    if hint.is_empty() { chain } else { format!("{chain} ({hint})") }
 }
 
 impl crate::pipeline::SnapshotSource for Member {
@@ -181,29 +142,20 @@ impl crate::pipeline::SnapshotSource for Member {
 
     async fn open(&mut self) -> Result<()> {
         let stream = self.client.snapshot().await.map_err(|e| {
-            anyhow!(
-                "etcd at {} refused the snapshot: {}",
-                self.facts.endpoint,
-                crate::errors::chain(&e)
-            )
+            anyhow!("etcd at {} refused the snapshot: {}", self.facts.endpoint, crate::errors::chain(&e))
         })?;
         self.snapshot = Some(stream);
         Ok(())
     }
 
     async fn next_chunk(&mut self) -> Result<Option<Vec<u8>>> {
-        let stream = self
-            .snapshot
-            .as_mut()
-            .context("the snapshot was not started")?;
+        let stream = self.snapshot.as_mut().context("the snapshot was not started")?;
         match stream.message().await {
             Ok(Some(msg)) => Ok(Some(msg.blob().to_vec())),
             Ok(None) => Ok(None),
-            Err(e) => Err(anyhow!(
-                "the snapshot stream from {} broke: {}",
-                self.facts.endpoint,
-                crate::errors::chain(&e)
-            )),
+            Err(e) => {
+                Err(anyhow!("the snapshot stream from {} broke: {}", self.facts.endpoint, crate::errors::chain(&e)))
+            }
         }
     }
 }

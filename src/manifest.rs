@@ -21,9 +21,7 @@ impl ClusterName {
         let valid = !name.is_empty()
             && name.len() <= 63
             && name.starts_with(|c: char| c.is_ascii_alphanumeric())
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
         if valid {
             Ok(ClusterName(name.to_string()))
         } else {
@@ -91,16 +89,8 @@ impl Compression {
 pub fn check_label(label: &str) -> Result<(), String> {
     let ok = !label.is_empty()
         && label.len() <= 64
-        && label
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "\"{label}\" is not a label: 1 to 64 letters, digits, '-', '_' or '.'"
-        ))
-    }
+        && label.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok { Ok(()) } else { Err(format!("\"{label}\" is not a label: 1 to 64 letters, digits, '-', '_' or '.'")) }
 }
 
 /// A backup's id: its UTC start time and the etcd revision, `20261122T060000Z-r48211`.
@@ -124,8 +114,7 @@ impl BackupId {
     }
 
     pub fn parse(text: &str) -> Result<Self, String> {
-        let bad =
-            || format!("\"{text}\" is not a backup id: expected one like 20261122T060000Z-r48211");
+        let bad = || format!("\"{text}\" is not a backup id: expected one like 20261122T060000Z-r48211");
         let (time, rev) = text.split_once("-r").ok_or_else(bad)?;
         if time.len() != 16
             || rev.is_empty()
@@ -136,10 +125,7 @@ impl BackupId {
         }
         let naive = NaiveDateTime::parse_from_str(time, ID_TIME_FORMAT).map_err(|_| bad())?;
         let revision = rev.parse().map_err(|_| bad())?;
-        Ok(BackupId {
-            created: naive.and_utc(),
-            revision,
-        })
+        Ok(BackupId { created: naive.and_utc(), revision })
     }
 
     pub fn created(&self) -> DateTime<Utc> {
@@ -161,12 +147,7 @@ impl BackupId {
 
 impl fmt::Display for BackupId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}-r{}",
-            self.created.format(ID_TIME_FORMAT),
-            self.revision
-        )
+        write!(f, "{}-r{}", self.created.format(ID_TIME_FORMAT), self.revision)
     }
 }
 
@@ -202,10 +183,7 @@ pub fn classify(name: &str) -> Entry {
     if let Some(stem) = name.strip_suffix(MANIFEST_SUFFIX) {
         return BackupId::parse(stem).map_or(Entry::Foreign, Entry::Manifest);
     }
-    for ext in [
-        Compression::None.artifact_extension(),
-        Compression::Zstd { level: 0 }.artifact_extension(),
-    ] {
+    for ext in [Compression::None.artifact_extension(), Compression::Zstd { level: 0 }.artifact_extension()] {
         if let Some(stem) = name.strip_suffix(ext) {
             return BackupId::parse(stem).map_or(Entry::Foreign, Entry::Artifact);
         }
@@ -279,8 +257,7 @@ impl Manifest {
 
     /// Parses a manifest and checks that it is the one its file name says.
     pub fn from_json(bytes: &[u8], expected: &BackupId) -> Result<Self, String> {
-        let m: Manifest =
-            serde_json::from_slice(bytes).map_err(|e| format!("not a valid manifest: {e}"))?;
+        let m: Manifest = serde_json::from_slice(bytes).map_err(|e| format!("not a valid manifest: {e}"))?;
         if m.format_version > FORMAT_VERSION {
             return Err(format!(
                 "manifest format {} is newer than this etcd-backupd understands ({FORMAT_VERSION}): upgrade etcd-backupd",
@@ -288,10 +265,7 @@ impl Manifest {
             ));
         }
         if &m.id != expected {
-            return Err(format!(
-                "manifest says id {} but is stored as {expected}",
-                m.id
-            ));
+            return Err(format!("manifest says id {} but is stored as {expected}", m.id));
         }
         Ok(m)
     }

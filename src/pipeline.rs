@@ -14,9 +14,7 @@ use tokio::sync::mpsc;
 use crate::config::Settings;
 use crate::config::units::format_size;
 use crate::manifest::EtcdFacts;
-use crate::manifest::{
-    ArtifactFacts, BackupId, Compression, FORMAT_VERSION, Manifest, SnapshotFacts,
-};
+use crate::manifest::{ArtifactFacts, BackupId, Compression, FORMAT_VERSION, Manifest, SnapshotFacts};
 use crate::snapshot::TrailerCheck;
 use crate::store::Upload;
 use crate::store::local::LocalStore;
@@ -102,10 +100,7 @@ pub async fn write_backup<S: SnapshotSource>(
         }
     }
     if uploads.is_empty() {
-        bail!(
-            "no destination can take the backup:\n  {}",
-            describe(&failed)
-        );
+        bail!("no destination can take the backup:\n  {}", describe(&failed));
     }
 
     // Destinations: each drains its own queue; on error it stops, which the encoder notices.
@@ -127,8 +122,7 @@ pub async fn write_backup<S: SnapshotSource>(
     let (plain_tx, plain_rx) = mpsc::channel::<Vec<u8>>(QUEUE);
     let compression = settings.compression;
     let recipients = settings.encryption.recipients.clone();
-    let encoder =
-        tokio::task::spawn_blocking(move || encode(plain_rx, senders, compression, &recipients));
+    let encoder = tokio::task::spawn_blocking(move || encode(plain_rx, senders, compression, &recipients));
 
     let read = tokio::time::timeout(settings.etcd.snapshot_timeout, async {
         source.open().await?;
@@ -181,10 +175,7 @@ pub async fn write_backup<S: SnapshotSource>(
         host: hostname(),
         tool_version: env!("CARGO_PKG_VERSION").to_string(),
         etcd: facts,
-        snapshot: SnapshotFacts {
-            size: encoded.plain_size,
-            sha256: encoded.snapshot_sha256,
-        },
+        snapshot: SnapshotFacts { size: encoded.plain_size, sha256: encoded.snapshot_sha256 },
         artifact: ArtifactFacts {
             name: artifact_name,
             size: encoded.artifact_size,
@@ -223,24 +214,13 @@ pub async fn write_backup<S: SnapshotSource>(
         "backup finished"
     );
     if committed.is_empty() {
-        bail!(
-            "backup {id} was taken but no destination committed it:\n  {}",
-            describe(&failed)
-        );
+        bail!("backup {id} was taken but no destination committed it:\n  {}", describe(&failed));
     }
-    Ok(BackupReport {
-        manifest,
-        committed,
-        failed,
-    })
+    Ok(BackupReport { manifest, committed, failed })
 }
 
 fn describe(failed: &[(&str, String)]) -> String {
-    failed
-        .iter()
-        .map(|(d, e)| format!("{d}: {e}"))
-        .collect::<Vec<_>>()
-        .join("\n  ")
+    failed.iter().map(|(d, e)| format!("{d}: {e}")).collect::<Vec<_>>().join("\n  ")
 }
 
 async fn begin_local(
@@ -276,9 +256,7 @@ async fn begin_s3(
 }
 
 fn hostname() -> String {
-    nix::unistd::gethostname()
-        .map(|h| h.to_string_lossy().into_owned())
-        .unwrap_or_default()
+    nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
 /// What the encoder produced.
@@ -307,16 +285,12 @@ fn encode(
     let mut check = TrailerCheck::new();
     let fanout = match compression {
         Compression::Zstd { level } => {
-            let mut z =
-                zstd::stream::write::Encoder::new(encrypted, level).context("cannot start zstd")?;
+            let mut z = zstd::stream::write::Encoder::new(encrypted, level).context("cannot start zstd")?;
             while let Some(chunk) = plain.blocking_recv() {
                 check.update(&chunk);
                 z.write_all(&chunk).map_err(write_error)?;
             }
-            z.finish()
-                .map_err(write_error)?
-                .finish()
-                .map_err(write_error)?
+            z.finish().map_err(write_error)?.finish().map_err(write_error)?
         }
         Compression::None => {
             let mut w = encrypted;
@@ -330,12 +304,7 @@ fn encode(
     let plain_size = check.total();
     let (artifact_size, artifact_sha256) = fanout.close().map_err(write_error)?;
     let snapshot_sha256 = check.finish()?;
-    Ok(Encoded {
-        plain_size,
-        snapshot_sha256,
-        artifact_size,
-        artifact_sha256,
-    })
+    Ok(Encoded { plain_size, snapshot_sha256, artifact_size, artifact_sha256 })
 }
 
 fn write_error(e: std::io::Error) -> anyhow::Error {

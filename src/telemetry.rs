@@ -26,9 +26,7 @@ pub fn init() {
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let journald = if stderr_is_journal() {
-        tracing_journald::layer()
-            .ok()
-            .map(|l| l.with_syslog_identifier(SYSLOG_IDENTIFIER.to_string()))
+        tracing_journald::layer().ok().map(|l| l.with_syslog_identifier(SYSLOG_IDENTIFIER.to_string()))
     } else {
         None
     };
@@ -36,15 +34,9 @@ pub fn init() {
     match journald {
         Some(layer) => registry.with(layer).init(),
         None => registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .with_writer(std::io::stderr)
-                    .with_target(false)
-                    .with_ansi(
-                        std::io::IsTerminal::is_terminal(&std::io::stderr())
-                            && std::env::var_os("NO_COLOR").is_none(),
-                    ),
-            )
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false).with_ansi(
+                std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none(),
+            ))
             .init(),
     }
 }

@@ -15,21 +15,14 @@ fn write_config(dir: &Path, body: &str) -> std::path::PathBuf {
 }
 
 fn manifest_in(dir: &Path) -> Value {
-    let name = files(dir)
-        .into_iter()
-        .find(|n| n.ends_with(".manifest.json"))
-        .expect("a manifest");
+    let name = files(dir).into_iter().find(|n| n.ends_with(".manifest.json")).expect("a manifest");
     serde_json::from_slice(&std::fs::read(dir.join(name)).unwrap()).unwrap()
 }
 
 /// Backs up a seeded etcd to local + S3, then restores each copy with the standard tools and checks
 /// that a member started on it serves the seeded keys at the recorded revision.
 async fn backup_restores_everywhere(version: EtcdVersion, tls: bool) {
-    let etcd = if tls {
-        Etcd::start_tls(version)
-    } else {
-        Etcd::start(version)
-    };
+    let etcd = if tls { Etcd::start_tls(version) } else { Etcd::start(version) };
     let revision = etcd.seed(300, 200).await;
     let s3 = S3::start().await;
     let work = tempfile::tempdir().unwrap();
@@ -50,54 +43,26 @@ async fn backup_restores_everywhere(version: EtcdVersion, tls: bool) {
 
     let out = run(&config, &["backup", "--label", "pre-upgrade-1.31"]).await;
     assert!(out.status.success(), "backup failed: {}", stderr(&out));
-    assert!(
-        stdout(&out).contains("committed in: local, s3"),
-        "{}",
-        stdout(&out)
-    );
+    assert!(stdout(&out).contains("committed in: local, s3"), "{}", stdout(&out));
 
     // Local layout: <dir>/<cluster>/<id>.db.zst.age + manifest, 0700 folder, 0600 files, no leftovers.
     let folder = local.join("prod-east");
     let names = files(&folder);
     assert_eq!(names.len(), 2, "{names:?}");
-    let artifact_name = names
-        .iter()
-        .find(|n| n.ends_with(".db.zst.age"))
-        .unwrap()
-        .clone();
-    assert!(
-        artifact_name.ends_with(&format!("-r{revision}.db.zst.age")),
-        "{artifact_name}"
-    );
+    let artifact_name = names.iter().find(|n| n.ends_with(".db.zst.age")).unwrap().clone();
+    assert!(artifact_name.ends_with(&format!("-r{revision}.db.zst.age")), "{artifact_name}");
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(
-        std::fs::metadata(&folder).unwrap().permissions().mode() & 0o777,
-        0o700
-    );
+    assert_eq!(std::fs::metadata(&folder).unwrap().permissions().mode() & 0o777, 0o700);
     for n in &names {
-        assert_eq!(
-            std::fs::metadata(folder.join(n))
-                .unwrap()
-                .permissions()
-                .mode()
-                & 0o777,
-            0o600,
-            "{n}"
-        );
+        assert_eq!(std::fs::metadata(folder.join(n)).unwrap().permissions().mode() & 0o777, 0o600, "{n}");
     }
 
     // S3 layout mirrors it under <prefix><cluster>/, byte for byte.
     let keys = s3.keys(BUCKET);
-    let expected: Vec<String> = names
-        .iter()
-        .map(|n| format!("prod/prod-east/{n}"))
-        .collect();
+    let expected: Vec<String> = names.iter().map(|n| format!("prod/prod-east/{n}")).collect();
     assert_eq!(keys, expected);
     let local_artifact = std::fs::read(folder.join(&artifact_name)).unwrap();
-    assert_eq!(
-        s3.object(BUCKET, &format!("prod/prod-east/{artifact_name}")),
-        local_artifact
-    );
+    assert_eq!(s3.object(BUCKET, &format!("prod/prod-east/{artifact_name}")), local_artifact);
 
     // The manifest records what etcd reported.
     let m = manifest_in(&folder);
@@ -107,14 +72,8 @@ async fn backup_restores_everywhere(version: EtcdVersion, tls: bool) {
     assert_eq!(m["format_version"], 1);
     assert_eq!(m["cluster"], "prod-east");
     assert_eq!(m["label"], "pre-upgrade-1.31");
-    assert_eq!(
-        m["etcd"]["cluster_id"],
-        format!("{:x}", header["cluster_id"].as_u64().unwrap())
-    );
-    assert_eq!(
-        m["etcd"]["member_id"],
-        format!("{:x}", header["member_id"].as_u64().unwrap())
-    );
+    assert_eq!(m["etcd"]["cluster_id"], format!("{:x}", header["cluster_id"].as_u64().unwrap()));
+    assert_eq!(m["etcd"]["member_id"], format!("{:x}", header["member_id"].as_u64().unwrap()));
     assert_eq!(m["etcd"]["member_name"], "test-member");
     assert_eq!(m["etcd"]["version"], status[0]["Status"]["version"]);
     assert_eq!(m["etcd"]["revision"], revision);
@@ -124,14 +83,8 @@ async fn backup_restores_everywhere(version: EtcdVersion, tls: bool) {
     assert_eq!(m["artifact"]["encryption"], "age");
     assert_eq!(m["artifact"]["recipients"].as_array().unwrap().len(), 2);
     use sha2::Digest;
-    assert_eq!(
-        m["artifact"]["sha256"],
-        hex::encode(sha2::Sha256::digest(&local_artifact))
-    );
-    assert_eq!(
-        m["id"].as_str().unwrap(),
-        artifact_name.trim_end_matches(".db.zst.age")
-    );
+    assert_eq!(m["artifact"]["sha256"], hex::encode(sha2::Sha256::digest(&local_artifact)));
+    assert_eq!(m["id"].as_str().unwrap(), artifact_name.trim_end_matches(".db.zst.age"));
     assert!(m["tool_version"].is_string() && m["host"].is_string() && m["duration_ms"].is_u64());
 
     // Both recipients can decrypt; the plain snapshot is exactly what etcd sent (trailer included).
@@ -139,11 +92,7 @@ async fn backup_restores_everywhere(version: EtcdVersion, tls: bool) {
     decrypt_with_cli(&folder.join(&artifact_name), &other.file, &snap);
     std::fs::remove_file(&snap).unwrap();
     let from_s3 = work.path().join("from-s3.age");
-    std::fs::write(
-        &from_s3,
-        s3.object(BUCKET, &format!("prod/prod-east/{artifact_name}")),
-    )
-    .unwrap();
+    std::fs::write(&from_s3, s3.object(BUCKET, &format!("prod/prod-east/{artifact_name}"))).unwrap();
     decrypt_with_cli(&from_s3, &id.file, &snap);
     let plain = std::fs::read(&snap).unwrap();
     assert_eq!(m["snapshot"]["size"], plain.len() as u64);
@@ -155,10 +104,7 @@ async fn backup_restores_everywhere(version: EtcdVersion, tls: bool) {
     drop(etcd);
     let restored = Etcd::start_restored(version, &snap);
     let mut client = restored.client().await;
-    let resp = client
-        .get("seed/", Some(etcd_client::GetOptions::new().with_prefix()))
-        .await
-        .unwrap();
+    let resp = client.get("seed/", Some(etcd_client::GetOptions::new().with_prefix())).await.unwrap();
     assert_eq!(resp.kvs().len(), 300);
     assert_eq!(resp.header().unwrap().revision(), revision);
     let one = client.get("seed/000042", None).await.unwrap();
@@ -166,14 +112,7 @@ async fn backup_restores_everywhere(version: EtcdVersion, tls: bool) {
 
     // The standard AWS CLI sees the same objects.
     let ls = Command::new("/usr/bin/aws")
-        .args([
-            "s3",
-            "ls",
-            "--recursive",
-            &format!("s3://{BUCKET}/prod/"),
-            "--endpoint-url",
-            &s3.endpoint,
-        ])
+        .args(["s3", "ls", "--recursive", &format!("s3://{BUCKET}/prod/"), "--endpoint-url", &s3.endpoint])
         .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
         .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
         .env("AWS_DEFAULT_REGION", "us-east-1")
@@ -182,22 +121,9 @@ async fn backup_restores_everywhere(version: EtcdVersion, tls: bool) {
         .output()
         .unwrap();
     let listing = String::from_utf8_lossy(&ls.stdout);
-    assert!(
-        ls.status.success(),
-        "aws s3 ls: {}",
-        String::from_utf8_lossy(&ls.stderr)
-    );
-    assert!(
-        listing.contains(&format!("prod/prod-east/{artifact_name}")),
-        "{listing}"
-    );
-    assert!(
-        listing.contains(&format!(
-            "{} prod/prod-east/{artifact_name}",
-            local_artifact.len()
-        )),
-        "{listing}"
-    );
+    assert!(ls.status.success(), "aws s3 ls: {}", String::from_utf8_lossy(&ls.stderr));
+    assert!(listing.contains(&format!("prod/prod-east/{artifact_name}")), "{listing}");
+    assert!(listing.contains(&format!("{} prod/prod-east/{artifact_name}", local_artifact.len())), "{listing}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -236,24 +162,13 @@ async fn list_json_shows_exactly_the_committed_backups() {
     // A third backup whose S3 side fails: committed locally only.
     etcd.seed(5, 10).await;
     let local_only_cfg = work.path().join("local-only.toml");
-    std::fs::write(
-        &local_only_cfg,
-        body(&s3.config_table("missing-bucket", "p")),
-    )
-    .unwrap();
-    assert_eq!(
-        run(&local_only_cfg, &["backup"]).await.status.code(),
-        Some(1)
-    );
+    std::fs::write(&local_only_cfg, body(&s3.config_table("missing-bucket", "p"))).unwrap();
+    assert_eq!(run(&local_only_cfg, &["backup"]).await.status.code(), Some(1));
     ids.push(manifest_ids(&local.join("default")).pop().unwrap());
 
     // Leftovers and strangers that must not be listed.
     let folder = local.join("default");
-    std::fs::write(
-        folder.join("20200101T000000Z-r5.db.zst.age.part"),
-        "partial",
-    )
-    .unwrap();
+    std::fs::write(folder.join("20200101T000000Z-r5.db.zst.age.part"), "partial").unwrap();
     std::fs::write(folder.join("20200101T000000Z-r6.db.zst.age"), "no manifest").unwrap();
     std::fs::write(folder.join("20200101T000000Z-r7.manifest.json"), "{}").unwrap();
     std::fs::write(folder.join("20200101T000000Z-r8.db.zst.age"), "x").unwrap();
@@ -262,17 +177,10 @@ async fn list_json_shows_exactly_the_committed_backups() {
     let bucket_dir = s3.root.join(BUCKET);
     std::fs::create_dir_all(bucket_dir.join("p/other-cluster")).unwrap();
     for name in files(&bucket_dir.join("p/default")) {
-        std::fs::copy(
-            bucket_dir.join("p/default").join(&name),
-            bucket_dir.join("p/other-cluster").join(&name),
-        )
-        .unwrap();
+        std::fs::copy(bucket_dir.join("p/default").join(&name), bucket_dir.join("p/other-cluster").join(&name))
+            .unwrap();
     }
-    std::fs::write(
-        bucket_dir.join("p/default/20200101T000000Z-r9.db.zst.age"),
-        "orphan",
-    )
-    .unwrap();
+    std::fs::write(bucket_dir.join("p/default/20200101T000000Z-r9.db.zst.age"), "orphan").unwrap();
     std::fs::write(bucket_dir.join("p/default/README"), "foreign").unwrap();
 
     let out = run(&both, &["list", "--json"]).await;
@@ -282,12 +190,7 @@ async fn list_json_shows_exactly_the_committed_backups() {
     let got: Vec<(&str, Vec<&str>)> = rows
         .iter()
         .map(|r| {
-            let d = r["destinations"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|d| d.as_str().unwrap())
-                .collect();
+            let d = r["destinations"].as_array().unwrap().iter().map(|d| d.as_str().unwrap()).collect();
             (r["id"].as_str().unwrap(), d)
         })
         .collect();
@@ -302,15 +205,52 @@ async fn list_json_shows_exactly_the_committed_backups() {
     let table = run(&both, &["list"]).await;
     let text = stdout(&table);
     assert_eq!(text.lines().count(), 4, "{text}");
-    assert!(
-        text.lines().nth(1).unwrap().starts_with(&ids[2]) && text.contains("local,s3"),
-        "{text}"
-    );
+    assert!(text.lines().nth(1).unwrap().starts_with(&ids[2]) && text.contains("local,s3"), "{text}");
 }
 
 fn manifest_ids(folder: &Path) -> Vec<String> {
-    files(folder)
-        .into_iter()
-        .filter_map(|n| n.strip_suffix(".manifest.json").map(str::to_string))
-        .collect()
+    files(folder).into_iter().filter_map(|n| n.strip_suffix(".manifest.json").map(str::to_string)).collect()
+}
+
+/// S3 over HTTPS with a private CA named by `s3.ca_file`, SSE-S3, a storage class and the
+/// `when_required` checksum mode; without the CA the error names the endpoint and the fix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_over_tls_with_an_extra_ca_and_request_options() {
+    let etcd = Etcd::start(EtcdVersion::V35);
+    etcd.seed(50, 100).await;
+    let s3 = S3::start_tls().await;
+    let work = tempfile::tempdir().unwrap();
+    let id = age_identity(work.path(), "ops");
+    let base = format!(
+        "{}\n[encryption]\nrecipients = [\"{}\"]\n[local]\ndir = \"{}\"\n{}",
+        etcd.config_table(),
+        id.recipient,
+        work.path().join("backups").display(),
+        s3.config_table(BUCKET, "tls")
+    );
+    let without_ca = write_config(work.path(), &base);
+    let out = run(&without_ca, &["backup"]).await;
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(&s3.endpoint) && err.to_lowercase().contains("certificate"), "{err}");
+    assert!(s3.keys(BUCKET).is_empty());
+
+    let ca = s3.pki.as_ref().unwrap().ca.display().to_string();
+    for checksums in ["when_required", "when_supported"] {
+        let with_ca = write_config(
+            work.path(),
+            &format!(
+                "{base}ca_file = \"{ca}\"\nchecksums = \"{checksums}\"\nserver_side_encryption = \"AES256\"\nstorage_class = \"STANDARD_IA\"\n"
+            ),
+        );
+        etcd.seed(1, 10).await;
+        s3.faults.part_checksums.lock().unwrap().clear();
+        let out = run(&with_ca, &["backup"]).await;
+        assert!(out.status.success(), "{checksums}: {}", stderr(&out));
+        let sent = s3.faults.part_checksums.lock().unwrap().clone();
+        assert!(!sent.is_empty());
+        let want = (checksums == "when_supported").then(|| "x-amz-checksum-crc32".to_string());
+        assert!(sent.iter().all(|c| *c == want), "{checksums}: parts carried {sent:?}");
+    }
+    assert_eq!(s3.keys(BUCKET).len(), 4, "{:?}", s3.keys(BUCKET));
 }

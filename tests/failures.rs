@@ -42,20 +42,13 @@ impl Setup {
 
 fn assert_nothing_local(folder: &Path) {
     let names = files(folder);
-    assert!(
-        names.is_empty(),
-        "nothing may be left in {}: {names:?}",
-        folder.display()
-    );
+    assert!(names.is_empty(), "nothing may be left in {}: {names:?}", folder.display());
 }
 
 fn assert_committed_locally(folder: &Path) {
     let names = files(folder);
     assert_eq!(names.len(), 2, "{names:?}");
-    assert!(
-        names.iter().any(|n| n.ends_with(".manifest.json")),
-        "{names:?}"
-    );
+    assert!(names.iter().any(|n| n.ends_with(".manifest.json")), "{names:?}");
     assert!(!names.iter().any(|n| n.ends_with(".part")), "{names:?}");
 }
 
@@ -74,10 +67,7 @@ async fn unreachable_etcd_is_named_and_nothing_is_written() {
     let err = stderr(&out);
     assert!(err.contains("cannot reach etcd"), "{err}");
     assert!(err.contains(&endpoint), "names the endpoint: {err}");
-    assert!(
-        err.contains("connection refused") || err.contains("no answer"),
-        "{err}"
-    );
+    assert!(err.contains("connection refused") || err.contains("no answer"), "{err}");
     assert_nothing_local(&s.folder());
     assert!(s3.keys(BUCKET).is_empty());
 }
@@ -87,13 +77,8 @@ async fn every_endpoint_is_tried_in_order() {
     let s = Setup::new();
     let etcd = Etcd::start(EtcdVersion::V34);
     let dead = format!("http://127.0.0.1:{}", free_port());
-    let config = s.config(
-        &format!(
-            "[etcd]\nendpoints = [\"{dead}\", \"{}\"]\ndial_timeout = \"2s\"\n",
-            etcd.endpoint
-        ),
-        "",
-    );
+    let config =
+        s.config(&format!("[etcd]\nendpoints = [\"{dead}\", \"{}\"]\ndial_timeout = \"2s\"\n", etcd.endpoint), "");
     let out = run(&config, &["backup"]).await;
     assert!(out.status.success(), "{}", stderr(&out));
     assert_committed_locally(&s.folder());
@@ -115,10 +100,7 @@ async fn wrong_client_certificate_is_refused_clearly() {
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
     assert!(err.contains(&etcd.endpoint), "{err}");
-    assert!(
-        err.contains("etcd.cert") || err.contains("etcd.cacert"),
-        "says which keys to check: {err}"
-    );
+    assert!(err.contains("etcd.cert") || err.contains("etcd.cacert"), "says which keys to check: {err}");
     assert_nothing_local(&s.folder());
 }
 
@@ -155,20 +137,10 @@ async fn s3_going_away_mid_upload_keeps_the_local_backup_and_leaves_s3_clean() {
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("NOT committed in every destination"), "{err}");
-    assert!(
-        err.contains("s3:") && err.contains(&s3.endpoint),
-        "names the destination and endpoint: {err}"
-    );
-    assert!(
-        s3.faults.parts_seen.load(Ordering::SeqCst) >= 1,
-        "the upload had started"
-    );
+    assert!(err.contains("s3:") && err.contains(&s3.endpoint), "names the destination and endpoint: {err}");
+    assert!(s3.faults.parts_seen.load(Ordering::SeqCst) >= 1, "the upload had started");
     assert_committed_locally(&s.folder());
-    assert!(
-        s3.keys(BUCKET).is_empty(),
-        "no object and no manifest in S3: {:?}",
-        s3.keys(BUCKET)
-    );
+    assert!(s3.keys(BUCKET).is_empty(), "no object and no manifest in S3: {:?}", s3.keys(BUCKET));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -182,10 +154,7 @@ async fn s3_down_from_the_start_keeps_the_local_backup() {
     let out = run(&s.config(&etcd.config_table(), &table), &["backup"]).await;
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(
-        err.contains(&dead) && err.contains("cannot reach the store"),
-        "{err}"
-    );
+    assert!(err.contains(&dead) && err.contains("cannot reach the store"), "{err}");
     assert_committed_locally(&s.folder());
 }
 
@@ -202,14 +171,8 @@ async fn wrong_s3_secret_is_named_and_s3_stays_empty() {
     let out = cmd.output().await.unwrap();
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(
-        err.contains("rejected the credentials") || err.contains("access denied"),
-        "{err}"
-    );
-    assert!(
-        err.contains(BUCKET) && err.contains(&s3.endpoint),
-        "names bucket and endpoint: {err}"
-    );
+    assert!(err.contains("rejected the credentials") || err.contains("access denied"), "{err}");
+    assert!(err.contains(BUCKET) && err.contains(&s3.endpoint), "names bucket and endpoint: {err}");
     assert_committed_locally(&s.folder());
     assert!(s3.keys(BUCKET).is_empty());
 }
@@ -223,15 +186,9 @@ async fn missing_bucket_is_named() {
     let out = run(&config, &["backup"]).await;
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(
-        err.contains("bucket 'no-such-bucket' does not exist"),
-        "{err}"
-    );
+    assert!(err.contains("bucket 'no-such-bucket' does not exist"), "{err}");
     assert!(err.contains(&s3.endpoint), "{err}");
-    assert!(
-        !s3.root.join("no-such-bucket").exists(),
-        "the bucket was not created by accident"
-    );
+    assert!(!s3.root.join("no-such-bucket").exists(), "the bucket was not created by accident");
     assert_committed_locally(&s.folder());
 }
 
@@ -242,20 +199,13 @@ async fn earlier_backups_survive_a_failed_run() {
     let config = s.config(&etcd.config_table(), "");
     assert!(run(&config, &["backup"]).await.status.success());
     let before = files(&s.folder());
-    let contents: Vec<Vec<u8>> = before
-        .iter()
-        .map(|n| std::fs::read(s.folder().join(n)).unwrap())
-        .collect();
+    let contents: Vec<Vec<u8>> = before.iter().map(|n| std::fs::read(s.folder().join(n)).unwrap()).collect();
     drop(etcd);
     let out = run(&config, &["backup"]).await;
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(files(&s.folder()), before);
     for (n, c) in before.iter().zip(contents) {
-        assert_eq!(
-            std::fs::read(s.folder().join(n)).unwrap(),
-            c,
-            "{n} untouched"
-        );
+        assert_eq!(std::fs::read(s.folder().join(n)).unwrap(), c, "{n} untouched");
     }
 }
 
@@ -268,10 +218,7 @@ async fn unwritable_local_dir_is_named() {
     let out = run(&s.config(&etcd.config_table(), ""), &["backup"]).await;
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(
-        err.contains("local:") && err.contains(&s.local().display().to_string()),
-        "{err}"
-    );
+    assert!(err.contains("local:") && err.contains(&s.local().display().to_string()), "{err}");
 }
 
 mod config_errors {
@@ -285,11 +232,7 @@ mod config_errors {
         assert_nothing_local(&s.folder());
         let check = run(&path, &["check-config"]).await;
         assert_eq!(check.status.code(), Some(78));
-        assert_eq!(
-            stderr(&check),
-            stderr(&out),
-            "check-config and backup report the same"
-        );
+        assert_eq!(stderr(&check), stderr(&out), "check-config and backup report the same");
         stderr(&out)
     }
 
@@ -297,10 +240,7 @@ mod config_errors {
     async fn no_recipients() {
         let s = Setup::new();
         let err = refused(&s, "[etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\n").await;
-        assert!(
-            err.contains("bad.toml: encryption.recipients: no recipients"),
-            "{err}"
-        );
+        assert!(err.contains("bad.toml: encryption.recipients: no recipients"), "{err}");
     }
 
     #[tokio::test]
@@ -322,10 +262,7 @@ mod config_errors {
         );
         let err = refused(&s, &body).await;
         assert!(
-            err.contains(&format!(
-                "bad.toml:4:19: encryption.recipients_file: cannot read '{}'",
-                rf.display()
-            )),
+            err.contains(&format!("bad.toml:4:19: encryption.recipients_file: cannot read '{}'", rf.display())),
             "{err}"
         );
     }
@@ -338,10 +275,7 @@ mod config_errors {
             s.identity.recipient
         );
         let err = refused(&s, &body).await;
-        assert!(
-            err.contains("bad.toml:3:1: etcd.timeout: unknown field `timeout`, expected one of"),
-            "{err}"
-        );
+        assert!(err.contains("bad.toml:3:1: etcd.timeout: unknown field `timeout`, expected one of"), "{err}");
     }
 
     #[tokio::test]
@@ -352,10 +286,7 @@ mod config_errors {
             s.identity.recipient
         );
         let err = refused(&s, &body).await;
-        assert!(
-            err.contains("bad.toml:3:20: etcd.snapshot_timeout: \"30 minuets\" is not a duration"),
-            "{err}"
-        );
+        assert!(err.contains("bad.toml:3:20: etcd.snapshot_timeout: \"30 minuets\" is not a duration"), "{err}");
     }
 
     #[tokio::test]
@@ -363,11 +294,7 @@ mod config_errors {
         let s = Setup::new();
         let out = run(&s.work.path().join("absent.toml"), &["check-config"]).await;
         assert_eq!(out.status.code(), Some(78));
-        assert!(
-            stderr(&out).contains("absent.toml: cannot read the config file"),
-            "{}",
-            stderr(&out)
-        );
+        assert!(stderr(&out).contains("absent.toml: cannot read the config file"), "{}", stderr(&out));
     }
 
     #[tokio::test]
@@ -377,9 +304,6 @@ mod config_errors {
         let out = run(&path, &["check-config"]).await;
         assert!(out.status.success(), "{}", stderr(&out));
         let text = stdout(&out);
-        assert!(
-            text.contains(": OK") && text.contains("recipients: 1"),
-            "{text}"
-        );
+        assert!(text.contains(": OK") && text.contains("recipients: 1"), "{text}");
     }
 }

@@ -111,9 +111,10 @@ fn faults_in_the_snapshot_stream_commit_nothing_anywhere() {
         // A good stream from the fake commits in both places (the fake itself is sound).
         let (s3, work) = (S3::start().await, tempfile::tempdir().unwrap());
         let id = age_identity(work.path(), "ops");
-        let report = write_backup(&settings(work.path(), &s3, &id.recipient), &request, FakeSource::new(good.clone(), 10))
-            .await
-            .unwrap();
+        let report =
+            write_backup(&settings(work.path(), &s3, &id.recipient), &request, FakeSource::new(good.clone(), 10))
+                .await
+                .unwrap();
         assert_eq!(report.committed, vec!["local", "s3"]);
         assert_eq!(report.manifest.snapshot.sha256, hex::encode(&good[good.len() - 32..]));
         assert!(s3.faults.parts_seen.load(std::sync::atomic::Ordering::SeqCst) >= 2, "a real multipart upload");
@@ -142,9 +143,10 @@ fn faults_in_the_snapshot_stream_commit_nothing_anywhere() {
 
         // A runt: etcd sent less than a trailer.
         let (s3, work) = (S3::start().await, tempfile::tempdir().unwrap());
-        let err = write_backup(&settings(work.path(), &s3, &id.recipient), &request, FakeSource::new(vec![1, 2, 3], 10))
-            .await
-            .unwrap_err();
+        let err =
+            write_backup(&settings(work.path(), &s3, &id.recipient), &request, FakeSource::new(vec![1, 2, 3], 10))
+                .await
+                .unwrap_err();
         assert!(format!("{err:#}").contains("too short"), "{err:#}");
         assert_clean(work.path(), &s3);
     });

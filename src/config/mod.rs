@@ -65,17 +65,10 @@ pub fn load(path: &Path) -> Result<Settings, ConfigError> {
             ),
         }],
     })?;
-    let fail = |problems| ConfigError {
-        file: path.to_path_buf(),
-        problems,
-    };
+    let fail = |problems| ConfigError { file: path.to_path_buf(), problems };
     let mut settings = parse(&text).map_err(fail)?;
     let issues = resolve_files(&mut settings);
-    if issues.is_empty() {
-        Ok(settings)
-    } else {
-        Err(fail(issues.into_iter().map(|i| place(&text, i)).collect()))
-    }
+    if issues.is_empty() { Ok(settings) } else { Err(fail(issues.into_iter().map(|i| place(&text, i)).collect())) }
 }
 
 /// Parses and validates config text. Pure.
@@ -83,11 +76,7 @@ pub fn parse(text: &str) -> Result<Settings, Vec<Located>> {
     let de = toml::Deserializer::parse(text).map_err(|e| vec![toml_error(text, "", &e)])?;
     let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
         let key = e.path().to_string();
-        vec![toml_error(
-            text,
-            if key == "." { "" } else { &key },
-            e.inner(),
-        )]
+        vec![toml_error(text, if key == "." { "" } else { &key }, e.inner())]
     })?;
     validate(raw).map_err(|issues| issues.into_iter().map(|i| place(text, i)).collect())
 }
@@ -104,23 +93,13 @@ fn toml_error(text: &str, key: &str, e: &toml::de::Error) -> Located {
     if message.starts_with("unknown field") {
         message.push_str(" (check the spelling; see etcd-backupd.toml(5) for every key)");
     }
-    Located {
-        line,
-        column,
-        key: key.to_string(),
-        message,
-    }
+    Located { line, column, key: key.to_string(), message }
 }
 
 /// Puts a validation issue on the line of its key (or of its table, when the key is absent).
 fn place(text: &str, issue: Issue) -> Located {
     let pos = locate(text, &issue.key).map(|off| line_col(text, off));
-    Located {
-        line: pos.map(|p| p.0),
-        column: pos.map(|p| p.1),
-        key: issue.key,
-        message: issue.message,
-    }
+    Located { line: pos.map(|p| p.0), column: pos.map(|p| p.1), key: issue.key, message: issue.message }
 }
 
 /// Byte offset of the value of a dotted key like `etcd.endpoints[1]`, or of the nearest enclosing key present.
@@ -179,10 +158,7 @@ fn resolve_files(settings: &mut Settings) -> Vec<Issue> {
     if let Some(auth) = &etcd.auth
         && let Err(e) = std::fs::read_to_string(&auth.password_file)
     {
-        issues.push(Issue::new(
-            "etcd.password_file",
-            unreadable(&auth.password_file, &e),
-        ));
+        issues.push(Issue::new("etcd.password_file", unreadable(&auth.password_file, &e)));
     }
     if let Some(s3) = &settings.s3
         && let Some(ca) = &s3.ca_file
@@ -193,16 +169,12 @@ fn resolve_files(settings: &mut Settings) -> Vec<Issue> {
     let enc = &mut settings.encryption;
     if let Some(file) = enc.recipients_file.clone() {
         match std::fs::read_to_string(&file) {
-            Err(e) => issues.push(Issue::new(
-                "encryption.recipients_file",
-                unreadable(&file, &e),
-            )),
+            Err(e) => issues.push(Issue::new("encryption.recipients_file", unreadable(&file, &e))),
             Ok(text) => match crate::crypto::parse_recipients_text(&text) {
                 Ok(list) => enc.recipients.extend(list),
-                Err((line, e)) => issues.push(Issue::new(
-                    "encryption.recipients_file",
-                    format!("{}:{line}: {e}", file.display()),
-                )),
+                Err((line, e)) => {
+                    issues.push(Issue::new("encryption.recipients_file", format!("{}:{line}: {e}", file.display())))
+                }
             },
         }
     }
@@ -225,7 +197,12 @@ fn check_pem_file(key: &str, path: &Path, kind: &str, issues: &mut Vec<Issue>) {
             if !text.contains("-----BEGIN ") || !text.contains(kind) {
                 issues.push(Issue::new(
                     key,
-                    format!("'{}' does not hold a PEM {}: expected a file with a \"-----BEGIN {}\" block", path.display(), kind.to_lowercase(), kind),
+                    format!(
+                        "'{}' does not hold a PEM {}: expected a file with a \"-----BEGIN {}\" block",
+                        path.display(),
+                        kind.to_lowercase(),
+                        kind
+                    ),
                 ));
             }
         }

@@ -99,10 +99,7 @@ pub struct Issue {
 
 impl Issue {
     pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
-        Issue {
-            key: key.into(),
-            message: message.into(),
-        }
+        Issue { key: key.into(), message: message.into() }
     }
 }
 
@@ -125,7 +122,9 @@ pub fn validate(raw: RawConfig) -> Result<Settings, Vec<Issue>> {
         Some(l) => {
             issues.push(Issue::new(
                 "backup.compression_level",
-                format!("{l} is out of range: expected a zstd level from 1 (fastest) to 19 (smallest); 3 is the default"),
+                format!(
+                    "{l} is out of range: expected a zstd level from 1 (fastest) to 19 (smallest); 3 is the default"
+                ),
             ));
             DEFAULT_ZSTD_LEVEL
         }
@@ -143,18 +142,8 @@ pub fn validate(raw: RawConfig) -> Result<Settings, Vec<Issue>> {
     };
 
     let encryption = EncryptionSettings {
-        recipients: raw
-            .encryption
-            .recipients
-            .unwrap_or_default()
-            .into_iter()
-            .map(|r| r.trim().to_string())
-            .collect(),
-        recipients_file: path_key(
-            raw.encryption.recipients_file,
-            "encryption.recipients_file",
-            &mut issues,
-        ),
+        recipients: raw.encryption.recipients.unwrap_or_default().into_iter().map(|r| r.trim().to_string()).collect(),
+        recipients_file: path_key(raw.encryption.recipients_file, "encryption.recipients_file", &mut issues),
     };
     for (i, r) in encryption.recipients.iter().enumerate() {
         if let Err(e) = crate::crypto::parse_recipient(r) {
@@ -163,21 +152,13 @@ pub fn validate(raw: RawConfig) -> Result<Settings, Vec<Issue>> {
     }
 
     let local = LocalSettings {
-        dir: path_key(raw.local.dir, "local.dir", &mut issues)
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_LOCAL_DIR)),
+        dir: path_key(raw.local.dir, "local.dir", &mut issues).unwrap_or_else(|| PathBuf::from(DEFAULT_LOCAL_DIR)),
     };
 
     let s3 = raw.s3.map(|s3| validate_s3(s3, &mut issues));
 
     match etcd {
-        Some(etcd) if issues.is_empty() => Ok(Settings {
-            etcd,
-            cluster,
-            compression,
-            encryption,
-            local,
-            s3,
-        }),
+        Some(etcd) if issues.is_empty() => Ok(Settings { etcd, cluster, compression, encryption, local, s3 }),
         _ => Err(issues),
     }
 }
@@ -233,14 +214,8 @@ fn validate_etcd(raw: Option<RawEtcd>, issues: &mut Vec<Issue>) -> Option<EtcdSe
         ));
     }
 
-    let auth = match (
-        raw.username,
-        path_key(raw.password_file, "etcd.password_file", issues),
-    ) {
-        (Some(username), Some(password_file)) if !username.is_empty() => Some(EtcdAuth {
-            username,
-            password_file,
-        }),
+    let auth = match (raw.username, path_key(raw.password_file, "etcd.password_file", issues)) {
+        (Some(username), Some(password_file)) if !username.is_empty() => Some(EtcdAuth { username, password_file }),
         (Some(_), Some(_)) => {
             issues.push(Issue::new(
                 "etcd.username",
@@ -256,36 +231,17 @@ fn validate_etcd(raw: Option<RawEtcd>, issues: &mut Vec<Issue>) -> Option<EtcdSe
             None
         }
         (None, Some(_)) => {
-            issues.push(Issue::new(
-                "etcd.username",
-                "etcd.password_file is set but etcd.username is not",
-            ));
+            issues.push(Issue::new("etcd.username", "etcd.password_file is set but etcd.username is not"));
             None
         }
         (None, None) => None,
     };
 
-    let dial_timeout = duration_key(
-        raw.dial_timeout,
-        "etcd.dial_timeout",
-        DEFAULT_DIAL_TIMEOUT,
-        issues,
-    );
-    let snapshot_timeout = duration_key(
-        raw.snapshot_timeout,
-        "etcd.snapshot_timeout",
-        DEFAULT_SNAPSHOT_TIMEOUT,
-        issues,
-    );
+    let dial_timeout = duration_key(raw.dial_timeout, "etcd.dial_timeout", DEFAULT_DIAL_TIMEOUT, issues);
+    let snapshot_timeout =
+        duration_key(raw.snapshot_timeout, "etcd.snapshot_timeout", DEFAULT_SNAPSHOT_TIMEOUT, issues);
 
-    Some(EtcdSettings {
-        endpoints,
-        cacert,
-        client_cert,
-        auth,
-        dial_timeout,
-        snapshot_timeout,
-    })
+    Some(EtcdSettings { endpoints, cacert, client_cert, auth, dial_timeout, snapshot_timeout })
 }
 
 /// Returns whether the endpoint uses https, or why it is not an endpoint.
@@ -295,17 +251,13 @@ fn endpoint_scheme(ep: &str) -> Result<bool, String> {
     } else if let Some(rest) = ep.strip_prefix("http://") {
         (false, rest)
     } else {
-        return Err(format!(
-            "\"{ep}\" is not an endpoint URL: expected https://HOST:PORT or http://HOST:PORT"
-        ));
+        return Err(format!("\"{ep}\" is not an endpoint URL: expected https://HOST:PORT or http://HOST:PORT"));
     };
     let authority = rest.trim_end_matches('/');
     let port = authority.rsplit_once(':').map(|(_, p)| p);
     match port {
         Some(p) if !authority.starts_with(':') && p.parse::<u16>().is_ok() => Ok(https),
-        _ => Err(format!(
-            "\"{ep}\" has no host and port: expected a URL like https://127.0.0.1:2379"
-        )),
+        _ => Err(format!("\"{ep}\" has no host and port: expected a URL like https://127.0.0.1:2379")),
     }
 }
 
@@ -332,10 +284,7 @@ fn validate_s3(raw: RawS3, issues: &mut Vec<Issue>) -> S3Settings {
     if let Some(endpoint) = &raw.endpoint
         && !(endpoint.starts_with("https://") || endpoint.starts_with("http://"))
     {
-        issues.push(Issue::new(
-            "s3.endpoint",
-            format!("\"{endpoint}\" is not a URL: expected https://HOST[:PORT]"),
-        ));
+        issues.push(Issue::new("s3.endpoint", format!("\"{endpoint}\" is not a URL: expected https://HOST[:PORT]")));
     }
     if let Some(class) = &raw.storage_class
         && (class.is_empty() || !class.chars().all(|c| c.is_ascii_uppercase() || c == '_'))
@@ -348,9 +297,7 @@ fn validate_s3(raw: RawS3, issues: &mut Vec<Issue>) -> S3Settings {
     let sse = match raw.server_side_encryption.as_deref() {
         None => None,
         Some("AES256") => Some(ServerSideEncryption::S3),
-        Some("aws:kms") => Some(ServerSideEncryption::Kms {
-            key_id: raw.sse_kms_key_id.clone(),
-        }),
+        Some("aws:kms") => Some(ServerSideEncryption::Kms { key_id: raw.sse_kms_key_id.clone() }),
         Some(other) => {
             issues.push(Issue::new(
                 "s3.server_side_encryption",
@@ -380,10 +327,7 @@ fn validate_s3(raw: RawS3, issues: &mut Vec<Issue>) -> S3Settings {
         None => DEFAULT_PART_SIZE,
         Some(Ok(size)) if (MIN_PART_SIZE..=MAX_PART_SIZE).contains(&size) => size,
         Some(Ok(_)) => {
-            issues.push(Issue::new(
-                "s3.part_size",
-                "must be between 5MiB and 5GiB (the S3 multipart limits)",
-            ));
+            issues.push(Issue::new("s3.part_size", "must be between 5MiB and 5GiB (the S3 multipart limits)"));
             DEFAULT_PART_SIZE
         }
         Some(Err(e)) => {
@@ -410,9 +354,7 @@ fn check_bucket_name(bucket: &str) -> Result<(), String> {
     if bucket.is_empty() {
         return Err("is missing: name the bucket, for example bucket = \"etcd-backups\"".into());
     }
-    let ok_chars = bucket
-        .chars()
-        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
+    let ok_chars = bucket.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
     let ok_ends = bucket.starts_with(|c: char| c.is_ascii_alphanumeric())
         && bucket.ends_with(|c: char| c.is_ascii_alphanumeric());
     if !(3..=63).contains(&bucket.len()) || !ok_chars || !ok_ends {
@@ -426,26 +368,21 @@ fn check_bucket_name(bucket: &str) -> Result<(), String> {
 fn path_key(value: Option<String>, key: &str, issues: &mut Vec<Issue>) -> Option<PathBuf> {
     match value {
         Some(v) if v.is_empty() => {
-            issues.push(Issue::new(
-                key,
-                "is empty: give an absolute path or remove the key",
-            ));
+            issues.push(Issue::new(key, "is empty: give an absolute path or remove the key"));
             None
         }
         Some(v) if !v.starts_with('/') => {
-            issues.push(Issue::new(key, format!("\"{v}\" is a relative path: give an absolute path, such as \"/etc/etcd-backupd/{v}\"")));
+            issues.push(Issue::new(
+                key,
+                format!("\"{v}\" is a relative path: give an absolute path, such as \"/etc/etcd-backupd/{v}\""),
+            ));
             None
         }
         other => other.map(PathBuf::from),
     }
 }
 
-fn duration_key(
-    value: Option<String>,
-    key: &str,
-    default: Duration,
-    issues: &mut Vec<Issue>,
-) -> Duration {
+fn duration_key(value: Option<String>, key: &str, default: Duration, issues: &mut Vec<Issue>) -> Duration {
     match value.as_deref().map(parse_duration) {
         None => default,
         Some(Ok(d)) if d.is_zero() => {

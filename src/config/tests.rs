@@ -5,9 +5,7 @@ use super::*;
 const KEY: &str = "age129n4cdkqnnw0ufcsz5av60my25tehpq9mlsxr3jfs68hzl2nqf4qpfwa0s";
 
 fn minimal() -> String {
-    format!(
-        "[etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\n\n[encryption]\nrecipients = [\"{KEY}\"]\n"
-    )
+    format!("[etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\n\n[encryption]\nrecipients = [\"{KEY}\"]\n")
 }
 
 fn problems(text: &str) -> Vec<Located> {
@@ -27,10 +25,7 @@ fn minimal_config_gets_defaults() {
     assert_eq!(s.etcd.dial_timeout, Duration::from_secs(10));
     assert_eq!(s.etcd.snapshot_timeout, Duration::from_secs(1800));
     assert_eq!(s.cluster.as_str(), "default");
-    assert_eq!(
-        s.compression,
-        crate::manifest::Compression::Zstd { level: 3 }
-    );
+    assert_eq!(s.compression, crate::manifest::Compression::Zstd { level: 3 });
     assert_eq!(s.local.dir, PathBuf::from("/var/lib/etcd-backupd/backups"));
     assert!(s.s3.is_none());
     assert!(s.etcd.client_cert.is_none() && s.etcd.auth.is_none());
@@ -85,17 +80,11 @@ part_size = "16MiB"
             key: "/etc/kubernetes/pki/etcd/healthcheck-client.key".into()
         })
     );
-    assert_eq!(
-        s.etcd.auth.as_ref().map(|a| a.username.as_str()),
-        Some("backup")
-    );
+    assert_eq!(s.etcd.auth.as_ref().map(|a| a.username.as_str()), Some("backup"));
     assert_eq!(s.etcd.dial_timeout, Duration::from_secs(5));
     assert_eq!(s.etcd.snapshot_timeout, Duration::from_secs(3600));
     assert_eq!(s.cluster.as_str(), "prod-east");
-    assert_eq!(
-        s.compression,
-        crate::manifest::Compression::Zstd { level: 9 }
-    );
+    assert_eq!(s.compression, crate::manifest::Compression::Zstd { level: 9 });
     assert_eq!(s.encryption.recipients.len(), 2);
     assert_eq!(s.local.dir, PathBuf::from("/srv/backups"));
     let s3 = s.s3.unwrap();
@@ -104,12 +93,7 @@ part_size = "16MiB"
     assert_eq!(s3.region.as_deref(), Some("eu-west-1"));
     assert!(s3.force_path_style);
     assert_eq!(s3.storage_class.as_deref(), Some("STANDARD_IA"));
-    assert_eq!(
-        s3.sse,
-        Some(ServerSideEncryption::Kms {
-            key_id: Some("arn:aws:kms:eu-west-1:1:key/x".into())
-        })
-    );
+    assert_eq!(s3.sse, Some(ServerSideEncryption::Kms { key_id: Some("arn:aws:kms:eu-west-1:1:key/x".into()) }));
     assert_eq!(s3.checksums, ChecksumMode::WhenRequired);
     assert_eq!(s3.part_size, 16 * 1024 * 1024);
 }
@@ -120,16 +104,8 @@ fn unknown_key_names_line_column_and_key() {
     let p = one(&text);
     assert_eq!((p.line, p.column), (Some(5), Some(1)));
     assert_eq!(p.key, "encryption.recipient");
-    assert!(
-        p.message.contains("unknown field `recipient`"),
-        "{}",
-        p.message
-    );
-    assert!(
-        p.message.contains("recipients"),
-        "lists the expected keys: {}",
-        p.message
-    );
+    assert!(p.message.contains("unknown field `recipient`"), "{}", p.message);
+    assert!(p.message.contains("recipients"), "lists the expected keys: {}", p.message);
 }
 
 #[test]
@@ -145,11 +121,7 @@ fn bad_duration_names_line_and_key() {
     let p = one(&text);
     assert_eq!(p.key, "etcd.dial_timeout");
     assert_eq!(p.line, Some(2));
-    assert!(
-        p.message.contains("\"10x\" is not a duration"),
-        "{}",
-        p.message
-    );
+    assert!(p.message.contains("\"10x\" is not a duration"), "{}", p.message);
     let p = one(&minimal().replace("endpoints", "snapshot_timeout = \"30\"\nendpoints"));
     assert!(p.message.contains("\"30s\""), "{}", p.message);
     let p = one(&minimal().replace("endpoints", "dial_timeout = \"0s\"\nendpoints"));
@@ -158,10 +130,7 @@ fn bad_duration_names_line_and_key() {
 
 #[test]
 fn wrong_type_names_the_key() {
-    let p = one(&minimal().replace(
-        "[encryption]",
-        "[backup]\ncompression_level = \"high\"\n[encryption]",
-    ));
+    let p = one(&minimal().replace("[encryption]", "[backup]\ncompression_level = \"high\"\n[encryption]"));
     assert_eq!(p.key, "backup.compression_level");
     assert_eq!(p.line, Some(5));
 }
@@ -186,33 +155,20 @@ fn endpoints_are_checked() {
     let p = one(&minimal().replace("http://127.0.0.1:2379", "127.0.0.1:2379"));
     assert_eq!(p.key, "etcd.endpoints[0]");
     assert_eq!(p.line, Some(2));
-    let p = one(&minimal().replace(
-        "\"http://127.0.0.1:2379\"",
-        "\"http://a:1\", \"https://host\"",
-    ));
+    let p = one(&minimal().replace("\"http://127.0.0.1:2379\"", "\"http://a:1\", \"https://host\""));
     assert_eq!(p.key, "etcd.endpoints[1]");
     assert_eq!((p.line, p.column), (Some(2), Some(28)));
 }
 
 #[test]
 fn tls_pairs_and_schemes() {
-    let p = one(&minimal()
-        .replace("endpoints", "cert = \"/c.pem\"\nendpoints")
-        .replace("http:", "https:"));
+    let p = one(&minimal().replace("endpoints", "cert = \"/c.pem\"\nendpoints").replace("http:", "https:"));
     assert_eq!(p.key, "etcd.key");
-    let p = one(&minimal()
-        .replace("endpoints", "key = \"/k.pem\"\nendpoints")
-        .replace("http:", "https:"));
+    let p = one(&minimal().replace("endpoints", "key = \"/k.pem\"\nendpoints").replace("http:", "https:"));
     assert_eq!(p.key, "etcd.cert");
     let p = one(&minimal().replace("endpoints", "cacert = \"/ca.pem\"\nendpoints"));
-    assert!(
-        p.message.contains("no endpoint uses https://"),
-        "{}",
-        p.message
-    );
-    let p = one(&minimal()
-        .replace("endpoints", "cacert = \"ca.pem\"\nendpoints")
-        .replace("http:", "https:"));
+    assert!(p.message.contains("no endpoint uses https://"), "{}", p.message);
+    let p = one(&minimal().replace("endpoints", "cacert = \"ca.pem\"\nendpoints").replace("http:", "https:"));
     assert!(p.message.contains("relative path"), "{}", p.message);
 }
 
@@ -239,10 +195,7 @@ fn cluster_and_compression() {
 
 #[test]
 fn bad_recipient_points_at_the_item() {
-    let text = minimal().replace(
-        &format!("[\"{KEY}\"]"),
-        &format!("[\"{KEY}\",\n  \"AGE-SECRET-KEY-1XYZ\"]"),
-    );
+    let text = minimal().replace(&format!("[\"{KEY}\"]"), &format!("[\"{KEY}\",\n  \"AGE-SECRET-KEY-1XYZ\"]"));
     let p = one(&text);
     assert_eq!(p.key, "encryption.recipients[1]");
     assert_eq!(p.line, Some(6));
@@ -257,47 +210,27 @@ fn s3_table_is_checked() {
     assert_eq!(p.line, Some(6), "missing key points at its table");
     let p = one(&format!("{base}[s3]\nbucket = \"Etcd_Backups\"\n"));
     assert!(p.message.contains("not a valid bucket name"));
-    let p = one(&format!(
-        "{base}[s3]\nbucket = \"b-1\"\npart_size = \"1MiB\"\n"
-    ));
+    let p = one(&format!("{base}[s3]\nbucket = \"b-1\"\npart_size = \"1MiB\"\n"));
     assert_eq!(p.key, "s3.part_size");
-    let p = one(&format!(
-        "{base}[s3]\nbucket = \"b-1\"\npart_size = \"big\"\n"
-    ));
+    let p = one(&format!("{base}[s3]\nbucket = \"b-1\"\npart_size = \"big\"\n"));
     assert!(p.message.contains("not a size"));
-    let p = one(&format!(
-        "{base}[s3]\nbucket = \"b-1\"\nsse_kms_key_id = \"k\"\n"
-    ));
+    let p = one(&format!("{base}[s3]\nbucket = \"b-1\"\nsse_kms_key_id = \"k\"\n"));
     assert_eq!(p.key, "s3.sse_kms_key_id");
-    let p = one(&format!(
-        "{base}[s3]\nbucket = \"b-1\"\nserver_side_encryption = \"kms\"\n"
-    ));
+    let p = one(&format!("{base}[s3]\nbucket = \"b-1\"\nserver_side_encryption = \"kms\"\n"));
     assert_eq!(p.key, "s3.server_side_encryption");
-    let p = one(&format!(
-        "{base}[s3]\nbucket = \"b-1\"\nchecksums = \"sometimes\"\n"
-    ));
+    let p = one(&format!("{base}[s3]\nbucket = \"b-1\"\nchecksums = \"sometimes\"\n"));
     assert_eq!(p.key, "s3.checksums");
-    let p = one(&format!(
-        "{base}[s3]\nbucket = \"b-1\"\nendpoint = \"minio:9000\"\n"
-    ));
+    let p = one(&format!("{base}[s3]\nbucket = \"b-1\"\nendpoint = \"minio:9000\"\n"));
     assert_eq!(p.key, "s3.endpoint");
-    let p = one(&format!(
-        "{base}[s3]\nbucket = \"b-1\"\nprefix = \"/abs\"\n"
-    ));
+    let p = one(&format!("{base}[s3]\nbucket = \"b-1\"\nprefix = \"/abs\"\n"));
     assert_eq!(p.key, "s3.prefix");
-    let p = one(&format!(
-        "{base}[s3]\nbucket = \"b-1\"\nstorage_class = \"cold\"\n"
-    ));
+    let p = one(&format!("{base}[s3]\nbucket = \"b-1\"\nstorage_class = \"cold\"\n"));
     assert_eq!(p.key, "s3.storage_class");
 }
 
 #[test]
 fn s3_prefix_gets_a_trailing_slash() {
-    let s = parse(&format!(
-        "{}[s3]\nbucket = \"b-1\"\nprefix = \"prod\"\n",
-        minimal()
-    ))
-    .unwrap();
+    let s = parse(&format!("{}[s3]\nbucket = \"b-1\"\nprefix = \"prod\"\n", minimal())).unwrap();
     assert_eq!(s.s3.unwrap().prefix, "prod/");
     let s = parse(&format!("{}[s3]\nbucket = \"b-1\"\n", minimal())).unwrap();
     let s3 = s.s3.unwrap();
@@ -311,10 +244,7 @@ fn several_problems_are_all_reported() {
     let text = "[etcd]\nendpoints = []\ndial_timeout = \"x\"\n[backup]\ncompression = \"lz4\"\n";
     let p = problems(text);
     let keys: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
-    assert_eq!(
-        keys,
-        vec!["etcd.endpoints", "etcd.dial_timeout", "backup.compression"]
-    );
+    assert_eq!(keys, vec!["etcd.endpoints", "etcd.dial_timeout", "backup.compression"]);
 }
 
 #[test]
@@ -322,18 +252,8 @@ fn display_names_file_line_and_key() {
     let e = ConfigError {
         file: "/etc/etcd-backupd.toml".into(),
         problems: vec![
-            Located {
-                line: Some(3),
-                column: Some(16),
-                key: "etcd.dial_timeout".into(),
-                message: "bad".into(),
-            },
-            Located {
-                line: None,
-                column: None,
-                key: "encryption.recipients".into(),
-                message: "none".into(),
-            },
+            Located { line: Some(3), column: Some(16), key: "etcd.dial_timeout".into(), message: "bad".into() },
+            Located { line: None, column: None, key: "encryption.recipients".into(), message: "none".into() },
         ],
     };
     assert_eq!(
@@ -348,10 +268,7 @@ mod files {
 
     fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
         let p = dir.join(name);
-        std::fs::File::create(&p)
-            .unwrap()
-            .write_all(text.as_bytes())
-            .unwrap();
+        std::fs::File::create(&p).unwrap().write_all(text.as_bytes()).unwrap();
         p
     }
 
@@ -380,11 +297,7 @@ mod files {
     #[test]
     fn no_recipients_at_all_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = write(
-            dir.path(),
-            "c.toml",
-            "[etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\n",
-        );
+        let cfg = write(dir.path(), "c.toml", "[etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\n");
         let e = load(&cfg).unwrap_err();
         assert_eq!(e.problems.len(), 1);
         assert_eq!(e.problems[0].key, "encryption.recipients");
@@ -406,21 +319,9 @@ mod files {
         let e = load(&cfg).unwrap_err();
         let text = e.to_string();
         let keys: Vec<&str> = e.problems.iter().map(|p| p.key.as_str()).collect();
-        assert_eq!(
-            keys,
-            vec![
-                "etcd.cacert",
-                "etcd.cert",
-                "etcd.key",
-                "encryption.recipients_file"
-            ],
-            "{text}"
-        );
+        assert_eq!(keys, vec!["etcd.cacert", "etcd.cert", "etcd.key", "encryption.recipients_file"], "{text}");
         assert!(text.contains("does not hold a PEM certificate"), "{text}");
-        assert!(
-            text.contains("cannot read '/nonexistent/recipients.txt'"),
-            "{text}"
-        );
+        assert!(text.contains("cannot read '/nonexistent/recipients.txt'"), "{text}");
         assert!(text.contains(":3:10: etcd.cacert"), "{text}");
     }
 
@@ -437,10 +338,7 @@ mod files {
             ),
         );
         let e = load(&cfg).unwrap_err();
-        assert!(
-            e.to_string().contains(&format!("{}:2: ", rf.display())),
-            "{e}"
-        );
+        assert!(e.to_string().contains(&format!("{}:2: ", rf.display())), "{e}");
     }
 
     #[test]
@@ -455,9 +353,6 @@ fn shipped_example_config_parses() {
     let s = parse(include_str!("../../config/etcd-backupd.toml")).unwrap();
     assert_eq!(s.etcd.endpoints, vec!["https://127.0.0.1:2379"]);
     assert!(s.etcd.client_cert.is_some());
-    assert!(
-        s.encryption.recipients.is_empty(),
-        "the operator fills these in"
-    );
+    assert!(s.encryption.recipients.is_empty(), "the operator fills these in");
     assert!(s.s3.is_none());
 }

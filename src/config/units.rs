@@ -6,9 +6,7 @@ use std::time::Duration;
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let trimmed = text.trim();
     if trimmed.is_empty() {
-        return Err(
-            "expected a duration like \"10s\", \"30m\" or \"7d\", found an empty string".into(),
-        );
+        return Err("expected a duration like \"10s\", \"30m\" or \"7d\", found an empty string".into());
     }
     if trimmed.chars().all(|c| c.is_ascii_digit()) {
         return Err(format!(
@@ -56,10 +54,7 @@ mod tests {
     fn bad_durations_say_what_is_expected() {
         for bad in ["", "10", "ten seconds", "10x", "-5s", "s"] {
             let err = parse_duration(bad).unwrap_err();
-            assert!(
-                err.contains("duration") || err.contains("no unit"),
-                "{bad}: {err}"
-            );
+            assert!(err.contains("duration") || err.contains("no unit"), "{bad}: {err}");
         }
         assert!(parse_duration("10").unwrap_err().contains("\"10s\""));
     }

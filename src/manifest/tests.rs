@@ -12,10 +12,7 @@ fn id_round_trips_and_sorts_by_time() {
     assert_eq!(BackupId::parse("20261122T060000Z-r48211").unwrap(), id);
     let later = BackupId::new(t(2026, 11, 22, 6, 0, 1), 7);
     assert!(later > id);
-    assert!(
-        later.to_string() > id.to_string(),
-        "string order is time order"
-    );
+    assert!(later.to_string() > id.to_string(), "string order is time order");
     let next_year = BackupId::new(t(2027, 1, 1, 0, 0, 0), 1);
     assert!(next_year.to_string() > later.to_string());
 }
@@ -48,39 +45,19 @@ fn bad_ids_are_refused() {
 #[test]
 fn names_carry_id_compression_and_kind() {
     let id = BackupId::new(t(2026, 1, 2, 3, 4, 5), 9);
-    assert_eq!(
-        id.artifact_name(Compression::Zstd { level: 3 }),
-        "20260102T030405Z-r9.db.zst.age"
-    );
-    assert_eq!(
-        id.artifact_name(Compression::None),
-        "20260102T030405Z-r9.db.age"
-    );
+    assert_eq!(id.artifact_name(Compression::Zstd { level: 3 }), "20260102T030405Z-r9.db.zst.age");
+    assert_eq!(id.artifact_name(Compression::None), "20260102T030405Z-r9.db.age");
     assert_eq!(id.manifest_name(), "20260102T030405Z-r9.manifest.json");
-    assert_eq!(
-        classify("20260102T030405Z-r9.db.zst.age"),
-        Entry::Artifact(id.clone())
-    );
-    assert_eq!(
-        classify("20260102T030405Z-r9.db.age"),
-        Entry::Artifact(id.clone())
-    );
-    assert_eq!(
-        classify("20260102T030405Z-r9.manifest.json"),
-        Entry::Manifest(id)
-    );
+    assert_eq!(classify("20260102T030405Z-r9.db.zst.age"), Entry::Artifact(id.clone()));
+    assert_eq!(classify("20260102T030405Z-r9.db.age"), Entry::Artifact(id.clone()));
+    assert_eq!(classify("20260102T030405Z-r9.manifest.json"), Entry::Manifest(id));
     assert_eq!(
         classify("20260102T030405Z-r9.db.zst.age.part"),
         Entry::Partial("20260102T030405Z-r9.db.zst.age.part".into())
     );
-    for foreign in [
-        "notes.txt",
-        "x.db.zst.age",
-        "20260102T030405Z-r9.db.zst",
-        "snapshot.db",
-        "x.manifest.json",
-        ".part",
-    ] {
+    for foreign in
+        ["notes.txt", "x.db.zst.age", "20260102T030405Z-r9.db.zst", "snapshot.db", "x.manifest.json", ".part"]
+    {
         assert_eq!(classify(foreign), Entry::Foreign, "{foreign}");
     }
 }
@@ -126,10 +103,7 @@ fn sample() -> Manifest {
             leader: "8e9e05c52164694d".into(),
             alarms: vec![],
         },
-        snapshot: SnapshotFacts {
-            size: 20512,
-            sha256: "ab".repeat(32),
-        },
+        snapshot: SnapshotFacts { size: 20512, sha256: "ab".repeat(32) },
         artifact: ArtifactFacts {
             name: id.artifact_name(Compression::Zstd { level: 3 }),
             size: 900,
@@ -148,10 +122,7 @@ fn manifest_round_trips() {
     let json = m.to_json();
     assert_eq!(Manifest::from_json(&json, &m.id).unwrap(), m);
     let text = String::from_utf8(json).unwrap();
-    assert!(
-        text.contains("\"id\": \"20261122T060000Z-r48211\""),
-        "{text}"
-    );
+    assert!(text.contains("\"id\": \"20261122T060000Z-r48211\""), "{text}");
     assert!(text.ends_with('\n'));
 }
 
@@ -159,22 +130,14 @@ fn manifest_round_trips() {
 fn manifest_under_another_name_is_refused() {
     let m = sample();
     let other = BackupId::new(t(2026, 11, 22, 7, 0, 0), 1);
-    assert!(
-        Manifest::from_json(&m.to_json(), &other)
-            .unwrap_err()
-            .contains("stored as")
-    );
+    assert!(Manifest::from_json(&m.to_json(), &other).unwrap_err().contains("stored as"));
 }
 
 #[test]
 fn newer_format_asks_for_an_upgrade() {
     let mut m = sample();
     m.format_version = FORMAT_VERSION + 1;
-    assert!(
-        Manifest::from_json(&m.to_json(), &m.id)
-            .unwrap_err()
-            .contains("upgrade etcd-backupd")
-    );
+    assert!(Manifest::from_json(&m.to_json(), &m.id).unwrap_err().contains("upgrade etcd-backupd"));
 }
 
 #[test]

@@ -57,11 +57,7 @@ impl TrailerCheck {
         }
         let actual = hex::encode(self.hasher.finalize());
         let expected = hex::encode(&self.tail);
-        if actual == expected {
-            Ok(actual)
-        } else {
-            Err(TrailerError::Mismatch { expected, actual })
-        }
+        if actual == expected { Ok(actual) } else { Err(TrailerError::Mismatch { expected, actual }) }
     }
 }
 
@@ -91,11 +87,7 @@ mod tests {
             let data = snapshot(&body);
             let want = hex::encode(Sha256::digest(&body));
             for chunk in 1..=data.len() {
-                assert_eq!(
-                    check_in_chunks(&data, chunk),
-                    Ok(want.clone()),
-                    "body {body_len} chunk {chunk}"
-                );
+                assert_eq!(check_in_chunks(&data, chunk), Ok(want.clone()), "body {body_len} chunk {chunk}");
             }
         }
     }
@@ -127,10 +119,7 @@ mod tests {
             bad[pos] ^= 0x01;
             for chunk in 1..=bad.len() {
                 assert!(
-                    matches!(
-                        check_in_chunks(&bad, chunk),
-                        Err(TrailerError::Mismatch { .. })
-                    ),
+                    matches!(check_in_chunks(&bad, chunk), Err(TrailerError::Mismatch { .. })),
                     "flip at {pos}, chunk {chunk}"
                 );
             }
@@ -149,15 +138,9 @@ mod tests {
     #[test]
     fn too_short_streams_are_named() {
         assert_eq!(TrailerCheck::new().finish(), Err(TrailerError::TooShort(0)));
-        assert_eq!(
-            check_in_chunks(&[0u8; 20], 3),
-            Err(TrailerError::TooShort(20))
-        );
+        assert_eq!(check_in_chunks(&[0u8; 20], 3), Err(TrailerError::TooShort(20)));
         // Exactly a trailer and no database: the sha of nothing, but no database either.
-        assert_eq!(
-            check_in_chunks(&snapshot(b""), 4),
-            Err(TrailerError::TooShort(32))
-        );
+        assert_eq!(check_in_chunks(&snapshot(b""), 4), Err(TrailerError::TooShort(32)));
     }
 
     #[test]

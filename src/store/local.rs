@@ -17,9 +17,7 @@ pub struct LocalStore {
 
 impl LocalStore {
     pub fn new(dir: &Path, cluster: &ClusterName) -> Self {
-        LocalStore {
-            folder: dir.join(cluster.as_str()),
-        }
+        LocalStore { folder: dir.join(cluster.as_str()) }
     }
 
     pub fn folder(&self) -> &Path {
@@ -29,7 +27,10 @@ impl LocalStore {
     /// Creates the cluster folder (and the backup dir) with mode 0700.
     pub fn prepare(&self) -> Result<()> {
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&self.folder).with_context(|| {
-            format!("cannot create the local backup folder '{}' (local.dir must be writable by etcd-backupd)", self.folder.display())
+            format!(
+                "cannot create the local backup folder '{}' (local.dir must be writable by etcd-backupd)",
+                self.folder.display()
+            )
         })
     }
 
@@ -44,10 +45,7 @@ impl LocalStore {
     pub async fn begin(&self, name: &str, manifest_name: &str) -> Result<LocalUpload> {
         let final_path = self.folder.join(name);
         if final_path.exists() || self.folder.join(manifest_name).exists() {
-            anyhow::bail!(
-                "'{}' already exists: a backup with this id was already taken",
-                final_path.display()
-            );
+            anyhow::bail!("'{}' already exists: a backup with this id was already taken", final_path.display());
         }
         let part_path = self.folder.join(format!("{name}{PART_SUFFIX}"));
         let file = open_new(&part_path).await?;
@@ -71,27 +69,17 @@ impl LocalStore {
                 return Err(e).with_context(|| format!("cannot list '{}'", self.folder.display()));
             }
         };
-        while let Some(entry) = dir
-            .next_entry()
-            .await
-            .with_context(|| format!("cannot list '{}'", self.folder.display()))?
+        while let Some(entry) =
+            dir.next_entry().await.with_context(|| format!("cannot list '{}'", self.folder.display()))?
         {
             let meta = entry.metadata().await?;
             if meta.is_file() {
-                found.push(Found {
-                    name: entry.file_name().to_string_lossy().into_owned(),
-                    size: meta.len(),
-                });
+                found.push(Found { name: entry.file_name().to_string_lossy().into_owned(), size: meta.len() });
             }
         }
         let (wanted, mut ignored) = pair_up(&found);
         let mut backups = Vec::new();
-        for Candidate {
-            id,
-            manifest_name,
-            artifact_size,
-        } in wanted
-        {
+        for Candidate { id, manifest_name, artifact_size } in wanted {
             let path = self.folder.join(&manifest_name);
             let read = tokio::fs::read(&path).await.map_err(|e| e.to_string());
             match read.and_then(|bytes| accept(&bytes, &id, artifact_size)) {
@@ -109,10 +97,7 @@ impl LocalStore {
 async fn open_new(path: &Path) -> Result<tokio::fs::File> {
     let mut options = tokio::fs::OpenOptions::new();
     options.write(true).create_new(true).mode(0o600);
-    options
-        .open(path)
-        .await
-        .with_context(|| format!("cannot create '{}'", path.display()))
+    options.open(path).await.with_context(|| format!("cannot create '{}'", path.display()))
 }
 
 /// Writes `bytes` to `folder/name` crash-safely: `.part`, fsync, rename, fsync the folder.
@@ -130,23 +115,15 @@ pub async fn write_atomic(folder: &Path, name: &str, bytes: &[u8]) -> Result<()>
         return Err(e).with_context(|| format!("cannot write '{}'", part.display()));
     }
     let target = folder.join(name);
-    tokio::fs::rename(&part, &target).await.with_context(|| {
-        format!(
-            "cannot rename '{}' to '{}'",
-            part.display(),
-            target.display()
-        )
-    })?;
+    tokio::fs::rename(&part, &target)
+        .await
+        .with_context(|| format!("cannot rename '{}' to '{}'", part.display(), target.display()))?;
     sync_dir(folder).await
 }
 
 async fn sync_dir(folder: &Path) -> Result<()> {
-    let dir = tokio::fs::File::open(folder)
-        .await
-        .with_context(|| format!("cannot open '{}'", folder.display()))?;
-    dir.sync_all()
-        .await
-        .with_context(|| format!("cannot fsync '{}'", folder.display()))
+    let dir = tokio::fs::File::open(folder).await.with_context(|| format!("cannot open '{}'", folder.display()))?;
+    dir.sync_all().await.with_context(|| format!("cannot fsync '{}'", folder.display()))
 }
 
 /// An artifact being written to the local folder.
@@ -162,29 +139,23 @@ pub struct LocalUpload {
 impl LocalUpload {
     pub async fn write(&mut self, chunk: Bytes) -> Result<()> {
         let file = self.file.as_mut().context("local upload already closed")?;
-        file.write_all(&chunk)
-            .await
-            .with_context(|| format!("cannot write '{}'", self.part_path.display()))
+        file.write_all(&chunk).await.with_context(|| format!("cannot write '{}'", self.part_path.display()))
     }
 
     pub async fn commit(mut self, manifest: &Manifest) -> Result<()> {
         let mut file = self.file.take().context("local upload already closed")?;
         file.flush().await?;
-        file.sync_all()
-            .await
-            .with_context(|| format!("cannot fsync '{}'", self.part_path.display()))?;
+        file.sync_all().await.with_context(|| format!("cannot fsync '{}'", self.part_path.display()))?;
         drop(file);
         tokio::fs::rename(&self.part_path, &self.final_path)
             .await
             .with_context(|| format!("cannot rename '{}'", self.part_path.display()))?;
         self.done = true;
         sync_dir(&self.folder).await?;
-        write_atomic(&self.folder, &self.manifest_name, &manifest.to_json())
-            .await
-            .inspect_err(|_| {
-                // Without its manifest the artifact is not a backup; do not leave it looking like one.
-                let _ = std::fs::remove_file(&self.final_path);
-            })
+        write_atomic(&self.folder, &self.manifest_name, &manifest.to_json()).await.inspect_err(|_| {
+            // Without its manifest the artifact is not a backup; do not leave it looking like one.
+            let _ = std::fs::remove_file(&self.final_path);
+        })
     }
 
     pub async fn abort(mut self) {

@@ -57,19 +57,12 @@ pub fn pair_up(found: &[Found]) -> (Vec<Candidate>, Vec<Ignored>) {
     let mut wanted = Vec::new();
     for (id, manifest_name) in manifests {
         match artifacts.remove(&id) {
-            Some((_, artifact_size)) => wanted.push(Candidate {
-                id,
-                manifest_name,
-                artifact_size,
-            }),
+            Some((_, artifact_size)) => wanted.push(Candidate { id, manifest_name, artifact_size }),
             None => ignored.push((manifest_name, "manifest without its artifact".to_string())),
         }
     }
     for (_, (name, _)) in artifacts {
-        ignored.push((
-            name,
-            "artifact without a manifest (not committed)".to_string(),
-        ));
+        ignored.push((name, "artifact without a manifest (not committed)".to_string()));
     }
     wanted.sort_by(|a, b| b.id.cmp(&a.id));
     ignored.sort();
@@ -80,10 +73,7 @@ pub fn pair_up(found: &[Found]) -> (Vec<Candidate>, Vec<Ignored>) {
 pub fn accept(bytes: &[u8], id: &BackupId, artifact_size: u64) -> Result<Manifest, String> {
     let m = Manifest::from_json(bytes, id)?;
     if m.artifact.size != artifact_size {
-        return Err(format!(
-            "artifact is {artifact_size} bytes but the manifest says {}",
-            m.artifact.size
-        ));
+        return Err(format!("artifact is {artifact_size} bytes but the manifest says {}", m.artifact.size));
     }
     Ok(m)
 }

@@ -35,8 +35,7 @@ impl S3Store {
     pub async fn new(settings: &S3Settings, cluster: &ClusterName) -> Result<Self> {
         let mut trust = TrustStore::default();
         if let Some(ca) = &settings.ca_file {
-            let pem = std::fs::read(ca)
-                .with_context(|| format!("cannot read s3.ca_file '{}'", ca.display()))?;
+            let pem = std::fs::read(ca).with_context(|| format!("cannot read s3.ca_file '{}'", ca.display()))?;
             trust = trust.with_pem_certificate(pem);
         }
         let tls = TlsContext::builder()
@@ -47,15 +46,13 @@ impl S3Store {
             .tls_provider(Provider::Rustls(CryptoMode::Ring))
             .tls_context(tls)
             .build_https();
-        let mut loader =
-            aws_config::defaults(aws_config::BehaviorVersion::latest()).http_client(http);
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest()).http_client(http);
         if let Some(region) = &settings.region {
             loader = loader.region(Region::new(region.clone()));
         }
         let sdk = loader.load().await;
-        let mut config = aws_sdk_s3::config::Builder::from(&sdk)
-            .force_path_style(settings.force_path_style)
-            .timeout_config(
+        let mut config =
+            aws_sdk_s3::config::Builder::from(&sdk).force_path_style(settings.force_path_style).timeout_config(
                 aws_config::timeout::TimeoutConfig::builder()
                     .connect_timeout(Duration::from_secs(10))
                     .read_timeout(Duration::from_secs(120))
@@ -77,17 +74,9 @@ impl S3Store {
                 .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
         }
         let folder = format!("{}{}/", settings.prefix, cluster);
-        let at = settings
-            .endpoint
-            .clone()
-            .unwrap_or_else(|| "AWS".to_string());
+        let at = settings.endpoint.clone().unwrap_or_else(|| "AWS".to_string());
         let place = format!("s3://{}/{} at {}", settings.bucket, folder, at);
-        Ok(S3Store {
-            client: aws_sdk_s3::Client::from_conf(config.build()),
-            settings: settings.clone(),
-            folder,
-            place,
-        })
+        Ok(S3Store { client: aws_sdk_s3::Client::from_conf(config.build()), settings: settings.clone(), folder, place })
     }
 
     /// `s3://bucket/prefix/cluster/ at ENDPOINT`, for messages.
@@ -110,12 +99,8 @@ impl S3Store {
     pub async fn begin(&self, name: &str, manifest_name: &str) -> Result<S3Upload> {
         let key = format!("{}{name}", self.folder);
         let s = &self.settings;
-        let mut req = self
-            .client
-            .create_multipart_upload()
-            .bucket(&s.bucket)
-            .key(&key)
-            .content_type("application/octet-stream");
+        let mut req =
+            self.client.create_multipart_upload().bucket(&s.bucket).key(&key).content_type("application/octet-stream");
         if let Some(class) = &s.storage_class {
             req = req.storage_class(StorageClass::from(class.as_str()));
         }
@@ -131,14 +116,8 @@ impl S3Store {
                 .server_side_encryption(aws_sdk_s3::types::ServerSideEncryption::AwsKms)
                 .set_ssekms_key_id(key_id.clone()),
         };
-        let out = req
-            .send()
-            .await
-            .map_err(|e| self.explain(e, "starting the upload"))?;
-        let upload_id = out
-            .upload_id()
-            .context("the store started an upload without an upload id")?
-            .to_string();
+        let out = req.send().await.map_err(|e| self.explain(e, "starting the upload"))?;
+        let upload_id = out.upload_id().context("the store started an upload without an upload id")?.to_string();
         Ok(S3Upload {
             store: self.clone(),
             key,
@@ -165,27 +144,15 @@ impl S3Store {
             let page = page.map_err(|e| self.explain(e, "listing backups"))?;
             for object in page.contents() {
                 if let Some(name) = object.key().and_then(|k| k.strip_prefix(&self.folder)) {
-                    found.push(Found {
-                        name: name.to_string(),
-                        size: object.size().unwrap_or(0).max(0) as u64,
-                    });
+                    found.push(Found { name: name.to_string(), size: object.size().unwrap_or(0).max(0) as u64 });
                 }
             }
         }
         let (wanted, mut ignored) = pair_up(&found);
         let mut backups = Vec::new();
-        for Candidate {
-            id,
-            manifest_name,
-            artifact_size,
-        } in wanted
-        {
+        for Candidate { id, manifest_name, artifact_size } in wanted {
             let key = format!("{}{manifest_name}", self.folder);
-            match self
-                .get_small(&key)
-                .await
-                .and_then(|b| accept(&b, &id, artifact_size).map_err(|e| anyhow!(e)))
-            {
+            match self.get_small(&key).await.and_then(|b| accept(&b, &id, artifact_size).map_err(|e| anyhow!(e))) {
                 Ok(manifest) => backups.push(Stored { manifest }),
                 Err(why) => {
                     tracing::warn!(%key, why = %format!("{why:#}"), "ignoring a manifest that does not check out");
@@ -208,11 +175,7 @@ impl S3Store {
         if out.content_length().unwrap_or(0) > MAX_MANIFEST_BYTES as i64 {
             anyhow::bail!("'{key}' is too large to be a manifest");
         }
-        let body = out
-            .body
-            .collect()
-            .await
-            .with_context(|| format!("cannot read '{key}'"))?;
+        let body = out.body.collect().await.with_context(|| format!("cannot read '{key}'"))?;
         Ok(body.into_bytes().to_vec())
     }
 
@@ -242,10 +205,7 @@ impl S3Store {
         };
         let detail = match &err {
             SdkError::ServiceError(_) => {
-                let mut d = format!(
-                    "HTTP {}",
-                    status.map_or_else(|| "?".to_string(), |s| s.to_string())
-                );
+                let mut d = format!("HTTP {}", status.map_or_else(|| "?".to_string(), |s| s.to_string()));
                 if let Some(code) = &code {
                     d += &format!(" {code}");
                 }
@@ -327,10 +287,7 @@ impl S3Upload {
             if store.settings.checksums == ChecksumMode::WhenSupported {
                 req = req.checksum_algorithm(ChecksumAlgorithm::Crc32);
             }
-            let out = req
-                .send()
-                .await
-                .map_err(|e| store.explain(e, &format!("uploading part {number}")))?;
+            let out = req.send().await.map_err(|e| store.explain(e, &format!("uploading part {number}")))?;
             Ok(CompletedPart::builder()
                 .part_number(number)
                 .set_e_tag(out.e_tag().map(str::to_string))
@@ -361,11 +318,7 @@ impl S3Upload {
             .bucket(&s.bucket)
             .key(&self.key)
             .upload_id(&self.upload_id)
-            .multipart_upload(
-                CompletedMultipartUpload::builder()
-                    .set_parts(Some(self.parts.clone()))
-                    .build(),
-            )
+            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(self.parts.clone())).build())
             .send()
             .await
             .map_err(|e| self.store.explain(e, "completing the upload"))?;
@@ -388,13 +341,7 @@ impl S3Upload {
         if let Err(e) = put.send().await {
             let err = self.store.explain(e, "writing the manifest");
             // An artifact without its manifest is not a backup: remove it rather than leave it looking like one.
-            if let Err(del) = client
-                .delete_object()
-                .bucket(&s.bucket)
-                .key(&self.key)
-                .send()
-                .await
-            {
+            if let Err(del) = client.delete_object().bucket(&s.bucket).key(&self.key).send().await {
                 tracing::warn!(key = %self.key, error = %DisplayErrorContext(&del), "cannot remove the uncommitted artifact");
             }
             return Err(err);

