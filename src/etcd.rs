@@ -13,6 +13,7 @@ pub struct Member {
     client: Client,
     pub facts: EtcdFacts,
     snapshot: Option<etcd_client::SnapshotStreaming>,
+    auth_configured: bool,
 }
 
 /// Connects to the first endpoint that answers a status request; the error names every endpoint tried.
@@ -21,8 +22,8 @@ pub async fn connect(settings: &EtcdSettings) -> Result<Member> {
     let mut failures = Vec::new();
     for endpoint in &settings.endpoints {
         match tokio::time::timeout(settings.dial_timeout, connect_one(endpoint, options.clone())).await {
-            Ok(Ok(member)) => return Ok(member),
-            Ok(Err(e)) => failures.push(format!("{endpoint}: {}", explain(&e, settings))),
+            Ok(Ok(member)) => return Ok(Member { auth_configured: settings.auth.is_some(), ..member }),
+            Ok(Err(e)) => failures.push(format!("{endpoint}: {}", explain(&e, settings.auth.is_some()))),
             Err(_) => failures.push(format!(
                 "{endpoint}: no answer within {} (etcd.dial_timeout): is etcd running and listening there?",
                 humantime::format_duration(settings.dial_timeout)
@@ -86,11 +87,11 @@ async fn connect_one(endpoint: &str, options: ConnectOptions) -> Result<Member, 
         leader: format!("{:x}", status.leader()),
         alarms,
     };
-    Ok(Member { client, facts, snapshot: None })
+    Ok(Member { client, facts, snapshot: None, auth_configured: false })
 }
 
 /// Turns a client error into a sentence an operator can act on.
-fn explain(e: &etcd_client::Error, settings: &EtcdSettings) -> String {
+fn explain(e: &etcd_client::Error, auth_configured: bool) -> String {
     let (chain, code) = match e {
         etcd_client::Error::GRpcStatus(status) => {
             let mut text = status.message().to_string();
@@ -105,7 +106,21 @@ fn explain(e: &etcd_client::Error, settings: &EtcdSettings) -> String {
         other => (crate::errors::chain(other), None),
     };
     let lower = chain.to_lowercase();
-    let hint = if lower.contains("unknownissuer")
+    let auth_words = [
+        "authentication failed",
+        "invalid user id or password",
+        "user name is empty",
+        "permission denied",
+        "invalid auth token",
+        "user name not found",
+    ];
+    let auth_problem = auth_words.iter().any(|w| lower.contains(w))
+        || matches!(code, Some(tonic::Code::Unauthenticated | tonic::Code::PermissionDenied));
+    let hint = if auth_problem && auth_configured {
+        "etcd refused the user: check etcd.username and the password in etcd.password_file; snapshots need a user with the root role"
+    } else if auth_problem {
+        "etcd has authentication enabled: set etcd.username and etcd.password_file (a user with the root role), or use a client certificate whose CN is such a user"
+    } else if lower.contains("unknownissuer")
         || lower.contains("unknown issuer")
         || lower.contains("invalid peer certificate")
     {
@@ -122,12 +137,6 @@ fn explain(e: &etcd_client::Error, settings: &EtcdSettings) -> String {
         "the server did not speak gRPC this way: check http:// versus https:// in etcd.endpoints"
     } else {
         match code {
-            Some(tonic::Code::Unauthenticated | tonic::Code::PermissionDenied) if settings.auth.is_some() => {
-                "etcd refused the user: check etcd.username and the password in etcd.password_file"
-            }
-            Some(tonic::Code::Unauthenticated | tonic::Code::PermissionDenied) => {
-                "etcd has authentication enabled: set etcd.username and etcd.password_file, or use a client certificate (etcd.cert, etcd.key)"
-            }
             Some(tonic::Code::Unavailable) => "etcd is not serving: is it running and healthy?",
             _ => "",
         }
@@ -142,7 +151,7 @@ impl crate::pipeline::SnapshotSource for Member {
 
     async fn open(&mut self) -> Result<()> {
         let stream = self.client.snapshot().await.map_err(|e| {
-            anyhow!("etcd at {} refused the snapshot: {}", self.facts.endpoint, crate::errors::chain(&e))
+            anyhow!("etcd at {} refused the snapshot: {}", self.facts.endpoint, explain(&e, self.auth_configured))
         })?;
         self.snapshot = Some(stream);
         Ok(())

@@ -93,39 +93,46 @@ pub fn check_label(label: &str) -> Result<(), String> {
     if ok { Ok(()) } else { Err(format!("\"{label}\" is not a label: 1 to 64 letters, digits, '-', '_' or '.'")) }
 }
 
-/// A backup's id: its UTC start time and the etcd revision, `20261122T060000Z-r48211`.
-/// Ids sort by time as plain strings.
+/// A backup's id: its UTC start time, the etcd revision and the member it was taken from,
+/// `20261122T060000Z-r48211-8e9e05c52164694d`. Ids sort by time as plain strings; the member keeps two
+/// hosts of one cluster that back up at the same second from ever taking the same name.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct BackupId {
     created: DateTime<Utc>,
     revision: i64,
+    member: String,
 }
 
 const ID_TIME_FORMAT: &str = "%Y%m%dT%H%M%SZ";
 
 impl BackupId {
-    pub fn new(created: DateTime<Utc>, revision: i64) -> Self {
-        let created = created.with_timezone(&Utc);
+    /// `member` is etcd's member id in hex, as `etcdctl member list` prints it.
+    pub fn new(created: DateTime<Utc>, revision: i64, member: &str) -> Self {
         // Ids have whole seconds; keep the struct equal to what parses back.
-        let secs = created.timestamp();
-        let created = DateTime::from_timestamp(secs, 0).unwrap_or(created);
-        BackupId { created, revision }
+        let created = DateTime::from_timestamp(created.timestamp(), 0).unwrap_or(created);
+        BackupId { created, revision, member: member.to_ascii_lowercase() }
     }
 
     pub fn parse(text: &str) -> Result<Self, String> {
-        let bad = || format!("\"{text}\" is not a backup id: expected one like 20261122T060000Z-r48211");
-        let (time, rev) = text.split_once("-r").ok_or_else(bad)?;
-        if time.len() != 16
-            || rev.is_empty()
-            || !rev.chars().all(|c| c.is_ascii_digit())
-            || rev.starts_with('0') && rev != "0"
-        {
+        let bad =
+            || format!("\"{text}\" is not a backup id: expected one like 20261122T060000Z-r48211-8e9e05c52164694d");
+        let mut parts = text.split('-');
+        let (Some(time), Some(rev), Some(member), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(bad());
+        };
+        let rev = rev.strip_prefix('r').ok_or_else(bad)?;
+        let canonical_rev =
+            !rev.is_empty() && rev.chars().all(|c| c.is_ascii_digit()) && (rev == "0" || !rev.starts_with('0'));
+        let hex_member = (1..=16).contains(&member.len())
+            && member.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase());
+        if time.len() != 16 || !canonical_rev || !hex_member {
             return Err(bad());
         }
         let naive = NaiveDateTime::parse_from_str(time, ID_TIME_FORMAT).map_err(|_| bad())?;
         let revision = rev.parse().map_err(|_| bad())?;
-        Ok(BackupId { created: naive.and_utc(), revision })
+        Ok(BackupId { created: naive.and_utc(), revision, member: member.to_string() })
     }
 
     pub fn created(&self) -> DateTime<Utc> {
@@ -134,6 +141,10 @@ impl BackupId {
 
     pub fn revision(&self) -> i64 {
         self.revision
+    }
+
+    pub fn member(&self) -> &str {
+        &self.member
     }
 
     pub fn manifest_name(&self) -> String {
@@ -147,7 +158,7 @@ impl BackupId {
 
 impl fmt::Display for BackupId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}-r{}", self.created.format(ID_TIME_FORMAT), self.revision)
+        write!(f, "{}-r{}-{}", self.created.format(ID_TIME_FORMAT), self.revision, self.member)
     }
 }
 
@@ -177,8 +188,11 @@ pub enum Entry {
 
 /// Classifies a file name found next to backups.
 pub fn classify(name: &str) -> Entry {
-    if name.ends_with(PART_SUFFIX) && name.contains(".db") {
-        return Entry::Partial(name.to_string());
+    if let Some(stem) = name.strip_suffix(PART_SUFFIX) {
+        return match classify(stem) {
+            Entry::Manifest(_) | Entry::Artifact(_) => Entry::Partial(name.to_string()),
+            _ => Entry::Foreign,
+        };
     }
     if let Some(stem) = name.strip_suffix(MANIFEST_SUFFIX) {
         return BackupId::parse(stem).map_or(Entry::Foreign, Entry::Manifest);

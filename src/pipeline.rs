@@ -67,7 +67,7 @@ pub async fn write_backup<S: SnapshotSource>(
     request: &BackupRequest,
     mut source: S,
 ) -> Result<BackupReport> {
-    let started = Utc::now();
+    let mut started = Utc::now();
     let clock = Instant::now();
     let mut failed: Vec<(&'static str, String)> = Vec::new();
     let facts = source.facts().clone();
@@ -83,12 +83,19 @@ pub async fn write_backup<S: SnapshotSource>(
         tracing::warn!(endpoint = %facts.endpoint, %alarm, "etcd has an active alarm; taking the snapshot anyway");
     }
 
-    let id = BackupId::new(started, facts.revision);
+    let local = LocalStore::new(&settings.local.dir, &settings.cluster);
+    let mut id = BackupId::new(started, facts.revision, &facts.member_id);
+    if local.holds(&id, settings.compression) {
+        // A backup of this member at this revision was taken this very second: take the next second.
+        let wait = 1000 - u64::from(Utc::now().timestamp_subsec_millis().min(999));
+        tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+        started = Utc::now();
+        id = BackupId::new(started, facts.revision, &facts.member_id);
+    }
     let artifact_name = id.artifact_name(settings.compression);
     let manifest_name = id.manifest_name();
     let mut uploads = Vec::new();
 
-    let local = LocalStore::new(&settings.local.dir, &settings.cluster);
     match begin_local(&local, facts.db_size, &artifact_name, &manifest_name).await {
         Ok(upload) => uploads.push(Upload::Local(upload)),
         Err(e) => failed.push(("local", format!("{e:#}"))),

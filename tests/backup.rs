@@ -50,7 +50,7 @@ async fn backup_restores_everywhere(version: EtcdVersion, tls: bool) {
     let names = files(&folder);
     assert_eq!(names.len(), 2, "{names:?}");
     let artifact_name = names.iter().find(|n| n.ends_with(".db.zst.age")).unwrap().clone();
-    assert!(artifact_name.ends_with(&format!("-r{revision}.db.zst.age")), "{artifact_name}");
+    assert!(artifact_name.contains(&format!("-r{revision}-")), "{artifact_name}");
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(std::fs::metadata(&folder).unwrap().permissions().mode() & 0o777, 0o700);
     for n in &names {
@@ -168,11 +168,11 @@ async fn list_json_shows_exactly_the_committed_backups() {
 
     // Leftovers and strangers that must not be listed.
     let folder = local.join("default");
-    std::fs::write(folder.join("20200101T000000Z-r5.db.zst.age.part"), "partial").unwrap();
-    std::fs::write(folder.join("20200101T000000Z-r6.db.zst.age"), "no manifest").unwrap();
-    std::fs::write(folder.join("20200101T000000Z-r7.manifest.json"), "{}").unwrap();
-    std::fs::write(folder.join("20200101T000000Z-r8.db.zst.age"), "x").unwrap();
-    std::fs::write(folder.join("20200101T000000Z-r8.manifest.json"), "not json").unwrap();
+    std::fs::write(folder.join("20200101T000000Z-r5-abc.db.zst.age.part"), "partial").unwrap();
+    std::fs::write(folder.join("20200101T000000Z-r6-abc.db.zst.age"), "no manifest").unwrap();
+    std::fs::write(folder.join("20200101T000000Z-r7-abc.manifest.json"), "{}").unwrap();
+    std::fs::write(folder.join("20200101T000000Z-r8-abc.db.zst.age"), "x").unwrap();
+    std::fs::write(folder.join("20200101T000000Z-r8-abc.manifest.json"), "not json").unwrap();
     std::fs::write(folder.join("notes.txt"), "mine").unwrap();
     let bucket_dir = s3.root.join(BUCKET);
     std::fs::create_dir_all(bucket_dir.join("p/other-cluster")).unwrap();
@@ -180,7 +180,7 @@ async fn list_json_shows_exactly_the_committed_backups() {
         std::fs::copy(bucket_dir.join("p/default").join(&name), bucket_dir.join("p/other-cluster").join(&name))
             .unwrap();
     }
-    std::fs::write(bucket_dir.join("p/default/20200101T000000Z-r9.db.zst.age"), "orphan").unwrap();
+    std::fs::write(bucket_dir.join("p/default/20200101T000000Z-r9-abc.db.zst.age"), "orphan").unwrap();
     std::fs::write(bucket_dir.join("p/default/README"), "foreign").unwrap();
 
     let out = run(&both, &["list", "--json"]).await;

@@ -307,3 +307,135 @@ mod config_errors {
         assert!(text.contains(": OK") && text.contains("recipients: 1"), "{text}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_user_and_password_auth() {
+    let s = Setup::new();
+    let etcd = Etcd::start(EtcdVersion::V35);
+    etcd.seed(10, 10).await;
+    let password = etcd.enable_auth();
+    let pw_file = s.work.path().join("etcd-password");
+    std::fs::write(&pw_file, format!("{password}\n")).unwrap();
+    let table = |file: &Path| {
+        format!(
+            "[etcd]\nendpoints = [\"{}\"]\ndial_timeout = \"3s\"\nusername = \"backup\"\npassword_file = \"{}\"\n",
+            etcd.endpoint,
+            file.display()
+        )
+    };
+    let out = run(&s.config(&table(&pw_file), ""), &["backup"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_committed_locally(&s.folder());
+
+    let wrong = s.work.path().join("wrong-password");
+    std::fs::write(&wrong, "nope").unwrap();
+    let out = run(&s.config(&table(&wrong), ""), &["backup"]).await;
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("etcd.username") && err.contains("etcd.password_file"), "{err}");
+
+    // Without credentials at all, the error says auth is on and what to set.
+    let none = format!("[etcd]\nendpoints = [\"{}\"]\ndial_timeout = \"3s\"\n", etcd.endpoint);
+    let out = run(&s.config(&none, ""), &["backup"]).await;
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("etcd.username"), "{err}");
+    assert_committed_locally(&s.folder());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_active_alarm_is_a_warning_not_a_refusal() {
+    let s = Setup::new();
+    let etcd = Etcd::start_with_args(EtcdVersion::V34, false, &["--quota-backend-bytes", "1048576"]);
+    let mut client = etcd.client().await;
+    for i in 0..40 {
+        if client.put(format!("fill/{i}"), vec![b'x'; 100_000], None).await.is_err() {
+            break;
+        }
+    }
+    let alarms = etcd.etcdctl(&["alarm", "list"]);
+    assert!(String::from_utf8_lossy(&alarms.stdout).contains("NOSPACE"), "the test needs the alarm raised");
+    let out = run(&s.config(&etcd.config_table(), ""), &["backup"]).await;
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("active alarm") && err.contains("Nospace"), "{err}");
+    assert_committed_locally(&s.folder());
+    let names = files(&s.folder());
+    let manifest = names.iter().find(|n| n.ends_with(".manifest.json")).unwrap();
+    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(s.folder().join(manifest)).unwrap()).unwrap();
+    assert!(m["etcd"]["alarms"][0].as_str().unwrap().contains("Nospace"), "{m}");
+}
+
+/// A local folder on a 4 MiB tmpfs (in a private mount namespace) cannot take an 8 MiB database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_little_free_space_is_refused_before_streaming() {
+    let s = Setup::new();
+    let etcd = Etcd::start(EtcdVersion::V34);
+    etcd.seed(800, 10_000).await;
+    std::fs::create_dir_all(s.local()).unwrap();
+    let config = s.config(&etcd.config_table(), "");
+    let mut cmd = tokio::process::Command::new("unshare");
+    cmd.args([
+        "-m",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        "mount -t tmpfs -o size=4m tmpfs \"$1\" && shift && exec \"$@\"",
+        "sh",
+    ])
+    .arg(s.local())
+    .arg(env!("CARGO_BIN_EXE_etcd-backupd"))
+    .arg("--config")
+    .arg(&config)
+    .arg("backup");
+    aws_env(&mut cmd);
+    let out = cmd.output().await.unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("not enough free space") && err.contains(&s.folder().display().to_string()), "{err}");
+    assert!(err.contains("needed for a"), "{err}");
+    assert_nothing_local(&s.folder());
+}
+
+/// A backup id that already exists in S3 is never overwritten.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_existing_backup_in_s3_is_never_overwritten() {
+    let s = Setup::new();
+    let etcd = Etcd::start(EtcdVersion::V34);
+    let revision = etcd.seed(3, 10).await;
+    let s3 = S3::start().await;
+    let folder = s3.root.join(BUCKET).join("default");
+    std::fs::create_dir_all(&folder).unwrap();
+    let now = chrono::Utc::now();
+    let mut planted = Vec::new();
+    for ahead in 0..5 {
+        let member = etcd.member_id_hex();
+        let id = etcd_backupd::manifest::BackupId::new(now + chrono::Duration::seconds(ahead), revision, &member);
+        let name = id.manifest_name();
+        std::fs::write(folder.join(&name), format!("earlier backup {ahead}")).unwrap();
+        planted.push(name);
+    }
+    let out = run(&s.config(&etcd.config_table(), &s3.config_table(BUCKET, "")), &["backup"]).await;
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("already exists"), "{err}");
+    for (ahead, name) in planted.iter().enumerate() {
+        assert_eq!(std::fs::read_to_string(folder.join(name)).unwrap(), format!("earlier backup {ahead}"));
+    }
+    assert_eq!(s3.keys(BUCKET).len(), planted.len(), "{:?}", s3.keys(BUCKET));
+}
+
+/// Two backups of an idle etcd in quick succession both commit, under different ids.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn back_to_back_backups_get_distinct_ids() {
+    let s = Setup::new();
+    let etcd = Etcd::start(EtcdVersion::V34);
+    let config = s.config(&etcd.config_table(), "");
+    for _ in 0..3 {
+        let out = run(&config, &["backup"]).await;
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let manifests = files(&s.folder()).into_iter().filter(|n| n.ends_with(".manifest.json")).count();
+    assert_eq!(manifests, 3);
+}

@@ -7,20 +7,23 @@ fn t(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> DateTime<Utc> {
 
 #[test]
 fn id_round_trips_and_sorts_by_time() {
-    let id = BackupId::new(t(2026, 11, 22, 6, 0, 0), 48211);
-    assert_eq!(id.to_string(), "20261122T060000Z-r48211");
-    assert_eq!(BackupId::parse("20261122T060000Z-r48211").unwrap(), id);
-    let later = BackupId::new(t(2026, 11, 22, 6, 0, 1), 7);
+    let id = BackupId::new(t(2026, 11, 22, 6, 0, 0), 48211, "8e9e05c52164694d");
+    assert_eq!(id.to_string(), "20261122T060000Z-r48211-8e9e05c52164694d");
+    assert_eq!(BackupId::parse("20261122T060000Z-r48211-8e9e05c52164694d").unwrap(), id);
+    assert_eq!(id.member(), "8e9e05c52164694d");
+    let later = BackupId::new(t(2026, 11, 22, 6, 0, 1), 7, "1");
     assert!(later > id);
     assert!(later.to_string() > id.to_string(), "string order is time order");
-    let next_year = BackupId::new(t(2027, 1, 1, 0, 0, 0), 1);
+    let next_year = BackupId::new(t(2027, 1, 1, 0, 0, 0), 1, "ff");
     assert!(next_year.to_string() > later.to_string());
+    let other_member = BackupId::new(t(2026, 11, 22, 6, 0, 0), 48211, "2e1259d415f2a040");
+    assert_ne!(other_member.to_string(), id.to_string(), "two members never share a name");
 }
 
 #[test]
 fn id_drops_sub_seconds() {
     let precise = t(2026, 11, 22, 6, 0, 0) + chrono::Duration::milliseconds(731);
-    let id = BackupId::new(precise, 3);
+    let id = BackupId::new(precise, 3, "a");
     assert_eq!(BackupId::parse(&id.to_string()).unwrap(), id);
 }
 
@@ -29,14 +32,20 @@ fn bad_ids_are_refused() {
     for bad in [
         "",
         "20261122T060000Z",
-        "20261122T060000Z-r",
-        "20261122T060000Z-rx",
-        "20261122T060000Z-r01",
-        "2026112T060000Z-r1",
-        "20261322T060000Z-r1",
-        "20261122T060000-r1",
+        "20261122T060000Z-r1",
+        "20261122T060000Z-r-a",
+        "20261122T060000Z-rx-a",
+        "20261122T060000Z-r01-a",
+        "2026112T060000Z-r1-a",
+        "20261322T060000Z-r1-a",
+        "20261122T060000-r1-a",
+        "20261122T060000Z-r1-",
+        "20261122T060000Z-r1-xyz",
+        "20261122T060000Z-r1-ABC",
+        "20261122T060000Z-r1-0123456789abcdef0",
+        "20261122T060000Z-r1-a-b",
         "latest",
-        "20261122T060000Z-r1/../x",
+        "20261122T060000Z-r1-a/../x",
     ] {
         assert!(BackupId::parse(bad).is_err(), "{bad}");
     }
@@ -44,20 +53,26 @@ fn bad_ids_are_refused() {
 
 #[test]
 fn names_carry_id_compression_and_kind() {
-    let id = BackupId::new(t(2026, 1, 2, 3, 4, 5), 9);
-    assert_eq!(id.artifact_name(Compression::Zstd { level: 3 }), "20260102T030405Z-r9.db.zst.age");
-    assert_eq!(id.artifact_name(Compression::None), "20260102T030405Z-r9.db.age");
-    assert_eq!(id.manifest_name(), "20260102T030405Z-r9.manifest.json");
-    assert_eq!(classify("20260102T030405Z-r9.db.zst.age"), Entry::Artifact(id.clone()));
-    assert_eq!(classify("20260102T030405Z-r9.db.age"), Entry::Artifact(id.clone()));
-    assert_eq!(classify("20260102T030405Z-r9.manifest.json"), Entry::Manifest(id));
-    assert_eq!(
-        classify("20260102T030405Z-r9.db.zst.age.part"),
-        Entry::Partial("20260102T030405Z-r9.db.zst.age.part".into())
-    );
-    for foreign in
-        ["notes.txt", "x.db.zst.age", "20260102T030405Z-r9.db.zst", "snapshot.db", "x.manifest.json", ".part"]
-    {
+    let id = BackupId::new(t(2026, 1, 2, 3, 4, 5), 9, "abc");
+    assert_eq!(id.artifact_name(Compression::Zstd { level: 3 }), "20260102T030405Z-r9-abc.db.zst.age");
+    assert_eq!(id.artifact_name(Compression::None), "20260102T030405Z-r9-abc.db.age");
+    assert_eq!(id.manifest_name(), "20260102T030405Z-r9-abc.manifest.json");
+    assert_eq!(classify("20260102T030405Z-r9-abc.db.zst.age"), Entry::Artifact(id.clone()));
+    assert_eq!(classify("20260102T030405Z-r9-abc.db.age"), Entry::Artifact(id.clone()));
+    assert_eq!(classify("20260102T030405Z-r9-abc.manifest.json"), Entry::Manifest(id));
+    for partial in ["20260102T030405Z-r9-abc.db.zst.age.part", "20260102T030405Z-r9-abc.manifest.json.part"] {
+        assert_eq!(classify(partial), Entry::Partial(partial.into()));
+    }
+    for foreign in [
+        "notes.txt",
+        "x.db.zst.age",
+        "20260102T030405Z-r9-abc.db.zst",
+        "snapshot.db",
+        "x.manifest.json",
+        ".part",
+        "notes.part",
+        "db.part",
+    ] {
         assert_eq!(classify(foreign), Entry::Foreign, "{foreign}");
     }
 }
@@ -80,7 +95,7 @@ fn labels() {
 }
 
 fn sample() -> Manifest {
-    let id = BackupId::new(t(2026, 11, 22, 6, 0, 0), 48211);
+    let id = BackupId::new(t(2026, 11, 22, 6, 0, 0), 48211, "8e9e05c52164694d");
     Manifest {
         format_version: FORMAT_VERSION,
         id: id.clone(),
@@ -122,14 +137,14 @@ fn manifest_round_trips() {
     let json = m.to_json();
     assert_eq!(Manifest::from_json(&json, &m.id).unwrap(), m);
     let text = String::from_utf8(json).unwrap();
-    assert!(text.contains("\"id\": \"20261122T060000Z-r48211\""), "{text}");
+    assert!(text.contains("\"id\": \"20261122T060000Z-r48211-8e9e05c52164694d\""), "{text}");
     assert!(text.ends_with('\n'));
 }
 
 #[test]
 fn manifest_under_another_name_is_refused() {
     let m = sample();
-    let other = BackupId::new(t(2026, 11, 22, 7, 0, 0), 1);
+    let other = BackupId::new(t(2026, 11, 22, 7, 0, 0), 1, "8e9e05c52164694d");
     assert!(Manifest::from_json(&m.to_json(), &other).unwrap_err().contains("stored as"));
 }
 

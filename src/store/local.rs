@@ -9,7 +9,7 @@ use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 
 use super::{Candidate, Found, Listing, Stored, accept, pair_up};
-use crate::manifest::{ClusterName, Manifest, PART_SUFFIX};
+use crate::manifest::{BackupId, ClusterName, Compression, Manifest, PART_SUFFIX};
 
 pub struct LocalStore {
     folder: PathBuf,
@@ -39,6 +39,11 @@ impl LocalStore {
         let st = nix::sys::statvfs::statvfs(&self.folder)
             .with_context(|| format!("cannot read free space of '{}'", self.folder.display()))?;
         Ok(st.blocks_available() as u64 * st.fragment_size() as u64)
+    }
+
+    /// Whether anything of backup `id` is already here.
+    pub fn holds(&self, id: &BackupId, compression: Compression) -> bool {
+        [id.manifest_name(), id.artifact_name(compression)].iter().any(|n| self.folder.join(n).exists())
     }
 
     /// Starts writing `name` as `name.part`; fails if the backup already exists.

@@ -98,6 +98,12 @@ impl S3Store {
     /// Starts a multipart upload of `name`; nothing is visible until `commit`.
     pub async fn begin(&self, name: &str, manifest_name: &str) -> Result<S3Upload> {
         let key = format!("{}{name}", self.folder);
+        let manifest_key = format!("{}{manifest_name}", self.folder);
+        for existing in [&key, &manifest_key] {
+            if self.exists(existing).await? {
+                anyhow::bail!("'{existing}' already exists in {}: a backup with this id was already taken", self.place);
+            }
+        }
         let s = &self.settings;
         let mut req =
             self.client.create_multipart_upload().bucket(&s.bucket).key(&key).content_type("application/octet-stream");
@@ -121,12 +127,20 @@ impl S3Store {
         Ok(S3Upload {
             store: self.clone(),
             key,
-            manifest_key: format!("{}{manifest_name}", self.folder),
+            manifest_key,
             upload_id,
             buffer: BytesMut::new(),
             parts: Vec::new(),
             in_flight: None,
         })
+    }
+
+    async fn exists(&self, key: &str) -> Result<bool> {
+        match self.client.head_object().bucket(&self.settings.bucket).key(key).send().await {
+            Ok(_) => Ok(true),
+            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => Ok(false),
+            Err(e) => Err(self.explain(e, "checking for an existing backup")),
+        }
     }
 
     /// The committed backups under this cluster's prefix, newest first.

@@ -112,6 +112,8 @@ pub struct Etcd {
     pub endpoint: String,
     pub data_dir: PathBuf,
     pub pki: Option<Pki>,
+    /// `root:password` once `enable_auth` ran.
+    pub root_user: std::sync::Mutex<Option<String>>,
     child: Child,
     _dir: tempfile::TempDir,
 }
@@ -126,9 +128,14 @@ impl Etcd {
     }
 
     fn start_with(version: EtcdVersion, tls: bool) -> Etcd {
+        Self::start_with_args(version, tls, &[])
+    }
+
+    /// Starts a member with extra etcd flags, such as `--quota-backend-bytes`.
+    pub fn start_with_args(version: EtcdVersion, tls: bool, extra: &[&str]) -> Etcd {
         let dir = tempfile::tempdir().unwrap();
         let data_dir = dir.path().join("data");
-        Self::spawn(version, dir, data_dir, tls, None)
+        Self::spawn(version, dir, data_dir, tls, None, extra)
     }
 
     fn spawn(
@@ -137,6 +144,7 @@ impl Etcd {
         data_dir: PathBuf,
         tls: bool,
         peer_port: Option<u16>,
+        extra: &[&str],
     ) -> Etcd {
         let bin = etcd_bin_dir(version).join("etcd");
         let pki = tls.then(|| Pki::generate(&dir.path().join("pki")));
@@ -152,6 +160,7 @@ impl Etcd {
             .args(["--initial-cluster", &format!("test-member={peer}"), "--log-level", "error"])
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.path().join("etcd.log")).unwrap());
+        cmd.args(extra);
         if let Some(p) = &pki {
             cmd.arg("--cert-file").arg(&p.server_cert);
             cmd.arg("--key-file").arg(&p.server_key);
@@ -159,7 +168,7 @@ impl Etcd {
             cmd.arg("--client-cert-auth");
         }
         let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-        let etcd = Etcd { version, endpoint, data_dir, pki, child, _dir: dir };
+        let etcd = Etcd { version, endpoint, data_dir, pki, root_user: Default::default(), child, _dir: dir };
         etcd.wait_ready();
         etcd
     }
@@ -186,7 +195,30 @@ impl Etcd {
             .output()
             .unwrap();
         assert!(out.status.success(), "{tool} snapshot restore failed: {}", String::from_utf8_lossy(&out.stderr));
-        Self::spawn(version, dir, data_dir, false, Some(peer_port))
+        Self::spawn(version, dir, data_dir, false, Some(peer_port), &[])
+    }
+
+    /// Turns on etcd authentication with a root user and a `backup` user holding the root role
+    /// (etcd allows snapshots to admins only). Returns the backup user's password.
+    pub fn enable_auth(&self) -> String {
+        for args in [
+            &["user", "add", "root", "--new-user-password=root-pw"][..],
+            &["user", "add", "backup", "--new-user-password=backup-pw"],
+            &["user", "grant-role", "backup", "root"],
+            &["auth", "enable"],
+        ] {
+            let out = self.etcdctl(args);
+            assert!(out.status.success(), "etcdctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        *self.root_user.lock().unwrap() = Some("root:root-pw".into());
+        "backup-pw".into()
+    }
+
+    /// The member id in hex, as etcd-backupd names backups.
+    pub fn member_id_hex(&self) -> String {
+        let out = self.etcdctl(&["endpoint", "status", "-w", "json"]);
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        format!("{:x}", status[0]["Status"]["header"]["member_id"].as_u64().unwrap())
     }
 
     /// etcdctl arguments that reach this member.
@@ -203,12 +235,12 @@ impl Etcd {
     }
 
     pub fn etcdctl(&self, args: &[&str]) -> Output {
-        Command::new(etcd_bin_dir(self.version).join("etcdctl"))
-            .env("ETCDCTL_API", "3")
-            .args(self.ctl_args())
-            .args(args)
-            .output()
-            .unwrap()
+        let mut cmd = Command::new(etcd_bin_dir(self.version).join("etcdctl"));
+        cmd.env("ETCDCTL_API", "3").args(self.ctl_args());
+        if let Some(user) = self.root_user.lock().unwrap().as_deref() {
+            cmd.arg(format!("--user={user}"));
+        }
+        cmd.args(args).output().unwrap()
     }
 
     fn wait_ready(&self) {
