@@ -67,8 +67,20 @@ impl From<anyhow::Error> for Failure {
     }
 }
 
+/// Keeps peak memory flat whatever the snapshot size: glibc raises its mmap threshold each time a
+/// large block is freed, after which the 1–8 MiB pipeline buffers come from (and stay in) the heap.
+/// A fixed threshold returns every such buffer to the system when it is freed.
+fn tune_allocator() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets a tunable; it is called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    }
+}
+
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
+    tune_allocator();
     let cli = Cli::parse();
     crate::telemetry::init();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

@@ -272,11 +272,21 @@ pub struct S3Upload {
 
 impl S3Upload {
     pub async fn write(&mut self, chunk: Bytes) -> Result<()> {
-        self.buffer.extend_from_slice(&chunk);
+        // Each part gets a buffer of exactly the part size: memory stays at two parts (one filling,
+        // one uploading) whatever the snapshot size.
         let part_size = self.store.settings.part_size as usize;
-        while self.buffer.len() >= part_size {
-            let part = self.buffer.split_to(part_size).freeze();
-            self.send_part(part).await?;
+        let mut rest = &chunk[..];
+        while !rest.is_empty() {
+            if self.buffer.capacity() == 0 {
+                self.buffer = BytesMut::with_capacity(part_size);
+            }
+            let take = rest.len().min(part_size - self.buffer.len());
+            self.buffer.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            if self.buffer.len() == part_size {
+                let part = std::mem::take(&mut self.buffer).freeze();
+                self.send_part(part).await?;
+            }
         }
         Ok(())
     }
