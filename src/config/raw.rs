@@ -13,6 +13,27 @@ pub struct RawConfig {
     #[serde(default)]
     pub local: RawLocal,
     pub s3: Option<RawS3>,
+    pub schedule: Option<RawSchedule>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSchedule {
+    pub timezone: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetention {
+    pub keep_last: Option<u32>,
+    pub keep_hourly: Option<u32>,
+    pub keep_daily: Option<u32>,
+    pub keep_weekly: Option<u32>,
+    pub keep_monthly: Option<u32>,
+    pub keep_yearly: Option<u32>,
+    pub keep_within: Option<String>,
+    pub max_total_size: Option<String>,
+    pub min_keep: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -34,6 +55,7 @@ pub struct RawBackup {
     pub cluster: Option<String>,
     pub compression: Option<String>,
     pub compression_level: Option<i64>,
+    pub leftover_grace: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -47,6 +69,7 @@ pub struct RawEncryption {
 #[serde(deny_unknown_fields)]
 pub struct RawLocal {
     pub dir: Option<String>,
+    pub retention: Option<RawRetention>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -63,4 +86,5 @@ pub struct RawS3 {
     pub checksums: Option<String>,
     pub ca_file: Option<String>,
     pub part_size: Option<String>,
+    pub retention: Option<RawRetention>,
 }

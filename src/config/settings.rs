@@ -3,9 +3,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::raw::{RawConfig, RawEtcd, RawS3};
+use super::raw::{RawConfig, RawEtcd, RawRetention, RawS3};
 use super::units::{parse_duration, parse_size};
 use crate::manifest::{ClusterName, Compression};
+use crate::retention::Policy;
 
 pub const DEFAULT_LOCAL_DIR: &str = "/var/lib/etcd-backupd/backups";
 pub const DEFAULT_DIAL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -14,6 +15,7 @@ pub const DEFAULT_PART_SIZE: u64 = 8 * 1024 * 1024;
 pub const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
 pub const MAX_PART_SIZE: u64 = 5 * 1024 * 1024 * 1024;
 pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
+pub const DEFAULT_LEFTOVER_GRACE: Duration = Duration::from_secs(24 * 3600);
 
 /// Everything the program needs to know, checked.
 #[derive(Debug, Clone)]
@@ -24,6 +26,10 @@ pub struct Settings {
     pub encryption: EncryptionSettings,
     pub local: LocalSettings,
     pub s3: Option<S3Settings>,
+    /// Time zone of calendar retention buckets (and, later, of the schedule).
+    pub timezone: chrono_tz::Tz,
+    /// Leftovers of crashed runs younger than this are left alone: their run may still be going.
+    pub leftover_grace: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -58,6 +64,7 @@ pub struct EncryptionSettings {
 #[derive(Debug, Clone)]
 pub struct LocalSettings {
     pub dir: PathBuf,
+    pub retention: Policy,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,6 +80,7 @@ pub struct S3Settings {
     pub checksums: ChecksumMode,
     pub ca_file: Option<PathBuf>,
     pub part_size: u64,
+    pub retention: Policy,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -153,12 +161,28 @@ pub fn validate(raw: RawConfig) -> Result<Settings, Vec<Issue>> {
 
     let local = LocalSettings {
         dir: path_key(raw.local.dir, "local.dir", &mut issues).unwrap_or_else(|| PathBuf::from(DEFAULT_LOCAL_DIR)),
+        retention: retention(raw.local.retention, "local.retention", Policy::local_default(), &mut issues),
     };
 
     let s3 = raw.s3.map(|s3| validate_s3(s3, &mut issues));
 
+    let timezone = match raw.schedule.and_then(|s| s.timezone) {
+        None => chrono_tz::Tz::UTC,
+        Some(name) => name.parse().unwrap_or_else(|_| {
+            issues.push(Issue::new(
+                "schedule.timezone",
+                format!("\"{name}\" is not an IANA time zone: expected a name like \"UTC\", \"Europe/Berlin\" or \"America/New_York\""),
+            ));
+            chrono_tz::Tz::UTC
+        }),
+    };
+    let leftover_grace =
+        duration_key(raw.backup.leftover_grace, "backup.leftover_grace", DEFAULT_LEFTOVER_GRACE, &mut issues);
+
     match etcd {
-        Some(etcd) if issues.is_empty() => Ok(Settings { etcd, cluster, compression, encryption, local, s3 }),
+        Some(etcd) if issues.is_empty() => {
+            Ok(Settings { etcd, cluster, compression, encryption, local, s3, timezone, leftover_grace })
+        }
         _ => Err(issues),
     }
 }
@@ -346,7 +370,49 @@ fn validate_s3(raw: RawS3, issues: &mut Vec<Issue>) -> S3Settings {
         checksums,
         ca_file: path_key(raw.ca_file, "s3.ca_file", issues),
         part_size,
+        retention: retention(raw.retention, "s3.retention", Policy::remote_default(), issues),
     }
+}
+
+/// A retention table: absent means the destination's default; present replaces it entirely.
+fn retention(raw: Option<RawRetention>, key: &str, default: Policy, issues: &mut Vec<Issue>) -> Policy {
+    let Some(raw) = raw else { return default };
+    let keep_within = raw.keep_within.map(|text| match parse_duration(&text) {
+        Ok(d) => d,
+        Err(e) => {
+            issues.push(Issue::new(format!("{key}.keep_within"), e));
+            Duration::ZERO
+        }
+    });
+    let max_total_size = raw.max_total_size.map(|text| match parse_size(&text) {
+        Ok(0) => {
+            issues.push(Issue::new(format!("{key}.max_total_size"), "must be larger than zero"));
+            0
+        }
+        Ok(size) => size,
+        Err(e) => {
+            issues.push(Issue::new(format!("{key}.max_total_size"), e));
+            0
+        }
+    });
+    let policy = Policy {
+        keep_last: raw.keep_last.unwrap_or(0),
+        keep_hourly: raw.keep_hourly.unwrap_or(0),
+        keep_daily: raw.keep_daily.unwrap_or(0),
+        keep_weekly: raw.keep_weekly.unwrap_or(0),
+        keep_monthly: raw.keep_monthly.unwrap_or(0),
+        keep_yearly: raw.keep_yearly.unwrap_or(0),
+        keep_within,
+        max_total_size,
+        min_keep: raw.min_keep.unwrap_or(0),
+    };
+    if !policy.has_rule() && !issues.iter().any(|i| i.key.starts_with(key)) {
+        issues.push(Issue::new(
+            key,
+            "keeps nothing: set at least one of keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly, keep_yearly or keep_within (without a rule, pruning would remove every backup but the newest); remove the table to get the default",
+        ));
+    }
+    policy
 }
 
 /// The S3 bucket naming rules that matter for a clear early error.

@@ -1,0 +1,248 @@
+//! Retention: which committed backups a policy keeps, and why. Pure: the backups, the policy and
+//! the time zone go in; one decision per backup, with its reasons, comes out.
+
+use std::collections::HashSet;
+use std::fmt;
+
+use chrono::{DateTime, Datelike, Timelike, Utc};
+use chrono_tz::Tz;
+use serde::Serialize;
+
+use crate::manifest::BackupId;
+
+/// How many backups of one destination to keep. Zero means "this rule keeps nothing".
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Policy {
+    pub keep_last: u32,
+    pub keep_hourly: u32,
+    pub keep_daily: u32,
+    pub keep_weekly: u32,
+    pub keep_monthly: u32,
+    pub keep_yearly: u32,
+    /// Keep everything newer than (newest backup − this).
+    pub keep_within: Option<std::time::Duration>,
+    /// After the rules, drop the oldest unpinned backups until the total is under this.
+    pub max_total_size: Option<u64>,
+    /// Never fewer committed backups than this.
+    pub min_keep: u32,
+}
+
+impl Policy {
+    /// The local default: the last three.
+    pub fn local_default() -> Self {
+        Policy { keep_last: 3, ..Policy::default() }
+    }
+
+    /// The off-site default: a week of dailies, a month of weeklies, half a year of monthlies.
+    pub fn remote_default() -> Self {
+        Policy { keep_daily: 7, keep_weekly: 4, keep_monthly: 6, ..Policy::default() }
+    }
+
+    /// Whether any rule keeps anything; a policy without one would remove all but the newest.
+    pub fn has_rule(&self) -> bool {
+        self.keep_last + self.keep_hourly + self.keep_daily + self.keep_weekly + self.keep_monthly + self.keep_yearly
+            > 0
+            || self.keep_within.is_some_and(|d| !d.is_zero())
+    }
+}
+
+/// What the policy needs to know of one committed backup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    pub id: BackupId,
+    /// Artifact size in bytes.
+    pub size: u64,
+    pub pinned: bool,
+}
+
+/// Why a backup is kept or removed.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(into = "String")]
+pub enum Reason {
+    Newest,
+    Pinned,
+    Last(u32),
+    Hourly(String),
+    Daily(String),
+    Weekly(String),
+    Monthly(String),
+    Yearly(String),
+    Within(String),
+    MinKeep,
+    /// Removed: the rules would keep it, but the total is over `max_total_size`.
+    OverMaxTotalSize,
+    /// Removed: no rule keeps it.
+    NoRule,
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reason::Newest => f.write_str("newest"),
+            Reason::Pinned => f.write_str("pinned"),
+            Reason::Last(n) => write!(f, "last {n}"),
+            Reason::Hourly(b) => write!(f, "hourly {b}"),
+            Reason::Daily(b) => write!(f, "daily {b}"),
+            Reason::Weekly(b) => write!(f, "weekly {b}"),
+            Reason::Monthly(b) => write!(f, "monthly {b}"),
+            Reason::Yearly(b) => write!(f, "yearly {b}"),
+            Reason::Within(d) => write!(f, "within {d}"),
+            Reason::MinKeep => f.write_str("min_keep"),
+            Reason::OverMaxTotalSize => f.write_str("over max_total_size"),
+            Reason::NoRule => f.write_str("no rule keeps it"),
+        }
+    }
+}
+
+impl From<Reason> for String {
+    fn from(r: Reason) -> String {
+        r.to_string()
+    }
+}
+
+/// The verdict on one backup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Decision {
+    pub id: BackupId,
+    pub keep: bool,
+    pub reasons: Vec<Reason>,
+}
+
+/// Calendar periods, each with the function that names a backup's period in the time zone.
+fn periods(policy: &Policy) -> [(u32, fn(DateTime<Tz>) -> Reason); 5] {
+    [
+        (policy.keep_hourly, |t| {
+            Reason::Hourly(format!("{:04}-{:02}-{:02}T{:02}", t.year(), t.month(), t.day(), t.hour()))
+        }),
+        (policy.keep_daily, |t| Reason::Daily(format!("{:04}-{:02}-{:02}", t.year(), t.month(), t.day()))),
+        (policy.keep_weekly, |t| {
+            let w = t.iso_week();
+            Reason::Weekly(format!("{:04}-W{:02}", w.year(), w.week()))
+        }),
+        (policy.keep_monthly, |t| Reason::Monthly(format!("{:04}-{:02}", t.year(), t.month()))),
+        (policy.keep_yearly, |t| Reason::Yearly(format!("{:04}", t.year()))),
+    ]
+}
+
+/// Decides, for every backup, whether `policy` keeps it. The result is newest first and does not
+/// depend on the order of `backups`. Guarantees: the newest backup is kept; pinned backups are kept;
+/// at least min(min_keep, count) are kept; planning the kept set again removes nothing.
+pub fn plan(backups: &[Candidate], policy: &Policy, tz: Tz) -> Vec<Decision> {
+    let mut sorted: Vec<&Candidate> = backups.iter().collect();
+    sorted.sort_by(|a, b| b.id.cmp(&a.id));
+    sorted.dedup_by(|a, b| a.id == b.id);
+    let mut decisions: Vec<Decision> =
+        sorted.iter().map(|c| Decision { id: c.id.clone(), keep: false, reasons: Vec::new() }).collect();
+    let Some(newest) = sorted.first().map(|c| c.id.created()) else { return decisions };
+
+    for (i, (c, d)) in sorted.iter().zip(decisions.iter_mut()).enumerate() {
+        if i == 0 {
+            d.reasons.push(Reason::Newest);
+        }
+        if c.pinned {
+            d.reasons.push(Reason::Pinned);
+        }
+        if (i as u64) < u64::from(policy.keep_last) {
+            d.reasons.push(Reason::Last(policy.keep_last));
+        }
+        if let Some(within) = policy.keep_within
+            && let Ok(within_c) = chrono::Duration::from_std(within)
+            && c.id.created() >= newest - within_c
+        {
+            d.reasons.push(Reason::Within(humantime::format_duration(within).to_string()));
+        }
+    }
+    for (count, name) in periods(policy) {
+        let mut seen = HashSet::new();
+        for (c, d) in sorted.iter().zip(decisions.iter_mut()) {
+            if seen.len() as u64 >= u64::from(count) {
+                break;
+            }
+            let reason = name(c.id.created().with_timezone(&tz));
+            if seen.insert(reason.clone()) {
+                d.reasons.push(reason);
+            }
+        }
+    }
+    for d in &mut decisions {
+        d.keep = !d.reasons.is_empty();
+    }
+
+    let floor = (policy.min_keep as usize).min(decisions.len());
+    if let Some(max) = policy.max_total_size {
+        let mut total: u64 = sorted.iter().zip(&decisions).filter(|(_, d)| d.keep).map(|(c, _)| c.size).sum();
+        let mut kept = decisions.iter().filter(|d| d.keep).count();
+        for (c, d) in sorted.iter().zip(decisions.iter_mut()).rev() {
+            if total <= max || kept <= floor {
+                break;
+            }
+            let protected = d.reasons.iter().any(|r| matches!(r, Reason::Newest | Reason::Pinned));
+            if d.keep && !protected {
+                d.keep = false;
+                d.reasons = vec![Reason::OverMaxTotalSize];
+                total -= c.size;
+                kept -= 1;
+            }
+        }
+    }
+    let mut kept = decisions.iter().filter(|d| d.keep).count();
+    for d in &mut decisions {
+        if kept >= floor {
+            break;
+        }
+        if !d.keep {
+            d.keep = true;
+            d.reasons = vec![Reason::MinKeep];
+            kept += 1;
+        }
+    }
+    for d in &mut decisions {
+        if !d.keep && d.reasons.is_empty() {
+            d.reasons.push(Reason::NoRule);
+        }
+    }
+    decisions
+}
+
+/// A file or object that is not a committed backup, seen while listing a destination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leftover {
+    pub name: String,
+    pub kind: LeftoverKind,
+    /// When it was written (or, for ids, when its backup started).
+    pub time: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeftoverKind {
+    /// A `.part` file of a run that did not finish.
+    Partial,
+    /// An artifact whose manifest was never written.
+    Uncommitted,
+    /// A manifest (or pin) whose artifact is gone: a removal that did not finish.
+    HalfRemoved,
+    /// An unfinished multipart upload.
+    Upload,
+}
+
+impl fmt::Display for LeftoverKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LeftoverKind::Partial => "unfinished write (.part)",
+            LeftoverKind::Uncommitted => "artifact without a manifest",
+            LeftoverKind::HalfRemoved => "manifest without its artifact (an unfinished removal)",
+            LeftoverKind::Upload => "unfinished multipart upload",
+        })
+    }
+}
+
+/// Which leftovers to clean: those older than `grace` at `now`. Younger ones may belong to a run
+/// that is still going (here or on another member sharing the destination).
+pub fn stale(leftovers: &[Leftover], now: DateTime<Utc>, grace: std::time::Duration) -> Vec<Leftover> {
+    let grace = chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
+    leftovers.iter().filter(|l| now.signed_duration_since(l.time) > grace).cloned().collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,315 @@
+use super::*;
+use chrono::TimeZone;
+use proptest::prelude::*;
+
+fn at(y: i32, mo: u32, d: u32, h: u32, mi: u32) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(y, mo, d, h, mi, 0).unwrap()
+}
+
+fn backup(t: DateTime<Utc>) -> Candidate {
+    Candidate { id: BackupId::new(t, t.timestamp(), "a"), size: 100, pinned: false }
+}
+
+/// Kept backups as "YYYY-MM-DD HH:MM reasons…", newest first.
+fn kept(backups: &[Candidate], policy: &Policy, tz: Tz) -> Vec<String> {
+    plan(backups, policy, tz)
+        .into_iter()
+        .filter(|d| d.keep)
+        .map(|d| {
+            let reasons: Vec<String> = d.reasons.iter().map(ToString::to_string).collect();
+            format!("{} {}", d.id.created().format("%Y-%m-%d %H:%M"), reasons.join(", "))
+        })
+        .collect()
+}
+
+/// Every 6 hours from 2026-10-01 to 2026-11-22 06:00.
+fn six_hourly() -> Vec<Candidate> {
+    let mut t = at(2026, 10, 1, 0, 0);
+    let mut out = Vec::new();
+    while t <= at(2026, 11, 22, 6, 0) {
+        out.push(backup(t));
+        t += chrono::Duration::hours(6);
+    }
+    out
+}
+
+#[test]
+fn keep_last() {
+    let policy = Policy { keep_last: 3, ..Policy::default() };
+    assert_eq!(
+        kept(&six_hourly(), &policy, Tz::UTC),
+        vec!["2026-11-22 06:00 newest, last 3", "2026-11-22 00:00 last 3", "2026-11-21 18:00 last 3"]
+    );
+}
+
+#[test]
+fn keep_daily_keeps_the_newest_of_each_day() {
+    let policy = Policy { keep_daily: 3, ..Policy::default() };
+    assert_eq!(
+        kept(&six_hourly(), &policy, Tz::UTC),
+        vec![
+            "2026-11-22 06:00 newest, daily 2026-11-22",
+            "2026-11-21 18:00 daily 2026-11-21",
+            "2026-11-20 18:00 daily 2026-11-20"
+        ]
+    );
+}
+
+#[test]
+fn calendar_rules_count_periods_that_have_backups() {
+    // A gap: nothing between 11-10 and 11-20. Daily 3 reaches back past it.
+    let backups: Vec<Candidate> =
+        [at(2026, 11, 1, 1, 0), at(2026, 11, 9, 1, 0), at(2026, 11, 10, 1, 0), at(2026, 11, 20, 1, 0)]
+            .into_iter()
+            .map(backup)
+            .collect();
+    let policy = Policy { keep_daily: 3, ..Policy::default() };
+    assert_eq!(
+        kept(&backups, &policy, Tz::UTC),
+        vec![
+            "2026-11-20 01:00 newest, daily 2026-11-20",
+            "2026-11-10 01:00 daily 2026-11-10",
+            "2026-11-09 01:00 daily 2026-11-09"
+        ]
+    );
+}
+
+#[test]
+fn keep_hourly_weekly_monthly_yearly() {
+    let b = six_hourly();
+    let p = |f: fn(&mut Policy)| {
+        let mut p = Policy::default();
+        f(&mut p);
+        p
+    };
+    assert_eq!(
+        kept(&b, &p(|p| p.keep_hourly = 2), Tz::UTC),
+        vec!["2026-11-22 06:00 newest, hourly 2026-11-22T06", "2026-11-22 00:00 hourly 2026-11-22T00"]
+    );
+    // 2026-11-22 is a Sunday: ISO week 47 runs 11-16..11-22.
+    assert_eq!(
+        kept(&b, &p(|p| p.keep_weekly = 3), Tz::UTC),
+        vec![
+            "2026-11-22 06:00 newest, weekly 2026-W47",
+            "2026-11-15 18:00 weekly 2026-W46",
+            "2026-11-08 18:00 weekly 2026-W45"
+        ]
+    );
+    assert_eq!(
+        kept(&b, &p(|p| p.keep_monthly = 5), Tz::UTC),
+        vec!["2026-11-22 06:00 newest, monthly 2026-11", "2026-10-31 18:00 monthly 2026-10"]
+    );
+    let years: Vec<Candidate> =
+        [at(2024, 5, 1, 0, 0), at(2024, 12, 31, 0, 0), at(2025, 6, 1, 0, 0), at(2026, 1, 1, 0, 0)]
+            .into_iter()
+            .map(backup)
+            .collect();
+    assert_eq!(
+        kept(&years, &p(|p| p.keep_yearly = 2), Tz::UTC),
+        vec!["2026-01-01 00:00 newest, yearly 2026", "2025-06-01 00:00 yearly 2025"]
+    );
+}
+
+#[test]
+fn iso_weeks_cross_years() {
+    // 2026-01-01 is a Thursday: it belongs to 2026-W01; 2025-12-28 (Sunday) to 2025-W52.
+    let b: Vec<Candidate> =
+        [at(2025, 12, 28, 12, 0), at(2025, 12, 29, 12, 0), at(2026, 1, 1, 12, 0)].into_iter().map(backup).collect();
+    let policy = Policy { keep_weekly: 5, ..Policy::default() };
+    assert_eq!(
+        kept(&b, &policy, Tz::UTC),
+        vec!["2026-01-01 12:00 newest, weekly 2026-W01", "2025-12-28 12:00 weekly 2025-W52"]
+    );
+}
+
+#[test]
+fn days_follow_the_time_zone() {
+    // 23:30 UTC on 11-20 is 08:30 on 11-21 in Tokyo.
+    let b: Vec<Candidate> = [at(2026, 11, 20, 14, 0), at(2026, 11, 20, 23, 30)].into_iter().map(backup).collect();
+    let policy = Policy { keep_daily: 2, ..Policy::default() };
+    assert_eq!(kept(&b, &policy, Tz::UTC).len(), 1, "same UTC day");
+    assert_eq!(
+        kept(&b, &policy, chrono_tz::Asia::Tokyo),
+        vec!["2026-11-20 23:30 newest, daily 2026-11-21", "2026-11-20 14:00 daily 2026-11-20"]
+    );
+}
+
+#[test]
+fn keep_within_is_relative_to_the_newest_backup() {
+    let policy = Policy { keep_within: Some(std::time::Duration::from_secs(86400)), ..Policy::default() };
+    let k = kept(&six_hourly(), &policy, Tz::UTC);
+    assert_eq!(k.len(), 5, "{k:?}");
+    assert_eq!(k[4], "2026-11-21 06:00 within 1day");
+}
+
+#[test]
+fn pinned_backups_are_always_kept() {
+    let mut b = six_hourly();
+    b[0].pinned = true; // the oldest
+    let policy = Policy { keep_last: 1, ..Policy::default() };
+    assert_eq!(kept(&b, &policy, Tz::UTC), vec!["2026-11-22 06:00 newest, last 1", "2026-10-01 00:00 pinned"]);
+}
+
+#[test]
+fn max_total_size_drops_the_oldest_unpinned_but_never_the_newest() {
+    let mut b = six_hourly();
+    let n = b.len();
+    b[n - 5].pinned = true;
+    let policy = Policy { keep_last: 6, max_total_size: Some(300), ..Policy::default() };
+    let decisions = plan(&b, &policy, Tz::UTC);
+    let keep: Vec<usize> = decisions.iter().enumerate().filter(|(_, d)| d.keep).map(|(i, _)| i).collect();
+    assert_eq!(keep, vec![0, 1, 4], "newest, next newest, and the pinned one");
+    assert_eq!(decisions[5].reasons, vec![Reason::OverMaxTotalSize]);
+    assert_eq!(decisions[6].reasons, vec![Reason::NoRule]);
+    // Even a limit below the newest backup keeps the newest.
+    let tiny = Policy { keep_last: 3, max_total_size: Some(1), ..Policy::default() };
+    let k = kept(&b, &tiny, Tz::UTC);
+    assert_eq!(k.len(), 2, "{k:?}");
+    assert!(k[0].ends_with("newest, last 3"));
+}
+
+#[test]
+fn min_keep_is_a_floor_even_against_max_total_size() {
+    let b = six_hourly();
+    let policy = Policy { keep_last: 5, max_total_size: Some(100), min_keep: 3, ..Policy::default() };
+    let k = kept(&b, &policy, Tz::UTC);
+    assert_eq!(k.len(), 3, "{k:?}");
+    let only_newest = Policy { keep_daily: 1, min_keep: 2, ..Policy::default() };
+    let k = kept(&b, &only_newest, Tz::UTC);
+    assert_eq!(k, vec!["2026-11-22 06:00 newest, daily 2026-11-22", "2026-11-22 00:00 min_keep"]);
+}
+
+#[test]
+fn a_rule_that_keeps_nothing_still_keeps_the_newest() {
+    let policy = Policy::default();
+    assert!(!policy.has_rule());
+    assert_eq!(kept(&six_hourly(), &policy, Tz::UTC), vec!["2026-11-22 06:00 newest"]);
+    assert!(Policy::local_default().has_rule() && Policy::remote_default().has_rule());
+    assert!(Policy { keep_within: Some(std::time::Duration::from_secs(1)), ..Policy::default() }.has_rule());
+    assert!(!Policy { min_keep: 3, max_total_size: Some(1), ..Policy::default() }.has_rule());
+}
+
+#[test]
+fn empty_input_plans_nothing() {
+    assert!(plan(&[], &Policy::remote_default(), Tz::UTC).is_empty());
+}
+
+#[test]
+fn removals_name_their_reason() {
+    let b = six_hourly();
+    let d = plan(&b, &Policy { keep_last: 1, ..Policy::default() }, Tz::UTC);
+    assert!(d[1..].iter().all(|d| !d.keep && d.reasons == vec![Reason::NoRule]));
+    assert_eq!(Reason::NoRule.to_string(), "no rule keeps it");
+}
+
+#[test]
+fn stale_leftovers_respect_the_grace_period() {
+    let now = at(2026, 11, 22, 12, 0);
+    let l = |h: i64, kind| Leftover { name: format!("x{h}"), kind, time: now - chrono::Duration::hours(h) };
+    let all = vec![
+        l(1, LeftoverKind::Partial),
+        l(23, LeftoverKind::Uncommitted),
+        l(25, LeftoverKind::HalfRemoved),
+        l(48, LeftoverKind::Upload),
+    ];
+    let names: Vec<String> =
+        stale(&all, now, std::time::Duration::from_secs(24 * 3600)).into_iter().map(|l| l.name).collect();
+    assert_eq!(names, vec!["x25", "x48"]);
+}
+
+fn arb_backups() -> impl Strategy<Value = Vec<Candidate>> {
+    // Up to 80 backups over two years, some pinned, of varied sizes.
+    prop::collection::vec((0i64..(2 * 365 * 24 * 60), 1u64..1000, prop::bool::weighted(0.1)), 0..80).prop_map(|v| {
+        let base = at(2025, 1, 1, 0, 0);
+        v.into_iter()
+            .enumerate()
+            .map(|(i, (minutes, size, pinned))| Candidate {
+                id: BackupId::new(base + chrono::Duration::minutes(minutes), i as i64, "a"),
+                size,
+                pinned,
+            })
+            .collect()
+    })
+}
+
+fn arb_policy() -> impl Strategy<Value = Policy> {
+    (
+        0u32..5,
+        0u32..30,
+        0u32..10,
+        0u32..6,
+        0u32..14,
+        0u32..3,
+        prop::option::of(0u64..2000),
+        prop::option::of(0u64..40_000),
+        0u32..6,
+    )
+        .prop_map(|(last, hourly, daily, weekly, monthly, yearly, within_h, max, min_keep)| Policy {
+            keep_last: last,
+            keep_hourly: hourly,
+            keep_daily: daily,
+            keep_weekly: weekly,
+            keep_monthly: monthly,
+            keep_yearly: yearly,
+            keep_within: within_h.map(|h| std::time::Duration::from_secs(h * 3600)),
+            max_total_size: max,
+            min_keep,
+        })
+}
+
+fn arb_tz() -> impl Strategy<Value = Tz> {
+    prop::sample::select(vec![
+        Tz::UTC,
+        chrono_tz::Europe::Berlin,
+        chrono_tz::America::New_York,
+        chrono_tz::Australia::Lord_Howe,
+    ])
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn newest_and_pinned_are_always_kept(b in arb_backups(), p in arb_policy(), tz in arb_tz()) {
+        let d = plan(&b, &p, tz);
+        prop_assert_eq!(d.len(), b.len());
+        if let Some(first) = d.first() {
+            prop_assert!(first.keep);
+            prop_assert_eq!(Some(&first.id), b.iter().map(|c| &c.id).max());
+        }
+        for c in b.iter().filter(|c| c.pinned) {
+            prop_assert!(d.iter().any(|x| x.id == c.id && x.keep));
+        }
+    }
+
+    #[test]
+    fn never_fewer_than_min_keep(b in arb_backups(), p in arb_policy(), tz in arb_tz()) {
+        let kept = plan(&b, &p, tz).iter().filter(|d| d.keep).count();
+        prop_assert!(kept >= (p.min_keep as usize).min(b.len()));
+    }
+
+    #[test]
+    fn independent_of_input_order(b in arb_backups(), p in arb_policy(), tz in arb_tz(), seed in any::<u64>()) {
+        let mut shuffled = b.clone();
+        // A deterministic shuffle from the seed.
+        let mut s = seed | 1;
+        for i in (1..shuffled.len()).rev() {
+            s ^= s << 13; s ^= s >> 7; s ^= s << 17;
+            shuffled.swap(i, (s % (i as u64 + 1)) as usize);
+        }
+        prop_assert_eq!(plan(&b, &p, tz), plan(&shuffled, &p, tz));
+    }
+
+    #[test]
+    fn planning_the_kept_set_again_removes_nothing(b in arb_backups(), p in arb_policy(), tz in arb_tz()) {
+        let first = plan(&b, &p, tz);
+        let kept: Vec<Candidate> = b.iter().filter(|c| first.iter().any(|d| d.keep && d.id == c.id)).cloned().collect();
+        let again = plan(&kept, &p, tz);
+        prop_assert!(again.iter().all(|d| d.keep), "{:?}", again.iter().filter(|d| !d.keep).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn every_decision_has_a_reason(b in arb_backups(), p in arb_policy(), tz in arb_tz()) {
+        prop_assert!(plan(&b, &p, tz).iter().all(|d| !d.reasons.is_empty()));
+    }
+}
