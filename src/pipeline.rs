@@ -102,7 +102,7 @@ pub async fn write_backup<S: SnapshotSource>(
     }
     if let Some(s3) = &settings.s3 {
         match begin_s3(s3, settings, &artifact_name, &manifest_name).await {
-            Ok(upload) => uploads.push(Upload::S3(upload)),
+            Ok(upload) => uploads.push(Upload::S3(Box::new(upload))),
             Err(e) => failed.push(("s3", format!("{e:#}"))),
         }
     }

@@ -108,8 +108,11 @@ pub struct Decision {
     pub reasons: Vec<Reason>,
 }
 
-/// Calendar periods, each with the function that names a backup's period in the time zone.
-fn periods(policy: &Policy) -> [(u32, fn(DateTime<Tz>) -> Reason); 5] {
+/// Names the calendar period a local time falls in.
+type PeriodOf = fn(DateTime<Tz>) -> Reason;
+
+/// Calendar periods, each with how many to keep and the function that names a backup's period.
+fn periods(policy: &Policy) -> [(u32, PeriodOf); 5] {
     [
         (policy.keep_hourly, |t| {
             Reason::Hourly(format!("{:04}-{:02}-{:02}T{:02}", t.year(), t.month(), t.day(), t.hour()))

@@ -81,7 +81,7 @@ pub fn accept(bytes: &[u8], id: &BackupId, artifact_size: u64) -> Result<Manifes
 /// A write in progress to one destination. Nothing is visible until `commit`.
 pub enum Upload {
     Local(local::LocalUpload),
-    S3(s3::S3Upload),
+    S3(Box<s3::S3Upload>),
 }
 
 impl Upload {
@@ -103,7 +103,7 @@ impl Upload {
     pub async fn commit(self, manifest: &Manifest) -> anyhow::Result<()> {
         match self {
             Upload::Local(u) => u.commit(manifest).await,
-            Upload::S3(u) => u.commit(manifest).await,
+            Upload::S3(u) => (*u).commit(manifest).await,
         }
     }
 
@@ -111,7 +111,7 @@ impl Upload {
     pub async fn abort(self) {
         match self {
             Upload::Local(u) => u.abort().await,
-            Upload::S3(u) => u.abort().await,
+            Upload::S3(u) => (*u).abort().await,
         }
     }
 }
