@@ -23,7 +23,10 @@ pub async fn connect(settings: &EtcdSettings) -> Result<Member> {
     for endpoint in &settings.endpoints {
         match tokio::time::timeout(settings.dial_timeout, connect_one(endpoint, options.clone())).await {
             Ok(Ok(member)) => return Ok(Member { auth_configured: settings.auth.is_some(), ..member }),
-            Ok(Err(e)) => failures.push(format!("{endpoint}: {}", explain(&e, settings.auth.is_some()))),
+            Ok(Err(e)) => failures.push(format!(
+                "{endpoint}: {}",
+                explain(&e, settings.auth.is_some(), endpoint.starts_with("https://"))
+            )),
             Err(_) => failures.push(format!(
                 "{endpoint}: no answer within {} (etcd.dial_timeout): is etcd running and listening there?",
                 humantime::format_duration(settings.dial_timeout)
@@ -91,7 +94,7 @@ async fn connect_one(endpoint: &str, options: ConnectOptions) -> Result<Member, 
 }
 
 /// Turns a client error into a sentence an operator can act on.
-fn explain(e: &etcd_client::Error, auth_configured: bool) -> String {
+fn explain(e: &etcd_client::Error, auth_configured: bool, tls: bool) -> String {
     let (chain, code) = match e {
         etcd_client::Error::GRpcStatus(status) => {
             let mut text = status.message().to_string();
@@ -131,6 +134,13 @@ fn explain(e: &etcd_client::Error, auth_configured: bool) -> String {
         || lower.contains("tls")
     {
         "the TLS handshake failed: etcd.cert and etcd.key must be a client certificate signed by etcd's CA (kubeadm: /etc/kubernetes/pki/etcd/healthcheck-client.crt and .key), and etcd.cacert that CA"
+    } else if tls
+        && ["broken pipe", "connection reset", "stream closed", "unexpected eof", "close_notify"]
+            .iter()
+            .any(|w| lower.contains(w))
+    {
+        // With TLS 1.3 a rejected client certificate shows up as a connection closed right after the handshake.
+        "etcd closed the TLS connection: if it requires client certificates, etcd.cert and etcd.key must be a client certificate signed by etcd's CA (kubeadm: /etc/kubernetes/pki/etcd/healthcheck-client.crt and .key)"
     } else if lower.contains("connection refused") {
         "connection refused: is etcd running and listening on this address?"
     } else if lower.contains("http2") || lower.contains("frame") || lower.contains("protocol") {
@@ -151,7 +161,11 @@ impl crate::pipeline::SnapshotSource for Member {
 
     async fn open(&mut self) -> Result<()> {
         let stream = self.client.snapshot().await.map_err(|e| {
-            anyhow!("etcd at {} refused the snapshot: {}", self.facts.endpoint, explain(&e, self.auth_configured))
+            anyhow!(
+                "etcd at {} refused the snapshot: {}",
+                self.facts.endpoint,
+                explain(&e, self.auth_configured, self.facts.endpoint.starts_with("https://"))
+            )
         })?;
         self.snapshot = Some(stream);
         Ok(())

@@ -348,13 +348,23 @@ async fn an_active_alarm_is_a_warning_not_a_refusal() {
     let s = Setup::new();
     let etcd = Etcd::start_with_args(EtcdVersion::V34, false, &["--quota-backend-bytes", "1048576"]);
     let mut client = etcd.client().await;
-    for i in 0..40 {
+    // etcd compares its quota with the backend size, which it updates at each batch commit (100 ms):
+    // pace the writes so the quota is seen.
+    for i in 0..200 {
         if client.put(format!("fill/{i}"), vec![b'x'; 100_000], None).await.is_err() {
             break;
         }
+        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
     }
-    let alarms = etcd.etcdctl(&["alarm", "list"]);
-    assert!(String::from_utf8_lossy(&alarms.stdout).contains("NOSPACE"), "the test needs the alarm raised");
+    // etcd raises the alarm through raft, a moment after it refuses the write.
+    let raised = (0..50).any(|_| {
+        let listed = String::from_utf8_lossy(&etcd.etcdctl(&["alarm", "list"]).stdout).contains("NOSPACE");
+        if !listed {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        listed
+    });
+    assert!(raised, "the test needs the NOSPACE alarm raised");
     let out = run(&s.config(&etcd.config_table(), ""), &["backup"]).await;
     let err = stderr(&out);
     assert!(out.status.success(), "{err}");
@@ -438,4 +448,23 @@ async fn back_to_back_backups_get_distinct_ids() {
     }
     let manifests = files(&s.folder()).into_iter().filter(|n| n.ends_with(".manifest.json")).count();
     assert_eq!(manifests, 3);
+}
+
+/// Part uploads fail but the store stays up: the multipart upload is aborted, leaving no parts behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_upload_is_aborted_on_the_store() {
+    let s = Setup::new();
+    let etcd = Etcd::start(EtcdVersion::V34);
+    etcd.seed(1200, 10_000).await;
+    let s3 = S3::start().await;
+    s3.faults.fail_later_parts.store(true, Ordering::SeqCst);
+    let out = run(&s.config(&etcd.config_table(), &s3.config_table(BUCKET, "")), &["backup"]).await;
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("uploading part 2") && err.contains("s3:"), "{err}");
+    assert!(err.contains("aborted the unfinished S3 upload"), "{err}");
+    assert_committed_locally(&s.folder());
+    assert!(s3.keys(BUCKET).is_empty(), "{:?}", s3.keys(BUCKET));
+    let uploads: Vec<String> = files(&s3.root).into_iter().filter(|n| n.starts_with(".upload")).collect();
+    assert!(uploads.is_empty(), "the multipart upload was not aborted: {uploads:?}");
 }

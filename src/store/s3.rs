@@ -6,8 +6,9 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow};
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::ServerSideEncryption as SseHeader;
 use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, StorageClass};
 use aws_smithy_http_client::tls::{Provider, TlsContext, TrustStore, rustls_provider::CryptoMode};
 use bytes::{Bytes, BytesMut};
@@ -113,15 +114,8 @@ impl S3Store {
         if s.checksums == ChecksumMode::WhenSupported {
             req = req.checksum_algorithm(ChecksumAlgorithm::Crc32);
         }
-        req = match &s.sse {
-            None => req,
-            Some(ServerSideEncryption::S3) => {
-                req.server_side_encryption(aws_sdk_s3::types::ServerSideEncryption::Aes256)
-            }
-            Some(ServerSideEncryption::Kms { key_id }) => req
-                .server_side_encryption(aws_sdk_s3::types::ServerSideEncryption::AwsKms)
-                .set_ssekms_key_id(key_id.clone()),
-        };
+        let (sse, kms_key) = sse_headers(&s.sse);
+        req = req.set_server_side_encryption(sse).set_ssekms_key_id(kms_key);
         let out = req.send().await.map_err(|e| self.explain(e, "starting the upload"))?;
         let upload_id = out.upload_id().context("the store started an upload without an upload id")?.to_string();
         Ok(S3Upload {
@@ -248,6 +242,15 @@ impl S3Store {
     }
 }
 
+/// The SSE headers for artifacts and manifests alike.
+fn sse_headers(sse: &Option<ServerSideEncryption>) -> (Option<SseHeader>, Option<String>) {
+    match sse {
+        None => (None, None),
+        Some(ServerSideEncryption::S3) => (Some(SseHeader::Aes256), None),
+        Some(ServerSideEncryption::Kms { key_id }) => (Some(SseHeader::AwsKms), key_id.clone()),
+    }
+}
+
 /// The HTTP status of a raw response, whatever its type.
 pub trait HttpStatus {
     fn status_code(&self) -> u16;
@@ -330,14 +333,42 @@ impl S3Upload {
     }
 
     pub async fn commit(mut self, manifest: &Manifest) -> Result<()> {
+        if let Err(e) = self.complete().await {
+            self.abort().await;
+            return Err(e);
+        }
+        let s = &self.store.settings;
+        let client = &self.store.client;
+        // Manifests stay in the default storage class so they can always be read at once.
+        let mut put = client
+            .put_object()
+            .bucket(&s.bucket)
+            .key(&self.manifest_key)
+            .content_type("application/json")
+            .body(ByteStream::from(manifest.to_json()));
+        let (sse, kms_key) = sse_headers(&s.sse);
+        put = put.set_server_side_encryption(sse).set_ssekms_key_id(kms_key);
+        if let Err(e) = put.send().await {
+            let err = self.store.explain(e, "writing the manifest");
+            // An artifact without its manifest is not a backup: remove it rather than leave it looking like one.
+            if let Err(del) = client.delete_object().bucket(&s.bucket).key(&self.key).send().await {
+                tracing::warn!(key = %self.key, error = %crate::errors::chain(&del), "cannot remove the uncommitted artifact");
+            }
+            return Err(err);
+        }
+        Ok(())
+    }
+
+    /// Uploads what is left and completes the multipart upload: the artifact becomes visible.
+    async fn complete(&mut self) -> Result<()> {
         let last = std::mem::take(&mut self.buffer).freeze();
         if !last.is_empty() || self.parts.is_empty() && self.in_flight.is_none() {
             self.send_part(last).await?;
         }
         self.wait_in_flight().await?;
         let s = &self.store.settings;
-        let client = &self.store.client;
-        client
+        self.store
+            .client
             .complete_multipart_upload()
             .bucket(&s.bucket)
             .key(&self.key)
@@ -346,30 +377,6 @@ impl S3Upload {
             .send()
             .await
             .map_err(|e| self.store.explain(e, "completing the upload"))?;
-        // Manifests stay in the default storage class so they can always be read at once.
-        let mut put = client
-            .put_object()
-            .bucket(&s.bucket)
-            .key(&self.manifest_key)
-            .content_type("application/json")
-            .body(ByteStream::from(manifest.to_json()));
-        put = match &s.sse {
-            None => put,
-            Some(ServerSideEncryption::S3) => {
-                put.server_side_encryption(aws_sdk_s3::types::ServerSideEncryption::Aes256)
-            }
-            Some(ServerSideEncryption::Kms { key_id }) => put
-                .server_side_encryption(aws_sdk_s3::types::ServerSideEncryption::AwsKms)
-                .set_ssekms_key_id(key_id.clone()),
-        };
-        if let Err(e) = put.send().await {
-            let err = self.store.explain(e, "writing the manifest");
-            // An artifact without its manifest is not a backup: remove it rather than leave it looking like one.
-            if let Err(del) = client.delete_object().bucket(&s.bucket).key(&self.key).send().await {
-                tracing::warn!(key = %self.key, error = %DisplayErrorContext(&del), "cannot remove the uncommitted artifact");
-            }
-            return Err(err);
-        }
         Ok(())
     }
 
@@ -393,7 +400,7 @@ impl S3Upload {
             Err(e) => tracing::warn!(
                 key = %self.key,
                 upload_id = %self.upload_id,
-                error = %DisplayErrorContext(&e),
+                error = %crate::errors::chain(&e),
                 "cannot abort the unfinished S3 upload; the store keeps its parts until a lifecycle rule or a later cleanup removes them"
             ),
         }

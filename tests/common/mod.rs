@@ -326,6 +326,8 @@ pub struct Faults {
     pub down_after_parts: AtomicUsize,
     pub parts_seen: AtomicUsize,
     pub down: AtomicBool,
+    /// After the first part, every part upload fails (the server itself stays up).
+    pub fail_later_parts: AtomicBool,
     pub requests: AtomicUsize,
     /// For each UploadPart request: the checksum it carried (`x-amz-checksum-*` header or trailer), if any.
     pub part_checksums: std::sync::Mutex<Vec<Option<String>>>,
@@ -372,6 +374,12 @@ impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for FaultySe
                     .map(str::to_string)
                     .or_else(|| headers.get("x-amz-trailer").and_then(|v| v.to_str().ok()).map(str::to_string));
                 faults.part_checksums.lock().unwrap().push(checksum);
+            }
+            if is_part
+                && faults.fail_later_parts.load(Ordering::SeqCst)
+                && faults.parts_seen.load(Ordering::SeqCst) >= 1
+            {
+                return Err(s3s::HttpError::new("injected: part upload fails".into()));
             }
             let result = hyper::service::Service::call(&inner, req).await;
             if is_part {
