@@ -6,13 +6,16 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
+use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 use serde::Serialize;
 
 use crate::config::units::format_size;
 use crate::config::{self, ConfigError, DEFAULT_CONFIG_PATH, Settings};
 use crate::manifest::{BackupId, Manifest, check_label};
-use crate::pipeline::{BackupRequest, run_backup};
+use crate::pipeline::{BackupRequest, policy_for, run_backup};
+use crate::prune::{PruneOptions, PruneReport, prune};
+use crate::store::Destination;
 use crate::store::local::LocalStore;
 use crate::store::s3::S3Store;
 
@@ -38,11 +41,15 @@ pub struct Cli {
 pub enum Command {
     /// Check the config file and the files it names; exit 78 if it is not usable.
     CheckConfig,
-    /// Take one backup now; exit 0 only when it is committed in every configured destination.
+    /// Take one backup now, then prune each destination that committed it; exit 0 only when it is
+    /// committed in every configured destination.
     Backup {
         /// A label kept in the manifest, such as pre-upgrade-1.31.
         #[arg(long, value_parser = parse_label)]
         label: Option<String>,
+        /// Pin the backup: retention never removes it (until `unpin`).
+        #[arg(long)]
+        pin: bool,
     },
     /// List committed backups, local and remote, newest first.
     List {
@@ -50,6 +57,47 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Apply each destination's retention policy and clean what crashed runs left behind.
+    Prune {
+        /// Show what would be kept and removed, and why, without removing anything.
+        #[arg(long)]
+        dry_run: bool,
+        /// Plan as if it were this time (RFC 3339), for the leftover grace period.
+        #[arg(long, value_parser = parse_time)]
+        now: Option<DateTime<Utc>>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove one backup from every destination.
+    Delete {
+        /// The backup id, as `list` shows it.
+        #[arg(value_parser = parse_id)]
+        id: BackupId,
+        /// Remove it even if it is pinned.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Pin a backup in every destination that holds it: retention never removes it.
+    Pin {
+        #[arg(value_parser = parse_id)]
+        id: BackupId,
+    },
+    /// Unpin a backup: retention applies to it again.
+    Unpin {
+        #[arg(value_parser = parse_id)]
+        id: BackupId,
+    },
+}
+
+fn parse_id(s: &str) -> Result<BackupId, String> {
+    BackupId::parse(s)
+}
+
+fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| format!("\"{s}\" is not a time: {e}; expected RFC 3339, like 2026-11-22T10:00:00Z"))
 }
 
 fn parse_label(s: &str) -> Result<String, String> {
@@ -110,8 +158,14 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             print_summary(&cli.config, &settings);
             Ok(())
         }
-        Command::Backup { label } => backup(&settings, label).await,
+        Command::Backup { label, pin } => backup(&settings, BackupRequest { label, pin, prune: true }).await,
         Command::List { json } => list(&settings, json).await,
+        Command::Prune { dry_run, now, json } => {
+            prune_all(&settings, dry_run, now.unwrap_or_else(Utc::now), json).await
+        }
+        Command::Delete { id, force } => delete(&settings, &id, force).await,
+        Command::Pin { id } => set_pin(&settings, &id, true).await,
+        Command::Unpin { id } => set_pin(&settings, &id, false).await,
     }
 }
 
@@ -138,8 +192,8 @@ fn print_summary(path: &std::path::Path, s: &Settings) {
     println!("  recipients: {}", s.encryption.recipients.len());
 }
 
-async fn backup(settings: &Settings, label: Option<String>) -> Result<(), Failure> {
-    let report = run_backup(settings, &BackupRequest { label }).await?;
+async fn backup(settings: &Settings, request: BackupRequest) -> Result<(), Failure> {
+    let report = run_backup(settings, &request).await?;
     let m = &report.manifest;
     println!(
         "backup {} (revision {}, {} → {}) committed in: {}",
@@ -161,31 +215,28 @@ async fn backup(settings: &Settings, label: Option<String>) -> Result<(), Failur
 #[derive(Debug, Serialize)]
 struct Listed {
     destinations: Vec<&'static str>,
+    pinned: bool,
     #[serde(flatten)]
     manifest: Manifest,
 }
 
 async fn list(settings: &Settings, json: bool) -> Result<(), Failure> {
     let mut merged: BTreeMap<BackupId, Listed> = BTreeMap::new();
-    let mut errors = Vec::new();
-    let mut add = |destination: &'static str, listing: crate::store::Listing| {
-        for stored in listing.backups {
-            merged
-                .entry(stored.manifest.id.clone())
-                .or_insert_with(|| Listed { destinations: Vec::new(), manifest: stored.manifest })
-                .destinations
-                .push(destination);
-        }
-    };
-    match LocalStore::new(&settings.local.dir, &settings.cluster).list().await {
-        Ok(l) => add("local", l),
-        Err(e) => errors.push(format!("local: {e:#}")),
-    }
-    if let Some(s3) = &settings.s3 {
-        let listing = async { S3Store::new(s3, &settings.cluster).await?.list().await }.await;
-        match listing {
-            Ok(l) => add("s3", l),
-            Err(e) => errors.push(format!("s3: {e:#}")),
+    let (destinations, mut errors) = destinations(settings).await;
+    for destination in &destinations {
+        match destination.list().await {
+            Ok(listing) => {
+                for stored in listing.backups {
+                    let entry = merged.entry(stored.manifest.id.clone()).or_insert_with(|| Listed {
+                        destinations: Vec::new(),
+                        pinned: false,
+                        manifest: stored.manifest,
+                    });
+                    entry.destinations.push(destination.name());
+                    entry.pinned |= stored.pinned;
+                }
+            }
+            Err(e) => errors.push(format!("{}: {e:#}", destination.name())),
         }
     }
     let rows: Vec<&Listed> = merged.values().rev().collect();
@@ -203,7 +254,7 @@ async fn list(settings: &Settings, json: bool) -> Result<(), Failure> {
                 m.etcd.revision,
                 format_size(m.artifact.size),
                 m.label.as_deref().unwrap_or("-"),
-                r.destinations.join(",")
+                format!("{}{}", r.destinations.join(","), if r.pinned { " (pinned)" } else { "" })
             );
         }
     }
@@ -212,4 +263,127 @@ async fn list(settings: &Settings, json: bool) -> Result<(), Failure> {
     } else {
         Err(anyhow::anyhow!("cannot list every destination:\n  {}", errors.join("\n  ")).into())
     }
+}
+
+/// Every configured destination; an S3 store that cannot even be set up is reported, not fatal.
+async fn destinations(settings: &Settings) -> (Vec<Destination>, Vec<String>) {
+    let mut out = vec![Destination::Local(LocalStore::new(&settings.local.dir, &settings.cluster))];
+    let mut errors = Vec::new();
+    if let Some(s3) = &settings.s3 {
+        match S3Store::new(s3, &settings.cluster).await {
+            Ok(store) => out.push(Destination::S3(Box::new(store))),
+            Err(e) => errors.push(format!("s3: {e:#}")),
+        }
+    }
+    (out, errors)
+}
+
+fn fail_if(errors: Vec<String>, what: &str) -> Result<(), Failure> {
+    if errors.is_empty() { Ok(()) } else { Err(anyhow::anyhow!("{what}:\n  {}", errors.join("\n  ")).into()) }
+}
+
+async fn prune_all(settings: &Settings, dry_run: bool, now: DateTime<Utc>, json: bool) -> Result<(), Failure> {
+    let (destinations, mut errors) = destinations(settings).await;
+    let mut reports = Vec::new();
+    for destination in &destinations {
+        let options = PruneOptions {
+            policy: policy_for(settings, destination).clone(),
+            timezone: settings.timezone,
+            now,
+            leftover_grace: settings.leftover_grace,
+            dry_run,
+        };
+        match prune(destination, &options).await {
+            Ok(report) => {
+                errors.extend(report.errors.iter().map(|e| format!("{}: {e}", destination.name())));
+                reports.push(report);
+            }
+            Err(e) => errors.push(format!("{}: {e:#}", destination.name())),
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&reports).map_err(anyhow::Error::from)?);
+    } else {
+        for r in &reports {
+            print_prune(r, settings.leftover_grace);
+        }
+    }
+    fail_if(errors, "pruning did not finish everywhere")
+}
+
+fn print_prune(r: &PruneReport, grace: std::time::Duration) {
+    let kept = r.decisions.iter().filter(|d| d.keep).count();
+    println!("{} ({}): {} backups, keep {kept}, remove {}", r.destination, r.place, r.decisions.len(), r.removed());
+    for d in &r.decisions {
+        let reasons: Vec<String> = d.reasons.iter().map(ToString::to_string).collect();
+        println!("  {:<8} {:<44} {}", if d.keep { "keep" } else { "remove" }, d.id.to_string(), reasons.join(", "));
+    }
+    for l in &r.leftovers {
+        let action = if l.clean { "clean" } else { "leave" };
+        let age =
+            if l.clean { String::new() } else { format!(" (younger than {})", humantime::format_duration(grace)) };
+        println!("  {action:<8} {:<44} {} since {}{age}", l.name, l.kind, l.time.format("%Y-%m-%d %H:%M:%S UTC"));
+    }
+    for i in &r.ignored {
+        println!("  {:<8} {:<44} {}", "ignored", i.name, i.why);
+    }
+    if r.dry_run {
+        println!("  (dry run: nothing was removed)");
+    }
+}
+
+async fn delete(settings: &Settings, id: &BackupId, force: bool) -> Result<(), Failure> {
+    let (destinations, mut errors) = destinations(settings).await;
+    let mut found = false;
+    for destination in &destinations {
+        let listing = match destination.list().await {
+            Ok(l) => l,
+            Err(e) => {
+                errors.push(format!("{}: {e:#}", destination.name()));
+                continue;
+            }
+        };
+        let Some(stored) = listing.backups.iter().find(|b| &b.manifest.id == id) else { continue };
+        found = true;
+        if stored.pinned && !force {
+            errors.push(format!(
+                "{}: {id} is pinned; unpin it first (etcd-backupd unpin {id}) or pass --force",
+                destination.name()
+            ));
+            continue;
+        }
+        match destination.remove(&[stored]).await.pop() {
+            Some((_, why)) => errors.push(format!("{}: {why}", destination.name())),
+            None => {
+                tracing::info!(destination = destination.name(), id = %id, "deleted backup");
+                println!("deleted {id} from {}", destination.name());
+            }
+        }
+    }
+    if !found && errors.is_empty() {
+        errors.push(format!("no destination holds a backup {id} (see etcd-backupd list)"));
+    }
+    fail_if(errors, "delete did not finish")
+}
+
+async fn set_pin(settings: &Settings, id: &BackupId, pinned: bool) -> Result<(), Failure> {
+    let (destinations, mut errors) = destinations(settings).await;
+    let mut found = false;
+    for destination in &destinations {
+        match destination.list().await {
+            Ok(l) if l.backups.iter().any(|b| &b.manifest.id == id) => {
+                found = true;
+                match destination.set_pin(id, pinned).await {
+                    Ok(()) => println!("{} {id} in {}", if pinned { "pinned" } else { "unpinned" }, destination.name()),
+                    Err(e) => errors.push(format!("{}: {e:#}", destination.name())),
+                }
+            }
+            Ok(_) => {}
+            Err(e) => errors.push(format!("{}: {e:#}", destination.name())),
+        }
+    }
+    if !found && errors.is_empty() {
+        errors.push(format!("no destination holds a backup {id} (see etcd-backupd list)"));
+    }
+    fail_if(errors, if pinned { "pin did not finish" } else { "unpin did not finish" })
 }

@@ -7,6 +7,7 @@ pub mod errors;
 pub mod etcd;
 pub mod manifest;
 pub mod pipeline;
+pub mod prune;
 pub mod retention;
 pub mod snapshot;
 pub mod store;

@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 /// Version of the manifest format written by this build.
 pub const FORMAT_VERSION: u32 = 1;
 pub const MANIFEST_SUFFIX: &str = ".manifest.json";
+/// Marks a backup that retention must never remove.
+pub const PIN_SUFFIX: &str = ".pinned";
 /// Suffix of a file still being written; never a backup.
 pub const PART_SUFFIX: &str = ".part";
 
@@ -151,6 +153,10 @@ impl BackupId {
         format!("{self}{MANIFEST_SUFFIX}")
     }
 
+    pub fn pin_name(&self) -> String {
+        format!("{self}{PIN_SUFFIX}")
+    }
+
     pub fn artifact_name(&self, compression: Compression) -> String {
         format!("{self}{}", compression.artifact_extension())
     }
@@ -180,6 +186,8 @@ impl From<BackupId> for String {
 pub enum Entry {
     Manifest(BackupId),
     Artifact(BackupId),
+    /// The pin marker of a backup.
+    Pin(BackupId),
     /// A `.part` file left by a run that did not finish.
     Partial(String),
     /// Anything else: never ours to touch.
@@ -190,12 +198,15 @@ pub enum Entry {
 pub fn classify(name: &str) -> Entry {
     if let Some(stem) = name.strip_suffix(PART_SUFFIX) {
         return match classify(stem) {
-            Entry::Manifest(_) | Entry::Artifact(_) => Entry::Partial(name.to_string()),
+            Entry::Manifest(_) | Entry::Artifact(_) | Entry::Pin(_) => Entry::Partial(name.to_string()),
             _ => Entry::Foreign,
         };
     }
     if let Some(stem) = name.strip_suffix(MANIFEST_SUFFIX) {
         return BackupId::parse(stem).map_or(Entry::Foreign, Entry::Manifest);
+    }
+    if let Some(stem) = name.strip_suffix(PIN_SUFFIX) {
+        return BackupId::parse(stem).map_or(Entry::Foreign, Entry::Pin);
     }
     for ext in [Compression::None.artifact_extension(), Compression::Zstd { level: 0 }.artifact_extension()] {
         if let Some(stem) = name.strip_suffix(ext) {

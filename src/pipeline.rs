@@ -15,19 +15,30 @@ use crate::config::Settings;
 use crate::config::units::format_size;
 use crate::manifest::EtcdFacts;
 use crate::manifest::{ArtifactFacts, BackupId, Compression, FORMAT_VERSION, Manifest, SnapshotFacts};
+use crate::prune::{PruneOptions, PruneReport, prune};
 use crate::snapshot::TrailerCheck;
-use crate::store::Upload;
 use crate::store::local::LocalStore;
 use crate::store::s3::S3Store;
+use crate::store::{Destination, Upload};
 
 /// Encrypted bytes are handed to destinations in pieces of this size.
 const CHUNK: usize = 1 << 20;
 /// Pieces queued per destination before the snapshot stream waits for it.
 const QUEUE: usize = 4;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct BackupRequest {
     pub label: Option<String>,
+    /// Pin the backup in every destination that commits it.
+    pub pin: bool,
+    /// Prune each destination after its commit.
+    pub prune: bool,
+}
+
+impl Default for BackupRequest {
+    fn default() -> Self {
+        BackupRequest { label: None, pin: false, prune: true }
+    }
 }
 
 /// What happened to one backup.
@@ -35,7 +46,9 @@ pub struct BackupRequest {
 pub struct BackupReport {
     pub manifest: Manifest,
     pub committed: Vec<&'static str>,
+    /// Destinations that did not commit, and pin or prune problems after a commit.
     pub failed: Vec<(&'static str, String)>,
+    pub pruned: Vec<PruneReport>,
 }
 
 /// Space the local folder needs for a database of `db_size` bytes: the artifact is at most the database
@@ -96,14 +109,17 @@ pub async fn write_backup<S: SnapshotSource>(
     let manifest_name = id.manifest_name();
     let mut uploads = Vec::new();
 
-    match begin_local(&local, facts.db_size, &artifact_name, &manifest_name).await {
-        Ok(upload) => uploads.push(Upload::Local(upload)),
-        Err(e) => failed.push(("local", format!("{e:#}"))),
-    }
+    let mut destinations = vec![Destination::Local(local)];
     if let Some(s3) = &settings.s3 {
-        match begin_s3(s3, settings, &artifact_name, &manifest_name).await {
-            Ok(upload) => uploads.push(Upload::S3(Box::new(upload))),
+        match S3Store::new(s3, &settings.cluster).await {
+            Ok(store) => destinations.push(Destination::S3(Box::new(store))),
             Err(e) => failed.push(("s3", format!("{e:#}"))),
+        }
+    }
+    for destination in &destinations {
+        match begin(destination, facts.db_size, &artifact_name, &manifest_name).await {
+            Ok(upload) => uploads.push(upload),
+            Err(e) => failed.push((destination.name(), format!("{e:#}"))),
         }
     }
     if uploads.is_empty() {
@@ -223,7 +239,47 @@ pub async fn write_backup<S: SnapshotSource>(
     if committed.is_empty() {
         bail!("backup {id} was taken but no destination committed it:\n  {}", describe(&failed));
     }
-    Ok(BackupReport { manifest, committed, failed })
+
+    // Each destination that committed is pinned (if asked) and pruned on its own; a destination that
+    // failed is not pruned, so a failed upload never costs an older backup.
+    let mut pruned = Vec::new();
+    for destination in destinations.iter().filter(|d| committed.contains(&d.name())) {
+        if request.pin {
+            if let Err(e) = destination.set_pin(&id, true).await {
+                failed.push((destination.name(), format!("committed, but cannot pin it: {e:#}")));
+            } else {
+                tracing::info!(destination = destination.name(), id = %id, "backup pinned");
+            }
+        }
+        if !request.prune {
+            continue;
+        }
+        let options = PruneOptions {
+            policy: policy_for(settings, destination).clone(),
+            timezone: settings.timezone,
+            now: Utc::now(),
+            leftover_grace: settings.leftover_grace,
+            dry_run: false,
+        };
+        match prune(destination, &options).await {
+            Ok(report) => {
+                for e in &report.errors {
+                    failed.push((destination.name(), format!("pruning: {e}")));
+                }
+                pruned.push(report);
+            }
+            Err(e) => failed.push((destination.name(), format!("pruning failed: {e:#}"))),
+        }
+    }
+    Ok(BackupReport { manifest, committed, failed, pruned })
+}
+
+/// The retention policy of a destination.
+pub fn policy_for<'a>(settings: &'a Settings, destination: &Destination) -> &'a crate::retention::Policy {
+    match (destination, &settings.s3) {
+        (Destination::S3(_), Some(s3)) => &s3.retention,
+        _ => &settings.local.retention,
+    }
 }
 
 fn describe(failed: &[(&str, String)]) -> String {
@@ -251,18 +307,18 @@ async fn begin_local(
     local.begin(artifact, manifest).await
 }
 
-async fn begin_s3(
-    s3: &crate::config::S3Settings,
-    settings: &Settings,
-    artifact: &str,
-    manifest: &str,
-) -> Result<crate::store::s3::S3Upload> {
-    let store = S3Store::new(s3, &settings.cluster).await?;
-    store.check_bucket().await?;
-    store.begin(artifact, manifest).await
+async fn begin(destination: &Destination, db_size: u64, artifact: &str, manifest: &str) -> Result<Upload> {
+    match destination {
+        Destination::Local(local) => Ok(Upload::Local(begin_local(local, db_size, artifact, manifest).await?)),
+        Destination::S3(store) => {
+            store.check_bucket().await?;
+            Ok(Upload::S3(Box::new(store.begin(artifact, manifest).await?)))
+        }
+    }
 }
 
-fn hostname() -> String {
+/// This host's name, for manifests and pin notes.
+pub fn hostname() -> String {
     nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default()
 }
 

@@ -214,6 +214,8 @@ pub struct Leftover {
     pub kind: LeftoverKind,
     /// When it was written (or, for ids, when its backup started).
     pub time: DateTime<Utc>,
+    /// For an unfinished multipart upload: its upload id.
+    pub upload_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

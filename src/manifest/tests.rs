@@ -59,6 +59,8 @@ fn names_carry_id_compression_and_kind() {
     assert_eq!(id.manifest_name(), "20260102T030405Z-r9-abc.manifest.json");
     assert_eq!(classify("20260102T030405Z-r9-abc.db.zst.age"), Entry::Artifact(id.clone()));
     assert_eq!(classify("20260102T030405Z-r9-abc.db.age"), Entry::Artifact(id.clone()));
+    assert_eq!(id.pin_name(), "20260102T030405Z-r9-abc.pinned");
+    assert_eq!(classify("20260102T030405Z-r9-abc.pinned"), Entry::Pin(id.clone()));
     assert_eq!(classify("20260102T030405Z-r9-abc.manifest.json"), Entry::Manifest(id));
     for partial in ["20260102T030405Z-r9-abc.db.zst.age.part", "20260102T030405Z-r9-abc.manifest.json.part"] {
         assert_eq!(classify(partial), Entry::Partial(partial.into()));

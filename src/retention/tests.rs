@@ -205,7 +205,12 @@ fn removals_name_their_reason() {
 #[test]
 fn stale_leftovers_respect_the_grace_period() {
     let now = at(2026, 11, 22, 12, 0);
-    let l = |h: i64, kind| Leftover { name: format!("x{h}"), kind, time: now - chrono::Duration::hours(h) };
+    let l = |h: i64, kind| Leftover {
+        name: format!("x{h}"),
+        kind,
+        time: now - chrono::Duration::hours(h),
+        upload_id: None,
+    };
     let all = vec![
         l(1, LeftoverKind::Partial),
         l(23, LeftoverKind::Uncommitted),

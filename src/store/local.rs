@@ -8,8 +8,11 @@ use anyhow::{Context, Result};
 use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 
-use super::{Candidate, Found, Listing, Stored, accept, pair_up};
+use chrono::{DateTime, Utc};
+
+use super::{Found, Listing, Pair, Paired, Stored, accept, pair_up};
 use crate::manifest::{BackupId, ClusterName, Compression, Manifest, PART_SUFFIX};
+use crate::retention::Leftover;
 
 pub struct LocalStore {
     folder: PathBuf,
@@ -64,38 +67,92 @@ impl LocalStore {
         })
     }
 
-    /// The committed backups in the folder, newest first.
+    /// The committed backups in the folder (newest first), leftovers and strangers.
     pub async fn list(&self) -> Result<Listing> {
         let mut found = Vec::new();
         let mut dir = match tokio::fs::read_dir(&self.folder).await {
             Ok(d) => d,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Listing::default()),
-            Err(e) => {
-                return Err(e).with_context(|| format!("cannot list '{}'", self.folder.display()));
-            }
+            Err(e) => return Err(e).with_context(|| format!("cannot list '{}'", self.folder.display())),
         };
         while let Some(entry) =
             dir.next_entry().await.with_context(|| format!("cannot list '{}'", self.folder.display()))?
         {
             let meta = entry.metadata().await?;
             if meta.is_file() {
-                found.push(Found { name: entry.file_name().to_string_lossy().into_owned(), size: meta.len() });
+                let modified = meta.modified().map(DateTime::<Utc>::from).unwrap_or_else(|_| Utc::now());
+                found.push(Found {
+                    name: entry.file_name().to_string_lossy().into_owned(),
+                    size: meta.len(),
+                    modified,
+                });
             }
         }
-        let (wanted, mut ignored) = pair_up(&found);
+        let Paired { pairs, leftovers, mut ignored } = pair_up(&found);
         let mut backups = Vec::new();
-        for Candidate { id, manifest_name, artifact_size } in wanted {
+        for Pair { id, manifest_name, artifact_size, pinned } in pairs {
             let path = self.folder.join(&manifest_name);
             let read = tokio::fs::read(&path).await.map_err(|e| e.to_string());
             match read.and_then(|bytes| accept(&bytes, &id, artifact_size)) {
-                Ok(manifest) => backups.push(Stored { manifest }),
+                Ok(manifest) => backups.push(Stored { manifest, pinned }),
                 Err(why) => {
                     tracing::warn!(path = %path.display(), %why, "ignoring a manifest that does not check out");
                     ignored.push((manifest_name, why));
                 }
             }
         }
-        Ok(Listing { backups, ignored })
+        Ok(Listing { backups, leftovers, ignored })
+    }
+
+    /// Removes backups: artifact, then pin, then manifest (the commit marker goes last).
+    pub async fn remove(&self, backups: &[&Stored]) -> Vec<(BackupId, String)> {
+        let mut failed = Vec::new();
+        for b in backups {
+            let id = &b.manifest.id;
+            let names = [b.manifest.artifact.name.clone(), id.pin_name(), id.manifest_name()];
+            for name in names {
+                if let Err(e) = remove_if_present(&self.folder.join(&name)).await {
+                    failed.push((id.clone(), format!("cannot remove '{}': {e}", self.folder.join(&name).display())));
+                    break;
+                }
+            }
+        }
+        if let Err(e) = sync_dir(&self.folder).await {
+            tracing::warn!(error = %format!("{e:#}"), "cannot fsync the backup folder after removing backups");
+        }
+        failed
+    }
+
+    /// Removes leftover files.
+    pub async fn clean(&self, leftovers: &[Leftover]) -> Vec<(String, String)> {
+        let mut failed = Vec::new();
+        for l in leftovers {
+            let path = self.folder.join(&l.name);
+            if let Err(e) = remove_if_present(&path).await {
+                failed.push((l.name.clone(), format!("cannot remove '{}': {e}", path.display())));
+            }
+        }
+        failed
+    }
+
+    /// Writes or removes the pin marker of a committed backup.
+    pub async fn set_pin(&self, id: &BackupId, pinned: bool) -> Result<()> {
+        if pinned {
+            let note = format!("pinned {} on {}\n", Utc::now().to_rfc3339(), crate::pipeline::hostname());
+            write_atomic(&self.folder, &id.pin_name(), note.as_bytes()).await
+        } else {
+            remove_if_present(&self.folder.join(id.pin_name()))
+                .await
+                .with_context(|| format!("cannot unpin {id} in '{}'", self.folder.display()))?;
+            sync_dir(&self.folder).await
+        }
+    }
+}
+
+async fn remove_if_present(path: &Path) -> std::io::Result<()> {
+    match tokio::fs::remove_file(path).await {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
     }
 }
 

@@ -1,17 +1,24 @@
 //! Where backups are kept: a local directory and, optionally, an S3 bucket. Each destination writes an
-//! artifact through an `Upload` that becomes visible only at `commit`, which writes the manifest last.
+//! artifact through an `Upload` that becomes visible only at `commit`, which writes the manifest last;
+//! removal goes the other way round (artifact, pin, manifest last).
 
 pub mod local;
 pub mod s3;
 
+use std::collections::{HashMap, HashSet};
+
+use anyhow::Result;
 use bytes::Bytes;
+use chrono::{DateTime, Utc};
 
 use crate::manifest::{BackupId, Entry, Manifest, classify};
+use crate::retention::{Leftover, LeftoverKind};
 
 /// A committed backup as one destination holds it.
 #[derive(Debug, Clone)]
 pub struct Stored {
     pub manifest: Manifest,
+    pub pinned: bool,
 }
 
 /// What a destination holds for one cluster.
@@ -19,54 +26,87 @@ pub struct Stored {
 pub struct Listing {
     /// Committed backups: manifest readable and artifact present with the recorded size. Newest first.
     pub backups: Vec<Stored>,
-    /// Names (or keys) that look like ours but are not committed backups, and why.
+    /// What crashed runs and unfinished removals left behind.
+    pub leftovers: Vec<Leftover>,
+    /// Names in the cluster folder that are not ours, or whose manifest does not check out: never touched.
     pub ignored: Vec<Ignored>,
 }
 
-/// One file name and size found in a destination's cluster folder.
+/// A name in the cluster folder that is left alone, and why.
+pub type Ignored = (String, String);
+
+/// One file or object found in a destination's cluster folder.
 pub struct Found {
     pub name: String,
     pub size: u64,
+    pub modified: DateTime<Utc>,
 }
 
 /// A manifest worth reading: its artifact is present.
-pub struct Candidate {
+pub struct Pair {
     pub id: BackupId,
     pub manifest_name: String,
     pub artifact_size: u64,
+    pub pinned: bool,
 }
 
-/// A name that looks like ours but is not a committed backup, and why.
-pub type Ignored = (String, String);
+/// The names of a cluster folder, sorted out. Pure.
+#[derive(Default)]
+pub struct Paired {
+    /// Newest first.
+    pub pairs: Vec<Pair>,
+    pub leftovers: Vec<Leftover>,
+    pub ignored: Vec<Ignored>,
+}
 
-/// Which manifests to read: those whose artifact is present. Pure.
-pub fn pair_up(found: &[Found]) -> (Vec<Candidate>, Vec<Ignored>) {
-    let mut artifacts = std::collections::HashMap::new();
+/// Sorts the names found in a cluster folder into backups, leftovers and strangers. Pure.
+pub fn pair_up(found: &[Found]) -> Paired {
+    let mut artifacts = HashMap::new();
     let mut manifests = Vec::new();
-    let mut ignored = Vec::new();
+    let mut pins = Vec::new();
+    let mut out = Paired::default();
     for f in found {
         match classify(&f.name) {
             Entry::Artifact(id) => {
                 artifacts.insert(id, (f.name.clone(), f.size));
             }
             Entry::Manifest(id) => manifests.push((id, f.name.clone())),
-            Entry::Partial(name) => ignored.push((name, "unfinished write (.part)".to_string())),
-            Entry::Foreign => {}
+            Entry::Pin(id) => pins.push((id, f.name.clone())),
+            Entry::Partial(name) => {
+                out.leftovers.push(Leftover { name, kind: LeftoverKind::Partial, time: f.modified, upload_id: None })
+            }
+            Entry::Foreign => out.ignored.push((f.name.clone(), "not an etcd-backupd name".to_string())),
         }
     }
-    let mut wanted = Vec::new();
+    let pinned: HashSet<&BackupId> = pins.iter().map(|(id, _)| id).collect();
+    let mut committed = HashSet::new();
     for (id, manifest_name) in manifests {
-        match artifacts.remove(&id) {
-            Some((_, artifact_size)) => wanted.push(Candidate { id, manifest_name, artifact_size }),
-            None => ignored.push((manifest_name, "manifest without its artifact".to_string())),
+        match artifacts.get(&id) {
+            Some((_, size)) => {
+                committed.insert(id.clone());
+                out.pairs.push(Pair { pinned: pinned.contains(&id), artifact_size: *size, manifest_name, id })
+            }
+            None => out.leftovers.push(half_removed(manifest_name, &id)),
         }
     }
-    for (_, (name, _)) in artifacts {
-        ignored.push((name, "artifact without a manifest (not committed)".to_string()));
+    for (id, name) in &pins {
+        if !artifacts.contains_key(id) {
+            out.leftovers.push(half_removed(name.clone(), id));
+        }
     }
-    wanted.sort_by(|a, b| b.id.cmp(&a.id));
-    ignored.sort();
-    (wanted, ignored)
+    for (id, (name, _)) in artifacts {
+        if !committed.contains(&id) {
+            out.leftovers.push(Leftover { name, kind: LeftoverKind::Uncommitted, time: id.created(), upload_id: None });
+        }
+    }
+    out.pairs.sort_by(|a, b| b.id.cmp(&a.id));
+    out.leftovers.sort_by(|a, b| a.name.cmp(&b.name));
+    out.ignored.sort();
+    out
+}
+
+fn half_removed(name: String, id: &BackupId) -> Leftover {
+    Leftover { name, kind: LeftoverKind::HalfRemoved, time: id.created(), upload_id: None }
 }
 
 /// Checks a manifest read from a destination against the artifact found beside it.
@@ -76,6 +116,62 @@ pub fn accept(bytes: &[u8], id: &BackupId, artifact_size: u64) -> Result<Manifes
         return Err(format!("artifact is {artifact_size} bytes but the manifest says {}", m.artifact.size));
     }
     Ok(m)
+}
+
+/// One place backups are kept.
+pub enum Destination {
+    Local(local::LocalStore),
+    S3(Box<s3::S3Store>),
+}
+
+impl Destination {
+    /// `local` or `s3`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Destination::Local(_) => "local",
+            Destination::S3(_) => "s3",
+        }
+    }
+
+    /// Where, for people: a folder or `s3://bucket/prefix/cluster/ at ENDPOINT`.
+    pub fn place(&self) -> String {
+        match self {
+            Destination::Local(l) => l.folder().display().to_string(),
+            Destination::S3(s) => s.place().to_string(),
+        }
+    }
+
+    pub async fn list(&self) -> Result<Listing> {
+        match self {
+            Destination::Local(l) => l.list().await,
+            Destination::S3(s) => s.list().await,
+        }
+    }
+
+    /// Removes committed backups: every artifact first, then pins and manifests, so that an interrupted
+    /// removal never leaves a manifest that `list` shows as good. Returns the backups it could not remove.
+    pub async fn remove(&self, backups: &[&Stored]) -> Vec<(BackupId, String)> {
+        match self {
+            Destination::Local(l) => l.remove(backups).await,
+            Destination::S3(s) => s.remove(backups).await,
+        }
+    }
+
+    /// Removes leftovers (or aborts unfinished uploads). Returns those it could not remove.
+    pub async fn clean(&self, leftovers: &[Leftover]) -> Vec<(String, String)> {
+        match self {
+            Destination::Local(l) => l.clean(leftovers).await,
+            Destination::S3(s) => s.clean(leftovers).await,
+        }
+    }
+
+    /// Pins (or unpins) a backup: a pinned backup is never removed by retention.
+    pub async fn set_pin(&self, id: &BackupId, pinned: bool) -> Result<()> {
+        match self {
+            Destination::Local(l) => l.set_pin(id, pinned).await,
+            Destination::S3(s) => s.set_pin(id, pinned).await,
+        }
+    }
 }
 
 /// A write in progress to one destination. Nothing is visible until `commit`.
@@ -113,5 +209,48 @@ impl Upload {
             Upload::Local(u) => u.abort().await,
             Upload::S3(u) => (*u).abort().await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn found(name: &str) -> Found {
+        Found { name: name.into(), size: 10, modified: Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap() }
+    }
+
+    #[test]
+    fn pairs_leftovers_and_strangers() {
+        let names = [
+            "20261101T000000Z-r1-a.db.zst.age",
+            "20261101T000000Z-r1-a.manifest.json",
+            "20261102T000000Z-r2-a.db.zst.age",
+            "20261102T000000Z-r2-a.manifest.json",
+            "20261102T000000Z-r2-a.pinned",
+            "20261103T000000Z-r3-a.db.zst.age",
+            "20261104T000000Z-r4-a.manifest.json",
+            "20261105T000000Z-r5-a.pinned",
+            "20261106T000000Z-r6-a.db.zst.age.part",
+            "notes.txt",
+            "20261107T000000Z-r7-a.tar",
+        ];
+        let p = pair_up(&names.iter().map(|n| found(n)).collect::<Vec<_>>());
+        let pairs: Vec<(String, bool)> = p.pairs.iter().map(|x| (x.id.to_string(), x.pinned)).collect();
+        assert_eq!(pairs, vec![("20261102T000000Z-r2-a".into(), true), ("20261101T000000Z-r1-a".into(), false)]);
+        let left: Vec<(&str, LeftoverKind)> = p.leftovers.iter().map(|l| (l.name.as_str(), l.kind)).collect();
+        assert_eq!(
+            left,
+            vec![
+                ("20261103T000000Z-r3-a.db.zst.age", LeftoverKind::Uncommitted),
+                ("20261104T000000Z-r4-a.manifest.json", LeftoverKind::HalfRemoved),
+                ("20261105T000000Z-r5-a.pinned", LeftoverKind::HalfRemoved),
+                ("20261106T000000Z-r6-a.db.zst.age.part", LeftoverKind::Partial),
+            ]
+        );
+        assert_eq!(p.leftovers[0].time, Utc.with_ymd_and_hms(2026, 11, 3, 0, 0, 0).unwrap(), "ids date themselves");
+        let ignored: Vec<&str> = p.ignored.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(ignored, vec!["20261107T000000Z-r7-a.tar", "notes.txt"]);
     }
 }

@@ -9,17 +9,29 @@ use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumVal
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::ServerSideEncryption as SseHeader;
-use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, StorageClass};
+use aws_sdk_s3::types::{
+    ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier, StorageClass,
+};
 use aws_smithy_http_client::tls::{Provider, TlsContext, TrustStore, rustls_provider::CryptoMode};
 use bytes::{Bytes, BytesMut};
 use tokio::task::JoinHandle;
 
-use super::{Candidate, Found, Listing, Stored, accept, pair_up};
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+
+use super::{Found, Listing, Paired, Stored, accept, pair_up};
 use crate::config::{ChecksumMode, S3Settings, ServerSideEncryption};
+use crate::manifest::BackupId;
 use crate::manifest::{ClusterName, Manifest};
+use crate::retention::{Leftover, LeftoverKind};
 
 /// The largest manifest we read; anything bigger is not ours.
 const MAX_MANIFEST_BYTES: usize = 1 << 20;
+/// Manifests read at once while listing.
+const MANIFEST_READS: usize = 16;
+/// DeleteObjects takes at most this many keys.
+const DELETE_BATCH: usize = 1000;
 
 #[derive(Clone)]
 pub struct S3Store {
@@ -137,8 +149,9 @@ impl S3Store {
         }
     }
 
-    /// The committed backups under this cluster's prefix, newest first.
+    /// The committed backups under this cluster's prefix (newest first), leftovers and strangers.
     pub async fn list(&self) -> Result<Listing> {
+        use futures::StreamExt;
         let mut found = Vec::new();
         let mut pages = self
             .client
@@ -152,23 +165,207 @@ impl S3Store {
             let page = page.map_err(|e| self.explain(e, "listing backups"))?;
             for object in page.contents() {
                 if let Some(name) = object.key().and_then(|k| k.strip_prefix(&self.folder)) {
-                    found.push(Found { name: name.to_string(), size: object.size().unwrap_or(0).max(0) as u64 });
+                    let modified = object
+                        .last_modified()
+                        .and_then(|t| DateTime::<Utc>::from_timestamp(t.secs(), t.subsec_nanos()))
+                        .unwrap_or_else(Utc::now);
+                    found.push(Found {
+                        name: name.to_string(),
+                        size: object.size().unwrap_or(0).max(0) as u64,
+                        modified,
+                    });
                 }
             }
         }
-        let (wanted, mut ignored) = pair_up(&found);
+        let Paired { pairs, mut leftovers, mut ignored } = pair_up(&found);
+        let reads = futures::stream::iter(pairs.into_iter().map(|pair| async move {
+            let key = format!("{}{}", self.folder, pair.manifest_name);
+            let read = self
+                .get_small(&key)
+                .await
+                .and_then(|b| accept(&b, &pair.id, pair.artifact_size).map_err(|e| anyhow!(e)));
+            (pair, read)
+        }))
+        .buffered(MANIFEST_READS);
         let mut backups = Vec::new();
-        for Candidate { id, manifest_name, artifact_size } in wanted {
-            let key = format!("{}{manifest_name}", self.folder);
-            match self.get_small(&key).await.and_then(|b| accept(&b, &id, artifact_size).map_err(|e| anyhow!(e))) {
-                Ok(manifest) => backups.push(Stored { manifest }),
+        for (pair, read) in reads.collect::<Vec<_>>().await {
+            match read {
+                Ok(manifest) => backups.push(Stored { manifest, pinned: pair.pinned }),
                 Err(why) => {
-                    tracing::warn!(%key, why = %format!("{why:#}"), "ignoring a manifest that does not check out");
-                    ignored.push((manifest_name, format!("{why:#}")));
+                    tracing::warn!(key = %pair.manifest_name, why = %format!("{why:#}"), "ignoring a manifest that does not check out");
+                    ignored.push((pair.manifest_name, format!("{why:#}")));
                 }
             }
         }
-        Ok(Listing { backups, ignored })
+        leftovers.extend(self.unfinished_uploads().await);
+        Ok(Listing { backups, leftovers, ignored })
+    }
+
+    /// Multipart uploads under our prefix that were never completed or aborted. Stores that cannot
+    /// list them (or refuse to) give none; the bucket's lifecycle rule is then the safety net.
+    async fn unfinished_uploads(&self) -> Vec<Leftover> {
+        let mut out = Vec::new();
+        let (mut key_marker, mut id_marker) = (None::<String>, None::<String>);
+        loop {
+            let page = self
+                .client
+                .list_multipart_uploads()
+                .bucket(&self.settings.bucket)
+                .prefix(&self.folder)
+                .set_key_marker(key_marker.take())
+                .set_upload_id_marker(id_marker.take())
+                .send()
+                .await;
+            let page = match page {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::debug!(error = %crate::errors::chain(&e), "the store does not list unfinished uploads");
+                    return out;
+                }
+            };
+            for u in page.uploads() {
+                let (Some(key), Some(upload_id)) = (u.key(), u.upload_id()) else { continue };
+                let Some(name) = key.strip_prefix(&self.folder) else { continue };
+                let time = u
+                    .initiated()
+                    .and_then(|t| DateTime::<Utc>::from_timestamp(t.secs(), t.subsec_nanos()))
+                    .unwrap_or_else(Utc::now);
+                out.push(Leftover {
+                    name: name.to_string(),
+                    kind: LeftoverKind::Upload,
+                    time,
+                    upload_id: Some(upload_id.to_string()),
+                });
+            }
+            if page.is_truncated() != Some(true) {
+                return out;
+            }
+            key_marker = page.next_key_marker().map(str::to_string);
+            id_marker = page.next_upload_id_marker().map(str::to_string);
+            if key_marker.is_none() && id_marker.is_none() {
+                return out;
+            }
+        }
+    }
+
+    /// Removes backups with DeleteObjects in batches of at most 1000 keys: every artifact first, then
+    /// the pins and manifests of those whose artifact is gone. Per-object errors are reported.
+    pub async fn remove(&self, backups: &[&Stored]) -> Vec<(BackupId, String)> {
+        let artifact_keys: Vec<String> =
+            backups.iter().map(|b| format!("{}{}", self.folder, b.manifest.artifact.name)).collect();
+        let artifact_errors = self.delete_keys(&artifact_keys).await;
+        let mut failed = Vec::new();
+        let mut markers = Vec::new();
+        for (b, key) in backups.iter().zip(&artifact_keys) {
+            match artifact_errors.get(key) {
+                Some(why) => failed.push((b.manifest.id.clone(), why.clone())),
+                None => {
+                    markers.push(format!("{}{}", self.folder, b.manifest.id.pin_name()));
+                    markers.push(format!("{}{}", self.folder, b.manifest.id.manifest_name()));
+                }
+            }
+        }
+        let marker_errors = self.delete_keys(&markers).await;
+        for b in backups {
+            let manifest_key = format!("{}{}", self.folder, b.manifest.id.manifest_name());
+            if let Some(why) = marker_errors.get(&manifest_key) {
+                failed.push((
+                    b.manifest.id.clone(),
+                    format!("artifact removed, manifest not (the next prune finishes it): {why}"),
+                ));
+            }
+        }
+        failed
+    }
+
+    /// Deletes keys in batches of at most 1000; returns the errors by key.
+    async fn delete_keys(&self, keys: &[String]) -> HashMap<String, String> {
+        let mut errors = HashMap::new();
+        for batch in keys.chunks(DELETE_BATCH) {
+            let objects: Vec<ObjectIdentifier> =
+                batch.iter().filter_map(|k| ObjectIdentifier::builder().key(k).build().ok()).collect();
+            let request = Delete::builder().set_objects(Some(objects)).quiet(true).build();
+            let result = match request {
+                Ok(delete) => self
+                    .client
+                    .delete_objects()
+                    .bucket(&self.settings.bucket)
+                    .delete(delete)
+                    .send()
+                    .await
+                    .map_err(|e| format!("{:#}", self.explain(e, "deleting objects"))),
+                Err(e) => Err(e.to_string()),
+            };
+            match result {
+                Ok(out) => {
+                    for e in out.errors() {
+                        let key = e.key().unwrap_or_default().to_string();
+                        let why = format!("{}: {}", e.code().unwrap_or("error"), e.message().unwrap_or("no message"));
+                        errors.insert(key, why);
+                    }
+                }
+                Err(why) => {
+                    for k in batch {
+                        errors.insert(k.clone(), why.clone());
+                    }
+                }
+            }
+        }
+        errors
+    }
+
+    /// Removes leftover objects and aborts unfinished uploads.
+    pub async fn clean(&self, leftovers: &[Leftover]) -> Vec<(String, String)> {
+        let mut failed = Vec::new();
+        let objects: Vec<String> =
+            leftovers.iter().filter(|l| l.upload_id.is_none()).map(|l| format!("{}{}", self.folder, l.name)).collect();
+        for (key, why) in self.delete_keys(&objects).await {
+            failed.push((key.strip_prefix(&self.folder).unwrap_or(&key).to_string(), why));
+        }
+        for l in leftovers {
+            let Some(upload_id) = &l.upload_id else { continue };
+            let result = self
+                .client
+                .abort_multipart_upload()
+                .bucket(&self.settings.bucket)
+                .key(format!("{}{}", self.folder, l.name))
+                .upload_id(upload_id)
+                .send()
+                .await;
+            if let Err(e) = result {
+                failed.push((l.name.clone(), format!("{:#}", self.explain(e, "aborting an unfinished upload"))));
+            }
+        }
+        failed
+    }
+
+    /// Writes or removes the pin marker of a backup.
+    pub async fn set_pin(&self, id: &BackupId, pinned: bool) -> Result<()> {
+        let key = format!("{}{}", self.folder, id.pin_name());
+        if pinned {
+            let note = format!("pinned {} on {}\n", Utc::now().to_rfc3339(), crate::pipeline::hostname());
+            let (sse, kms_key) = sse_headers(&self.settings.sse);
+            self.client
+                .put_object()
+                .bucket(&self.settings.bucket)
+                .key(&key)
+                .content_type("text/plain")
+                .set_server_side_encryption(sse)
+                .set_ssekms_key_id(kms_key)
+                .body(ByteStream::from(note.into_bytes()))
+                .send()
+                .await
+                .map_err(|e| self.explain(e, "writing a pin"))?;
+        } else {
+            self.client
+                .delete_object()
+                .bucket(&self.settings.bucket)
+                .key(&key)
+                .send()
+                .await
+                .map_err(|e| self.explain(e, "removing a pin"))?;
+        }
+        Ok(())
     }
 
     async fn get_small(&self, key: &str) -> Result<Vec<u8>> {

@@ -454,10 +454,16 @@ impl S3 {
         S3 { endpoint, root, pki, faults, _dir: dir, task }
     }
 
-    /// The `[s3]` table of a config for this server.
+    /// The `[s3]` table of a config for this server. It keeps every backup; tests of retention say
+    /// their own policy with `config_table_with`.
     pub fn config_table(&self, bucket: &str, prefix: &str) -> String {
+        self.config_table_with(bucket, prefix, "{ keep_last = 1000 }")
+    }
+
+    /// The `[s3]` table with an inline retention policy, e.g. `{ keep_daily = 7 }`.
+    pub fn config_table_with(&self, bucket: &str, prefix: &str, retention: &str) -> String {
         format!(
-            "[s3]\nbucket = \"{bucket}\"\nprefix = \"{prefix}\"\nregion = \"us-east-1\"\nendpoint = \"{}\"\nforce_path_style = true\npart_size = \"5MiB\"\n",
+            "[s3]\nbucket = \"{bucket}\"\nprefix = \"{prefix}\"\nregion = \"us-east-1\"\nendpoint = \"{}\"\nforce_path_style = true\npart_size = \"5MiB\"\nretention = {retention}\n",
             self.endpoint
         )
     }

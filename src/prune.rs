@@ -1,0 +1,123 @@
+//! Pruning one destination: list it, plan with the pure retention policy, remove what the plan
+//! removes (artifact first, manifest last), and clean leftovers older than the grace period.
+
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use serde::Serialize;
+
+use crate::retention::{self, Candidate, Decision, Leftover, LeftoverKind, Policy};
+use crate::store::{Destination, Ignored, Stored};
+
+/// What pruning one destination found and did.
+#[derive(Debug, Serialize)]
+pub struct PruneReport {
+    pub destination: &'static str,
+    pub place: String,
+    pub dry_run: bool,
+    pub decisions: Vec<Decision>,
+    /// Leftovers of crashed runs and unfinished removals, and whether they are old enough to clean.
+    pub leftovers: Vec<LeftoverReport>,
+    pub ignored: Vec<IgnoredReport>,
+    /// What could not be removed, and why.
+    pub errors: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LeftoverReport {
+    pub name: String,
+    pub kind: LeftoverKind,
+    pub time: DateTime<Utc>,
+    pub clean: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct IgnoredReport {
+    pub name: String,
+    pub why: String,
+}
+
+impl PruneReport {
+    pub fn removed(&self) -> usize {
+        self.decisions.iter().filter(|d| !d.keep).count()
+    }
+}
+
+/// How to prune.
+pub struct PruneOptions {
+    pub policy: Policy,
+    pub timezone: Tz,
+    pub now: DateTime<Utc>,
+    pub leftover_grace: Duration,
+    pub dry_run: bool,
+}
+
+/// Prunes one destination. Errors removing single backups are reported in the result; a destination
+/// that cannot even be listed is an `Err`.
+pub async fn prune(destination: &Destination, options: &PruneOptions) -> Result<PruneReport> {
+    let listing = destination.list().await?;
+    let candidates: Vec<Candidate> = listing
+        .backups
+        .iter()
+        .map(|s| Candidate { id: s.manifest.id.clone(), size: s.manifest.artifact.size, pinned: s.pinned })
+        .collect();
+    let decisions = retention::plan(&candidates, &options.policy, options.timezone);
+    let doomed: Vec<&Stored> =
+        listing.backups.iter().filter(|s| decisions.iter().any(|d| !d.keep && d.id == s.manifest.id)).collect();
+    // The plan guarantees both; removal is the one place where a bug would cost a backup, so check again.
+    if let Some(first) = decisions.first()
+        && (!first.keep || doomed.iter().any(|s| s.pinned || s.manifest.id == first.id))
+    {
+        bail!("refusing to prune {}: the plan would remove the newest or a pinned backup", destination.place());
+    }
+    let stale = retention::stale(&listing.leftovers, options.now, options.leftover_grace);
+    let leftovers = listing
+        .leftovers
+        .iter()
+        .map(|l: &Leftover| LeftoverReport {
+            name: l.name.clone(),
+            kind: l.kind,
+            time: l.time,
+            clean: stale.iter().any(|s| s.name == l.name && s.upload_id == l.upload_id),
+        })
+        .collect();
+    let ignored = listing
+        .ignored
+        .iter()
+        .map(|(name, why): &Ignored| IgnoredReport { name: name.clone(), why: why.clone() })
+        .collect();
+    let mut report = PruneReport {
+        destination: destination.name(),
+        place: destination.place(),
+        dry_run: options.dry_run,
+        decisions,
+        leftovers,
+        ignored,
+        errors: Vec::new(),
+    };
+    if options.dry_run {
+        return Ok(report);
+    }
+    for (id, why) in destination.remove(&doomed).await {
+        tracing::error!(destination = destination.name(), id = %id, %why, "cannot remove backup");
+        report.errors.push(format!("{id}: {why}"));
+    }
+    for d in report.decisions.iter().filter(|d| !d.keep) {
+        if !report.errors.iter().any(|e| e.starts_with(&d.id.to_string())) {
+            let reasons: Vec<String> = d.reasons.iter().map(ToString::to_string).collect();
+            tracing::info!(destination = destination.name(), id = %d.id, reasons = %reasons.join(", "), "removed backup");
+        }
+    }
+    for (name, why) in destination.clean(&stale).await {
+        tracing::error!(destination = destination.name(), %name, %why, "cannot clean leftover");
+        report.errors.push(format!("{name}: {why}"));
+    }
+    for l in &stale {
+        if !report.errors.iter().any(|e| e.starts_with(&l.name)) {
+            tracing::info!(destination = destination.name(), name = %l.name, kind = %l.kind, since = %l.time, "cleaned leftover");
+        }
+    }
+    Ok(report)
+}
