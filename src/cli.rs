@@ -244,17 +244,18 @@ async fn list(settings: &Settings, json: bool) -> Result<(), Failure> {
         let text = serde_json::to_string_pretty(&rows).map_err(anyhow::Error::from)?;
         println!("{text}");
     } else {
-        println!("{:<26} {:<20} {:>10} {:>11}  {:<20} STORED IN", "ID", "CREATED (UTC)", "REVISION", "SIZE", "LABEL");
+        println!("{:<44} {:<20} {:>10} {:>11}  {:<20} STORED IN", "ID", "CREATED (UTC)", "REVISION", "SIZE", "LABEL");
         for r in &rows {
             let m = &r.manifest;
+            let pinned = if r.pinned { " (pinned)" } else { "" };
             println!(
-                "{:<26} {:<20} {:>10} {:>11}  {:<20} {}",
+                "{:<44} {:<20} {:>10} {:>11}  {:<20} {}{pinned}",
                 m.id.to_string(),
                 m.created.format("%Y-%m-%d %H:%M:%S").to_string(),
                 m.etcd.revision,
                 format_size(m.artifact.size),
                 m.label.as_deref().unwrap_or("-"),
-                format!("{}{}", r.destinations.join(","), if r.pinned { " (pinned)" } else { "" })
+                r.destinations.join(","),
             );
         }
     }
