@@ -135,7 +135,7 @@ fn explain(e: &etcd_client::Error, auth_configured: bool, tls: bool) -> String {
     {
         "the TLS handshake failed: etcd.cert and etcd.key must be a client certificate signed by etcd's CA (kubeadm: /etc/kubernetes/pki/etcd/healthcheck-client.crt and .key), and etcd.cacert that CA"
     } else if tls
-        && ["broken pipe", "connection reset", "stream closed", "unexpected eof", "close_notify"]
+        && ["broken pipe", "connection reset", "stream closed", "connection closed", "unexpected eof", "close_notify"]
             .iter()
             .any(|w| lower.contains(w))
     {

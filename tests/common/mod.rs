@@ -329,6 +329,8 @@ pub struct Faults {
     /// After the first part, every part upload fails (the server itself stays up).
     pub fail_later_parts: AtomicBool,
     pub requests: AtomicUsize,
+    /// Requests by kind: "list" (ListObjectsV2), "delete" (DeleteObjects), "get", "put", "uploads" (ListMultipartUploads), "other".
+    pub counts: std::sync::Mutex<std::collections::HashMap<&'static str, usize>>,
     /// For each UploadPart request: the checksum it carried (`x-amz-checksum-*` header or trailer), if any.
     pub part_checksums: std::sync::Mutex<Vec<Option<String>>>,
 }
@@ -361,6 +363,16 @@ impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for FaultySe
         let inner = self.inner.clone();
         Box::pin(async move {
             faults.requests.fetch_add(1, Ordering::SeqCst);
+            let query = req.uri().query().unwrap_or("");
+            let kind = match *req.method() {
+                hyper::Method::GET if query.contains("list-type=2") => "list",
+                hyper::Method::GET if query.contains("uploads") => "uploads",
+                hyper::Method::GET => "get",
+                hyper::Method::POST if query.contains("delete") => "delete",
+                hyper::Method::PUT => "put",
+                _ => "other",
+            };
+            *faults.counts.lock().unwrap().entry(kind).or_default() += 1;
             if faults.down.load(Ordering::SeqCst) {
                 return Err(s3s::HttpError::new("injected: server down".into()));
             }
@@ -569,4 +581,57 @@ pub fn decrypt_with_cli(artifact: &Path, identity: &Path, out: &Path) {
         .status()
         .unwrap();
     assert!(status.success(), "age -d | zstd -d failed for {}", artifact.display());
+}
+
+/// A manifest for a synthetic committed backup whose artifact has `artifact_size` bytes.
+pub fn synthetic_manifest(
+    id: &etcd_backupd::manifest::BackupId,
+    cluster: &str,
+    artifact_size: u64,
+) -> etcd_backupd::manifest::Manifest {
+    use etcd_backupd::manifest::*;
+    Manifest {
+        format_version: FORMAT_VERSION,
+        id: id.clone(),
+        created: id.created(),
+        duration_ms: 10,
+        cluster: ClusterName::parse(cluster).unwrap(),
+        label: None,
+        host: "test".into(),
+        tool_version: "0.0.0".into(),
+        etcd: EtcdFacts {
+            endpoint: "http://127.0.0.1:2379".into(),
+            cluster_id: "1".into(),
+            member_id: id.member().into(),
+            member_name: "m".into(),
+            version: "3.5.1".into(),
+            revision: id.revision(),
+            raft_term: 1,
+            raft_index: 1,
+            db_size: 1,
+            leader: id.member().into(),
+            alarms: vec![],
+        },
+        snapshot: SnapshotFacts { size: 1, sha256: "00".repeat(32) },
+        artifact: ArtifactFacts {
+            name: id.artifact_name(Compression::Zstd { level: 3 }),
+            size: artifact_size,
+            sha256: "00".repeat(32),
+            compression: "zstd".into(),
+            compression_level: Some(3),
+            encryption: "age".into(),
+            recipients: vec![],
+        },
+    }
+}
+
+/// Writes a synthetic committed backup (artifact, manifest, and a pin if asked) into `folder`.
+pub fn plant(folder: &Path, id: &etcd_backupd::manifest::BackupId, size: usize, pinned: bool) {
+    std::fs::create_dir_all(folder).unwrap();
+    let m = synthetic_manifest(id, "default", size as u64);
+    std::fs::write(folder.join(&m.artifact.name), vec![7u8; size]).unwrap();
+    std::fs::write(folder.join(id.manifest_name()), m.to_json()).unwrap();
+    if pinned {
+        std::fs::write(folder.join(id.pin_name()), "pinned").unwrap();
+    }
 }
