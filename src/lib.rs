@@ -9,6 +9,7 @@ pub mod manifest;
 pub mod pipeline;
 pub mod prune;
 pub mod retention;
+pub mod schedule;
 pub mod snapshot;
 pub mod store;
 pub mod telemetry;

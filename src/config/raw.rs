@@ -14,12 +14,24 @@ pub struct RawConfig {
     pub local: RawLocal,
     pub s3: Option<RawS3>,
     pub schedule: Option<RawSchedule>,
+    pub metrics: Option<RawMetrics>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawSchedule {
+    pub cron: Option<String>,
     pub timezone: Option<String>,
+    pub jitter: Option<String>,
+    pub catch_up: Option<bool>,
+    pub skip_unchanged: Option<bool>,
+    pub max_attempts: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    pub textfile: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -26,11 +26,25 @@ pub struct Settings {
     pub encryption: EncryptionSettings,
     pub local: LocalSettings,
     pub s3: Option<S3Settings>,
-    /// Time zone of calendar retention buckets (and, later, of the schedule).
+    /// Time zone of the schedule and of calendar retention buckets.
     pub timezone: chrono_tz::Tz,
+    pub schedule: ScheduleSettings,
+    /// Prometheus textfile to write after every run (node_exporter's textfile collector).
+    pub metrics_textfile: Option<PathBuf>,
     /// Leftovers of crashed runs younger than this are left alone: their run may still be going.
     pub leftover_grace: Duration,
 }
+
+/// When the daemon takes backups.
+#[derive(Debug, Clone)]
+pub struct ScheduleSettings {
+    pub schedule: crate::schedule::Schedule,
+    pub catch_up: bool,
+    pub skip_unchanged: bool,
+    pub max_attempts: u32,
+}
+
+pub const DEFAULT_CRON: &str = "0 */6 * * *";
 
 #[derive(Debug, Clone)]
 pub struct EtcdSettings {
@@ -166,7 +180,8 @@ pub fn validate(raw: RawConfig) -> Result<Settings, Vec<Issue>> {
 
     let s3 = raw.s3.map(|s3| validate_s3(s3, &mut issues));
 
-    let timezone = match raw.schedule.and_then(|s| s.timezone) {
+    let raw_schedule = raw.schedule.unwrap_or_default();
+    let timezone = match raw_schedule.timezone {
         None => chrono_tz::Tz::UTC,
         Some(name) => name.parse().unwrap_or_else(|_| {
             issues.push(Issue::new(
@@ -176,13 +191,53 @@ pub fn validate(raw: RawConfig) -> Result<Settings, Vec<Issue>> {
             chrono_tz::Tz::UTC
         }),
     };
+    let jitter = match raw_schedule.jitter.as_deref().map(parse_duration) {
+        None => Duration::ZERO,
+        Some(Ok(d)) => d,
+        Some(Err(e)) => {
+            issues.push(Issue::new("schedule.jitter", e));
+            Duration::ZERO
+        }
+    };
+    let cron = raw_schedule.cron.unwrap_or_else(|| DEFAULT_CRON.to_string());
+    let schedule = crate::schedule::Schedule::parse(&cron, timezone, jitter).unwrap_or_else(|e| {
+        issues.push(Issue::new("schedule.cron", e));
+        crate::schedule::Schedule::default_for(timezone)
+    });
+    let max_attempts = match raw_schedule.max_attempts {
+        None => 3,
+        Some(n) if (1..=20).contains(&n) => n,
+        Some(n) => {
+            issues.push(Issue::new(
+                "schedule.max_attempts",
+                format!("{n} is out of range: expected 1 (no retries) to 20"),
+            ));
+            3
+        }
+    };
+    let schedule = ScheduleSettings {
+        schedule,
+        catch_up: raw_schedule.catch_up.unwrap_or(true),
+        skip_unchanged: raw_schedule.skip_unchanged.unwrap_or(false),
+        max_attempts,
+    };
+    let metrics_textfile = raw.metrics.and_then(|m| path_key(m.textfile, "metrics.textfile", &mut issues));
     let leftover_grace =
         duration_key(raw.backup.leftover_grace, "backup.leftover_grace", DEFAULT_LEFTOVER_GRACE, &mut issues);
 
     match etcd {
-        Some(etcd) if issues.is_empty() => {
-            Ok(Settings { etcd, cluster, compression, encryption, local, s3, timezone, leftover_grace })
-        }
+        Some(etcd) if issues.is_empty() => Ok(Settings {
+            etcd,
+            cluster,
+            compression,
+            encryption,
+            local,
+            s3,
+            timezone,
+            schedule,
+            metrics_textfile,
+            leftover_grace,
+        }),
         _ => Err(issues),
     }
 }

@@ -1,0 +1,131 @@
+//! When backups run: cron fire times in a time zone, jitter, the catch-up decision, and no overlap.
+//! Pure: the time is always a parameter.
+
+use std::fmt;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use croner::Cron;
+use croner::parser::{CronParser, Seconds};
+
+/// A parsed cron schedule in a time zone, with its jitter.
+#[derive(Clone)]
+pub struct Schedule {
+    cron: Cron,
+    text: String,
+    tz: Tz,
+    jitter: Duration,
+}
+
+impl fmt::Debug for Schedule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Schedule({:?} in {}, jitter {:?})", self.text, self.tz, self.jitter)
+    }
+}
+
+impl Schedule {
+    /// Parses a crontab expression: 5 fields, or 6 with seconds first.
+    pub fn parse(text: &str, tz: Tz, jitter: Duration) -> Result<Schedule, String> {
+        let fields = text.split_whitespace().count();
+        if !(fields == 5 || fields == 6 || text.trim().starts_with('@')) {
+            return Err(format!(
+                "\"{text}\" has {fields} fields: expected 5 (minute hour day month weekday, like \"0 */6 * * *\") or 6 with seconds first"
+            ));
+        }
+        let cron = CronParser::builder()
+            .seconds(Seconds::Optional)
+            .build()
+            .parse(text)
+            .map_err(|e| format!("\"{text}\" is not a cron schedule: {e}"))?;
+        let schedule = Schedule { cron, text: text.trim().to_string(), tz, jitter };
+        // A pattern that never fires (like 30 February) is useless as a schedule.
+        let probe = DateTime::from_timestamp(1_767_225_600, 0).unwrap_or_default(); // 2026-01-01
+        if schedule.next_after(probe).is_none() {
+            return Err(format!("\"{text}\" never fires"));
+        }
+        Ok(schedule)
+    }
+
+    /// The default schedule, every six hours.
+    pub fn default_for(tz: Tz) -> Schedule {
+        Schedule::parse(crate::config::DEFAULT_CRON, tz, Duration::ZERO).unwrap_or_else(|_| unreachable!())
+    }
+
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    pub fn timezone(&self) -> Tz {
+        self.tz
+    }
+
+    pub fn jitter(&self) -> Duration {
+        self.jitter
+    }
+
+    /// The first fire time strictly after `after`.
+    pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.cron.find_next_occurrence(&after.with_timezone(&self.tz), false).ok().map(|t| t.with_timezone(&Utc))
+    }
+
+    /// The last fire time at or before `at`.
+    pub fn last_at_or_before(&self, at: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.cron.find_previous_occurrence(&at.with_timezone(&self.tz), true).ok().map(|t| t.with_timezone(&Utc))
+    }
+
+    /// The longest gap between two consecutive fires around `at` (the one before and the two after):
+    /// a backup older than twice this is overdue.
+    pub fn interval_around(&self, at: DateTime<Utc>) -> Option<Duration> {
+        let prev = self.last_at_or_before(at)?;
+        let next = self.next_after(at)?;
+        let after = self.next_after(next)?;
+        let gaps = [next - prev, after - next];
+        gaps.iter().filter_map(|g| g.to_std().ok()).max()
+    }
+}
+
+/// The random delay added to a fire time: uniform in [0, jitter), from a random number.
+pub fn jitter_delay(jitter: Duration, random: u64) -> Duration {
+    let nanos = jitter.as_nanos();
+    if nanos == 0 {
+        return Duration::ZERO;
+    }
+    let offset = (u128::from(random) * nanos) >> 64;
+    Duration::from_nanos(u64::try_from(offset).unwrap_or(u64::MAX))
+}
+
+/// On start: whether a scheduled run was missed since the last attempt, so one should run at once.
+/// Without any previous attempt, there is nothing to catch up with: the schedule decides.
+pub fn should_catch_up(
+    schedule: &Schedule,
+    last_attempt: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+    catch_up: bool,
+) -> bool {
+    let (true, Some(last)) = (catch_up, last_attempt) else { return false };
+    schedule.last_at_or_before(now).is_some_and(|fire| fire > last)
+}
+
+/// What to do when a run comes due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Due {
+    /// Start it.
+    Start,
+    /// A run is still going: skip this one (and log it).
+    SkipOverlap,
+}
+
+/// Runs never overlap: a run due while another is going is skipped.
+pub fn on_due(running: bool) -> Due {
+    if running { Due::SkipOverlap } else { Due::Start }
+}
+
+/// Delay before retry `attempt` (1-based) of a failed run: 30 s, 1 min, 2 min, … capped at 10 min.
+pub fn retry_delay(attempt: u32) -> Duration {
+    let secs = 30u64.saturating_mul(1u64 << attempt.saturating_sub(1).min(10));
+    Duration::from_secs(secs.min(600))
+}
+
+#[cfg(test)]
+mod tests;
