@@ -12,8 +12,9 @@ use serde::Serialize;
 
 use crate::config::units::format_size;
 use crate::config::{self, ConfigError, DEFAULT_CONFIG_PATH, Settings};
+use crate::daemon::{Outcome, record, run_once};
 use crate::manifest::{BackupId, Manifest, check_label};
-use crate::pipeline::{BackupRequest, policy_for, run_backup};
+use crate::pipeline::{BackupRequest, policy_for};
 use crate::prune::{PruneOptions, PruneReport, prune};
 use crate::store::Destination;
 use crate::store::local::LocalStore;
@@ -50,6 +51,18 @@ pub enum Command {
         /// Pin the backup: retention never removes it (until `unpin`).
         #[arg(long)]
         pin: bool,
+        /// If another backup is running (the service's, or another `backup`), wait this long for it.
+        #[arg(long, default_value = "10m", value_parser = parse_wait)]
+        wait: std::time::Duration,
+    },
+    /// Run as a daemon: back up on the [schedule], prune, report to systemd and the journal.
+    Run,
+    /// Show the last success and failure, the next run and the backups per destination; exit 1 if the
+    /// last success is older than twice the schedule's interval.
+    Status {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// List committed backups, local and remote, newest first.
     List {
@@ -88,6 +101,10 @@ pub enum Command {
         #[arg(value_parser = parse_id)]
         id: BackupId,
     },
+}
+
+fn parse_wait(s: &str) -> Result<std::time::Duration, String> {
+    crate::config::units::parse_duration(s)
 }
 
 fn parse_id(s: &str) -> Result<BackupId, String> {
@@ -158,7 +175,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             print_summary(&cli.config, &settings);
             Ok(())
         }
-        Command::Backup { label, pin } => backup(&settings, BackupRequest { label, pin, prune: true }).await,
+        Command::Backup { label, pin, wait } => {
+            backup(&settings, BackupRequest { label, pin, ..BackupRequest::default() }, wait).await
+        }
+        Command::Run => crate::daemon::run(cli.config.clone(), settings).await.map_err(Failure::Other),
+        Command::Status { json } => status(&settings, json),
         Command::List { json } => list(&settings, json).await,
         Command::Prune { dry_run, now, json } => {
             prune_all(&settings, dry_run, now.unwrap_or_else(Utc::now), json).await
@@ -192,8 +213,19 @@ fn print_summary(path: &std::path::Path, s: &Settings) {
     println!("  recipients: {}", s.encryption.recipients.len());
 }
 
-async fn backup(settings: &Settings, request: BackupRequest) -> Result<(), Failure> {
-    let report = run_backup(settings, &request).await?;
+async fn backup(settings: &Settings, request: BackupRequest, wait: std::time::Duration) -> Result<(), Failure> {
+    let state_dir = crate::state::state_dir();
+    let (started, outcome) = run_once(settings, &request, &state_dir, wait, 1).await;
+    record(settings, &state_dir, started, &outcome).await;
+    let report = match outcome {
+        Outcome::Committed(report) => *report,
+        Outcome::Unchanged { revision } => {
+            println!("etcd's revision {revision} has not changed since the last backup: nothing to do");
+            return Ok(());
+        }
+        Outcome::Failed(e) => return Err(e.into()),
+        Outcome::Skipped(why) => return Err(anyhow::anyhow!(why).into()),
+    };
     let m = &report.manifest;
     println!(
         "backup {} (revision {}, {} → {}) committed in: {}",
@@ -207,8 +239,49 @@ async fn backup(settings: &Settings, request: BackupRequest) -> Result<(), Failu
         Ok(())
     } else {
         let lines: Vec<String> = report.failed.iter().map(|(d, e)| format!("{d}: {e}")).collect();
-        Err(anyhow::anyhow!("backup {} is NOT committed in every destination:\n  {}", m.id, lines.join("\n  ")).into())
+        let every = settings.s3.is_none() || report.committed.len() == 2;
+        let what =
+            if every { "is committed, but not everything went well" } else { "is NOT committed in every destination" };
+        Err(anyhow::anyhow!("backup {} {what}:\n  {}", m.id, lines.join("\n  ")).into())
     }
+}
+
+fn status(settings: &Settings, json: bool) -> Result<(), Failure> {
+    let state_dir = crate::state::state_dir();
+    let state = crate::state::State::load(&state_dir);
+    let now = Utc::now();
+    let interval = state
+        .schedule_interval_secs
+        .map(std::time::Duration::from_secs)
+        .or_else(|| settings.schedule.schedule.interval_around(now));
+    let overdue = match (&state.last_success, interval) {
+        (Some(s), Some(i)) => (now - s.time).to_std().unwrap_or_default() > 2 * i,
+        (None, _) => true,
+        (Some(_), None) => false,
+    };
+    if json {
+        let value = serde_json::json!({ "state": state, "overdue": overdue, "state_dir": state_dir });
+        println!("{}", serde_json::to_string_pretty(&value).map_err(anyhow::Error::from)?);
+    } else {
+        println!("{}", crate::daemon::status_line(&state, false));
+        if let Some(f) = &state.last_failure {
+            println!("last failure: {} {}", f.time.format("%Y-%m-%d %H:%M:%S UTC"), f.error);
+        }
+        for (destination, n) in &state.backups {
+            println!("{destination}: {n} backups");
+        }
+        println!(
+            "runs: {} ok, {} failed, {} unchanged, {} skipped",
+            state.runs.ok, state.runs.failed, state.runs.unchanged, state.runs.skipped
+        );
+    }
+    if overdue {
+        let since = state.last_success.map_or("no backup has succeeded yet".to_string(), |s| {
+            format!("the last success was at {}", s.time.format("%Y-%m-%d %H:%M:%S UTC"))
+        });
+        return Err(anyhow::anyhow!("backups are overdue: {since}, more than twice the schedule's interval ago").into());
+    }
+    Ok(())
 }
 
 /// A backup and the destinations that hold it.

@@ -3,13 +3,17 @@
 pub mod cli;
 pub mod config;
 pub mod crypto;
+pub mod daemon;
 pub mod errors;
 pub mod etcd;
 pub mod manifest;
+pub mod metrics;
+pub mod notify;
 pub mod pipeline;
 pub mod prune;
 pub mod retention;
 pub mod schedule;
 pub mod snapshot;
+pub mod state;
 pub mod store;
 pub mod telemetry;

@@ -26,18 +26,20 @@ const CHUNK: usize = 1 << 20;
 /// Pieces queued per destination before the snapshot stream waits for it.
 const QUEUE: usize = 4;
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct BackupRequest {
     pub label: Option<String>,
     /// Pin the backup in every destination that commits it.
     pub pin: bool,
     /// Prune each destination after its commit.
     pub prune: bool,
+    /// Cancelled (by SIGTERM after the grace period): stop streaming, abort every upload, commit nothing.
+    pub cancel: tokio_util::sync::CancellationToken,
 }
 
 impl Default for BackupRequest {
     fn default() -> Self {
-        BackupRequest { label: None, pin: false, prune: true }
+        BackupRequest { label: None, pin: false, prune: true, cancel: Default::default() }
     }
 }
 
@@ -149,7 +151,12 @@ pub async fn write_backup<S: SnapshotSource>(
 
     let read = tokio::time::timeout(settings.etcd.snapshot_timeout, async {
         source.open().await?;
-        while let Some(chunk) = source.next_chunk().await? {
+        loop {
+            let chunk = tokio::select! {
+                chunk = source.next_chunk() => chunk?,
+                () = request.cancel.cancelled() => bail!("the backup was cancelled (etcd-backupd is stopping)"),
+            };
+            let Some(chunk) = chunk else { break };
             if plain_tx.send(chunk).await.is_err() {
                 break; // the encoder stopped; its result says why
             }

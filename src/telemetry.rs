@@ -5,6 +5,55 @@ use tracing_subscriber::prelude::*;
 
 pub const SYSLOG_IDENTIFIER: &str = "etcd-backupd";
 
+/// Journal MESSAGE_IDs of the entries that make up the backup history (see the message catalog).
+pub const MESSAGE_BACKUP_COMMITTED: &str = "f2ffcd6fad5446e58d4a2e66c4ce4361";
+pub const MESSAGE_BACKUP_FAILED: &str = "0acec5109baa46fdaa2302d289c85bdf";
+pub const MESSAGE_PRUNED: &str = "c7492101e0cf4b4497ca671a0778e215";
+
+/// The one journal entry that ends a successful backup.
+pub fn backup_committed(report: &crate::pipeline::BackupReport) {
+    let m = &report.manifest;
+    tracing::info!(
+        message_id = MESSAGE_BACKUP_COMMITTED,
+        backup_id = %m.id,
+        revision = m.etcd.revision,
+        db_size = m.etcd.db_size,
+        artifact_size = m.artifact.size,
+        duration_ms = m.duration_ms,
+        destinations = %report.committed.join(","),
+        label = m.label.as_deref().unwrap_or(""),
+        "backup {} committed in {} (revision {}, {})",
+        m.id,
+        report.committed.join(", "),
+        m.etcd.revision,
+        crate::config::units::format_size(m.artifact.size)
+    );
+}
+
+/// The one journal entry that ends a failed backup.
+pub fn backup_failed(error: &str, destinations: &str) {
+    tracing::error!(message_id = MESSAGE_BACKUP_FAILED, error = %error, destinations = %destinations, "backup failed: {error}");
+}
+
+/// One entry per destination pruned.
+pub fn pruned(report: &crate::prune::PruneReport) {
+    let removed: Vec<String> = report.decisions.iter().filter(|d| !d.keep).map(|d| d.id.to_string()).collect();
+    let cleaned = report.leftovers.iter().filter(|l| l.clean).count();
+    if removed.is_empty() && cleaned == 0 {
+        return;
+    }
+    tracing::info!(
+        message_id = MESSAGE_PRUNED,
+        destination = report.destination,
+        removed = removed.len(),
+        cleaned,
+        backup_ids = %removed.join(","),
+        "pruned {}: removed {} backups, cleaned {cleaned} leftovers",
+        report.destination,
+        removed.len()
+    );
+}
+
 /// True when stderr is connected to the journal (systemd sets JOURNAL_STREAM to its device:inode).
 fn stderr_is_journal() -> bool {
     use std::os::unix::fs::MetadataExt;
@@ -26,7 +75,9 @@ pub fn init() {
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let journald = if stderr_is_journal() {
-        tracing_journald::layer().ok().map(|l| l.with_syslog_identifier(SYSLOG_IDENTIFIER.to_string()))
+        tracing_journald::layer()
+            .ok()
+            .map(|l| l.with_syslog_identifier(SYSLOG_IDENTIFIER.to_string()).with_field_prefix(None))
     } else {
         None
     };

@@ -167,7 +167,7 @@ async fn wrong_s3_secret_is_named_and_s3_stays_empty() {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_etcd-backupd"));
     cmd.arg("--config").arg(&config).arg("backup");
     aws_env(&mut cmd);
-    cmd.env("AWS_SECRET_ACCESS_KEY", "not-the-secret");
+    cmd.env("AWS_SECRET_ACCESS_KEY", "not-the-secret").env("STATE_DIRECTORY", state_dir_for(&config));
     let out = cmd.output().await.unwrap();
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
@@ -400,6 +400,7 @@ async fn too_little_free_space_is_refused_before_streaming() {
     .arg(&config)
     .arg("backup");
     aws_env(&mut cmd);
+    cmd.env("STATE_DIRECTORY", state_dir_for(&config));
     let out = cmd.output().await.unwrap();
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");

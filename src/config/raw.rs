@@ -26,6 +26,7 @@ pub struct RawSchedule {
     pub catch_up: Option<bool>,
     pub skip_unchanged: Option<bool>,
     pub max_attempts: Option<u32>,
+    pub stop_grace: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -537,7 +537,13 @@ pub async fn run(config: &Path, args: &[&str]) -> Output {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_etcd-backupd"));
     cmd.arg("--config").arg(config).args(args);
     aws_env(&mut cmd);
+    cmd.env("STATE_DIRECTORY", state_dir_for(config));
     cmd.output().await.unwrap()
+}
+
+/// Each test's state dir (lock, state file) lives beside its config.
+pub fn state_dir_for(config: &Path) -> PathBuf {
+    config.parent().unwrap().join("state")
 }
 
 pub fn aws_env(cmd: &mut tokio::process::Command) {

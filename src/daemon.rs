@@ -1,0 +1,337 @@
+//! `etcd-backupd run`: the scheduler loop. It sleeps until the next fire time (plus jitter), runs one
+//! backup at a time, answers signals (TERM: finish or abort cleanly and exit; HUP: reload the config;
+//! USR1: back up now), tells systemd how it is doing, and keeps the state file and metrics current.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use chrono::{DateTime, Utc};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::units::format_size;
+use crate::config::{self, Settings};
+use crate::notify::{Notifier, watchdog_interval};
+use crate::pipeline::{BackupReport, BackupRequest, write_backup};
+use crate::schedule::{self, Due};
+use crate::state::{Failure, Lock, State, Success};
+
+/// How one run ended.
+#[derive(Debug)]
+pub enum Outcome {
+    Committed(Box<BackupReport>),
+    /// `skip_unchanged`: etcd's revision equals the last backup's; nothing was uploaded.
+    Unchanged {
+        revision: i64,
+    },
+    Failed(anyhow::Error),
+    /// Another process held the lock.
+    Skipped(String),
+}
+
+/// One backup run, as the daemon and the one-shot `backup` command both do it: take the lock, take the
+/// backup (retrying transient failures), then record the outcome in the state, the metrics and the journal.
+/// `max_attempts` is 1 for a one-shot `backup` (the operator or the timer decides what next) and
+/// `[schedule] max_attempts` for the daemon. The caller records the outcome with `record` (the daemon's
+/// loop is the only writer of its state).
+pub async fn run_once(
+    settings: &Settings,
+    request: &BackupRequest,
+    state_dir: &Path,
+    lock_wait: Duration,
+    max_attempts: u32,
+) -> (DateTime<Utc>, Outcome) {
+    let started = Utc::now();
+    let outcome = match Lock::take(state_dir, lock_wait).await {
+        Err(e) => Outcome::Skipped(format!("{e:#}")),
+        Ok(_lock) => attempts(settings, request, state_dir, max_attempts).await,
+    };
+    (started, outcome)
+}
+
+async fn attempts(settings: &Settings, request: &BackupRequest, state_dir: &Path, max: u32) -> Outcome {
+    let cancel = &request.cancel;
+    let mut attempt = 1;
+    loop {
+        let result = async {
+            let member = crate::etcd::connect(&settings.etcd).await?;
+            if settings.schedule.skip_unchanged {
+                let last = State::load(state_dir).last_success.map(|s| s.revision);
+                if last == Some(member.facts.revision) {
+                    return Ok(Outcome::Unchanged { revision: member.facts.revision });
+                }
+            }
+            Ok(Outcome::Committed(Box::new(write_backup(settings, request, member).await?)))
+        }
+        .await;
+        match result {
+            Ok(outcome) => return outcome,
+            Err(e) if attempt < max && is_transient(&e) && !cancel.is_cancelled() => {
+                let delay = schedule::retry_delay(attempt);
+                tracing::warn!(attempt, max, retry_in = %humantime::format_duration(delay), error = %format!("{e:#}"), "backup failed; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = cancel.cancelled() => return Outcome::Failed(e),
+                }
+                attempt += 1;
+            }
+            Err(e) => return Outcome::Failed(e),
+        }
+    }
+}
+
+/// Transient: etcd or the store could not be reached, or the stream broke. Not transient: anything a
+/// person has to fix (certificates, credentials, a missing bucket, a full disk, a cancelled run).
+pub fn is_transient(e: &anyhow::Error) -> bool {
+    let text = format!("{e:#}");
+    let permanent = [
+        "etcd.cacert",
+        "etcd.cert",
+        "etcd.username",
+        "does not exist",
+        "rejected the credentials",
+        "access denied",
+        "not enough free space",
+        "already exists",
+        "cancelled",
+        "no destination can take",
+    ];
+    !permanent.iter().any(|p| text.contains(p))
+}
+
+/// Records a run's outcome: the journal entry, the state file, the metrics.
+pub async fn record(settings: &Settings, state_dir: &Path, started: DateTime<Utc>, outcome: &Outcome) {
+    let mut state = State::load(state_dir);
+    state.last_attempt = Some(started);
+    match outcome {
+        Outcome::Committed(report) => {
+            crate::telemetry::backup_committed(report);
+            for p in &report.pruned {
+                crate::telemetry::pruned(p);
+                state.backups.insert(p.destination.to_string(), p.decisions.iter().filter(|d| d.keep).count());
+            }
+            let m = &report.manifest;
+            state.last_success = Some(Success {
+                time: m.created,
+                id: m.id.to_string(),
+                revision: m.etcd.revision,
+                artifact_size: m.artifact.size,
+                duration_ms: m.duration_ms,
+                destinations: report.committed.iter().map(ToString::to_string).collect(),
+                unchanged: false,
+            });
+            if report.failed.is_empty() {
+                state.runs.ok += 1;
+            } else {
+                let text: Vec<String> = report.failed.iter().map(|(d, e)| format!("{d}: {e}")).collect();
+                crate::telemetry::backup_failed(
+                    &text.join("; "),
+                    &report.failed.iter().map(|f| f.0).collect::<Vec<_>>().join(","),
+                );
+                state.last_failure = Some(Failure { time: started, error: text.join("; ") });
+                state.runs.failed += 1;
+            }
+        }
+        Outcome::Unchanged { revision } => {
+            tracing::info!(revision, "etcd's revision has not changed since the last backup; nothing uploaded");
+            if let Some(s) = &mut state.last_success {
+                s.time = started;
+                s.unchanged = true;
+            }
+            state.runs.unchanged += 1;
+        }
+        Outcome::Failed(e) => {
+            crate::telemetry::backup_failed(&format!("{e:#}"), "");
+            state.last_failure = Some(Failure { time: started, error: format!("{e:#}") });
+            state.runs.failed += 1;
+        }
+        Outcome::Skipped(why) => {
+            tracing::warn!(%why, "backup skipped");
+            state.runs.skipped += 1;
+        }
+    }
+    if let Err(e) = state.save(state_dir).await {
+        tracing::error!(error = %format!("{e:#}"), "cannot save the state file");
+    }
+    write_metrics(settings, &state).await;
+}
+
+async fn write_metrics(settings: &Settings, state: &State) {
+    if let Some(path) = &settings.metrics_textfile
+        && let Err(e) = crate::metrics::write(path, &crate::metrics::render(state, settings.cluster.as_str())).await
+    {
+        tracing::error!(error = %format!("{e:#}"), "cannot write the metrics file");
+    }
+}
+
+/// The one-line STATUS= for systemd: "last ok 2026-11-22 06:00 rev 48211 (12.4 MiB); next 12:00".
+pub fn status_line(state: &State, running: bool) -> String {
+    let last = match (&state.last_success, &state.last_failure) {
+        (Some(s), Some(f)) if f.time > s.time => format!("last run FAILED {}", f.time.format("%Y-%m-%d %H:%M")),
+        (Some(s), _) => format!(
+            "last ok {} rev {} ({}){}",
+            s.time.format("%Y-%m-%d %H:%M"),
+            s.revision,
+            format_size(s.artifact_size),
+            if s.unchanged { " unchanged" } else { "" }
+        ),
+        (None, Some(f)) => format!("last run FAILED {}", f.time.format("%Y-%m-%d %H:%M")),
+        (None, None) => "no backup yet".to_string(),
+    };
+    let next = match state.next_run {
+        Some(t) => format!("next {}", t.format("%Y-%m-%d %H:%M:%S UTC")),
+        None => "no next run".to_string(),
+    };
+    if running { format!("backing up; {last}; {next}") } else { format!("{last}; {next}") }
+}
+
+struct Running {
+    handle: JoinHandle<(DateTime<Utc>, Outcome)>,
+    cancel: CancellationToken,
+}
+
+/// The next fire time after `now`, with jitter.
+fn next_fire(settings: &Settings, now: DateTime<Utc>) -> DateTime<Utc> {
+    let schedule = &settings.schedule.schedule;
+    let fire = schedule.next_after(now).unwrap_or(now + chrono::Duration::days(1));
+    let random = u64::from_ne_bytes(rand_bytes());
+    let jitter = schedule::jitter_delay(schedule.jitter(), random);
+    fire + chrono::Duration::from_std(jitter).unwrap_or_default()
+}
+
+fn rand_bytes() -> [u8; 8] {
+    let mut b = [0u8; 8];
+    if getrandom::getrandom(&mut b).is_err() {
+        b = (Utc::now().timestamp_nanos_opt().unwrap_or(0) as u64).to_ne_bytes();
+    }
+    b
+}
+
+fn instant_at(t: DateTime<Utc>) -> tokio::time::Instant {
+    let wait = (t - Utc::now()).to_std().unwrap_or_default();
+    tokio::time::Instant::now() + wait
+}
+
+/// Runs the daemon until SIGTERM (or SIGINT).
+pub async fn run(config_path: PathBuf, settings: Settings) -> Result<()> {
+    let mut settings = settings;
+    let notifier = Notifier::from_env();
+    let state_dir = crate::state::state_dir();
+    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    let mut hup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
+    let mut usr1 = signal(SignalKind::user_defined1()).context("cannot listen for SIGUSR1")?;
+    let watchdog = watchdog_interval();
+    let mut watchdog_tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
+
+    let mut state = State::load(&state_dir);
+    let now = Utc::now();
+    let mut next = next_fire(&settings, now);
+    if schedule::should_catch_up(&settings.schedule.schedule, state.last_attempt, now, settings.schedule.catch_up) {
+        tracing::info!("a scheduled backup was missed while etcd-backupd was not running; backing up now");
+        next = now;
+    }
+    save_next(&settings, &state_dir, &mut state, next).await;
+    let mut running: Option<Running> = None;
+    tracing::info!(
+        schedule = %settings.schedule.schedule.text(), timezone = %settings.timezone, next = %next,
+        state_dir = %state_dir.display(), "etcd-backupd started"
+    );
+    notifier.ready(&status_line(&state, false));
+
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep_until(instant_at(next)) => {
+                match schedule::on_due(running.is_some()) {
+                    Due::Start => running = Some(start(&settings, &state_dir)),
+                    Due::SkipOverlap => {
+                        tracing::warn!("a backup is still running; skipping this scheduled run");
+                        state = State::load(&state_dir);
+                        state.runs.skipped += 1;
+                    }
+                }
+                next = next_fire(&settings, Utc::now());
+                save_next(&settings, &state_dir, &mut state, next).await;
+                notifier.status(&status_line(&state, running.is_some()));
+            }
+            Some(()) = usr1.recv() => {
+                if running.is_some() {
+                    tracing::warn!("SIGUSR1: a backup is already running");
+                } else {
+                    tracing::info!("SIGUSR1: backing up now");
+                    running = Some(start(&settings, &state_dir));
+                    notifier.status(&status_line(&state, true));
+                }
+            }
+            Some(()) = hup.recv() => {
+                notifier.reloading();
+                match config::load(&config_path) {
+                    Ok(new) => {
+                        settings = new;
+                        next = next_fire(&settings, Utc::now());
+                        save_next(&settings, &state_dir, &mut state, next).await;
+                        tracing::info!(schedule = %settings.schedule.schedule.text(), next = %next, "configuration reloaded");
+                    }
+                    Err(e) => tracing::error!("the new configuration is not valid; keeping the running one:\n{e}"),
+                }
+                notifier.ready(&status_line(&state, running.is_some()));
+            }
+            _ = watchdog_tick.tick(), if watchdog.is_some() => notifier.watchdog(),
+            outcome = async { running.as_mut().map(|r| &mut r.handle).expect("guarded").await }, if running.is_some() => {
+                running = None;
+                match outcome {
+                    Ok((started, outcome)) => record(&settings, &state_dir, started, &outcome).await,
+                    Err(e) => tracing::error!(error = %e, "the backup task failed"),
+                }
+                state = State::load(&state_dir);
+                save_next(&settings, &state_dir, &mut state, next).await;
+                notifier.status(&status_line(&state, false));
+            }
+            Some(()) = term.recv() => break,
+            Some(()) = int.recv() => break,
+        }
+    }
+
+    notifier.stopping();
+    if let Some(mut r) = running.take() {
+        let grace = settings.schedule.stop_grace;
+        tracing::info!(grace = %humantime::format_duration(grace), "stopping: waiting for the running backup to finish");
+        let finished = match tokio::time::timeout(grace, &mut r.handle).await {
+            Ok(done) => Some(done),
+            Err(_) => {
+                tracing::warn!("stopping: the backup did not finish in time; aborting it cleanly");
+                r.cancel.cancel();
+                tokio::time::timeout(Duration::from_secs(30), &mut r.handle).await.ok()
+            }
+        };
+        match finished {
+            Some(Ok((started, outcome))) => record(&settings, &state_dir, started, &outcome).await,
+            Some(Err(e)) => tracing::error!(error = %e, "the backup task failed"),
+            None => r.handle.abort(),
+        }
+    }
+    tracing::info!("etcd-backupd stopped");
+    Ok(())
+}
+
+fn start(settings: &Settings, state_dir: &Path) -> Running {
+    let cancel = CancellationToken::new();
+    let (settings, state_dir, token) = (settings.clone(), state_dir.to_path_buf(), cancel.clone());
+    let handle = tokio::spawn(async move {
+        // The daemon does not wait for a one-shot backup holding the lock: it skips this run.
+        let request = BackupRequest { cancel: token, ..BackupRequest::default() };
+        run_once(&settings, &request, &state_dir, Duration::ZERO, settings.schedule.max_attempts).await
+    });
+    Running { handle, cancel }
+}
+
+async fn save_next(settings: &Settings, state_dir: &Path, state: &mut State, next: DateTime<Utc>) {
+    state.next_run = Some(next);
+    state.schedule_interval_secs = settings.schedule.schedule.interval_around(Utc::now()).map(|d| d.as_secs());
+    if let Err(e) = state.save(state_dir).await {
+        tracing::error!(error = %format!("{e:#}"), "cannot save the state file");
+    }
+    write_metrics(settings, state).await;
+}

@@ -1,0 +1,122 @@
+//! The Prometheus textfile for node_exporter's textfile collector: rendered from the state (pure),
+//! written atomically (a `.part` file that the collector ignores, then a rename).
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+use crate::state::State;
+
+/// Renders the metrics of `state` in the Prometheus text format.
+pub fn render(state: &State, cluster: &str) -> String {
+    let mut out = String::new();
+    let c = escape(cluster);
+    let mut gauge = |name: &str, help: &str, value: Option<f64>| {
+        let _ = writeln!(out, "# HELP etcd_backupd_{name} {help}\n# TYPE etcd_backupd_{name} gauge");
+        if let Some(v) = value {
+            let _ = writeln!(out, "etcd_backupd_{name}{{cluster=\"{c}\"}} {v}");
+        }
+    };
+    let ok = state.last_success.as_ref();
+    gauge(
+        "last_success_timestamp_seconds",
+        "Time of the last committed (or unchanged) backup.",
+        ok.map(|s| s.time.timestamp() as f64),
+    );
+    gauge(
+        "last_failure_timestamp_seconds",
+        "Time of the last failed backup.",
+        state.last_failure.as_ref().map(|f| f.time.timestamp() as f64),
+    );
+    gauge("last_duration_seconds", "Duration of the last committed backup.", ok.map(|s| s.duration_ms as f64 / 1000.0));
+    gauge("last_artifact_bytes", "Size of the last committed artifact.", ok.map(|s| s.artifact_size as f64));
+    gauge("last_revision", "etcd revision of the last committed backup.", ok.map(|s| s.revision as f64));
+    gauge(
+        "next_run_timestamp_seconds",
+        "Time of the next scheduled backup.",
+        state.next_run.map(|t| t.timestamp() as f64),
+    );
+    let _ =
+        writeln!(out, "# HELP etcd_backupd_runs_total Backup runs by result.\n# TYPE etcd_backupd_runs_total counter");
+    for (result, n) in [
+        ("ok", state.runs.ok),
+        ("failed", state.runs.failed),
+        ("unchanged", state.runs.unchanged),
+        ("skipped", state.runs.skipped),
+    ] {
+        let _ = writeln!(out, "etcd_backupd_runs_total{{cluster=\"{c}\",result=\"{result}\"}} {n}");
+    }
+    let _ = writeln!(
+        out,
+        "# HELP etcd_backupd_backups Committed backups per destination.\n# TYPE etcd_backupd_backups gauge"
+    );
+    for (destination, n) in &state.backups {
+        let _ = writeln!(out, "etcd_backupd_backups{{cluster=\"{c}\",destination=\"{}\"}} {n}", escape(destination));
+    }
+    out
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// Writes the metrics file atomically.
+pub async fn write(path: &Path, text: &str) -> Result<()> {
+    let dir = path.parent().context("metrics.textfile has no folder")?;
+    let name = path.file_name().and_then(|n| n.to_str()).context("metrics.textfile has no file name")?;
+    crate::store::local::write_atomic(dir, name, text.as_bytes())
+        .await
+        .with_context(|| format!("cannot write metrics.textfile '{}'", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{Failure, Success};
+    use chrono::TimeZone;
+
+    #[test]
+    fn renders_every_metric_with_labels() {
+        let t = chrono::Utc.with_ymd_and_hms(2026, 11, 22, 6, 0, 0).unwrap();
+        let mut s = State {
+            last_success: Some(Success {
+                time: t,
+                id: "x".into(),
+                revision: 48211,
+                artifact_size: 13_002_342,
+                duration_ms: 1500,
+                destinations: vec!["local".into(), "s3".into()],
+                unchanged: false,
+            }),
+            last_failure: Some(Failure { time: t, error: "boom".into() }),
+            ..State::default()
+        };
+        s.runs.ok = 4;
+        s.runs.failed = 1;
+        s.backups.insert("local".into(), 3);
+        s.backups.insert("s3".into(), 7);
+        let text = render(&s, "prod\"east");
+        assert!(
+            text.contains("etcd_backupd_last_success_timestamp_seconds{cluster=\"prod\\\"east\"} 1795327200\n"),
+            "{text}"
+        );
+        assert!(text.contains("etcd_backupd_last_duration_seconds{cluster=\"prod\\\"east\"} 1.5\n"));
+        assert!(text.contains("etcd_backupd_last_revision{cluster=\"prod\\\"east\"} 48211\n"));
+        assert!(text.contains("etcd_backupd_runs_total{cluster=\"prod\\\"east\",result=\"ok\"} 4\n"));
+        assert!(text.contains("etcd_backupd_backups{cluster=\"prod\\\"east\",destination=\"s3\"} 7\n"));
+        // Every sample line belongs to a declared metric.
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let name = line.split(['{', ' ']).next().unwrap();
+            assert!(text.contains(&format!("# TYPE {name} ")), "{name} undeclared");
+        }
+    }
+
+    #[test]
+    fn a_fresh_state_has_types_but_no_samples_for_unknowns() {
+        let text = render(&State::default(), "default");
+        assert!(text.contains("# TYPE etcd_backupd_last_success_timestamp_seconds gauge"));
+        assert!(!text.contains("etcd_backupd_last_success_timestamp_seconds{"));
+        assert!(text.contains("etcd_backupd_runs_total{cluster=\"default\",result=\"failed\"} 0"));
+    }
+}

@@ -1,0 +1,171 @@
+//! What the daemon remembers across restarts (last success and failure, next run, counters): a small
+//! JSON file in the state dir, written crash-safely; and the lock that keeps runs from overlapping
+//! across processes (the daemon and a one-shot `backup`).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/etcd-backupd";
+const STATE_FILE: &str = "state.json";
+const LOCK_FILE: &str = "lock";
+
+/// The state dir: systemd's `$STATE_DIRECTORY` (from `StateDirectory=`), else /var/lib/etcd-backupd.
+pub fn state_dir() -> PathBuf {
+    std::env::var_os("STATE_DIRECTORY")
+        .and_then(|v| v.to_str().and_then(|s| s.split(':').next()).map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    pub last_success: Option<Success>,
+    pub last_failure: Option<Failure>,
+    /// When the last run started (success, failure or unchanged): drives catch-up.
+    pub last_attempt: Option<DateTime<Utc>>,
+    pub next_run: Option<DateTime<Utc>>,
+    /// Interval of the schedule, for `status` to judge staleness.
+    pub schedule_interval_secs: Option<u64>,
+    pub runs: Runs,
+    /// Committed backups per destination after the last run.
+    pub backups: std::collections::BTreeMap<String, usize>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Success {
+    pub time: DateTime<Utc>,
+    pub id: String,
+    pub revision: i64,
+    pub artifact_size: u64,
+    pub duration_ms: u64,
+    pub destinations: Vec<String>,
+    /// True when the revision had not changed and nothing was uploaded (`skip_unchanged`).
+    #[serde(default)]
+    pub unchanged: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Failure {
+    pub time: DateTime<Utc>,
+    pub error: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Runs {
+    pub ok: u64,
+    pub failed: u64,
+    pub unchanged: u64,
+    pub skipped: u64,
+}
+
+impl State {
+    /// Reads the state; a missing file is a fresh state, a corrupt one is reported and replaced.
+    pub fn load(dir: &Path) -> State {
+        let path = dir.join(STATE_FILE);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                tracing::warn!(path = %path.display(), error = %e, "the state file is not readable; starting afresh");
+                State::default()
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => State::default(),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot read the state file; starting afresh");
+                State::default()
+            }
+        }
+    }
+
+    /// Writes the state crash-safely.
+    pub async fn save(&self, dir: &Path) -> Result<()> {
+        ensure_dir(dir)?;
+        let mut bytes = serde_json::to_vec_pretty(self)?;
+        bytes.push(b'\n');
+        crate::store::local::write_atomic(dir, STATE_FILE, &bytes).await
+    }
+}
+
+fn ensure_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).with_context(|| {
+        format!("cannot create the state dir '{}' (it must be writable by etcd-backupd)", dir.display())
+    })
+}
+
+/// An exclusive lock on the state dir, held while a backup runs. Released on drop.
+pub struct Lock {
+    _file: nix::fcntl::Flock<std::fs::File>,
+}
+
+impl Lock {
+    /// Takes the lock, or returns `None` if another process holds it.
+    pub fn try_take(dir: &Path) -> Result<Option<Lock>> {
+        ensure_dir(dir)?;
+        let path = dir.join(LOCK_FILE);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("cannot open the lock file '{}'", path.display()))?;
+        match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => Ok(Some(Lock { _file: lock })),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+            Err((_, e)) => Err(e).with_context(|| format!("cannot lock '{}'", path.display())),
+        }
+    }
+
+    /// Takes the lock, waiting up to `wait` for another run to finish.
+    pub async fn take(dir: &Path, wait: std::time::Duration) -> Result<Lock> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut told = false;
+        loop {
+            if let Some(lock) = Lock::try_take(dir)? {
+                return Ok(lock);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                anyhow::bail!(
+                    "another backup is running (the lock '{}' is held, by the etcd-backupd service or another `etcd-backupd backup`); try again when it has finished",
+                    dir.join(LOCK_FILE).display()
+                );
+            }
+            if !told {
+                tracing::info!(lock = %dir.join(LOCK_FILE).display(), "another backup is running; waiting for it");
+                told = true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn state_round_trips_and_survives_garbage() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(State::load(dir.path()), State::default());
+        let s = State {
+            runs: Runs { ok: 3, ..Runs::default() },
+            last_failure: Some(Failure { time: Utc::now(), error: "etcd down".into() }),
+            ..State::default()
+        };
+        s.save(dir.path()).await.unwrap();
+        assert_eq!(State::load(dir.path()), s);
+        std::fs::write(dir.path().join(STATE_FILE), "{not json").unwrap();
+        assert_eq!(State::load(dir.path()), State::default());
+    }
+
+    #[tokio::test]
+    async fn the_lock_is_exclusive_and_released_on_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Lock::try_take(dir.path()).unwrap().expect("free");
+        assert!(Lock::try_take(dir.path()).unwrap().is_none(), "held");
+        let err = Lock::take(dir.path(), std::time::Duration::from_millis(300)).await.err().unwrap();
+        assert!(err.to_string().contains("another backup is running"), "{err}");
+        drop(first);
+        assert!(Lock::try_take(dir.path()).unwrap().is_some());
+    }
+}
