@@ -134,9 +134,14 @@ pub async fn write_backup<S: SnapshotSource>(
     for mut upload in uploads {
         let (tx, mut rx) = mpsc::channel::<Bytes>(QUEUE);
         senders.push(tx);
+        let cancel = request.cancel.clone();
         sinks.push(tokio::spawn(async move {
             while let Some(chunk) = rx.recv().await {
-                if let Err(e) = upload.write(chunk).await {
+                let written = tokio::select! {
+                    written = upload.write(chunk) => written,
+                    () = cancel.cancelled() => Err(anyhow!("cancelled")),
+                };
+                if let Err(e) = written {
                     return (upload, Err(e));
                 }
             }
@@ -157,8 +162,11 @@ pub async fn write_backup<S: SnapshotSource>(
                 () = request.cancel.cancelled() => bail!("the backup was cancelled (etcd-backupd is stopping)"),
             };
             let Some(chunk) = chunk else { break };
-            if plain_tx.send(chunk).await.is_err() {
-                break; // the encoder stopped; its result says why
+            tokio::select! {
+                sent = plain_tx.send(chunk) => if sent.is_err() {
+                    break; // the encoder stopped; its result says why
+                },
+                () = request.cancel.cancelled() => bail!("the backup was cancelled (etcd-backupd is stopping)"),
             }
         }
         anyhow::Ok(())
@@ -178,7 +186,14 @@ pub async fn write_backup<S: SnapshotSource>(
         finished.push(sink.await.context("a destination task failed")?);
     }
 
-    let encoded = match read.and(encoded) {
+    let cancelled = || -> Result<()> {
+        if request.cancel.is_cancelled() {
+            bail!("the backup was cancelled (etcd-backupd is stopping)");
+        }
+        Ok(())
+    };
+    // A cancelled run commits nothing, even where its upload had finished.
+    let encoded = match read.and(encoded).and_then(|e| cancelled().map(|()| e)) {
         Ok(ok) => ok,
         Err(e) => {
             for (upload, written) in finished {

@@ -328,6 +328,9 @@ pub struct Faults {
     pub down: AtomicBool,
     /// After the first part, every part upload fails (the server itself stays up).
     pub fail_later_parts: AtomicBool,
+    /// Each part upload is answered this many milliseconds late.
+    pub part_delay_ms: std::sync::atomic::AtomicU64,
+    pub parts_started: AtomicUsize,
     pub requests: AtomicUsize,
     /// Requests by kind: "list" (ListObjectsV2), "delete" (DeleteObjects), "get", "put", "uploads" (ListMultipartUploads), "other".
     pub counts: std::sync::Mutex<std::collections::HashMap<&'static str, usize>>,
@@ -386,6 +389,11 @@ impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for FaultySe
                     .map(str::to_string)
                     .or_else(|| headers.get("x-amz-trailer").and_then(|v| v.to_str().ok()).map(str::to_string));
                 faults.part_checksums.lock().unwrap().push(checksum);
+                faults.parts_started.fetch_add(1, Ordering::SeqCst);
+                let delay = faults.part_delay_ms.load(Ordering::SeqCst);
+                if delay > 0 {
+                    tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+                }
             }
             if is_part
                 && faults.fail_later_parts.load(Ordering::SeqCst)

@@ -1,0 +1,233 @@
+//! `etcd-backupd run` as systemd runs it: a notify socket bound by the test, signals, the state file,
+//! the metrics file, and the lock shared with one-shot backups.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+struct Daemon {
+    child: tokio::process::Child,
+    notes: Arc<Mutex<Vec<String>>>,
+    log: PathBuf,
+    _socket_task: tokio::task::JoinHandle<()>,
+}
+
+impl Daemon {
+    async fn start(config: &Path) -> Daemon {
+        let dir = config.parent().unwrap();
+        let socket_path = dir.join("notify.sock");
+        let socket = tokio::net::UnixDatagram::bind(&socket_path).unwrap();
+        let notes = Arc::new(Mutex::new(Vec::new()));
+        let sink = notes.clone();
+        let socket_task = tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            while let Ok(n) = socket.recv(&mut buf).await {
+                sink.lock().unwrap().push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        });
+        let log = dir.join("daemon.log");
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_etcd-backupd"));
+        cmd.arg("--config").arg(config).arg("run");
+        aws_env(&mut cmd);
+        cmd.env("STATE_DIRECTORY", state_dir_for(config))
+            .env("NOTIFY_SOCKET", &socket_path)
+            .env("WATCHDOG_USEC", "400000")
+            .env_remove("WATCHDOG_PID")
+            .stderr(std::fs::File::create(&log).unwrap())
+            .kill_on_drop(true);
+        let child = cmd.spawn().unwrap();
+        let d = Daemon { child, notes, log, _socket_task: socket_task };
+        d.wait_until("READY=1", || d.notes().iter().any(|n| n.contains("READY=1"))).await;
+        d
+    }
+
+    fn notes(&self) -> Vec<String> {
+        self.notes.lock().unwrap().clone()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn signal(&self, s: Signal) {
+        kill(Pid::from_raw(self.child.id().unwrap() as i32), s).unwrap();
+    }
+
+    async fn wait_until(&self, what: &str, cond: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !cond() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}; daemon log:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn stop(mut self) -> (std::process::ExitStatus, Duration, Vec<String>, String) {
+        let t0 = Instant::now();
+        self.signal(Signal::SIGTERM);
+        let status = tokio::time::timeout(Duration::from_secs(40), self.child.wait()).await.expect("exits").unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        (status, t0.elapsed(), self.notes(), self.log())
+    }
+}
+
+fn manifests(folder: &Path) -> usize {
+    files(folder).iter().filter(|n| n.ends_with(".manifest.json")).count()
+}
+
+fn write_config(work: &Path, etcd: &Etcd, recipient: &str, schedule: &str, extra: &str) -> PathBuf {
+    let path = work.join("etcd-backupd.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "{}\n[encryption]\nrecipients = [\"{recipient}\"]\n[local]\ndir = \"{}\"\nretention = {{ keep_last = 100 }}\n[schedule]\n{schedule}\n[metrics]\ntextfile = \"{}\"\n{extra}",
+            etcd.config_table(),
+            work.join("backups").display(),
+            work.join("metrics/etcd_backupd.prom").display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// Positions of the notifications, in order of arrival.
+fn position(notes: &[String], what: &str, after: usize) -> usize {
+    notes
+        .iter()
+        .skip(after)
+        .position(|n| n.contains(what))
+        .map(|p| p + after)
+        .unwrap_or_else(|| panic!("no {what} after #{after} in {notes:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_per_second_schedule_backs_up_and_notifies_systemd_in_order() {
+    let etcd = Etcd::start(EtcdVersion::V34);
+    let work = tempfile::tempdir().unwrap();
+    let id = age_identity(work.path(), "ops");
+    std::fs::create_dir_all(work.path().join("metrics")).unwrap();
+    let cfg = write_config(work.path(), &etcd, &id.recipient, "cron = \"* * * * * *\"", "");
+    let daemon = Daemon::start(&cfg).await;
+    let folder = work.path().join("backups/default");
+    daemon.wait_until("two scheduled backups", || manifests(&folder) >= 2).await;
+    daemon.wait_until("a watchdog ping", || daemon.notes().iter().any(|n| n.contains("WATCHDOG=1"))).await;
+    daemon.signal(Signal::SIGHUP);
+    daemon.wait_until("reload", || daemon.log().contains("configuration reloaded")).await;
+    let (status, _, notes, log) = daemon.stop().await;
+    assert!(status.success(), "{log}");
+    assert!(log.contains("etcd-backupd stopped"), "{log}");
+
+    let ready = position(&notes, "READY=1", 0);
+    assert!(notes[ready].contains("STATUS="), "READY carries a status: {notes:?}");
+    let status_after = position(&notes, "STATUS=", ready + 1);
+    let watchdog = position(&notes, "WATCHDOG=1", ready + 1);
+    let reloading = position(&notes, "RELOADING=1", ready + 1);
+    let ready_again = position(&notes, "READY=1", reloading + 1);
+    let stopping = position(&notes, "STOPPING=1", ready_again + 1);
+    assert!(status_after < stopping && watchdog < stopping, "{notes:?}");
+    assert!(
+        notes.iter().any(|n| n.contains("STATUS=last ok ") && n.contains(" rev ") && n.contains("; next ")),
+        "{notes:?}"
+    );
+
+    // The state survives the daemon; `status` reads it.
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(state_dir_for(&cfg).join("state.json")).unwrap()).unwrap();
+    assert!(state["runs"]["ok"].as_u64().unwrap() >= 2, "{state}");
+    assert!(state["next_run"].is_string() && state["last_success"]["id"].is_string(), "{state}");
+    let out = run(&cfg, &["status"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("last ok"), "{}", stdout(&out));
+
+    // The metrics file is valid Prometheus text.
+    let text = std::fs::read_to_string(work.path().join("metrics/etcd_backupd.prom")).unwrap();
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("parses as Prometheus text");
+    let names: Vec<&str> = scrape.samples.iter().map(|s| s.metric.as_str()).collect();
+    for want in [
+        "etcd_backupd_last_success_timestamp_seconds",
+        "etcd_backupd_last_duration_seconds",
+        "etcd_backupd_last_artifact_bytes",
+        "etcd_backupd_last_revision",
+        "etcd_backupd_runs_total",
+        "etcd_backupd_backups",
+    ] {
+        assert!(names.contains(&want), "{want} missing from:\n{text}");
+    }
+    assert!(files(&work.path().join("metrics")).iter().all(|n| !n.ends_with(".part")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigusr1_backs_up_now_and_a_broken_reload_keeps_the_daemon_running() {
+    let etcd = Etcd::start(EtcdVersion::V35);
+    let work = tempfile::tempdir().unwrap();
+    let id = age_identity(work.path(), "ops");
+    std::fs::create_dir_all(work.path().join("metrics")).unwrap();
+    let cfg = write_config(work.path(), &etcd, &id.recipient, "cron = \"0 0 1 1 *\"", "");
+    let daemon = Daemon::start(&cfg).await;
+    let folder = work.path().join("backups/default");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(manifests(&folder), 0, "nothing is due yet");
+
+    daemon.signal(Signal::SIGUSR1);
+    daemon.wait_until("the SIGUSR1 backup", || manifests(&folder) == 1).await;
+
+    let good = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, good.replace("[schedule]", "[schedule]\ncronn = \"x\"")).unwrap();
+    daemon.signal(Signal::SIGHUP);
+    daemon.wait_until("the reload error", || daemon.log().contains("keeping the running one")).await;
+    assert!(daemon.log().contains("schedule.cronn"), "names the bad key: {}", daemon.log());
+
+    etcd.seed(1, 1).await;
+    daemon.signal(Signal::SIGUSR1);
+    daemon.wait_until("a backup after the failed reload", || manifests(&folder) == 2).await;
+    let (status, _, notes, log) = daemon.stop().await;
+    assert!(status.success(), "{log}");
+    let reloading = position(&notes, "RELOADING=1", 0);
+    position(&notes, "READY=1", reloading + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_an_upload_aborts_cleanly_within_the_grace_period() {
+    let etcd = Etcd::start(EtcdVersion::V34);
+    etcd.seed(1200, 10_000).await;
+    let s3 = S3::start().await;
+    s3.faults.part_delay_ms.store(4000, Ordering::SeqCst);
+    let work = tempfile::tempdir().unwrap();
+    let id = age_identity(work.path(), "ops");
+    std::fs::create_dir_all(work.path().join("metrics")).unwrap();
+    let cfg = write_config(
+        work.path(),
+        &etcd,
+        &id.recipient,
+        "cron = \"0 0 1 1 *\"\nstop_grace = \"1s\"",
+        &s3.config_table(BUCKET, ""),
+    );
+    let daemon = Daemon::start(&cfg).await;
+    daemon.signal(Signal::SIGUSR1);
+    daemon.wait_until("the upload to start", || s3.faults.parts_started.load(Ordering::SeqCst) >= 1).await;
+
+    // A one-shot backup meanwhile is refused clearly: the daemon holds the lock.
+    let oneshot = run(&cfg, &["backup", "--wait", "1s"]).await;
+    assert_eq!(oneshot.status.code(), Some(1));
+    assert!(stderr(&oneshot).contains("another backup is running"), "{}", stderr(&oneshot));
+
+    let (status, took, _, log) = daemon.stop().await;
+    assert!(status.success(), "{log}");
+    assert!(took < Duration::from_secs(4), "stopped {took:?} after SIGTERM with a 1s grace:\n{log}");
+    assert!(log.contains("aborting it cleanly"), "{log}");
+    let local = files(&work.path().join("backups/default"));
+    assert!(local.is_empty(), "no .part, no manifest: {local:?}");
+    assert!(s3.keys(BUCKET).is_empty(), "no completed object: {:?}", s3.keys(BUCKET));
+    let uploads: Vec<String> = files(&s3.root).into_iter().filter(|n| n.starts_with(".upload")).collect();
+    assert!(uploads.is_empty(), "the multipart upload was aborted: {uploads:?}");
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(state_dir_for(&cfg).join("state.json")).unwrap()).unwrap();
+    assert!(state["last_failure"]["error"].as_str().unwrap().contains("cancelled"), "{state}");
+}
