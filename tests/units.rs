@@ -1,0 +1,84 @@
+//! The systemd units in systemd/: `systemd-analyze verify` is silent on them, the service's sandbox
+//! scores at most 2.5 in `systemd-analyze security`, and the one-shot unit shares the service's sandbox.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const UNITS: [&str; 3] = ["etcd-backupd.service", "etcd-backupd-once.service", "etcd-backupd.timer"];
+
+/// The units, with ExecStart pointing at the binary under test (verify checks that it exists).
+fn staged() -> (tempfile::TempDir, Vec<PathBuf>) {
+    let dir = tempfile::tempdir().unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd");
+    let paths = UNITS
+        .iter()
+        .map(|u| {
+            let text = std::fs::read_to_string(src.join(u))
+                .unwrap()
+                .replace("/usr/bin/etcd-backupd", env!("CARGO_BIN_EXE_etcd-backupd"));
+            let p = dir.path().join(u);
+            std::fs::write(&p, text).unwrap();
+            p
+        })
+        .collect();
+    (dir, paths)
+}
+
+#[test]
+fn systemd_analyze_verify_is_silent() {
+    let (_dir, paths) = staged();
+    // The man pages ship with the packages; --man=no keeps verify from looking them up here.
+    let out =
+        Command::new("systemd-analyze").arg("verify").arg("--man=no").args(&paths).output().expect("systemd-analyze");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.trim().is_empty(), "systemd-analyze verify:\n{stderr}");
+}
+
+#[test]
+fn the_service_sandbox_is_tight() {
+    let (_dir, paths) = staged();
+    let out = Command::new("systemd-analyze")
+        .args(["security", "--offline=true"])
+        .arg(&paths[0])
+        .output()
+        .expect("systemd-analyze");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line =
+        text.lines().find(|l| l.contains("Overall exposure level")).unwrap_or_else(|| panic!("no score in:\n{text}"));
+    let score: f64 =
+        line.split(": ").nth(1).and_then(|s| s.split_whitespace().next()).and_then(|s| s.parse().ok()).unwrap();
+    println!("systemd-analyze security --offline=true: {line}");
+    assert!(score <= 2.5, "{line}\n{text}");
+}
+
+#[test]
+fn the_one_shot_unit_shares_the_service_sandbox() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd");
+    let sandbox = |unit: &str| -> Vec<String> {
+        let text = std::fs::read_to_string(src.join(unit)).unwrap();
+        let from = text.find("User=etcd-backupd").unwrap();
+        text[from..]
+            .lines()
+            .take_while(|l| !l.starts_with("[Install]"))
+            .map(str::to_string)
+            .filter(|l| !l.is_empty())
+            .collect()
+    };
+    assert_eq!(sandbox("etcd-backupd-once.service"), sandbox("etcd-backupd.service"));
+}
+
+#[test]
+fn daemon_and_timer_modes_exclude_each_other() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd");
+    let service = std::fs::read_to_string(src.join("etcd-backupd.service")).unwrap();
+    let once = std::fs::read_to_string(src.join("etcd-backupd-once.service")).unwrap();
+    let timer = std::fs::read_to_string(src.join("etcd-backupd.timer")).unwrap();
+    assert!(service.contains("Type=notify") && service.contains("WatchdogSec=") && service.contains("ExecReload="));
+    assert!(service.contains("Conflicts=etcd-backupd.timer") && once.contains("Conflicts=etcd-backupd.service"));
+    assert!(once.contains("Type=oneshot") && once.contains("ExecStart=/usr/bin/etcd-backupd backup"));
+    assert!(
+        timer.contains("Persistent=true")
+            && timer.contains("RandomizedDelaySec=")
+            && timer.contains("Unit=etcd-backupd-once.service")
+    );
+}
