@@ -262,6 +262,14 @@ pub async fn write_backup<S: SnapshotSource>(
         bail!("backup {id} was taken but no destination committed it:\n  {}", describe(&failed));
     }
 
+    // Backups committed locally while S3 was failing are uploaded now, oldest first, before any pruning.
+    if let (Some(Destination::Local(local)), Some(Destination::S3(s3))) = (destinations.first(), destinations.get(1))
+        && committed.contains(&"s3")
+        && let Err(e) = upload_missing(local, s3).await
+    {
+        failed.push(("s3", format!("uploading backups that only the local dir holds: {e:#}")));
+    }
+
     // Each destination that committed is pinned (if asked) and pruned on its own; a destination that
     // failed is not pruned, so a failed upload never costs an older backup.
     let mut pruned = Vec::new();
@@ -302,6 +310,48 @@ pub fn policy_for<'a>(settings: &'a Settings, destination: &Destination) -> &'a 
         (Destination::S3(_), Some(s3)) => &s3.retention,
         _ => &settings.local.retention,
     }
+}
+
+/// Uploads to S3 every backup the local dir holds and S3 does not, oldest first, pin included.
+pub async fn upload_missing(local: &LocalStore, s3: &S3Store) -> Result<Vec<BackupId>> {
+    use tokio::io::AsyncReadExt;
+    let here = local.list().await?;
+    let there = s3.list().await?;
+    let mut uploaded = Vec::new();
+    for stored in here.backups.iter().rev() {
+        let m = &stored.manifest;
+        if there.backups.iter().any(|b| b.manifest.id == m.id) {
+            continue;
+        }
+        let path = local.folder().join(&m.artifact.name);
+        let mut file =
+            tokio::fs::File::open(&path).await.with_context(|| format!("cannot open '{}'", path.display()))?;
+        let mut upload = s3.begin(&m.artifact.name, &m.id.manifest_name()).await?;
+        let copied = async {
+            loop {
+                let mut buf = BytesMut::with_capacity(CHUNK);
+                let n = file.read_buf(&mut buf).await.with_context(|| format!("cannot read '{}'", path.display()))?;
+                if n == 0 {
+                    return anyhow::Ok(());
+                }
+                upload.write(buf.freeze()).await?;
+            }
+        }
+        .await;
+        match copied {
+            Ok(()) => upload.commit(m).await?,
+            Err(e) => {
+                upload.abort().await;
+                return Err(e);
+            }
+        }
+        if stored.pinned {
+            s3.set_pin(&m.id, true).await?;
+        }
+        tracing::info!(id = %m.id, "uploaded a backup that only the local dir held");
+        uploaded.push(m.id.clone());
+    }
+    Ok(uploaded)
 }
 
 fn describe(failed: &[(&str, String)]) -> String {

@@ -330,3 +330,46 @@ async fn the_newest_backup_survives_any_size_limit() {
     assert_eq!(s3.keys(BUCKET).len(), 2);
     assert!(s3.keys(BUCKET).iter().all(|k| k.contains(&newest.to_string())));
 }
+
+/// A backup committed locally while S3 was down is uploaded by the next run, oldest first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backups_that_missed_s3_are_uploaded_by_the_next_run() {
+    let etcd = Etcd::start(EtcdVersion::V34);
+    let s3 = S3::start().await;
+    let work = tempfile::tempdir().unwrap();
+    let identity = age_identity(work.path(), "ops");
+    let cfg = config(
+        work.path(),
+        "{ keep_last = 10 }",
+        Some((&s3, "{ keep_last = 10 }")),
+        &etcd.config_table(),
+        &identity.recipient,
+    );
+
+    s3.faults.down.store(true, Ordering::SeqCst);
+    let mut missed = Vec::new();
+    for pin in [true, false] {
+        etcd.seed(1, 1).await;
+        let args: &[&str] = if pin { &["backup", "--pin"] } else { &["backup"] };
+        let out = run(&cfg, args).await;
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        let listed: Vec<serde_json::Value> =
+            serde_json::from_slice(&run(&cfg, &["list", "--json"]).await.stdout).unwrap_or_default();
+        missed.push(listed.first().map(|b| b["id"].as_str().unwrap().to_string()).unwrap_or_default());
+    }
+    s3.faults.down.store(false, Ordering::SeqCst);
+    let listed: Vec<serde_json::Value> = serde_json::from_slice(&run(&cfg, &["list", "--json"]).await.stdout).unwrap();
+    assert!(listed.iter().all(|b| b["destinations"] == serde_json::json!(["local"])), "{listed:?}");
+
+    etcd.seed(1, 1).await;
+    let out = run(&cfg, &["backup"]).await;
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    let first = err.find(&format!("uploaded a backup that only the local dir held id={}", missed[0]));
+    let second = err.find(&format!("uploaded a backup that only the local dir held id={}", missed[1]));
+    assert!(first.is_some() && second.is_some() && first < second, "oldest first:\n{err}");
+    let listed: Vec<serde_json::Value> = serde_json::from_slice(&run(&cfg, &["list", "--json"]).await.stdout).unwrap();
+    assert_eq!(listed.len(), 3);
+    assert!(listed.iter().all(|b| b["destinations"] == serde_json::json!(["local", "s3"])), "{listed:?}");
+    assert!(s3.keys(BUCKET).iter().any(|k| k.ends_with(&format!("{}.pinned", missed[0]))), "the pin travels too");
+}
