@@ -70,11 +70,18 @@ fn stderr_is_journal() -> bool {
 }
 
 /// Installs the global subscriber. `ETCD_BACKUPD_LOG` (or `RUST_LOG`) sets the filter; default `info`.
+/// Logs go to the journal when stderr is connected to it (or `ETCD_BACKUPD_LOG_TARGET=journal`).
 pub fn init() {
     let filter = EnvFilter::try_from_env("ETCD_BACKUPD_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let journald = if stderr_is_journal() {
+    // ETCD_BACKUPD_LOG_TARGET=journal|stderr overrides the detection (auto).
+    let to_journal = match std::env::var("ETCD_BACKUPD_LOG_TARGET").as_deref() {
+        Ok("journal") => true,
+        Ok("stderr") => false,
+        _ => stderr_is_journal(),
+    };
+    let journald = if to_journal {
         tracing_journald::layer()
             .ok()
             .map(|l| l.with_syslog_identifier(SYSLOG_IDENTIFIER.to_string()).with_field_prefix(None))

@@ -1,0 +1,95 @@
+//! The backup history in a real journal: systemd-journald runs in a private mount namespace with temp
+//! dirs bound over /run/systemd and /run/log; `journalctl -o json` then finds the committed and failed
+//! entries by SYSLOG_IDENTIFIER and MESSAGE_ID, with their fields.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+use etcd_backupd::telemetry::{MESSAGE_BACKUP_COMMITTED, MESSAGE_BACKUP_FAILED};
+
+const SCRIPT: &str = r#"
+set -eu
+T=$1; BIN=$2; GOOD=$3; BAD=$4
+mkdir -p /run/systemd /run/log
+mount --bind "$T/systemd" /run/systemd
+mount --bind "$T/log" /run/log
+mkdir -p /run/systemd/journal
+/lib/systemd/systemd-journald &
+journald=$!
+for i in $(seq 100); do [ -S /run/systemd/journal/socket ] && break; sleep 0.05; done
+export ETCD_BACKUPD_LOG_TARGET=journal
+"$BIN" --config "$GOOD" backup --label journal-test > "$T/good.out" 2>&1 || echo "good exit $?" >> "$T/good.out"
+"$BIN" --config "$BAD" backup > "$T/bad.out" 2>&1 || true
+sleep 0.5
+journalctl -D /run/log/journal --sync >/dev/null 2>&1 || true
+kill $journald
+wait $journald || true
+"#;
+
+fn entries(dir: &std::path::Path, message_id: &str) -> Vec<serde_json::Value> {
+    let out = Command::new("journalctl")
+        .arg("-D")
+        .arg(dir.join("log/journal"))
+        .args(["-o", "json", "--no-pager", "SYSLOG_IDENTIFIER=etcd-backupd", &format!("MESSAGE_ID={message_id}")])
+        .output()
+        .expect("journalctl");
+    String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_journal_holds_the_backup_history() {
+    let etcd = Etcd::start(EtcdVersion::V34);
+    let revision = etcd.seed(20, 100).await;
+    let work = tempfile::tempdir().unwrap();
+    let id = age_identity(work.path(), "ops");
+    for d in ["systemd", "log", "state"] {
+        std::fs::create_dir_all(work.path().join(d)).unwrap();
+    }
+    let body = |endpoint: &str| {
+        format!(
+            "[etcd]\nendpoints = [\"{endpoint}\"]\ndial_timeout = \"2s\"\n[encryption]\nrecipients = [\"{}\"]\n[local]\ndir = \"{}\"\n",
+            id.recipient,
+            work.path().join("backups").display()
+        )
+    };
+    let good = work.path().join("good.toml");
+    std::fs::write(&good, body(&etcd.endpoint)).unwrap();
+    let bad = work.path().join("bad.toml");
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    std::fs::write(&bad, body(&dead)).unwrap();
+
+    let status = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "bash", "-c", SCRIPT, "bash"])
+        .arg(work.path())
+        .arg(env!("CARGO_BIN_EXE_etcd-backupd"))
+        .arg(&good)
+        .arg(&bad)
+        .env("STATE_DIRECTORY", work.path().join("state"))
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .status()
+        .expect("unshare");
+    assert!(status.success());
+    let good_out = std::fs::read_to_string(work.path().join("good.out")).unwrap();
+    assert!(!good_out.contains("good exit"), "{good_out}");
+    assert!(!good_out.contains("INFO"), "logs went to the journal, not stderr: {good_out}");
+
+    let committed = entries(work.path(), MESSAGE_BACKUP_COMMITTED);
+    assert_eq!(committed.len(), 1, "{committed:?}");
+    let e = &committed[0];
+    assert_eq!(e["REVISION"], revision.to_string());
+    assert!(e["BACKUP_ID"].as_str().unwrap().contains(&format!("-r{revision}-")), "{e}");
+    assert_eq!(e["DESTINATIONS"], "local");
+    assert_eq!(e["LABEL"], "journal-test");
+    for field in ["DB_SIZE", "ARTIFACT_SIZE", "DURATION_MS"] {
+        assert!(e[field].as_str().unwrap().parse::<u64>().is_ok(), "{field} in {e}");
+    }
+    assert_eq!(e["PRIORITY"], "5", "notice: tracing-journald maps INFO to 5");
+    assert!(e["MESSAGE"].as_str().unwrap().starts_with("backup "), "{e}");
+
+    let failed = entries(work.path(), MESSAGE_BACKUP_FAILED);
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert!(failed[0]["ERROR"].as_str().unwrap().contains(&dead), "{}", failed[0]);
+    assert_eq!(failed[0]["PRIORITY"], "3");
+}
