@@ -19,7 +19,9 @@ pub fn state_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))
 }
 
+/// Every field has a default, so a state file from another version still loads.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct State {
     pub last_success: Option<Success>,
     pub last_failure: Option<Failure>,
@@ -53,6 +55,7 @@ pub struct Failure {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Runs {
     pub ok: u64,
     pub failed: u64,
@@ -154,6 +157,13 @@ mod tests {
         };
         s.save(dir.path()).await.unwrap();
         assert_eq!(State::load(dir.path()), s);
+        std::fs::write(dir.path().join(STATE_FILE), r#"{"last_attempt": "2026-11-22T06:00:00Z", "future_field": 1}"#)
+            .unwrap();
+        assert_eq!(
+            State::load(dir.path()).last_attempt.map(|t| t.timestamp()),
+            Some(1_795_327_200),
+            "partial files load"
+        );
         std::fs::write(dir.path().join(STATE_FILE), "{not json").unwrap();
         assert_eq!(State::load(dir.path()), State::default());
     }

@@ -231,3 +231,82 @@ async fn sigterm_during_an_upload_aborts_cleanly_within_the_grace_period() {
         serde_json::from_slice(&std::fs::read(state_dir_for(&cfg).join("state.json")).unwrap()).unwrap();
     assert!(state["last_failure"]["error"].as_str().unwrap().contains("cancelled"), "{state}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_fails_when_backups_are_overdue() {
+    let etcd = Etcd::start(EtcdVersion::V34);
+    let work = tempfile::tempdir().unwrap();
+    let id = age_identity(work.path(), "ops");
+    std::fs::create_dir_all(work.path().join("metrics")).unwrap();
+    let cfg = write_config(work.path(), &etcd, &id.recipient, "cron = \"0 */6 * * *\"", "");
+    let out = run(&cfg, &["status"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("no backup has succeeded yet"), "{}", stderr(&out));
+
+    assert!(run(&cfg, &["backup"]).await.status.success());
+    let out = run(&cfg, &["status", "--json"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["overdue"], false);
+    assert_eq!(v["state"]["runs"]["ok"], 1);
+
+    // Pretend the last success was 13 hours ago: more than twice the 6-hour interval.
+    let path = state_dir_for(&cfg).join("state.json");
+    let mut state: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let old = (chrono::Utc::now() - chrono::Duration::hours(13)).to_rfc3339();
+    state["last_success"]["time"] = serde_json::json!(old);
+    std::fs::write(&path, serde_json::to_vec(&state).unwrap()).unwrap();
+    let out = run(&cfg, &["status"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("backups are overdue"), "{}", stderr(&out));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skip_unchanged_uploads_nothing_when_the_revision_is_the_same() {
+    let etcd = Etcd::start(EtcdVersion::V34);
+    let work = tempfile::tempdir().unwrap();
+    let id = age_identity(work.path(), "ops");
+    std::fs::create_dir_all(work.path().join("metrics")).unwrap();
+    let cfg = write_config(work.path(), &etcd, &id.recipient, "skip_unchanged = true", "");
+    let folder = work.path().join("backups/default");
+    assert!(run(&cfg, &["backup"]).await.status.success());
+    let out = run(&cfg, &["backup"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("has not changed"), "{}", stdout(&out));
+    assert_eq!(manifests(&folder), 1);
+    etcd.seed(1, 1).await;
+    assert!(run(&cfg, &["backup"]).await.status.success());
+    assert_eq!(manifests(&folder), 2, "a new revision is backed up");
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(state_dir_for(&cfg).join("state.json")).unwrap()).unwrap();
+    assert_eq!(state["runs"]["unchanged"], 1);
+    assert_eq!(state["runs"]["ok"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missed_run_is_caught_up_on_start() {
+    let etcd = Etcd::start(EtcdVersion::V34);
+    for catch_up in [false, true] {
+        let work = tempfile::tempdir().unwrap();
+        let id = age_identity(work.path(), "ops");
+        std::fs::create_dir_all(work.path().join("metrics")).unwrap();
+        let schedule = format!("cron = \"0 * * * *\"\ncatch_up = {catch_up}");
+        let cfg = write_config(work.path(), &etcd, &id.recipient, &schedule, "");
+        // The last attempt was three hours ago: at least two hourly runs were missed.
+        let state_dir = state_dir_for(&cfg);
+        std::fs::create_dir_all(&state_dir).unwrap();
+        let last = (chrono::Utc::now() - chrono::Duration::hours(3)).to_rfc3339();
+        std::fs::write(state_dir.join("state.json"), format!("{{\"last_attempt\": \"{last}\"}}")).unwrap();
+        let daemon = Daemon::start(&cfg).await;
+        let folder = work.path().join("backups/default");
+        if catch_up {
+            daemon.wait_until("the catch-up backup", || manifests(&folder) == 1).await;
+            assert!(daemon.log().contains("was missed"), "{}", daemon.log());
+        } else {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            assert_eq!(manifests(&folder), 0, "catch_up = false waits for the schedule");
+        }
+        let (status, ..) = daemon.stop().await;
+        assert!(status.success());
+    }
+}
