@@ -335,3 +335,57 @@ async fn save_next(settings: &Settings, state_dir: &Path, state: &mut State, nex
     }
     write_metrics(settings, state).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_transient_failures_are_retried() {
+        let transient = [
+            "cannot reach etcd:\n  http://127.0.0.1:2379: tcp connect error: Connection refused (connection refused: is etcd running and listening on this address?)",
+            "the snapshot stream from http://127.0.0.1:2379 broke: transport error",
+            "s3: S3 uploading part 3 failed for s3://b/c/ at https://s3: cannot reach the store: dispatch failure",
+        ];
+        for t in transient {
+            assert!(is_transient(&anyhow::anyhow!(t.to_string())), "{t}");
+        }
+        let permanent = [
+            "cannot reach etcd:\n  https://127.0.0.1:2379: invalid peer certificate (… point etcd.cacert at the etcd CA …)",
+            "etcd refused the user: check etcd.username and the password in etcd.password_file",
+            "S3 checking the bucket failed for s3://b/c/ at AWS: bucket 'b' does not exist: create it",
+            "the store rejected the credentials: check the AWS access key",
+            "not enough free space in '/var/lib/etcd-backupd/backups/default'",
+            "the backup was cancelled (etcd-backupd is stopping)",
+        ];
+        for p in permanent {
+            assert!(!is_transient(&anyhow::anyhow!(p.to_string())), "{p}");
+        }
+    }
+
+    #[test]
+    fn status_line_reads_like_the_docs() {
+        use chrono::TimeZone;
+        let t = Utc.with_ymd_and_hms(2026, 11, 22, 6, 0, 0).unwrap();
+        let mut s = State {
+            last_success: Some(Success {
+                time: t,
+                id: "x".into(),
+                revision: 48211,
+                artifact_size: 13_002_342,
+                duration_ms: 1,
+                destinations: vec![],
+                unchanged: false,
+            }),
+            next_run: Some(t + chrono::Duration::hours(6)),
+            ..State::default()
+        };
+        assert_eq!(
+            status_line(&s, false),
+            "last ok 2026-11-22 06:00 rev 48211 (12.4 MiB); next 2026-11-22 12:00:00 UTC"
+        );
+        s.last_failure = Some(Failure { time: t + chrono::Duration::hours(1), error: "x".into() });
+        assert!(status_line(&s, true).starts_with("backing up; last run FAILED 2026-11-22 07:00"));
+        assert_eq!(status_line(&State::default(), false), "no backup yet; no next run");
+    }
+}

@@ -310,3 +310,25 @@ async fn a_missed_run_is_caught_up_on_start() {
         assert!(status.success());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_due_while_one_is_going_is_skipped() {
+    let etcd = Etcd::start(EtcdVersion::V34);
+    etcd.seed(700, 10_000).await;
+    let s3 = S3::start().await;
+    s3.faults.part_delay_ms.store(1500, Ordering::SeqCst);
+    let work = tempfile::tempdir().unwrap();
+    let id = age_identity(work.path(), "ops");
+    std::fs::create_dir_all(work.path().join("metrics")).unwrap();
+    let cfg = write_config(work.path(), &etcd, &id.recipient, "cron = \"* * * * * *\"", &s3.config_table(BUCKET, ""));
+    let daemon = Daemon::start(&cfg).await;
+    daemon
+        .wait_until("a skipped run", || daemon.log().contains("a backup is still running; skipping this scheduled run"))
+        .await;
+    daemon.wait_until("the slow backup to commit", || manifests(&work.path().join("backups/default")) >= 1).await;
+    let (status, _, _, log) = daemon.stop().await;
+    assert!(status.success(), "{log}");
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(state_dir_for(&cfg).join("state.json")).unwrap()).unwrap();
+    assert!(state["runs"]["skipped"].as_u64().unwrap() >= 1, "{state}");
+}
