@@ -368,15 +368,7 @@ mod tests {
         use chrono::TimeZone;
         let t = Utc.with_ymd_and_hms(2026, 11, 22, 6, 0, 0).unwrap();
         let mut s = State {
-            last_success: Some(Success {
-                time: t,
-                id: "x".into(),
-                revision: 48211,
-                artifact_size: 13_002_342,
-                duration_ms: 1,
-                destinations: vec![],
-                unchanged: false,
-            }),
+            last_success: Some(crate::state::sample_success(t)),
             next_run: Some(t + chrono::Duration::hours(6)),
             ..State::default()
         };

@@ -73,22 +73,14 @@ pub async fn write(path: &Path, text: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::{Failure, Success};
+    use crate::state::Failure;
     use chrono::TimeZone;
 
     #[test]
     fn renders_every_metric_with_labels() {
         let t = chrono::Utc.with_ymd_and_hms(2026, 11, 22, 6, 0, 0).unwrap();
         let mut s = State {
-            last_success: Some(Success {
-                time: t,
-                id: "x".into(),
-                revision: 48211,
-                artifact_size: 13_002_342,
-                duration_ms: 1500,
-                destinations: vec!["local".into(), "s3".into()],
-                unchanged: false,
-            }),
+            last_success: Some(crate::state::sample_success(t)),
             last_failure: Some(Failure { time: t, error: "boom".into() }),
             ..State::default()
         };

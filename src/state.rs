@@ -142,6 +142,20 @@ impl Lock {
     }
 }
 
+/// A successful run at `time`, for tests elsewhere.
+#[cfg(test)]
+pub fn sample_success(time: DateTime<Utc>) -> Success {
+    Success {
+        time,
+        id: "20261122T060000Z-r48211-a".into(),
+        revision: 48211,
+        artifact_size: 13_002_342,
+        duration_ms: 1500,
+        destinations: vec!["local".into(), "s3".into()],
+        unchanged: false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

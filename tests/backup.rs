@@ -252,5 +252,6 @@ async fn s3_over_tls_with_an_extra_ca_and_request_options() {
         let want = (checksums == "when_supported").then(|| "x-amz-checksum-crc32".to_string());
         assert!(sent.iter().all(|c| *c == want), "{checksums}: parts carried {sent:?}");
     }
-    assert_eq!(s3.keys(BUCKET).len(), 4, "{:?}", s3.keys(BUCKET));
+    // Three backups: the one that could not reach S3 without the CA was caught up by the next run.
+    assert_eq!(s3.keys(BUCKET).len(), 6, "{:?}", s3.keys(BUCKET));
 }

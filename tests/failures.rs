@@ -84,18 +84,23 @@ async fn every_endpoint_is_tried_in_order() {
     assert_committed_locally(&s.folder());
 }
 
+/// An `[etcd]` table with the given CA, client certificate and key.
+fn tls_table(etcd: &Etcd, ca: &Path, cert: &Path, key: &Path) -> String {
+    format!(
+        "[etcd]\nendpoints = [\"{}\"]\ndial_timeout = \"3s\"\ncacert = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+        etcd.endpoint,
+        ca.display(),
+        cert.display(),
+        key.display()
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_client_certificate_is_refused_clearly() {
     let s = Setup::new();
     let etcd = Etcd::start_tls(EtcdVersion::V34);
     let pki = etcd.pki.as_ref().unwrap();
-    let table = format!(
-        "[etcd]\nendpoints = [\"{}\"]\ndial_timeout = \"3s\"\ncacert = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
-        etcd.endpoint,
-        pki.ca.display(),
-        pki.rogue_cert.display(),
-        pki.rogue_key.display()
-    );
+    let table = tls_table(&etcd, &pki.ca, &pki.rogue_cert, &pki.rogue_key);
     let out = run(&s.config(&table, ""), &["backup"]).await;
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
@@ -110,13 +115,7 @@ async fn server_certificate_from_another_ca_is_refused_clearly() {
     let etcd = Etcd::start_tls(EtcdVersion::V34);
     let pki = etcd.pki.as_ref().unwrap();
     // Trust the rogue CA's leaf instead of etcd's CA.
-    let table = format!(
-        "[etcd]\nendpoints = [\"{}\"]\ndial_timeout = \"3s\"\ncacert = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
-        etcd.endpoint,
-        pki.rogue_cert.display(),
-        pki.client_cert.display(),
-        pki.client_key.display()
-    );
+    let table = tls_table(&etcd, &pki.rogue_cert, &pki.client_cert, &pki.client_key);
     let out = run(&s.config(&table, ""), &["backup"]).await;
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);

@@ -61,15 +61,7 @@ impl SnapshotSource for FakeSource {
 
 /// A plausible snapshot: 12 MiB of pseudo-random pages and etcd's sha256 trailer.
 fn snapshot_bytes() -> Vec<u8> {
-    let mut state = 0x2545f4914f6cdd1du64;
-    let mut body: Vec<u8> = (0..12 * 1024 * 1024)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect();
+    let mut body = pseudo_random(12 * 1024 * 1024, 0x2545f4914f6cdd1d);
     let sum = sha2::Sha256::digest(&body);
     body.extend_from_slice(&sum);
     body

@@ -266,17 +266,9 @@ impl Etcd {
     /// compress). Returns the revision after the last write.
     pub async fn seed(&self, count: usize, value_len: usize) -> i64 {
         let mut client = self.client().await;
-        let mut rng_state = 0x9e3779b97f4a7c15u64 ^ count as u64;
         let mut revision = 0;
         for i in 0..count {
-            let value: Vec<u8> = (0..value_len)
-                .map(|_| {
-                    rng_state ^= rng_state << 13;
-                    rng_state ^= rng_state >> 7;
-                    rng_state ^= rng_state << 17;
-                    rng_state as u8
-                })
-                .collect();
+            let value = pseudo_random(value_len, (count * 1_000_003 + i) as u64);
             let resp = client.put(format!("seed/{i:06}"), value, None).await.unwrap();
             revision = resp.header().unwrap().revision();
         }
@@ -648,4 +640,17 @@ pub fn plant(folder: &Path, id: &etcd_backupd::manifest::BackupId, size: usize, 
     if pinned {
         std::fs::write(folder.join(id.pin_name()), "pinned").unwrap();
     }
+}
+
+/// `len` bytes that do not compress (xorshift64 from `seed`).
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
 }
