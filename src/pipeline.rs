@@ -239,7 +239,7 @@ pub async fn write_backup<S: SnapshotSource>(
     for (upload, written) in finished {
         let destination = upload.destination();
         let outcome = match written {
-            Ok(()) => upload.commit(&manifest).await,
+            Ok(()) => upload.commit(&manifest, &request.cancel).await,
             Err(e) => {
                 upload.abort().await;
                 Err(e)
@@ -339,7 +339,7 @@ pub async fn upload_missing(local: &LocalStore, s3: &S3Store) -> Result<Vec<Back
         }
         .await;
         match copied {
-            Ok(()) => upload.commit(m).await?,
+            Ok(()) => upload.commit(m, &Default::default()).await?,
             Err(e) => {
                 upload.abort().await;
                 return Err(e);

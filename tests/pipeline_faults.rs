@@ -141,5 +141,30 @@ fn faults_in_the_snapshot_stream_commit_nothing_anywhere() {
                 .unwrap_err();
         assert!(format!("{err:#}").contains("too short"), "{err:#}");
         assert_clean(work.path(), &s3);
+
+        // Cancelled while S3 completes (the stream is done, a slow part is still uploading): the S3
+        // upload is aborted at once, not left to finish.
+        let (s3, work) = (S3::start().await, tempfile::tempdir().unwrap());
+        s3.faults.part_delay_ms.store(5000, std::sync::atomic::Ordering::SeqCst);
+        let mut zeros = vec![0u8; 4 * 1024 * 1024];
+        let sum = sha2::Sha256::digest(&zeros);
+        zeros.extend_from_slice(&sum);
+        let request = BackupRequest::default();
+        let cancel = request.cancel.clone();
+        let started = std::time::Instant::now();
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+            cancel.cancel();
+        });
+        let outcome =
+            write_backup(&settings(work.path(), &s3, &id.recipient), &request, FakeSource::new(zeros, 11)).await;
+        assert!(started.elapsed() < std::time::Duration::from_secs(4), "took {:?}", started.elapsed());
+        if let Ok(report) = &outcome {
+            assert!(!report.committed.contains(&"s3"), "{report:?}");
+        }
+        assert!(s3.keys(BUCKET).is_empty(), "no completed object: {:?}", s3.keys(BUCKET));
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let uploads: Vec<String> = files(&s3.root).into_iter().filter(|n| n.starts_with(".upload-")).collect();
+        assert!(uploads.is_empty(), "the multipart upload was aborted: {uploads:?}");
     });
 }

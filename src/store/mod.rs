@@ -195,11 +195,12 @@ impl Upload {
         }
     }
 
-    /// Makes the artifact durable and visible, then writes the manifest: the commit.
-    pub async fn commit(self, manifest: &Manifest) -> anyhow::Result<()> {
+    /// Makes the artifact durable and visible, then writes the manifest: the commit. A cancelled S3
+    /// commit that is still waiting for its parts aborts the upload instead.
+    pub async fn commit(self, manifest: &Manifest, cancel: &tokio_util::sync::CancellationToken) -> anyhow::Result<()> {
         match self {
             Upload::Local(u) => u.commit(manifest).await,
-            Upload::S3(u) => (*u).commit(manifest).await,
+            Upload::S3(u) => (*u).commit(manifest, cancel).await,
         }
     }
 

@@ -522,15 +522,21 @@ impl S3Upload {
     }
 
     async fn wait_in_flight(&mut self) -> Result<()> {
-        if let Some(handle) = self.in_flight.take() {
-            let part = handle.await.context("part upload task failed")??;
-            self.parts.push(part);
+        // The handle stays in place while awaited: if this wait is cancelled, `abort` still stops the part.
+        if let Some(handle) = &mut self.in_flight {
+            let part = handle.await;
+            self.in_flight = None;
+            self.parts.push(part.context("part upload task failed")??);
         }
         Ok(())
     }
 
-    pub async fn commit(mut self, manifest: &Manifest) -> Result<()> {
-        if let Err(e) = self.complete().await {
+    pub async fn commit(mut self, manifest: &Manifest, cancel: &tokio_util::sync::CancellationToken) -> Result<()> {
+        let completed = tokio::select! {
+            completed = self.complete() => completed,
+            () = cancel.cancelled() => Err(anyhow!("the upload was cancelled (etcd-backupd is stopping)")),
+        };
+        if let Err(e) = completed {
             self.abort().await;
             return Err(e);
         }

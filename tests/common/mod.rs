@@ -644,7 +644,11 @@ pub fn plant(folder: &Path, id: &etcd_backupd::manifest::BackupId, size: usize, 
 
 /// `len` bytes that do not compress (xorshift64 from `seed`).
 pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed | 1;
+    // splitmix64 spreads small seeds over the whole state, so the output is random from the first byte.
+    let mut z = seed.wrapping_add(0x9e3779b97f4a7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d049bb133111eb);
+    let mut state = (z ^ (z >> 31)) | 1;
     (0..len)
         .map(|_| {
             state ^= state << 13;
