@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 use serde::Serialize;
@@ -16,6 +16,7 @@ use crate::daemon::{Outcome, record, run_once};
 use crate::manifest::{BackupId, Manifest, check_label};
 use crate::pipeline::{BackupRequest, policy_for};
 use crate::prune::{PruneOptions, PruneReport, prune};
+use crate::restore::{MemberFlags, Selector};
 use crate::store::Destination;
 use crate::store::local::LocalStore;
 use crate::store::s3::S3Store;
@@ -57,6 +58,46 @@ pub enum Command {
     },
     /// Run as a daemon: back up on the [schedule], prune, report to systemd and the journal.
     Run,
+    /// Check a backup in every destination: the artifact's size and sha256 against its manifest; with
+    /// --identity also decrypt, decompress and check etcd's sha256 trailer.
+    Verify {
+        /// A backup id, or `latest`.
+        #[arg(default_value = "latest", value_parser = parse_selector)]
+        backup: Selector,
+        /// An age identity file (or unencrypted SSH private key) that can decrypt the backups.
+        #[arg(long)]
+        identity: Option<PathBuf>,
+    },
+    /// Restore a backup: into a NEW data dir with etcd's own `snapshot restore`, or as a plain snapshot file.
+    Restore {
+        /// A backup id, or `latest`.
+        #[arg(default_value = "latest", value_parser = parse_selector, conflicts_with = "before")]
+        backup: Selector,
+        /// The newest backup taken before this time (RFC 3339).
+        #[arg(long, value_parser = parse_time)]
+        before: Option<DateTime<Utc>>,
+        /// An age identity file (or unencrypted SSH private key) that can decrypt the backup.
+        #[arg(long)]
+        identity: PathBuf,
+        /// Restore into this data dir; it must not exist or be empty.
+        #[arg(long, required_unless_present = "output", conflicts_with = "output")]
+        data_dir: Option<PathBuf>,
+        /// Write the plain snapshot (as `etcdctl snapshot save` would) to this file instead.
+        #[arg(long)]
+        output: Option<PathBuf>,
+        /// Member name for the restored member.
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        initial_cluster: Option<String>,
+        #[arg(long)]
+        initial_advertise_peer_urls: Option<String>,
+        #[arg(long)]
+        initial_cluster_token: Option<String>,
+        /// Where etcdutl / etcdctl are (default: PATH).
+        #[arg(long)]
+        etcd_bin: Option<PathBuf>,
+    },
     /// Show the last success and failure, the next run and the backups per destination; exit 1 if the
     /// last success is older than twice the schedule's interval.
     Status {
@@ -101,6 +142,10 @@ pub enum Command {
         #[arg(value_parser = parse_id)]
         id: BackupId,
     },
+}
+
+fn parse_selector(s: &str) -> Result<Selector, String> {
+    Selector::parse(s)
 }
 
 fn parse_wait(s: &str) -> Result<std::time::Duration, String> {
@@ -180,6 +225,28 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Run => crate::daemon::run(cli.config.clone(), settings).await.map_err(Failure::Other),
         Command::Status { json } => status(&settings, json),
+        Command::Verify { backup, identity } => verify(&settings, &backup, identity.as_deref()).await,
+        Command::Restore {
+            backup,
+            before,
+            identity,
+            data_dir,
+            output,
+            name,
+            initial_cluster,
+            initial_advertise_peer_urls,
+            initial_cluster_token,
+            etcd_bin,
+        } => {
+            let selector = before.map(Selector::Before).unwrap_or(backup);
+            let flags = MemberFlags { name, initial_cluster, initial_advertise_peer_urls, initial_cluster_token };
+            let target = match (data_dir, output) {
+                (Some(dir), _) => RestoreTarget::DataDir(dir, flags, etcd_bin),
+                (None, Some(file)) => RestoreTarget::File(file),
+                (None, None) => unreachable!("clap requires one"),
+            };
+            restore(&settings, &selector, &identity, target).await
+        }
         Command::List { json } => list(&settings, json).await,
         Command::Prune { dry_run, now, json } => {
             prune_all(&settings, dry_run, now.unwrap_or_else(Utc::now), json).await
@@ -460,4 +527,151 @@ async fn set_pin(settings: &Settings, id: &BackupId, pinned: bool) -> Result<(),
         errors.push(format!("no destination holds a backup {id} (see etcd-backupd list)"));
     }
     fail_if(errors, if pinned { "pin did not finish" } else { "unpin did not finish" })
+}
+
+/// A scratch folder for downloads: beside the state, never on tmpfs-backed /tmp by surprise.
+fn scratch_dir() -> Result<tempfile::TempDir> {
+    let base = crate::state::state_dir();
+    std::fs::create_dir_all(&base).ok();
+    tempfile::Builder::new()
+        .prefix(".etcd-backupd-scratch")
+        .tempdir_in(if base.is_dir() { base } else { std::env::temp_dir() })
+        .context("cannot create a scratch folder")
+}
+
+async fn verify(settings: &Settings, selector: &Selector, identity: Option<&std::path::Path>) -> Result<(), Failure> {
+    let identities = match identity {
+        Some(path) => Some(std::sync::Arc::new(crate::crypto::read_identities(path).map_err(|e| anyhow::anyhow!(e))?)),
+        None => None,
+    };
+    let (destinations, mut errors) = destinations(settings).await;
+    let found = crate::restore::find(&destinations, selector).await?;
+    let m = &found.manifest;
+    let scratch = scratch_dir()?;
+    for holder in &found.holders {
+        let checked = async {
+            let artifact = crate::restore::fetch(holder, m, scratch.path()).await?;
+            let (artifact2, manifest) = (artifact.clone(), m.clone());
+            tokio::task::spawn_blocking(move || crate::restore::check_artifact(&artifact2, &manifest)).await??;
+            if let Some(ids) = &identities {
+                let plain = scratch.path().join("plain.db");
+                let (artifact, manifest, ids) = (artifact.clone(), m.clone(), ids.clone());
+                let p = plain.clone();
+                let checked =
+                    tokio::task::spawn_blocking(move || crate::restore::decrypt_to(&artifact, &manifest, &ids, &p))
+                        .await?;
+                let _ = std::fs::remove_file(&plain);
+                checked?;
+            }
+            anyhow::Ok(())
+        }
+        .await;
+        match checked {
+            Ok(()) => println!(
+                "{} {}: OK ({})",
+                holder.name(),
+                m.id,
+                if identities.is_some() {
+                    "decrypted, decompressed, trailer and sizes match"
+                } else {
+                    "artifact size and sha256 match the manifest"
+                },
+            ),
+            Err(e) => errors.push(format!("{}: {e:#}", holder.name())),
+        }
+    }
+    fail_if(errors, &format!("backup {} did not verify", m.id))
+}
+
+enum RestoreTarget {
+    DataDir(PathBuf, MemberFlags, Option<PathBuf>),
+    File(PathBuf),
+}
+
+async fn restore(
+    settings: &Settings,
+    selector: &Selector,
+    identity: &std::path::Path,
+    target: RestoreTarget,
+) -> Result<(), Failure> {
+    let identities = crate::crypto::read_identities(identity).map_err(|e| anyhow::anyhow!(e))?;
+    // Refuse a bad target before fetching anything.
+    match &target {
+        RestoreTarget::DataDir(dir, _, etcd_bin) => {
+            if dir.exists() && std::fs::read_dir(dir).map(|mut d| d.next().is_some()).unwrap_or(true) {
+                return Err(anyhow::anyhow!(
+                    "'{}' is not empty: restore into a new data dir, then swap it in",
+                    dir.display()
+                )
+                .into());
+            }
+            crate::restore::restore_tool(etcd_bin.as_deref())?;
+        }
+        RestoreTarget::File(file) if file.exists() => {
+            return Err(anyhow::anyhow!("'{}' already exists: choose a new file", file.display()).into());
+        }
+        RestoreTarget::File(_) => {}
+    }
+    let (destinations, _) = destinations(settings).await;
+    let found = crate::restore::find(&destinations, selector).await?;
+    let m = found.manifest.clone();
+    let scratch = scratch_dir()?;
+    let snapshot = match &target {
+        RestoreTarget::File(file) => file.clone(),
+        RestoreTarget::DataDir(..) => scratch.path().join("snapshot.db"),
+    };
+    let identities = std::sync::Arc::new(identities);
+    // Local first; a damaged or unreadable copy falls back to the next destination that holds it.
+    let mut failures = Vec::new();
+    let mut plain = None;
+    for holder in &found.holders {
+        tracing::info!(id = %m.id, from = holder.name(), "restoring");
+        let attempt = async {
+            let artifact = crate::restore::fetch(holder, &m, scratch.path()).await?;
+            let (manifest, snap, ids) = (m.clone(), snapshot.clone(), identities.clone());
+            tokio::task::spawn_blocking(move || crate::restore::decrypt_to(&artifact, &manifest, &ids, &snap)).await?
+        }
+        .await;
+        match attempt {
+            Ok(p) => {
+                plain = Some(p);
+                break;
+            }
+            Err(e) => {
+                tracing::warn!(from = holder.name(), error = %format!("{e:#}"), "this copy cannot be restored; trying the next");
+                failures.push(format!("{}: {e:#}", holder.name()));
+            }
+        }
+    }
+    let Some(plain) = plain else {
+        return Err(anyhow::anyhow!("no copy of {} could be restored:\n  {}", m.id, failures.join("\n  ")).into());
+    };
+    match target {
+        RestoreTarget::File(file) => {
+            println!(
+                "wrote the snapshot of {} (revision {}, {}) to {}",
+                m.id,
+                m.etcd.revision,
+                format_size(plain.size),
+                file.display()
+            );
+            println!("it is exactly what etcd sent: `etcdutl snapshot restore {}` checks its hash", file.display());
+        }
+        RestoreTarget::DataDir(dir, flags, etcd_bin) => {
+            crate::restore::restore_into(&snapshot, &dir, &flags, etcd_bin.as_deref())?;
+            let _ = std::fs::remove_file(&snapshot);
+            println!("restored {} (revision {}) into {}", m.id, m.etcd.revision, dir.display());
+            println!("next steps, on every member:");
+            println!(
+                "  1. stop the Kubernetes API servers (kubeadm: move kube-apiserver.yaml out of /etc/kubernetes/manifests)"
+            );
+            println!("  2. stop etcd");
+            println!(
+                "  3. move the old data dir aside and put {} in its place (keep owner and mode 0700)",
+                dir.display()
+            );
+            println!("  4. start etcd and check `etcdctl endpoint status`, then start the API servers");
+        }
+    }
+    Ok(())
 }

@@ -68,6 +68,36 @@ pub fn parse_recipients_text(text: &str) -> Result<Vec<String>, (usize, String)>
     Ok(out)
 }
 
+/// Reads an identity file for decryption: age identities (`AGE-SECRET-KEY-…`) or an unencrypted SSH
+/// private key. Only ever needed off the etcd host (verification hosts, restores).
+pub fn read_identities(path: &std::path::Path) -> Result<Vec<Box<dyn age::Identity + Send + Sync>>, String> {
+    let text = std::fs::read(path).map_err(|e| format!("cannot read the identity file '{}': {e}", path.display()))?;
+    if text.starts_with(b"-----BEGIN") {
+        let key = age::ssh::Identity::from_buffer(&text[..], Some(path.display().to_string()))
+            .map_err(|e| format!("'{}' is not a usable SSH private key: {e}", path.display()))?;
+        return match key {
+            age::ssh::Identity::Unencrypted(_) => Ok(vec![Box::new(key)]),
+            age::ssh::Identity::Encrypted(_) => Err(format!(
+                "'{}' is a passphrase-protected SSH key, which etcd-backupd cannot prompt for: decrypt by hand with `age -d -i {}` or use an unprotected copy on the verification host",
+                path.display(),
+                path.display()
+            )),
+            _ => Err(format!("'{}' holds an SSH key type age does not support", path.display())),
+        };
+    }
+    let file = age::IdentityFile::from_buffer(&text[..])
+        .map_err(|e| format!("'{}' is not an age identity file: {e}", path.display()))?;
+    let identities =
+        file.into_identities().map_err(|e| format!("cannot use the identities in '{}': {e}", path.display()))?;
+    if identities.is_empty() {
+        return Err(format!(
+            "'{}' holds no identity (expected AGE-SECRET-KEY-… lines, as age-keygen writes)",
+            path.display()
+        ));
+    }
+    Ok(identities)
+}
+
 /// Wraps `output` so that everything written to it is encrypted to all `recipients`.
 /// The caller must call `finish()` on the returned writer, or the file is truncated.
 pub fn encrypt_to<W: Write>(recipients: &[String], output: W) -> Result<age::stream::StreamWriter<W>, String> {

@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod notify;
 pub mod pipeline;
 pub mod prune;
+pub mod restore;
 pub mod retention;
 pub mod schedule;
 pub mod snapshot;

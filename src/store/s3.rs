@@ -368,6 +368,34 @@ impl S3Store {
         Ok(())
     }
 
+    /// Downloads `name` from the cluster folder into `path` (0600), streaming.
+    pub async fn download(&self, name: &str, path: &std::path::Path) -> Result<()> {
+        use tokio::io::AsyncWriteExt;
+        let key = format!("{}{name}", self.folder);
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.settings.bucket)
+            .key(&key)
+            .send()
+            .await
+            .map_err(|e| self.explain(e, "downloading a backup"))?;
+        let _ = tokio::fs::remove_file(path).await;
+        let mut file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .await
+            .with_context(|| format!("cannot create '{}'", path.display()))?;
+        let mut body = out.body;
+        while let Some(chunk) = body.try_next().await.with_context(|| format!("downloading '{key}' broke"))? {
+            file.write_all(&chunk).await.with_context(|| format!("cannot write '{}'", path.display()))?;
+        }
+        file.flush().await?;
+        Ok(())
+    }
+
     async fn get_small(&self, key: &str) -> Result<Vec<u8>> {
         let out = self
             .client

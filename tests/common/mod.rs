@@ -221,6 +221,12 @@ impl Etcd {
         format!("{:x}", status[0]["Status"]["header"]["member_id"].as_u64().unwrap())
     }
 
+    /// Starts a plain member on an existing (restored) data dir, with the peer port it was restored with.
+    pub fn start_on(version: EtcdVersion, data_dir: &Path, peer_port: u16) -> Etcd {
+        let dir = tempfile::tempdir().unwrap();
+        Self::spawn(version, dir, data_dir.to_path_buf(), false, Some(peer_port), &[])
+    }
+
     /// etcdctl arguments that reach this member.
     pub fn ctl_args(&self) -> Vec<String> {
         let mut args = vec!["--endpoints".to_string(), self.endpoint.clone()];

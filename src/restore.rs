@@ -1,0 +1,291 @@
+//! Getting a backup back: check an artifact against its manifest, decrypt and decompress it into the
+//! plain snapshot etcd sent (trailer checked), and restore that into a new data dir with etcd's own tool.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow, bail};
+use sha2::{Digest, Sha256};
+
+use crate::manifest::{BackupId, Manifest};
+use crate::snapshot::TrailerCheck;
+use crate::store::{Destination, Stored};
+
+/// Which backup: an id, the newest, or the newest before a time.
+#[derive(Debug, Clone)]
+pub enum Selector {
+    Id(BackupId),
+    Latest,
+    Before(chrono::DateTime<chrono::Utc>),
+}
+
+impl Selector {
+    pub fn parse(text: &str) -> Result<Selector, String> {
+        if text == "latest" { Ok(Selector::Latest) } else { BackupId::parse(text).map(Selector::Id) }
+    }
+
+    fn pick<'a>(&self, backups: &'a [Stored]) -> Option<&'a Stored> {
+        // Listings are newest first.
+        match self {
+            Selector::Id(id) => backups.iter().find(|b| &b.manifest.id == id),
+            Selector::Latest => backups.first(),
+            Selector::Before(t) => backups.iter().find(|b| b.manifest.created < *t),
+        }
+    }
+}
+
+/// The chosen backup and the destinations that hold it, local first.
+pub struct Found<'a> {
+    pub manifest: Manifest,
+    pub holders: Vec<&'a Destination>,
+}
+
+/// Finds a backup in the destinations (local first).
+pub async fn find<'a>(destinations: &'a [Destination], selector: &Selector) -> Result<Found<'a>> {
+    let mut found: Option<Found<'a>> = None;
+    let mut errors = Vec::new();
+    for d in destinations {
+        match d.list().await {
+            Ok(listing) => {
+                let pick = match &found {
+                    // Once chosen, look for the same backup elsewhere.
+                    Some(f) => Selector::Id(f.manifest.id.clone()).pick(&listing.backups).cloned(),
+                    None => selector.pick(&listing.backups).cloned(),
+                };
+                if let Some(stored) = pick {
+                    found
+                        .get_or_insert_with(|| Found { manifest: stored.manifest.clone(), holders: Vec::new() })
+                        .holders
+                        .push(d);
+                }
+            }
+            Err(e) => errors.push(format!("{}: {e:#}", d.name())),
+        }
+    }
+    found.ok_or_else(|| {
+        let what = match selector {
+            Selector::Id(id) => format!("no destination holds a backup {id}"),
+            Selector::Latest => "no destination holds any backup".to_string(),
+            Selector::Before(t) => format!("no backup was taken before {t}"),
+        };
+        if errors.is_empty() {
+            anyhow!("{what} (see etcd-backupd list)")
+        } else {
+            anyhow!("{what}; also: {}", errors.join("; "))
+        }
+    })
+}
+
+/// Makes the artifact available as a local file: the local copy, or a download from S3 into `scratch`.
+pub async fn fetch(holder: &Destination, manifest: &Manifest, scratch: &Path) -> Result<PathBuf> {
+    match holder {
+        Destination::Local(l) => Ok(l.folder().join(&manifest.artifact.name)),
+        Destination::S3(s3) => {
+            let path = scratch.join(format!(".{}.download", manifest.artifact.name));
+            s3.download(&manifest.artifact.name, &path).await?;
+            Ok(path)
+        }
+    }
+}
+
+/// Checks that an artifact file is the one the manifest recorded: size and sha256.
+pub fn check_artifact(path: &Path, manifest: &Manifest) -> Result<()> {
+    let mut file = std::fs::File::open(path).with_context(|| format!("cannot open '{}'", path.display()))?;
+    let mut hasher = Sha256::new();
+    let size = std::io::copy(&mut file, &mut hasher).with_context(|| format!("cannot read '{}'", path.display()))?;
+    let sha = hex::encode(hasher.finalize());
+    if size != manifest.artifact.size || sha != manifest.artifact.sha256 {
+        bail!(
+            "'{}' does not match its manifest: {size} bytes with sha256 {sha}, the manifest says {} bytes with sha256 {}; the artifact is damaged or was replaced",
+            path.display(),
+            manifest.artifact.size,
+            manifest.artifact.sha256
+        );
+    }
+    Ok(())
+}
+
+/// What decrypting found.
+#[derive(Debug)]
+pub struct Plain {
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// Decrypts and decompresses `artifact` into `output` (0600, written as `.part` and renamed only when
+/// every check passed): the artifact's sha256 and size must match the manifest, and the plain snapshot's
+/// trailer, size and sha256 too. Runs on the calling thread: call it from a blocking task.
+pub fn decrypt_to(
+    artifact: &Path,
+    manifest: &Manifest,
+    identities: &[Box<dyn age::Identity + Send + Sync>],
+    output: &Path,
+) -> Result<Plain> {
+    let part = output.with_file_name(format!(
+        ".{}.part",
+        output.file_name().and_then(|n| n.to_str()).context("the output needs a file name")?
+    ));
+    let result = (|| {
+        let file = std::fs::File::open(artifact).with_context(|| format!("cannot open '{}'", artifact.display()))?;
+        let mut hashed = HashingReader { inner: std::io::BufReader::new(file), hasher: Sha256::new(), size: 0 };
+        let decryptor = age::Decryptor::new_buffered(&mut hashed)
+            .map_err(|e| anyhow!("'{}' is not an age file: {e}", artifact.display()))?;
+        let decrypted =
+            decryptor.decrypt(identities.iter().map(|i| i.as_ref() as &dyn age::Identity)).map_err(|e| {
+                anyhow!(
+                    "cannot decrypt {}: {e} (is the identity one of the backup's recipients? the manifest lists them)",
+                    manifest.id
+                )
+            })?;
+        let mut plain: Box<dyn Read> = match manifest.artifact.compression.as_str() {
+            "zstd" => Box::new(zstd::stream::read::Decoder::new(decrypted).context("cannot start zstd")?),
+            "none" => Box::new(decrypted),
+            other => bail!("the manifest names a compression this version does not know: {other}"),
+        };
+        let mut out = create_private(&part)?;
+        let mut check = TrailerCheck::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = plain.read(&mut buf).map_err(|e| anyhow!("the artifact of {} is corrupt: {e}", manifest.id))?;
+            if n == 0 {
+                break;
+            }
+            check.update(&buf[..n]);
+            out.write_all(&buf[..n]).with_context(|| format!("cannot write '{}'", part.display()))?;
+        }
+        drop(plain);
+        let size = check.total();
+        let sha256 = check.finish().map_err(|e| anyhow!("{}: {e}", manifest.id))?;
+        // Read whatever the decoder left, so the artifact hash covers the whole file.
+        std::io::copy(&mut hashed, &mut std::io::sink())?;
+        let artifact_sha = hex::encode(hashed.hasher.finalize_reset());
+        if hashed.size != manifest.artifact.size || artifact_sha != manifest.artifact.sha256 {
+            bail!(
+                "the artifact of {} does not match its manifest (size or sha256): it is damaged or was replaced",
+                manifest.id
+            );
+        }
+        if size != manifest.snapshot.size || sha256 != manifest.snapshot.sha256 {
+            bail!("the snapshot in {} does not match its manifest (size or sha256)", manifest.id);
+        }
+        out.sync_all()?;
+        Ok(Plain { size, sha256 })
+    })();
+    match result {
+        Ok(plain) => {
+            std::fs::rename(&part, output).with_context(|| format!("cannot rename '{}'", part.display()))?;
+            Ok(plain)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&part);
+            Err(e)
+        }
+    }
+}
+
+struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+    size: u64,
+}
+
+impl<R: std::io::BufRead> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+}
+
+impl<R: std::io::BufRead> std::io::BufRead for HashingReader<R> {
+    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+        self.inner.fill_buf()
+    }
+
+    fn consume(&mut self, amt: usize) {
+        if let Ok(buf) = self.inner.fill_buf() {
+            let n = amt.min(buf.len());
+            self.hasher.update(&buf[..n]);
+            self.size += n as u64;
+        }
+        self.inner.consume(amt);
+    }
+}
+
+fn create_private(path: &Path) -> Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(path);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create '{}'", path.display()))
+}
+
+/// Member flags for `snapshot restore`.
+#[derive(Debug, Clone, Default)]
+pub struct MemberFlags {
+    pub name: Option<String>,
+    pub initial_cluster: Option<String>,
+    pub initial_advertise_peer_urls: Option<String>,
+    pub initial_cluster_token: Option<String>,
+}
+
+/// The tool that restores: `etcdutl` (3.5+) if found, else `etcdctl` (3.4).
+pub fn restore_tool(etcd_bin: Option<&Path>) -> Result<(PathBuf, bool)> {
+    let dirs: Vec<PathBuf> = match etcd_bin {
+        Some(dir) => vec![dir.to_path_buf()],
+        None => std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default(),
+    };
+    for dir in &dirs {
+        if dir.join("etcdutl").is_file() {
+            return Ok((dir.join("etcdutl"), true));
+        }
+    }
+    for dir in &dirs {
+        if dir.join("etcdctl").is_file() {
+            return Ok((dir.join("etcdctl"), false));
+        }
+    }
+    bail!(
+        "neither etcdutl (etcd 3.5+) nor etcdctl (3.4) was found{}: install etcd's tools or pass --etcd-bin DIR",
+        match etcd_bin {
+            Some(d) => format!(" in '{}'", d.display()),
+            None => " on PATH".to_string(),
+        }
+    )
+}
+
+/// Runs `snapshot restore` into `data_dir`, which must not exist or be empty.
+pub fn restore_into(snapshot: &Path, data_dir: &Path, flags: &MemberFlags, etcd_bin: Option<&Path>) -> Result<()> {
+    if data_dir.exists() && std::fs::read_dir(data_dir).map(|mut d| d.next().is_some()).unwrap_or(true) {
+        bail!("'{}' is not empty: restore into a new data dir, then swap it in", data_dir.display());
+    }
+    if data_dir.exists() {
+        std::fs::remove_dir(data_dir).with_context(|| format!("cannot use '{}'", data_dir.display()))?;
+    }
+    let (tool, utl) = restore_tool(etcd_bin)?;
+    let mut cmd = std::process::Command::new(&tool);
+    if !utl {
+        cmd.env("ETCDCTL_API", "3");
+    }
+    cmd.args(["snapshot", "restore"]).arg(snapshot).arg("--data-dir").arg(data_dir);
+    for (flag, value) in [
+        ("--name", &flags.name),
+        ("--initial-cluster", &flags.initial_cluster),
+        ("--initial-advertise-peer-urls", &flags.initial_advertise_peer_urls),
+        ("--initial-cluster-token", &flags.initial_cluster_token),
+    ] {
+        if let Some(v) = value {
+            cmd.arg(flag).arg(v);
+        }
+    }
+    let out = cmd.output().with_context(|| format!("cannot run '{}'", tool.display()))?;
+    if !out.status.success() {
+        let _ = std::fs::remove_dir_all(data_dir);
+        bail!("{} snapshot restore failed: {}", tool.display(), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}

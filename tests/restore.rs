@@ -1,0 +1,187 @@
+//! verify and restore: from the local dir or S3, into a new data dir with etcd's own tool (3.4 and 3.5)
+//! or to a snapshot file; bad identities, damaged artifacts and busy targets leave nothing behind.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+
+fn config(work: &Path, etcd: &Etcd, s3: &S3, recipient: &str) -> std::path::PathBuf {
+    let path = work.join("etcd-backupd.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "{}\n[encryption]\nrecipients = [\"{recipient}\"]\n[local]\ndir = \"{}\"\n{}",
+            etcd.config_table(),
+            work.join("backups").display(),
+            s3.config_table(BUCKET, "")
+        ),
+    )
+    .unwrap();
+    path
+}
+
+async fn restores_into_a_new_data_dir(version: EtcdVersion) {
+    let etcd = Etcd::start(version);
+    let revision = etcd.seed(150, 300).await;
+    let s3 = S3::start().await;
+    let work = tempfile::tempdir().unwrap();
+    let id = age_identity(work.path(), "ops");
+    let cfg = config(work.path(), &etcd, &s3, &id.recipient);
+    assert!(run(&cfg, &["backup"]).await.status.success());
+
+    let out = run(&cfg, &["verify", "latest"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("local") && stdout(&out).contains("s3"), "{}", stdout(&out));
+    let id_arg = id.file.display().to_string();
+    let out = run(&cfg, &["verify", "--identity", &id_arg]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("trailer"), "{}", stdout(&out));
+
+    // The local copy is gone: restore comes from S3.
+    for f in files(&work.path().join("backups/default")) {
+        std::fs::remove_file(work.path().join("backups/default").join(f)).unwrap();
+    }
+    drop(etcd);
+    let data_dir = work.path().join("restored");
+    let peer_port = free_port();
+    let peer = format!("http://127.0.0.1:{peer_port}");
+    let bin = etcd_bin_dir(version).display().to_string();
+    let out = run(
+        &cfg,
+        &[
+            "restore",
+            "latest",
+            "--identity",
+            &id_arg,
+            "--data-dir",
+            &data_dir.display().to_string(),
+            "--name",
+            "test-member",
+            "--initial-cluster",
+            &format!("test-member={peer}"),
+            "--initial-advertise-peer-urls",
+            &peer,
+            "--etcd-bin",
+            &bin,
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("next steps"), "{}", stdout(&out));
+    let restored = Etcd::start_on(version, &data_dir, peer_port);
+    let mut client = restored.client().await;
+    let resp = client.get("seed/", Some(etcd_client::GetOptions::new().with_prefix())).await.unwrap();
+    assert_eq!(resp.kvs().len(), 150);
+    assert_eq!(resp.header().unwrap().revision(), revision);
+    let scratch: Vec<String> =
+        files(&state_dir_for(&cfg)).into_iter().filter(|n| n.starts_with(".etcd-backupd-scratch")).collect();
+    assert!(scratch.is_empty(), "scratch downloads are removed: {scratch:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_34_restores_into_a_new_data_dir() {
+    restores_into_a_new_data_dir(EtcdVersion::V34).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_35_restores_into_a_new_data_dir_with_etcdutl() {
+    restores_into_a_new_data_dir(EtcdVersion::V35).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_to_a_file_and_every_bad_input() {
+    let etcd = Etcd::start(EtcdVersion::V34);
+    etcd.seed(20, 50).await;
+    let s3 = S3::start().await;
+    let work = tempfile::tempdir().unwrap();
+    let id = age_identity(work.path(), "ops");
+    let stranger = age_identity(work.path(), "stranger");
+    let cfg = config(work.path(), &etcd, &s3, &id.recipient);
+    assert!(run(&cfg, &["backup"]).await.status.success());
+    let listed: Vec<serde_json::Value> = serde_json::from_slice(&run(&cfg, &["list", "--json"]).await.stdout).unwrap();
+    let backup_id = listed[0]["id"].as_str().unwrap().to_string();
+    let id_arg = id.file.display().to_string();
+
+    // To a file: exactly what etcd sent, 0600, accepted by etcdctl.
+    let file = work.path().join("snapshot.db");
+    let out = run(&cfg, &["restore", &backup_id, "--identity", &id_arg, "--output", &file.display().to_string()]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+    let status = std::process::Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args(["snapshot", "status", "-w", "json"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+
+    // Wrong identity: a clear error, nothing written.
+    let target = work.path().join("nope");
+    let stranger_arg = stranger.file.display().to_string();
+    let out = run(&cfg, &["restore", "--identity", &stranger_arg, "--data-dir", &target.display().to_string()]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("is the identity one of the backup's recipients"), "{}", stderr(&out));
+    assert!(!target.exists());
+    let out = run(&cfg, &["verify", "--identity", &stranger_arg]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+
+    // A non-empty target is refused before anything is fetched.
+    let busy = work.path().join("busy");
+    std::fs::create_dir_all(&busy).unwrap();
+    std::fs::write(busy.join("member"), "x").unwrap();
+    let out = run(&cfg, &["restore", "--identity", &id_arg, "--data-dir", &busy.display().to_string()]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("is not empty"), "{}", stderr(&out));
+    assert_eq!(files(&busy), vec!["member".to_string()]);
+
+    // An unknown id.
+    let out = run(
+        &cfg,
+        &[
+            "restore",
+            "20200101T000000Z-r1-a",
+            "--identity",
+            &id_arg,
+            "--output",
+            &work.path().join("x.db").display().to_string(),
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("no destination holds a backup 20200101T000000Z-r1-a"), "{}", stderr(&out));
+
+    // A damaged artifact (same size, one byte flipped) fails verify and restore; nothing is written.
+    let folder = work.path().join("backups/default");
+    let artifact = files(&folder).into_iter().find(|n| n.ends_with(".db.zst.age")).unwrap();
+    let mut bytes = std::fs::read(folder.join(&artifact)).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(folder.join(&artifact), bytes).unwrap();
+    let out = run(&cfg, &["verify", &backup_id]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("local") && stderr(&out).contains("does not match its manifest"), "{}", stderr(&out));
+    assert!(stdout(&out).contains("s3"), "the S3 copy still verifies: {}", stdout(&out));
+    // Restore falls back to the S3 copy.
+    let from_s3 = work.path().join("from-s3.db");
+    let out =
+        run(&cfg, &["restore", &backup_id, "--identity", &id_arg, "--output", &from_s3.display().to_string()]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("this copy cannot be restored; trying the next"), "{}", stderr(&out));
+    assert_eq!(std::fs::read(&from_s3).unwrap(), std::fs::read(&file).unwrap());
+    // With both copies damaged, nothing is written.
+    let key = s3.keys(BUCKET).into_iter().find(|k| k.ends_with(".db.zst.age")).unwrap();
+    let object = s3.root.join(BUCKET).join(&key);
+    let mut bytes = std::fs::read(&object).unwrap();
+    bytes[mid] ^= 0x01;
+    std::fs::write(&object, bytes).unwrap();
+    let damaged = work.path().join("damaged.db");
+    let out =
+        run(&cfg, &["restore", &backup_id, "--identity", &id_arg, "--output", &damaged.display().to_string()]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(stderr(&out).contains("no copy of"), "{}", stderr(&out));
+    assert!(!damaged.exists());
+    assert!(files(work.path()).iter().all(|n| !n.ends_with(".part")), "{:?}", files(work.path()));
+}
