@@ -561,22 +561,17 @@ async fn verify(settings: &Settings, selector: &Selector, identity: Option<&std:
                     tokio::task::spawn_blocking(move || crate::restore::decrypt_to(&artifact, &manifest, &ids, &p))
                         .await?;
                 let _ = std::fs::remove_file(&plain);
-                checked?;
+                let s = checked?.status;
+                return anyhow::Ok(format!(
+                    "decrypted, decompressed, trailer, sizes and database structure check out; revision {}, {} keys, hash {}",
+                    s.revision, s.total_key, s.hash
+                ));
             }
-            anyhow::Ok(())
+            anyhow::Ok("artifact size and sha256 match the manifest".to_string())
         }
         .await;
         match checked {
-            Ok(()) => println!(
-                "{} {}: OK ({})",
-                holder.name(),
-                m.id,
-                if identities.is_some() {
-                    "decrypted, decompressed, trailer and sizes match"
-                } else {
-                    "artifact size and sha256 match the manifest"
-                },
-            ),
+            Ok(what) => println!("{} {}: OK ({what})", holder.name(), m.id),
             Err(e) => errors.push(format!("{}: {e:#}", holder.name())),
         }
     }

@@ -110,6 +110,8 @@ pub fn check_artifact(path: &Path, manifest: &Manifest) -> Result<()> {
 pub struct Plain {
     pub size: u64,
     pub sha256: String,
+    /// The database's structure checked, and its status as etcd's tools print it.
+    pub status: crate::snapshot::bbolt::Status,
 }
 
 /// Decrypts and decompresses `artifact` into `output` (0600, written as `.part` and renamed only when
@@ -169,7 +171,19 @@ pub fn decrypt_to(
             bail!("the snapshot in {} does not match its manifest (size or sha256)", manifest.id);
         }
         out.sync_all()?;
-        Ok(Plain { size, sha256 })
+        drop(out);
+        let db = std::fs::File::open(&part).with_context(|| format!("cannot reopen '{}'", part.display()))?;
+        let status = crate::snapshot::bbolt::status(&db)
+            .map_err(|e| anyhow!("the snapshot in {} is not a sound etcd database: {e}", manifest.id))?;
+        if status.revision < manifest.etcd.revision {
+            bail!(
+                "the snapshot in {} is at revision {}, older than the {} etcd reported when it was taken",
+                manifest.id,
+                status.revision,
+                manifest.etcd.revision
+            );
+        }
+        Ok(Plain { size, sha256, status })
     })();
     match result {
         Ok(plain) => {

@@ -37,7 +37,8 @@ async fn restores_into_a_new_data_dir(version: EtcdVersion) {
     let id_arg = id.file.display().to_string();
     let out = run(&cfg, &["verify", "--identity", &id_arg]).await;
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stdout(&out).contains("trailer"), "{}", stdout(&out));
+    assert!(stdout(&out).contains("database structure check out"), "{}", stdout(&out));
+    assert!(stdout(&out).contains(&format!("revision {revision}")), "{}", stdout(&out));
 
     // The local copy is gone: restore comes from S3.
     for f in files(&work.path().join("backups/default")) {

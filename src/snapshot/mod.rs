@@ -1,5 +1,6 @@
 //! Checks on the plain snapshot bytes as they stream past. Pure.
 
+pub mod bbolt;
 mod trailer;
 
 pub use trailer::{TRAILER_LEN, TrailerCheck, TrailerError};
