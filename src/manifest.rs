@@ -258,6 +258,9 @@ pub struct SnapshotFacts {
     pub size: u64,
     /// The sha256 etcd appended to the snapshot, checked while streaming.
     pub sha256: String,
+    /// The database's status as `etcdutl snapshot status` prints it, computed before the commit.
+    #[serde(default)]
+    pub status: Option<crate::snapshot::bbolt::Status>,
 }
 
 /// The encrypted file that is stored.

@@ -152,7 +152,19 @@ pub async fn write_backup<S: SnapshotSource>(
     let (plain_tx, plain_rx) = mpsc::channel::<Vec<u8>>(QUEUE);
     let compression = settings.compression;
     let recipients = settings.encryption.recipients.clone();
-    let encoder = tokio::task::spawn_blocking(move || encode(plain_rx, senders, compression, &recipients));
+    let copy = match check_copy(&crate::state::state_dir(), facts.db_size) {
+        Ok(f) => f,
+        Err(e) => {
+            drop(senders);
+            for sink in sinks {
+                if let Ok((upload, _)) = sink.await {
+                    upload.abort().await;
+                }
+            }
+            return Err(e.context("the backup cannot be checked; nothing was committed"));
+        }
+    };
+    let encoder = tokio::task::spawn_blocking(move || encode(plain_rx, senders, compression, &recipients, copy));
 
     let read = tokio::time::timeout(settings.etcd.snapshot_timeout, async {
         source.open().await?;
@@ -220,7 +232,11 @@ pub async fn write_backup<S: SnapshotSource>(
         host: hostname(),
         tool_version: env!("CARGO_PKG_VERSION").to_string(),
         etcd: facts,
-        snapshot: SnapshotFacts { size: encoded.plain_size, sha256: encoded.snapshot_sha256 },
+        snapshot: SnapshotFacts {
+            size: encoded.plain_size,
+            sha256: encoded.snapshot_sha256,
+            status: Some(encoded.status),
+        },
         artifact: ArtifactFacts {
             name: artifact_name,
             size: encoded.artifact_size,
@@ -399,6 +415,7 @@ struct Encoded {
     plain_size: u64,
     /// The trailer, checked.
     snapshot_sha256: String,
+    status: crate::snapshot::bbolt::Status,
     artifact_size: u64,
     artifact_sha256: String,
 }
@@ -409,6 +426,7 @@ fn encode(
     senders: Vec<mpsc::Sender<Bytes>>,
     compression: Compression,
     recipients: &[String],
+    mut copy: std::fs::File,
 ) -> Result<Encoded> {
     let fanout = FanOut {
         senders: senders.into_iter().map(Some).collect(),
@@ -423,6 +441,7 @@ fn encode(
             let mut z = zstd::stream::write::Encoder::new(encrypted, level).context("cannot start zstd")?;
             while let Some(chunk) = plain.blocking_recv() {
                 check.update(&chunk);
+                copy.write_all(&chunk).map_err(copy_error)?;
                 z.write_all(&chunk).map_err(write_error)?;
             }
             z.finish().map_err(write_error)?.finish().map_err(write_error)?
@@ -431,6 +450,7 @@ fn encode(
             let mut w = encrypted;
             while let Some(chunk) = plain.blocking_recv() {
                 check.update(&chunk);
+                copy.write_all(&chunk).map_err(copy_error)?;
                 w.write_all(&chunk).map_err(write_error)?;
             }
             w.finish().map_err(write_error)?
@@ -439,11 +459,54 @@ fn encode(
     let plain_size = check.total();
     let (artifact_size, artifact_sha256) = fanout.close().map_err(write_error)?;
     let snapshot_sha256 = check.finish()?;
-    Ok(Encoded { plain_size, snapshot_sha256, artifact_size, artifact_sha256 })
+    // The database itself: every page reachable once, types and bounds sane, and its status.
+    let status = crate::snapshot::bbolt::status(&copy)
+        .map_err(|e| anyhow!("etcd sent a snapshot that is not a sound database: {e}"))?;
+    Ok(Encoded { plain_size, snapshot_sha256, artifact_size, artifact_sha256, status })
 }
 
 fn write_error(e: std::io::Error) -> anyhow::Error {
     anyhow!("cannot write the encrypted backup: {e}")
+}
+
+fn copy_error(e: std::io::Error) -> anyhow::Error {
+    anyhow!("cannot write the snapshot's check copy in the state dir: {e}")
+}
+
+/// An unnamed file in the state dir for the plain snapshot while it is checked: it has no name, so
+/// no plaintext survives a crash, and it is gone when closed.
+fn check_copy(state_dir: &std::path::Path, db_size: u64) -> Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .create(state_dir)
+        .with_context(|| format!("cannot create the state dir '{}'", state_dir.display()))?;
+    let st = nix::sys::statvfs::statvfs(state_dir)
+        .with_context(|| format!("cannot read free space of '{}'", state_dir.display()))?;
+    let free = st.blocks_available() as u64 * st.fragment_size() as u64;
+    let needed = required_local_space(db_size);
+    if free < needed {
+        bail!(
+            "not enough free space in the state dir '{}' to check the snapshot: {} free, {} needed",
+            state_dir.display(),
+            format_size(free),
+            format_size(needed)
+        );
+    }
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_TMPFILE)
+        .open(state_dir)
+        .or_else(|_| {
+            // File systems without O_TMPFILE: a named file, unlinked at once.
+            let path = state_dir.join(format!(".check-{}.db", std::process::id()));
+            let f = std::fs::OpenOptions::new().read(true).write(true).create_new(true).mode(0o600).open(&path)?;
+            std::fs::remove_file(&path)?;
+            Ok::<_, std::io::Error>(f)
+        })
+        .with_context(|| format!("cannot create the snapshot's check copy in '{}'", state_dir.display()))
 }
 
 /// Hashes the artifact and hands it, in `CHUNK` pieces, to every destination still taking it.

@@ -100,6 +100,21 @@ async fn backup_restores_everywhere(version: EtcdVersion, tls: bool) {
     assert_eq!(hex::encode(trailer), hex::encode(sha2::Sha256::digest(db)));
     assert_eq!(m["snapshot"]["sha256"], hex::encode(trailer));
 
+    // The stats checked before the commit equal what etcd's own tool says of the snapshot.
+    let tool = if version == EtcdVersion::V35 { "etcdutl" } else { "etcdctl" };
+    let st = Command::new(etcd_bin_dir(version).join(tool))
+        .env("ETCDCTL_API", "3")
+        .args(["snapshot", "status", "-w", "json"])
+        .arg(&snap)
+        .output()
+        .unwrap();
+    let theirs: Value = serde_json::from_str(String::from_utf8_lossy(&st.stdout).lines().last().unwrap()).unwrap();
+    let ours = &m["snapshot"]["status"];
+    assert_eq!(ours["hash"], theirs["hash"]);
+    assert_eq!(ours["revision"], theirs["revision"]);
+    assert_eq!(ours["total_key"], theirs["totalKey"]);
+    assert_eq!(ours["total_size"], theirs["totalSize"]);
+
     // Restore with the version's own tool (hash check on), start a member, read the keys back.
     drop(etcd);
     let restored = Etcd::start_restored(version, &snap);

@@ -59,9 +59,19 @@ impl SnapshotSource for FakeSource {
     }
 }
 
-/// A plausible snapshot: 12 MiB of pseudo-random pages and etcd's sha256 trailer.
-fn snapshot_bytes() -> Vec<u8> {
-    let mut body = pseudo_random(12 * 1024 * 1024, 0x2545f4914f6cdd1d);
+/// A real snapshot (trailer included) of an etcd holding ~12 MiB of random values.
+async fn snapshot_bytes(work: &Path) -> Vec<u8> {
+    let etcd = Etcd::start(EtcdVersion::V34);
+    etcd.seed(1200, 10_000).await;
+    let path = work.join("real.db");
+    let out = etcd.etcdctl(&["snapshot", "save", &path.display().to_string()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::read(path).unwrap()
+}
+
+/// Random bytes with a valid trailer: etcd's checksum holds, but it is no database.
+fn not_a_database() -> Vec<u8> {
+    let mut body = pseudo_random(6 * 1024 * 1024, 0x2545f4914f6cdd1d);
     let sum = sha2::Sha256::digest(&body);
     body.extend_from_slice(&sum);
     body
@@ -94,10 +104,15 @@ fn faults_in_the_snapshot_stream_commit_nothing_anywhere() {
         std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
         std::env::set_var("AWS_CONFIG_FILE", "/nonexistent/aws-config");
         std::env::set_var("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/aws-credentials");
+        std::env::set_var(
+            "STATE_DIRECTORY",
+            std::env::temp_dir().join(format!("etcd-backupd-faults-{}", std::process::id())),
+        );
     }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async {
-        let good = snapshot_bytes();
+        let scratch = tempfile::tempdir().unwrap();
+        let good = snapshot_bytes(scratch.path()).await;
         let request = BackupRequest::default();
 
         // A good stream from the fake commits in both places (the fake itself is sound).
@@ -142,13 +157,19 @@ fn faults_in_the_snapshot_stream_commit_nothing_anywhere() {
         assert!(format!("{err:#}").contains("too short"), "{err:#}");
         assert_clean(work.path(), &s3);
 
+        // A valid trailer over bytes that are not a database: refused before any commit.
+        let (s3, work) = (S3::start().await, tempfile::tempdir().unwrap());
+        let err =
+            write_backup(&settings(work.path(), &s3, &id.recipient), &request, FakeSource::new(not_a_database(), 10))
+                .await
+                .unwrap_err();
+        assert!(format!("{err:#}").contains("not a sound database"), "{err:#}");
+        assert_clean(work.path(), &s3);
+
         // Cancelled while S3 completes (the stream is done, a slow part is still uploading): the S3
         // upload is aborted at once, not left to finish.
         let (s3, work) = (S3::start().await, tempfile::tempdir().unwrap());
         s3.faults.part_delay_ms.store(5000, std::sync::atomic::Ordering::SeqCst);
-        let mut zeros = vec![0u8; 4 * 1024 * 1024];
-        let sum = sha2::Sha256::digest(&zeros);
-        zeros.extend_from_slice(&sum);
         let request = BackupRequest::default();
         let cancel = request.cancel.clone();
         let started = std::time::Instant::now();
@@ -157,7 +178,7 @@ fn faults_in_the_snapshot_stream_commit_nothing_anywhere() {
             cancel.cancel();
         });
         let outcome =
-            write_backup(&settings(work.path(), &s3, &id.recipient), &request, FakeSource::new(zeros, 11)).await;
+            write_backup(&settings(work.path(), &s3, &id.recipient), &request, FakeSource::new(good.clone(), 11)).await;
         assert!(started.elapsed() < std::time::Duration::from_secs(4), "took {:?}", started.elapsed());
         if let Ok(report) = &outcome {
             assert!(!report.committed.contains(&"s3"), "{report:?}");

@@ -120,7 +120,7 @@ fn sample() -> Manifest {
             leader: "8e9e05c52164694d".into(),
             alarms: vec![],
         },
-        snapshot: SnapshotFacts { size: 20512, sha256: "ab".repeat(32) },
+        snapshot: SnapshotFacts { size: 20512, sha256: "ab".repeat(32), status: None },
         artifact: ArtifactFacts {
             name: id.artifact_name(Compression::Zstd { level: 3 }),
             size: 900,

@@ -145,11 +145,7 @@ impl<'p, P: Pages + ?Sized> Reader<'p, P> {
     }
 
     /// Calls `f` on every key/value (with its leaf flags) of the tree rooted at `page`, in order.
-    fn walk(
-        &mut self,
-        page: &[u8],
-        f: &mut Visit<'_, 'p, P>,
-    ) -> Result<(), BboltError> {
+    fn walk(&mut self, page: &[u8], f: &mut Visit<'_, 'p, P>) -> Result<(), BboltError> {
         let id = u64_at(page, 0);
         let flags = u16_at(page, 8);
         let count = usize::from(u16_at(page, 10));
@@ -191,11 +187,7 @@ impl<'p, P: Pages + ?Sized> Reader<'p, P> {
     }
 
     /// Walks a bucket given its value in the parent (header, and the page itself if inline).
-    fn walk_bucket(
-        &mut self,
-        value: &[u8],
-        f: &mut Visit<'_, 'p, P>,
-    ) -> Result<(), BboltError> {
+    fn walk_bucket(&mut self, value: &[u8], f: &mut Visit<'_, 'p, P>) -> Result<(), BboltError> {
         if value.len() < 16 {
             return Err(damaged("a bucket header is truncated".into()));
         }

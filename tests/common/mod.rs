@@ -624,7 +624,7 @@ pub fn synthetic_manifest(
             leader: id.member().into(),
             alarms: vec![],
         },
-        snapshot: SnapshotFacts { size: 1, sha256: "00".repeat(32) },
+        snapshot: SnapshotFacts { size: 1, sha256: "00".repeat(32), status: None },
         artifact: ArtifactFacts {
             name: id.artifact_name(Compression::Zstd { level: 3 }),
             size: artifact_size,
