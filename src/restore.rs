@@ -175,6 +175,11 @@ pub fn decrypt_to(
         let db = std::fs::File::open(&part).with_context(|| format!("cannot reopen '{}'", part.display()))?;
         let status = crate::snapshot::bbolt::status(&db)
             .map_err(|e| anyhow!("the snapshot in {} is not a sound etcd database: {e}", manifest.id))?;
+        if let Some(recorded) = &manifest.snapshot.status
+            && *recorded != status
+        {
+            bail!("the database in {} differs from its manifest: recorded {recorded:?}, found {status:?}", manifest.id);
+        }
         if status.revision < manifest.etcd.revision {
             bail!(
                 "the snapshot in {} is at revision {}, older than the {} etcd reported when it was taken",

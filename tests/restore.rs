@@ -129,6 +129,18 @@ async fn restore_to_a_file_and_every_bad_input() {
     let out = run(&cfg, &["verify", "--identity", &stranger_arg]).await;
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
 
+    // A manifest whose recorded stats disagree with the database is caught by verify --identity.
+    let folder = work.path().join("backups/default");
+    let manifest_name = files(&folder).into_iter().find(|n| n.ends_with(".manifest.json")).unwrap();
+    let original = std::fs::read(folder.join(&manifest_name)).unwrap();
+    let mut m: serde_json::Value = serde_json::from_slice(&original).unwrap();
+    m["snapshot"]["status"]["hash"] = serde_json::json!(12345);
+    std::fs::write(folder.join(&manifest_name), serde_json::to_vec(&m).unwrap()).unwrap();
+    let out = run(&cfg, &["verify", "--identity", &id_arg]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("differs from its manifest"), "{}", stderr(&out));
+    std::fs::write(folder.join(&manifest_name), original).unwrap();
+
     // A non-empty target is refused before anything is fetched.
     let busy = work.path().join("busy");
     std::fs::create_dir_all(&busy).unwrap();
@@ -155,7 +167,6 @@ async fn restore_to_a_file_and_every_bad_input() {
     assert!(stderr(&out).contains("no destination holds a backup 20200101T000000Z-r1-a"), "{}", stderr(&out));
 
     // A damaged artifact (same size, one byte flipped) fails verify and restore; nothing is written.
-    let folder = work.path().join("backups/default");
     let artifact = files(&folder).into_iter().find(|n| n.ends_with(".db.zst.age")).unwrap();
     let mut bytes = std::fs::read(folder.join(&artifact)).unwrap();
     let mid = bytes.len() / 2;
