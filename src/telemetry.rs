@@ -22,6 +22,8 @@ pub fn backup_committed(report: &crate::pipeline::BackupReport) {
         duration_ms = m.duration_ms,
         destinations = %report.committed.join(","),
         label = m.label.as_deref().unwrap_or(""),
+        snapshot_hash = m.snapshot.status.map(|s| s.hash).unwrap_or_default(),
+        total_keys = m.snapshot.status.map(|s| s.total_key).unwrap_or_default(),
         "backup {} committed in {} (revision {}, {})",
         m.id,
         report.committed.join(", "),

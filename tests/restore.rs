@@ -129,6 +129,32 @@ async fn restore_to_a_file_and_every_bad_input() {
     let out = run(&cfg, &["verify", "--identity", &stranger_arg]).await;
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
 
+    // --before picks the newest backup taken before a time; before the first one there is none.
+    let later_file = work.path().join("later.db");
+    let soon = (chrono::Utc::now() + chrono::Duration::minutes(1)).to_rfc3339();
+    let out = run(
+        &cfg,
+        &["restore", "--before", &soon, "--identity", &id_arg, "--output", &later_file.display().to_string()],
+    )
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains(&backup_id), "{}", stdout(&out));
+    let out = run(
+        &cfg,
+        &[
+            "restore",
+            "--before",
+            "2020-01-01T00:00:00Z",
+            "--identity",
+            &id_arg,
+            "--output",
+            &work.path().join("none.db").display().to_string(),
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("no backup was taken before 2020-01-01"), "{}", stderr(&out));
+
     // A manifest whose recorded stats disagree with the database is caught by verify --identity.
     let folder = work.path().join("backups/default");
     let manifest_name = files(&folder).into_iter().find(|n| n.ends_with(".manifest.json")).unwrap();
