@@ -59,12 +59,6 @@ pub fn required_local_space(db_size: u64) -> u64 {
     db_size + db_size / 64 + 16 * 1024 * 1024
 }
 
-/// Takes one backup. `Err` means no destination committed anything; a report with failures means
-/// some destinations committed and others did not.
-pub async fn run_backup(settings: &Settings, request: &BackupRequest) -> Result<BackupReport> {
-    let member = crate::etcd::connect(&settings.etcd).await?;
-    write_backup(settings, request, member).await
-}
 
 /// Where the plain snapshot comes from: etcd, or (in tests) bytes a real etcd cannot be made to send.
 pub trait SnapshotSource: Send {
@@ -76,7 +70,8 @@ pub trait SnapshotSource: Send {
     fn next_chunk(&mut self) -> impl Future<Output = Result<Option<Vec<u8>>>> + Send;
 }
 
-/// Takes one backup from `source` into every configured destination.
+/// Takes one backup from `source` (etcd: `etcd::connect`) into every configured destination. `Err` means
+/// no destination committed anything; a report with failures means some committed and others did not.
 pub async fn write_backup<S: SnapshotSource>(
     settings: &Settings,
     request: &BackupRequest,
