@@ -59,7 +59,6 @@ pub fn required_local_space(db_size: u64) -> u64 {
     db_size + db_size / 64 + 16 * 1024 * 1024
 }
 
-
 /// Where the plain snapshot comes from: etcd, or (in tests) bytes a real etcd cannot be made to send.
 pub trait SnapshotSource: Send {
     /// What the member reported before the snapshot.
