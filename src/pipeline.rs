@@ -101,6 +101,9 @@ pub async fn write_backup<S: SnapshotSource>(
         started = Utc::now();
         id = BackupId::new(started, facts.revision, &facts.member_id);
     }
+    // Where the plain snapshot is checked before anything commits; without it, nothing begins.
+    let copy = check_copy(&crate::state::state_dir(), facts.db_size)
+        .context("the backup cannot be checked; nothing was committed")?;
     let artifact_name = id.artifact_name(settings.compression);
     let manifest_name = id.manifest_name();
     let mut uploads = Vec::new();
@@ -146,18 +149,6 @@ pub async fn write_backup<S: SnapshotSource>(
     let (plain_tx, plain_rx) = mpsc::channel::<Vec<u8>>(QUEUE);
     let compression = settings.compression;
     let recipients = settings.encryption.recipients.clone();
-    let copy = match check_copy(&crate::state::state_dir(), facts.db_size) {
-        Ok(f) => f,
-        Err(e) => {
-            drop(senders);
-            for sink in sinks {
-                if let Ok((upload, _)) = sink.await {
-                    upload.abort().await;
-                }
-            }
-            return Err(e.context("the backup cannot be checked; nothing was committed"));
-        }
-    };
     let encoder = tokio::task::spawn_blocking(move || encode(plain_rx, senders, compression, &recipients, copy));
 
     let read = tokio::time::timeout(settings.etcd.snapshot_timeout, async {
@@ -165,14 +156,14 @@ pub async fn write_backup<S: SnapshotSource>(
         loop {
             let chunk = tokio::select! {
                 chunk = source.next_chunk() => chunk?,
-                () = request.cancel.cancelled() => bail!("the backup was cancelled (etcd-backupd is stopping)"),
+                () = request.cancel.cancelled() => return Err(cancelled()),
             };
             let Some(chunk) = chunk else { break };
             tokio::select! {
                 sent = plain_tx.send(chunk) => if sent.is_err() {
                     break; // the encoder stopped; its result says why
                 },
-                () = request.cancel.cancelled() => bail!("the backup was cancelled (etcd-backupd is stopping)"),
+                () = request.cancel.cancelled() => return Err(cancelled()),
             }
         }
         anyhow::Ok(())
@@ -192,29 +183,24 @@ pub async fn write_backup<S: SnapshotSource>(
         finished.push(sink.await.context("a destination task failed")?);
     }
 
-    let cancelled = || -> Result<()> {
-        if request.cancel.is_cancelled() {
-            bail!("the backup was cancelled (etcd-backupd is stopping)");
-        }
-        Ok(())
-    };
     // A cancelled run commits nothing, even where its upload had finished.
-    let encoded = match read.and(encoded).and_then(|e| cancelled().map(|()| e)) {
-        Ok(ok) => ok,
-        Err(e) => {
-            for (upload, written) in finished {
-                if let Err(why) = written {
-                    failed.push((upload.destination(), format!("{why:#}")));
+    let encoded =
+        match read.and(encoded).and_then(|e| if request.cancel.is_cancelled() { Err(cancelled()) } else { Ok(e) }) {
+            Ok(ok) => ok,
+            Err(e) => {
+                for (upload, written) in finished {
+                    if let Err(why) = written {
+                        failed.push((upload.destination(), format!("{why:#}")));
+                    }
+                    upload.abort().await;
                 }
-                upload.abort().await;
+                let mut e = e.context("the backup failed; nothing was committed");
+                if !failed.is_empty() {
+                    e = e.context(format!("destinations failed:\n  {}", describe(&failed)));
+                }
+                return Err(e);
             }
-            let mut e = e.context("the backup failed; nothing was committed");
-            if !failed.is_empty() {
-                e = e.context(format!("destinations failed:\n  {}", describe(&failed)));
-            }
-            return Err(e);
-        }
-    };
+        };
 
     let manifest = Manifest {
         format_version: FORMAT_VERSION,
@@ -364,6 +350,10 @@ pub async fn upload_missing(local: &LocalStore, s3: &S3Store) -> Result<Vec<Back
     Ok(uploaded)
 }
 
+fn cancelled() -> anyhow::Error {
+    anyhow!("the backup was cancelled (etcd-backupd is stopping)")
+}
+
 fn describe(failed: &[(&str, String)]) -> String {
     failed.iter().map(|(d, e)| format!("{d}: {e}")).collect::<Vec<_>>().join("\n  ")
 }
@@ -475,9 +465,7 @@ fn check_copy(state_dir: &std::path::Path, db_size: u64) -> Result<std::fs::File
         .recursive(true)
         .create(state_dir)
         .with_context(|| format!("cannot create the state dir '{}'", state_dir.display()))?;
-    let st = nix::sys::statvfs::statvfs(state_dir)
-        .with_context(|| format!("cannot read free space of '{}'", state_dir.display()))?;
-    let free = st.blocks_available() as u64 * st.fragment_size() as u64;
+    let free = crate::store::local::free_space(state_dir)?;
     let needed = required_local_space(db_size);
     if free < needed {
         bail!(

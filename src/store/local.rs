@@ -39,9 +39,7 @@ impl LocalStore {
 
     /// Bytes available to an unprivileged writer in the folder's file system.
     pub fn free_space(&self) -> Result<u64> {
-        let st = nix::sys::statvfs::statvfs(&self.folder)
-            .with_context(|| format!("cannot read free space of '{}'", self.folder.display()))?;
-        Ok(st.blocks_available() as u64 * st.fragment_size() as u64)
+        free_space(&self.folder)
     }
 
     /// Whether anything of backup `id` is already here.
@@ -154,6 +152,13 @@ async fn remove_if_present(path: &Path) -> std::io::Result<()> {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),
     }
+}
+
+/// Bytes available to an unprivileged writer in the file system holding `dir`.
+pub fn free_space(dir: &Path) -> Result<u64> {
+    let st =
+        nix::sys::statvfs::statvfs(dir).with_context(|| format!("cannot read free space of '{}'", dir.display()))?;
+    Ok(st.blocks_available() as u64 * st.fragment_size() as u64)
 }
 
 async fn open_new(path: &Path) -> Result<tokio::fs::File> {
