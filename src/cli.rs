@@ -473,19 +473,33 @@ fn print_prune(r: &PruneReport, grace: std::time::Duration) {
     }
 }
 
+/// The destinations holding backup `id`, with how each holds it. Listing errors go to `errors`, and so
+/// does "not found" when no destination holds it and none failed to list.
+async fn holding<'a>(
+    destinations: &'a [Destination],
+    id: &BackupId,
+    errors: &mut Vec<String>,
+) -> Vec<(&'a Destination, crate::store::Stored)> {
+    let mut out = Vec::new();
+    for destination in destinations {
+        match destination.list().await {
+            Ok(listing) => {
+                if let Some(stored) = listing.backups.into_iter().find(|b| &b.manifest.id == id) {
+                    out.push((destination, stored));
+                }
+            }
+            Err(e) => errors.push(format!("{}: {e:#}", destination.name())),
+        }
+    }
+    if out.is_empty() && errors.is_empty() {
+        errors.push(format!("no destination holds a backup {id} (see etcd-backupd list)"));
+    }
+    out
+}
+
 async fn delete(settings: &Settings, id: &BackupId, force: bool) -> Result<(), Failure> {
     let (destinations, mut errors) = destinations(settings).await;
-    let mut found = false;
-    for destination in &destinations {
-        let listing = match destination.list().await {
-            Ok(l) => l,
-            Err(e) => {
-                errors.push(format!("{}: {e:#}", destination.name()));
-                continue;
-            }
-        };
-        let Some(stored) = listing.backups.iter().find(|b| &b.manifest.id == id) else { continue };
-        found = true;
+    for (destination, stored) in holding(&destinations, id, &mut errors).await {
         if stored.pinned && !force {
             errors.push(format!(
                 "{}: {id} is pinned; unpin it first (etcd-backupd unpin {id}) or pass --force",
@@ -493,7 +507,7 @@ async fn delete(settings: &Settings, id: &BackupId, force: bool) -> Result<(), F
             ));
             continue;
         }
-        match destination.remove(&[stored]).await.pop() {
+        match destination.remove(&[&stored]).await.pop() {
             Some((_, why)) => errors.push(format!("{}: {why}", destination.name())),
             None => {
                 tracing::info!(destination = destination.name(), id = %id, "deleted backup");
@@ -501,30 +515,16 @@ async fn delete(settings: &Settings, id: &BackupId, force: bool) -> Result<(), F
             }
         }
     }
-    if !found && errors.is_empty() {
-        errors.push(format!("no destination holds a backup {id} (see etcd-backupd list)"));
-    }
     fail_if(errors, "delete did not finish")
 }
 
 async fn set_pin(settings: &Settings, id: &BackupId, pinned: bool) -> Result<(), Failure> {
     let (destinations, mut errors) = destinations(settings).await;
-    let mut found = false;
-    for destination in &destinations {
-        match destination.list().await {
-            Ok(l) if l.backups.iter().any(|b| &b.manifest.id == id) => {
-                found = true;
-                match destination.set_pin(id, pinned).await {
-                    Ok(()) => println!("{} {id} in {}", if pinned { "pinned" } else { "unpinned" }, destination.name()),
-                    Err(e) => errors.push(format!("{}: {e:#}", destination.name())),
-                }
-            }
-            Ok(_) => {}
+    for (destination, _) in holding(&destinations, id, &mut errors).await {
+        match destination.set_pin(id, pinned).await {
+            Ok(()) => println!("{} {id} in {}", if pinned { "pinned" } else { "unpinned" }, destination.name()),
             Err(e) => errors.push(format!("{}: {e:#}", destination.name())),
         }
-    }
-    if !found && errors.is_empty() {
-        errors.push(format!("no destination holds a backup {id} (see etcd-backupd list)"));
     }
     fail_if(errors, if pinned { "pin did not finish" } else { "unpin did not finish" })
 }
