@@ -165,10 +165,7 @@ impl S3Store {
             let page = page.map_err(|e| self.explain(e, "listing backups"))?;
             for object in page.contents() {
                 if let Some(name) = object.key().and_then(|k| k.strip_prefix(&self.folder)) {
-                    let modified = object
-                        .last_modified()
-                        .and_then(|t| DateTime::<Utc>::from_timestamp(t.secs(), t.subsec_nanos()))
-                        .unwrap_or_else(Utc::now);
+                    let modified = utc(object.last_modified());
                     found.push(Found {
                         name: name.to_string(),
                         size: object.size().unwrap_or(0).max(0) as u64,
@@ -226,10 +223,7 @@ impl S3Store {
             for u in page.uploads() {
                 let (Some(key), Some(upload_id)) = (u.key(), u.upload_id()) else { continue };
                 let Some(name) = key.strip_prefix(&self.folder) else { continue };
-                let time = u
-                    .initiated()
-                    .and_then(|t| DateTime::<Utc>::from_timestamp(t.secs(), t.subsec_nanos()))
-                    .unwrap_or_else(Utc::now);
+                let time = utc(u.initiated());
                 out.push(Leftover {
                     name: name.to_string(),
                     kind: LeftoverKind::Upload,
@@ -465,6 +459,11 @@ impl S3Store {
             anyhow!("S3 {} failed for {}: {hint} ({detail})", action, self.place)
         }
     }
+}
+
+/// A store timestamp as UTC; a missing one counts as now (so a leftover without one waits out the grace).
+fn utc(t: Option<&aws_smithy_types::DateTime>) -> DateTime<Utc> {
+    t.and_then(|t| DateTime::<Utc>::from_timestamp(t.secs(), t.subsec_nanos())).unwrap_or_else(Utc::now)
 }
 
 /// The SSE headers for artifacts and manifests alike.
