@@ -384,15 +384,21 @@ async fn list(settings: &Settings, json: bool) -> Result<(), Failure> {
         let text = serde_json::to_string_pretty(&rows).map_err(anyhow::Error::from)?;
         println!("{text}");
     } else {
-        println!("{:<44} {:<20} {:>10} {:>11}  {:<20} STORED IN", "ID", "CREATED (UTC)", "REVISION", "SIZE", "LABEL");
+        println!(
+            "{:<44} {:<20} {:>10} {:>9} {:>11} {:>11}  {:<20} STORED IN",
+            "ID", "CREATED (UTC)", "REVISION", "KEYS", "DB SIZE", "SIZE", "LABEL"
+        );
         for r in &rows {
             let m = &r.manifest;
             let pinned = if r.pinned { " (pinned)" } else { "" };
+            let status = m.snapshot.status;
             println!(
-                "{:<44} {:<20} {:>10} {:>11}  {:<20} {}{pinned}",
+                "{:<44} {:<20} {:>10} {:>9} {:>11} {:>11}  {:<20} {}{pinned}",
                 m.id.to_string(),
                 m.created.format("%Y-%m-%d %H:%M:%S").to_string(),
-                m.etcd.revision,
+                status.map_or(m.etcd.revision, |s| s.revision),
+                status.map_or("-".to_string(), |s| s.live_keys.to_string()),
+                format_size(status.map_or(m.etcd.db_size, |s| s.total_size)),
                 format_size(m.artifact.size),
                 m.label.as_deref().unwrap_or("-"),
                 r.destinations.join(","),

@@ -24,10 +24,13 @@ pub fn backup_committed(report: &crate::pipeline::BackupReport) {
         label = m.label.as_deref().unwrap_or(""),
         snapshot_hash = m.snapshot.status.map(|s| s.hash).unwrap_or_default(),
         total_keys = m.snapshot.status.map(|s| s.total_key).unwrap_or_default(),
-        "backup {} committed in {} (revision {}, {})",
+        live_keys = m.snapshot.status.map(|s| s.live_keys).unwrap_or_default(),
+        snapshot_revision = m.snapshot.status.map(|s| s.revision).unwrap_or_default(),
+        "backup {} committed in {} (revision {}, {} keys, {})",
         m.id,
         report.committed.join(", "),
-        m.etcd.revision,
+        m.snapshot.status.map_or(m.etcd.revision, |s| s.revision),
+        m.snapshot.status.map_or(0, |s| s.live_keys),
         crate::config::units::format_size(m.artifact.size)
     );
 }

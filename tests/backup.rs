@@ -180,6 +180,9 @@ async fn list_json_shows_exactly_the_committed_backups() {
     std::fs::write(&local_only_cfg, body(&s3.config_table("missing-bucket", "p"))).unwrap();
     assert_eq!(run(&local_only_cfg, &["backup"]).await.status.code(), Some(1));
     ids.push(manifest_ids(&local.join("default")).pop().unwrap());
+    let mut client = etcd.client().await;
+    let all = etcd_client::GetOptions::new().with_prefix().with_count_only();
+    let live = client.get("", Some(all)).await.unwrap().count();
 
     // Leftovers and strangers that must not be listed.
     let folder = local.join("default");
@@ -217,10 +220,19 @@ async fn list_json_shows_exactly_the_committed_backups() {
     assert_eq!(got, want, "newest first, exactly the committed ones");
     assert!(rows[0]["etcd"]["revision"].is_i64() && rows[0]["artifact"]["sha256"].is_string());
 
+    let status = &rows[0]["snapshot"]["status"];
+    assert_eq!(status["live_keys"], live, "{status}");
+
     let table = run(&both, &["list"]).await;
     let text = stdout(&table);
     assert_eq!(text.lines().count(), 4, "{text}");
-    assert!(text.lines().nth(1).unwrap().starts_with(&ids[2]) && text.contains("local,s3"), "{text}");
+    let header: Vec<&str> = text.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(header[..6], ["ID", "CREATED", "(UTC)", "REVISION", "KEYS", "DB"], "{text}");
+    let newest: Vec<&str> = text.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(newest[0], ids[2], "{text}");
+    assert_eq!(newest[3], status["revision"].to_string(), "{text}");
+    assert_eq!(newest[4], live.to_string(), "{text}");
+    assert!(text.contains("local,s3"), "{text}");
 }
 
 fn manifest_ids(folder: &Path) -> Vec<String> {

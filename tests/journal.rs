@@ -82,7 +82,9 @@ async fn the_journal_holds_the_backup_history() {
     assert!(e["BACKUP_ID"].as_str().unwrap().contains(&format!("-r{revision}-")), "{e}");
     assert_eq!(e["DESTINATIONS"], "local");
     assert_eq!(e["LABEL"], "journal-test");
-    for field in ["DB_SIZE", "ARTIFACT_SIZE", "DURATION_MS", "SNAPSHOT_HASH", "TOTAL_KEYS"] {
+    for field in
+        ["DB_SIZE", "ARTIFACT_SIZE", "DURATION_MS", "SNAPSHOT_HASH", "TOTAL_KEYS", "LIVE_KEYS", "SNAPSHOT_REVISION"]
+    {
         assert!(e[field].as_str().unwrap().parse::<u64>().is_ok(), "{field} in {e}");
     }
     assert_eq!(e["PRIORITY"], "5", "notice: tracing-journald maps INFO to 5");

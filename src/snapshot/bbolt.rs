@@ -3,7 +3,7 @@
 //! values, in order), revision (of the last key in bucket `key`), total keys and total size.
 //! Pure: it reads through `Pages`, so a file is never held in memory.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 const MAGIC: u32 = 0xED0C_DAED;
 const PAGE_HEADER: usize = 16;
@@ -60,8 +60,10 @@ pub struct Status {
     pub revision: i64,
     /// Every key/value pair in every bucket (etcd 3.4 and 3.5).
     pub total_key: u64,
-    /// Keys in bucket `key`, one per revision (the basis of etcd 3.6's count).
-    pub key_bucket_entries: u64,
+    /// Keys whose newest revision is not a deletion: what etcd 3.6 reports as TOTAL KEYS, and what a
+    /// restored member answers to `etcdctl get "" --prefix --count-only`.
+    #[serde(default)]
+    pub live_keys: u64,
     pub total_size: u64,
 }
 
@@ -107,7 +109,12 @@ struct Reader<'a, P: Pages + ?Sized> {
     pages: &'a P,
     meta: Meta,
     seen: HashSet<u64>,
+    depth: usize,
 }
+
+/// Far deeper than any real B+tree (a billion keys need fewer than ten levels), shallow enough that a
+/// damaged file cannot exhaust the stack.
+const MAX_DEPTH: usize = 64;
 
 /// Called with each key, value and leaf flags of a tree, in order.
 type Visit<'f, 'p, P> = dyn FnMut(&mut Reader<'p, P>, &[u8], &[u8], u32) -> Result<(), BboltError> + 'f;
@@ -162,8 +169,14 @@ impl<'p, P: Pages + ?Sized> Reader<'p, P> {
                     let (pos, ksize, child) =
                         (u32_at(page, e) as usize, u32_at(page, e + 4) as usize, u64_at(page, e + 8));
                     slice(e + pos, ksize)?;
+                    if self.depth >= MAX_DEPTH {
+                        return Err(damaged(format!("page {id} is more than {MAX_DEPTH} levels deep")));
+                    }
                     let child_page = self.page(child)?;
-                    self.walk(&child_page, f)?;
+                    self.depth += 1;
+                    let walked = self.walk(&child_page, f);
+                    self.depth -= 1;
+                    walked?;
                 }
                 Ok(())
             }
@@ -234,18 +247,20 @@ pub fn status<P: Pages + ?Sized>(pages: &P) -> Result<Status, BboltError> {
         (Some(a), None) | (None, Some(a)) => a,
         (None, None) => return Err(BboltError::NotBbolt("no valid meta page (bad magic, version or checksum)".into())),
     };
-    if meta.high_water * meta.page_size > size {
-        return Err(damaged(format!(
-            "the file is truncated: {size} bytes, the database needs {}",
-            meta.high_water * meta.page_size
-        )));
+    let total_size = meta
+        .high_water
+        .checked_mul(meta.page_size)
+        .ok_or_else(|| damaged(format!("the meta page claims {} pages", meta.high_water)))?;
+    if total_size > size {
+        return Err(damaged(format!("the file is truncated: {size} bytes, the database needs {total_size}")));
     }
-    let total_size = meta.high_water * meta.page_size;
     let root = meta.root;
-    let mut reader = Reader { pages, meta, seen: HashSet::new() };
+    let mut reader = Reader { pages, meta, seen: HashSet::new(), depth: 0 };
     let root_page = reader.page(root)?;
     let mut hasher = 0u32;
-    let (mut total_key, mut key_entries, mut revision) = (0u64, 0u64, 0i64);
+    let (mut total_key, mut revision) = (0u64, 0i64);
+    // Newest state of each user key, by a 128-bit digest of the key so that memory stays small.
+    let mut latest: HashMap<u128, bool> = HashMap::new();
     reader.walk(&root_page, &mut |r, name, value, flags| {
         if flags & BUCKET_LEAF == 0 {
             return Err(damaged(format!(
@@ -261,16 +276,63 @@ pub fn status<P: Pages + ?Sized>(pages: &P) -> Result<Status, BboltError> {
                 hasher = crc32c::crc32c_append(hasher, v);
             }
             if is_key {
-                key_entries += 1;
-                if k.len() >= 8 {
-                    revision = i64::from_be_bytes(k[..8].try_into().unwrap_or_default());
-                }
+                let main = k.get(..8).ok_or_else(|| damaged(format!("bucket key holds a short key {k:02x?}")))?;
+                revision = i64::from_be_bytes(main.try_into().unwrap_or_default());
+                let user_key = user_key(v).ok_or_else(|| {
+                    damaged(format!("the record at revision {revision} in bucket key is not an etcd key-value"))
+                })?;
+                let tombstone = k.len() == 18 && k[17] == b't';
+                latest.insert(digest(user_key), !tombstone);
             }
             total_key += 1;
             Ok(())
         })
     })?;
-    Ok(Status { hash: hasher, revision, total_key, key_bucket_entries: key_entries, total_size })
+    let live_keys = latest.values().filter(|live| **live).count() as u64;
+    Ok(Status { hash: hasher, revision, total_key, live_keys, total_size })
+}
+
+fn digest(bytes: &[u8]) -> u128 {
+    use sha2::Digest;
+    let sum = sha2::Sha256::digest(bytes);
+    u128::from_le_bytes(sum[..16].try_into().unwrap_or_default())
+}
+
+/// Field 1 (`key`) of an `mvccpb.KeyValue` protobuf message; `None` if the bytes are not such a message.
+fn user_key(message: &[u8]) -> Option<&[u8]> {
+    fn varint(b: &[u8], at: &mut usize) -> Option<u64> {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let byte = *b.get(*at)?;
+            *at += 1;
+            value |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Some(value);
+            }
+        }
+        None
+    }
+    let mut at = 0;
+    let mut key = None;
+    while at < message.len() {
+        let tag = varint(message, &mut at)?;
+        let len = match tag & 7 {
+            0 => {
+                varint(message, &mut at)?;
+                0
+            }
+            1 => 8,
+            2 => usize::try_from(varint(message, &mut at)?).ok()?,
+            5 => 4,
+            _ => return None,
+        };
+        let field = message.get(at..at.checked_add(len)?)?;
+        if tag == (1 << 3 | 2) {
+            key = Some(field);
+        }
+        at += len;
+    }
+    key
 }
 
 #[cfg(test)]
@@ -281,6 +343,18 @@ mod tests {
     fn garbage_is_not_bbolt() {
         assert!(matches!(status(&[0u8; 100][..]), Err(BboltError::NotBbolt(_))));
         assert!(matches!(status(&vec![0u8; 16384][..]), Err(BboltError::NotBbolt(_))));
+    }
+
+    #[test]
+    fn user_keys_are_read_from_key_value_records() {
+        // key="a/b", create_revision=2, mod_revision=3, version=1, value="x", lease=0x1234
+        let record = [0x0a, 3, b'a', b'/', b'b', 0x10, 2, 0x18, 3, 0x20, 1, 0x2a, 1, b'x', 0x30, 0xb4, 0x24];
+        assert_eq!(user_key(&record), Some(&b"a/b"[..]));
+        assert_eq!(user_key(&[0x10, 2]), None, "no key field");
+        assert_eq!(user_key(&[0x0a, 5, b'a']), None, "key longer than the record");
+        assert_eq!(user_key(&[0x0b]), None, "unknown wire type");
+        assert_eq!(user_key(&[0x10, 0x80]), None, "unterminated varint");
+        assert_eq!(user_key(&[0x0a, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]), None);
     }
 
     #[test]
