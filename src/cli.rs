@@ -98,6 +98,20 @@ pub enum Command {
         #[arg(long)]
         etcd_bin: Option<PathBuf>,
     },
+    /// Prove a backup restores: decrypt it, restore it into a temporary data dir, start a throwaway etcd
+    /// on loopback, and check that it serves the revision and key count the manifest recorded; then
+    /// remove everything and record the result (state file, journal, metrics).
+    Drill {
+        /// A backup id, or `latest`.
+        #[arg(default_value = "latest", value_parser = parse_selector)]
+        backup: Selector,
+        /// An age identity file (or unencrypted SSH private key); default: drill.identity_file.
+        #[arg(long)]
+        identity: Option<PathBuf>,
+        /// The folder holding `etcd` and `etcdutl` (3.5+) or `etcdctl` (3.4); default: drill.etcd_bin, then PATH.
+        #[arg(long)]
+        etcd_bin: Option<PathBuf>,
+    },
     /// Show the last success and failure, the next run and the backups per destination; exit 1 if the
     /// last success is older than twice the schedule's interval.
     Status {
@@ -247,6 +261,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             };
             restore(&settings, &selector, &identity, target).await
         }
+        Command::Drill { backup, identity, etcd_bin } => {
+            drill(&settings, &backup, identity.as_deref(), etcd_bin.as_deref()).await
+        }
         Command::List { json } => list(&settings, json).await,
         Command::Prune { dry_run, now, json } => {
             prune_all(&settings, dry_run, now.unwrap_or_else(Utc::now), json).await
@@ -341,6 +358,19 @@ fn status(settings: &Settings, json: bool) -> Result<(), Failure> {
             "runs: {} ok, {} failed, {} unchanged, {} skipped",
             state.runs.ok, state.runs.failed, state.runs.unchanged, state.runs.skipped
         );
+        match &state.last_proven {
+            Some(p) => println!(
+                "last proven restorable: {} (drill at {}: revision {}, {} keys)",
+                p.id,
+                p.time.format("%Y-%m-%d %H:%M:%S UTC"),
+                p.revision,
+                p.keys
+            ),
+            None => println!("last proven restorable: never (run `etcd-backupd drill`)"),
+        }
+        if let Some(f) = &state.last_drill_failure {
+            println!("last failed drill: {} {}", f.time.format("%Y-%m-%d %H:%M:%S UTC"), f.error);
+        }
     }
     if overdue {
         let since = state.last_success.map_or("no backup has succeeded yet".to_string(), |s| {
@@ -413,7 +443,7 @@ async fn list(settings: &Settings, json: bool) -> Result<(), Failure> {
 }
 
 /// Every configured destination; an S3 store that cannot even be set up is reported, not fatal.
-async fn destinations(settings: &Settings) -> (Vec<Destination>, Vec<String>) {
+pub(crate) async fn destinations(settings: &Settings) -> (Vec<Destination>, Vec<String>) {
     let mut out = vec![Destination::Local(LocalStore::new(&settings.local.dir, &settings.cluster))];
     let mut errors = Vec::new();
     if let Some(s3) = &settings.s3 {
@@ -536,7 +566,7 @@ async fn set_pin(settings: &Settings, id: &BackupId, pinned: bool) -> Result<(),
 }
 
 /// A scratch folder for downloads: beside the state, never on tmpfs-backed /tmp by surprise.
-fn scratch_dir() -> Result<tempfile::TempDir> {
+pub(crate) fn scratch_dir() -> Result<tempfile::TempDir> {
     let base = crate::state::state_dir();
     std::fs::create_dir_all(&base).ok();
     tempfile::Builder::new()
@@ -563,9 +593,11 @@ async fn verify(settings: &Settings, selector: &Selector, identity: Option<&std:
                 let plain = scratch.path().join("plain.db");
                 let (artifact, manifest, ids) = (artifact.clone(), m.clone(), ids.clone());
                 let p = plain.clone();
-                let checked =
-                    tokio::task::spawn_blocking(move || crate::restore::decrypt_to(&artifact, &manifest, &ids, &p))
-                        .await?;
+                let checked = tokio::task::spawn_blocking(move || {
+                    let progress = crate::progress::Progress::start("decrypting", manifest.artifact.size);
+                    crate::restore::decrypt_to(&artifact, &manifest, &ids, &p, &progress)
+                })
+                .await?;
                 let _ = std::fs::remove_file(&plain);
                 let s = checked?.status;
                 return anyhow::Ok(format!(
@@ -582,6 +614,27 @@ async fn verify(settings: &Settings, selector: &Selector, identity: Option<&std:
         }
     }
     fail_if(errors, &format!("backup {} did not verify", m.id))
+}
+
+async fn drill(
+    settings: &Settings,
+    selector: &Selector,
+    identity: Option<&std::path::Path>,
+    etcd_bin: Option<&std::path::Path>,
+) -> Result<(), Failure> {
+    let started = Utc::now();
+    let (id, result) = crate::drill::drill(settings, selector, identity, etcd_bin).await;
+    crate::drill::record(settings, &crate::state::state_dir(), started, id.as_deref(), &result).await;
+    let report = result?;
+    println!(
+        "drill passed: {} (from {}) restored, and a throwaway etcd served revision {} with {} keys, as the manifest says ({})",
+        report.id,
+        report.from,
+        report.observed.revision,
+        report.observed.keys,
+        humantime::format_duration(std::time::Duration::from_secs(report.duration.as_secs()))
+    );
+    Ok(())
 }
 
 enum RestoreTarget {
@@ -630,7 +683,11 @@ async fn restore(
         let attempt = async {
             let artifact = crate::restore::fetch(holder, &m, scratch.path()).await?;
             let (manifest, snap, ids) = (m.clone(), snapshot.clone(), identities.clone());
-            tokio::task::spawn_blocking(move || crate::restore::decrypt_to(&artifact, &manifest, &ids, &snap)).await?
+            tokio::task::spawn_blocking(move || {
+                let progress = crate::progress::Progress::start("decrypting", manifest.artifact.size);
+                crate::restore::decrypt_to(&artifact, &manifest, &ids, &snap, &progress)
+            })
+            .await?
         }
         .await;
         match attempt {

@@ -158,7 +158,7 @@ pub async fn record(settings: &Settings, state_dir: &Path, started: DateTime<Utc
     write_metrics(settings, &state).await;
 }
 
-async fn write_metrics(settings: &Settings, state: &State) {
+pub(crate) async fn write_metrics(settings: &Settings, state: &State) {
     if let Some(path) = &settings.metrics_textfile
         && let Err(e) = crate::metrics::write(path, &crate::metrics::render(state, settings.cluster.as_str())).await
     {

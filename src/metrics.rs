@@ -37,6 +37,28 @@ pub fn render(state: &State, cluster: &str) -> String {
         "Time of the next scheduled backup.",
         state.next_run.map(|t| t.timestamp() as f64),
     );
+    gauge(
+        "last_proven_timestamp_seconds",
+        "Time of the last drill that restored a backup and found it as its manifest says.",
+        state.last_proven.as_ref().map(|p| p.time.timestamp() as f64),
+    );
+    gauge(
+        "last_proven_revision",
+        "etcd revision of the backup the last passing drill restored.",
+        state.last_proven.as_ref().map(|p| p.revision as f64),
+    );
+    gauge(
+        "last_drill_failure_timestamp_seconds",
+        "Time of the last failed drill.",
+        state.last_drill_failure.as_ref().map(|f| f.time.timestamp() as f64),
+    );
+    let _ = writeln!(
+        out,
+        "# HELP etcd_backupd_drills_total Restore drills by result.\n# TYPE etcd_backupd_drills_total counter"
+    );
+    for (result, n) in [("ok", state.drills.ok), ("failed", state.drills.failed)] {
+        let _ = writeln!(out, "etcd_backupd_drills_total{{cluster=\"{c}\",result=\"{result}\"}} {n}");
+    }
     let _ =
         writeln!(out, "# HELP etcd_backupd_runs_total Backup runs by result.\n# TYPE etcd_backupd_runs_total counter");
     for (result, n) in [
@@ -88,6 +110,8 @@ mod tests {
         s.runs.failed = 1;
         s.backups.insert("local".into(), 3);
         s.backups.insert("s3".into(), 7);
+        s.last_proven = Some(crate::state::Proven { time: t, id: "x".into(), revision: 48000, keys: 12 });
+        s.drills.failed = 2;
         let text = render(&s, "prod\"east");
         assert!(
             text.contains("etcd_backupd_last_success_timestamp_seconds{cluster=\"prod\\\"east\"} 1795327200\n"),
@@ -97,6 +121,9 @@ mod tests {
         assert!(text.contains("etcd_backupd_last_revision{cluster=\"prod\\\"east\"} 48211\n"));
         assert!(text.contains("etcd_backupd_runs_total{cluster=\"prod\\\"east\",result=\"ok\"} 4\n"));
         assert!(text.contains("etcd_backupd_backups{cluster=\"prod\\\"east\",destination=\"s3\"} 7\n"));
+        assert!(text.contains("etcd_backupd_last_proven_timestamp_seconds{cluster=\"prod\\\"east\"} 1795327200\n"));
+        assert!(text.contains("etcd_backupd_last_proven_revision{cluster=\"prod\\\"east\"} 48000\n"));
+        assert!(text.contains("etcd_backupd_drills_total{cluster=\"prod\\\"east\",result=\"failed\"} 2\n"));
         // Every sample line belongs to a declared metric.
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let name = line.split(['{', ' ']).next().unwrap();

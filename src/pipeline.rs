@@ -202,6 +202,13 @@ pub async fn write_backup<S: SnapshotSource>(
             }
         };
 
+    if let Err(e) = encoded.status.check_not_older_than(facts.revision) {
+        for (upload, _) in finished {
+            upload.abort().await;
+        }
+        bail!("etcd sent a snapshot that does not match its status; nothing was committed: {e}");
+    }
+
     let manifest = Manifest {
         format_version: FORMAT_VERSION,
         id: id.clone(),

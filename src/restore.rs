@@ -8,6 +8,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use sha2::{Digest, Sha256};
 
 use crate::manifest::{BackupId, Manifest};
+use crate::progress::Progress;
 use crate::snapshot::TrailerCheck;
 use crate::store::{Destination, Stored};
 
@@ -77,12 +78,15 @@ pub async fn find<'a>(destinations: &'a [Destination], selector: &Selector) -> R
 }
 
 /// Makes the artifact available as a local file: the local copy, or a download from S3 into `scratch`.
+/// A bar on a terminal shows the download.
 pub async fn fetch(holder: &Destination, manifest: &Manifest, scratch: &Path) -> Result<PathBuf> {
     match holder {
         Destination::Local(l) => Ok(l.folder().join(&manifest.artifact.name)),
         Destination::S3(s3) => {
             let path = scratch.join(format!(".{}.download", manifest.artifact.name));
-            s3.download(&manifest.artifact.name, &path).await?;
+            let progress = Progress::start("downloading", manifest.artifact.size);
+            s3.download(&manifest.artifact.name, &path, &progress).await?;
+            progress.finish();
             Ok(path)
         }
     }
@@ -122,6 +126,7 @@ pub fn decrypt_to(
     manifest: &Manifest,
     identities: &[Box<dyn age::Identity + Send + Sync>],
     output: &Path,
+    progress: &Progress,
 ) -> Result<Plain> {
     let part = output.with_file_name(format!(
         ".{}.part",
@@ -129,7 +134,8 @@ pub fn decrypt_to(
     ));
     let result = (|| {
         let file = std::fs::File::open(artifact).with_context(|| format!("cannot open '{}'", artifact.display()))?;
-        let mut hashed = HashingReader { inner: std::io::BufReader::new(file), hasher: Sha256::new(), size: 0 };
+        let mut hashed =
+            HashingReader { inner: std::io::BufReader::new(file), hasher: Sha256::new(), size: 0, progress };
         let decryptor = age::Decryptor::new_buffered(&mut hashed)
             .map_err(|e| anyhow!("'{}' is not an age file: {e}", artifact.display()))?;
         let decrypted =
@@ -180,14 +186,8 @@ pub fn decrypt_to(
         {
             bail!("the database in {} differs from its manifest: recorded {recorded:?}, found {status:?}", manifest.id);
         }
-        if status.revision < manifest.etcd.revision {
-            bail!(
-                "the snapshot in {} is at revision {}, older than the {} etcd reported when it was taken",
-                manifest.id,
-                status.revision,
-                manifest.etcd.revision
-            );
-        }
+        status.check_not_older_than(manifest.etcd.revision).map_err(|e| anyhow!("{}: {e}", manifest.id))?;
+        progress.finish();
         Ok(Plain { size, sha256, status })
     })();
     match result {
@@ -202,22 +202,24 @@ pub fn decrypt_to(
     }
 }
 
-struct HashingReader<R> {
+struct HashingReader<'p, R> {
     inner: R,
     hasher: Sha256,
     size: u64,
+    progress: &'p Progress,
 }
 
-impl<R: std::io::BufRead> Read for HashingReader<R> {
+impl<R: std::io::BufRead> Read for HashingReader<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.hasher.update(&buf[..n]);
         self.size += n as u64;
+        self.progress.advance(n as u64);
         Ok(n)
     }
 }
 
-impl<R: std::io::BufRead> std::io::BufRead for HashingReader<R> {
+impl<R: std::io::BufRead> std::io::BufRead for HashingReader<'_, R> {
     fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
         self.inner.fill_buf()
     }
@@ -227,6 +229,7 @@ impl<R: std::io::BufRead> std::io::BufRead for HashingReader<R> {
             let n = amt.min(buf.len());
             self.hasher.update(&buf[..n]);
             self.size += n as u64;
+            self.progress.advance(n as u64);
         }
         self.inner.consume(amt);
     }

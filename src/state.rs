@@ -33,6 +33,34 @@ pub struct State {
     pub runs: Runs,
     /// Committed backups per destination after the last run.
     pub backups: std::collections::BTreeMap<String, usize>,
+    /// The newest drill that passed: this backup was restored and served by a throwaway etcd.
+    pub last_proven: Option<Proven>,
+    pub last_drill_failure: Option<DrillFailure>,
+    pub drills: DrillRuns,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Proven {
+    /// When the drill ran.
+    pub time: DateTime<Utc>,
+    pub id: String,
+    pub revision: i64,
+    pub keys: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DrillFailure {
+    pub time: DateTime<Utc>,
+    /// The backup drilled, if it was found.
+    pub id: Option<String>,
+    pub error: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DrillRuns {
+    pub ok: u64,
+    pub failed: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -9,6 +9,8 @@ pub const SYSLOG_IDENTIFIER: &str = "etcd-backupd";
 pub const MESSAGE_BACKUP_COMMITTED: &str = "f2ffcd6fad5446e58d4a2e66c4ce4361";
 pub const MESSAGE_BACKUP_FAILED: &str = "0acec5109baa46fdaa2302d289c85bdf";
 pub const MESSAGE_PRUNED: &str = "c7492101e0cf4b4497ca671a0778e215";
+pub const MESSAGE_DRILL_PASSED: &str = "a1d343ee59864745a2c51a9158c8c043";
+pub const MESSAGE_DRILL_FAILED: &str = "bebb1a90537e431ba951fff46f84cf9f";
 
 /// The one journal entry that ends a successful backup.
 pub fn backup_committed(report: &crate::pipeline::BackupReport) {
@@ -56,6 +58,34 @@ pub fn pruned(report: &crate::prune::PruneReport) {
         "pruned {}: removed {} backups, cleaned {cleaned} leftovers",
         report.destination,
         removed.len()
+    );
+}
+
+/// A drill proved a backup restorable.
+pub fn drill_passed(report: &crate::drill::DrillReport) {
+    tracing::info!(
+        message_id = MESSAGE_DRILL_PASSED,
+        backup_id = %report.id,
+        source = report.from,
+        revision = report.observed.revision,
+        live_keys = report.observed.keys,
+        duration_ms = report.duration.as_millis() as u64,
+        "drill passed: {} restored from {} and served revision {} with {} keys, as its manifest says",
+        report.id,
+        report.from,
+        report.observed.revision,
+        report.observed.keys
+    );
+}
+
+/// A drill could not prove a backup restorable.
+pub fn drill_failed(id: Option<&str>, error: &str) {
+    tracing::error!(
+        message_id = MESSAGE_DRILL_FAILED,
+        backup_id = id.unwrap_or(""),
+        error = %error,
+        "drill FAILED{}: {error}",
+        id.map(|i| format!(" for {i}")).unwrap_or_default()
     );
 }
 

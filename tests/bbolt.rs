@@ -75,6 +75,8 @@ async fn shapes(version: EtcdVersion) {
     for (s, live) in &snapshots {
         assert_same(version, s, *live);
     }
+    let compacted = |i: usize| status(&std::fs::File::open(&snapshots[i].0).unwrap()).unwrap().compact_revision;
+    assert_eq!((compacted(0), compacted(3)), (0, rev), "the finished compaction is read from bucket meta");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -166,6 +166,19 @@ fn faults_in_the_snapshot_stream_commit_nothing_anywhere() {
         assert!(format!("{err:#}").contains("not a sound database"), "{err:#}");
         assert_clean(work.path(), &s3);
 
+        // A sound database older than the revision its member reported (another member's, a stale
+        // file): refused before any commit.
+        let (s3, work) = (S3::start().await, tempfile::tempdir().unwrap());
+        let err = write_backup(
+            &settings(work.path(), &s3, &id.recipient),
+            &request,
+            FakeSource::new(good.clone(), 1_000_000),
+        )
+        .await
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("older than the 1000000 etcd reported"), "{err:#}");
+        assert_clean(work.path(), &s3);
+
         // Cancelled while S3 completes (the stream is done, a slow part is still uploading): the S3
         // upload is aborted at once, not left to finish.
         let (s3, work) = (S3::start().await, tempfile::tempdir().unwrap());

@@ -166,6 +166,12 @@ fn resolve_files(settings: &mut Settings) -> Vec<Issue> {
         check_pem_file("s3.ca_file", ca, "CERTIFICATE", &mut issues);
     }
 
+    if let Some(identity) = &settings.drill.identity_file
+        && let Err(e) = crate::crypto::read_identities(identity)
+    {
+        issues.push(Issue::new("drill.identity_file", e));
+    }
+
     let enc = &mut settings.encryption;
     if let Some(file) = enc.recipients_file.clone() {
         match std::fs::read_to_string(&file) {

@@ -15,6 +15,15 @@ pub struct RawConfig {
     pub s3: Option<RawS3>,
     pub schedule: Option<RawSchedule>,
     pub metrics: Option<RawMetrics>,
+    pub drill: Option<RawDrill>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDrill {
+    pub identity_file: Option<String>,
+    pub cron: Option<String>,
+    pub etcd_bin: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

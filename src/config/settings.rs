@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::raw::{RawConfig, RawEtcd, RawRetention, RawS3};
+use super::raw::{RawConfig, RawDrill, RawEtcd, RawRetention, RawS3};
 use super::units::{parse_duration, parse_size};
 use crate::manifest::{ClusterName, Compression};
 use crate::retention::Policy;
@@ -33,6 +33,17 @@ pub struct Settings {
     pub metrics_textfile: Option<PathBuf>,
     /// Leftovers of crashed runs younger than this are left alone: their run may still be going.
     pub leftover_grace: Duration,
+    pub drill: DrillSettings,
+}
+
+/// Restore drills: where the identity is, and when the daemon runs them (never, by default).
+#[derive(Debug, Clone, Default)]
+pub struct DrillSettings {
+    pub identity_file: Option<PathBuf>,
+    /// In daemon mode, drill the newest backup on this schedule.
+    pub schedule: Option<crate::schedule::Schedule>,
+    /// The folder holding `etcd` and `etcdutl` (or 3.4's `etcdctl`); default: PATH.
+    pub etcd_bin: Option<PathBuf>,
 }
 
 /// When the daemon takes backups.
@@ -227,6 +238,7 @@ pub fn validate(raw: RawConfig) -> Result<Settings, Vec<Issue>> {
     let metrics_textfile = raw.metrics.and_then(|m| path_key(m.textfile, "metrics.textfile", &mut issues));
     let leftover_grace =
         duration_key(raw.backup.leftover_grace, "backup.leftover_grace", DEFAULT_LEFTOVER_GRACE, &mut issues);
+    let drill = raw.drill.map(|d| validate_drill(d, timezone, &mut issues)).unwrap_or_default();
 
     match etcd {
         Some(etcd) if issues.is_empty() => Ok(Settings {
@@ -240,9 +252,28 @@ pub fn validate(raw: RawConfig) -> Result<Settings, Vec<Issue>> {
             schedule,
             metrics_textfile,
             leftover_grace,
+            drill,
         }),
         _ => Err(issues),
     }
+}
+
+fn validate_drill(raw: RawDrill, timezone: chrono_tz::Tz, issues: &mut Vec<Issue>) -> DrillSettings {
+    let identity_file = path_key(raw.identity_file, "drill.identity_file", issues);
+    let schedule = raw.cron.and_then(|cron| match crate::schedule::Schedule::parse(&cron, timezone, Duration::ZERO) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            issues.push(Issue::new("drill.cron", e));
+            None
+        }
+    });
+    if schedule.is_some() && identity_file.is_none() && !issues.iter().any(|i| i.key == "drill.identity_file") {
+        issues.push(Issue::new(
+            "drill.cron",
+            "scheduled drills need drill.identity_file: the age identity (private key) that can decrypt the backups. Keep it off the etcd hosts: run drills on a separate verification host",
+        ));
+    }
+    DrillSettings { identity_file, schedule, etcd_bin: path_key(raw.etcd_bin, "drill.etcd_bin", issues) }
 }
 
 fn validate_etcd(raw: Option<RawEtcd>, issues: &mut Vec<Issue>) -> Option<EtcdSettings> {

@@ -96,7 +96,7 @@ fn labels() {
     }
 }
 
-fn sample() -> Manifest {
+pub(crate) fn sample() -> Manifest {
     let id = BackupId::new(t(2026, 11, 22, 6, 0, 0), 48211, "8e9e05c52164694d");
     Manifest {
         format_version: FORMAT_VERSION,

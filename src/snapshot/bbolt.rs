@@ -64,7 +64,30 @@ pub struct Status {
     /// restored member answers to `etcdctl get "" --prefix --count-only`.
     #[serde(default)]
     pub live_keys: u64,
+    /// The revision of the last finished compaction (0 if none). A member restored from the snapshot
+    /// serves revision max(revision, compact_revision): a compaction can remove the newest revisions' keys.
+    #[serde(default)]
+    pub compact_revision: i64,
     pub total_size: u64,
+}
+
+impl Status {
+    /// The revision a member restored from this database serves: a compaction can remove the keys of
+    /// the newest revisions (a deletion compacted away), and etcd then serves the compaction's revision.
+    pub fn served_revision(&self) -> i64 {
+        self.revision.max(self.compact_revision)
+    }
+
+    /// A snapshot cannot be older than the revision its member reported just before sending it.
+    pub fn check_not_older_than(&self, reported: i64) -> Result<(), String> {
+        if self.served_revision() < reported {
+            return Err(format!(
+                "the snapshot is at revision {}, older than the {reported} etcd reported when it was taken",
+                self.served_revision()
+            ));
+        }
+        Ok(())
+    }
 }
 
 struct Meta {
@@ -258,7 +281,7 @@ pub fn status<P: Pages + ?Sized>(pages: &P) -> Result<Status, BboltError> {
     let mut reader = Reader { pages, meta, seen: HashSet::new(), depth: 0 };
     let root_page = reader.page(root)?;
     let mut hasher = 0u32;
-    let (mut total_key, mut revision) = (0u64, 0i64);
+    let (mut total_key, mut revision, mut compact_revision) = (0u64, 0i64, 0i64);
     // Newest state of each user key, by a 128-bit digest of the key so that memory stays small.
     let mut latest: HashMap<u128, bool> = HashMap::new();
     reader.walk(&root_page, &mut |r, name, value, flags| {
@@ -270,6 +293,7 @@ pub fn status<P: Pages + ?Sized>(pages: &P) -> Result<Status, BboltError> {
         }
         hasher = crc32c::crc32c_append(hasher, name);
         let is_key = name == b"key";
+        let is_meta = name == b"meta";
         r.walk_bucket(value, &mut |_, k, v, f| {
             hasher = crc32c::crc32c_append(hasher, k);
             if f & BUCKET_LEAF == 0 {
@@ -284,12 +308,16 @@ pub fn status<P: Pages + ?Sized>(pages: &P) -> Result<Status, BboltError> {
                 let tombstone = k.len() == 18 && k[17] == b't';
                 latest.insert(digest(user_key), !tombstone);
             }
+            if is_meta && k == b"finishedCompactRev" {
+                let main = v.get(..8).ok_or_else(|| damaged("meta/finishedCompactRev is truncated".into()))?;
+                compact_revision = i64::from_be_bytes(main.try_into().unwrap_or_default());
+            }
             total_key += 1;
             Ok(())
         })
     })?;
     let live_keys = latest.values().filter(|live| **live).count() as u64;
-    Ok(Status { hash: hasher, revision, total_key, live_keys, total_size })
+    Ok(Status { hash: hasher, revision, total_key, live_keys, compact_revision, total_size })
 }
 
 fn digest(bytes: &[u8]) -> u128 {
@@ -355,6 +383,17 @@ mod tests {
         assert_eq!(user_key(&[0x0b]), None, "unknown wire type");
         assert_eq!(user_key(&[0x10, 0x80]), None, "unterminated varint");
         assert_eq!(user_key(&[0x0a, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]), None);
+    }
+
+    #[test]
+    fn a_compaction_past_the_last_key_sets_the_served_revision() {
+        let s = Status { hash: 0, revision: 20, total_key: 9, live_keys: 3, compact_revision: 0, total_size: 8192 };
+        assert_eq!(s.served_revision(), 20);
+        assert!(s.check_not_older_than(20).is_ok());
+        assert!(s.check_not_older_than(21).unwrap_err().contains("revision 20, older than the 21"));
+        let compacted = Status { compact_revision: 23, ..s };
+        assert_eq!(compacted.served_revision(), 23);
+        assert!(compacted.check_not_older_than(23).is_ok());
     }
 
     #[test]

@@ -363,7 +363,12 @@ impl S3Store {
     }
 
     /// Downloads `name` from the cluster folder into `path` (0600), streaming.
-    pub async fn download(&self, name: &str, path: &std::path::Path) -> Result<()> {
+    pub async fn download(
+        &self,
+        name: &str,
+        path: &std::path::Path,
+        progress: &crate::progress::Progress,
+    ) -> Result<()> {
         use tokio::io::AsyncWriteExt;
         let key = format!("{}{name}", self.folder);
         let out = self
@@ -385,6 +390,7 @@ impl S3Store {
         let mut body = out.body;
         while let Some(chunk) = body.try_next().await.with_context(|| format!("downloading '{key}' broke"))? {
             file.write_all(&chunk).await.with_context(|| format!("cannot write '{}'", path.display()))?;
+            progress.advance(chunk.len() as u64);
         }
         file.flush().await?;
         Ok(())
