@@ -235,8 +235,11 @@ pub async fn run(config_path: PathBuf, settings: Settings) -> Result<()> {
     }
     save_next(&settings, &state_dir, &mut state, next).await;
     let mut running: Option<Running> = None;
+    let mut next_drill = next_drill_after(&settings, now);
+    let mut drilling: Option<JoinHandle<DrillRun>> = None;
     tracing::info!(
         schedule = %settings.schedule.schedule.text(), timezone = %settings.timezone, next = %next,
+        next_drill = %next_drill.map_or("never".to_string(), |t| t.to_string()),
         state_dir = %state_dir.display(), "etcd-backupd started"
     );
     notifier.ready(&status_line(&state, false));
@@ -271,12 +274,31 @@ pub async fn run(config_path: PathBuf, settings: Settings) -> Result<()> {
                     Ok(new) => {
                         settings = new;
                         next = next_fire(&settings, Utc::now());
+                        next_drill = next_drill_after(&settings, Utc::now());
                         save_next(&settings, &state_dir, &mut state, next).await;
                         tracing::info!(schedule = %settings.schedule.schedule.text(), next = %next, "configuration reloaded");
                     }
                     Err(e) => tracing::error!("the new configuration is not valid; keeping the running one:\n{e}"),
                 }
                 notifier.ready(&status_line(&state, running.is_some()));
+            }
+            () = sleep_until_maybe(next_drill) => {
+                if drilling.is_some() {
+                    tracing::warn!("a drill is still running; skipping this scheduled drill");
+                } else {
+                    drilling = Some(start_drill(&settings));
+                }
+                next_drill = next_drill_after(&settings, Utc::now());
+            }
+            done = async { drilling.as_mut().expect("guarded").await }, if drilling.is_some() => {
+                drilling = None;
+                match done {
+                    Ok((started, id, result)) => {
+                        crate::drill::record(&settings, &state_dir, started, id.as_deref(), &result).await;
+                    }
+                    Err(e) => tracing::error!(error = %e, "the drill task failed"),
+                }
+                state = State::load(&state_dir);
             }
             _ = watchdog_tick.tick(), if watchdog.is_some() => notifier.watchdog(),
             outcome = async { running.as_mut().map(|r| &mut r.handle).expect("guarded").await }, if running.is_some() => {
@@ -295,6 +317,12 @@ pub async fn run(config_path: PathBuf, settings: Settings) -> Result<()> {
     }
 
     notifier.stopping();
+    if let Some(d) = drilling.take() {
+        // Dropping the drill stops its throwaway etcd and removes its files; it proved nothing.
+        tracing::info!("stopping: abandoning the running drill");
+        d.abort();
+        let _ = d.await;
+    }
     if let Some(mut r) = running.take() {
         let grace = settings.schedule.stop_grace;
         tracing::info!(grace = %humantime::format_duration(grace), "stopping: waiting for the running backup to finish");
@@ -314,6 +342,32 @@ pub async fn run(config_path: PathBuf, settings: Settings) -> Result<()> {
     }
     tracing::info!("etcd-backupd stopped");
     Ok(())
+}
+
+/// A finished drill: when it started, the backup it drilled (if found), and its result.
+type DrillRun = (DateTime<Utc>, Option<String>, Result<crate::drill::DrillReport>);
+
+fn next_drill_after(settings: &Settings, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    settings.drill.schedule.as_ref().and_then(|s| s.next_after(now))
+}
+
+/// Sleeps until `t`; forever when there is no `t`.
+async fn sleep_until_maybe(t: Option<DateTime<Utc>>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(instant_at(t)).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Drills the newest backup with the `[drill]` table's identity and tools.
+fn start_drill(settings: &Settings) -> JoinHandle<DrillRun> {
+    let settings = settings.clone();
+    tokio::spawn(async move {
+        let started = Utc::now();
+        tracing::info!("drilling the newest backup");
+        let (id, result) = crate::drill::drill(&settings, &crate::restore::Selector::Latest, None, None).await;
+        (started, id, result)
+    })
 }
 
 fn start(settings: &Settings, state_dir: &Path) -> Running {

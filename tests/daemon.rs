@@ -332,3 +332,44 @@ async fn a_run_due_while_one_is_going_is_skipped() {
         serde_json::from_slice(&std::fs::read(state_dir_for(&cfg).join("state.json")).unwrap()).unwrap();
     assert!(state["runs"]["skipped"].as_u64().unwrap() >= 1, "{state}");
 }
+
+/// `[drill] cron`: the daemon drills the newest backup on its own schedule and records the result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_drills_prove_the_newest_backup() {
+    let etcd = Etcd::start(EtcdVersion::V34);
+    etcd.seed(30, 100).await;
+    let work = tempfile::tempdir().unwrap();
+    let id = age_identity(work.path(), "ops");
+    std::fs::create_dir_all(work.path().join("metrics")).unwrap();
+    let drill = format!(
+        "[drill]\nidentity_file = \"{}\"\ncron = \"*/2 * * * * *\"\netcd_bin = \"{}\"\n",
+        id.file.display(),
+        etcd_bin_dir(EtcdVersion::V34).display()
+    );
+    let cfg = write_config(work.path(), &etcd, &id.recipient, "cron = \"0 0 1 1 *\"", &drill);
+    let daemon = Daemon::start(&cfg).await;
+    let state = || -> serde_json::Value {
+        std::fs::read(state_dir_for(&cfg).join("state.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    };
+    // No backup yet: the drill fails and says so.
+    daemon.wait_until("a failed drill", || state()["drills"]["failed"].as_u64() >= Some(1)).await;
+    assert!(state()["last_drill_failure"]["error"].as_str().unwrap().contains("no destination holds any backup"));
+
+    daemon.signal(Signal::SIGUSR1);
+    let folder = work.path().join("backups/default");
+    daemon.wait_until("the backup", || manifests(&folder) == 1).await;
+    daemon.wait_until("a passing drill", || state()["drills"]["ok"].as_u64() >= Some(1)).await;
+    let backup = files(&folder).into_iter().find_map(|n| n.strip_suffix(".manifest.json").map(str::to_string));
+    assert_eq!(state()["last_proven"]["id"].as_str(), backup.as_deref());
+    assert_eq!(state()["last_proven"]["keys"], 30);
+    let metrics = std::fs::read_to_string(work.path().join("metrics/etcd_backupd.prom")).unwrap();
+    assert!(metrics.contains("etcd_backupd_last_proven_timestamp_seconds{"), "{metrics}");
+    let (status, _, _, log) = daemon.stop().await;
+    assert!(status.success(), "{log}");
+    let left: Vec<String> =
+        files(&state_dir_for(&cfg)).into_iter().filter(|n| n.starts_with(".etcd-backupd-scratch")).collect();
+    assert!(left.is_empty(), "{left:?}");
+}
