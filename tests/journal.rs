@@ -7,7 +7,9 @@ mod common;
 use std::process::Command;
 
 use common::*;
-use etcd_backupd::telemetry::{MESSAGE_BACKUP_COMMITTED, MESSAGE_BACKUP_FAILED};
+use etcd_backupd::telemetry::{
+    MESSAGE_BACKUP_COMMITTED, MESSAGE_BACKUP_FAILED, MESSAGE_DRILL_FAILED, MESSAGE_DRILL_PASSED,
+};
 
 const SCRIPT: &str = r#"
 set -eu
@@ -22,6 +24,8 @@ for i in $(seq 100); do [ -S /run/systemd/journal/socket ] && break; sleep 0.05;
 export ETCD_BACKUPD_LOG_TARGET=journal
 "$BIN" --config "$GOOD" backup --label journal-test > "$T/good.out" 2>&1 || echo "good exit $?" >> "$T/good.out"
 "$BIN" --config "$BAD" backup > "$T/bad.out" 2>&1 || true
+"$BIN" --config "$GOOD" drill latest > "$T/drill.out" 2>&1 || echo "drill exit $?" >> "$T/drill.out"
+"$BIN" --config "$GOOD" drill 20200101T000000Z-r1-abc > /dev/null 2>&1 || true
 sleep 0.5
 journalctl -D /run/log/journal --sync >/dev/null 2>&1 || true
 kill $journald
@@ -49,9 +53,11 @@ async fn the_journal_holds_the_backup_history() {
     }
     let body = |endpoint: &str| {
         format!(
-            "[etcd]\nendpoints = [\"{endpoint}\"]\ndial_timeout = \"2s\"\n[encryption]\nrecipients = [\"{}\"]\n[local]\ndir = \"{}\"\n",
+            "[etcd]\nendpoints = [\"{endpoint}\"]\ndial_timeout = \"2s\"\n[encryption]\nrecipients = [\"{}\"]\n[local]\ndir = \"{}\"\n[drill]\nidentity_file = \"{}\"\netcd_bin = \"{}\"\n",
             id.recipient,
-            work.path().join("backups").display()
+            work.path().join("backups").display(),
+            id.file.display(),
+            etcd_bin_dir(EtcdVersion::V34).display()
         )
     };
     let good = work.path().join("good.toml");
@@ -93,5 +99,17 @@ async fn the_journal_holds_the_backup_history() {
     let failed = entries(work.path(), MESSAGE_BACKUP_FAILED);
     assert_eq!(failed.len(), 1, "{failed:?}");
     assert!(failed[0]["ERROR"].as_str().unwrap().contains(&dead), "{}", failed[0]);
+    assert_eq!(failed[0]["PRIORITY"], "3");
+
+    let drill_out = std::fs::read_to_string(work.path().join("drill.out")).unwrap();
+    assert!(!drill_out.contains("drill exit"), "{drill_out}");
+    let passed = entries(work.path(), MESSAGE_DRILL_PASSED);
+    assert_eq!(passed.len(), 1, "{passed:?}");
+    assert_eq!(passed[0]["BACKUP_ID"], e["BACKUP_ID"]);
+    assert_eq!(passed[0]["LIVE_KEYS"], "20");
+    assert_eq!(passed[0]["SOURCE"], "local");
+    let failed = entries(work.path(), MESSAGE_DRILL_FAILED);
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert!(failed[0]["ERROR"].as_str().unwrap().contains("no destination holds a backup"), "{}", failed[0]);
     assert_eq!(failed[0]["PRIORITY"], "3");
 }
