@@ -156,6 +156,9 @@ pub enum Command {
         #[arg(value_parser = parse_id)]
         id: BackupId,
     },
+    /// Write the man pages and shell completions into DIR (for packaging).
+    #[command(hide = true)]
+    Generate { dir: PathBuf },
 }
 
 fn parse_selector(s: &str) -> Result<Selector, String> {
@@ -228,6 +231,10 @@ pub fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
+    if let Command::Generate { dir } = &cli.command {
+        crate::manpages::generate(dir)?;
+        return Ok(());
+    }
     let settings = config::load(&cli.config).map_err(Failure::Config)?;
     match cli.command {
         Command::CheckConfig => {
@@ -271,6 +278,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Delete { id, force } => delete(&settings, &id, force).await,
         Command::Pin { id } => set_pin(&settings, &id, true).await,
         Command::Unpin { id } => set_pin(&settings, &id, false).await,
+        Command::Generate { .. } => Ok(()),
     }
 }
 

@@ -8,6 +8,7 @@ pub mod drill;
 pub mod errors;
 pub mod etcd;
 pub mod manifest;
+pub mod manpages;
 pub mod metrics;
 pub mod notify;
 pub mod pipeline;

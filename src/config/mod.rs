@@ -1,6 +1,7 @@
 //! Configuration: the TOML file → raw serde structs → validated `Settings`. Errors name file, line and key.
 
 mod raw;
+pub mod reference;
 mod settings;
 pub mod units;
 

@@ -1,0 +1,208 @@
+//! Every config key with its default and meaning: the source of etcd-backupd.toml(5). Tests check that
+//! it names exactly the keys the parser accepts, so the manual cannot drift from the code.
+
+pub struct Key {
+    pub name: &'static str,
+    pub default: &'static str,
+    pub meaning: &'static str,
+}
+
+pub struct Table {
+    /// As written in the file, e.g. `s3.retention`.
+    pub name: &'static str,
+    pub about: &'static str,
+    pub keys: &'static [Key],
+}
+
+const fn key(name: &'static str, default: &'static str, meaning: &'static str) -> Key {
+    Key { name, default, meaning }
+}
+
+const RETENTION: &[Key] = &[
+    key("keep_last", "0", "keep the N newest backups"),
+    key("keep_hourly", "0", "keep the newest backup of each of the last N hours that have backups"),
+    key("keep_daily", "0", "the same for days"),
+    key("keep_weekly", "0", "the same for ISO weeks"),
+    key("keep_monthly", "0", "the same for months"),
+    key("keep_yearly", "0", "the same for years"),
+    key("keep_within", "none", "keep everything newer than the newest backup minus this duration"),
+    key(
+        "max_total_size",
+        "none",
+        "after the rules, remove the oldest unpinned backups until the total is under this size; never the newest",
+    ),
+    key("min_keep", "0", "never keep fewer committed backups than this"),
+];
+
+pub const TABLES: &[Table] = &[
+    Table {
+        name: "etcd",
+        about: "The local etcd member. Required.",
+        keys: &[
+            key("endpoints", "required", "the local member, e.g. [\"https://127.0.0.1:2379\"]; tried in order"),
+            key(
+                "cacert",
+                "system roots",
+                "CA that signed etcd's server certificate (kubeadm: /etc/kubernetes/pki/etcd/ca.crt)",
+            ),
+            key("cert", "none", "client certificate (kubeadm: /etc/kubernetes/pki/etcd/healthcheck-client.crt)"),
+            key(
+                "key",
+                "none",
+                "its private key (kubeadm: /etc/kubernetes/pki/etcd/healthcheck-client.key); a file the service user cannot read is taken from the systemd credential of the same base name (LoadCredential=)",
+            ),
+            key("username", "none", "etcd user, with password_file"),
+            key("password_file", "none", "file holding the etcd user's password (a trailing newline is ignored)"),
+            key("dial_timeout", "10s", "per endpoint, to connect and read the member's status"),
+            key("snapshot_timeout", "30m", "the whole snapshot stream"),
+        ],
+    },
+    Table {
+        name: "backup",
+        about: "What a backup is.",
+        keys: &[
+            key(
+                "cluster",
+                "default",
+                "names this cluster's backups (a folder locally and in S3); letters, digits, - _ .",
+            ),
+            key("compression", "zstd", "\"zstd\" or \"none\""),
+            key("compression_level", "3", "zstd level, 1 to 19"),
+            key("leftover_grace", "24h", "leftovers of crashed runs younger than this are left alone"),
+        ],
+    },
+    Table {
+        name: "encryption",
+        about: "Backups are always encrypted with age to public keys; at least one recipient is required.",
+        keys: &[
+            key("recipients", "[]", "age public keys (age1...) and SSH public keys (ssh-ed25519 ..., ssh-rsa ...)"),
+            key("recipients_file", "none", "a file with one recipient per line; # starts a comment"),
+        ],
+    },
+    Table {
+        name: "local",
+        about: "The local copy.",
+        keys: &[
+            key("dir", "/var/lib/etcd-backupd/backups", "created 0700; backups go in DIR/CLUSTER/"),
+            key("retention", "keep_last = 3", "a [local.retention] table replaces the default"),
+        ],
+    },
+    Table { name: "local.retention", about: "Retention of the local copies (see RETENTION).", keys: RETENTION },
+    Table {
+        name: "s3",
+        about: "The off-site copy in S3 or an S3-compatible store. Optional.",
+        keys: &[
+            key("bucket", "required", "the bucket; it must exist"),
+            key("prefix", "\"\"", "key prefix; a trailing / is added if missing"),
+            key(
+                "region",
+                "AWS chain",
+                "the bucket's region; S3-compatible stores with an endpoint default to us-east-1",
+            ),
+            key("endpoint", "AWS", "for S3-compatible stores, e.g. https://minio.internal:9000"),
+            key("force_path_style", "false", "path-style addressing (most MinIO and Ceph setups)"),
+            key(
+                "storage_class",
+                "bucket default",
+                "for the artifact, e.g. STANDARD_IA; manifests always use the default class",
+            ),
+            key("server_side_encryption", "none", "\"AES256\" (SSE-S3) or \"aws:kms\" (SSE-KMS)"),
+            key("sse_kms_key_id", "bucket default key", "with aws:kms"),
+            key(
+                "checksums",
+                "when_supported",
+                "CRC32 per part, carried into the completed upload; \"when_required\" for older MinIO, Ceph, R2",
+            ),
+            key("ca_file", "none", "an extra trust root (PEM) for the endpoint"),
+            key("part_size", "8MiB", "multipart part size, 5MiB to 5GiB; memory use is about twice this"),
+            key("retention", "daily 7, weekly 4, monthly 6", "an [s3.retention] table replaces the default"),
+        ],
+    },
+    Table { name: "s3.retention", about: "Retention of the S3 copies (see RETENTION).", keys: RETENTION },
+    Table {
+        name: "schedule",
+        about: "When the daemon (etcd-backupd run) backs up; timezone also sets retention's calendar periods.",
+        keys: &[
+            key("cron", "0 */6 * * *", "crontab: 5 fields, or 6 with seconds first"),
+            key("timezone", "UTC", "IANA time zone of the schedule and of retention's calendar periods"),
+            key("jitter", "0s", "a random delay up to this is added to each run, so a fleet does not hit S3 at once"),
+            key("catch_up", "true", "on start, run at once if a scheduled run was missed"),
+            key(
+                "skip_unchanged",
+                "false",
+                "if etcd's revision equals the last backup's, record \"unchanged\" and upload nothing",
+            ),
+            key("max_attempts", "3", "tries of a scheduled run on transient etcd or S3 errors"),
+            key("stop_grace", "60s", "on SIGTERM, how long a running backup may take before it is aborted cleanly"),
+        ],
+    },
+    Table {
+        name: "metrics",
+        about: "Prometheus metrics for node_exporter's textfile collector.",
+        keys: &[key("textfile", "none", "the file to rewrite (atomically) after every run")],
+    },
+    Table {
+        name: "drill",
+        about: "Restore drills (etcd-backupd drill). Keep the identity off the etcd hosts: run drills on a verification host.",
+        keys: &[
+            key("identity_file", "none", "the age identity (or unencrypted SSH private key) drills decrypt with"),
+            key("cron", "none", "in daemon mode, drill the newest backup on this schedule (needs identity_file)"),
+            key("etcd_bin", "PATH", "the folder holding etcd and etcdutl (3.5+) or etcdctl (3.4)"),
+        ],
+    },
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The keys the parser accepts in a table, read from serde's "unknown field" error.
+    fn accepted(table: &str) -> Vec<String> {
+        let minimal = "[etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\n";
+        let text = if table == "etcd" {
+            "[etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\nzz_unknown = 1\n".to_string()
+        } else {
+            format!("{minimal}[{table}]\nzz_unknown = 1\n")
+        };
+        let errors = crate::config::parse(&text).expect_err("an unknown key is refused");
+        let message = &errors.iter().find(|e| e.message.contains("zz_unknown")).expect("names the key").message;
+        let (_, expected) = message.split_once("expected").expect("lists the expected keys");
+        expected.split('`').skip(1).step_by(2).map(str::to_string).collect()
+    }
+
+    #[test]
+    fn the_reference_names_exactly_the_keys_the_parser_accepts() {
+        for table in TABLES {
+            let mut documented: Vec<&str> = table.keys.iter().map(|k| k.name).collect();
+            let mut parsed = accepted(table.name);
+            documented.sort_unstable();
+            parsed.sort_unstable();
+            assert_eq!(documented, parsed, "[{}]", table.name);
+        }
+    }
+
+    #[test]
+    fn every_table_the_parser_accepts_is_documented() {
+        let top: Vec<&str> = TABLES.iter().map(|t| t.name).filter(|n| !n.contains('.')).collect();
+        let err = crate::config::parse("zz_table = 1\n").expect_err("unknown");
+        let message = &err.iter().find(|e| e.message.contains("zz_table")).expect("names it").message;
+        let (_, expected) = message.split_once("expected").expect("lists them");
+        let mut parsed: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+        let mut top = top;
+        parsed.sort_unstable();
+        top.sort_unstable();
+        assert_eq!(top, parsed);
+    }
+
+    #[test]
+    fn the_readme_documents_every_key() {
+        let readme = include_str!("../../README.md");
+        for table in TABLES {
+            for k in table.keys {
+                let in_table = readme.contains(&format!("`{}`", k.name));
+                let in_example = readme.contains(&format!("\n{} = ", k.name));
+                assert!(in_table || in_example, "README lacks [{}] {}", table.name, k.name);
+            }
+        }
+    }
+}
