@@ -36,6 +36,10 @@ pub async fn connect(settings: &EtcdSettings) -> Result<Member> {
     bail!("cannot reach etcd:\n  {}", failures.join("\n  "))
 }
 
+fn read(path: &std::path::Path, key: &str) -> Result<Vec<u8>> {
+    crate::config::read_config_file(path).map_err(|e| anyhow::anyhow!("{key}: {e}"))
+}
+
 fn connect_options(settings: &EtcdSettings) -> Result<ConnectOptions> {
     let mut options = ConnectOptions::new()
         .with_connect_timeout(settings.dial_timeout)
@@ -44,22 +48,19 @@ fn connect_options(settings: &EtcdSettings) -> Result<ConnectOptions> {
         let mut tls = TlsOptions::new();
         match &settings.cacert {
             Some(ca) => {
-                let pem = std::fs::read(ca).with_context(|| format!("cannot read etcd.cacert '{}'", ca.display()))?;
+                let pem = read(ca, "etcd.cacert")?;
                 tls = tls.ca_certificate(Certificate::from_pem(pem));
             }
             None => tls = tls.with_native_roots(),
         }
         if let Some(cc) = &settings.client_cert {
-            let cert =
-                std::fs::read(&cc.cert).with_context(|| format!("cannot read etcd.cert '{}'", cc.cert.display()))?;
-            let key = std::fs::read(&cc.key).with_context(|| format!("cannot read etcd.key '{}'", cc.key.display()))?;
+            let (cert, key) = (read(&cc.cert, "etcd.cert")?, read(&cc.key, "etcd.key")?);
             tls = tls.identity(Identity::from_pem(cert, key));
         }
         options = options.with_tls(tls);
     }
     if let Some(auth) = &settings.auth {
-        let password = std::fs::read_to_string(&auth.password_file)
-            .with_context(|| format!("cannot read etcd.password_file '{}'", auth.password_file.display()))?;
+        let password = String::from_utf8_lossy(&read(&auth.password_file, "etcd.password_file")?).into_owned();
         options = options.with_user(auth.username.clone(), password.trim_end_matches(['\n', '\r']).to_string());
     }
     Ok(options)

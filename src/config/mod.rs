@@ -157,9 +157,9 @@ fn resolve_files(settings: &mut Settings) -> Vec<Issue> {
         check_pem_file("etcd.key", &cc.key, "PRIVATE KEY", &mut issues);
     }
     if let Some(auth) = &etcd.auth
-        && let Err(e) = std::fs::read_to_string(&auth.password_file)
+        && let Err(e) = read_config_file(&auth.password_file)
     {
-        issues.push(Issue::new("etcd.password_file", unreadable(&auth.password_file, &e)));
+        issues.push(Issue::new("etcd.password_file", e));
     }
     if let Some(s3) = &settings.s3
         && let Some(ca) = &s3.ca_file
@@ -196,9 +196,27 @@ fn resolve_files(settings: &mut Settings) -> Vec<Issue> {
     issues
 }
 
-fn check_pem_file(key: &str, path: &Path, kind: &str, issues: &mut Vec<Issue>) {
+/// Reads a file the config names. A file this user may not read (kubeadm's client key is root's, mode
+/// 0600, and the service runs as etcd-backupd) is taken from the systemd credential of the same base name
+/// when the unit loads one (`LoadCredential=NAME:PATH`); otherwise the error says how to set that up.
+pub fn read_config_file(path: &Path) -> Result<Vec<u8>, String> {
     match std::fs::read(path) {
-        Err(e) => issues.push(Issue::new(key, unreadable(path, &e))),
+        Ok(bytes) => Ok(bytes),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            if let (Some(dir), Some(name)) = (std::env::var_os("CREDENTIALS_DIRECTORY"), path.file_name())
+                && let Ok(bytes) = std::fs::read(Path::new(&dir).join(name))
+            {
+                return Ok(bytes);
+            }
+            Err(unreadable(path, &e))
+        }
+        Err(e) => Err(unreadable(path, &e)),
+    }
+}
+
+fn check_pem_file(key: &str, path: &Path, kind: &str, issues: &mut Vec<Issue>) {
+    match read_config_file(path) {
+        Err(e) => issues.push(Issue::new(key, e)),
         Ok(bytes) => {
             let text = String::from_utf8_lossy(&bytes);
             if !text.contains("-----BEGIN ") || !text.contains(kind) {
@@ -218,13 +236,21 @@ fn check_pem_file(key: &str, path: &Path, kind: &str, issues: &mut Vec<Issue>) {
 
 fn unreadable(path: &Path, e: &std::io::Error) -> String {
     let hint = match e.kind() {
-        std::io::ErrorKind::NotFound => "check the path",
+        std::io::ErrorKind::NotFound => "check the path".to_string(),
         std::io::ErrorKind::PermissionDenied => {
-            "let the user running etcd-backupd read it (group membership or a copy with the right owner)"
+            let user = nix::unistd::User::from_uid(nix::unistd::geteuid())
+                .ok()
+                .flatten()
+                .map_or_else(|| nix::unistd::geteuid().to_string(), |u| u.name);
+            let name = path.file_name().map_or_else(|| "key".into(), |n| n.to_string_lossy());
+            format!(
+                "etcd-backupd runs as user {user}, which may not read it. Let systemd hand it over: run `systemctl edit etcd-backupd` and add\n    [Service]\n    LoadCredential={name}:{}\n  (for kubeadm, /usr/share/doc/etcd-backupd/examples/kubeadm-credentials.conf is that drop-in). Or give {user} read access, e.g. through a group",
+                path.display()
+            )
         }
-        _ => "check the file",
+        _ => "check the file".to_string(),
     };
-    format!("cannot read '{}': {e} ({hint})", path.display())
+    format!("cannot read '{}': {e}; {hint}", path.display())
 }
 
 #[cfg(test)]
