@@ -217,10 +217,15 @@ pub fn main() -> ExitCode {
             return ExitCode::from(EXIT_FAILURE);
         }
     };
+    let config_path = cli.config.clone();
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Config(e)) => {
             eprintln!("etcd-backupd: the config is not usable:\n{e}");
+            eprintln!(
+                "etcd-backupd: fill these in (or fix them) in {}, then run `etcd-backupd check-config` again; every key is described in etcd-backupd.toml(5)",
+                config_path.display()
+            );
             ExitCode::from(EXIT_CONFIG)
         }
         Err(Failure::Other(e)) => {

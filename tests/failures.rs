@@ -468,3 +468,20 @@ async fn a_failed_upload_is_aborted_on_the_store() {
     let uploads: Vec<String> = files(&s3.root).into_iter().filter(|n| n.starts_with(".upload")).collect();
     assert!(uploads.is_empty(), "the multipart upload was not aborted: {uploads:?}");
 }
+
+/// The packaged example, untouched: exit 78, every key to fill in named with its line, and what to do.
+#[test]
+fn the_shipped_example_says_what_to_fill_in() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/etcd-backupd.toml");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_etcd-backupd"))
+        .arg("--config")
+        .arg(&example)
+        .arg("check-config")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("encryption.recipients: no recipients"), "{err}");
+    assert!(err.contains(&format!("fill these in (or fix them) in {}", example.display())), "{err}");
+    assert!(err.contains("etcd-backupd.toml(5)"), "{err}");
+}
