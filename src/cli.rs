@@ -599,25 +599,23 @@ async fn verify(settings: &Settings, selector: &Selector, identity: Option<&std:
     let scratch = scratch_dir()?;
     for holder in &found.holders {
         let checked = async {
-            let artifact = crate::restore::fetch(holder, m, scratch.path()).await?;
-            let (artifact2, manifest) = (artifact.clone(), m.clone());
-            tokio::task::spawn_blocking(move || crate::restore::check_artifact(&artifact2, &manifest)).await??;
             if let Some(ids) = &identities {
+                // Decrypting checks the artifact's size and sha256 too.
                 let plain = scratch.path().join("plain.db");
-                let (artifact, manifest, ids) = (artifact.clone(), m.clone(), ids.clone());
-                let p = plain.clone();
-                let checked = tokio::task::spawn_blocking(move || {
-                    let progress = crate::progress::Progress::start("decrypting", manifest.artifact.size);
-                    crate::restore::decrypt_to(&artifact, &manifest, &ids, &p, &progress)
-                })
-                .await?;
+                let checked = crate::restore::fetch_and_decrypt(holder, m, ids, scratch.path(), &plain).await;
                 let _ = std::fs::remove_file(&plain);
                 let s = checked?.status;
                 return anyhow::Ok(format!(
-                    "decrypted, decompressed, trailer, sizes and database structure check out; revision {}, {} keys, hash {}",
-                    s.revision, s.total_key, s.hash
+                    "decrypted, decompressed, trailer, sizes and database structure check out; revision {}, {} keys ({} with history), hash {}",
+                    s.served_revision(),
+                    s.live_keys,
+                    s.total_key,
+                    s.hash
                 ));
             }
+            let artifact = crate::restore::fetch(holder, m, scratch.path()).await?;
+            let manifest = m.clone();
+            tokio::task::spawn_blocking(move || crate::restore::check_artifact(&artifact, &manifest)).await??;
             anyhow::Ok("artifact size and sha256 match the manifest".to_string())
         }
         .await;
@@ -693,16 +691,7 @@ async fn restore(
     let mut plain = None;
     for holder in &found.holders {
         tracing::info!(id = %m.id, from = holder.name(), "restoring");
-        let attempt = async {
-            let artifact = crate::restore::fetch(holder, &m, scratch.path()).await?;
-            let (manifest, snap, ids) = (m.clone(), snapshot.clone(), identities.clone());
-            tokio::task::spawn_blocking(move || {
-                let progress = crate::progress::Progress::start("decrypting", manifest.artifact.size);
-                crate::restore::decrypt_to(&artifact, &manifest, &ids, &snap, &progress)
-            })
-            .await?
-        }
-        .await;
+        let attempt = crate::restore::fetch_and_decrypt(holder, &m, &identities, scratch.path(), &snapshot).await;
         match attempt {
             Ok(p) => {
                 plain = Some(p);

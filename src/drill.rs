@@ -120,14 +120,9 @@ pub async fn drill(
         // The drill proves the copy a restore would use first (local, else S3).
         let holder = found.holders.first().context("no destination holds the backup")?;
         tracing::info!(id = %m.id, from = holder.name(), "drill: fetching and decrypting");
-        let artifact = crate::restore::fetch(holder, &m, scratch.path()).await?;
-        let (manifest, snap, ids) = (m.clone(), snapshot.clone(), identities.clone());
-        tokio::task::spawn_blocking(move || {
-            let progress = crate::progress::Progress::start("decrypting", manifest.artifact.size);
-            crate::restore::decrypt_to(&artifact, &manifest, &ids, &snap, &progress)
-        })
-        .await?
-        .with_context(|| format!("the {} copy of {} cannot be restored", holder.name(), m.id))?;
+        crate::restore::fetch_and_decrypt(holder, &m, &identities, scratch.path(), &snapshot)
+            .await
+            .with_context(|| format!("the {} copy of {} cannot be restored", holder.name(), m.id))?;
         let observed = serve_and_count(&snapshot, &scratch.path().join("data"), &etcd, etcd_bin, settings).await?;
         compare(expected, observed).map_err(|e| anyhow!("{}: {e}", m.id))?;
         Ok(DrillReport { id: m.id.to_string(), from: holder.name(), observed, duration: started.elapsed() })

@@ -92,6 +92,24 @@ pub async fn fetch(holder: &Destination, manifest: &Manifest, scratch: &Path) ->
     }
 }
 
+/// Fetches one copy of a backup (downloading it into `scratch` if it is remote) and decrypts it into
+/// `output` with every check of `decrypt_to`, on a blocking thread.
+pub async fn fetch_and_decrypt(
+    holder: &Destination,
+    manifest: &Manifest,
+    identities: &std::sync::Arc<Vec<Box<dyn age::Identity + Send + Sync>>>,
+    scratch: &Path,
+    output: &Path,
+) -> Result<Plain> {
+    let artifact = fetch(holder, manifest, scratch).await?;
+    let (manifest, output, identities) = (manifest.clone(), output.to_path_buf(), identities.clone());
+    tokio::task::spawn_blocking(move || {
+        let progress = Progress::start("decrypting", manifest.artifact.size);
+        decrypt_to(&artifact, &manifest, &identities, &output, &progress)
+    })
+    .await?
+}
+
 /// Checks that an artifact file is the one the manifest recorded: size and sha256.
 pub fn check_artifact(path: &Path, manifest: &Manifest) -> Result<()> {
     let mut file = std::fs::File::open(path).with_context(|| format!("cannot open '{}'", path.display()))?;

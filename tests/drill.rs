@@ -182,3 +182,46 @@ async fn a_drill_of_a_tampered_backup_fails_and_is_recorded() {
     let out = run(&config, &args).await;
     assert!(stderr(&out).contains("no etcd binary was found in '/nonexistent'"), "{}", stderr(&out));
 }
+
+/// On a terminal, download and decrypt show a progress bar; elsewhere (the journal, CI) plain log lines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_is_a_bar_on_a_terminal_and_log_lines_elsewhere() {
+    let s = Setup::new();
+    let etcd = Etcd::start(EtcdVersion::V34);
+    etcd.seed(20, 100).await;
+    let s3 = S3::start().await;
+    let config = s.config(&etcd.config_table(), &s3.config_table(BUCKET, "p"));
+    assert!(run(&config, &["backup"]).await.status.success());
+    std::fs::remove_dir_all(s.folder()).unwrap(); // from S3: a download, then a decrypt
+
+    let piped = s.work.path().join("piped.db");
+    let out = run(
+        &config,
+        &["restore", "--identity", s.identity.file.to_str().unwrap(), "--output", piped.to_str().unwrap()],
+    )
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("downloading: started") && err.contains("decrypting: done"), "{err}");
+    assert!(!err.contains('\r') && !err.contains("\u{1b}["), "no terminal control on a pipe: {err:?}");
+
+    // `script` gives the command a pseudo-terminal.
+    let on_tty = s.work.path().join("tty.db");
+    let command = format!(
+        "{} --config {} restore --identity {} --output {}",
+        env!("CARGO_BIN_EXE_etcd-backupd"),
+        config.display(),
+        s.identity.file.display(),
+        on_tty.display()
+    );
+    let mut cmd = tokio::process::Command::new("script");
+    cmd.args(["-qec", &command, "/dev/null"]);
+    aws_env(&mut cmd);
+    cmd.env("STATE_DIRECTORY", state_dir_for(&config));
+    let out = cmd.output().await.unwrap();
+    assert!(out.status.success(), "{}", stdout(&out));
+    let text = stdout(&out);
+    assert!(text.contains("downloading") && text.contains("decrypting") && text.contains("[====="), "{text:?}");
+    assert!(!text.contains("downloading: started"), "a bar, not log lines: {text:?}");
+    assert_eq!(std::fs::read(&piped).unwrap(), std::fs::read(&on_tty).unwrap());
+}

@@ -85,11 +85,22 @@ fn daemon_and_timer_modes_exclude_each_other() {
 
 #[test]
 fn the_message_catalog_explains_every_message_id() {
-    use etcd_backupd::telemetry::{MESSAGE_BACKUP_COMMITTED, MESSAGE_BACKUP_FAILED, MESSAGE_PRUNED};
+    use etcd_backupd::telemetry::{
+        MESSAGE_BACKUP_COMMITTED, MESSAGE_BACKUP_FAILED, MESSAGE_DRILL_FAILED, MESSAGE_DRILL_PASSED, MESSAGE_PRUNED,
+    };
     let text =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/etcd-backupd.catalog")).unwrap();
     let ids: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("-- ")).collect();
-    assert_eq!(ids, vec![MESSAGE_BACKUP_COMMITTED, MESSAGE_BACKUP_FAILED, MESSAGE_PRUNED]);
+    assert_eq!(
+        ids,
+        vec![
+            MESSAGE_BACKUP_COMMITTED,
+            MESSAGE_BACKUP_FAILED,
+            MESSAGE_PRUNED,
+            MESSAGE_DRILL_PASSED,
+            MESSAGE_DRILL_FAILED
+        ]
+    );
     for id in &ids {
         assert!(id.len() == 32 && id.chars().all(|c| c.is_ascii_hexdigit()), "{id}");
         let entry = text.split(&format!("-- {id}")).nth(1).unwrap();

@@ -73,9 +73,10 @@ pub struct Status {
 
 impl Status {
     /// The revision a member restored from this database serves: a compaction can remove the keys of
-    /// the newest revisions (a deletion compacted away), and etcd then serves the compaction's revision.
+    /// the newest revisions (a deletion compacted away), and etcd then serves the compaction's revision;
+    /// an empty store is at revision 1.
     pub fn served_revision(&self) -> i64 {
-        self.revision.max(self.compact_revision)
+        self.revision.max(self.compact_revision).max(1)
     }
 
     /// A snapshot cannot be older than the revision its member reported just before sending it.
@@ -394,6 +395,9 @@ mod tests {
         let compacted = Status { compact_revision: 23, ..s };
         assert_eq!(compacted.served_revision(), 23);
         assert!(compacted.check_not_older_than(23).is_ok());
+        let empty = Status { revision: 0, live_keys: 0, ..s };
+        assert_eq!(empty.served_revision(), 1, "a fresh etcd reports revision 1 with no key");
+        assert!(empty.check_not_older_than(1).is_ok());
     }
 
     #[test]
