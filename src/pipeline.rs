@@ -183,31 +183,31 @@ pub async fn write_backup<S: SnapshotSource>(
         finished.push(sink.await.context("a destination task failed")?);
     }
 
-    // A cancelled run commits nothing, even where its upload had finished.
-    let encoded =
-        match read.and(encoded).and_then(|e| if request.cancel.is_cancelled() { Err(cancelled()) } else { Ok(e) }) {
-            Ok(ok) => ok,
-            Err(e) => {
-                for (upload, written) in finished {
-                    if let Err(why) = written {
-                        failed.push((upload.destination(), format!("{why:#}")));
-                    }
-                    upload.abort().await;
+    // A cancelled run commits nothing, even where its upload had finished; nor does a snapshot older
+    // than the revision its member reported.
+    let checked = read
+        .and(encoded)
+        .and_then(|e| if request.cancel.is_cancelled() { Err(cancelled()) } else { Ok(e) })
+        .and_then(|e| match e.status.check_not_older_than(facts.revision) {
+            Ok(()) => Ok(e),
+            Err(why) => Err(anyhow!("etcd sent a snapshot that does not match its status: {why}")),
+        });
+    let encoded = match checked {
+        Ok(ok) => ok,
+        Err(e) => {
+            for (upload, written) in finished {
+                if let Err(why) = written {
+                    failed.push((upload.destination(), format!("{why:#}")));
                 }
-                let mut e = e.context("the backup failed; nothing was committed");
-                if !failed.is_empty() {
-                    e = e.context(format!("destinations failed:\n  {}", describe(&failed)));
-                }
-                return Err(e);
+                upload.abort().await;
             }
-        };
-
-    if let Err(e) = encoded.status.check_not_older_than(facts.revision) {
-        for (upload, _) in finished {
-            upload.abort().await;
+            let mut e = e.context("the backup failed; nothing was committed");
+            if !failed.is_empty() {
+                e = e.context(format!("destinations failed:\n  {}", describe(&failed)));
+            }
+            return Err(e);
         }
-        bail!("etcd sent a snapshot that does not match its status; nothing was committed: {e}");
-    }
+    };
 
     let manifest = Manifest {
         format_version: FORMAT_VERSION,
