@@ -133,17 +133,10 @@ pub async fn drill(
 
 /// `etcd` in `etcd_bin`, else on PATH.
 fn etcd_binary(etcd_bin: Option<&Path>) -> Result<PathBuf> {
-    let dirs: Vec<PathBuf> = match etcd_bin {
-        Some(dir) => vec![dir.to_path_buf()],
-        None => std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default(),
-    };
-    dirs.iter().map(|d| d.join("etcd")).find(|p| p.is_file()).ok_or_else(|| {
+    crate::restore::tool_dirs(etcd_bin).into_iter().map(|d| d.join("etcd")).find(|p| p.is_file()).ok_or_else(|| {
         anyhow!(
             "a drill starts a throwaway etcd, and no etcd binary was found {}: install etcd (the same major.minor as the cluster) or set drill.etcd_bin / --etcd-bin",
-            match etcd_bin {
-                Some(d) => format!("in '{}'", d.display()),
-                None => "on PATH".to_string(),
-            }
+            crate::restore::searched(etcd_bin)
         )
     })
 }

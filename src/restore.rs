@@ -273,28 +273,33 @@ pub struct MemberFlags {
     pub initial_cluster_token: Option<String>,
 }
 
-/// The tool that restores: `etcdutl` (3.5+) if found, else `etcdctl` (3.4).
-pub fn restore_tool(etcd_bin: Option<&Path>) -> Result<(PathBuf, bool)> {
-    let dirs: Vec<PathBuf> = match etcd_bin {
+/// Where etcd's binaries are looked for: `etcd_bin` if given, else every folder on PATH.
+pub fn tool_dirs(etcd_bin: Option<&Path>) -> Vec<PathBuf> {
+    match etcd_bin {
         Some(dir) => vec![dir.to_path_buf()],
         None => std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default(),
-    };
-    for dir in &dirs {
-        if dir.join("etcdutl").is_file() {
-            return Ok((dir.join("etcdutl"), true));
-        }
     }
-    for dir in &dirs {
-        if dir.join("etcdctl").is_file() {
-            return Ok((dir.join("etcdctl"), false));
+}
+
+/// "in 'DIR'" or "on PATH", for an error saying a tool was not found.
+pub fn searched(etcd_bin: Option<&Path>) -> String {
+    match etcd_bin {
+        Some(d) => format!("in '{}'", d.display()),
+        None => "on PATH".to_string(),
+    }
+}
+
+/// The tool that restores: `etcdutl` (3.5+) if found, else `etcdctl` (3.4).
+pub fn restore_tool(etcd_bin: Option<&Path>) -> Result<(PathBuf, bool)> {
+    let dirs = tool_dirs(etcd_bin);
+    for (tool, utl) in [("etcdutl", true), ("etcdctl", false)] {
+        if let Some(path) = dirs.iter().map(|d| d.join(tool)).find(|p| p.is_file()) {
+            return Ok((path, utl));
         }
     }
     bail!(
-        "neither etcdutl (etcd 3.5+) nor etcdctl (3.4) was found{}: install etcd's tools or pass --etcd-bin DIR",
-        match etcd_bin {
-            Some(d) => format!(" in '{}'", d.display()),
-            None => " on PATH".to_string(),
-        }
+        "neither etcdutl (etcd 3.5+) nor etcdctl (3.4) was found {}: install etcd's tools or pass --etcd-bin DIR",
+        searched(etcd_bin)
     )
 }
 
