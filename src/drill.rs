@@ -232,10 +232,8 @@ async fn count(member: &mut Member, port: u16, settings: &Settings) -> Result<Ob
                             "the backup has etcd auth enabled: set etcd.username and etcd.password_file (a user with the root role) so the drill can count keys".into(),
                         )
                     })?;
-                    let password = crate::config::read_config_file(&auth.password_file)
-                        .map(|b| String::from_utf8_lossy(&b).into_owned())
-                        .map_err(|e| etcd_client::Error::InvalidArgs(format!("etcd.password_file: {e}")))?;
-                    let options = options.with_user(auth.username.clone(), password.trim_end_matches(['\r', '\n']));
+                    let options = crate::etcd::with_user(options, auth)
+                        .map_err(|e| etcd_client::Error::InvalidArgs(format!("{e:#}")))?;
                     let mut client = etcd_client::Client::connect([endpoint.as_str()], Some(options)).await?;
                     client.get("", Some(all())).await
                 }

@@ -60,10 +60,15 @@ fn connect_options(settings: &EtcdSettings) -> Result<ConnectOptions> {
         options = options.with_tls(tls);
     }
     if let Some(auth) = &settings.auth {
-        let password = String::from_utf8_lossy(&read(&auth.password_file, "etcd.password_file")?).into_owned();
-        options = options.with_user(auth.username.clone(), password.trim_end_matches(['\n', '\r']).to_string());
+        options = with_user(options, auth)?;
     }
     Ok(options)
+}
+
+/// Logs in as the configured etcd user; the password file's trailing newline is not part of it.
+pub fn with_user(options: ConnectOptions, auth: &crate::config::EtcdAuth) -> Result<ConnectOptions> {
+    let password = String::from_utf8_lossy(&read(&auth.password_file, "etcd.password_file")?).into_owned();
+    Ok(options.with_user(auth.username.clone(), password.trim_end_matches(['\n', '\r']).to_string()))
 }
 
 async fn connect_one(endpoint: &str, options: ConnectOptions) -> Result<Member, etcd_client::Error> {
