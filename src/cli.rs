@@ -663,13 +663,7 @@ async fn restore(
     // Refuse a bad target before fetching anything.
     match &target {
         RestoreTarget::DataDir(dir, _, etcd_bin) => {
-            if dir.exists() && std::fs::read_dir(dir).map(|mut d| d.next().is_some()).unwrap_or(true) {
-                return Err(anyhow::anyhow!(
-                    "'{}' is not empty: restore into a new data dir, then swap it in",
-                    dir.display()
-                )
-                .into());
-            }
+            crate::restore::check_new_data_dir(dir)?;
             crate::restore::restore_tool(etcd_bin.as_deref())?;
         }
         RestoreTarget::File(file) if file.exists() => {

@@ -152,13 +152,18 @@ pub async fn record(settings: &Settings, state_dir: &Path, started: DateTime<Utc
             state.runs.skipped += 1;
         }
     }
+    persist(settings, state_dir, &state).await;
+}
+
+/// Saves the state and rewrites the metrics from it; failures are logged, never fatal to a run.
+pub(crate) async fn persist(settings: &Settings, state_dir: &Path, state: &State) {
     if let Err(e) = state.save(state_dir).await {
         tracing::error!(error = %format!("{e:#}"), "cannot save the state file");
     }
-    write_metrics(settings, &state).await;
+    write_metrics(settings, state).await;
 }
 
-pub(crate) async fn write_metrics(settings: &Settings, state: &State) {
+async fn write_metrics(settings: &Settings, state: &State) {
     if let Some(path) = &settings.metrics_textfile
         && let Err(e) = crate::metrics::write(path, &crate::metrics::render(state, settings.cluster.as_str())).await
     {
@@ -384,10 +389,7 @@ fn start(settings: &Settings, state_dir: &Path) -> Running {
 async fn save_next(settings: &Settings, state_dir: &Path, state: &mut State, next: DateTime<Utc>) {
     state.next_run = Some(next);
     state.schedule_interval_secs = settings.schedule.schedule.interval_around(Utc::now()).map(|d| d.as_secs());
-    if let Err(e) = state.save(state_dir).await {
-        tracing::error!(error = %format!("{e:#}"), "cannot save the state file");
-    }
-    write_metrics(settings, state).await;
+    persist(settings, state_dir, state).await;
 }
 
 #[cfg(test)]

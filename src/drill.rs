@@ -287,10 +287,7 @@ pub async fn record(
                 Some(crate::state::DrillFailure { time: started, id: id.map(str::to_string), error: format!("{e:#}") });
         }
     }
-    if let Err(e) = state.save(state_dir).await {
-        tracing::error!(error = %format!("{e:#}"), "cannot save the state file");
-    }
-    crate::daemon::write_metrics(settings, &state).await;
+    crate::daemon::persist(settings, state_dir, &state).await;
 }
 
 #[cfg(test)]

@@ -29,11 +29,6 @@ impl Progress {
         Progress { bar, what: what.to_string() }
     }
 
-    /// No output at all (tests, and callers that report on their own).
-    pub fn hidden() -> Progress {
-        Progress { bar: None, what: String::new() }
-    }
-
     pub fn advance(&self, bytes: u64) {
         if let Some(bar) = &self.bar {
             bar.inc(bytes);
@@ -43,8 +38,7 @@ impl Progress {
     pub fn finish(&self) {
         match &self.bar {
             Some(bar) => bar.finish(),
-            None if !self.what.is_empty() => tracing::info!("{}: done", self.what),
-            None => {}
+            None => tracing::info!("{}: done", self.what),
         }
     }
 }

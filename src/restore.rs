@@ -303,11 +303,17 @@ pub fn restore_tool(etcd_bin: Option<&Path>) -> Result<(PathBuf, bool)> {
     )
 }
 
-/// Runs `snapshot restore` into `data_dir`, which must not exist or be empty.
-pub fn restore_into(snapshot: &Path, data_dir: &Path, flags: &MemberFlags, etcd_bin: Option<&Path>) -> Result<()> {
+/// A restore goes into a new data dir: one that does not exist yet, or an empty one.
+pub fn check_new_data_dir(data_dir: &Path) -> Result<()> {
     if data_dir.exists() && std::fs::read_dir(data_dir).map(|mut d| d.next().is_some()).unwrap_or(true) {
         bail!("'{}' is not empty: restore into a new data dir, then swap it in", data_dir.display());
     }
+    Ok(())
+}
+
+/// Runs `snapshot restore` into `data_dir`, which must not exist or be empty.
+pub fn restore_into(snapshot: &Path, data_dir: &Path, flags: &MemberFlags, etcd_bin: Option<&Path>) -> Result<()> {
+    check_new_data_dir(data_dir)?;
     if data_dir.exists() {
         std::fs::remove_dir(data_dir).with_context(|| format!("cannot use '{}'", data_dir.display()))?;
     }
