@@ -81,10 +81,10 @@ impl Status {
 
     /// A snapshot cannot be older than the revision its member reported just before sending it.
     pub fn check_not_older_than(&self, reported: i64) -> Result<(), String> {
-        if self.served_revision() < reported {
+        let served = self.served_revision();
+        if served < reported {
             return Err(format!(
-                "the snapshot is at revision {}, older than the {reported} etcd reported when it was taken",
-                self.served_revision()
+                "the snapshot is at revision {served}, older than the {reported} etcd reported when it was taken"
             ));
         }
         Ok(())
@@ -301,8 +301,7 @@ pub fn status<P: Pages + ?Sized>(pages: &P) -> Result<Status, BboltError> {
                 hasher = crc32c::crc32c_append(hasher, v);
             }
             if is_key {
-                let main = k.get(..8).ok_or_else(|| damaged(format!("bucket key holds a short key {k:02x?}")))?;
-                revision = i64::from_be_bytes(main.try_into().unwrap_or_default());
+                revision = main_revision(k).ok_or_else(|| damaged(format!("bucket key holds a short key {k:02x?}")))?;
                 let user_key = user_key(v).ok_or_else(|| {
                     damaged(format!("the record at revision {revision} in bucket key is not an etcd key-value"))
                 })?;
@@ -310,8 +309,8 @@ pub fn status<P: Pages + ?Sized>(pages: &P) -> Result<Status, BboltError> {
                 latest.insert(digest(user_key), !tombstone);
             }
             if is_meta && k == b"finishedCompactRev" {
-                let main = v.get(..8).ok_or_else(|| damaged("meta/finishedCompactRev is truncated".into()))?;
-                compact_revision = i64::from_be_bytes(main.try_into().unwrap_or_default());
+                compact_revision =
+                    main_revision(v).ok_or_else(|| damaged("meta/finishedCompactRev is truncated".into()))?;
             }
             total_key += 1;
             Ok(())
@@ -319,6 +318,12 @@ pub fn status<P: Pages + ?Sized>(pages: &P) -> Result<Status, BboltError> {
     })?;
     let live_keys = latest.values().filter(|live| **live).count() as u64;
     Ok(Status { hash: hasher, revision, total_key, live_keys, compact_revision, total_size })
+}
+
+/// The main revision at the start of etcd's revision bytes (8 bytes big-endian, then `_` and the sub
+/// revision); `None` if they are too short.
+fn main_revision(bytes: &[u8]) -> Option<i64> {
+    bytes.get(..8).and_then(|b| b.try_into().ok()).map(i64::from_be_bytes)
 }
 
 fn digest(bytes: &[u8]) -> u128 {
