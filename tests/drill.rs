@@ -8,41 +8,17 @@ use std::path::{Path, PathBuf};
 use common::*;
 use serde_json::Value;
 
-struct Setup {
-    work: tempfile::TempDir,
-    identity: Identity,
+/// Every drill test's config also writes the metrics, beside the config.
+fn drill_config(s: &Setup, etcd_table: &str, extra: &str) -> PathBuf {
+    s.config(etcd_table, &format!("[metrics]\ntextfile = \"{}\"\n{extra}", metrics(s).display()))
 }
 
-impl Setup {
-    fn new() -> Setup {
-        let work = tempfile::tempdir().unwrap();
-        let identity = age_identity(work.path(), "ops");
-        Setup { work, identity }
-    }
+fn metrics(s: &Setup) -> PathBuf {
+    s.work.path().join("etcd_backupd.prom")
+}
 
-    fn config(&self, etcd_table: &str, extra: &str) -> PathBuf {
-        let text = format!(
-            "{etcd_table}\n[encryption]\nrecipients = [\"{}\"]\n[local]\ndir = \"{}\"\n[metrics]\ntextfile = \"{}\"\n{extra}",
-            self.identity.recipient,
-            self.work.path().join("backups").display(),
-            self.metrics().display(),
-        );
-        let path = self.work.path().join("etcd-backupd.toml");
-        std::fs::write(&path, text).unwrap();
-        path
-    }
-
-    fn metrics(&self) -> PathBuf {
-        self.work.path().join("etcd_backupd.prom")
-    }
-
-    fn state(&self, config: &Path) -> Value {
-        serde_json::from_slice(&std::fs::read(state_dir_for(config).join("state.json")).unwrap()).unwrap()
-    }
-
-    fn folder(&self) -> PathBuf {
-        self.work.path().join("backups/default")
-    }
+fn read_state(config: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(state_dir_for(config).join("state.json")).unwrap()).unwrap()
 }
 
 fn newest_id(folder: &Path) -> String {
@@ -65,7 +41,7 @@ async fn a_drill_proves_a_backup_and_records_it_35() {
     let etcd = Etcd::start(EtcdVersion::V35);
     etcd.seed(200, 500).await;
     let s3 = S3::start().await;
-    let config = s.config(&etcd.config_table(), &s3.config_table(BUCKET, "p"));
+    let config = drill_config(&s, &etcd.config_table(), &s3.config_table(BUCKET, "p"));
     let out = run(&config, &["backup"]).await;
     assert!(out.status.success(), "{}", stderr(&out));
     let id = newest_id(&s.folder());
@@ -83,11 +59,11 @@ async fn a_drill_proves_a_backup_and_records_it_35() {
     assert!(text.contains(&format!("revision {} with {} keys", status["revision"], status["live_keys"])), "{text}");
     assert_eq!(status["live_keys"], 200, "the seeded keys");
 
-    let state = s.state(&config);
+    let state = read_state(&config);
     assert_eq!(state["last_proven"]["id"], id.as_str());
     assert_eq!(state["last_proven"]["keys"], 200);
     assert_eq!(state["drills"]["ok"], 1);
-    let metrics = std::fs::read_to_string(s.metrics()).unwrap();
+    let metrics = std::fs::read_to_string(metrics(&s)).unwrap();
     assert!(
         metrics.contains(&format!("etcd_backupd_last_proven_revision{{cluster=\"default\"}} {}\n", status["revision"]))
     );
@@ -98,11 +74,11 @@ async fn a_drill_proves_a_backup_and_records_it_35() {
     std::fs::remove_dir_all(s.folder()).unwrap();
     let drill_table =
         format!("[drill]\nidentity_file = \"{}\"\netcd_bin = \"{}\"\n", s.identity.file.display(), bin.display());
-    let config = s.config(&etcd.config_table(), &format!("{}{drill_table}", s3.config_table(BUCKET, "p")));
+    let config = drill_config(&s, &etcd.config_table(), &format!("{}{drill_table}", s3.config_table(BUCKET, "p")));
     let out = run(&config, &["drill", &id]).await;
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains(&format!("drill passed: {id} (from s3)")), "{}", stdout(&out));
-    assert_eq!(s.state(&config)["drills"]["ok"], 2);
+    assert_eq!(read_state(&config)["drills"]["ok"], 2);
     assert_nothing_left(&config);
     let status = run(&config, &["status"]).await;
     assert!(stdout(&status).contains(&format!("last proven restorable: {id}")), "{}", stdout(&status));
@@ -127,7 +103,7 @@ async fn a_drill_handles_auth_and_compaction_34() {
         etcd.endpoint,
         pw_file.display()
     );
-    let config = s.config(&table, "");
+    let config = drill_config(&s, &table, "");
     let out = run(&config, &["backup"]).await;
     assert!(out.status.success(), "{}", stderr(&out));
     let id = newest_id(&s.folder());
@@ -149,7 +125,7 @@ async fn a_drill_of_a_tampered_backup_fails_and_is_recorded() {
     let s = Setup::new();
     let etcd = Etcd::start(EtcdVersion::V34);
     etcd.seed(50, 2000).await;
-    let config = s.config(&etcd.config_table(), "");
+    let config = drill_config(&s, &etcd.config_table(), "");
     assert!(run(&config, &["backup"]).await.status.success());
     let id = newest_id(&s.folder());
     let artifact = s.folder().join(format!("{id}.db.zst.age"));
@@ -163,11 +139,11 @@ async fn a_drill_of_a_tampered_backup_fails_and_is_recorded() {
     let out = run(&config, &args).await;
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains(&format!("the local copy of {id} cannot be restored")), "{}", stderr(&out));
-    let state = s.state(&config);
+    let state = read_state(&config);
     assert_eq!(state["drills"]["failed"], 1);
     assert_eq!(state["last_drill_failure"]["id"], id.as_str());
     assert!(state["last_proven"].is_null());
-    let metrics = std::fs::read_to_string(s.metrics()).unwrap();
+    let metrics = std::fs::read_to_string(metrics(&s)).unwrap();
     assert!(metrics.contains("etcd_backupd_drills_total{cluster=\"default\",result=\"failed\"} 1\n"), "{metrics}");
     assert!(metrics.contains("# TYPE etcd_backupd_last_proven_timestamp_seconds gauge"), "{metrics}");
     assert!(!metrics.contains("etcd_backupd_last_proven_timestamp_seconds{"), "{metrics}");
@@ -190,7 +166,7 @@ async fn progress_is_a_bar_on_a_terminal_and_log_lines_elsewhere() {
     let etcd = Etcd::start(EtcdVersion::V34);
     etcd.seed(20, 100).await;
     let s3 = S3::start().await;
-    let config = s.config(&etcd.config_table(), &s3.config_table(BUCKET, "p"));
+    let config = drill_config(&s, &etcd.config_table(), &s3.config_table(BUCKET, "p"));
     assert!(run(&config, &["backup"]).await.status.success());
     std::fs::remove_dir_all(s.folder()).unwrap(); // from S3: a download, then a decrypt
 

@@ -3,42 +3,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::Ordering;
 
 use common::*;
-
-struct Setup {
-    work: tempfile::TempDir,
-    identity: Identity,
-}
-
-impl Setup {
-    fn new() -> Setup {
-        let work = tempfile::tempdir().unwrap();
-        let identity = age_identity(work.path(), "ops");
-        Setup { work, identity }
-    }
-
-    fn local(&self) -> PathBuf {
-        self.work.path().join("backups")
-    }
-
-    fn folder(&self) -> PathBuf {
-        self.local().join("default")
-    }
-
-    fn config(&self, etcd_table: &str, extra: &str) -> PathBuf {
-        let path = self.work.path().join("etcd-backupd.toml");
-        let body = format!(
-            "{etcd_table}\n[encryption]\nrecipients = [\"{}\"]\n\n[local]\ndir = \"{}\"\n\n{extra}",
-            self.identity.recipient,
-            self.local().display()
-        );
-        std::fs::write(&path, body).unwrap();
-        path
-    }
-}
 
 fn assert_nothing_local(folder: &Path) {
     let names = files(folder);

@@ -664,3 +664,39 @@ pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
         })
         .collect()
 }
+
+/// A test's work dir with an age identity, and a config whose local backups go to `work/backups`.
+pub struct Setup {
+    pub work: tempfile::TempDir,
+    pub identity: Identity,
+}
+
+impl Setup {
+    pub fn new() -> Setup {
+        let work = tempfile::tempdir().unwrap();
+        let identity = age_identity(work.path(), "ops");
+        Setup { work, identity }
+    }
+
+    pub fn local(&self) -> PathBuf {
+        self.work.path().join("backups")
+    }
+
+    /// The default cluster's folder of local backups.
+    pub fn folder(&self) -> PathBuf {
+        self.local().join("default")
+    }
+
+    /// Writes `etcd-backupd.toml`: the `[etcd]` table given, this identity as recipient, the local
+    /// dir, then `extra` tables.
+    pub fn config(&self, etcd_table: &str, extra: &str) -> PathBuf {
+        let path = self.work.path().join("etcd-backupd.toml");
+        let body = format!(
+            "{etcd_table}\n[encryption]\nrecipients = [\"{}\"]\n\n[local]\ndir = \"{}\"\n\n{extra}",
+            self.identity.recipient,
+            self.local().display()
+        );
+        std::fs::write(&path, body).unwrap();
+        path
+    }
+}
