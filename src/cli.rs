@@ -69,6 +69,10 @@ pub enum Command {
         identity: Option<PathBuf>,
     },
     /// Restore a backup: into a NEW data dir with etcd's own `snapshot restore`, or as a plain snapshot file.
+    ///
+    /// A cluster of several members is restored from one backup: the same ID on every member, with the
+    /// same --initial-cluster and --initial-cluster-token, and each member's own --name and
+    /// --initial-advertise-peer-urls.
     Restore {
         /// A backup id, or `latest`.
         #[arg(default_value = "latest", value_parser = parse_selector, conflicts_with = "before")]
@@ -85,13 +89,16 @@ pub enum Command {
         /// Write the plain snapshot (as `etcdctl snapshot save` would) to this file instead.
         #[arg(long)]
         output: Option<PathBuf>,
-        /// Member name for the restored member.
+        /// This member's name, as in etcd's --name.
         #[arg(long)]
         name: Option<String>,
+        /// Every member of the restored cluster: `name=peer-url,...`, the same on every member.
         #[arg(long)]
         initial_cluster: Option<String>,
+        /// This member's peer URL, as listed in --initial-cluster.
         #[arg(long)]
         initial_advertise_peer_urls: Option<String>,
+        /// A new token for the restored cluster, the same on every member.
         #[arg(long)]
         initial_cluster_token: Option<String>,
         /// Where etcdutl / etcdctl are (default: PATH).
@@ -716,6 +723,13 @@ async fn restore(
             let _ = std::fs::remove_file(&snapshot);
             println!("restored {} (revision {}) into {}", m.id, m.etcd.revision, dir.display());
             println!("next steps, on every member:");
+            if flags.initial_cluster.as_deref().is_some_and(|c| c.contains(',')) {
+                println!(
+                    "  0. restore {} the same way (done on this one): the same --initial-cluster and \
+                     --initial-cluster-token, the member's own --name and --initial-advertise-peer-urls",
+                    m.id
+                );
+            }
             println!(
                 "  1. stop the Kubernetes API servers (kubeadm: move kube-apiserver.yaml out of /etc/kubernetes/manifests)"
             );

@@ -223,3 +223,73 @@ async fn restore_to_a_file_and_every_bad_input() {
     assert!(!damaged.exists());
     assert!(files(work.path()).iter().all(|n| !n.ends_with(".part")), "{:?}", files(work.path()));
 }
+
+/// One backup restored three times (each member's own name and peer URL, one cluster and token) starts
+/// as a three-member cluster: every member serves the seeded keys at the backup's revision and a new
+/// write through one member is read on another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_backup_restores_a_three_member_cluster() {
+    let version = EtcdVersion::V35;
+    let etcd = Etcd::start(version);
+    let revision = etcd.seed(100, 200).await;
+    let setup = Setup::new();
+    let cfg = setup.config(&etcd.config_table(), "");
+    let out = run(&cfg, &["backup"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    drop(etcd);
+
+    let members = Member::several(3);
+    let cluster = Member::initial_cluster(&members);
+    let id_arg = setup.identity.file.display().to_string();
+    let bin = etcd_bin_dir(version).display().to_string();
+    let mut restored = Vec::new();
+    for member in &members {
+        let data_dir = setup.work.path().join(&member.name);
+        let out = run(
+            &cfg,
+            &[
+                "restore",
+                "latest",
+                "--identity",
+                &id_arg,
+                "--data-dir",
+                &data_dir.display().to_string(),
+                "--name",
+                &member.name,
+                "--initial-cluster",
+                &cluster,
+                "--initial-advertise-peer-urls",
+                &member.peer_url(),
+                "--initial-cluster-token",
+                "restored-cluster",
+                "--etcd-bin",
+                &bin,
+            ],
+        )
+        .await;
+        assert!(out.status.success(), "{}: {}", member.name, stderr(&out));
+        assert!(stdout(&out).contains("the same --initial-cluster and --initial-cluster-token"), "{}", stdout(&out));
+        restored.push((member.clone(), data_dir));
+    }
+
+    let running = Etcd::start_cluster(version, &restored);
+    let out = running[0].etcdctl(&["member", "list", "-w", "json"]);
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut names: Vec<&str> =
+        list["members"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap()).collect();
+    names.sort();
+    assert_eq!(names, ["member-1", "member-2", "member-3"]);
+    for etcd in &running {
+        let mut client = etcd.client().await;
+        let options = etcd_client::GetOptions::new().with_prefix().with_serializable();
+        let resp = client.get("seed/", Some(options)).await.unwrap();
+        assert_eq!(resp.kvs().len(), 100, "{}", etcd.endpoint);
+        assert_eq!(resp.header().unwrap().revision(), revision, "{}", etcd.endpoint);
+    }
+    let mut second = running[1].client().await;
+    second.put("after-restore", "written", None).await.unwrap();
+    let mut third = running[2].client().await;
+    let resp = third.get("after-restore", None).await.unwrap();
+    assert_eq!(resp.kvs()[0].value(), b"written");
+    assert_eq!(resp.header().unwrap().revision(), revision + 1);
+}

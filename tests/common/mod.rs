@@ -106,6 +106,46 @@ impl Pki {
     }
 }
 
+/// One member's place in a loopback cluster: its name and ports.
+#[derive(Clone, Debug)]
+pub struct Member {
+    pub name: String,
+    pub client_port: u16,
+    pub peer_port: u16,
+}
+
+impl Member {
+    /// The name every single-member test etcd has.
+    fn single(peer_port: u16) -> Member {
+        Member { name: "test-member".into(), client_port: free_port(), peer_port }
+    }
+
+    /// `count` members named `member-1` … on free ports.
+    pub fn several(count: usize) -> Vec<Member> {
+        // All listeners are held until every port is read, so no two members share one.
+        let listeners: Vec<StdListener> = (0..2 * count).map(|_| StdListener::bind("127.0.0.1:0").unwrap()).collect();
+        let ports: Vec<u16> = listeners.iter().map(|l| l.local_addr().unwrap().port()).collect();
+        ports
+            .chunks(2)
+            .enumerate()
+            .map(|(i, p)| Member { name: format!("member-{}", i + 1), client_port: p[0], peer_port: p[1] })
+            .collect()
+    }
+
+    pub fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer_port)
+    }
+
+    fn own_cluster(&self) -> String {
+        Self::initial_cluster([self])
+    }
+
+    /// etcd's `--initial-cluster` value: `name=peer-url,…`.
+    pub fn initial_cluster<'a>(members: impl IntoIterator<Item = &'a Member>) -> String {
+        members.into_iter().map(|m| format!("{}={}", m.name, m.peer_url())).collect::<Vec<_>>().join(",")
+    }
+}
+
 /// A running single-member etcd on loopback; killed on drop.
 pub struct Etcd {
     pub version: EtcdVersion,
@@ -146,18 +186,34 @@ impl Etcd {
         peer_port: Option<u16>,
         extra: &[&str],
     ) -> Etcd {
+        let member = Member::single(peer_port.unwrap_or_else(free_port));
+        let etcd = Self::launch(version, dir, data_dir, tls, &member, &member.own_cluster(), extra);
+        etcd.wait_ready();
+        etcd
+    }
+
+    /// Starts etcd as `member` of `initial_cluster` without waiting for it: a member of a larger
+    /// cluster is not healthy before a quorum of its peers runs.
+    fn launch(
+        version: EtcdVersion,
+        dir: tempfile::TempDir,
+        data_dir: PathBuf,
+        tls: bool,
+        member: &Member,
+        initial_cluster: &str,
+        extra: &[&str],
+    ) -> Etcd {
         let bin = etcd_bin_dir(version).join("etcd");
         let pki = tls.then(|| Pki::generate(&dir.path().join("pki")));
         let scheme = if tls { "https" } else { "http" };
-        let (client_port, peer_port) = (free_port(), peer_port.unwrap_or_else(free_port));
-        let endpoint = format!("{scheme}://127.0.0.1:{client_port}");
-        let peer = format!("http://127.0.0.1:{peer_port}");
+        let endpoint = format!("{scheme}://127.0.0.1:{}", member.client_port);
+        let peer = member.peer_url();
         let mut cmd = Command::new(&bin);
-        cmd.args(["--name", "test-member", "--data-dir"])
+        cmd.args(["--name", &member.name, "--data-dir"])
             .arg(&data_dir)
             .args(["--listen-client-urls", &endpoint, "--advertise-client-urls", &endpoint])
             .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &format!("test-member={peer}"), "--log-level", "error"])
+            .args(["--initial-cluster", initial_cluster, "--log-level", "error"])
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.path().join("etcd.log")).unwrap());
         cmd.args(extra);
@@ -168,9 +224,23 @@ impl Etcd {
             cmd.arg("--client-cert-auth");
         }
         let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-        let etcd = Etcd { version, endpoint, data_dir, pki, root_user: Default::default(), child, _dir: dir };
-        etcd.wait_ready();
-        etcd
+        Etcd { version, endpoint, data_dir, pki, root_user: Default::default(), child, _dir: dir }
+    }
+
+    /// Starts every member of a cluster on its restored data dir, then waits until each is healthy.
+    pub fn start_cluster(version: EtcdVersion, members: &[(Member, PathBuf)]) -> Vec<Etcd> {
+        let cluster = Member::initial_cluster(members.iter().map(|(m, _)| m));
+        let running: Vec<Etcd> = members
+            .iter()
+            .map(|(member, data_dir)| {
+                let dir = tempfile::tempdir().unwrap();
+                Self::launch(version, dir, data_dir.clone(), false, member, &cluster, &[])
+            })
+            .collect();
+        for etcd in &running {
+            etcd.wait_ready();
+        }
+        running
     }
 
     /// Restores `snapshot` with the version's own tool (`etcdutl` for 3.5, `etcdctl` for 3.4) into a new
