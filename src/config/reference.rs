@@ -194,6 +194,65 @@ mod tests {
         assert_eq!(top, parsed);
     }
 
+    /// Defaults that describe rather than spell a value; every other default must be one.
+    const DESCRIBED: &[&str] = &[
+        "required",
+        "none",
+        "system roots",
+        "[]",
+        "AWS chain",
+        "AWS",
+        "bucket default",
+        "bucket default key",
+        "PATH",
+        "keep_last = 3",
+        "daily 7, weekly 4, monthly 6",
+    ];
+
+    /// Writing a key's documented default changes nothing: the manual's defaults are the code's.
+    #[test]
+    fn every_documented_default_is_the_parsers_default() {
+        let recipient = "age129n4cdkqnnw0ufcsz5av60my25tehpq9mlsxr3jfs68hzl2nqf4qpfwa0s";
+        let mut checked = 0;
+        for table in TABLES {
+            // The table under test comes last, so the key written below lands in it.
+            let mut base = format!(
+                "[encryption]\nrecipients = [\"{recipient}\"]\n[etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\n"
+            );
+            if table.name.starts_with("s3") {
+                base.push_str("[s3]\nbucket = \"backups\"\n");
+            }
+            if table.name != "etcd" && table.name != "encryption" && table.name != "s3" {
+                base.push_str(&format!("[{}]\n", table.name));
+            }
+            if table.name.ends_with("retention") {
+                // A retention table needs a rule; this one's default is described, so never tested.
+                base.push_str("keep_within = \"1d\"\n");
+            }
+            let Ok(expected) = crate::config::parse(&base) else {
+                panic!("[{}]: the base config is valid", table.name)
+            };
+            let expected = format!("{expected:?}");
+            for k in table.keys.iter().filter(|k| !DESCRIBED.contains(&k.default)) {
+                // The default as TOML: bare (numbers, booleans, "") or quoted (durations, sizes, names).
+                let written = [k.default.to_string(), format!("\"{}\"", k.default)]
+                    .into_iter()
+                    .find_map(|value| crate::config::parse(&format!("{base}{} = {value}\n", k.name)).ok());
+                let Some(written) = written else { panic!("[{}] {} = {} is refused", table.name, k.name, k.default) };
+                assert_eq!(
+                    format!("{written:?}"),
+                    expected,
+                    "[{}] {}: documented default {}",
+                    table.name,
+                    k.name,
+                    k.default
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked >= 25, "only {checked} defaults checked");
+    }
+
     #[test]
     fn the_readme_documents_every_key() {
         let readme = include_str!("../../README.md");
