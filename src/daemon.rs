@@ -103,64 +103,86 @@ pub fn is_transient(e: &anyhow::Error) -> bool {
 
 /// Records a run's outcome: the journal entry, the state file, the metrics.
 pub async fn record(settings: &Settings, state_dir: &Path, started: DateTime<Utc>, outcome: &Outcome) {
-    let mut state = State::load(state_dir);
-    state.last_attempt = Some(started);
     match outcome {
         Outcome::Committed(report) => {
             crate::telemetry::backup_committed(report);
-            for p in &report.pruned {
-                crate::telemetry::pruned(p);
-                state.backups.insert(p.destination.to_string(), p.decisions.iter().filter(|d| d.keep).count());
-            }
-            let m = &report.manifest;
-            state.last_success = Some(Success {
-                time: m.created,
-                id: m.id.to_string(),
-                revision: m.etcd.revision,
-                artifact_size: m.artifact.size,
-                duration_ms: m.duration_ms,
-                destinations: report.committed.iter().map(ToString::to_string).collect(),
-                unchanged: false,
-            });
-            if report.failed.is_empty() {
-                state.runs.ok += 1;
-            } else {
-                let text: Vec<String> = report.failed.iter().map(|(d, e)| format!("{d}: {e}")).collect();
+            report.pruned.iter().for_each(crate::telemetry::pruned);
+            if !report.failed.is_empty() {
                 crate::telemetry::backup_failed(
-                    &text.join("; "),
+                    &failures(report),
                     &report.failed.iter().map(|f| f.0).collect::<Vec<_>>().join(","),
                 );
-                state.last_failure = Some(Failure { time: started, error: text.join("; ") });
-                state.runs.failed += 1;
             }
         }
         Outcome::Unchanged { revision } => {
             tracing::info!(revision, "etcd's revision has not changed since the last backup; nothing uploaded");
-            if let Some(s) = &mut state.last_success {
-                s.time = started;
-                s.unchanged = true;
-            }
-            state.runs.unchanged += 1;
         }
-        Outcome::Failed(e) => {
-            crate::telemetry::backup_failed(&format!("{e:#}"), "");
-            state.last_failure = Some(Failure { time: started, error: format!("{e:#}") });
-            state.runs.failed += 1;
-        }
-        Outcome::Skipped(why) => {
-            tracing::warn!(%why, "backup skipped");
-            state.runs.skipped += 1;
-        }
+        Outcome::Failed(e) => crate::telemetry::backup_failed(&format!("{e:#}"), ""),
+        Outcome::Skipped(why) => tracing::warn!(%why, "backup skipped"),
     }
-    persist(settings, state_dir, &state).await;
+    persist(settings, state_dir, |state| {
+        state.last_attempt = Some(started);
+        match outcome {
+            Outcome::Committed(report) => {
+                for p in &report.pruned {
+                    state.backups.insert(p.destination.to_string(), p.decisions.iter().filter(|d| d.keep).count());
+                }
+                let m = &report.manifest;
+                state.last_success = Some(Success {
+                    time: m.created,
+                    id: m.id.to_string(),
+                    revision: m.etcd.revision,
+                    artifact_size: m.artifact.size,
+                    duration_ms: m.duration_ms,
+                    destinations: report.committed.iter().map(ToString::to_string).collect(),
+                    unchanged: false,
+                });
+                if report.failed.is_empty() {
+                    state.runs.ok += 1;
+                } else {
+                    state.last_failure = Some(Failure { time: started, error: failures(report) });
+                    state.runs.failed += 1;
+                }
+            }
+            Outcome::Unchanged { .. } => {
+                if let Some(s) = &mut state.last_success {
+                    s.time = started;
+                    s.unchanged = true;
+                }
+                state.runs.unchanged += 1;
+            }
+            Outcome::Failed(e) => {
+                state.last_failure = Some(Failure { time: started, error: format!("{e:#}") });
+                state.runs.failed += 1;
+            }
+            Outcome::Skipped(_) => state.runs.skipped += 1,
+        }
+    })
+    .await;
 }
 
-/// Saves the state and rewrites the metrics from it; failures are logged, never fatal to a run.
-pub(crate) async fn persist(settings: &Settings, state_dir: &Path, state: &State) {
-    if let Err(e) = state.save(state_dir).await {
+/// The destinations a committed backup did not reach, and why.
+fn failures(report: &BackupReport) -> String {
+    report.failed.iter().map(|(d, e)| format!("{d}: {e}")).collect::<Vec<_>>().join("; ")
+}
+
+/// Changes the state file (under its lock: the daemon, one-shot backups and drills all change it) and
+/// rewrites the metrics from the result, which it returns. Failures are logged, never fatal to a run.
+pub(crate) async fn persist(settings: &Settings, state_dir: &Path, change: impl FnOnce(&mut State)) -> State {
+    let lock = crate::state::StateLock::take(state_dir).await;
+    let mut state = State::load(state_dir);
+    change(&mut state);
+    let saved = match &lock {
+        Ok(_) => state.save(state_dir).await,
+        Err(e) => Err(anyhow::anyhow!("{e:#}")),
+    };
+    if let Err(e) = saved {
         tracing::error!(error = %format!("{e:#}"), "cannot save the state file");
     }
-    write_metrics(settings, state).await;
+    // Still under the lock, so the metrics file is never older than the state file.
+    write_metrics(settings, &state).await;
+    drop(lock);
+    state
 }
 
 async fn write_metrics(settings: &Settings, state: &State) {
@@ -231,14 +253,16 @@ pub async fn run(config_path: PathBuf, settings: Settings) -> Result<()> {
     let watchdog = watchdog_interval();
     let mut watchdog_tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
 
-    let mut state = State::load(&state_dir);
+    // `state` is only read (status lines); every change goes through `persist`, which reloads it under
+    // the state lock, so a one-shot backup's or a drill's record is never overwritten.
     let now = Utc::now();
     let mut next = next_fire(&settings, now);
-    if schedule::should_catch_up(&settings.schedule.schedule, state.last_attempt, now, settings.schedule.catch_up) {
+    let last_attempt = State::load(&state_dir).last_attempt;
+    if schedule::should_catch_up(&settings.schedule.schedule, last_attempt, now, settings.schedule.catch_up) {
         tracing::info!("a scheduled backup was missed while etcd-backupd was not running; backing up now");
         next = now;
     }
-    save_next(&settings, &state_dir, &mut state, next).await;
+    let mut state = save_next(&settings, &state_dir, next).await;
     let mut running: Option<Running> = None;
     let mut next_drill = next_drill_after(&settings, now);
     let mut drilling: Option<JoinHandle<DrillRun>> = None;
@@ -256,12 +280,11 @@ pub async fn run(config_path: PathBuf, settings: Settings) -> Result<()> {
                     Due::Start => running = Some(start(&settings, &state_dir)),
                     Due::SkipOverlap => {
                         tracing::warn!("a backup is still running; skipping this scheduled run");
-                        state = State::load(&state_dir);
-                        state.runs.skipped += 1;
+                        persist(&settings, &state_dir, |s| s.runs.skipped += 1).await;
                     }
                 }
                 next = next_fire(&settings, Utc::now());
-                save_next(&settings, &state_dir, &mut state, next).await;
+                state = save_next(&settings, &state_dir, next).await;
                 notifier.status(&status_line(&state, running.is_some()));
             }
             Some(()) = usr1.recv() => {
@@ -280,7 +303,7 @@ pub async fn run(config_path: PathBuf, settings: Settings) -> Result<()> {
                         settings = new;
                         next = next_fire(&settings, Utc::now());
                         next_drill = next_drill_after(&settings, Utc::now());
-                        save_next(&settings, &state_dir, &mut state, next).await;
+                        state = save_next(&settings, &state_dir, next).await;
                         tracing::info!(schedule = %settings.schedule.schedule.text(), next = %next, "configuration reloaded");
                     }
                     Err(e) => tracing::error!("the new configuration is not valid; keeping the running one:\n{e}"),
@@ -299,11 +322,10 @@ pub async fn run(config_path: PathBuf, settings: Settings) -> Result<()> {
                 drilling = None;
                 match done {
                     Ok((started, id, result)) => {
-                        crate::drill::record(&settings, &state_dir, started, id.as_deref(), &result).await;
+                        state = crate::drill::record(&settings, &state_dir, started, id.as_deref(), &result).await;
                     }
                     Err(e) => tracing::error!(error = %e, "the drill task failed"),
                 }
-                state = State::load(&state_dir);
             }
             _ = watchdog_tick.tick(), if watchdog.is_some() => notifier.watchdog(),
             outcome = async { running.as_mut().map(|r| &mut r.handle).expect("guarded").await }, if running.is_some() => {
@@ -312,8 +334,7 @@ pub async fn run(config_path: PathBuf, settings: Settings) -> Result<()> {
                     Ok((started, outcome)) => record(&settings, &state_dir, started, &outcome).await,
                     Err(e) => tracing::error!(error = %e, "the backup task failed"),
                 }
-                state = State::load(&state_dir);
-                save_next(&settings, &state_dir, &mut state, next).await;
+                state = save_next(&settings, &state_dir, next).await;
                 notifier.status(&status_line(&state, false));
             }
             Some(()) = term.recv() => break,
@@ -386,10 +407,13 @@ fn start(settings: &Settings, state_dir: &Path) -> Running {
     Running { handle, cancel }
 }
 
-async fn save_next(settings: &Settings, state_dir: &Path, state: &mut State, next: DateTime<Utc>) {
-    state.next_run = Some(next);
-    state.schedule_interval_secs = settings.schedule.schedule.interval_around(Utc::now()).map(|d| d.as_secs());
-    persist(settings, state_dir, state).await;
+async fn save_next(settings: &Settings, state_dir: &Path, next: DateTime<Utc>) -> State {
+    let interval = settings.schedule.schedule.interval_around(Utc::now()).map(|d| d.as_secs());
+    persist(settings, state_dir, |state| {
+        state.next_run = Some(next);
+        state.schedule_interval_secs = interval;
+    })
+    .await
 }
 
 #[cfg(test)]

@@ -260,18 +260,20 @@ fn is_auth_error(e: &etcd_client::Error) -> bool {
     text.contains("user name is empty") || text.contains("permission denied") || text.contains("invalid auth token")
 }
 
-/// Records a drill in the state file, the journal and the metrics.
+/// Records a drill in the state file, the journal and the metrics; returns the state as saved.
 pub async fn record(
     settings: &Settings,
     state_dir: &Path,
     started: DateTime<Utc>,
     id: Option<&str>,
     result: &Result<DrillReport>,
-) {
-    let mut state = crate::state::State::load(state_dir);
+) -> crate::state::State {
     match result {
+        Ok(report) => crate::telemetry::drill_passed(report),
+        Err(e) => crate::telemetry::drill_failed(id, &format!("{e:#}")),
+    }
+    crate::daemon::persist(settings, state_dir, |state| match result {
         Ok(report) => {
-            crate::telemetry::drill_passed(report);
             state.drills.ok += 1;
             state.last_proven = Some(crate::state::Proven {
                 time: started,
@@ -281,13 +283,12 @@ pub async fn record(
             });
         }
         Err(e) => {
-            crate::telemetry::drill_failed(id, &format!("{e:#}"));
             state.drills.failed += 1;
             state.last_drill_failure =
                 Some(crate::state::DrillFailure { time: started, id: id.map(str::to_string), error: format!("{e:#}") });
         }
-    }
-    crate::daemon::persist(settings, state_dir, &state).await;
+    })
+    .await
 }
 
 #[cfg(test)]

@@ -373,3 +373,38 @@ async fn scheduled_drills_prove_the_newest_backup() {
         files(&state_dir_for(&cfg)).into_iter().filter(|n| n.starts_with(".etcd-backupd-scratch")).collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// A one-shot backup's record (state file and metrics) survives the daemon's own updates: the daemon
+/// changes the state under its lock from what is on disk, never from a copy it loaded earlier.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_shot_backups_record_survives_the_daemons_updates() {
+    let etcd = Etcd::start(EtcdVersion::V35);
+    let work = tempfile::tempdir().unwrap();
+    let id = age_identity(work.path(), "ops");
+    std::fs::create_dir_all(work.path().join("metrics")).unwrap();
+    let cfg = write_config(work.path(), &etcd, &id.recipient, "cron = \"0 0 1 1 *\"", "");
+    let daemon = Daemon::start(&cfg).await;
+    let state_file = state_dir_for(&cfg).join("state.json");
+    let state = || -> serde_json::Value { serde_json::from_slice(&std::fs::read(&state_file).unwrap()).unwrap() };
+    let metrics = || std::fs::read_to_string(work.path().join("metrics/etcd_backupd.prom")).unwrap_or_default();
+
+    let out = run(&cfg, &["backup"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let one_shot = state()["last_success"]["id"].as_str().expect("recorded").to_string();
+
+    // A reload makes the daemon save its next run (and rewrite the metrics).
+    daemon.signal(Signal::SIGHUP);
+    daemon.wait_until("the reload", || daemon.log().contains("configuration reloaded")).await;
+    assert_eq!(state()["last_success"]["id"], one_shot.as_str(), "{}", state());
+    assert_eq!(state()["runs"]["ok"], 1);
+    assert!(metrics().contains("result=\"ok\"} 1"), "{}", metrics());
+
+    // The daemon's own run counts on top of the one-shot one.
+    etcd.seed(1, 1).await;
+    daemon.signal(Signal::SIGUSR1);
+    daemon.wait_until("the daemon's backup", || state()["runs"]["ok"] == 2).await;
+    assert_ne!(state()["last_success"]["id"], one_shot.as_str());
+    let (status, _, _, log) = daemon.stop().await;
+    assert!(status.success(), "{log}");
+    assert!(metrics().contains("result=\"ok\"} 2"), "{}", metrics());
+}
