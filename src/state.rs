@@ -136,23 +136,33 @@ pub struct StateLock {
 impl StateLock {
     /// Waits for the lock.
     pub async fn take(dir: &Path) -> Result<StateLock> {
-        ensure_dir(dir)?;
-        let path = dir.join(STATE_LOCK_FILE);
+        let dir = dir.to_path_buf();
         tokio::task::spawn_blocking(move || {
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&path)
-                .with_context(|| format!("cannot open the state lock '{}'", path.display()))?;
-            nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
-                .map(|file| StateLock { _file: file })
-                .map_err(|(_, e)| e)
-                .with_context(|| format!("cannot lock '{}'", path.display()))
+            let locked = flock(&dir, STATE_LOCK_FILE, nix::fcntl::FlockArg::LockExclusive)?;
+            let file = locked.with_context(|| format!("cannot lock '{}'", dir.join(STATE_LOCK_FILE).display()))?;
+            Ok(StateLock { _file: file })
         })
         .await
         .context("the state lock task failed")?
     }
+}
+
+/// Opens (creating) the lock file `name` in the state dir and flocks it: the outer error is the file,
+/// the inner one the lock.
+fn flock(
+    dir: &Path,
+    name: &str,
+    how: nix::fcntl::FlockArg,
+) -> Result<std::result::Result<nix::fcntl::Flock<std::fs::File>, nix::errno::Errno>> {
+    ensure_dir(dir)?;
+    let path = dir.join(name);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open the lock file '{}'", path.display()))?;
+    Ok(nix::fcntl::Flock::lock(file, how).map_err(|(_, e)| e))
 }
 
 /// An exclusive lock on the state dir, held while a backup runs. Released on drop.
@@ -163,18 +173,10 @@ pub struct Lock {
 impl Lock {
     /// Takes the lock, or returns `None` if another process holds it.
     pub fn try_take(dir: &Path) -> Result<Option<Lock>> {
-        ensure_dir(dir)?;
-        let path = dir.join(LOCK_FILE);
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("cannot open the lock file '{}'", path.display()))?;
-        match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
-            Ok(lock) => Ok(Some(Lock { _file: lock })),
-            Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
-            Err((_, e)) => Err(e).with_context(|| format!("cannot lock '{}'", path.display())),
+        match flock(dir, LOCK_FILE, nix::fcntl::FlockArg::LockExclusiveNonblock)? {
+            Ok(file) => Ok(Some(Lock { _file: file })),
+            Err(nix::errno::Errno::EWOULDBLOCK) => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("cannot lock '{}'", dir.join(LOCK_FILE).display())),
         }
     }
 

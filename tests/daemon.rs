@@ -81,19 +81,16 @@ fn manifests(folder: &Path) -> usize {
     files(folder).iter().filter(|n| n.ends_with(".manifest.json")).count()
 }
 
-fn write_config(work: &Path, etcd: &Etcd, recipient: &str, schedule: &str, extra: &str) -> PathBuf {
-    let path = work.join("etcd-backupd.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "{}\n[encryption]\nrecipients = [\"{recipient}\"]\n[local]\ndir = \"{}\"\nretention = {{ keep_last = 100 }}\n[schedule]\n{schedule}\n[metrics]\ntextfile = \"{}\"\n{extra}",
-            etcd.config_table(),
-            work.join("backups").display(),
-            work.join("metrics/etcd_backupd.prom").display()
-        ),
-    )
-    .unwrap();
-    path
+/// The daemon's config: the member, the setup's identity and local dir (keeping 100), `schedule` in
+/// [schedule], a metrics textfile in the work dir, then `extra` tables.
+fn write_config(setup: &Setup, etcd: &Etcd, schedule: &str, extra: &str) -> PathBuf {
+    std::fs::create_dir_all(setup.work.path().join("metrics")).unwrap();
+    let metrics = setup.work.path().join("metrics/etcd_backupd.prom");
+    let tables = format!(
+        "retention = {{ keep_last = 100 }}\n[schedule]\n{schedule}\n[metrics]\ntextfile = \"{}\"\n{extra}",
+        metrics.display()
+    );
+    setup.config(&etcd.config_table(), &tables)
 }
 
 /// Positions of the notifications, in order of arrival.
@@ -109,12 +106,10 @@ fn position(notes: &[String], what: &str, after: usize) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_per_second_schedule_backs_up_and_notifies_systemd_in_order() {
     let etcd = Etcd::start(EtcdVersion::V34);
-    let work = tempfile::tempdir().unwrap();
-    let id = age_identity(work.path(), "ops");
-    std::fs::create_dir_all(work.path().join("metrics")).unwrap();
-    let cfg = write_config(work.path(), &etcd, &id.recipient, "cron = \"* * * * * *\"", "");
+    let setup = Setup::new();
+    let cfg = write_config(&setup, &etcd, "cron = \"* * * * * *\"", "");
     let daemon = Daemon::start(&cfg).await;
-    let folder = work.path().join("backups/default");
+    let folder = setup.work.path().join("backups/default");
     daemon.wait_until("two scheduled backups", || manifests(&folder) >= 2).await;
     daemon.wait_until("a watchdog ping", || daemon.notes().iter().any(|n| n.contains("WATCHDOG=1"))).await;
     daemon.signal(Signal::SIGHUP);
@@ -146,7 +141,7 @@ async fn a_per_second_schedule_backs_up_and_notifies_systemd_in_order() {
     assert!(stdout(&out).contains("last ok"), "{}", stdout(&out));
 
     // The metrics file is valid Prometheus text.
-    let text = std::fs::read_to_string(work.path().join("metrics/etcd_backupd.prom")).unwrap();
+    let text = std::fs::read_to_string(setup.work.path().join("metrics/etcd_backupd.prom")).unwrap();
     let lines = text.lines().map(|l| Ok(l.to_string()));
     let scrape = prometheus_parse::Scrape::parse(lines).expect("parses as Prometheus text");
     let names: Vec<&str> = scrape.samples.iter().map(|s| s.metric.as_str()).collect();
@@ -160,18 +155,16 @@ async fn a_per_second_schedule_backs_up_and_notifies_systemd_in_order() {
     ] {
         assert!(names.contains(&want), "{want} missing from:\n{text}");
     }
-    assert!(files(&work.path().join("metrics")).iter().all(|n| !n.ends_with(".part")));
+    assert!(files(&setup.work.path().join("metrics")).iter().all(|n| !n.ends_with(".part")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigusr1_backs_up_now_and_a_broken_reload_keeps_the_daemon_running() {
     let etcd = Etcd::start(EtcdVersion::V35);
-    let work = tempfile::tempdir().unwrap();
-    let id = age_identity(work.path(), "ops");
-    std::fs::create_dir_all(work.path().join("metrics")).unwrap();
-    let cfg = write_config(work.path(), &etcd, &id.recipient, "cron = \"0 0 1 1 *\"", "");
+    let setup = Setup::new();
+    let cfg = write_config(&setup, &etcd, "cron = \"0 0 1 1 *\"", "");
     let daemon = Daemon::start(&cfg).await;
-    let folder = work.path().join("backups/default");
+    let folder = setup.work.path().join("backups/default");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(manifests(&folder), 0, "nothing is due yet");
 
@@ -199,16 +192,8 @@ async fn sigterm_during_an_upload_aborts_cleanly_within_the_grace_period() {
     etcd.seed(1200, 10_000).await;
     let s3 = S3::start().await;
     s3.faults.part_delay_ms.store(4000, Ordering::SeqCst);
-    let work = tempfile::tempdir().unwrap();
-    let id = age_identity(work.path(), "ops");
-    std::fs::create_dir_all(work.path().join("metrics")).unwrap();
-    let cfg = write_config(
-        work.path(),
-        &etcd,
-        &id.recipient,
-        "cron = \"0 0 1 1 *\"\nstop_grace = \"1s\"",
-        &s3.config_table(BUCKET, ""),
-    );
+    let setup = Setup::new();
+    let cfg = write_config(&setup, &etcd, "cron = \"0 0 1 1 *\"\nstop_grace = \"1s\"", &s3.config_table(BUCKET, ""));
     let daemon = Daemon::start(&cfg).await;
     daemon.signal(Signal::SIGUSR1);
     daemon.wait_until("the upload to start", || s3.faults.parts_started.load(Ordering::SeqCst) >= 1).await;
@@ -222,7 +207,7 @@ async fn sigterm_during_an_upload_aborts_cleanly_within_the_grace_period() {
     assert!(status.success(), "{log}");
     assert!(took < Duration::from_secs(4), "stopped {took:?} after SIGTERM with a 1s grace:\n{log}");
     assert!(log.contains("aborting it cleanly"), "{log}");
-    let local = files(&work.path().join("backups/default"));
+    let local = files(&setup.work.path().join("backups/default"));
     assert!(local.is_empty(), "no .part, no manifest: {local:?}");
     assert!(s3.keys(BUCKET).is_empty(), "no completed object: {:?}", s3.keys(BUCKET));
     let uploads: Vec<String> = files(&s3.root).into_iter().filter(|n| n.starts_with(".upload")).collect();
@@ -235,10 +220,8 @@ async fn sigterm_during_an_upload_aborts_cleanly_within_the_grace_period() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_fails_when_backups_are_overdue() {
     let etcd = Etcd::start(EtcdVersion::V34);
-    let work = tempfile::tempdir().unwrap();
-    let id = age_identity(work.path(), "ops");
-    std::fs::create_dir_all(work.path().join("metrics")).unwrap();
-    let cfg = write_config(work.path(), &etcd, &id.recipient, "cron = \"0 */6 * * *\"", "");
+    let setup = Setup::new();
+    let cfg = write_config(&setup, &etcd, "cron = \"0 */6 * * *\"", "");
     let out = run(&cfg, &["status"]).await;
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("no backup has succeeded yet"), "{}", stderr(&out));
@@ -264,11 +247,9 @@ async fn status_fails_when_backups_are_overdue() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn skip_unchanged_uploads_nothing_when_the_revision_is_the_same() {
     let etcd = Etcd::start(EtcdVersion::V34);
-    let work = tempfile::tempdir().unwrap();
-    let id = age_identity(work.path(), "ops");
-    std::fs::create_dir_all(work.path().join("metrics")).unwrap();
-    let cfg = write_config(work.path(), &etcd, &id.recipient, "skip_unchanged = true", "");
-    let folder = work.path().join("backups/default");
+    let setup = Setup::new();
+    let cfg = write_config(&setup, &etcd, "skip_unchanged = true", "");
+    let folder = setup.work.path().join("backups/default");
     assert!(run(&cfg, &["backup"]).await.status.success());
     let out = run(&cfg, &["backup"]).await;
     assert!(out.status.success(), "{}", stderr(&out));
@@ -287,18 +268,16 @@ async fn skip_unchanged_uploads_nothing_when_the_revision_is_the_same() {
 async fn a_missed_run_is_caught_up_on_start() {
     let etcd = Etcd::start(EtcdVersion::V34);
     for catch_up in [false, true] {
-        let work = tempfile::tempdir().unwrap();
-        let id = age_identity(work.path(), "ops");
-        std::fs::create_dir_all(work.path().join("metrics")).unwrap();
+        let setup = Setup::new();
         let schedule = format!("cron = \"0 * * * *\"\ncatch_up = {catch_up}");
-        let cfg = write_config(work.path(), &etcd, &id.recipient, &schedule, "");
+        let cfg = write_config(&setup, &etcd, &schedule, "");
         // The last attempt was three hours ago: at least two hourly runs were missed.
         let state_dir = state_dir_for(&cfg);
         std::fs::create_dir_all(&state_dir).unwrap();
         let last = (chrono::Utc::now() - chrono::Duration::hours(3)).to_rfc3339();
         std::fs::write(state_dir.join("state.json"), format!("{{\"last_attempt\": \"{last}\"}}")).unwrap();
         let daemon = Daemon::start(&cfg).await;
-        let folder = work.path().join("backups/default");
+        let folder = setup.work.path().join("backups/default");
         if catch_up {
             daemon.wait_until("the catch-up backup", || manifests(&folder) == 1).await;
             assert!(daemon.log().contains("was missed"), "{}", daemon.log());
@@ -317,15 +296,13 @@ async fn a_run_due_while_one_is_going_is_skipped() {
     etcd.seed(700, 10_000).await;
     let s3 = S3::start().await;
     s3.faults.part_delay_ms.store(1500, Ordering::SeqCst);
-    let work = tempfile::tempdir().unwrap();
-    let id = age_identity(work.path(), "ops");
-    std::fs::create_dir_all(work.path().join("metrics")).unwrap();
-    let cfg = write_config(work.path(), &etcd, &id.recipient, "cron = \"* * * * * *\"", &s3.config_table(BUCKET, ""));
+    let setup = Setup::new();
+    let cfg = write_config(&setup, &etcd, "cron = \"* * * * * *\"", &s3.config_table(BUCKET, ""));
     let daemon = Daemon::start(&cfg).await;
     daemon
         .wait_until("a skipped run", || daemon.log().contains("a backup is still running; skipping this scheduled run"))
         .await;
-    daemon.wait_until("the slow backup to commit", || manifests(&work.path().join("backups/default")) >= 1).await;
+    daemon.wait_until("the slow backup to commit", || manifests(&setup.work.path().join("backups/default")) >= 1).await;
     let (status, _, _, log) = daemon.stop().await;
     assert!(status.success(), "{log}");
     let state: serde_json::Value =
@@ -338,15 +315,13 @@ async fn a_run_due_while_one_is_going_is_skipped() {
 async fn scheduled_drills_prove_the_newest_backup() {
     let etcd = Etcd::start(EtcdVersion::V34);
     etcd.seed(30, 100).await;
-    let work = tempfile::tempdir().unwrap();
-    let id = age_identity(work.path(), "ops");
-    std::fs::create_dir_all(work.path().join("metrics")).unwrap();
+    let setup = Setup::new();
     let drill = format!(
         "[drill]\nidentity_file = \"{}\"\ncron = \"*/2 * * * * *\"\netcd_bin = \"{}\"\n",
-        id.file.display(),
+        setup.identity.file.display(),
         etcd_bin_dir(EtcdVersion::V34).display()
     );
-    let cfg = write_config(work.path(), &etcd, &id.recipient, "cron = \"0 0 1 1 *\"", &drill);
+    let cfg = write_config(&setup, &etcd, "cron = \"0 0 1 1 *\"", &drill);
     let daemon = Daemon::start(&cfg).await;
     let state = || -> serde_json::Value {
         std::fs::read(state_dir_for(&cfg).join("state.json"))
@@ -359,13 +334,13 @@ async fn scheduled_drills_prove_the_newest_backup() {
     assert!(state()["last_drill_failure"]["error"].as_str().unwrap().contains("no destination holds any backup"));
 
     daemon.signal(Signal::SIGUSR1);
-    let folder = work.path().join("backups/default");
+    let folder = setup.work.path().join("backups/default");
     daemon.wait_until("the backup", || manifests(&folder) == 1).await;
     daemon.wait_until("a passing drill", || state()["drills"]["ok"].as_u64() >= Some(1)).await;
     let backup = files(&folder).into_iter().find_map(|n| n.strip_suffix(".manifest.json").map(str::to_string));
     assert_eq!(state()["last_proven"]["id"].as_str(), backup.as_deref());
     assert_eq!(state()["last_proven"]["keys"], 30);
-    let metrics = std::fs::read_to_string(work.path().join("metrics/etcd_backupd.prom")).unwrap();
+    let metrics = std::fs::read_to_string(setup.work.path().join("metrics/etcd_backupd.prom")).unwrap();
     assert!(metrics.contains("etcd_backupd_last_proven_timestamp_seconds{"), "{metrics}");
     let (status, _, _, log) = daemon.stop().await;
     assert!(status.success(), "{log}");
@@ -379,14 +354,12 @@ async fn scheduled_drills_prove_the_newest_backup() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_one_shot_backups_record_survives_the_daemons_updates() {
     let etcd = Etcd::start(EtcdVersion::V35);
-    let work = tempfile::tempdir().unwrap();
-    let id = age_identity(work.path(), "ops");
-    std::fs::create_dir_all(work.path().join("metrics")).unwrap();
-    let cfg = write_config(work.path(), &etcd, &id.recipient, "cron = \"0 0 1 1 *\"", "");
+    let setup = Setup::new();
+    let cfg = write_config(&setup, &etcd, "cron = \"0 0 1 1 *\"", "");
     let daemon = Daemon::start(&cfg).await;
     let state_file = state_dir_for(&cfg).join("state.json");
     let state = || -> serde_json::Value { serde_json::from_slice(&std::fs::read(&state_file).unwrap()).unwrap() };
-    let metrics = || std::fs::read_to_string(work.path().join("metrics/etcd_backupd.prom")).unwrap_or_default();
+    let metrics = || std::fs::read_to_string(setup.work.path().join("metrics/etcd_backupd.prom")).unwrap_or_default();
 
     let out = run(&cfg, &["backup"]).await;
     assert!(out.status.success(), "{}", stderr(&out));
