@@ -22,6 +22,27 @@ fn config(work: &Path, etcd: &Etcd, s3: &S3, recipient: &str) -> std::path::Path
     path
 }
 
+/// `restore latest` into `data_dir` as `member` of `cluster`, with the etcd tools of `version`.
+async fn restore_as(
+    cfg: &Path,
+    identity: &Path,
+    version: EtcdVersion,
+    data_dir: &Path,
+    member: &Member,
+    cluster: &str,
+    token: Option<&str>,
+) -> std::process::Output {
+    let (identity, data_dir, peer) =
+        (identity.display().to_string(), data_dir.display().to_string(), member.peer_url());
+    let bin = etcd_bin_dir(version).display().to_string();
+    let mut args = vec!["restore", "latest", "--identity", &identity, "--data-dir", &data_dir, "--etcd-bin", &bin];
+    args.extend(["--name", &member.name, "--initial-cluster", cluster, "--initial-advertise-peer-urls", &peer]);
+    if let Some(token) = token {
+        args.extend(["--initial-cluster-token", token]);
+    }
+    run(cfg, &args).await
+}
+
 async fn restores_into_a_new_data_dir(version: EtcdVersion) {
     let etcd = Etcd::start(version);
     let revision = etcd.seed(150, 300).await;
@@ -46,32 +67,11 @@ async fn restores_into_a_new_data_dir(version: EtcdVersion) {
     }
     drop(etcd);
     let data_dir = work.path().join("restored");
-    let peer_port = free_port();
-    let peer = format!("http://127.0.0.1:{peer_port}");
-    let bin = etcd_bin_dir(version).display().to_string();
-    let out = run(
-        &cfg,
-        &[
-            "restore",
-            "latest",
-            "--identity",
-            &id_arg,
-            "--data-dir",
-            &data_dir.display().to_string(),
-            "--name",
-            "test-member",
-            "--initial-cluster",
-            &format!("test-member={peer}"),
-            "--initial-advertise-peer-urls",
-            &peer,
-            "--etcd-bin",
-            &bin,
-        ],
-    )
-    .await;
+    let member = &Member::several(1)[0];
+    let out = restore_as(&cfg, &id.file, version, &data_dir, member, &Member::initial_cluster([member]), None).await;
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("next steps"), "{}", stdout(&out));
-    let restored = Etcd::start_on(version, &data_dir, peer_port);
+    let restored = Etcd::start_on(version, &data_dir, member);
     let mut client = restored.client().await;
     let resp = client.get("seed/", Some(etcd_client::GetOptions::new().with_prefix())).await.unwrap();
     assert_eq!(resp.kvs().len(), 150);
@@ -240,33 +240,12 @@ async fn one_backup_restores_a_three_member_cluster() {
 
     let members = Member::several(3);
     let cluster = Member::initial_cluster(&members);
-    let id_arg = setup.identity.file.display().to_string();
-    let bin = etcd_bin_dir(version).display().to_string();
     let mut restored = Vec::new();
     for member in &members {
         let data_dir = setup.work.path().join(&member.name);
-        let out = run(
-            &cfg,
-            &[
-                "restore",
-                "latest",
-                "--identity",
-                &id_arg,
-                "--data-dir",
-                &data_dir.display().to_string(),
-                "--name",
-                &member.name,
-                "--initial-cluster",
-                &cluster,
-                "--initial-advertise-peer-urls",
-                &member.peer_url(),
-                "--initial-cluster-token",
-                "restored-cluster",
-                "--etcd-bin",
-                &bin,
-            ],
-        )
-        .await;
+        let out =
+            restore_as(&cfg, &setup.identity.file, version, &data_dir, member, &cluster, Some("restored-cluster"))
+                .await;
         assert!(out.status.success(), "{}: {}", member.name, stderr(&out));
         assert!(stdout(&out).contains("the same --initial-cluster and --initial-cluster-token"), "{}", stdout(&out));
         restored.push((member.clone(), data_dir));

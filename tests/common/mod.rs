@@ -291,10 +291,12 @@ impl Etcd {
         format!("{:x}", status[0]["Status"]["header"]["member_id"].as_u64().unwrap())
     }
 
-    /// Starts a plain member on an existing (restored) data dir, with the peer port it was restored with.
-    pub fn start_on(version: EtcdVersion, data_dir: &Path, peer_port: u16) -> Etcd {
+    /// Starts a plain single member on an existing data dir, restored as `member`.
+    pub fn start_on(version: EtcdVersion, data_dir: &Path, member: &Member) -> Etcd {
         let dir = tempfile::tempdir().unwrap();
-        Self::spawn(version, dir, data_dir.to_path_buf(), false, Some(peer_port), &[])
+        let etcd = Self::launch(version, dir, data_dir.to_path_buf(), false, member, &member.own_cluster(), &[]);
+        etcd.wait_ready();
+        etcd
     }
 
     /// etcdctl arguments that reach this member.
