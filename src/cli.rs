@@ -248,6 +248,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         return Ok(());
     }
     let settings = config::load(&cli.config).map_err(Failure::Config)?;
+    if writes_service_files(&cli.command) {
+        refuse_root_in_service_dirs(&cli.command, &[crate::state::state_dir(), settings.local.dir.clone()])?;
+    }
     match cli.command {
         Command::CheckConfig => {
             print_summary(&cli.config, &settings);
@@ -291,6 +294,59 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Pin { id } => set_pin(&settings, &id, true).await,
         Command::Unpin { id } => set_pin(&settings, &id, false).await,
         Command::Generate { .. } => Ok(()),
+    }
+}
+
+/// Commands that write state, locks or backups into the state dir or the local backup dir.
+fn writes_service_files(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::Backup { .. }
+            | Command::Run
+            | Command::Drill { .. }
+            | Command::Prune { dry_run: false, .. }
+            | Command::Delete { .. }
+            | Command::Pin { .. }
+            | Command::Unpin { .. }
+    )
+}
+
+/// Root writing into dirs the service user owns (`sudo etcd-backupd backup` on a packaged host) would
+/// leave a lock, a state file and backups there that the service cannot open: refused, with the way to
+/// run it as the service instead.
+fn refuse_root_in_service_dirs(command: &Command, dirs: &[std::path::PathBuf]) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(());
+    }
+    let owned =
+        dirs.iter().find_map(|dir| std::fs::metadata(dir).ok().filter(|m| m.uid() != 0).map(|m| (dir, m.uid())));
+    let Some((dir, uid)) = owned else { return Ok(()) };
+    let user = nix::unistd::User::from_uid(uid.into()).ok().flatten().map_or_else(|| uid.to_string(), |u| u.name);
+    let name = command_name(command);
+    let mut fix = format!("run it as {user}: `sudo -u {user} etcd-backupd {name} ...`");
+    if matches!(command, Command::Backup { .. }) {
+        fix.push_str(
+            ", or as the one-shot service (which also gets the etcd client key through its credentials): \
+             `systemctl start etcd-backupd-once.service`, then `journalctl -u etcd-backupd-once`",
+        );
+    }
+    anyhow::bail!(
+        "'{}' belongs to {user}, and files root writes there (the lock, the state, backups) would keep the service from using them; {fix}",
+        dir.display()
+    )
+}
+
+fn command_name(command: &Command) -> &'static str {
+    match command {
+        Command::Backup { .. } => "backup",
+        Command::Run => "run",
+        Command::Drill { .. } => "drill",
+        Command::Prune { .. } => "prune",
+        Command::Delete { .. } => "delete",
+        Command::Pin { .. } => "pin",
+        Command::Unpin { .. } => "unpin",
+        _ => "",
     }
 }
 

@@ -453,3 +453,34 @@ fn the_shipped_example_says_what_to_fill_in() {
     assert!(err.contains(&format!("fill these in (or fix them) in {}", example.display())), "{err}");
     assert!(err.contains("etcd-backupd.toml(5)"), "{err}");
 }
+
+/// `sudo etcd-backupd backup` on a host where the service user owns the state dir would leave a lock,
+/// a state file and backups the service cannot open: refused before anything is written, saying how to
+/// run it as the service. Reading commands still work as root.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn root_is_refused_in_the_service_users_dirs() {
+    let setup = Setup::new();
+    let cfg = setup.config("[etcd]\nendpoints = [\"http://127.0.0.1:1\"]\n", "");
+    let state = state_dir_for(&cfg);
+    std::fs::create_dir_all(&state).unwrap();
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().expect("the nobody user");
+    nix::unistd::chown(&state, Some(nobody.uid), Some(nobody.gid)).unwrap();
+
+    for args in
+        [&["backup"][..], &["drill"], &["prune"], &["pin", "20261122T060000Z-r48211-8e9e05c52164694d"], &["run"]]
+    {
+        let out = run(&cfg, args).await;
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(err.contains("belongs to nobody") && err.contains("sudo -u nobody etcd-backupd"), "{args:?}: {err}");
+    }
+    let out = run(&cfg, &["backup"]).await;
+    assert!(stderr(&out).contains("systemctl start etcd-backupd-once.service"), "{}", stderr(&out));
+    assert!(files(&state).is_empty(), "nothing written: {:?}", files(&state));
+    assert!(!setup.local().exists(), "no local dir");
+
+    let out = run(&cfg, &["list"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = run(&cfg, &["prune", "--dry-run"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+}
