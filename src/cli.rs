@@ -592,21 +592,14 @@ async fn holding<'a>(
     id: &BackupId,
     errors: &mut Vec<String>,
 ) -> Vec<(&'a Destination, crate::store::Stored)> {
-    let mut out = Vec::new();
-    for destination in destinations {
-        match destination.list().await {
-            Ok(listing) => {
-                if let Some(stored) = listing.backups.into_iter().find(|b| &b.manifest.id == id) {
-                    out.push((destination, stored));
-                }
-            }
-            Err(e) => errors.push(format!("{}: {e:#}", destination.name())),
-        }
+    let selector = Selector::Id(id.clone());
+    let (found, unlisted) = crate::restore::locate(destinations, &selector).await;
+    errors.extend(unlisted);
+    let holders = found.map(|f| f.holders).unwrap_or_default();
+    if holders.is_empty() && errors.is_empty() {
+        errors.push(format!("{} (see etcd-backupd list)", crate::restore::not_found(&selector)));
     }
-    if out.is_empty() && errors.is_empty() {
-        errors.push(format!("no destination holds a backup {id} (see etcd-backupd list)"));
-    }
-    out
+    holders
 }
 
 async fn delete(settings: &Settings, id: &BackupId, force: bool) -> Result<(), Failure> {
@@ -660,7 +653,7 @@ async fn verify(settings: &Settings, selector: &Selector, identity: Option<&std:
     let found = crate::restore::find(&destinations, selector).await?;
     let m = &found.manifest;
     let scratch = scratch_dir()?;
-    for holder in &found.holders {
+    for (holder, _) in &found.holders {
         let checked = async {
             if let Some(ids) = &identities {
                 // Decrypting checks the artifact's size and sha256 too.
@@ -746,7 +739,7 @@ async fn restore(
     // Local first; a damaged or unreadable copy falls back to the next destination that holds it.
     let mut failures = Vec::new();
     let mut plain = None;
-    for holder in &found.holders {
+    for (holder, _) in &found.holders {
         tracing::info!(id = %m.id, from = holder.name(), "restoring");
         let attempt = crate::restore::fetch_and_decrypt(holder, &m, &identities, scratch.path(), &snapshot).await;
         match attempt {

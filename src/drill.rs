@@ -118,7 +118,7 @@ pub async fn drill(
         let scratch = crate::cli::scratch_dir()?;
         let snapshot = scratch.path().join("snapshot.db");
         // The drill proves the copy a restore would use first (local, else S3).
-        let holder = found.holders.first().context("no destination holds the backup")?;
+        let (holder, _) = found.holders.first().context("no destination holds the backup")?;
         tracing::info!(id = %m.id, from = holder.name(), "drill: fetching and decrypting");
         crate::restore::fetch_and_decrypt(holder, &m, &identities, scratch.path(), &snapshot)
             .await

@@ -35,14 +35,15 @@ impl Selector {
     }
 }
 
-/// The chosen backup and the destinations that hold it, local first.
+/// The chosen backup and the destinations that hold it, local first, each with how it holds it.
 pub struct Found<'a> {
     pub manifest: Manifest,
-    pub holders: Vec<&'a Destination>,
+    pub holders: Vec<(&'a Destination, Stored)>,
 }
 
-/// Finds a backup in the destinations (local first).
-pub async fn find<'a>(destinations: &'a [Destination], selector: &Selector) -> Result<Found<'a>> {
+/// Lists every destination and picks the backup there: what was found (local first), and the
+/// destinations that could not be listed.
+pub async fn locate<'a>(destinations: &'a [Destination], selector: &Selector) -> (Option<Found<'a>>, Vec<String>) {
     let mut found: Option<Found<'a>> = None;
     let mut errors = Vec::new();
     for d in destinations {
@@ -57,18 +58,30 @@ pub async fn find<'a>(destinations: &'a [Destination], selector: &Selector) -> R
                     found
                         .get_or_insert_with(|| Found { manifest: stored.manifest.clone(), holders: Vec::new() })
                         .holders
-                        .push(d);
+                        .push((d, stored));
                 }
             }
             Err(e) => errors.push(format!("{}: {e:#}", d.name())),
         }
     }
+    (found, errors)
+}
+
+/// What no destination holds, for the error.
+pub fn not_found(selector: &Selector) -> String {
+    match selector {
+        Selector::Id(id) => format!("no destination holds a backup {id}"),
+        Selector::Latest => "no destination holds any backup".to_string(),
+        Selector::Before(t) => format!("no backup was taken before {t}"),
+    }
+}
+
+/// Finds a backup in the destinations (local first); a destination that cannot be listed matters only
+/// when no other holds it.
+pub async fn find<'a>(destinations: &'a [Destination], selector: &Selector) -> Result<Found<'a>> {
+    let (found, errors) = locate(destinations, selector).await;
     found.ok_or_else(|| {
-        let what = match selector {
-            Selector::Id(id) => format!("no destination holds a backup {id}"),
-            Selector::Latest => "no destination holds any backup".to_string(),
-            Selector::Before(t) => format!("no backup was taken before {t}"),
-        };
+        let what = not_found(selector);
         if errors.is_empty() {
             anyhow!("{what} (see etcd-backupd list)")
         } else {
