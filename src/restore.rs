@@ -181,7 +181,7 @@ pub fn decrypt_to(
             "none" => Box::new(decrypted),
             other => bail!("the manifest names a compression this version does not know: {other}"),
         };
-        let mut out = create_private(&part)?;
+        let mut out = crate::store::local::create_private(&part)?;
         let mut check = TrailerCheck::new();
         let mut buf = vec![0u8; 1 << 20];
         loop {
@@ -264,17 +264,6 @@ impl<R: std::io::BufRead> std::io::BufRead for HashingReader<'_, R> {
         }
         self.inner.consume(amt);
     }
-}
-
-fn create_private(path: &Path) -> Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let _ = std::fs::remove_file(path);
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot create '{}'", path.display()))
 }
 
 /// Member flags for `snapshot restore`.

@@ -161,6 +161,19 @@ pub fn free_space(dir: &Path) -> Result<u64> {
     Ok(st.blocks_available() as u64 * st.fragment_size() as u64)
 }
 
+/// A private (0600) file for something fetched or decrypted, replacing a leftover of an earlier try.
+/// Never for artifacts: those are created only where nothing exists (`open_new`).
+pub fn create_private(path: &Path) -> Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(path);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create '{}'", path.display()))
+}
+
 async fn open_new(path: &Path) -> Result<tokio::fs::File> {
     let mut options = tokio::fs::OpenOptions::new();
     options.write(true).create_new(true).mode(0o600);

@@ -379,14 +379,7 @@ impl S3Store {
             .send()
             .await
             .map_err(|e| self.explain(e, "downloading a backup"))?;
-        let _ = tokio::fs::remove_file(path).await;
-        let mut file = tokio::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .await
-            .with_context(|| format!("cannot create '{}'", path.display()))?;
+        let mut file = tokio::fs::File::from_std(super::local::create_private(path)?);
         let mut body = out.body;
         while let Some(chunk) = body.try_next().await.with_context(|| format!("downloading '{key}' broke"))? {
             file.write_all(&chunk).await.with_context(|| format!("cannot write '{}'", path.display()))?;
