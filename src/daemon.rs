@@ -172,16 +172,16 @@ pub(crate) async fn persist(settings: &Settings, state_dir: &Path, change: impl 
     let lock = crate::state::StateLock::take(state_dir).await;
     let mut state = State::load(state_dir);
     change(&mut state);
-    let saved = match &lock {
-        Ok(_) => state.save(state_dir).await,
-        Err(e) => Err(anyhow::anyhow!("{e:#}")),
+    let held = match lock {
+        Ok(lock) => state.save(state_dir).await.map(|()| lock),
+        Err(e) => Err(e),
     };
-    if let Err(e) = saved {
+    if let Err(e) = &held {
         tracing::error!(error = %format!("{e:#}"), "cannot save the state file");
     }
     // Still under the lock, so the metrics file is never older than the state file.
     write_metrics(settings, &state).await;
-    drop(lock);
+    drop(held);
     state
 }
 
