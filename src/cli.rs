@@ -248,8 +248,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         return Ok(());
     }
     let settings = config::load(&cli.config).map_err(Failure::Config)?;
-    if writes_service_files(&cli.command) {
-        refuse_root_in_service_dirs(&cli.command, &[crate::state::state_dir(), settings.local.dir.clone()])?;
+    if let Some(name) = service_writer(&cli.command) {
+        refuse_root_in_service_dirs(name, &[crate::state::state_dir(), settings.local.dir.clone()])?;
     }
     match cli.command {
         Command::CheckConfig => {
@@ -297,24 +297,25 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     }
 }
 
-/// Commands that write state, locks or backups into the state dir or the local backup dir.
-fn writes_service_files(command: &Command) -> bool {
-    matches!(
-        command,
-        Command::Backup { .. }
-            | Command::Run
-            | Command::Drill { .. }
-            | Command::Prune { dry_run: false, .. }
-            | Command::Delete { .. }
-            | Command::Pin { .. }
-            | Command::Unpin { .. }
-    )
+/// The name of a command that writes state, locks or backups into the state dir or the local backup
+/// dir; `None` for the others.
+fn service_writer(command: &Command) -> Option<&'static str> {
+    match command {
+        Command::Backup { .. } => Some("backup"),
+        Command::Run => Some("run"),
+        Command::Drill { .. } => Some("drill"),
+        Command::Prune { dry_run: false, .. } => Some("prune"),
+        Command::Delete { .. } => Some("delete"),
+        Command::Pin { .. } => Some("pin"),
+        Command::Unpin { .. } => Some("unpin"),
+        _ => None,
+    }
 }
 
 /// Root writing into dirs the service user owns (`sudo etcd-backupd backup` on a packaged host) would
 /// leave a lock, a state file and backups there that the service cannot open: refused, with the way to
-/// run it as the service instead.
-fn refuse_root_in_service_dirs(command: &Command, dirs: &[std::path::PathBuf]) -> Result<()> {
+/// run command `name` as the service instead.
+fn refuse_root_in_service_dirs(name: &str, dirs: &[std::path::PathBuf]) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
     if !nix::unistd::geteuid().is_root() {
         return Ok(());
@@ -323,9 +324,8 @@ fn refuse_root_in_service_dirs(command: &Command, dirs: &[std::path::PathBuf]) -
         dirs.iter().find_map(|dir| std::fs::metadata(dir).ok().filter(|m| m.uid() != 0).map(|m| (dir, m.uid())));
     let Some((dir, uid)) = owned else { return Ok(()) };
     let user = nix::unistd::User::from_uid(uid.into()).ok().flatten().map_or_else(|| uid.to_string(), |u| u.name);
-    let name = command_name(command);
     let mut fix = format!("run it as {user}: `sudo -u {user} etcd-backupd {name} ...`");
-    if matches!(command, Command::Backup { .. }) {
+    if name == "backup" {
         fix.push_str(
             ", or as the one-shot service (which also gets the etcd client key through its credentials): \
              `systemctl start etcd-backupd-once.service`, then `journalctl -u etcd-backupd-once`",
@@ -335,19 +335,6 @@ fn refuse_root_in_service_dirs(command: &Command, dirs: &[std::path::PathBuf]) -
         "'{}' belongs to {user}, and files root writes there (the lock, the state, backups) would keep the service from using them; {fix}",
         dir.display()
     )
-}
-
-fn command_name(command: &Command) -> &'static str {
-    match command {
-        Command::Backup { .. } => "backup",
-        Command::Run => "run",
-        Command::Drill { .. } => "drill",
-        Command::Prune { .. } => "prune",
-        Command::Delete { .. } => "delete",
-        Command::Pin { .. } => "pin",
-        Command::Unpin { .. } => "unpin",
-        _ => "",
-    }
 }
 
 fn print_summary(path: &std::path::Path, s: &Settings) {
