@@ -282,3 +282,39 @@ async fn s3_over_tls_with_an_extra_ca_and_request_options() {
     // Three backups: the one that could not reach S3 without the CA was caught up by the next run.
     assert_eq!(s3.keys(BUCKET).len(), 6, "{:?}", s3.keys(BUCKET));
 }
+
+/// `compression = "none"`: the artifact is age alone (`.db.age`), `age -d` gives exactly what etcd sent,
+/// and `verify --identity` and `restore --output` take it like any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_uncompressed_backup_is_age_alone_and_restores() {
+    let etcd = Etcd::start(EtcdVersion::V35);
+    let revision = etcd.seed(40, 500).await;
+    let setup = Setup::new();
+    let cfg = setup.config(&etcd.config_table(), "[backup]\ncompression = \"none\"\n");
+    let out = run(&cfg, &["backup"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let artifact = files(&setup.folder()).into_iter().find(|n| n.ends_with(".db.age")).expect("a .db.age artifact");
+    let plain = setup.work.path().join("plain.db");
+    let status = std::process::Command::new("age")
+        .arg("-d")
+        .arg("-i")
+        .arg(&setup.identity.file)
+        .arg("-o")
+        .arg(&plain)
+        .arg(setup.folder().join(&artifact))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let manifest = manifest_in(&setup.folder());
+    assert_eq!(manifest["snapshot"]["size"], std::fs::metadata(&plain).unwrap().len());
+
+    let id_arg = setup.identity.file.display().to_string();
+    let out = run(&cfg, &["verify", "--identity", &id_arg]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains(&format!("revision {revision}")), "{}", stdout(&out));
+    let restored = setup.work.path().join("restored.db");
+    let out = run(&cfg, &["restore", "--identity", &id_arg, "--output", &restored.display().to_string()]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::read(&restored).unwrap(), std::fs::read(&plain).unwrap());
+}
