@@ -426,27 +426,19 @@ fn encode(
         size: 0,
     };
     let encrypted = crate::crypto::encrypt_to(recipients, fanout).map_err(|e| anyhow!(e))?;
-    let mut check = TrailerCheck::new();
-    let fanout = match compression {
+    let mut sealer = match compression {
         Compression::Zstd { level } => {
-            let mut z = zstd::stream::write::Encoder::new(encrypted, level).context("cannot start zstd")?;
-            while let Some(chunk) = plain.blocking_recv() {
-                check.update(&chunk);
-                copy.write_all(&chunk).map_err(copy_error)?;
-                z.write_all(&chunk).map_err(write_error)?;
-            }
-            z.finish().map_err(write_error)?.finish().map_err(write_error)?
+            Sealer::Zstd(zstd::stream::write::Encoder::new(encrypted, level).context("cannot start zstd")?)
         }
-        Compression::None => {
-            let mut w = encrypted;
-            while let Some(chunk) = plain.blocking_recv() {
-                check.update(&chunk);
-                copy.write_all(&chunk).map_err(copy_error)?;
-                w.write_all(&chunk).map_err(write_error)?;
-            }
-            w.finish().map_err(write_error)?
-        }
+        Compression::None => Sealer::Age(encrypted),
     };
+    let mut check = TrailerCheck::new();
+    while let Some(chunk) = plain.blocking_recv() {
+        check.update(&chunk);
+        copy.write_all(&chunk).map_err(copy_error)?;
+        sealer.write_all(&chunk).map_err(write_error)?;
+    }
+    let fanout = sealer.finish().map_err(write_error)?;
     let plain_size = check.total();
     let (artifact_size, artifact_sha256) = fanout.close().map_err(write_error)?;
     let snapshot_sha256 = check.finish()?;
@@ -454,6 +446,29 @@ fn encode(
     let status = crate::snapshot::bbolt::status(&copy)
         .map_err(|e| anyhow!("etcd sent a snapshot that is not a sound database: {e}"))?;
     Ok(Encoded { plain_size, snapshot_sha256, artifact_size, artifact_sha256, status })
+}
+
+/// What makes the artifact: zstd then age, or age alone.
+enum Sealer<W: Write> {
+    Zstd(zstd::stream::write::Encoder<'static, age::stream::StreamWriter<W>>),
+    Age(age::stream::StreamWriter<W>),
+}
+
+impl<W: Write> Sealer<W> {
+    fn write_all(&mut self, chunk: &[u8]) -> std::io::Result<()> {
+        match self {
+            Sealer::Zstd(z) => z.write_all(chunk),
+            Sealer::Age(a) => a.write_all(chunk),
+        }
+    }
+
+    /// Ends the zstd frame (if any) and the age stream; returns what age wrote into.
+    fn finish(self) -> std::io::Result<W> {
+        match self {
+            Sealer::Zstd(z) => z.finish()?.finish(),
+            Sealer::Age(a) => a.finish(),
+        }
+    }
 }
 
 fn write_error(e: std::io::Error) -> anyhow::Error {
