@@ -78,6 +78,17 @@ impl Compression {
         }
     }
 
+    /// The compression a manifest names: `"zstd"` (with its level) or `"none"`.
+    pub fn from_manifest(name: &str, level: Option<i32>) -> Result<Self, String> {
+        match name {
+            "zstd" => Ok(Compression::Zstd { level: level.unwrap_or(0) }),
+            "none" => Ok(Compression::None),
+            other => {
+                Err(format!("manifest names a compression this version does not know: \"{}\"", other.escape_debug()))
+            }
+        }
+    }
+
     /// File extension of the artifact, e.g. `.db.zst.age`.
     pub fn artifact_extension(self) -> &'static str {
         match self {
@@ -283,8 +294,10 @@ impl Manifest {
         out
     }
 
-    /// Parses a manifest and checks that it is the one its file name says.
-    pub fn from_json(bytes: &[u8], expected: &BackupId) -> Result<Self, String> {
+    /// Parses a manifest read back from a store and checks it is the one its name and folder say: the
+    /// id, the cluster, and every field that an artifact name, a revision or a check is derived from.
+    /// A manifest is untrusted input (anyone who can write to the folder or the prefix can plant one).
+    pub fn from_json(bytes: &[u8], expected: &BackupId, cluster: &ClusterName) -> Result<Self, String> {
         let m: Manifest = serde_json::from_slice(bytes).map_err(|e| format!("not a valid manifest: {e}"))?;
         if m.format_version > FORMAT_VERSION {
             return Err(format!(
@@ -295,8 +308,66 @@ impl Manifest {
         if &m.id != expected {
             return Err(format!("manifest says id {} but is stored as {expected}", m.id));
         }
+        m.check_fields(cluster)?;
         Ok(m)
     }
+
+    /// The fields a manifest must agree on with its id and folder.
+    fn check_fields(&self, cluster: &ClusterName) -> Result<(), String> {
+        let id = &self.id;
+        if &self.cluster != cluster {
+            return Err(format!(
+                "manifest says cluster \"{}\" but is stored in the folder of \"{cluster}\"",
+                self.cluster
+            ));
+        }
+        if self.created.timestamp() != id.created().timestamp() {
+            return Err(format!("manifest says it was created at {} but its id says {}", self.created, id.created()));
+        }
+        if self.etcd.revision != id.revision() {
+            return Err(format!("manifest says revision {} but its id says {}", self.etcd.revision, id.revision()));
+        }
+        if self.etcd.member_id.to_ascii_lowercase() != id.member() {
+            return Err(format!("manifest says member {} but its id says {}", self.etcd.member_id, id.member()));
+        }
+        let compression = Compression::from_manifest(&self.artifact.compression, self.artifact.compression_level)?;
+        let name = id.artifact_name(compression);
+        if self.artifact.name != name {
+            return Err(format!(
+                "manifest names its artifact \"{}\" where a {} backup {id} is always \"{name}\"",
+                self.artifact.name.escape_debug(),
+                compression.name()
+            ));
+        }
+        for (what, hash) in [("artifact", &self.artifact.sha256), ("snapshot", &self.snapshot.sha256)] {
+            if !is_sha256_hex(hash) {
+                return Err(format!("manifest's {what} sha256 is not 64 hex digits"));
+            }
+        }
+        if self.artifact.encryption != "age" {
+            return Err(format!(
+                "manifest names an encryption this version does not know: {}",
+                self.artifact.encryption
+            ));
+        }
+        Ok(())
+    }
+
+    /// How the artifact is compressed. Manifests from a store have been checked (`from_json`); one
+    /// built in memory names what it was built with.
+    pub fn compression(&self) -> Compression {
+        Compression::from_manifest(&self.artifact.compression, self.artifact.compression_level)
+            .unwrap_or(Compression::Zstd { level: 0 })
+    }
+
+    /// The artifact's file name, derived from the id and the compression: never the `artifact.name` field.
+    pub fn artifact_name(&self) -> String {
+        self.id.artifact_name(self.compression())
+    }
+}
+
+fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 #[cfg(test)]

@@ -137,7 +137,7 @@ pub(crate) fn sample() -> Manifest {
 fn manifest_round_trips() {
     let m = sample();
     let json = m.to_json();
-    assert_eq!(Manifest::from_json(&json, &m.id).unwrap(), m);
+    assert_eq!(Manifest::from_json(&json, &m.id, &m.cluster).unwrap(), m);
     let text = String::from_utf8(json).unwrap();
     assert!(text.contains("\"id\": \"20261122T060000Z-r48211-8e9e05c52164694d\""), "{text}");
     assert!(text.ends_with('\n'));
@@ -147,20 +147,61 @@ fn manifest_round_trips() {
 fn manifest_under_another_name_is_refused() {
     let m = sample();
     let other = BackupId::new(t(2026, 11, 22, 7, 0, 0), 1, "8e9e05c52164694d");
-    assert!(Manifest::from_json(&m.to_json(), &other).unwrap_err().contains("stored as"));
+    assert!(Manifest::from_json(&m.to_json(), &other, &m.cluster).unwrap_err().contains("stored as"));
 }
 
 #[test]
 fn newer_format_asks_for_an_upgrade() {
     let mut m = sample();
     m.format_version = FORMAT_VERSION + 1;
-    assert!(Manifest::from_json(&m.to_json(), &m.id).unwrap_err().contains("upgrade etcd-backupd"));
+    assert!(Manifest::from_json(&m.to_json(), &m.id, &m.cluster).unwrap_err().contains("upgrade etcd-backupd"));
 }
 
 #[test]
 fn garbage_is_not_a_manifest() {
-    let id = sample().id;
-    assert!(Manifest::from_json(b"{}", &id).is_err());
-    assert!(Manifest::from_json(b"", &id).is_err());
-    assert!(Manifest::from_json(b"\xff\x00", &id).is_err());
+    let (id, cluster) = (sample().id, sample().cluster);
+    assert!(Manifest::from_json(b"{}", &id, &cluster).is_err());
+    assert!(Manifest::from_json(b"", &id, &cluster).is_err());
+    assert!(Manifest::from_json(b"\xff\x00", &id, &cluster).is_err());
+}
+
+/// Every field a path, a key, a revision or a check is derived from must agree with the id and the
+/// folder; a planted manifest that disagrees is refused with the field named.
+#[test]
+fn a_manifest_that_disagrees_with_its_id_or_folder_is_refused() {
+    type Edit = fn(&mut Manifest);
+    let cases: [(&str, Edit, &str); 14] = [
+        ("absolute artifact name", |m| m.artifact.name = "/etc/passwd".into(), "names its artifact"),
+        ("artifact name with ..", |m| m.artifact.name = "../../../../etc/shadow".into(), "names its artifact"),
+        (
+            "another backup's artifact",
+            |m| m.artifact.name = "20261122T050000Z-r1-8e9e05c52164694d.db.zst.age".into(),
+            "names its artifact",
+        ),
+        ("the other extension", |m| m.artifact.name = m.id.artifact_name(Compression::None), "names its artifact"),
+        ("a name with a slash", |m| m.artifact.name = format!("x/{}", m.artifact.name), "names its artifact"),
+        ("unknown compression", |m| m.artifact.compression = "lz4".into(), "compression this version does not know"),
+        ("another cluster", |m| m.cluster = ClusterName::parse("other").unwrap(), "cluster \"other\""),
+        ("another time", |m| m.created += chrono::Duration::days(400), "created at"),
+        ("another revision", |m| m.etcd.revision += 1, "revision 48212"),
+        ("another member", |m| m.etcd.member_id = "1".into(), "member 1"),
+        ("short artifact hash", |m| m.artifact.sha256 = "ab".into(), "artifact sha256"),
+        ("path in the snapshot hash", |m| m.snapshot.sha256 = format!("../{}", "a".repeat(61)), "snapshot sha256"),
+        ("upper-case hash", |m| m.artifact.sha256 = "AB".repeat(32), "artifact sha256"),
+        ("unknown encryption", |m| m.artifact.encryption = "gpg".into(), "encryption"),
+    ];
+    let good = sample();
+    for (what, edit, expect) in cases {
+        let mut m = good.clone();
+        edit(&mut m);
+        let err = Manifest::from_json(&m.to_json(), &good.id, &good.cluster).expect_err(what);
+        assert!(err.contains(expect), "{what}: {err}");
+    }
+    let mut uncompressed = good.clone();
+    uncompressed.artifact.compression = "none".into();
+    uncompressed.artifact.compression_level = None;
+    uncompressed.artifact.name = good.id.artifact_name(Compression::None);
+    let m = Manifest::from_json(&uncompressed.to_json(), &good.id, &good.cluster).unwrap();
+    assert_eq!(m.artifact_name(), "20261122T060000Z-r48211-8e9e05c52164694d.db.age");
+    assert_eq!(good.artifact_name(), "20261122T060000Z-r48211-8e9e05c52164694d.db.zst.age");
 }

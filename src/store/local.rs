@@ -10,17 +10,18 @@ use tokio::io::AsyncWriteExt;
 
 use chrono::{DateTime, Utc};
 
-use super::{Found, Listing, Pair, Paired, Stored, accept, pair_up};
+use super::{Found, Listing, Paired, Stored, accept, pair_up};
 use crate::manifest::{BackupId, ClusterName, Compression, Manifest, PART_SUFFIX};
 use crate::retention::Leftover;
 
 pub struct LocalStore {
     folder: PathBuf,
+    cluster: ClusterName,
 }
 
 impl LocalStore {
     pub fn new(dir: &Path, cluster: &ClusterName) -> Self {
-        LocalStore { folder: dir.join(cluster.as_str()) }
+        LocalStore { folder: dir.join(cluster.as_str()), cluster: cluster.clone() }
     }
 
     pub fn folder(&self) -> &Path {
@@ -49,9 +50,12 @@ impl LocalStore {
 
     /// Starts writing `name` as `name.part`; fails if the backup already exists.
     pub async fn begin(&self, name: &str, manifest_name: &str) -> Result<LocalUpload> {
+        // Only a committed backup (its manifest) is never overwritten; an artifact without a manifest is a
+        // leftover of a crash between rename and commit, and the rename at commit replaces it.
         let final_path = self.folder.join(name);
-        if final_path.exists() || self.folder.join(manifest_name).exists() {
-            anyhow::bail!("'{}' already exists: a backup with this id was already taken", final_path.display());
+        let manifest_path = self.folder.join(manifest_name);
+        if manifest_path.exists() {
+            anyhow::bail!("'{}' already exists: a backup with this id was already taken", manifest_path.display());
         }
         let part_path = self.folder.join(format!("{name}{PART_SUFFIX}"));
         let file = open_new(&part_path).await?;
@@ -88,14 +92,14 @@ impl LocalStore {
         }
         let Paired { pairs, leftovers, mut ignored } = pair_up(&found);
         let mut backups = Vec::new();
-        for Pair { id, manifest_name, artifact_size, pinned } in pairs {
-            let path = self.folder.join(&manifest_name);
+        for pair in pairs {
+            let path = self.folder.join(&pair.manifest_name);
             let read = tokio::fs::read(&path).await.map_err(|e| e.to_string());
-            match read.and_then(|bytes| accept(&bytes, &id, artifact_size)) {
-                Ok(manifest) => backups.push(Stored { manifest, pinned }),
+            match read.and_then(|bytes| accept(&bytes, &pair, &self.cluster)) {
+                Ok(manifest) => backups.push(Stored { manifest, pinned: pair.pinned }),
                 Err(why) => {
                     tracing::warn!(path = %path.display(), %why, "ignoring a manifest that does not check out");
-                    ignored.push((manifest_name, why));
+                    ignored.push((pair.manifest_name, why));
                 }
             }
         }
@@ -107,7 +111,7 @@ impl LocalStore {
         let mut failed = Vec::new();
         for b in backups {
             let id = &b.manifest.id;
-            let names = [b.manifest.artifact.name.clone(), id.pin_name(), id.manifest_name()];
+            let names = [b.manifest.artifact_name(), id.pin_name(), id.manifest_name()];
             for name in names {
                 if let Err(e) = remove_if_present(&self.folder.join(&name)).await {
                     failed.push((id.clone(), format!("cannot remove '{}': {e}", self.folder.join(&name).display())));

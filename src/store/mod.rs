@@ -11,7 +11,7 @@ use anyhow::Result;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
-use crate::manifest::{BackupId, Entry, Manifest, classify};
+use crate::manifest::{BackupId, ClusterName, Entry, Manifest, classify};
 use crate::retention::{Leftover, LeftoverKind};
 
 /// A committed backup as one destination holds it.
@@ -42,11 +42,12 @@ pub struct Found {
     pub modified: DateTime<Utc>,
 }
 
-/// A manifest worth reading: its artifact is present.
+/// A manifest worth reading: an artifact of its id is present.
 pub struct Pair {
     pub id: BackupId,
     pub manifest_name: String,
-    pub artifact_size: u64,
+    /// The artifacts of this id found beside it, with their sizes (normally one).
+    pub artifacts: Vec<(String, u64)>,
     pub pinned: bool,
 }
 
@@ -61,14 +62,14 @@ pub struct Paired {
 
 /// Sorts the names found in a cluster folder into backups, leftovers and strangers. Pure.
 pub fn pair_up(found: &[Found]) -> Paired {
-    let mut artifacts = HashMap::new();
+    let mut artifacts: HashMap<BackupId, Vec<(String, u64)>> = HashMap::new();
     let mut manifests = Vec::new();
     let mut pins = Vec::new();
     let mut out = Paired::default();
     for f in found {
         match classify(&f.name) {
             Entry::Artifact(id) => {
-                artifacts.insert(id, (f.name.clone(), f.size));
+                artifacts.entry(id).or_default().push((f.name.clone(), f.size));
             }
             Entry::Manifest(id) => manifests.push((id, f.name.clone())),
             Entry::Pin(id) => pins.push((id, f.name.clone())),
@@ -82,9 +83,9 @@ pub fn pair_up(found: &[Found]) -> Paired {
     let mut committed = HashSet::new();
     for (id, manifest_name) in manifests {
         match artifacts.get(&id) {
-            Some((_, size)) => {
+            Some(found) => {
                 committed.insert(id.clone());
-                out.pairs.push(Pair { pinned: pinned.contains(&id), artifact_size: *size, manifest_name, id })
+                out.pairs.push(Pair { pinned: pinned.contains(&id), artifacts: found.clone(), manifest_name, id })
             }
             None => out.leftovers.push(half_removed(manifest_name, &id)),
         }
@@ -94,9 +95,16 @@ pub fn pair_up(found: &[Found]) -> Paired {
             out.leftovers.push(half_removed(name.clone(), id));
         }
     }
-    for (id, (name, _)) in artifacts {
+    for (id, found) in artifacts {
         if !committed.contains(&id) {
-            out.leftovers.push(Leftover { name, kind: LeftoverKind::Uncommitted, time: id.created(), upload_id: None });
+            for (name, _) in found {
+                out.leftovers.push(Leftover {
+                    name,
+                    kind: LeftoverKind::Uncommitted,
+                    time: id.created(),
+                    upload_id: None,
+                });
+            }
         }
     }
     out.pairs.sort_by(|a, b| b.id.cmp(&a.id));
@@ -109,13 +117,19 @@ fn half_removed(name: String, id: &BackupId) -> Leftover {
     Leftover { name, kind: LeftoverKind::HalfRemoved, time: id.created(), upload_id: None }
 }
 
-/// Checks a manifest read from a destination against the artifact found beside it.
-pub fn accept(bytes: &[u8], id: &BackupId, artifact_size: u64) -> Result<Manifest, String> {
-    let m = Manifest::from_json(bytes, id)?;
-    if m.artifact.size != artifact_size {
-        return Err(format!("artifact is {artifact_size} bytes but the manifest says {}", m.artifact.size));
+/// Checks a manifest read from a destination against its name, its folder's cluster and the artifact
+/// found beside it: the artifact the manifest's id and compression name must be there, at the size
+/// the manifest records.
+pub fn accept(bytes: &[u8], pair: &Pair, cluster: &ClusterName) -> Result<Manifest, String> {
+    let m = Manifest::from_json(bytes, &pair.id, cluster)?;
+    let name = m.artifact_name();
+    match pair.artifacts.iter().find(|(n, _)| *n == name) {
+        None => Err(format!("its artifact '{name}' is missing")),
+        Some((_, size)) if *size != m.artifact.size => {
+            Err(format!("artifact is {size} bytes but the manifest says {}", m.artifact.size))
+        }
+        Some(_) => Ok(m),
     }
-    Ok(m)
 }
 
 /// One place backups are kept.

@@ -41,6 +41,7 @@ pub struct S3Store {
     folder: String,
     /// Where, for messages: `s3://bucket/prefix/cluster/ at https://endpoint`.
     place: String,
+    cluster: ClusterName,
 }
 
 impl S3Store {
@@ -89,7 +90,13 @@ impl S3Store {
         let folder = format!("{}{}/", settings.prefix, cluster);
         let at = settings.endpoint.clone().unwrap_or_else(|| "AWS".to_string());
         let place = format!("s3://{}/{} at {}", settings.bucket, folder, at);
-        Ok(S3Store { client: aws_sdk_s3::Client::from_conf(config.build()), settings: settings.clone(), folder, place })
+        Ok(S3Store {
+            client: aws_sdk_s3::Client::from_conf(config.build()),
+            settings: settings.clone(),
+            folder,
+            place,
+            cluster: cluster.clone(),
+        })
     }
 
     /// `s3://bucket/prefix/cluster/ at ENDPOINT`, for messages.
@@ -112,10 +119,14 @@ impl S3Store {
     pub async fn begin(&self, name: &str, manifest_name: &str) -> Result<S3Upload> {
         let key = format!("{}{name}", self.folder);
         let manifest_key = format!("{}{manifest_name}", self.folder);
-        for existing in [&key, &manifest_key] {
-            if self.exists(existing).await? {
-                anyhow::bail!("'{existing}' already exists in {}: a backup with this id was already taken", self.place);
-            }
+        // The manifest is the commit: only a committed backup is never overwritten. An artifact without
+        // one was left by an upload interrupted between completing and committing (a crash, a killed
+        // run); this upload replaces it.
+        if self.exists(&manifest_key).await? {
+            anyhow::bail!("'{manifest_key}' already exists in {}: a backup with this id was already taken", self.place);
+        }
+        if self.exists(&key).await? {
+            tracing::info!(%key, "replacing an artifact that has no manifest (left by an interrupted upload)");
         }
         let s = &self.settings;
         let mut req =
@@ -177,10 +188,8 @@ impl S3Store {
         let Paired { pairs, mut leftovers, mut ignored } = pair_up(&found);
         let reads = futures::stream::iter(pairs.into_iter().map(|pair| async move {
             let key = format!("{}{}", self.folder, pair.manifest_name);
-            let read = self
-                .get_small(&key)
-                .await
-                .and_then(|b| accept(&b, &pair.id, pair.artifact_size).map_err(|e| anyhow!(e)));
+            let read =
+                self.get_small(&key).await.and_then(|b| accept(&b, &pair, &self.cluster).map_err(|e| anyhow!(e)));
             (pair, read)
         }))
         .buffered(MANIFEST_READS);
@@ -246,7 +255,7 @@ impl S3Store {
     /// the pins and manifests of those whose artifact is gone. Per-object errors are reported.
     pub async fn remove(&self, backups: &[&Stored]) -> Vec<(BackupId, String)> {
         let artifact_keys: Vec<String> =
-            backups.iter().map(|b| format!("{}{}", self.folder, b.manifest.artifact.name)).collect();
+            backups.iter().map(|b| format!("{}{}", self.folder, b.manifest.artifact_name())).collect();
         let artifact_errors = self.delete_keys(&artifact_keys).await;
         let mut failed = Vec::new();
         let mut markers = Vec::new();
@@ -362,14 +371,18 @@ impl S3Store {
         Ok(())
     }
 
-    /// Downloads `name` from the cluster folder into `path` (0600), streaming.
+    /// Downloads `name` from the cluster folder into `path` (0600), streaming; returns its size and
+    /// sha256 (hex), computed as it arrives.
     pub async fn download(
         &self,
         name: &str,
         path: &std::path::Path,
         progress: &crate::progress::Progress,
-    ) -> Result<()> {
+    ) -> Result<(u64, String)> {
+        use sha2::Digest;
         use tokio::io::AsyncWriteExt;
+        let mut hasher = sha2::Sha256::new();
+        let mut size = 0u64;
         let key = format!("{}{name}", self.folder);
         let out = self
             .client
@@ -383,10 +396,12 @@ impl S3Store {
         let mut body = out.body;
         while let Some(chunk) = body.try_next().await.with_context(|| format!("downloading '{key}' broke"))? {
             file.write_all(&chunk).await.with_context(|| format!("cannot write '{}'", path.display()))?;
+            hasher.update(&chunk);
+            size += chunk.len() as u64;
             progress.advance(chunk.len() as u64);
         }
         file.flush().await?;
-        Ok(())
+        Ok((size, hex::encode(hasher.finalize())))
     }
 
     async fn get_small(&self, key: &str) -> Result<Vec<u8>> {
