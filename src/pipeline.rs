@@ -293,6 +293,7 @@ pub async fn write_backup<S: SnapshotSource>(
             now: Utc::now(),
             leftover_grace: settings.leftover_grace,
             dry_run: false,
+            this_run: Some(id.clone()),
         };
         match prune(destination, &options).await {
             Ok(report) => {
@@ -326,10 +327,11 @@ pub async fn upload_missing(local: &LocalStore, s3: &S3Store) -> Result<Vec<Back
         if there.backups.iter().any(|b| b.manifest.id == m.id) {
             continue;
         }
-        let path = local.folder().join(&m.artifact.name);
+        let name = m.artifact_name();
+        let path = local.folder().join(&name);
         let mut file =
             tokio::fs::File::open(&path).await.with_context(|| format!("cannot open '{}'", path.display()))?;
-        let mut upload = s3.begin(&m.artifact.name, &m.id.manifest_name()).await?;
+        let mut upload = s3.begin(&name, &m.id.manifest_name()).await?;
         let copied = async {
             loop {
                 let mut buf = BytesMut::with_capacity(CHUNK);

@@ -1,6 +1,7 @@
 //! Pruning one destination: list it, plan with the pure retention policy, remove what the plan
 //! removes (artifact first, manifest last), and clean leftovers older than the grace period.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use anyhow::{Result, bail};
@@ -8,7 +9,8 @@ use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use serde::Serialize;
 
-use crate::retention::{self, Candidate, Decision, Leftover, LeftoverKind, Policy};
+use crate::manifest::BackupId;
+use crate::retention::{self, Candidate, Decision, Leftover, LeftoverKind, Policy, Reason};
 use crate::store::{Destination, Ignored, Stored};
 
 /// What pruning one destination found and did.
@@ -52,6 +54,8 @@ pub struct PruneOptions {
     pub now: DateTime<Utc>,
     pub leftover_grace: Duration,
     pub dry_run: bool,
+    /// The backup the calling run just committed: never removed by this prune.
+    pub this_run: Option<BackupId>,
 }
 
 /// Prunes one destination. Errors removing single backups are reported in the result; a destination
@@ -61,16 +65,33 @@ pub async fn prune(destination: &Destination, options: &PruneOptions) -> Result<
     let candidates: Vec<Candidate> = listing
         .backups
         .iter()
-        .map(|s| Candidate { id: s.manifest.id.clone(), size: s.manifest.artifact.size, pinned: s.pinned })
+        .map(|s| Candidate {
+            id: s.manifest.id.clone(),
+            size: s.manifest.artifact.size,
+            pinned: s.pinned,
+            this_run: options.this_run.as_ref() == Some(&s.manifest.id),
+        })
         .collect();
-    let decisions = retention::plan(&candidates, &options.policy, options.timezone);
+    let decisions = retention::plan(&candidates, &options.policy, options.timezone, options.now);
+    for d in decisions.iter().filter(|d| d.reasons.contains(&Reason::FutureDated)) {
+        tracing::warn!(
+            destination = destination.name(), id = %d.id, now = %options.now,
+            "a backup is dated in the future (a clock was wrong when it was taken, or it was planted): it is kept and counts for no retention rule; check the clocks, and delete it once a newer backup exists"
+        );
+    }
     let doomed: Vec<&Stored> =
         listing.backups.iter().filter(|s| decisions.iter().any(|d| !d.keep && d.id == s.manifest.id)).collect();
-    // The plan guarantees both; removal is the one place where a bug would cost a backup, so check again.
-    if let Some(first) = decisions.first()
-        && (!first.keep || doomed.iter().any(|s| s.pinned || s.manifest.id == first.id))
+    // The plan guarantees these; removal is the one place where a bug would cost a backup, so check again.
+    let newest = decisions.iter().find(|d| d.reasons.contains(&Reason::Newest)).map(|d| &d.id);
+    if doomed
+        .iter()
+        .any(|s| s.pinned || Some(&s.manifest.id) == newest || Some(&s.manifest.id) == options.this_run.as_ref())
+        || doomed.iter().any(|s| retention::is_future_dated(&s.manifest.id, options.now))
     {
-        bail!("refusing to prune {}: the plan would remove the newest or a pinned backup", destination.place());
+        bail!(
+            "refusing to prune {}: the plan would remove the newest, a pinned, a future-dated or this run's backup",
+            destination.place()
+        );
     }
     let stale = retention::stale(&listing.leftovers, options.now, options.leftover_grace);
     let leftovers = listing
@@ -100,24 +121,24 @@ pub async fn prune(destination: &Destination, options: &PruneOptions) -> Result<
     if options.dry_run {
         return Ok(report);
     }
+    let mut not_removed = HashSet::new();
     for (id, why) in destination.remove(&doomed).await {
         tracing::error!(destination = destination.name(), id = %id, %why, "cannot remove backup");
         report.errors.push(format!("{id}: {why}"));
+        not_removed.insert(id);
     }
-    for d in report.decisions.iter().filter(|d| !d.keep) {
-        if !report.errors.iter().any(|e| e.starts_with(&d.id.to_string())) {
-            let reasons: Vec<String> = d.reasons.iter().map(ToString::to_string).collect();
-            tracing::info!(destination = destination.name(), id = %d.id, reasons = %reasons.join(", "), "removed backup");
-        }
+    for d in report.decisions.iter().filter(|d| !d.keep && !not_removed.contains(&d.id)) {
+        let reasons: Vec<String> = d.reasons.iter().map(ToString::to_string).collect();
+        tracing::info!(destination = destination.name(), id = %d.id, reasons = %reasons.join(", "), "removed backup");
     }
+    let mut not_cleaned = HashSet::new();
     for (name, why) in destination.clean(&stale).await {
         tracing::error!(destination = destination.name(), %name, %why, "cannot clean leftover");
         report.errors.push(format!("{name}: {why}"));
+        not_cleaned.insert(name);
     }
-    for l in &stale {
-        if !report.errors.iter().any(|e| e.starts_with(&l.name)) {
-            tracing::info!(destination = destination.name(), name = %l.name, kind = %l.kind, since = %l.time, "cleaned leftover");
-        }
+    for l in stale.iter().filter(|l| !not_cleaned.contains(&l.name)) {
+        tracing::info!(destination = destination.name(), name = %l.name, kind = %l.kind, since = %l.time, "cleaned leftover");
     }
     Ok(report)
 }

@@ -53,6 +53,18 @@ pub struct Candidate {
     /// Artifact size in bytes.
     pub size: u64,
     pub pinned: bool,
+    /// The backup the running backup just committed: its own prune never removes it, whatever the
+    /// clock says of it or of the others.
+    pub this_run: bool,
+}
+
+/// How far past `now` a backup's time may lie before it counts as dated in the future. Members that
+/// share a destination have clocks that differ by seconds, not by minutes.
+pub const FUTURE_TOLERANCE: chrono::Duration = chrono::Duration::minutes(5);
+
+/// Whether a backup's id dates it in the future: taken while a clock was wrong (or planted).
+pub fn is_future_dated(id: &BackupId, now: DateTime<Utc>) -> bool {
+    id.created() > now + FUTURE_TOLERANCE
 }
 
 /// Why a backup is kept or removed.
@@ -61,6 +73,11 @@ pub struct Candidate {
 pub enum Reason {
     Newest,
     Pinned,
+    /// Kept: the backup this run committed.
+    ThisRun,
+    /// Kept and left out of every rule: its id dates it after now (a wrong clock, here or where it was
+    /// taken). It is never "newer" than a real backup, so it never pushes one out.
+    FutureDated,
     Last(u32),
     Hourly(String),
     Daily(String),
@@ -80,6 +97,8 @@ impl fmt::Display for Reason {
         match self {
             Reason::Newest => f.write_str("newest"),
             Reason::Pinned => f.write_str("pinned"),
+            Reason::ThisRun => f.write_str("taken by this run"),
+            Reason::FutureDated => f.write_str("dated in the future (clock?): kept, counts for no rule"),
             Reason::Last(n) => write!(f, "last {n}"),
             Reason::Hourly(b) => write!(f, "hourly {b}"),
             Reason::Daily(b) => write!(f, "daily {b}"),
@@ -127,13 +146,25 @@ fn periods(policy: &Policy) -> [(u32, PeriodOf); 5] {
     ]
 }
 
-/// Decides, for every backup, whether `policy` keeps it. The result is newest first and does not
-/// depend on the order of `backups`. Guarantees: the newest backup is kept; pinned backups are kept;
-/// at least min(min_keep, count) are kept; planning the kept set again removes nothing.
-pub fn plan(backups: &[Candidate], policy: &Policy, tz: Tz) -> Vec<Decision> {
-    let mut sorted: Vec<&Candidate> = backups.iter().collect();
-    sorted.sort_by(|a, b| b.id.cmp(&a.id));
-    sorted.dedup_by(|a, b| a.id == b.id);
+/// Decides, for every backup, whether `policy` keeps it at `now`. The result is newest first and does
+/// not depend on the order of `backups`. Guarantees: the newest backup not dated in the future is kept;
+/// pinned backups, the backup of this run and backups dated in the future (after `now` +
+/// `FUTURE_TOLERANCE`) are kept; the rules count only backups not dated in the future; at least
+/// min(min_keep, count) of those are kept; planning the kept set again removes nothing.
+pub fn plan(backups: &[Candidate], policy: &Policy, tz: Tz, now: DateTime<Utc>) -> Vec<Decision> {
+    let mut all: Vec<&Candidate> = backups.iter().collect();
+    all.sort_by(|a, b| b.id.cmp(&a.id));
+    all.dedup_by(|a, b| a.id == b.id);
+    let (future, sorted): (Vec<&Candidate>, Vec<&Candidate>) =
+        all.into_iter().partition(|c| is_future_dated(&c.id, now));
+    let mut out: Vec<Decision> =
+        future.iter().map(|c| Decision { id: c.id.clone(), keep: true, reasons: vec![Reason::FutureDated] }).collect();
+    out.extend(plan_ranked(&sorted, policy, tz));
+    out
+}
+
+/// `plan` over backups none of which is dated in the future, newest first.
+fn plan_ranked(sorted: &[&Candidate], policy: &Policy, tz: Tz) -> Vec<Decision> {
     let mut decisions: Vec<Decision> =
         sorted.iter().map(|c| Decision { id: c.id.clone(), keep: false, reasons: Vec::new() }).collect();
     let Some(newest) = sorted.first().map(|c| c.id.created()) else { return decisions };
@@ -144,6 +175,9 @@ pub fn plan(backups: &[Candidate], policy: &Policy, tz: Tz) -> Vec<Decision> {
         }
         if c.pinned {
             d.reasons.push(Reason::Pinned);
+        }
+        if c.this_run {
+            d.reasons.push(Reason::ThisRun);
         }
         if (i as u64) < u64::from(policy.keep_last) {
             d.reasons.push(Reason::Last(policy.keep_last));
@@ -179,7 +213,7 @@ pub fn plan(backups: &[Candidate], policy: &Policy, tz: Tz) -> Vec<Decision> {
             if total <= max || kept <= floor {
                 break;
             }
-            let protected = d.reasons.iter().any(|r| matches!(r, Reason::Newest | Reason::Pinned));
+            let protected = d.reasons.iter().any(|r| matches!(r, Reason::Newest | Reason::Pinned | Reason::ThisRun));
             if d.keep && !protected {
                 d.keep = false;
                 d.reasons = vec![Reason::OverMaxTotalSize];

@@ -2,17 +2,20 @@ use super::*;
 use chrono::TimeZone;
 use proptest::prelude::*;
 
+/// A `now` after every backup of these tests (none is dated in the future).
+const LATER: DateTime<Utc> = DateTime::from_timestamp(4_102_444_800, 0).unwrap(); // 2100-01-01
+
 fn at(y: i32, mo: u32, d: u32, h: u32, mi: u32) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(y, mo, d, h, mi, 0).unwrap()
 }
 
 fn backup(t: DateTime<Utc>) -> Candidate {
-    Candidate { id: BackupId::new(t, t.timestamp(), "a"), size: 100, pinned: false }
+    Candidate { id: BackupId::new(t, t.timestamp(), "a"), size: 100, pinned: false, this_run: false }
 }
 
 /// Kept backups as "YYYY-MM-DD HH:MM reasons…", newest first.
 fn kept(backups: &[Candidate], policy: &Policy, tz: Tz) -> Vec<String> {
-    plan(backups, policy, tz)
+    plan(backups, policy, tz, LATER)
         .into_iter()
         .filter(|d| d.keep)
         .map(|d| {
@@ -156,7 +159,7 @@ fn max_total_size_drops_the_oldest_unpinned_but_never_the_newest() {
     let n = b.len();
     b[n - 5].pinned = true;
     let policy = Policy { keep_last: 6, max_total_size: Some(300), ..Policy::default() };
-    let decisions = plan(&b, &policy, Tz::UTC);
+    let decisions = plan(&b, &policy, Tz::UTC, LATER);
     let keep: Vec<usize> = decisions.iter().enumerate().filter(|(_, d)| d.keep).map(|(i, _)| i).collect();
     assert_eq!(keep, vec![0, 1, 4], "newest, next newest, and the pinned one");
     assert_eq!(decisions[5].reasons, vec![Reason::OverMaxTotalSize]);
@@ -189,15 +192,60 @@ fn a_rule_that_keeps_nothing_still_keeps_the_newest() {
     assert!(!Policy { min_keep: 3, max_total_size: Some(1), ..Policy::default() }.has_rule());
 }
 
+/// The defect: with `keep_last = 1`, one backup taken while the clock was years ahead made every new
+/// backup remove itself in its own prune.
+#[test]
+fn a_backup_dated_in_the_future_never_pushes_out_a_new_one() {
+    let now = at(2026, 11, 22, 6, 0);
+    let skewed = backup(at(2031, 3, 1, 0, 0));
+    let older = backup(at(2026, 11, 21, 6, 0));
+    let mut new = backup(now);
+    new.this_run = true;
+    let policy = Policy { keep_last: 1, ..Policy::default() };
+    let d = plan(&[older.clone(), skewed.clone(), new.clone()], &policy, Tz::UTC, now);
+    let view: Vec<(String, bool, Vec<String>)> = d
+        .iter()
+        .map(|d| {
+            (d.id.created().format("%Y-%m-%d").to_string(), d.keep, d.reasons.iter().map(ToString::to_string).collect())
+        })
+        .collect();
+    assert_eq!(
+        view,
+        vec![
+            ("2031-03-01".into(), true, vec!["dated in the future (clock?): kept, counts for no rule".into()]),
+            ("2026-11-22".into(), true, vec!["newest".into(), "taken by this run".into(), "last 1".into()]),
+            ("2026-11-21".into(), false, vec!["no rule keeps it".into()]),
+        ]
+    );
+    // Within the tolerance a backup is not "in the future": a member whose clock is a minute ahead.
+    let ahead = backup(now + chrono::Duration::minutes(1));
+    let d = plan(&[ahead.clone(), older], &policy, Tz::UTC, now);
+    assert_eq!(d[0].reasons, vec![Reason::Newest, Reason::Last(1)]);
+    assert!(!is_future_dated(&ahead.id, now) && is_future_dated(&skewed.id, now));
+}
+
+/// The clock went back: the backup just taken is dated before the others, and its own prune keeps it.
+#[test]
+fn the_backup_of_this_run_survives_a_clock_that_went_back() {
+    let now = at(2026, 1, 1, 0, 0);
+    let mut new = backup(now);
+    new.this_run = true;
+    let real = backup(at(2026, 1, 1, 0, 3)); // within the tolerance: not future-dated
+    let policy = Policy { keep_last: 1, max_total_size: Some(1), ..Policy::default() };
+    let d = plan(&[real, new.clone()], &policy, Tz::UTC, now);
+    assert!(d.iter().all(|d| d.keep), "{d:?}");
+    assert_eq!(d[1].reasons, vec![Reason::ThisRun]);
+}
+
 #[test]
 fn empty_input_plans_nothing() {
-    assert!(plan(&[], &Policy::remote_default(), Tz::UTC).is_empty());
+    assert!(plan(&[], &Policy::remote_default(), Tz::UTC, LATER).is_empty());
 }
 
 #[test]
 fn removals_name_their_reason() {
     let b = six_hourly();
-    let d = plan(&b, &Policy { keep_last: 1, ..Policy::default() }, Tz::UTC);
+    let d = plan(&b, &Policy { keep_last: 1, ..Policy::default() }, Tz::UTC, LATER);
     assert!(d[1..].iter().all(|d| !d.keep && d.reasons == vec![Reason::NoRule]));
     assert_eq!(Reason::NoRule.to_string(), "no rule keeps it");
 }
@@ -232,6 +280,7 @@ fn arb_backups() -> impl Strategy<Value = Vec<Candidate>> {
                 id: BackupId::new(base + chrono::Duration::minutes(minutes), i as i64, "a"),
                 size,
                 pinned,
+                this_run: false,
             })
             .collect()
     })
@@ -262,6 +311,11 @@ fn arb_policy() -> impl Strategy<Value = Policy> {
         })
 }
 
+/// A moment anywhere in (or around) the two years of `arb_backups`: a clock that is right, or wrong.
+fn arb_now() -> impl Strategy<Value = DateTime<Utc>> {
+    (-30i64..(2 * 365 + 30)).prop_map(|days| at(2025, 1, 1, 0, 0) + chrono::Duration::days(days))
+}
+
 fn arb_tz() -> impl Strategy<Value = Tz> {
     prop::sample::select(vec![
         Tz::UTC,
@@ -276,7 +330,7 @@ proptest! {
 
     #[test]
     fn newest_and_pinned_are_always_kept(b in arb_backups(), p in arb_policy(), tz in arb_tz()) {
-        let d = plan(&b, &p, tz);
+        let d = plan(&b, &p, tz, LATER);
         prop_assert_eq!(d.len(), b.len());
         if let Some(first) = d.first() {
             prop_assert!(first.keep);
@@ -289,7 +343,7 @@ proptest! {
 
     #[test]
     fn never_fewer_than_min_keep(b in arb_backups(), p in arb_policy(), tz in arb_tz()) {
-        let kept = plan(&b, &p, tz).iter().filter(|d| d.keep).count();
+        let kept = plan(&b, &p, tz, LATER).iter().filter(|d| d.keep).count();
         prop_assert!(kept >= (p.min_keep as usize).min(b.len()));
     }
 
@@ -302,19 +356,49 @@ proptest! {
             s ^= s << 13; s ^= s >> 7; s ^= s << 17;
             shuffled.swap(i, (s % (i as u64 + 1)) as usize);
         }
-        prop_assert_eq!(plan(&b, &p, tz), plan(&shuffled, &p, tz));
+        prop_assert_eq!(plan(&b, &p, tz, LATER), plan(&shuffled, &p, tz, LATER));
     }
 
     #[test]
     fn planning_the_kept_set_again_removes_nothing(b in arb_backups(), p in arb_policy(), tz in arb_tz()) {
-        let first = plan(&b, &p, tz);
+        let first = plan(&b, &p, tz, LATER);
         let kept: Vec<Candidate> = b.iter().filter(|c| first.iter().any(|d| d.keep && d.id == c.id)).cloned().collect();
-        let again = plan(&kept, &p, tz);
+        let again = plan(&kept, &p, tz, LATER);
         prop_assert!(again.iter().all(|d| d.keep), "{:?}", again.iter().filter(|d| !d.keep).collect::<Vec<_>>());
+    }
+
+    /// Whatever the clock says: backups dated after `now` are kept and never push a real one out; the
+    /// backup of this run is kept; the newest of the rest is kept.
+    #[test]
+    fn a_wrong_clock_never_costs_a_backup(
+        b in arb_backups(), p in arb_policy(), tz in arb_tz(), now in arb_now(), pick in any::<prop::sample::Index>()
+    ) {
+        let mut b = b;
+        if !b.is_empty() {
+            let i = pick.index(b.len());
+            b[i].this_run = true;
+        }
+        let d = plan(&b, &p, tz, now);
+        prop_assert_eq!(d.len(), b.len());
+        for c in &b {
+            let decision = d.iter().find(|x| x.id == c.id).unwrap();
+            if c.this_run || is_future_dated(&c.id, now) {
+                prop_assert!(decision.keep, "{:?}", decision);
+            }
+        }
+        let present: Vec<Candidate> = b.iter().filter(|c| !is_future_dated(&c.id, now)).cloned().collect();
+        if let Some(newest) = present.iter().map(|c| &c.id).max() {
+            let decision = d.iter().find(|x| &x.id == newest).unwrap();
+            prop_assert!(decision.keep && decision.reasons.contains(&Reason::Newest));
+        }
+        // The rules over the present backups are as if the future-dated ones did not exist.
+        let without: Vec<Decision> = plan(&present, &p, tz, now);
+        let same: Vec<Decision> = d.into_iter().filter(|x| !x.reasons.contains(&Reason::FutureDated)).collect();
+        prop_assert_eq!(same, without);
     }
 
     #[test]
     fn every_decision_has_a_reason(b in arb_backups(), p in arb_policy(), tz in arb_tz()) {
-        prop_assert!(plan(&b, &p, tz).iter().all(|d| !d.reasons.is_empty()));
+        prop_assert!(plan(&b, &p, tz, LATER).iter().all(|d| !d.reasons.is_empty()));
     }
 }
