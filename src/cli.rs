@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::units::format_size;
 use crate::config::{self, ConfigError, DEFAULT_CONFIG_PATH, Settings};
@@ -257,11 +258,14 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Backup { label, pin, wait } => {
-            backup(&settings, BackupRequest { label, pin, ..BackupRequest::default() }, wait).await
+            let cancel = crate::interrupt::on_signals();
+            backup(&settings, BackupRequest { label, pin, cancel, ..BackupRequest::default() }, wait).await
         }
         Command::Run => crate::daemon::run(cli.config.clone(), settings).await.map_err(Failure::Other),
         Command::Status { json } => status(&settings, json),
-        Command::Verify { backup, identity } => verify(&settings, &backup, identity.as_deref()).await,
+        Command::Verify { backup, identity } => {
+            verify(&settings, &backup, identity.as_deref(), &crate::interrupt::on_signals()).await
+        }
         Command::Restore {
             backup,
             before,
@@ -281,10 +285,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 (None, Some(file)) => RestoreTarget::File(file),
                 (None, None) => unreachable!("clap requires one"),
             };
-            restore(&settings, &selector, &identity, target).await
+            restore(&settings, &selector, &identity, target, &crate::interrupt::on_signals()).await
         }
         Command::Drill { backup, identity, etcd_bin } => {
-            drill(&settings, &backup, identity.as_deref(), etcd_bin.as_deref()).await
+            drill(&settings, &backup, identity.as_deref(), etcd_bin.as_deref(), &crate::interrupt::on_signals()).await
         }
         Command::List { json } => list(&settings, json).await,
         Command::Prune { dry_run, now, json } => {
@@ -532,6 +536,7 @@ async fn prune_all(settings: &Settings, dry_run: bool, now: DateTime<Utc>, json:
             now,
             leftover_grace: settings.leftover_grace,
             dry_run,
+            this_run: None,
         };
         match prune(destination, &options).await {
             Ok(report) => {
@@ -621,31 +626,66 @@ async fn set_pin(settings: &Settings, id: &BackupId, pinned: bool) -> Result<(),
     fail_if(errors, if pinned { "pin did not finish" } else { "unpin did not finish" })
 }
 
-/// A scratch folder for downloads: beside the state, never on tmpfs-backed /tmp by surprise.
+/// Scratch folders are `.etcd-backupd-scratch-<pid>-<random>` in the state dir.
+const SCRATCH_PREFIX: &str = ".etcd-backupd-scratch-";
+
+/// A scratch folder for downloads and decrypted snapshots: beside the state, never on tmpfs-backed /tmp
+/// by surprise. It is removed when dropped; those of runs that were killed (their process is gone) are
+/// removed here first, so no plaintext outlives the next run.
 pub(crate) fn scratch_dir() -> Result<tempfile::TempDir> {
     let base = crate::state::state_dir();
     std::fs::create_dir_all(&base).ok();
+    let base = if base.is_dir() { base } else { std::env::temp_dir() };
+    sweep_scratch(&base);
     tempfile::Builder::new()
-        .prefix(".etcd-backupd-scratch")
-        .tempdir_in(if base.is_dir() { base } else { std::env::temp_dir() })
+        .prefix(&format!("{SCRATCH_PREFIX}{}-", std::process::id()))
+        .tempdir_in(base)
         .context("cannot create a scratch folder")
 }
 
-async fn verify(settings: &Settings, selector: &Selector, identity: Option<&std::path::Path>) -> Result<(), Failure> {
+/// Removes the scratch folders in `base` whose process no longer runs.
+fn sweep_scratch(base: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(base) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix(SCRATCH_PREFIX).and_then(|rest| rest.split('-').next()) else { continue };
+        let Ok(pid) = pid.parse::<i32>() else { continue };
+        let gone =
+            matches!(nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None), Err(nix::errno::Errno::ESRCH));
+        if gone && pid > 0 {
+            match std::fs::remove_dir_all(entry.path()) {
+                Ok(()) => {
+                    tracing::info!(path = %entry.path().display(), "removed the scratch folder of a run that was killed")
+                }
+                Err(e) => {
+                    tracing::warn!(path = %entry.path().display(), error = %e, "cannot remove the scratch folder of a run that was killed")
+                }
+            }
+        }
+    }
+}
+
+async fn verify(
+    settings: &Settings,
+    selector: &Selector,
+    identity: Option<&std::path::Path>,
+    cancel: &CancellationToken,
+) -> Result<(), Failure> {
     let identities = match identity {
         Some(path) => Some(std::sync::Arc::new(crate::crypto::read_identities(path).map_err(|e| anyhow::anyhow!(e))?)),
         None => None,
     };
     let (destinations, mut errors) = destinations(settings).await;
     let found = crate::restore::find(&destinations, selector).await?;
-    let m = &found.manifest;
     let scratch = scratch_dir()?;
-    for (holder, _) in &found.holders {
+    // Each copy is checked against its own manifest.
+    for (holder, stored) in &found.holders {
+        let m = &stored.manifest;
         let checked = async {
             if let Some(ids) = &identities {
                 // Decrypting checks the artifact's size and sha256 too.
                 let plain = scratch.path().join("plain.db");
-                let checked = crate::restore::fetch_and_decrypt(holder, m, ids, scratch.path(), &plain).await;
+                let checked = crate::restore::fetch_and_decrypt(holder, m, ids, scratch.path(), &plain, cancel).await;
                 let _ = std::fs::remove_file(&plain);
                 let s = checked?.status;
                 return anyhow::Ok(format!(
@@ -656,9 +696,11 @@ async fn verify(settings: &Settings, selector: &Selector, identity: Option<&std:
                     s.hash
                 ));
             }
-            let artifact = crate::restore::fetch(holder, m, scratch.path()).await?;
-            let manifest = m.clone();
-            tokio::task::spawn_blocking(move || crate::restore::check_artifact(&artifact, &manifest)).await??;
+            // Fetching checks the artifact's size and sha256 against the manifest.
+            let artifact = crate::restore::fetch(holder, m, scratch.path(), cancel).await?;
+            if !matches!(holder, Destination::Local(_)) {
+                let _ = std::fs::remove_file(&artifact);
+            }
             anyhow::Ok("artifact size and sha256 match the manifest".to_string())
         }
         .await;
@@ -667,7 +709,7 @@ async fn verify(settings: &Settings, selector: &Selector, identity: Option<&std:
             Err(e) => errors.push(format!("{}: {e:#}", holder.name())),
         }
     }
-    fail_if(errors, &format!("backup {} did not verify", m.id))
+    fail_if(errors, &format!("backup {} did not verify", found.manifest.id))
 }
 
 async fn drill(
@@ -675,10 +717,15 @@ async fn drill(
     selector: &Selector,
     identity: Option<&std::path::Path>,
     etcd_bin: Option<&std::path::Path>,
+    cancel: &CancellationToken,
 ) -> Result<(), Failure> {
     let started = Utc::now();
-    let (id, result) = crate::drill::drill(settings, selector, identity, etcd_bin).await;
-    crate::drill::record(settings, &crate::state::state_dir(), started, id.as_deref(), &result).await;
+    let (id, result) = crate::drill::drill(settings, selector, identity, etcd_bin, cancel).await;
+    // An interrupted drill proved nothing either way: it is not recorded as a failure.
+    let interrupted = result.as_ref().is_err_and(|e| e.downcast_ref::<crate::interrupt::Interrupted>().is_some());
+    if !interrupted {
+        crate::drill::record(settings, &crate::state::state_dir(), started, id.as_deref(), &result).await;
+    }
     let report = result?;
     println!(
         "drill passed: {} (from {}) restored, and a throwaway etcd served revision {} with {} keys, as the manifest says ({})",
@@ -701,6 +748,7 @@ async fn restore(
     selector: &Selector,
     identity: &std::path::Path,
     target: RestoreTarget,
+    cancel: &CancellationToken,
 ) -> Result<(), Failure> {
     let identities = crate::crypto::read_identities(identity).map_err(|e| anyhow::anyhow!(e))?;
     // Refuse a bad target before fetching anything.
@@ -726,9 +774,11 @@ async fn restore(
     // Local first; a damaged or unreadable copy falls back to the next destination that holds it.
     let mut failures = Vec::new();
     let mut plain = None;
-    for (holder, _) in &found.holders {
+    for (holder, stored) in &found.holders {
         tracing::info!(id = %m.id, from = holder.name(), "restoring");
-        let attempt = crate::restore::fetch_and_decrypt(holder, &m, &identities, scratch.path(), &snapshot).await;
+        let attempt =
+            crate::restore::fetch_and_decrypt(holder, &stored.manifest, &identities, scratch.path(), &snapshot, cancel)
+                .await;
         match attempt {
             Ok(p) => {
                 plain = Some(p);
@@ -755,7 +805,7 @@ async fn restore(
             println!("it is exactly what etcd sent: `etcdutl snapshot restore {}` checks its hash", file.display());
         }
         RestoreTarget::DataDir(dir, flags, etcd_bin) => {
-            crate::restore::restore_into(&snapshot, &dir, &flags, etcd_bin.as_deref())?;
+            crate::restore::restore_into(&snapshot, &dir, &flags, etcd_bin.as_deref(), cancel)?;
             let _ = std::fs::remove_file(&snapshot);
             println!("restored {} (revision {}) into {}", m.id, m.etcd.revision, dir.display());
             println!("next steps, on every member:");

@@ -391,7 +391,9 @@ fn start_drill(settings: &Settings) -> JoinHandle<DrillRun> {
     tokio::spawn(async move {
         let started = Utc::now();
         tracing::info!("drilling the newest backup");
-        let (id, result) = crate::drill::drill(&settings, &crate::restore::Selector::Latest, None, None).await;
+        let (id, result) =
+            crate::drill::drill(&settings, &crate::restore::Selector::Latest, None, None, &CancellationToken::new())
+                .await;
         (started, id, result)
     })
 }

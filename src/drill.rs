@@ -13,6 +13,7 @@ use chrono::{DateTime, Utc};
 use crate::config::Settings;
 use crate::manifest::Manifest;
 use crate::restore::{MemberFlags, Selector};
+use tokio_util::sync::CancellationToken;
 
 /// What a member restored from the backup must serve.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,6 +100,7 @@ pub async fn drill(
     selector: &Selector,
     identity: Option<&Path>,
     etcd_bin: Option<&Path>,
+    cancel: &CancellationToken,
 ) -> (Option<String>, Result<DrillReport>) {
     let mut id = None;
     let result = async {
@@ -112,18 +114,19 @@ pub async fn drill(
         let started = std::time::Instant::now();
         let (destinations, _) = crate::cli::destinations(settings).await;
         let found = crate::restore::find(&destinations, selector).await?;
-        let m = found.manifest.clone();
-        id = Some(m.id.to_string());
+        id = Some(found.manifest.id.to_string());
+        // The drill proves the copy a restore would use first (local, else S3), by its own manifest.
+        let (holder, stored) = found.holders.first().context("no destination holds the backup")?;
+        let m = stored.manifest.clone();
         let expected = expected(&m).map_err(|e| anyhow!(e))?;
         let scratch = crate::cli::scratch_dir()?;
         let snapshot = scratch.path().join("snapshot.db");
-        // The drill proves the copy a restore would use first (local, else S3).
-        let (holder, _) = found.holders.first().context("no destination holds the backup")?;
         tracing::info!(id = %m.id, from = holder.name(), "drill: fetching and decrypting");
-        crate::restore::fetch_and_decrypt(holder, &m, &identities, scratch.path(), &snapshot)
+        crate::restore::fetch_and_decrypt(holder, &m, &identities, scratch.path(), &snapshot, cancel)
             .await
             .with_context(|| format!("the {} copy of {} cannot be restored", holder.name(), m.id))?;
-        let observed = serve_and_count(&snapshot, &scratch.path().join("data"), &etcd, etcd_bin, settings).await?;
+        let data = scratch.path().join("data");
+        let observed = serve_and_count(&snapshot, &data, &etcd, etcd_bin, settings, cancel).await?;
         compare(expected, observed).map_err(|e| anyhow!("{}: {e}", m.id))?;
         Ok(DrillReport { id: m.id.to_string(), from: holder.name(), observed, duration: started.elapsed() })
     }
@@ -172,6 +175,7 @@ async fn serve_and_count(
     etcd: &Path,
     etcd_bin: Option<&Path>,
     settings: &Settings,
+    cancel: &CancellationToken,
 ) -> Result<Observed> {
     let mut last_error = None;
     for _attempt in 0..3 {
@@ -179,10 +183,10 @@ async fn serve_and_count(
         if data_dir.exists() {
             std::fs::remove_dir_all(data_dir).with_context(|| format!("cannot clear '{}'", data_dir.display()))?;
         }
-        crate::restore::restore_into(snapshot, data_dir, &restore_flags(peer_port), etcd_bin)?;
+        crate::restore::restore_into(snapshot, data_dir, &restore_flags(peer_port), etcd_bin, cancel)?;
         let log_path = data_dir.with_extension("log");
         let log = std::fs::File::create(&log_path).context("cannot create the drill's etcd log")?;
-        let child = Command::new(etcd)
+        let child = crate::interrupt::die_with_parent(&mut Command::new(etcd))
             .args(member_args(data_dir, client_port, peer_port))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -191,7 +195,11 @@ async fn serve_and_count(
             .with_context(|| format!("cannot start '{}'", etcd.display()))?;
         let mut member = Member(child);
         tracing::info!(port = client_port, "drill: throwaway etcd started");
-        match count(&mut member, client_port, settings).await {
+        let counted = tokio::select! {
+            counted = count(&mut member, client_port, settings) => counted,
+            () = cancel.cancelled() => return Err(crate::interrupt::Interrupted.into()),
+        };
+        match counted {
             Ok(observed) => return Ok(observed),
             Err(e) => {
                 let tail = log_tail(&log_path);

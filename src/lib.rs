@@ -7,6 +7,7 @@ pub mod daemon;
 pub mod drill;
 pub mod errors;
 pub mod etcd;
+pub mod interrupt;
 pub mod manifest;
 pub mod manpages;
 pub mod metrics;

@@ -7,7 +7,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, anyhow, bail};
 use sha2::{Digest, Sha256};
 
-use crate::manifest::{BackupId, Manifest};
+use tokio_util::sync::CancellationToken;
+
+use crate::interrupt::Interrupted;
+use crate::manifest::{BackupId, Compression, Manifest};
 use crate::progress::Progress;
 use crate::snapshot::TrailerCheck;
 use crate::store::{Destination, Stored};
@@ -25,45 +28,50 @@ impl Selector {
         if text == "latest" { Ok(Selector::Latest) } else { BackupId::parse(text).map(Selector::Id) }
     }
 
-    fn pick<'a>(&self, backups: &'a [Stored]) -> Option<&'a Stored> {
-        // Listings are newest first.
+    /// The id this selector picks among every destination's backups at `now`. `latest` and `--before`
+    /// never pick a backup dated in the future (a wrong clock when it was taken) while another exists:
+    /// its date says nothing about how new its data is.
+    pub fn pick(&self, backups: &[&Stored], now: chrono::DateTime<chrono::Utc>) -> Option<BackupId> {
+        let ids = backups.iter().map(|b| &b.manifest.id);
+        let newest = |ids: Vec<&BackupId>| -> Option<BackupId> {
+            let (present, future): (Vec<&BackupId>, Vec<&BackupId>) =
+                ids.into_iter().partition(|id| !crate::retention::is_future_dated(id, now));
+            present.into_iter().max().or_else(|| future.into_iter().max()).cloned()
+        };
         match self {
-            Selector::Id(id) => backups.iter().find(|b| &b.manifest.id == id),
-            Selector::Latest => backups.first(),
-            Selector::Before(t) => backups.iter().find(|b| b.manifest.created < *t),
+            Selector::Id(id) => ids.into_iter().find(|i| *i == id).cloned(),
+            Selector::Latest => newest(ids.collect()),
+            Selector::Before(t) => newest(ids.filter(|id| id.created() < *t).collect()),
         }
     }
 }
 
-/// The chosen backup and the destinations that hold it, local first, each with how it holds it.
+/// The chosen backup and the destinations that hold it, local first, each with its own manifest: every
+/// copy is checked against the manifest stored beside it, so one damaged manifest condemns one copy.
 pub struct Found<'a> {
+    /// The first holder's manifest, for messages.
     pub manifest: Manifest,
     pub holders: Vec<(&'a Destination, Stored)>,
 }
 
-/// Lists every destination and picks the backup there: what was found (local first), and the
-/// destinations that could not be listed.
+/// Lists every destination and picks the backup among all of them (the newest of any destination is
+/// `latest`): what was found (local first), and the destinations that could not be listed.
 pub async fn locate<'a>(destinations: &'a [Destination], selector: &Selector) -> (Option<Found<'a>>, Vec<String>) {
-    let mut found: Option<Found<'a>> = None;
+    let mut listings = Vec::new();
     let mut errors = Vec::new();
     for d in destinations {
         match d.list().await {
-            Ok(listing) => {
-                let pick = match &found {
-                    // Once chosen, look for the same backup elsewhere.
-                    Some(f) => Selector::Id(f.manifest.id.clone()).pick(&listing.backups).cloned(),
-                    None => selector.pick(&listing.backups).cloned(),
-                };
-                if let Some(stored) = pick {
-                    found
-                        .get_or_insert_with(|| Found { manifest: stored.manifest.clone(), holders: Vec::new() })
-                        .holders
-                        .push((d, stored));
-                }
-            }
+            Ok(listing) => listings.push((d, listing)),
             Err(e) => errors.push(format!("{}: {e:#}", d.name())),
         }
     }
+    let all: Vec<&Stored> = listings.iter().flat_map(|(_, l)| l.backups.iter()).collect();
+    let Some(id) = selector.pick(&all, chrono::Utc::now()) else { return (None, errors) };
+    let holders: Vec<(&Destination, Stored)> = listings
+        .into_iter()
+        .filter_map(|(d, l)| l.backups.into_iter().find(|b| b.manifest.id == id).map(|s| (d, s)))
+        .collect();
+    let found = holders.first().map(|(_, s)| s.manifest.clone()).map(|manifest| Found { manifest, holders });
     (found, errors)
 }
 
@@ -90,16 +98,42 @@ pub async fn find<'a>(destinations: &'a [Destination], selector: &Selector) -> R
     })
 }
 
-/// Makes the artifact available as a local file: the local copy, or a download from S3 into `scratch`.
-/// A bar on a terminal shows the download.
-pub async fn fetch(holder: &Destination, manifest: &Manifest, scratch: &Path) -> Result<PathBuf> {
+/// Makes the artifact available as a local file, checked against `manifest` (size and sha256) before
+/// anything decrypts it: the local copy, or a download from S3 into `scratch` (hashed as it arrives; a
+/// download that does not match is removed). A bar on a terminal shows the download.
+pub async fn fetch(
+    holder: &Destination,
+    manifest: &Manifest,
+    scratch: &Path,
+    cancel: &CancellationToken,
+) -> Result<PathBuf> {
+    let name = manifest.artifact_name();
     match holder {
-        Destination::Local(l) => Ok(l.folder().join(&manifest.artifact.name)),
+        Destination::Local(l) => {
+            let path = l.folder().join(&name);
+            let (checked, m) = (path.clone(), manifest.clone());
+            tokio::task::spawn_blocking(move || check_artifact(&checked, &m)).await??;
+            Ok(path)
+        }
         Destination::S3(s3) => {
-            let path = scratch.join(format!(".{}.download", manifest.artifact.name));
+            let path = scratch.join(format!(".{name}.download"));
             let progress = Progress::start("downloading", manifest.artifact.size);
-            s3.download(&manifest.artifact.name, &path, &progress).await?;
+            let downloaded = tokio::select! {
+                downloaded = s3.download(&name, &path, &progress) => downloaded,
+                () = cancel.cancelled() => Err(Interrupted.into()),
+            };
+            let (size, sha) = match downloaded {
+                Ok(done) => done,
+                Err(e) => {
+                    let _ = std::fs::remove_file(&path);
+                    return Err(e);
+                }
+            };
             progress.finish();
+            if let Err(e) = matches_manifest(&format!("{name} in {}", s3.place()), size, &sha, manifest) {
+                let _ = std::fs::remove_file(&path);
+                return Err(e);
+            }
             Ok(path)
         }
     }
@@ -113,12 +147,14 @@ pub async fn fetch_and_decrypt(
     identities: &std::sync::Arc<Vec<Box<dyn age::Identity + Send + Sync>>>,
     scratch: &Path,
     output: &Path,
+    cancel: &CancellationToken,
 ) -> Result<Plain> {
-    let artifact = fetch(holder, manifest, scratch).await?;
-    let (manifest, output, identities) = (manifest.clone(), output.to_path_buf(), identities.clone());
+    let artifact = fetch(holder, manifest, scratch, cancel).await?;
+    let (manifest, output, identities, cancel) =
+        (manifest.clone(), output.to_path_buf(), identities.clone(), cancel.clone());
     tokio::task::spawn_blocking(move || {
         let progress = Progress::start("decrypting", manifest.artifact.size);
-        decrypt_to(&artifact, &manifest, &identities, &output, &progress)
+        decrypt_to(&artifact, &manifest, &identities, &output, &progress, &cancel)
     })
     .await?
 }
@@ -128,11 +164,14 @@ pub fn check_artifact(path: &Path, manifest: &Manifest) -> Result<()> {
     let mut file = std::fs::File::open(path).with_context(|| format!("cannot open '{}'", path.display()))?;
     let mut hasher = Sha256::new();
     let size = std::io::copy(&mut file, &mut hasher).with_context(|| format!("cannot read '{}'", path.display()))?;
-    let sha = hex::encode(hasher.finalize());
+    matches_manifest(&format!("'{}'", path.display()), size, &hex::encode(hasher.finalize()), manifest)
+}
+
+/// An artifact of `size` bytes with `sha` is the one `manifest` recorded, or an error naming `what`.
+fn matches_manifest(what: &str, size: u64, sha: &str, manifest: &Manifest) -> Result<()> {
     if size != manifest.artifact.size || sha != manifest.artifact.sha256 {
         bail!(
-            "'{}' does not match its manifest: {size} bytes with sha256 {sha}, the manifest says {} bytes with sha256 {}; the artifact is damaged or was replaced",
-            path.display(),
+            "{what} does not match its manifest: {size} bytes with sha256 {sha}, the manifest says {} bytes with sha256 {}; the artifact is damaged or was replaced",
             manifest.artifact.size,
             manifest.artifact.sha256
         );
@@ -158,6 +197,7 @@ pub fn decrypt_to(
     identities: &[Box<dyn age::Identity + Send + Sync>],
     output: &Path,
     progress: &Progress,
+    cancel: &CancellationToken,
 ) -> Result<Plain> {
     let part = output.with_file_name(format!(
         ".{}.part",
@@ -176,10 +216,11 @@ pub fn decrypt_to(
                     manifest.id
                 )
             })?;
-        let mut plain: Box<dyn Read> = match manifest.artifact.compression.as_str() {
-            "zstd" => Box::new(zstd::stream::read::Decoder::new(decrypted).context("cannot start zstd")?),
-            "none" => Box::new(decrypted),
-            other => bail!("the manifest names a compression this version does not know: {other}"),
+        let mut plain: Box<dyn Read> = match manifest.compression() {
+            Compression::Zstd { .. } => {
+                Box::new(zstd::stream::read::Decoder::new(decrypted).context("cannot start zstd")?)
+            }
+            Compression::None => Box::new(decrypted),
         };
         let mut out = crate::store::local::create_private(&part)?;
         let mut check = TrailerCheck::new();
@@ -189,6 +230,7 @@ pub fn decrypt_to(
             if n == 0 {
                 break;
             }
+            crate::interrupt::check(cancel)?;
             check.update(&buf[..n]);
             out.write_all(&buf[..n]).with_context(|| format!("cannot write '{}'", part.display()))?;
         }
@@ -313,8 +355,15 @@ pub fn check_new_data_dir(data_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Runs `snapshot restore` into `data_dir`, which must not exist or be empty.
-pub fn restore_into(snapshot: &Path, data_dir: &Path, flags: &MemberFlags, etcd_bin: Option<&Path>) -> Result<()> {
+/// Runs `snapshot restore` into `data_dir`, which must not exist or be empty. A restore interrupted
+/// (`cancel`) while the tool ran leaves no data dir behind.
+pub fn restore_into(
+    snapshot: &Path,
+    data_dir: &Path,
+    flags: &MemberFlags,
+    etcd_bin: Option<&Path>,
+    cancel: &CancellationToken,
+) -> Result<()> {
     check_new_data_dir(data_dir)?;
     if data_dir.exists() {
         std::fs::remove_dir(data_dir).with_context(|| format!("cannot use '{}'", data_dir.display()))?;
@@ -335,7 +384,13 @@ pub fn restore_into(snapshot: &Path, data_dir: &Path, flags: &MemberFlags, etcd_
             cmd.arg(flag).arg(v);
         }
     }
-    let out = cmd.output().with_context(|| format!("cannot run '{}'", tool.display()))?;
+    let out = crate::interrupt::die_with_parent(&mut cmd)
+        .output()
+        .with_context(|| format!("cannot run '{}'", tool.display()))?;
+    if cancel.is_cancelled() {
+        let _ = std::fs::remove_dir_all(data_dir);
+        return Err(Interrupted.into());
+    }
     if !out.status.success() {
         let _ = std::fs::remove_dir_all(data_dir);
         bail!("{} snapshot restore failed: {}", tool.display(), String::from_utf8_lossy(&out.stderr).trim());

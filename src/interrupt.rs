@@ -1,0 +1,51 @@
+//! Interruption of one-shot commands: SIGINT or SIGTERM cancels a token that the command's steps
+//! check, so each step stops and its owners clean up (scratch files, `.part` files, child processes)
+//! before the process exits. A second signal exits at once; what is left then is removed by the next run
+//! (`scratch`) or dies with the process (children started with `die_with_parent`).
+
+use std::os::unix::process::CommandExt;
+
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+
+/// Exit code after a second signal: 128 + SIGINT, as shells report it.
+const EXIT_INTERRUPTED: i32 = 130;
+
+/// The error a step returns when it stopped because the command was interrupted.
+#[derive(Debug, thiserror::Error)]
+#[error("interrupted by a signal: stopped, and removed what this run had written")]
+pub struct Interrupted;
+
+/// A token cancelled by the first SIGINT or SIGTERM; the second one exits the process at once.
+pub fn on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+        tracing::warn!("cannot listen for SIGINT and SIGTERM; an interrupted command may leave scratch files");
+        return token;
+    };
+    tokio::spawn(async move {
+        tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+        tracing::warn!("interrupted: stopping and cleaning up (a second signal exits at once)");
+        cancel.cancel();
+        tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+        std::process::exit(EXIT_INTERRUPTED);
+    });
+    token
+}
+
+/// `Err(Interrupted)` once `cancel` is cancelled.
+pub fn check(cancel: &CancellationToken) -> Result<(), Interrupted> {
+    if cancel.is_cancelled() { Err(Interrupted) } else { Ok(()) }
+}
+
+/// Makes the kernel kill the child with SIGKILL when the thread that started it ends, so a process of
+/// ours that is killed (even with SIGKILL) never leaves a child running. Start such children from a
+/// thread that lives as long as the command does (the runtime's own threads, not the blocking pool).
+pub fn die_with_parent(cmd: &mut std::process::Command) -> &mut std::process::Command {
+    // SAFETY: the closure runs in the child between fork and exec and only calls prctl(2), which is
+    // async-signal-safe; it allocates nothing and takes no lock.
+    unsafe {
+        cmd.pre_exec(|| nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).map_err(std::io::Error::from))
+    }
+}
