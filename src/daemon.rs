@@ -45,7 +45,9 @@ pub async fn run_once(
 ) -> (DateTime<Utc>, Outcome) {
     let started = Utc::now();
     let outcome = match Lock::take(state_dir, lock_wait).await {
-        Err(e) => Outcome::Skipped(format!("{e:#}")),
+        // Held by another run: skipped. Anything else (a lock file we may not open) is a failure.
+        Err(e) if e.downcast_ref::<crate::state::LockHeld>().is_some() => Outcome::Skipped(format!("{e:#}")),
+        Err(e) => Outcome::Failed(e),
         Ok(_lock) => attempts(settings, request, state_dir, max_attempts).await,
     };
     (started, outcome)
@@ -68,7 +70,7 @@ async fn attempts(settings: &Settings, request: &BackupRequest, state_dir: &Path
         .await;
         match result {
             Ok(outcome) => return outcome,
-            Err(e) if attempt < max && is_transient(&e) && !cancel.is_cancelled() => {
+            Err(e) if attempt < max && crate::errors::is_transient(&e) && !cancel.is_cancelled() => {
                 let delay = schedule::retry_delay(attempt);
                 tracing::warn!(attempt, max, retry_in = %humantime::format_duration(delay), error = %format!("{e:#}"), "backup failed; retrying");
                 tokio::select! {
@@ -80,25 +82,6 @@ async fn attempts(settings: &Settings, request: &BackupRequest, state_dir: &Path
             Err(e) => return Outcome::Failed(e),
         }
     }
-}
-
-/// Transient: etcd or the store could not be reached, or the stream broke. Not transient: anything a
-/// person has to fix (certificates, credentials, a missing bucket, a full disk, a cancelled run).
-pub fn is_transient(e: &anyhow::Error) -> bool {
-    let text = format!("{e:#}");
-    let permanent = [
-        "etcd.cacert",
-        "etcd.cert",
-        "etcd.username",
-        "does not exist",
-        "rejected the credentials",
-        "access denied",
-        "not enough free space",
-        "already exists",
-        "cancelled",
-        "no destination can take",
-    ];
-    !permanent.iter().any(|p| text.contains(p))
 }
 
 /// Records a run's outcome: the journal entry, the state file, the metrics.
@@ -421,29 +404,6 @@ async fn save_next(settings: &Settings, state_dir: &Path, next: DateTime<Utc>) -
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn only_transient_failures_are_retried() {
-        let transient = [
-            "cannot reach etcd:\n  http://127.0.0.1:2379: tcp connect error: Connection refused (connection refused: is etcd running and listening on this address?)",
-            "the snapshot stream from http://127.0.0.1:2379 broke: transport error",
-            "s3: S3 uploading part 3 failed for s3://b/c/ at https://s3: cannot reach the store: dispatch failure",
-        ];
-        for t in transient {
-            assert!(is_transient(&anyhow::anyhow!(t.to_string())), "{t}");
-        }
-        let permanent = [
-            "cannot reach etcd:\n  https://127.0.0.1:2379: invalid peer certificate (… point etcd.cacert at the etcd CA …)",
-            "etcd refused the user: check etcd.username and the password in etcd.password_file",
-            "S3 checking the bucket failed for s3://b/c/ at AWS: bucket 'b' does not exist: create it",
-            "the store rejected the credentials: check the AWS access key",
-            "not enough free space in '/var/lib/etcd-backupd/backups/default'",
-            "the backup was cancelled (etcd-backupd is stopping)",
-        ];
-        for p in permanent {
-            assert!(!is_transient(&anyhow::anyhow!(p.to_string())), "{p}");
-        }
-    }
 
     #[test]
     fn status_line_reads_like_the_docs() {

@@ -264,8 +264,7 @@ async fn count(member: &mut Member, port: u16, settings: &Settings) -> Result<Ob
 }
 
 fn is_auth_error(e: &etcd_client::Error) -> bool {
-    let text = e.to_string();
-    text.contains("user name is empty") || text.contains("permission denied") || text.contains("invalid auth token")
+    crate::etcd::cause(e) == crate::errors::Cause::Auth
 }
 
 /// Records a drill in the state file, the journal and the metrics; returns the state as saved.

@@ -2,10 +2,11 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result};
 use etcd_client::{AlarmAction, AlarmType, Certificate, Client, ConnectOptions, Identity, TlsOptions};
 
 use crate::config::EtcdSettings;
+use crate::errors::{Cause, classified};
 use crate::manifest::EtcdFacts;
 
 /// A connection to one member, with what it reported about itself.
@@ -20,24 +21,55 @@ pub struct Member {
 pub async fn connect(settings: &EtcdSettings) -> Result<Member> {
     let options = connect_options(settings)?;
     let mut failures = Vec::new();
+    let mut causes = Vec::new();
     for endpoint in &settings.endpoints {
         match tokio::time::timeout(settings.dial_timeout, connect_one(endpoint, options.clone())).await {
             Ok(Ok(member)) => return Ok(Member { auth_configured: settings.auth.is_some(), ..member }),
-            Ok(Err(e)) => failures.push(format!(
-                "{endpoint}: {}",
-                explain(&e, settings.auth.is_some(), endpoint.starts_with("https://"))
-            )),
-            Err(_) => failures.push(format!(
-                "{endpoint}: no answer within {} (etcd.dial_timeout): is etcd running and listening there?",
-                humantime::format_duration(settings.dial_timeout)
-            )),
+            Ok(Err(e)) => {
+                causes.push(cause(&e));
+                failures.push(format!(
+                    "{endpoint}: {}",
+                    explain(&e, settings.auth.is_some(), endpoint.starts_with("https://"))
+                ));
+            }
+            Err(_) => {
+                causes.push(Cause::Timeout);
+                failures.push(format!(
+                    "{endpoint}: no answer within {} (etcd.dial_timeout): is etcd running and listening there?",
+                    humantime::format_duration(settings.dial_timeout)
+                ));
+            }
         }
     }
-    bail!("cannot reach etcd:\n  {}", failures.join("\n  "))
+    let cause = Cause::of_all(causes).unwrap_or(Cause::Config);
+    Err(classified(cause, format!("cannot reach etcd:\n  {}", failures.join("\n  "))))
+}
+
+/// What an etcd client error means for a retry: from the gRPC status code, or the I/O error under a
+/// transport failure. Never from the message.
+pub fn cause(e: &etcd_client::Error) -> Cause {
+    use tonic::Code;
+    match e {
+        etcd_client::Error::GRpcStatus(status) => match status.code() {
+            Code::Unauthenticated | Code::PermissionDenied => Cause::Auth,
+            // etcd answers a login without a user name (auth on, none configured) with InvalidArgument.
+            Code::InvalidArgument | Code::FailedPrecondition => Cause::Auth,
+            Code::DeadlineExceeded => Cause::Timeout,
+            Code::ResourceExhausted | Code::Aborted | Code::Internal => Cause::Busy,
+            Code::Unavailable | Code::Unknown | Code::Cancelled => {
+                crate::errors::io_cause(status).unwrap_or(Cause::Unreachable)
+            }
+            _ => Cause::Busy,
+        },
+        etcd_client::Error::TransportError(t) => crate::errors::io_cause(t).unwrap_or(Cause::Unreachable),
+        etcd_client::Error::IoError(io) => crate::errors::io_cause(io).unwrap_or(Cause::Unreachable),
+        etcd_client::Error::InvalidArgs(_) | etcd_client::Error::InvalidUri(_) => Cause::Config,
+        _ => Cause::Unreachable,
+    }
 }
 
 fn read(path: &std::path::Path, key: &str) -> Result<Vec<u8>> {
-    crate::config::read_config_file(path).map_err(|e| anyhow::anyhow!("{key}: {e}"))
+    crate::config::read_config_file(path).map_err(|e| classified(Cause::Config, format!("{key}: {e}")))
 }
 
 fn connect_options(settings: &EtcdSettings) -> Result<ConnectOptions> {
@@ -167,10 +199,13 @@ impl crate::pipeline::SnapshotSource for Member {
 
     async fn open(&mut self) -> Result<()> {
         let stream = self.client.snapshot().await.map_err(|e| {
-            anyhow!(
-                "etcd at {} refused the snapshot: {}",
-                self.facts.endpoint,
-                explain(&e, self.auth_configured, self.facts.endpoint.starts_with("https://"))
+            classified(
+                cause(&e),
+                format!(
+                    "etcd at {} refused the snapshot: {}",
+                    self.facts.endpoint,
+                    explain(&e, self.auth_configured, self.facts.endpoint.starts_with("https://"))
+                ),
             )
         })?;
         self.snapshot = Some(stream);
@@ -182,9 +217,31 @@ impl crate::pipeline::SnapshotSource for Member {
         match stream.message().await {
             Ok(Some(msg)) => Ok(Some(msg.blob().to_vec())),
             Ok(None) => Ok(None),
-            Err(e) => {
-                Err(anyhow!("the snapshot stream from {} broke: {}", self.facts.endpoint, crate::errors::chain(&e)))
-            }
+            Err(e) => Err(classified(
+                Cause::Unreachable,
+                format!("the snapshot stream from {} broke: {}", self.facts.endpoint, crate::errors::chain(&e)),
+            )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The retry decision comes from the gRPC code and the I/O error kind, never from the message.
+    #[test]
+    fn causes_come_from_codes_and_io_kinds() {
+        let status = |code, message: &str| etcd_client::Error::GRpcStatus(tonic::Status::new(code, message));
+        assert_eq!(cause(&status(tonic::Code::Unauthenticated, "etcdserver: invalid auth token")), Cause::Auth);
+        assert_eq!(cause(&status(tonic::Code::InvalidArgument, "etcdserver: user name is empty")), Cause::Auth);
+        assert_eq!(cause(&status(tonic::Code::Unavailable, "etcd.cert mentioned in passing")), Cause::Unreachable);
+        assert_eq!(cause(&status(tonic::Code::DeadlineExceeded, "")), Cause::Timeout);
+        assert_eq!(cause(&status(tonic::Code::ResourceExhausted, "too many requests")), Cause::Busy);
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert_eq!(cause(&etcd_client::Error::IoError(reset)), Cause::Unreachable);
+        let tls = std::io::Error::new(std::io::ErrorKind::InvalidData, "invalid peer certificate");
+        assert_eq!(cause(&etcd_client::Error::IoError(tls)), Cause::Tls);
+        assert_eq!(cause(&etcd_client::Error::InvalidArgs("x".into())), Cause::Config);
     }
 }

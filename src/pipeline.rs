@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::time::Instant;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow};
 use bytes::{Bytes, BytesMut};
 use chrono::Utc;
 use sha2::{Digest, Sha256};
@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 
 use crate::config::Settings;
 use crate::config::units::format_size;
+use crate::errors::{Cause, cause_of, classified};
 use crate::manifest::EtcdFacts;
 use crate::manifest::{ArtifactFacts, BackupId, Compression, FORMAT_VERSION, Manifest, SnapshotFacts};
 use crate::prune::{PruneOptions, PruneReport, prune};
@@ -104,6 +105,8 @@ pub async fn write_backup<S: SnapshotSource>(
     // Where the plain snapshot is checked before anything commits; without it, nothing begins.
     let copy = check_copy(&crate::state::state_dir(), facts.db_size)
         .context("the backup cannot be checked; nothing was committed")?;
+    // Why each destination could not begin or commit, for the retry decision.
+    let mut causes = Vec::new();
     let artifact_name = id.artifact_name(settings.compression);
     let manifest_name = id.manifest_name();
     let mut uploads = Vec::new();
@@ -112,17 +115,26 @@ pub async fn write_backup<S: SnapshotSource>(
     if let Some(s3) = &settings.s3 {
         match S3Store::new(s3, &settings.cluster).await {
             Ok(store) => destinations.push(Destination::S3(Box::new(store))),
-            Err(e) => failed.push(("s3", format!("{e:#}"))),
+            Err(e) => {
+                causes.push(cause_of(&e).unwrap_or(Cause::Config));
+                failed.push(("s3", format!("{e:#}")));
+            }
         }
     }
     for destination in &destinations {
         match begin(destination, facts.db_size, &artifact_name, &manifest_name).await {
             Ok(upload) => uploads.push(upload),
-            Err(e) => failed.push((destination.name(), format!("{e:#}"))),
+            Err(e) => {
+                causes.push(cause_of(&e).unwrap_or(Cause::Unreachable));
+                failed.push((destination.name(), format!("{e:#}")));
+            }
         }
     }
     if uploads.is_empty() {
-        bail!("no destination can take the backup:\n  {}", describe(&failed));
+        return Err(classified(
+            Cause::of_all(causes).unwrap_or(Cause::Config),
+            format!("no destination can take the backup:\n  {}", describe(&failed)),
+        ));
     }
 
     // Destinations: each drains its own queue; on error it stops, which the encoder notices.
@@ -253,7 +265,10 @@ pub async fn write_backup<S: SnapshotSource>(
                 tracing::info!(%destination, id = %id, "backup committed");
                 committed.push(destination);
             }
-            Err(e) => failed.push((destination, format!("{e:#}"))),
+            Err(e) => {
+                causes.push(cause_of(&e).unwrap_or(Cause::Unreachable));
+                failed.push((destination, format!("{e:#}")));
+            }
         }
     }
     tracing::info!(
@@ -262,7 +277,10 @@ pub async fn write_backup<S: SnapshotSource>(
         "backup finished"
     );
     if committed.is_empty() {
-        bail!("backup {id} was taken but no destination committed it:\n  {}", describe(&failed));
+        return Err(classified(
+            Cause::of_all(causes).unwrap_or(Cause::Unreachable),
+            format!("backup {id} was taken but no destination committed it:\n  {}", describe(&failed)),
+        ));
     }
 
     // Backups committed locally while S3 was failing are uploaded now, oldest first, before any pruning.
@@ -360,7 +378,7 @@ pub async fn upload_missing(local: &LocalStore, s3: &S3Store) -> Result<Vec<Back
 }
 
 fn cancelled() -> anyhow::Error {
-    anyhow!("the backup was cancelled (etcd-backupd is stopping)")
+    classified(Cause::Cancelled, "the backup was cancelled (etcd-backupd is stopping)")
 }
 
 fn describe(failed: &[(&str, String)]) -> String {
@@ -377,13 +395,16 @@ async fn begin_local(
     let free = local.free_space()?;
     let needed = required_local_space(db_size);
     if free < needed {
-        bail!(
-            "not enough free space in '{}': {} free, {} needed for a {} database (free space, or point local.dir elsewhere)",
-            local.folder().display(),
-            format_size(free),
-            format_size(needed),
-            format_size(db_size)
-        );
+        return Err(classified(
+            Cause::NoSpace,
+            format!(
+                "not enough free space in '{}': {} free, {} needed for a {} database (free space, or point local.dir elsewhere)",
+                local.folder().display(),
+                format_size(free),
+                format_size(needed),
+                format_size(db_size)
+            ),
+        ));
     }
     local.begin(artifact, manifest).await
 }
@@ -492,12 +513,15 @@ fn check_copy(state_dir: &std::path::Path, db_size: u64) -> Result<std::fs::File
     let free = crate::store::local::free_space(state_dir)?;
     let needed = required_local_space(db_size);
     if free < needed {
-        bail!(
-            "not enough free space in the state dir '{}' to check the snapshot: {} free, {} needed",
-            state_dir.display(),
-            format_size(free),
-            format_size(needed)
-        );
+        return Err(classified(
+            Cause::NoSpace,
+            format!(
+                "not enough free space in the state dir '{}' to check the snapshot: {} free, {} needed",
+                state_dir.display(),
+                format_size(free),
+                format_size(needed)
+            ),
+        ));
     }
     std::fs::OpenOptions::new()
         .read(true)

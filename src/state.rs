@@ -165,6 +165,16 @@ fn flock(
     Ok(nix::fcntl::Flock::lock(file, how).map_err(|(_, e)| e))
 }
 
+/// The run lock is held by another process: the one case in which a run is skipped, not failed.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "another backup is running (the lock '{}' is held, by the etcd-backupd service or another `etcd-backupd backup`); try again when it has finished",
+    path.display()
+)]
+pub struct LockHeld {
+    pub path: PathBuf,
+}
+
 /// An exclusive lock on the state dir, held while a backup runs. Released on drop.
 pub struct Lock {
     _file: nix::fcntl::Flock<std::fs::File>,
@@ -189,10 +199,7 @@ impl Lock {
                 return Ok(lock);
             }
             if tokio::time::Instant::now() >= deadline {
-                anyhow::bail!(
-                    "another backup is running (the lock '{}' is held, by the etcd-backupd service or another `etcd-backupd backup`); try again when it has finished",
-                    dir.join(LOCK_FILE).display()
-                );
+                return Err(LockHeld { path: dir.join(LOCK_FILE) }.into());
             }
             if !told {
                 tracing::info!(lock = %dir.join(LOCK_FILE).display(), "another backup is running; waiting for it");
@@ -274,7 +281,18 @@ mod tests {
         assert!(Lock::try_take(dir.path()).unwrap().is_none(), "held");
         let err = Lock::take(dir.path(), std::time::Duration::from_millis(300)).await.err().unwrap();
         assert!(err.to_string().contains("another backup is running"), "{err}");
+        assert!(err.downcast_ref::<LockHeld>().is_some(), "held is a type, not a text");
         drop(first);
         assert!(Lock::try_take(dir.path()).unwrap().is_some());
+    }
+
+    /// A lock file that cannot be opened is an error of its own, never "held by another run".
+    #[tokio::test]
+    async fn a_lock_that_cannot_be_opened_is_not_held() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join(LOCK_FILE)).unwrap();
+        let err = Lock::take(dir.path(), std::time::Duration::from_millis(10)).await.err().unwrap();
+        assert!(err.downcast_ref::<LockHeld>().is_none(), "{err:#}");
+        assert!(format!("{err:#}").contains("cannot open the lock file"), "{err:#}");
     }
 }

@@ -484,3 +484,21 @@ async fn root_is_refused_in_the_service_users_dirs() {
     let out = run(&cfg, &["prune", "--dry-run"]).await;
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+/// A lock file the run cannot open is a failure, recorded as one, not a "skipped: another run holds it".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_that_cannot_be_opened_fails_the_run() {
+    let s = Setup::new();
+    let etcd = Etcd::start(EtcdVersion::V34);
+    let config = s.config(&etcd.config_table(), "");
+    let state = state_dir_for(&config);
+    std::fs::create_dir_all(state.join("lock")).unwrap();
+    let out = run(&config, &["backup", "--wait", "1s"]).await;
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("cannot open the lock file") && !err.contains("another backup is running"), "{err}");
+    assert!(!err.contains("backup skipped"), "{err}");
+    let saved: serde_json::Value = serde_json::from_slice(&std::fs::read(state.join("state.json")).unwrap()).unwrap();
+    assert_eq!(saved["runs"]["failed"], 1, "{saved}");
+    assert_nothing_local(&s.folder());
+}

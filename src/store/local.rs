@@ -55,7 +55,10 @@ impl LocalStore {
         let final_path = self.folder.join(name);
         let manifest_path = self.folder.join(manifest_name);
         if manifest_path.exists() {
-            anyhow::bail!("'{}' already exists: a backup with this id was already taken", manifest_path.display());
+            return Err(crate::errors::classified(
+                crate::errors::Cause::Exists,
+                format!("'{}' already exists: a backup with this id was already taken", manifest_path.display()),
+            ));
         }
         let part_path = self.folder.join(format!("{name}{PART_SUFFIX}"));
         let file = open_new(&part_path).await?;

@@ -22,6 +22,7 @@ use chrono::{DateTime, Utc};
 
 use super::{Found, Listing, Paired, Stored, accept, pair_up};
 use crate::config::{ChecksumMode, S3Settings, ServerSideEncryption};
+use crate::errors::Cause;
 use crate::manifest::BackupId;
 use crate::manifest::{ClusterName, Manifest};
 use crate::retention::{Leftover, LeftoverKind};
@@ -123,7 +124,10 @@ impl S3Store {
         // one was left by an upload interrupted between completing and committing (a crash, a killed
         // run); this upload replaces it.
         if self.exists(&manifest_key).await? {
-            anyhow::bail!("'{manifest_key}' already exists in {}: a backup with this id was already taken", self.place);
+            return Err(crate::errors::classified(
+                Cause::Exists,
+                format!("'{manifest_key}' already exists in {}: a backup with this id was already taken", self.place),
+            ));
         }
         if self.exists(&key).await? {
             tracing::info!(%key, "replacing an artifact that has no manifest (left by an interrupted upload)");
@@ -424,7 +428,7 @@ impl S3Store {
     fn explain<E, R>(&self, err: SdkError<E, R>, action: &str) -> anyhow::Error
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-        R: std::fmt::Debug + HttpStatus,
+        R: std::fmt::Debug + HttpStatus + 'static,
     {
         let status = err.raw_response().map(|r| r.status_code());
         let code = err.code().map(str::to_string);
@@ -467,11 +471,40 @@ impl S3Store {
             }
             _ => crate::errors::chain(&err),
         };
-        if hint.is_empty() {
-            anyhow!("S3 {} failed for {}: {detail}", action, self.place)
+        let message = if hint.is_empty() {
+            format!("S3 {} failed for {}: {detail}", action, self.place)
         } else {
-            anyhow!("S3 {} failed for {}: {hint} ({detail})", action, self.place)
-        }
+            format!("S3 {} failed for {}: {hint} ({detail})", action, self.place)
+        };
+        crate::errors::classified(s3_cause(&err, code.as_deref(), status), message)
+    }
+}
+
+/// What an S3 failure means for a retry: from the error code and HTTP status, or the kind of failure
+/// when no answer came.
+fn s3_cause<E, R>(err: &SdkError<E, R>, code: Option<&str>, status: Option<u16>) -> Cause
+where
+    E: std::error::Error + 'static,
+    R: std::fmt::Debug + 'static,
+{
+    match err {
+        SdkError::ServiceError(_) => match (code, status) {
+            (Some("NoSuchBucket" | "NotFound" | "NoSuchKey"), _) | (None, Some(404)) => Cause::Missing,
+            (Some("InvalidAccessKeyId" | "SignatureDoesNotMatch" | "InvalidToken" | "ExpiredToken"), _) => Cause::Auth,
+            (Some("AccessDenied" | "Forbidden" | "AllAccessDisabled"), _) | (None, Some(403)) => Cause::Denied,
+            (Some("PermanentRedirect" | "AuthorizationHeaderMalformed" | "InvalidRequest" | "InvalidArgument"), _)
+            | (None, Some(301 | 400)) => Cause::Config,
+            (Some("SlowDown" | "ServiceUnavailable" | "InternalError" | "RequestTimeout"), _) => Cause::Busy,
+            (_, Some(s)) if s >= 500 || s == 429 || s == 408 => Cause::Busy,
+            _ => Cause::Denied,
+        },
+        SdkError::TimeoutError(_) => Cause::Timeout,
+        SdkError::DispatchFailure(d) if d.is_timeout() => Cause::Timeout,
+        SdkError::DispatchFailure(d) if d.is_io() => crate::errors::io_cause(err).unwrap_or(Cause::Unreachable),
+        // Building the request failed: no usable credentials, a bad endpoint or region.
+        SdkError::DispatchFailure(d) if d.is_user() => Cause::Config,
+        SdkError::ConstructionFailure(_) => Cause::Config,
+        _ => Cause::Unreachable,
     }
 }
 
