@@ -25,6 +25,26 @@ use crate::store::s3::S3Store;
 pub const EXIT_FAILURE: u8 = 1;
 pub const EXIT_CONFIG: u8 = 78;
 
+/// Prints a line of a command's output. A reader that stopped reading (`etcd-backupd list | head -1`)
+/// ends the command quietly, as other command-line tools do, instead of a panic. (SIGPIPE stays ignored:
+/// a socket whose peer went away must give an error, not kill the process.)
+macro_rules! out {
+    ($($arg:tt)*) => {
+        print_line(format_args!($($arg)*))
+    };
+}
+
+fn print_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout.write_fmt(args).and_then(|()| stdout.write_all(b"\n")) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        tracing::warn!(error = %e, "cannot write the output");
+    }
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "etcd-backupd",
@@ -252,6 +272,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     if let Some(name) = service_writer(&cli.command) {
         refuse_root_in_service_dirs(name, &[crate::state::state_dir(), settings.local.dir.clone()])?;
     }
+    if matches!(cli.command, Command::Backup { .. } | Command::Run) {
+        for w in config::secret_warnings(&settings) {
+            tracing::warn!(key = %w.key, "{}", w.message);
+        }
+    }
     match cli.command {
         Command::CheckConfig => {
             print_summary(&cli.config, &settings);
@@ -342,26 +367,29 @@ fn refuse_root_in_service_dirs(name: &str, dirs: &[std::path::PathBuf]) -> Resul
 }
 
 fn print_summary(path: &std::path::Path, s: &Settings) {
-    println!("{}: OK", path.display());
+    out!("{}: OK", path.display());
     let auth = match (&s.etcd.client_cert, &s.etcd.auth) {
         (Some(_), _) => " (TLS client certificate)",
         (None, Some(_)) => " (user and password)",
         (None, None) => "",
     };
-    println!("  etcd:       {}{auth}", s.etcd.endpoints.join(", "));
-    println!("  cluster:    {}", s.cluster);
-    println!("  local:      {}", s.local.dir.join(s.cluster.as_str()).display());
+    out!("  etcd:       {}{auth}", s.etcd.endpoints.join(", "));
+    out!("  cluster:    {}", s.cluster);
+    out!("  local:      {}", s.local.dir.join(s.cluster.as_str()).display());
     match &s.s3 {
-        Some(s3) => println!(
+        Some(s3) => out!(
             "  s3:         s3://{}/{}{}/{}",
             s3.bucket,
             s3.prefix,
             s.cluster,
             s3.endpoint.as_deref().map(|e| format!(" at {e}")).unwrap_or_default()
         ),
-        None => println!("  s3:         not configured (backups stay on this host)"),
+        None => out!("  s3:         not configured (backups stay on this host)"),
     }
-    println!("  recipients: {}", s.encryption.recipients.len());
+    out!("  recipients: {}", s.encryption.recipients.len());
+    for w in config::secret_warnings(s) {
+        out!("warning: {}: {}", w.key, w.message);
+    }
 }
 
 async fn backup(settings: &Settings, request: BackupRequest, wait: std::time::Duration) -> Result<(), Failure> {
@@ -371,14 +399,14 @@ async fn backup(settings: &Settings, request: BackupRequest, wait: std::time::Du
     let report = match outcome {
         Outcome::Committed(report) => *report,
         Outcome::Unchanged { revision } => {
-            println!("etcd's revision {revision} has not changed since the last backup: nothing to do");
+            out!("etcd's revision {revision} has not changed since the last backup: nothing to do");
             return Ok(());
         }
         Outcome::Failed(e) => return Err(e.into()),
         Outcome::Skipped(why) => return Err(anyhow::anyhow!(why).into()),
     };
     let m = &report.manifest;
-    println!(
+    out!(
         "backup {} (revision {}, {} → {}) committed in: {}",
         m.id,
         m.etcd.revision,
@@ -412,31 +440,31 @@ fn status(settings: &Settings, json: bool) -> Result<(), Failure> {
     };
     if json {
         let value = serde_json::json!({ "state": state, "overdue": overdue, "state_dir": state_dir });
-        println!("{}", serde_json::to_string_pretty(&value).map_err(anyhow::Error::from)?);
+        out!("{}", serde_json::to_string_pretty(&value).map_err(anyhow::Error::from)?);
     } else {
-        println!("{}", crate::daemon::status_line(&state, false));
+        out!("{}", crate::daemon::status_line(&state, false));
         if let Some(f) = &state.last_failure {
-            println!("last failure: {} {}", f.time.format("%Y-%m-%d %H:%M:%S UTC"), f.error);
+            out!("last failure: {} {}", f.time.format("%Y-%m-%d %H:%M:%S UTC"), f.error);
         }
         for (destination, n) in &state.backups {
-            println!("{destination}: {n} backups");
+            out!("{destination}: {n} backups");
         }
-        println!(
+        out!(
             "runs: {} ok, {} failed, {} unchanged, {} skipped",
             state.runs.ok, state.runs.failed, state.runs.unchanged, state.runs.skipped
         );
         match &state.last_proven {
-            Some(p) => println!(
+            Some(p) => out!(
                 "last proven restorable: {} (drill at {}: revision {}, {} keys)",
                 p.id,
                 p.time.format("%Y-%m-%d %H:%M:%S UTC"),
                 p.revision,
                 p.keys
             ),
-            None => println!("last proven restorable: never (run `etcd-backupd drill`)"),
+            None => out!("last proven restorable: never (run `etcd-backupd drill`)"),
         }
         if let Some(f) = &state.last_drill_failure {
-            println!("last failed drill: {} {}", f.time.format("%Y-%m-%d %H:%M:%S UTC"), f.error);
+            out!("last failed drill: {} {}", f.time.format("%Y-%m-%d %H:%M:%S UTC"), f.error);
         }
     }
     if overdue {
@@ -479,9 +507,9 @@ async fn list(settings: &Settings, json: bool) -> Result<(), Failure> {
     let rows: Vec<&Listed> = merged.values().rev().collect();
     if json {
         let text = serde_json::to_string_pretty(&rows).map_err(anyhow::Error::from)?;
-        println!("{text}");
+        out!("{text}");
     } else {
-        println!(
+        out!(
             "{:<44} {:<20} {:>10} {:>9} {:>11} {:>11}  {:<20} STORED IN",
             "ID", "CREATED (UTC)", "REVISION", "KEYS", "DB SIZE", "SIZE", "LABEL"
         );
@@ -489,7 +517,7 @@ async fn list(settings: &Settings, json: bool) -> Result<(), Failure> {
             let m = &r.manifest;
             let pinned = if r.pinned { " (pinned)" } else { "" };
             let status = m.snapshot.status;
-            println!(
+            out!(
                 "{:<44} {:<20} {:>10} {:>9} {:>11} {:>11}  {:<20} {}{pinned}",
                 m.id.to_string(),
                 m.created.format("%Y-%m-%d %H:%M:%S").to_string(),
@@ -547,7 +575,7 @@ async fn prune_all(settings: &Settings, dry_run: bool, now: DateTime<Utc>, json:
         }
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&reports).map_err(anyhow::Error::from)?);
+        out!("{}", serde_json::to_string_pretty(&reports).map_err(anyhow::Error::from)?);
     } else {
         for r in &reports {
             print_prune(r, settings.leftover_grace);
@@ -558,22 +586,22 @@ async fn prune_all(settings: &Settings, dry_run: bool, now: DateTime<Utc>, json:
 
 fn print_prune(r: &PruneReport, grace: std::time::Duration) {
     let kept = r.decisions.iter().filter(|d| d.keep).count();
-    println!("{} ({}): {} backups, keep {kept}, remove {}", r.destination, r.place, r.decisions.len(), r.removed());
+    out!("{} ({}): {} backups, keep {kept}, remove {}", r.destination, r.place, r.decisions.len(), r.removed());
     for d in &r.decisions {
         let reasons: Vec<String> = d.reasons.iter().map(ToString::to_string).collect();
-        println!("  {:<8} {:<44} {}", if d.keep { "keep" } else { "remove" }, d.id.to_string(), reasons.join(", "));
+        out!("  {:<8} {:<44} {}", if d.keep { "keep" } else { "remove" }, d.id.to_string(), reasons.join(", "));
     }
     for l in &r.leftovers {
         let action = if l.clean { "clean" } else { "leave" };
         let age =
             if l.clean { String::new() } else { format!(" (younger than {})", humantime::format_duration(grace)) };
-        println!("  {action:<8} {:<44} {} since {}{age}", l.name, l.kind, l.time.format("%Y-%m-%d %H:%M:%S UTC"));
+        out!("  {action:<8} {:<44} {} since {}{age}", l.name, l.kind, l.time.format("%Y-%m-%d %H:%M:%S UTC"));
     }
     for i in &r.ignored {
-        println!("  {:<8} {:<44} {}", "ignored", i.name, i.why);
+        out!("  {:<8} {:<44} {}", "ignored", i.name, i.why);
     }
     if r.dry_run {
-        println!("  (dry run: nothing was removed)");
+        out!("  (dry run: nothing was removed)");
     }
 }
 
@@ -608,7 +636,7 @@ async fn delete(settings: &Settings, id: &BackupId, force: bool) -> Result<(), F
             Some((_, why)) => errors.push(format!("{}: {why}", destination.name())),
             None => {
                 tracing::info!(destination = destination.name(), id = %id, "deleted backup");
-                println!("deleted {id} from {}", destination.name());
+                out!("deleted {id} from {}", destination.name());
             }
         }
     }
@@ -619,7 +647,7 @@ async fn set_pin(settings: &Settings, id: &BackupId, pinned: bool) -> Result<(),
     let (destinations, mut errors) = destinations(settings).await;
     for (destination, _) in holding(&destinations, id, &mut errors).await {
         match destination.set_pin(id, pinned).await {
-            Ok(()) => println!("{} {id} in {}", if pinned { "pinned" } else { "unpinned" }, destination.name()),
+            Ok(()) => out!("{} {id} in {}", if pinned { "pinned" } else { "unpinned" }, destination.name()),
             Err(e) => errors.push(format!("{}: {e:#}", destination.name())),
         }
     }
@@ -705,7 +733,7 @@ async fn verify(
         }
         .await;
         match checked {
-            Ok(what) => println!("{} {}: OK ({what})", holder.name(), m.id),
+            Ok(what) => out!("{} {}: OK ({what})", holder.name(), m.id),
             Err(e) => errors.push(format!("{}: {e:#}", holder.name())),
         }
     }
@@ -727,7 +755,7 @@ async fn drill(
         crate::drill::record(settings, &crate::state::state_dir(), started, id.as_deref(), &result).await;
     }
     let report = result?;
-    println!(
+    out!(
         "drill passed: {} (from {}) restored, and a throwaway etcd served revision {} with {} keys, as the manifest says ({})",
         report.id,
         report.from,
@@ -757,7 +785,8 @@ async fn restore(
             crate::restore::check_new_data_dir(dir)?;
             crate::restore::restore_tool(etcd_bin.as_deref())?;
         }
-        RestoreTarget::File(file) if file.exists() => {
+        // symlink_metadata: a dangling symlink exists too, and renaming over it would replace the link.
+        RestoreTarget::File(file) if file.symlink_metadata().is_ok() => {
             return Err(anyhow::anyhow!("'{}' already exists: choose a new file", file.display()).into());
         }
         RestoreTarget::File(_) => {}
@@ -795,36 +824,36 @@ async fn restore(
     };
     match target {
         RestoreTarget::File(file) => {
-            println!(
+            out!(
                 "wrote the snapshot of {} (revision {}, {}) to {}",
                 m.id,
                 m.etcd.revision,
                 format_size(plain.size),
                 file.display()
             );
-            println!("it is exactly what etcd sent: `etcdutl snapshot restore {}` checks its hash", file.display());
+            out!("it is exactly what etcd sent: `etcdutl snapshot restore {}` checks its hash", file.display());
         }
         RestoreTarget::DataDir(dir, flags, etcd_bin) => {
             crate::restore::restore_into(&snapshot, &dir, &flags, etcd_bin.as_deref(), cancel)?;
             let _ = std::fs::remove_file(&snapshot);
-            println!("restored {} (revision {}) into {}", m.id, m.etcd.revision, dir.display());
-            println!("next steps, on every member:");
+            out!("restored {} (revision {}) into {}", m.id, m.etcd.revision, dir.display());
+            out!("next steps, on every member:");
             if flags.initial_cluster.as_deref().is_some_and(|c| c.contains(',')) {
-                println!(
+                out!(
                     "  0. restore {} the same way (done on this one): the same --initial-cluster and \
                      --initial-cluster-token, the member's own --name and --initial-advertise-peer-urls",
                     m.id
                 );
             }
-            println!(
+            out!(
                 "  1. stop the Kubernetes API servers (kubeadm: move kube-apiserver.yaml out of /etc/kubernetes/manifests)"
             );
-            println!("  2. stop etcd");
-            println!(
+            out!("  2. stop etcd");
+            out!(
                 "  3. move the old data dir aside and put {} in its place (keep owner and mode 0700)",
                 dir.display()
             );
-            println!("  4. start etcd and check `etcdctl endpoint status`, then start the API servers");
+            out!("  4. start etcd and check `etcdctl endpoint status`, then start the API servers");
         }
     }
     Ok(())

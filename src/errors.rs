@@ -80,9 +80,7 @@ pub fn classified(cause: Cause, message: impl Into<String>) -> anyhow::Error {
 /// The cause attached to `e` or to anything it wraps (the outermost one wins).
 pub fn cause_of(e: &anyhow::Error) -> Option<Cause> {
     // anyhow finds one attached as context too; the chain finds one that a foreign error wraps.
-    e.downcast_ref::<Classified>()
-        .or_else(|| e.chain().find_map(|c| c.downcast_ref::<Classified>()))
-        .map(|c| c.cause)
+    e.downcast_ref::<Classified>().or_else(|| e.chain().find_map(|c| c.downcast_ref::<Classified>())).map(|c| c.cause)
 }
 
 /// Whether trying again may help. An error nobody classified (a stream that broke in a way no layer

@@ -85,6 +85,22 @@ impl Schedule {
     }
 }
 
+impl Schedule {
+    /// The shortest gap between two consecutive fires among the first `fires` after `from`: a jitter
+    /// as long as this would push one run past the next fire time.
+    pub fn shortest_interval(&self, from: DateTime<Utc>, fires: usize) -> Option<Duration> {
+        let mut at = self.next_after(from)?;
+        let mut shortest: Option<Duration> = None;
+        for _ in 0..fires {
+            let Some(next) = self.next_after(at) else { break };
+            let gap = (next - at).to_std().ok()?;
+            shortest = Some(shortest.map_or(gap, |s| s.min(gap)));
+            at = next;
+        }
+        shortest
+    }
+}
+
 /// The random delay added to a fire time: uniform in [0, jitter), from a random number.
 pub fn jitter_delay(jitter: Duration, random: u64) -> Duration {
     let nanos = jitter.as_nanos();

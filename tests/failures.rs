@@ -502,3 +502,51 @@ async fn a_lock_that_cannot_be_opened_fails_the_run() {
     assert_eq!(saved["runs"]["failed"], 1, "{saved}");
     assert_nothing_local(&s.folder());
 }
+
+/// `etcd-backupd check-config | head -1`: a reader that stops reading ends the command quietly (exit
+/// 0), never with a panic, and never by SIGPIPE (which would also kill it when an S3 or etcd socket
+/// closes under a write).
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    let s = Setup::new();
+    let config = s.config("[etcd]\nendpoints = [\"http://127.0.0.1:1\"]\n", "");
+    let (read, write) = nix::unistd::pipe().unwrap();
+    drop(read); // the reader is gone before anything is written
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_etcd-backupd"))
+        .arg("--config")
+        .arg(&config)
+        .arg("check-config")
+        .env("STATE_DIRECTORY", state_dir_for(&config))
+        .stdout(std::process::Stdio::from(write))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked") && !err.contains("Broken pipe"), "{err}");
+    assert_eq!(out.status.code(), Some(0), "{:?} {err}", out.status);
+}
+
+/// A password file every user may read: check-config and a backup warn, naming the key and the fix
+/// (as ssh does for keys); 0640 is fine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_world_readable_secret_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Setup::new();
+    let pw = s.work.path().join("etcd-password");
+    std::fs::write(&pw, "secret\n").unwrap();
+    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let table = format!(
+        "[etcd]\nendpoints = [\"http://127.0.0.1:1\"]\nusername = \"backup\"\npassword_file = \"{}\"\n",
+        pw.display()
+    );
+    let config = s.config(&table, "");
+    let out = run(&config, &["check-config"]).await;
+    assert!(out.status.success(), "a warning, not a refusal: {}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("warning: etcd.password_file:") && text.contains("mode 0644"), "{text}");
+    assert!(text.contains(&format!("chmod o-rwx {}", pw.display())), "{text}");
+    let out = run(&config, &["backup"]).await;
+    assert!(stderr(&out).contains("readable by every user"), "{}", stderr(&out));
+    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let out = run(&config, &["check-config"]).await;
+    assert!(!stdout(&out).contains("warning"), "{}", stdout(&out));
+}

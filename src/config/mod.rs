@@ -90,11 +90,21 @@ fn toml_error(text: &str, key: &str, e: &toml::de::Error) -> Located {
         }
         None => (None, None),
     };
+    // A syntax error without a key path (a duplicate table or key) points at the key itself: name it.
+    let spanned = e.span().and_then(|span| text.get(span)).map(|t| t.trim_matches('"'));
+    let key = match spanned {
+        Some(t) if key.is_empty() && is_bare_key(t) => t,
+        _ => key,
+    };
     let mut message = e.message().trim().to_string();
     if message.starts_with("unknown field") {
         message.push_str(" (check the spelling; see etcd-backupd.toml(5) for every key)");
     }
     Located { line, column, key: key.to_string(), message }
+}
+
+fn is_bare_key(t: &str) -> bool {
+    (1..=64).contains(&t.len()) && t.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
 /// Puts a validation issue on the line of its key (or of its table, when the key is absent).
@@ -194,6 +204,45 @@ fn resolve_files(settings: &mut Settings) -> Vec<Issue> {
         ));
     }
     issues
+}
+
+/// Secrets the config names that every user of this host may read. ssh refuses such a private key; a
+/// backup tool that refused would take no backups, so these are warnings (check-config prints them, a
+/// backup or the daemon logs them). Group-readable is fine: a group is how a key is shared on purpose.
+pub fn secret_warnings(settings: &Settings) -> Vec<Issue> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut secrets: Vec<(&str, &Path)> = Vec::new();
+    if let Some(cc) = &settings.etcd.client_cert {
+        secrets.push(("etcd.key", &cc.key));
+    }
+    if let Some(auth) = &settings.etcd.auth {
+        secrets.push(("etcd.password_file", &auth.password_file));
+    }
+    if let Some(identity) = &settings.drill.identity_file {
+        secrets.push(("drill.identity_file", identity));
+    }
+    secrets
+        .into_iter()
+        .filter_map(|(key, path)| {
+            let mode = std::fs::metadata(path).ok()?.permissions().mode();
+            world_readable(mode).then(|| {
+                Issue::new(
+                    key,
+                    format!(
+                        "'{}' is readable by every user of this host (mode {:04o}): run `chmod o-rwx {}`",
+                        path.display(),
+                        mode & 0o7777,
+                        path.display()
+                    ),
+                )
+            })
+        })
+        .collect()
+}
+
+/// Whether a file mode lets every user read the file.
+pub fn world_readable(mode: u32) -> bool {
+    mode & 0o004 != 0
 }
 
 /// Reads a file the config names. A file this user may not read (kubeadm's client key is root's, mode

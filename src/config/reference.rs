@@ -93,7 +93,7 @@ pub const TABLES: &[Table] = &[
         about: "The off-site copy in S3 or an S3-compatible store. Optional.",
         keys: &[
             key("bucket", "required", "the bucket; it must exist"),
-            key("prefix", "\"\"", "key prefix; a trailing / is added if missing"),
+            key("prefix", "\"\"", "key prefix; a trailing / is added if missing; no empty, . or .. parts"),
             key(
                 "region",
                 "AWS chain",
@@ -125,7 +125,11 @@ pub const TABLES: &[Table] = &[
         keys: &[
             key("cron", "0 */6 * * *", "crontab: 5 fields, or 6 with seconds first"),
             key("timezone", "UTC", "IANA time zone of the schedule and of retention's calendar periods"),
-            key("jitter", "0s", "a random delay up to this is added to each run, so a fleet does not hit S3 at once"),
+            key(
+                "jitter",
+                "0s",
+                "a random delay up to this is added to each run, so a fleet does not hit S3 at once; shorter than the schedule's shortest interval",
+            ),
             key("catch_up", "true", "on start, run at once if a scheduled run was missed"),
             key(
                 "skip_unchanged",

@@ -217,6 +217,21 @@ pub fn validate(raw: RawConfig) -> Result<Settings, Vec<Issue>> {
         issues.push(Issue::new("schedule.cron", e));
         crate::schedule::Schedule::default_for(timezone)
     });
+    // Over a year of fires from a fixed date (DST changes and month ends included).
+    let probe = chrono::DateTime::from_timestamp(1_767_225_600, 0).unwrap_or_default(); // 2026-01-01
+    if !jitter.is_zero()
+        && let Some(shortest) = schedule.shortest_interval(probe, 2000)
+        && jitter >= shortest
+    {
+        issues.push(Issue::new(
+            "schedule.jitter",
+            format!(
+                "{} is not shorter than the schedule's shortest interval ({}): a delayed run would reach the next fire time; make the jitter shorter than that",
+                humantime::format_duration(jitter),
+                humantime::format_duration(shortest)
+            ),
+        ));
+    }
     let max_attempts = match raw_schedule.max_attempts {
         None => 3,
         Some(n) if (1..=20).contains(&n) => n,
@@ -387,6 +402,15 @@ fn validate_s3(raw: RawS3, issues: &mut Vec<Issue>) -> S3Settings {
                 format!(
                     "\"{p}\" starts with '/': S3 keys have no leading slash; write \"{}\"",
                     p.trim_start_matches('/')
+                ),
+            ));
+            String::new()
+        }
+        Some(p) if p.split('/').any(|seg| seg == ".." || seg == ".") || p.contains("//") => {
+            issues.push(Issue::new(
+                "s3.prefix",
+                format!(
+                    "\"{p}\" has an empty, \".\" or \"..\" part: S3 keys are not paths, and stores that treat them as paths would put backups elsewhere; write the prefix without them"
                 ),
             ));
             String::new()

@@ -441,13 +441,13 @@ mod schedule {
     #[test]
     fn every_key() {
         let text = format!(
-            "{}[schedule]\ncron = \"*/10 * * * * *\"\ntimezone = \"America/New_York\"\njitter = \"5m\"\ncatch_up = false\nskip_unchanged = true\nmax_attempts = 5\n[metrics]\ntextfile = \"/var/lib/node_exporter/textfile_collector/etcd_backupd.prom\"\n",
+            "{}[schedule]\ncron = \"*/10 * * * * *\"\ntimezone = \"America/New_York\"\njitter = \"5s\"\ncatch_up = false\nskip_unchanged = true\nmax_attempts = 5\n[metrics]\ntextfile = \"/var/lib/node_exporter/textfile_collector/etcd_backupd.prom\"\n",
             minimal()
         );
         let s = parse(&text).unwrap();
         assert_eq!(s.schedule.schedule.text(), "*/10 * * * * *");
         assert_eq!(s.schedule.schedule.timezone(), chrono_tz::America::New_York);
-        assert_eq!(s.schedule.schedule.jitter(), Duration::from_secs(300));
+        assert_eq!(s.schedule.schedule.jitter(), Duration::from_secs(5));
         assert!(!s.schedule.catch_up && s.schedule.skip_unchanged);
         assert_eq!(s.schedule.max_attempts, 5);
         assert!(s.metrics_textfile.unwrap().ends_with("etcd_backupd.prom"));
@@ -520,4 +520,49 @@ mod drill {
         std::fs::write(&not_a_key, age::x25519::Identity::generate().to_string().expose_secret()).unwrap();
         assert!(load(&cfg).is_ok());
     }
+}
+
+#[test]
+fn s3_prefix_with_dot_parts_is_refused() {
+    for prefix in ["../other", "a/../b", "a/./b", "a//b", "..", "x/.."] {
+        let p = one(&format!("{}[s3]\nbucket = \"b-1\"\nprefix = \"{prefix}\"\n", minimal()));
+        assert_eq!(p.key, "s3.prefix", "{prefix}");
+        assert!(p.message.contains("\"..\" part"), "{prefix}: {}", p.message);
+        assert_eq!(p.line, Some(8), "{prefix}");
+    }
+    let s = parse(&format!("{}[s3]\nbucket = \"b-1\"\nprefix = \"a.b/..c/d..\"\n", minimal())).unwrap();
+    assert_eq!(s.s3.unwrap().prefix, "a.b/..c/d../", "dots inside a part are fine");
+}
+
+#[test]
+fn jitter_as_long_as_the_interval_is_refused() {
+    let cases = [
+        ("0 */6 * * *", "6h", Some("6h")),
+        ("0 */6 * * *", "7h", Some("6h")),
+        ("0 */6 * * *", "5h 59m", None),
+        ("*/10 * * * * *", "10s", Some("10s")),
+        // Uneven gaps: 01:00 and 03:00 fire two hours apart, 03:00 to 01:00 twenty-two.
+        ("0 1,3 * * *", "3h", Some("2h")),
+        ("0 1,3 * * *", "1h", None),
+    ];
+    for (cron, jitter, refused) in cases {
+        let text = format!("{}[schedule]\ncron = \"{cron}\"\njitter = \"{jitter}\"\n", minimal());
+        match refused {
+            None => assert!(parse(&text).is_ok(), "{cron} / {jitter}: {:?}", parse(&text).err()),
+            Some(shortest) => {
+                let p = one(&text);
+                assert_eq!(p.key, "schedule.jitter", "{cron} / {jitter}");
+                assert!(p.message.contains(&format!("shortest interval ({shortest})")), "{}", p.message);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_duplicate_table_or_key_is_named() {
+    let p = one(&format!("{}[local]\ndir = \"/a\"\n[local]\ndir = \"/b\"\n", minimal()));
+    assert_eq!((p.line, p.key.as_str()), (Some(8), "local"), "{p:?}");
+    assert!(p.message.contains("duplicate"), "{p:?}");
+    let p = one(&format!("{}[local]\ndir = \"/a\"\ndir = \"/b\"\n", minimal()));
+    assert_eq!((p.line, p.key.as_str()), (Some(8), "dir"), "{p:?}");
 }
