@@ -338,7 +338,9 @@ pub async fn run(config_path: PathBuf, settings: Settings) -> Result<()> {
         let finished = match tokio::time::timeout(grace, &mut r.handle).await {
             Ok(done) => Some(done),
             Err(_) => {
-                tracing::warn!("stopping: the backup did not finish in time; aborting it cleanly");
+                tracing::warn!(
+                    "stopping: the backup did not finish within stop_grace; cancelling it (an upload not yet committed is aborted, a committed backup stays, catch-up and pruning wait for the next run)"
+                );
                 r.cancel.cancel();
                 tokio::time::timeout(Duration::from_secs(30), &mut r.handle).await.ok()
             }

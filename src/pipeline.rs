@@ -283,18 +283,33 @@ pub async fn write_backup<S: SnapshotSource>(
         ));
     }
 
+    // Stopping (SIGTERM past stop_grace, or an interrupted one-shot run): the backup is committed and
+    // stays; catching up and pruning are left to the next run, so the stop is not overrun.
+    if request.cancel.is_cancelled() {
+        tracing::info!(id = %id, "stopping: the backup is committed; catch-up uploads and pruning are left to the next run");
+        return Ok(BackupReport { manifest, committed, failed, pruned: Vec::new() });
+    }
+
     // Backups committed locally while S3 was failing are uploaded now, oldest first, before any pruning.
-    if let (Some(Destination::Local(local)), Some(Destination::S3(s3))) = (destinations.first(), destinations.get(1))
+    if let (Some(Destination::Local(local)), Some(Destination::S3(s3)), Some(s3_settings)) =
+        (destinations.first(), destinations.get(1), &settings.s3)
         && committed.contains(&"s3")
-        && let Err(e) = upload_missing(local, s3).await
     {
-        failed.push(("s3", format!("uploading backups that only the local dir holds: {e:#}")));
+        let keep = |candidates: &[crate::retention::Candidate]| {
+            crate::retention::plan(candidates, &s3_settings.retention, settings.timezone, Utc::now())
+        };
+        if let Err(e) = upload_missing(local, s3, keep, &request.cancel).await {
+            failed.push(("s3", format!("uploading backups that only the local dir holds: {e:#}")));
+        }
     }
 
     // Each destination that committed is pinned (if asked) and pruned on its own; a destination that
     // failed is not pruned, so a failed upload never costs an older backup.
     let mut pruned = Vec::new();
     for destination in destinations.iter().filter(|d| committed.contains(&d.name())) {
+        if request.cancel.is_cancelled() {
+            break;
+        }
         if request.pin {
             if let Err(e) = destination.set_pin(&id, true).await {
                 failed.push((destination.name(), format!("committed, but cannot pin it: {e:#}")));
@@ -334,16 +349,41 @@ pub fn policy_for<'a>(settings: &'a Settings, destination: &Destination) -> &'a 
     }
 }
 
-/// Uploads to S3 every backup the local dir holds and S3 does not, oldest first, pin included.
-pub async fn upload_missing(local: &LocalStore, s3: &S3Store) -> Result<Vec<BackupId>> {
+/// Uploads to S3 the backups the local dir holds and S3 does not, oldest first, pin included; only
+/// those S3's retention keeps (`plan` over S3's backups and these), so none is uploaded to be removed at
+/// once. Stops between backups, and aborts the one uploading, when `cancel` fires.
+pub async fn upload_missing(
+    local: &LocalStore,
+    s3: &S3Store,
+    plan: impl Fn(&[crate::retention::Candidate]) -> Vec<crate::retention::Decision>,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Result<Vec<BackupId>> {
     use tokio::io::AsyncReadExt;
     let here = local.list().await?;
     let there = s3.list().await?;
+    let missing: Vec<&crate::store::Stored> =
+        here.backups.iter().filter(|b| !there.backups.iter().any(|t| t.manifest.id == b.manifest.id)).collect();
+    let candidates: Vec<crate::retention::Candidate> = there
+        .backups
+        .iter()
+        .chain(missing.iter().copied())
+        .map(|s| crate::retention::Candidate {
+            id: s.manifest.id.clone(),
+            size: s.manifest.artifact.size,
+            pinned: s.pinned,
+            this_run: false,
+        })
+        .collect();
+    let decisions = plan(&candidates);
     let mut uploaded = Vec::new();
-    for stored in here.backups.iter().rev() {
+    for stored in missing.into_iter().rev() {
         let m = &stored.manifest;
-        if there.backups.iter().any(|b| b.manifest.id == m.id) {
+        if !decisions.iter().any(|d| d.keep && d.id == m.id) {
+            tracing::info!(id = %m.id, "not uploading a backup that only the local dir holds: S3's retention would remove it at once");
             continue;
+        }
+        if cancel.is_cancelled() {
+            break;
         }
         let name = m.artifact_name();
         let path = local.folder().join(&name);
@@ -352,6 +392,9 @@ pub async fn upload_missing(local: &LocalStore, s3: &S3Store) -> Result<Vec<Back
         let mut upload = s3.begin(&name, &m.id.manifest_name()).await?;
         let copied = async {
             loop {
+                if cancel.is_cancelled() {
+                    return Err(cancelled());
+                }
                 let mut buf = BytesMut::with_capacity(CHUNK);
                 let n = file.read_buf(&mut buf).await.with_context(|| format!("cannot read '{}'", path.display()))?;
                 if n == 0 {
@@ -362,7 +405,7 @@ pub async fn upload_missing(local: &LocalStore, s3: &S3Store) -> Result<Vec<Back
         }
         .await;
         match copied {
-            Ok(()) => upload.commit(m, &Default::default()).await?,
+            Ok(()) => upload.commit(m, cancel).await?,
             Err(e) => {
                 upload.abort().await;
                 return Err(e);

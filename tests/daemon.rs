@@ -206,7 +206,7 @@ async fn sigterm_during_an_upload_aborts_cleanly_within_the_grace_period() {
     let (status, took, _, log) = daemon.stop().await;
     assert!(status.success(), "{log}");
     assert!(took < Duration::from_secs(4), "stopped {took:?} after SIGTERM with a 1s grace:\n{log}");
-    assert!(log.contains("aborting it cleanly"), "{log}");
+    assert!(log.contains("did not finish within stop_grace; cancelling it"), "{log}");
     let local = files(&setup.work.path().join("backups/default"));
     assert!(local.is_empty(), "no .part, no manifest: {local:?}");
     assert!(s3.keys(BUCKET).is_empty(), "no completed object: {:?}", s3.keys(BUCKET));
@@ -215,6 +215,32 @@ async fn sigterm_during_an_upload_aborts_cleanly_within_the_grace_period() {
     let state: serde_json::Value =
         serde_json::from_slice(&std::fs::read(state_dir_for(&cfg).join("state.json")).unwrap()).unwrap();
     assert!(state["last_failure"]["error"].as_str().unwrap().contains("cancelled"), "{state}");
+}
+
+/// The other half: SIGTERM while a backup uploads, within stop_grace. The backup finishes and commits
+/// everywhere, the daemon exits 0, and the run is recorded as a success.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_within_the_grace_period_lets_the_backup_commit_everywhere() {
+    let etcd = Etcd::start(EtcdVersion::V34);
+    etcd.seed(1200, 10_000).await;
+    let s3 = S3::start().await;
+    s3.faults.part_delay_ms.store(300, Ordering::SeqCst);
+    let setup = Setup::new();
+    let cfg = write_config(&setup, &etcd, "cron = \"0 0 1 1 *\"\nstop_grace = \"5m\"", &s3.config_table(BUCKET, ""));
+    let daemon = Daemon::start(&cfg).await;
+    daemon.signal(Signal::SIGUSR1);
+    daemon.wait_until("the upload to start", || s3.faults.parts_started.load(Ordering::SeqCst) >= 1).await;
+    let (status, _, _, log) = daemon.stop().await;
+    assert!(status.success(), "{log}");
+    assert!(log.contains("waiting for the running backup to finish"), "{log}");
+    assert!(!log.contains("cancelling it"), "{log}");
+    let local = files(&setup.work.path().join("backups/default"));
+    assert_eq!(local.iter().filter(|n| n.ends_with(".manifest.json")).count(), 1, "{local:?}");
+    let remote = s3.keys(BUCKET);
+    assert_eq!(remote.iter().filter(|n| n.ends_with(".manifest.json")).count(), 1, "{remote:?}");
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(state_dir_for(&cfg).join("state.json")).unwrap()).unwrap();
+    assert_eq!(state["runs"]["ok"], 1, "{state}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

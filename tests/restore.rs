@@ -272,3 +272,20 @@ async fn one_backup_restores_a_three_member_cluster() {
     assert_eq!(resp.kvs()[0].value(), b"written");
     assert_eq!(resp.header().unwrap().revision(), revision + 1);
 }
+
+/// `--output` onto a dangling symlink is refused like any existing name; the link stays as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_onto_a_dangling_symlink_is_refused() {
+    let s = Setup::new();
+    let etcd = Etcd::start(EtcdVersion::V34);
+    let config = s.config(&etcd.config_table(), "");
+    assert!(run(&config, &["backup"]).await.status.success());
+    let link = s.work.path().join("snapshot.db");
+    std::os::unix::fs::symlink(s.work.path().join("nowhere/target.db"), &link).unwrap();
+    let identity = s.identity.file.display().to_string();
+    let out = run(&config, &["restore", "latest", "--identity", &identity, "--output", link.to_str().unwrap()]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("already exists"), "{}", stderr(&out));
+    assert!(link.symlink_metadata().unwrap().file_type().is_symlink(), "the link was replaced");
+    assert!(!s.work.path().join("nowhere").exists());
+}

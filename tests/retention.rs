@@ -373,3 +373,35 @@ async fn backups_that_missed_s3_are_uploaded_by_the_next_run() {
     assert!(listed.iter().all(|b| b["destinations"] == serde_json::json!(["local", "s3"])), "{listed:?}");
     assert!(s3.keys(BUCKET).iter().any(|k| k.ends_with(&format!("{}.pinned", missed[0]))), "the pin travels too");
 }
+
+/// Catching up sends S3 only what S3's retention keeps: a local-only backup that S3's own prune would
+/// remove in the same run is not uploaded at all (no upload, no delete).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catch_up_uploads_only_what_s3_retention_keeps() {
+    let etcd = Etcd::start(EtcdVersion::V34);
+    let s3 = S3::start().await;
+    let work = tempfile::tempdir().unwrap();
+    let identity = age_identity(work.path(), "ops");
+    let cfg = config(
+        work.path(),
+        "{ keep_last = 10 }",
+        Some((&s3, "{ keep_last = 1 }")),
+        &etcd.config_table(),
+        &identity.recipient,
+    );
+    s3.faults.down.store(true, Ordering::SeqCst);
+    etcd.seed(1, 1).await;
+    assert_eq!(run(&cfg, &["backup"]).await.status.code(), Some(1));
+    s3.faults.down.store(false, Ordering::SeqCst);
+    s3.faults.counts.lock().unwrap().clear();
+
+    etcd.seed(1, 1).await;
+    let out = run(&cfg, &["backup"]).await;
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("S3's retention would remove it at once"), "{err}");
+    assert!(!err.contains("uploaded a backup that only the local dir held"), "{err}");
+    assert_eq!(s3.faults.counts.lock().unwrap().get("delete"), None, "nothing uploaded to be deleted");
+    let manifests = s3.keys(BUCKET).into_iter().filter(|k| k.ends_with(".manifest.json")).count();
+    assert_eq!(manifests, 1);
+}
