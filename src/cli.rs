@@ -164,6 +164,9 @@ pub enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// How long to wait for a running backup (which holds the lock) to finish.
+        #[arg(long, default_value = "10m", value_parser = parse_wait)]
+        wait: std::time::Duration,
     },
     /// Remove one backup from every destination.
     Delete {
@@ -316,7 +319,13 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             drill(&settings, &backup, identity.as_deref(), etcd_bin.as_deref(), &crate::interrupt::on_signals()).await
         }
         Command::List { json } => list(&settings, json).await,
-        Command::Prune { dry_run, now, json } => {
+        Command::Prune { dry_run, now, json, wait } => {
+            // A prune that removes takes the run lock: it never judges the upload of a backup that is
+            // running on this host, nor removes while a backup's own prune does.
+            let _lock = match dry_run {
+                true => None,
+                false => Some(crate::state::Lock::take(&crate::state::state_dir(), wait).await?),
+            };
             prune_all(&settings, dry_run, now.unwrap_or_else(Utc::now), json).await
         }
         Command::Delete { id, force } => delete(&settings, &id, force).await,
@@ -451,7 +460,10 @@ fn status(settings: &Settings, json: bool) -> Result<(), Failure> {
         }
         out!(
             "runs: {} ok, {} failed, {} unchanged, {} skipped",
-            state.runs.ok, state.runs.failed, state.runs.unchanged, state.runs.skipped
+            state.runs.ok,
+            state.runs.failed,
+            state.runs.unchanged,
+            state.runs.skipped
         );
         match &state.last_proven {
             Some(p) => out!(
@@ -511,7 +523,13 @@ async fn list(settings: &Settings, json: bool) -> Result<(), Failure> {
     } else {
         out!(
             "{:<44} {:<20} {:>10} {:>9} {:>11} {:>11}  {:<20} STORED IN",
-            "ID", "CREATED (UTC)", "REVISION", "KEYS", "DB SIZE", "SIZE", "LABEL"
+            "ID",
+            "CREATED (UTC)",
+            "REVISION",
+            "KEYS",
+            "DB SIZE",
+            "SIZE",
+            "LABEL"
         );
         for r in &rows {
             let m = &r.manifest;
@@ -849,10 +867,7 @@ async fn restore(
                 "  1. stop the Kubernetes API servers (kubeadm: move kube-apiserver.yaml out of /etc/kubernetes/manifests)"
             );
             out!("  2. stop etcd");
-            out!(
-                "  3. move the old data dir aside and put {} in its place (keep owner and mode 0700)",
-                dir.display()
-            );
+            out!("  3. move the old data dir aside and put {} in its place (keep owner and mode 0700)", dir.display());
             out!("  4. start etcd and check `etcdctl endpoint status`, then start the API servers");
         }
     }

@@ -277,10 +277,27 @@ impl fmt::Display for LeftoverKind {
 }
 
 /// Which leftovers to clean: those older than `grace` at `now`. Younger ones may belong to a run
-/// that is still going (here or on another member sharing the destination).
+/// that is still going (here or on another member sharing the destination). A leftover's age is told by
+/// two clocks, the store's (or the file system's) and that of the member whose id it carries; it is
+/// stale only when both say so, so a store clock that runs ahead never aborts an upload in progress.
+/// An id dated in the future says nothing (that member's clock is wrong): the store's clock decides.
 pub fn stale(leftovers: &[Leftover], now: DateTime<Utc>, grace: std::time::Duration) -> Vec<Leftover> {
     let grace = chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
-    leftovers.iter().filter(|l| now.signed_duration_since(l.time) > grace).cloned().collect()
+    let newest_claim = |l: &Leftover| match id_in(&l.name) {
+        Some(id) if !is_future_dated(&id, now) => l.time.max(id.created()),
+        _ => l.time,
+    };
+    leftovers.iter().filter(|l| now.signed_duration_since(newest_claim(l)) > grace).cloned().collect()
+}
+
+/// The backup id a leftover's name carries, if any.
+fn id_in(name: &str) -> Option<BackupId> {
+    match crate::manifest::classify(name.strip_suffix(crate::manifest::PART_SUFFIX).unwrap_or(name)) {
+        crate::manifest::Entry::Artifact(id)
+        | crate::manifest::Entry::Manifest(id)
+        | crate::manifest::Entry::Pin(id) => Some(id),
+        _ => None,
+    }
 }
 
 #[cfg(test)]

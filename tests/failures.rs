@@ -550,3 +550,23 @@ async fn a_world_readable_secret_is_warned_about() {
     let out = run(&config, &["check-config"]).await;
     assert!(!stdout(&out).contains("warning"), "{}", stdout(&out));
 }
+
+/// A store that hangs on every part (it accepts the connection, then answers nothing for a minute):
+/// each attempt is cut at s3.timeout, the upload is abandoned and aborted, the local copy commits, and
+/// the error names s3.timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_store_is_bounded_by_s3_timeout() {
+    let s = Setup::new();
+    let etcd = Etcd::start(EtcdVersion::V34);
+    etcd.seed(600, 10_000).await;
+    let s3 = S3::start().await;
+    s3.faults.part_delay_ms.store(60_000, Ordering::SeqCst);
+    let table = s3.config_table(BUCKET, "").replace("part_size", "timeout = \"1s\"\npart_size");
+    let out = run(&s.config(&etcd.config_table(), &table), &["backup"]).await;
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("s3.timeout"), "{err}");
+    assert!(err.contains("aborted the unfinished S3 upload"), "{err}");
+    assert_committed_locally(&s.folder());
+    assert!(s3.keys(BUCKET).is_empty(), "{:?}", s3.keys(BUCKET));
+}

@@ -405,3 +405,28 @@ async fn catch_up_uploads_only_what_s3_retention_keeps() {
     let manifests = s3.keys(BUCKET).into_iter().filter(|k| k.ends_with(".manifest.json")).count();
     assert_eq!(manifests, 1);
 }
+
+/// `prune` takes the run lock: while a backup runs (here: the lock is held), it waits, then gives up
+/// naming the lock, and removes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_waits_for_a_running_backup() {
+    let work = tempfile::tempdir().unwrap();
+    let identity = age_identity(work.path(), "ops");
+    let cfg = config(work.path(), "{ keep_last = 1 }", None, NO_ETCD, &identity.recipient);
+    let folder = work.path().join("backups/default");
+    let start = chrono::Utc::now() - Duration::days(3);
+    for i in 0..3 {
+        plant(&folder, &BackupId::new(start + Duration::hours(i), i + 1, "a1"), 10, false);
+    }
+    let held = etcd_backupd::state::Lock::try_take(&state_dir_for(&cfg)).unwrap().expect("free");
+    let out = run(&cfg, &["prune", "--wait", "1s"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("another backup is running"), "{}", stderr(&out));
+    assert_eq!(files(&folder).len(), 6, "nothing removed");
+    let out = run(&cfg, &["prune", "--dry-run"]).await;
+    assert!(out.status.success(), "a dry run needs no lock: {}", stderr(&out));
+    drop(held);
+    let out = run(&cfg, &["prune", "--wait", "1s"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(files(&folder).len(), 2);
+}

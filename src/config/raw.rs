@@ -108,5 +108,6 @@ pub struct RawS3 {
     pub checksums: Option<String>,
     pub ca_file: Option<String>,
     pub part_size: Option<String>,
+    pub timeout: Option<String>,
     pub retention: Option<RawRetention>,
 }

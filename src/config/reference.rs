@@ -115,6 +115,11 @@ pub const TABLES: &[Table] = &[
             ),
             key("ca_file", "none", "an extra trust root (PEM) for the endpoint"),
             key("part_size", "8MiB", "multipart part size, 5MiB to 5GiB; memory use is about twice this"),
+            key(
+                "timeout",
+                "2m",
+                "the longest one attempt of one request may take, a whole part included; each request is tried 3 times, so a hung store fails the upload after about 3 times this",
+            ),
             key("retention", "daily 7, weekly 4, monthly 6", "an [s3.retention] table replaces the default"),
         ],
     },

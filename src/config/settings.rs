@@ -12,6 +12,8 @@ pub const DEFAULT_LOCAL_DIR: &str = "/var/lib/etcd-backupd/backups";
 pub const DEFAULT_DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 pub const DEFAULT_PART_SIZE: u64 = 8 * 1024 * 1024;
+/// One S3 request, a whole part included, gets this long per attempt.
+pub const DEFAULT_S3_TIMEOUT: Duration = Duration::from_secs(120);
 pub const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
 pub const MAX_PART_SIZE: u64 = 5 * 1024 * 1024 * 1024;
 pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
@@ -107,6 +109,8 @@ pub struct S3Settings {
     pub checksums: ChecksumMode,
     pub ca_file: Option<PathBuf>,
     pub part_size: u64,
+    /// The longest one attempt of one request may take, a whole part's upload included.
+    pub timeout: Duration,
     pub retention: Policy,
 }
 
@@ -483,6 +487,7 @@ fn validate_s3(raw: RawS3, issues: &mut Vec<Issue>) -> S3Settings {
         checksums,
         ca_file: path_key(raw.ca_file, "s3.ca_file", issues),
         part_size,
+        timeout: duration_key(raw.timeout, "s3.timeout", DEFAULT_S3_TIMEOUT, issues),
         retention: retention(raw.retention, "s3.retention", Policy::remote_default(), issues),
     }
 }

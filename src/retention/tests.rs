@@ -270,6 +270,39 @@ fn stale_leftovers_respect_the_grace_period() {
     assert_eq!(names, vec!["x25", "x48"]);
 }
 
+/// An upload the store dates a day back (its clock runs ahead) but whose id says it began a minute ago
+/// is a backup in progress on a member: never aborted. An id in the future leaves the store's clock to
+/// decide.
+#[test]
+fn a_leftover_is_stale_only_when_both_clocks_say_so() {
+    let now = at(2026, 11, 22, 12, 0);
+    let grace = std::time::Duration::from_secs(24 * 3600);
+    let upload = |id_at: DateTime<Utc>, store_at: DateTime<Utc>| Leftover {
+        name: BackupId::new(id_at, 5, "a").artifact_name(crate::manifest::Compression::Zstd { level: 3 }),
+        kind: LeftoverKind::Upload,
+        time: store_at,
+        upload_id: Some("u".into()),
+    };
+    let days = |d: i64| now - chrono::Duration::days(d);
+    let cases = [
+        (upload(now - chrono::Duration::minutes(1), days(2)), false),
+        (upload(days(2), now - chrono::Duration::minutes(1)), false),
+        (upload(days(2), days(3)), true),
+        (upload(now + chrono::Duration::days(365), days(2)), true),
+        (upload(now + chrono::Duration::days(365), now), false),
+    ];
+    for (i, (l, expected)) in cases.iter().enumerate() {
+        assert_eq!(!stale(std::slice::from_ref(l), now, grace).is_empty(), *expected, "case {i}: {l:?}");
+    }
+    let part = Leftover {
+        name: format!("{}.part", BackupId::new(now, 5, "a").artifact_name(crate::manifest::Compression::None)),
+        kind: LeftoverKind::Partial,
+        time: days(3),
+        upload_id: None,
+    };
+    assert!(stale(&[part], now, grace).is_empty(), "a .part of a run that started now");
+}
+
 fn arb_backups() -> impl Strategy<Value = Vec<Candidate>> {
     // Up to 80 backups over two years, some pinned, of varied sizes.
     prop::collection::vec((0i64..(2 * 365 * 24 * 60), 1u64..1000, prop::bool::weighted(0.1)), 0..80).prop_map(|v| {

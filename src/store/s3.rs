@@ -68,9 +68,13 @@ impl S3Store {
         let sdk = loader.load().await;
         let mut config =
             aws_sdk_s3::config::Builder::from(&sdk).force_path_style(settings.force_path_style).timeout_config(
+                // A hung store holds an attempt for s3.timeout at most, a whole part included (a read
+                // timeout alone never fires while a slow server trickles bytes); three attempts at most.
                 aws_config::timeout::TimeoutConfig::builder()
-                    .connect_timeout(Duration::from_secs(10))
-                    .read_timeout(Duration::from_secs(120))
+                    .connect_timeout(Duration::from_secs(10).min(settings.timeout))
+                    .read_timeout(settings.timeout)
+                    .operation_attempt_timeout(settings.timeout)
+                    .operation_timeout(settings.timeout * 3 + Duration::from_secs(30))
                     .build(),
             );
         if sdk.region().is_none() {
@@ -388,11 +392,17 @@ impl S3Store {
         let mut hasher = sha2::Sha256::new();
         let mut size = 0u64;
         let key = format!("{}{name}", self.folder);
+        // The artifact is checked against the manifest's sha256 as it arrives; the SDK's own check
+        // cannot check a multipart object (its checksum is per part) and would only warn.
+        let no_sdk_check = aws_sdk_s3::config::Builder::default()
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
         let out = self
             .client
             .get_object()
             .bucket(&self.settings.bucket)
             .key(&key)
+            .customize()
+            .config_override(no_sdk_check)
             .send()
             .await
             .map_err(|e| self.explain(e, "downloading a backup"))?;
@@ -459,7 +469,12 @@ impl S3Store {
                 }
                 d
             }
-            SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
+            SdkError::TimeoutError(_) => format!(
+                "no answer within {} (s3.timeout; raise it for a slow link): {}",
+                humantime::format_duration(self.settings.timeout),
+                crate::errors::chain(&err)
+            ),
+            SdkError::DispatchFailure(_) => {
                 let chain = crate::errors::chain(&err);
                 if chain.contains("credentials") {
                     format!(

@@ -406,6 +406,8 @@ pub struct Faults {
     pub counts: std::sync::Mutex<std::collections::HashMap<&'static str, usize>>,
     /// For each UploadPart request: the checksum it carried (`x-amz-checksum-*` header or trailer), if any.
     pub part_checksums: std::sync::Mutex<Vec<Option<String>>>,
+    /// Answer every GetObject of an artifact with the part-level CRC32 AWS returns for a multipart object.
+    pub part_level_checksum_on_get: AtomicBool,
 }
 
 /// An in-process S3 (s3s-fs over a temp dir) on 127.0.0.1 with SigV4 auth.
@@ -471,7 +473,13 @@ impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for FaultySe
             {
                 return Err(s3s::HttpError::new("injected: part upload fails".into()));
             }
-            let result = hyper::service::Service::call(&inner, req).await;
+            let part_level = kind == "get"
+                && req.uri().path().ends_with(".age")
+                && faults.part_level_checksum_on_get.load(Ordering::SeqCst);
+            let mut result = hyper::service::Service::call(&inner, req).await;
+            if part_level && let Ok(response) = &mut result {
+                response.headers_mut().insert("x-amz-checksum-crc32", "AAAAAA==-3".parse().unwrap());
+            }
             if is_part {
                 let seen = faults.parts_seen.fetch_add(1, Ordering::SeqCst) + 1;
                 let limit = faults.down_after_parts.load(Ordering::SeqCst);
