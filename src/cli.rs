@@ -442,7 +442,11 @@ fn status(settings: &Settings, json: bool) -> Result<(), Failure> {
         .schedule_interval_secs
         .map(std::time::Duration::from_secs)
         .or_else(|| settings.schedule.schedule.interval_around(now));
+    // A success dated in the future (the clock was wrong then, or is now) proves nothing about how
+    // fresh the backups are: it counts as overdue, never as "fresh until that date".
+    let future_success = state.last_success.as_ref().is_some_and(|s| s.time > now + crate::retention::FUTURE_TOLERANCE);
     let overdue = match (&state.last_success, interval) {
+        _ if future_success => true,
         (Some(s), Some(i)) => (now - s.time).to_std().unwrap_or_default() > 2 * i,
         (None, _) => true,
         (Some(_), None) => false,
@@ -478,6 +482,20 @@ fn status(settings: &Settings, json: bool) -> Result<(), Failure> {
         if let Some(f) = &state.last_drill_failure {
             out!("last failed drill: {} {}", f.time.format("%Y-%m-%d %H:%M:%S UTC"), f.error);
         }
+        if !state.future_dated.is_empty() {
+            out!(
+                "warning: {} backups are dated in the future (a clock was wrong when they were taken): {}; they are kept and count for no retention rule: check the clocks, then delete them once newer backups exist",
+                state.future_dated.len(),
+                state.future_dated.join(", ")
+            );
+        }
+    }
+    if future_success {
+        return Err(anyhow::anyhow!(
+            "backups may be overdue: the last success is dated {}, in the future (the clock was wrong then, or is now): check the clock",
+            state.last_success.as_ref().map_or(String::new(), |s| s.time.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+        )
+        .into());
     }
     if overdue {
         let since = state.last_success.map_or("no backup has succeeded yet".to_string(), |s| {

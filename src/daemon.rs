@@ -110,6 +110,16 @@ pub async fn record(settings: &Settings, state_dir: &Path, started: DateTime<Utc
                 for p in &report.pruned {
                     state.backups.insert(p.destination.to_string(), p.decisions.iter().filter(|d| d.keep).count());
                 }
+                if !report.pruned.is_empty() {
+                    let future: std::collections::BTreeSet<String> = report
+                        .pruned
+                        .iter()
+                        .flat_map(|p| &p.decisions)
+                        .filter(|d| d.reasons.contains(&crate::retention::Reason::FutureDated))
+                        .map(|d| d.id.to_string())
+                        .collect();
+                    state.future_dated = future.into_iter().collect();
+                }
                 let m = &report.manifest;
                 state.last_success = Some(Success {
                     time: m.created,

@@ -52,6 +52,11 @@ pub fn render(state: &State, cluster: &str) -> String {
         "Time of the last failed drill.",
         state.last_drill_failure.as_ref().map(|f| f.time.timestamp() as f64),
     );
+    gauge(
+        "future_dated_backups",
+        "Backups dated in the future (a wrong clock), kept and counted for no retention rule.",
+        Some(state.future_dated.len() as f64),
+    );
     let _ = writeln!(
         out,
         "# HELP etcd_backupd_drills_total Restore drills by result.\n# TYPE etcd_backupd_drills_total counter"

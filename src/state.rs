@@ -39,6 +39,9 @@ pub struct State {
     pub last_proven: Option<Proven>,
     pub last_drill_failure: Option<DrillFailure>,
     pub drills: DrillRuns,
+    /// Backups dated in the future (a clock was wrong when they were taken) that the last run's prune
+    /// found: kept, counted for no retention rule, and reported until they are gone.
+    pub future_dated: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -126,7 +126,13 @@ async fn a_backup_dated_in_the_future_never_makes_new_ones_delete_themselves() {
     let etcd = Etcd::start(EtcdVersion::V34);
     etcd.seed(5, 10).await;
     let s3 = S3::start().await;
-    let config = s.config(&etcd.config_table(), &s3.config_table_with(BUCKET, "", "{ keep_last = 1 }"));
+    let metrics = s.work.path().join("metrics.prom");
+    let extra = format!(
+        "[metrics]\ntextfile = \"{}\"\n{}",
+        metrics.display(),
+        s3.config_table_with(BUCKET, "", "{ keep_last = 1 }")
+    );
+    let config = s.config(&etcd.config_table(), &extra);
     let config_text =
         std::fs::read_to_string(&config).unwrap().replace("[local]\n", "[local]\nretention = { keep_last = 1 }\n");
     std::fs::write(&config, config_text).unwrap();
@@ -152,6 +158,25 @@ async fn a_backup_dated_in_the_future_never_makes_new_ones_delete_themselves() {
     }
     let out = run(&config, &["prune", "--dry-run"]).await;
     assert!(stdout(&out).contains("dated in the future"), "{}", stdout(&out));
+    // Reported where an operator looks: status and the metrics.
+    let out = run(&config, &["status"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out)
+            .contains(&format!("1 backups are dated in the future (a clock was wrong when they were taken): {future}")),
+        "{}",
+        stdout(&out)
+    );
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    assert!(text.contains("etcd_backupd_future_dated_backups{cluster=\"default\"} 1\n"), "{text}");
+    // A last success dated in the future never reads as fresh.
+    let state_file = state_dir_for(&config).join("state.json");
+    let mut state: serde_json::Value = serde_json::from_slice(&std::fs::read(&state_file).unwrap()).unwrap();
+    state["last_success"]["time"] = serde_json::json!((Utc::now() + chrono::Duration::days(900)).to_rfc3339());
+    std::fs::write(&state_file, serde_json::to_vec(&state).unwrap()).unwrap();
+    let out = run(&config, &["status"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(stderr(&out).contains("in the future"), "{}", stderr(&out));
     // `latest` is the newest real backup, not the one the wrong clock dated last.
     let out = run(&config, &["verify", "latest"]).await;
     assert!(out.status.success(), "{}", stderr(&out));
