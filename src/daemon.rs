@@ -71,7 +71,7 @@ async fn attempts(settings: &Settings, request: &BackupRequest, state_dir: &Path
         match result {
             Ok(outcome) => return outcome,
             Err(e) if attempt < max && crate::errors::is_transient(&e) && !cancel.is_cancelled() => {
-                let delay = schedule::retry_delay(attempt);
+                let delay = schedule::retry_delay(settings.schedule.retry_delay, attempt);
                 tracing::warn!(attempt, max, retry_in = %humantime::format_duration(delay), error = %format!("{e:#}"), "backup failed; retrying");
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}

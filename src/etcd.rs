@@ -50,6 +50,7 @@ pub async fn connect(settings: &EtcdSettings) -> Result<Member> {
 pub fn cause(e: &etcd_client::Error) -> Cause {
     use tonic::Code;
     match e {
+        etcd_client::Error::GRpcStatus(status) if etcd_auth_error(status.message()) => Cause::Auth,
         etcd_client::Error::GRpcStatus(status) => match status.code() {
             Code::Unauthenticated | Code::PermissionDenied => Cause::Auth,
             // etcd answers a login without a user name (auth on, none configured) with InvalidArgument.
@@ -66,6 +67,24 @@ pub fn cause(e: &etcd_client::Error) -> Cause {
         etcd_client::Error::InvalidArgs(_) | etcd_client::Error::InvalidUri(_) => Cause::Config,
         _ => Cause::Unreachable,
     }
+}
+
+/// etcd's own identity of an error is its description: the Go client maps the descriptions the server
+/// sends to typed errors (`rpctypes`), because several reach it with code Unknown (3.5 sends "auth: user
+/// name is empty" with code Unknown on a snapshot). These are etcd's authentication errors, parsed once
+/// here, at the edge, into a cause.
+fn etcd_auth_error(description: &str) -> bool {
+    const AUTH: [&str; 7] = [
+        "user name is empty",
+        "authentication failed, invalid user ID or password",
+        "permission denied",
+        "invalid auth token",
+        "user name not found",
+        "role name not found",
+        "authentication is not enabled",
+    ];
+    let description = description.strip_prefix("etcdserver: ").or_else(|| description.strip_prefix("auth: "));
+    description.is_some_and(|d| AUTH.contains(&d))
 }
 
 fn read(path: &std::path::Path, key: &str) -> Result<Vec<u8>> {
@@ -235,6 +254,10 @@ mod tests {
         let status = |code, message: &str| etcd_client::Error::GRpcStatus(tonic::Status::new(code, message));
         assert_eq!(cause(&status(tonic::Code::Unauthenticated, "etcdserver: invalid auth token")), Cause::Auth);
         assert_eq!(cause(&status(tonic::Code::InvalidArgument, "etcdserver: user name is empty")), Cause::Auth);
+        // etcd 3.5 refuses a snapshot without a user with code Unknown: its description says what it is.
+        assert_eq!(cause(&status(tonic::Code::Unknown, "auth: user name is empty")), Cause::Auth);
+        assert_eq!(cause(&status(tonic::Code::Unknown, "etcdserver: permission denied")), Cause::Auth);
+        assert_eq!(cause(&status(tonic::Code::Unknown, "stream reset: permission denied by a proxy")), Cause::Unreachable);
         assert_eq!(cause(&status(tonic::Code::Unavailable, "etcd.cert mentioned in passing")), Cause::Unreachable);
         assert_eq!(cause(&status(tonic::Code::DeadlineExceeded, "")), Cause::Timeout);
         assert_eq!(cause(&status(tonic::Code::ResourceExhausted, "too many requests")), Cause::Busy);

@@ -137,10 +137,11 @@ pub fn on_due(running: bool) -> Due {
     if running { Due::SkipOverlap } else { Due::Start }
 }
 
-/// Delay before retry `attempt` (1-based) of a failed run: 30 s, 1 min, 2 min, … capped at 10 min.
-pub fn retry_delay(attempt: u32) -> Duration {
-    let secs = 30u64.saturating_mul(1u64 << attempt.saturating_sub(1).min(10));
-    Duration::from_secs(secs.min(600))
+/// Delay before retry `attempt` (1-based) of a failed run: `first` (30 s by default), then doubling
+/// (1 min, 2 min, …), capped at 10 min or `first`, whichever is longer.
+pub fn retry_delay(first: Duration, attempt: u32) -> Duration {
+    let doubled = first.saturating_mul(1u32 << attempt.saturating_sub(1).min(10));
+    doubled.min(Duration::from_secs(600).max(first))
 }
 
 #[cfg(test)]

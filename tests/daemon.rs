@@ -14,22 +14,29 @@ use nix::unistd::Pid;
 
 struct Daemon {
     child: tokio::process::Child,
-    notes: Arc<Mutex<Vec<String>>>,
+    /// Every notification, with when it arrived.
+    notes: Arc<Mutex<Vec<(Instant, String)>>>,
     log: PathBuf,
     _socket_task: tokio::task::JoinHandle<()>,
 }
 
 impl Daemon {
     async fn start(config: &Path) -> Daemon {
+        Self::start_with_watchdog(config, Duration::from_millis(400)).await
+    }
+
+    /// Starts the daemon as systemd would with `WatchdogSec=` of `watchdog`.
+    async fn start_with_watchdog(config: &Path, watchdog: Duration) -> Daemon {
         let dir = config.parent().unwrap();
         let socket_path = dir.join("notify.sock");
+        let _ = std::fs::remove_file(&socket_path); // a daemon started before in this dir
         let socket = tokio::net::UnixDatagram::bind(&socket_path).unwrap();
         let notes = Arc::new(Mutex::new(Vec::new()));
         let sink = notes.clone();
         let socket_task = tokio::spawn(async move {
             let mut buf = vec![0u8; 4096];
             while let Ok(n) = socket.recv(&mut buf).await {
-                sink.lock().unwrap().push(String::from_utf8_lossy(&buf[..n]).into_owned());
+                sink.lock().unwrap().push((Instant::now(), String::from_utf8_lossy(&buf[..n]).into_owned()));
             }
         });
         let log = dir.join("daemon.log");
@@ -38,7 +45,7 @@ impl Daemon {
         aws_env(&mut cmd);
         cmd.env("STATE_DIRECTORY", state_dir_for(config))
             .env("NOTIFY_SOCKET", &socket_path)
-            .env("WATCHDOG_USEC", "400000")
+            .env("WATCHDOG_USEC", watchdog.as_micros().to_string())
             .env_remove("WATCHDOG_PID")
             .stderr(std::fs::File::create(&log).unwrap())
             .kill_on_drop(true);
@@ -49,7 +56,12 @@ impl Daemon {
     }
 
     fn notes(&self) -> Vec<String> {
-        self.notes.lock().unwrap().clone()
+        self.notes.lock().unwrap().iter().map(|(_, n)| n.clone()).collect()
+    }
+
+    /// When each WATCHDOG=1 arrived.
+    fn pings(&self) -> Vec<Instant> {
+        self.notes.lock().unwrap().iter().filter(|(_, n)| n.contains("WATCHDOG=1")).map(|(t, _)| *t).collect()
     }
 
     fn log(&self) -> String {
@@ -406,4 +418,74 @@ async fn a_one_shot_backups_record_survives_the_daemons_updates() {
     let (status, _, _, log) = daemon.stop().await;
     assert!(status.success(), "{log}");
     assert!(metrics().contains("result=\"ok\"} 2"), "{}", metrics());
+}
+
+/// A transient failure (etcd paused: no answer within dial_timeout) is retried after retry_delay and
+/// the run commits once; a permanent one (etcd wants a user, none is configured) is not retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_failures_are_retried_and_permanent_ones_are_not() {
+    let etcd = Etcd::start(EtcdVersion::V35);
+    let setup = Setup::new();
+    let cfg = write_config(&setup, &etcd, "cron = \"0 0 1 1 *\"\nmax_attempts = 3\nretry_delay = \"1s\"", "");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let dial = text.lines().find(|l| l.starts_with("dial_timeout")).unwrap().to_string();
+    std::fs::write(&cfg, text.replace(&dial, "dial_timeout = \"1s\"")).unwrap();
+    let folder = setup.work.path().join("backups/default");
+    let daemon = Daemon::start(&cfg).await;
+    etcd.signal(Signal::SIGSTOP);
+    daemon.signal(Signal::SIGUSR1);
+    daemon.wait_until("a retry", || daemon.log().contains("backup failed; retrying")).await;
+    etcd.signal(Signal::SIGCONT);
+    daemon.wait_until("the retried backup", || manifests(&folder) == 1).await;
+    let (status, _, _, log) = daemon.stop().await;
+    assert!(status.success(), "{log}");
+    assert_eq!(log.matches("backup failed; retrying").count(), 1, "{log}");
+    assert_eq!(manifests(&folder), 1, "committed once");
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(state_dir_for(&cfg).join("state.json")).unwrap()).unwrap();
+    assert_eq!((state["runs"]["ok"].as_u64(), state["runs"]["failed"].as_u64()), (Some(1), Some(0)), "{state}");
+
+    // Permanent: auth is on and the config names no user. One attempt, recorded as a failure.
+    etcd.enable_auth();
+    let daemon = Daemon::start(&cfg).await;
+    daemon.signal(Signal::SIGUSR1);
+    let state_file = state_dir_for(&cfg).join("state.json");
+    let failed = || {
+        let state: serde_json::Value = serde_json::from_slice(&std::fs::read(&state_file).unwrap()).unwrap();
+        state["runs"]["failed"] == 1
+    };
+    daemon.wait_until("the failed run", failed).await;
+    let (status, _, _, log) = daemon.stop().await;
+    assert!(status.success(), "{log}");
+    assert!(!log.contains("retrying"), "a permanent failure is not retried: {log}");
+    assert!(log.contains("authentication"), "{log}");
+}
+
+/// Liveness: during a slow backup (parts answered slowly), the watchdog is pinged by the loop that runs
+/// it, never more than WATCHDOG_USEC apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watchdog_is_fed_during_a_slow_backup() {
+    let etcd = Etcd::start(EtcdVersion::V34);
+    etcd.seed(1200, 10_000).await;
+    let s3 = S3::start().await;
+    s3.faults.part_delay_ms.store(1500, Ordering::SeqCst);
+    let setup = Setup::new();
+    let cfg = write_config(&setup, &etcd, "cron = \"0 0 1 1 *\"", &s3.config_table(BUCKET, ""));
+    let watchdog = Duration::from_secs(2);
+    let daemon = Daemon::start_with_watchdog(&cfg, watchdog).await;
+    daemon.signal(Signal::SIGUSR1);
+    daemon.wait_until("the upload to start", || s3.faults.parts_started.load(Ordering::SeqCst) >= 1).await;
+    let during = Instant::now();
+    let remote = || s3.keys(BUCKET).iter().any(|k| k.ends_with(".manifest.json"));
+    daemon.wait_until("the slow backup", remote).await;
+    let done = Instant::now();
+    let pings: Vec<Instant> = daemon.pings().into_iter().filter(|t| *t >= during && *t <= done).collect();
+    let (status, _, _, log) = daemon.stop().await;
+    assert!(status.success(), "{log}");
+    assert!(done - during >= watchdog, "the backup was slow enough to need pings: {:?}", done - during);
+    let mut marks = vec![during];
+    marks.extend(pings);
+    marks.push(done);
+    let gap = marks.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+    assert!(gap < watchdog, "a {gap:?} gap between watchdog pings during the backup (WATCHDOG_USEC {watchdog:?})");
 }

@@ -35,6 +35,7 @@ pub struct RawSchedule {
     pub catch_up: Option<bool>,
     pub skip_unchanged: Option<bool>,
     pub max_attempts: Option<u32>,
+    pub retry_delay: Option<String>,
     pub stop_grace: Option<String>,
 }
 

@@ -142,6 +142,7 @@ pub const TABLES: &[Table] = &[
                 "if etcd's revision equals the last backup's, record \"unchanged\" and upload nothing",
             ),
             key("max_attempts", "3", "tries of a scheduled run on transient etcd or S3 errors"),
+            key("retry_delay", "30s", "the wait before the first retry; each further one doubles it (at most 10m)"),
             key("stop_grace", "60s", "on SIGTERM, how long a running backup may take before it is aborted cleanly"),
         ],
     },

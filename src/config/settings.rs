@@ -55,6 +55,8 @@ pub struct ScheduleSettings {
     pub catch_up: bool,
     pub skip_unchanged: bool,
     pub max_attempts: u32,
+    /// The wait before the first retry; each further one doubles it.
+    pub retry_delay: Duration,
     /// On SIGTERM, how long a running backup may take to finish before it is aborted cleanly.
     pub stop_grace: Duration,
 }
@@ -252,6 +254,12 @@ pub fn validate(raw: RawConfig) -> Result<Settings, Vec<Issue>> {
         catch_up: raw_schedule.catch_up.unwrap_or(true),
         skip_unchanged: raw_schedule.skip_unchanged.unwrap_or(false),
         max_attempts,
+        retry_delay: duration_key(
+            raw_schedule.retry_delay,
+            "schedule.retry_delay",
+            Duration::from_secs(30),
+            &mut issues,
+        ),
         stop_grace: duration_key(raw_schedule.stop_grace, "schedule.stop_grace", Duration::from_secs(60), &mut issues),
     };
     let metrics_textfile = raw.metrics.and_then(|m| path_key(m.textfile, "metrics.textfile", &mut issues));

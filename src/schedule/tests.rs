@@ -122,9 +122,11 @@ fn runs_never_overlap() {
 
 #[test]
 fn retries_back_off() {
-    assert_eq!(retry_delay(1), Duration::from_secs(30));
-    assert_eq!(retry_delay(2), Duration::from_secs(60));
-    assert_eq!(retry_delay(3), Duration::from_secs(120));
-    assert_eq!(retry_delay(10), Duration::from_secs(600));
-    assert_eq!(retry_delay(u32::MAX), Duration::from_secs(600));
+    assert_eq!(retry_delay(Duration::from_secs(30), 1), Duration::from_secs(30));
+    assert_eq!(retry_delay(Duration::from_secs(30), 2), Duration::from_secs(60));
+    assert_eq!(retry_delay(Duration::from_secs(30), 3), Duration::from_secs(120));
+    assert_eq!(retry_delay(Duration::from_secs(30), 10), Duration::from_secs(600));
+    assert_eq!(retry_delay(Duration::from_secs(30), u32::MAX), Duration::from_secs(600));
+    assert_eq!(retry_delay(Duration::from_secs(1), 3), Duration::from_secs(4));
+    assert_eq!(retry_delay(Duration::from_secs(900), 2), Duration::from_secs(900), "a long first delay is not cut");
 }

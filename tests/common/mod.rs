@@ -159,6 +159,11 @@ pub struct Etcd {
 }
 
 impl Etcd {
+    /// Sends a signal to the member (SIGSTOP pauses it: it takes connections and answers nothing).
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), signal).unwrap();
+    }
+
     pub fn start(version: EtcdVersion) -> Etcd {
         Self::start_with(version, false)
     }
