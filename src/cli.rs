@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 use serde::Serialize;
@@ -690,45 +690,6 @@ async fn set_pin(settings: &Settings, id: &BackupId, pinned: bool) -> Result<(),
     fail_if(errors, if pinned { "pin did not finish" } else { "unpin did not finish" })
 }
 
-/// Scratch folders are `.etcd-backupd-scratch-<pid>-<random>` in the state dir.
-const SCRATCH_PREFIX: &str = ".etcd-backupd-scratch-";
-
-/// A scratch folder for downloads and decrypted snapshots: beside the state, never on tmpfs-backed /tmp
-/// by surprise. It is removed when dropped; those of runs that were killed (their process is gone) are
-/// removed here first, so no plaintext outlives the next run.
-pub(crate) fn scratch_dir() -> Result<tempfile::TempDir> {
-    let base = crate::state::state_dir();
-    std::fs::create_dir_all(&base).ok();
-    let base = if base.is_dir() { base } else { std::env::temp_dir() };
-    sweep_scratch(&base);
-    tempfile::Builder::new()
-        .prefix(&format!("{SCRATCH_PREFIX}{}-", std::process::id()))
-        .tempdir_in(base)
-        .context("cannot create a scratch folder")
-}
-
-/// Removes the scratch folders in `base` whose process no longer runs.
-fn sweep_scratch(base: &std::path::Path) {
-    let Ok(entries) = std::fs::read_dir(base) else { return };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name.strip_prefix(SCRATCH_PREFIX).and_then(|rest| rest.split('-').next()) else { continue };
-        let Ok(pid) = pid.parse::<i32>() else { continue };
-        let gone =
-            matches!(nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None), Err(nix::errno::Errno::ESRCH));
-        if gone && pid > 0 {
-            match std::fs::remove_dir_all(entry.path()) {
-                Ok(()) => {
-                    tracing::info!(path = %entry.path().display(), "removed the scratch folder of a run that was killed")
-                }
-                Err(e) => {
-                    tracing::warn!(path = %entry.path().display(), error = %e, "cannot remove the scratch folder of a run that was killed")
-                }
-            }
-        }
-    }
-}
-
 async fn verify(
     settings: &Settings,
     selector: &Selector,
@@ -741,7 +702,7 @@ async fn verify(
     };
     let (destinations, mut errors) = destinations(settings).await;
     let found = crate::restore::find(&destinations, selector).await?;
-    let scratch = scratch_dir()?;
+    let scratch = crate::scratch::scratch_dir()?;
     // Each copy is checked against its own manifest.
     for (holder, stored) in &found.holders {
         let m = &stored.manifest;
@@ -830,7 +791,7 @@ async fn restore(
     let (destinations, _) = destinations(settings).await;
     let found = crate::restore::find(&destinations, selector).await?;
     let m = found.manifest.clone();
-    let scratch = scratch_dir()?;
+    let scratch = crate::scratch::scratch_dir()?;
     let snapshot = match &target {
         RestoreTarget::File(file) => file.clone(),
         RestoreTarget::DataDir(..) => scratch.path().join("snapshot.db"),

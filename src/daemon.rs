@@ -44,6 +44,8 @@ pub async fn run_once(
     max_attempts: u32,
 ) -> (DateTime<Utc>, Outcome) {
     let started = Utc::now();
+    // What a killed verify, restore or drill left (plaintext included) goes with the next backup too.
+    crate::scratch::sweep(state_dir);
     let outcome = match Lock::take(state_dir, lock_wait).await {
         // Held by another run: skipped. Anything else (a lock file we may not open) is a failure.
         Err(e) if e.downcast_ref::<crate::state::LockHeld>().is_some() => Outcome::Skipped(format!("{e:#}")),

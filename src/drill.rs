@@ -119,7 +119,7 @@ pub async fn drill(
         let (holder, stored) = found.holders.first().context("no destination holds the backup")?;
         let m = stored.manifest.clone();
         let expected = expected(&m).map_err(|e| anyhow!(e))?;
-        let scratch = crate::cli::scratch_dir()?;
+        let scratch = crate::scratch::scratch_dir()?;
         let snapshot = scratch.path().join("snapshot.db");
         tracing::info!(id = %m.id, from = holder.name(), "drill: fetching and decrypting");
         crate::restore::fetch_and_decrypt(holder, &m, &identities, scratch.path(), &snapshot, cancel)

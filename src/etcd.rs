@@ -257,7 +257,10 @@ mod tests {
         // etcd 3.5 refuses a snapshot without a user with code Unknown: its description says what it is.
         assert_eq!(cause(&status(tonic::Code::Unknown, "auth: user name is empty")), Cause::Auth);
         assert_eq!(cause(&status(tonic::Code::Unknown, "etcdserver: permission denied")), Cause::Auth);
-        assert_eq!(cause(&status(tonic::Code::Unknown, "stream reset: permission denied by a proxy")), Cause::Unreachable);
+        assert_eq!(
+            cause(&status(tonic::Code::Unknown, "stream reset: permission denied by a proxy")),
+            Cause::Unreachable
+        );
         assert_eq!(cause(&status(tonic::Code::Unavailable, "etcd.cert mentioned in passing")), Cause::Unreachable);
         assert_eq!(cause(&status(tonic::Code::DeadlineExceeded, "")), Cause::Timeout);
         assert_eq!(cause(&status(tonic::Code::ResourceExhausted, "too many requests")), Cause::Busy);

@@ -18,6 +18,7 @@ pub mod prune;
 pub mod restore;
 pub mod retention;
 pub mod schedule;
+pub mod scratch;
 pub mod snapshot;
 pub mod state;
 pub mod store;

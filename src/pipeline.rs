@@ -93,25 +93,9 @@ pub async fn write_backup<S: SnapshotSource>(
         tracing::warn!(endpoint = %facts.endpoint, %alarm, "etcd has an active alarm; taking the snapshot anyway");
     }
 
-    let local = LocalStore::new(&settings.local.dir, &settings.cluster);
-    let mut id = BackupId::new(started, facts.revision, &facts.member_id);
-    if local.holds(&id, settings.compression) {
-        // A backup of this member at this revision was taken this very second: take the next second.
-        let wait = 1000 - u64::from(Utc::now().timestamp_subsec_millis().min(999));
-        tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
-        started = Utc::now();
-        id = BackupId::new(started, facts.revision, &facts.member_id);
-    }
-    // Where the plain snapshot is checked before anything commits; without it, nothing begins.
-    let copy = check_copy(&crate::state::state_dir(), facts.db_size)
-        .context("the backup cannot be checked; nothing was committed")?;
     // Why each destination could not begin or commit, for the retry decision.
     let mut causes = Vec::new();
-    let artifact_name = id.artifact_name(settings.compression);
-    let manifest_name = id.manifest_name();
-    let mut uploads = Vec::new();
-
-    let mut destinations = vec![Destination::Local(local)];
+    let mut destinations = vec![Destination::Local(LocalStore::new(&settings.local.dir, &settings.cluster))];
     if let Some(s3) = &settings.s3 {
         match S3Store::new(s3, &settings.cluster).await {
             Ok(store) => destinations.push(Destination::S3(Box::new(store))),
@@ -121,6 +105,22 @@ pub async fn write_backup<S: SnapshotSource>(
             }
         }
     }
+    let mut id = BackupId::new(started, facts.revision, &facts.member_id);
+    if any_holds(&destinations, &id, settings.compression).await {
+        // A backup of this member at this revision was taken this very second (a destination holds it,
+        // perhaps one this run's local copy never reached): take the next second.
+        let wait = 1000 - u64::from(Utc::now().timestamp_subsec_millis().min(999));
+        tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+        started = Utc::now();
+        id = BackupId::new(started, facts.revision, &facts.member_id);
+    }
+    // Where the plain snapshot is checked before anything commits; without it, nothing begins.
+    let copy = check_copy(&crate::state::state_dir(), facts.db_size)
+        .context("the backup cannot be checked; nothing was committed")?;
+    let artifact_name = id.artifact_name(settings.compression);
+    let manifest_name = id.manifest_name();
+    let mut uploads = Vec::new();
+
     for destination in &destinations {
         match begin(destination, facts.db_size, &artifact_name, &manifest_name).await {
             Ok(upload) => uploads.push(upload),
@@ -339,6 +339,20 @@ pub async fn write_backup<S: SnapshotSource>(
         }
     }
     Ok(BackupReport { manifest, committed, failed, pruned })
+}
+
+/// Whether any destination already holds backup `id` (a store that cannot be asked counts as not).
+async fn any_holds(destinations: &[Destination], id: &BackupId, compression: Compression) -> bool {
+    for d in destinations {
+        let holds = match d {
+            Destination::Local(l) => l.holds(id, compression),
+            Destination::S3(s3) => s3.holds(id).await,
+        };
+        if holds {
+            return true;
+        }
+    }
+    false
 }
 
 /// The retention policy of a destination.

@@ -203,6 +203,17 @@ pub fn decrypt_to(
         ".{}.part",
         output.file_name().and_then(|n| n.to_str()).context("the output needs a file name")?
     ));
+    // The plain snapshot is written to a file without a name in the output's folder, named only when
+    // every check passed: an interrupted or killed restore leaves no plaintext. Where the file system
+    // has no unnamed files, a named `.part` (removed on every error path) does.
+    let dir = match output.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let (mut out, named) = match crate::store::local::unnamed_in(dir) {
+        Ok(file) => (file, false),
+        Err(_) => (crate::store::local::create_private(&part)?, true),
+    };
     let result = (|| {
         let file = std::fs::File::open(artifact).with_context(|| format!("cannot open '{}'", artifact.display()))?;
         let mut hashed =
@@ -222,7 +233,6 @@ pub fn decrypt_to(
             }
             Compression::None => Box::new(decrypted),
         };
-        let mut out = crate::store::local::create_private(&part)?;
         let mut check = TrailerCheck::new();
         let mut buf = vec![0u8; 1 << 20];
         loop {
@@ -250,9 +260,7 @@ pub fn decrypt_to(
             bail!("the snapshot in {} does not match its manifest (size or sha256)", manifest.id);
         }
         out.sync_all()?;
-        drop(out);
-        let db = std::fs::File::open(&part).with_context(|| format!("cannot reopen '{}'", part.display()))?;
-        let status = crate::snapshot::bbolt::status(&db)
+        let status = crate::snapshot::bbolt::status(&out)
             .map_err(|e| anyhow!("the snapshot in {} is not a sound etcd database: {e}", manifest.id))?;
         if let Some(recorded) = &manifest.snapshot.status
             && *recorded != status
@@ -263,13 +271,20 @@ pub fn decrypt_to(
         progress.finish();
         Ok(Plain { size, sha256, status })
     })();
-    match result {
-        Ok(plain) => {
+    match (result, named) {
+        (Ok(plain), false) => {
+            crate::store::local::link_unnamed(&out, output)
+                .with_context(|| format!("cannot create '{}'", output.display()))?;
+            Ok(plain)
+        }
+        (Ok(plain), true) => {
             std::fs::rename(&part, output).with_context(|| format!("cannot rename '{}'", part.display()))?;
             Ok(plain)
         }
-        Err(e) => {
-            let _ = std::fs::remove_file(&part);
+        (Err(e), named) => {
+            if named {
+                let _ = std::fs::remove_file(&part);
+            }
             Err(e)
         }
     }

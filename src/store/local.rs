@@ -181,6 +181,28 @@ pub fn create_private(path: &Path) -> Result<std::fs::File> {
         .with_context(|| format!("cannot create '{}'", path.display()))
 }
 
+/// A file without a name in `dir` (O_TMPFILE, 0600, read and write): whatever is written to it
+/// disappears with the process, even one killed with SIGKILL, until `link_unnamed` gives it a name.
+pub fn unnamed_in(dir: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new().read(true).write(true).mode(0o600).custom_flags(libc::O_TMPFILE).open(dir)
+}
+
+/// Gives an unnamed file (`unnamed_in`) the name `target`; fails if `target` exists (never replaces,
+/// not even a dangling symlink).
+pub fn link_unnamed(file: &std::fs::File, target: &Path) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let fd_path = format!("/proc/self/fd/{}", file.as_raw_fd());
+    nix::unistd::linkat(
+        nix::fcntl::AT_FDCWD,
+        fd_path.as_str(),
+        nix::fcntl::AT_FDCWD,
+        target,
+        nix::fcntl::AtFlags::AT_SYMLINK_FOLLOW,
+    )
+    .map_err(std::io::Error::from)
+}
+
 async fn open_new(path: &Path) -> Result<tokio::fs::File> {
     let mut options = tokio::fs::OpenOptions::new();
     options.write(true).create_new(true).mode(0o600);

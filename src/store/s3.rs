@@ -160,6 +160,11 @@ impl S3Store {
         })
     }
 
+    /// Whether backup `id` is committed here; a store that cannot be asked says no.
+    pub async fn holds(&self, id: &BackupId) -> bool {
+        self.exists(&format!("{}{}", self.folder, id.manifest_name())).await.unwrap_or(false)
+    }
+
     async fn exists(&self, key: &str) -> Result<bool> {
         match self.client.head_object().bucket(&self.settings.bucket).key(key).send().await {
             Ok(_) => Ok(true),

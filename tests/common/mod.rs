@@ -413,6 +413,8 @@ pub struct Faults {
     pub part_checksums: std::sync::Mutex<Vec<Option<String>>>,
     /// Answer every GetObject of an artifact with the part-level CRC32 AWS returns for a multipart object.
     pub part_level_checksum_on_get: AtomicBool,
+    /// Answer every part upload with this HTTP status (503: SlowDown-like overload; 500: InternalError).
+    pub part_status: std::sync::atomic::AtomicU16,
 }
 
 /// An in-process S3 (s3s-fs over a temp dir) on 127.0.0.1 with SigV4 auth.
@@ -471,6 +473,15 @@ impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for FaultySe
                 if delay > 0 {
                     tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
                 }
+            }
+            let status = faults.part_status.load(Ordering::SeqCst);
+            if is_part && status != 0 {
+                let body = format!(
+                    "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{}</Code><Message>injected</Message></Error>",
+                    if status == 503 { "ServiceUnavailable" } else { "InternalError" }
+                );
+                let response = hyper::Response::builder().status(status).body(s3s::Body::from(body)).unwrap();
+                return Ok(response);
             }
             if is_part
                 && faults.fail_later_parts.load(Ordering::SeqCst)
