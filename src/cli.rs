@@ -176,16 +176,27 @@ pub enum Command {
         /// Remove it even if it is pinned.
         #[arg(long)]
         force: bool,
+        /// How long to wait for a running backup (which holds the lock) to finish.
+        #[arg(long, default_value = "10m", value_parser = parse_wait)]
+        wait: std::time::Duration,
     },
     /// Pin a backup in every destination that holds it: retention never removes it.
     Pin {
+        /// The backup id, as `list` shows it.
         #[arg(value_parser = parse_id)]
         id: BackupId,
+        /// How long to wait for a running backup (which holds the lock) to finish.
+        #[arg(long, default_value = "10m", value_parser = parse_wait)]
+        wait: std::time::Duration,
     },
     /// Unpin a backup: retention applies to it again.
     Unpin {
+        /// The backup id, as `list` shows it.
         #[arg(value_parser = parse_id)]
         id: BackupId,
+        /// How long to wait for a running backup (which holds the lock) to finish.
+        #[arg(long, default_value = "10m", value_parser = parse_wait)]
+        wait: std::time::Duration,
     },
     /// Write the man pages and shell completions into DIR (for packaging).
     #[command(hide = true)]
@@ -326,11 +337,30 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 true => None,
                 false => Some(crate::state::Lock::take(&crate::state::state_dir(), wait).await?),
             };
+            // A prune that removes, planned at a later time than the clock's, would take every leftover
+            // for stale (aborting uploads in progress) and no backup for future-dated.
+            if let Some(t) = now.filter(|t| !dry_run && *t > Utc::now() + crate::retention::FUTURE_TOLERANCE) {
+                return Err(anyhow::anyhow!(
+                    "--now {t} is later than this host's clock: a prune that removes plans at the clock's time or earlier; use --dry-run to see a later plan"
+                )
+                .into());
+            }
             prune_all(&settings, dry_run, now.unwrap_or_else(Utc::now), json).await
         }
-        Command::Delete { id, force } => delete(&settings, &id, force).await,
-        Command::Pin { id } => set_pin(&settings, &id, true).await,
-        Command::Unpin { id } => set_pin(&settings, &id, false).await,
+        // Removing and pinning wait for a running backup, whose prune would otherwise plan with what
+        // was listed before the change.
+        Command::Delete { id, force, wait } => {
+            let _lock = crate::state::Lock::take(&crate::state::state_dir(), wait).await?;
+            delete(&settings, &id, force).await
+        }
+        Command::Pin { id, wait } => {
+            let _lock = crate::state::Lock::take(&crate::state::state_dir(), wait).await?;
+            set_pin(&settings, &id, true).await
+        }
+        Command::Unpin { id, wait } => {
+            let _lock = crate::state::Lock::take(&crate::state::state_dir(), wait).await?;
+            set_pin(&settings, &id, false).await
+        }
         Command::Generate { .. } => Ok(()),
     }
 }
@@ -817,6 +847,9 @@ async fn restore(
         }
     }
     let Some(plain) = plain else {
+        if cancel.is_cancelled() {
+            return Err(anyhow::Error::new(crate::interrupt::Interrupted).into());
+        }
         return Err(anyhow::anyhow!("no copy of {} could be restored:\n  {}", m.id, failures.join("\n  ")).into());
     };
     match target {

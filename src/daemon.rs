@@ -62,8 +62,11 @@ async fn attempts(settings: &Settings, request: &BackupRequest, state_dir: &Path
         let result = async {
             let member = crate::etcd::connect(&settings.etcd).await?;
             if settings.schedule.skip_unchanged {
-                let last = State::load(state_dir).last_success.map(|s| s.revision);
-                if last == Some(member.facts.revision) {
+                // Unchanged only if the last backup of this revision reached every destination: one
+                // that missed S3 must still get there (the backup run's catch-up does it).
+                let everywhere = if settings.s3.is_some() { 2 } else { 1 };
+                let last = State::load(state_dir).last_success;
+                if last.is_some_and(|s| s.revision == member.facts.revision && s.destinations.len() >= everywhere) {
                     return Ok(Outcome::Unchanged { revision: member.facts.revision });
                 }
             }
@@ -261,6 +264,8 @@ pub async fn run(config_path: PathBuf, settings: Settings) -> Result<()> {
     let mut running: Option<Running> = None;
     let mut next_drill = next_drill_after(&settings, now);
     let mut drilling: Option<JoinHandle<DrillRun>> = None;
+    // Stops a running drill cleanly (its etcd, its plaintext) when the daemon stops.
+    let stop_drill = CancellationToken::new();
     tracing::info!(
         schedule = %settings.schedule.schedule.text(), timezone = %settings.timezone, next = %next,
         next_drill = %next_drill.map_or("never".to_string(), |t| t.to_string()),
@@ -309,7 +314,7 @@ pub async fn run(config_path: PathBuf, settings: Settings) -> Result<()> {
                 if drilling.is_some() {
                     tracing::warn!("a drill is still running; skipping this scheduled drill");
                 } else {
-                    drilling = Some(start_drill(&settings));
+                    drilling = Some(start_drill(&settings, stop_drill.child_token()));
                 }
                 next_drill = next_drill_after(&settings, Utc::now());
             }
@@ -338,11 +343,14 @@ pub async fn run(config_path: PathBuf, settings: Settings) -> Result<()> {
     }
 
     notifier.stopping();
-    if let Some(d) = drilling.take() {
-        // Dropping the drill stops its throwaway etcd and removes its files; it proved nothing.
-        tracing::info!("stopping: abandoning the running drill");
-        d.abort();
-        let _ = d.await;
+    if let Some(mut d) = drilling.take() {
+        // The drill stops its throwaway etcd and removes its files; it proved nothing, and is not recorded.
+        tracing::info!("stopping: stopping the running drill");
+        stop_drill.cancel();
+        if tokio::time::timeout(Duration::from_secs(30), &mut d).await.is_err() {
+            d.abort();
+            let _ = d.await;
+        }
     }
     if let Some(mut r) = running.take() {
         let grace = settings.schedule.stop_grace;
@@ -383,14 +391,12 @@ async fn sleep_until_maybe(t: Option<DateTime<Utc>>) {
 }
 
 /// Drills the newest backup with the `[drill]` table's identity and tools.
-fn start_drill(settings: &Settings) -> JoinHandle<DrillRun> {
+fn start_drill(settings: &Settings, cancel: CancellationToken) -> JoinHandle<DrillRun> {
     let settings = settings.clone();
     tokio::spawn(async move {
         let started = Utc::now();
         tracing::info!("drilling the newest backup");
-        let (id, result) =
-            crate::drill::drill(&settings, &crate::restore::Selector::Latest, None, None, &CancellationToken::new())
-                .await;
+        let (id, result) = crate::drill::drill(&settings, &crate::restore::Selector::Latest, None, None, &cancel).await;
         (started, id, result)
     })
 }

@@ -131,6 +131,8 @@ pub async fn drill(
         Ok(DrillReport { id: m.id.to_string(), from: holder.name(), observed, duration: started.elapsed() })
     }
     .await;
+    // Whatever a step said when it was stopped (its etcd killed under it, say), the drill was interrupted.
+    let result = result.map_err(|e| if cancel.is_cancelled() { crate::interrupt::Interrupted.into() } else { e });
     (id, result)
 }
 

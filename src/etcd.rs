@@ -53,8 +53,8 @@ pub fn cause(e: &etcd_client::Error) -> Cause {
         etcd_client::Error::GRpcStatus(status) if etcd_auth_error(status.message()) => Cause::Auth,
         etcd_client::Error::GRpcStatus(status) => match status.code() {
             Code::Unauthenticated | Code::PermissionDenied => Cause::Auth,
-            // etcd answers a login without a user name (auth on, none configured) with InvalidArgument.
-            Code::InvalidArgument | Code::FailedPrecondition => Cause::Auth,
+            // "not leader", "request too large", "not capable": a person or the cluster must act first.
+            Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => Cause::Config,
             Code::DeadlineExceeded => Cause::Timeout,
             Code::ResourceExhausted | Code::Aborted | Code::Internal => Cause::Busy,
             Code::Unavailable | Code::Unknown | Code::Cancelled => {

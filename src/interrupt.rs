@@ -39,13 +39,25 @@ pub fn check(cancel: &CancellationToken) -> Result<(), Interrupted> {
     if cancel.is_cancelled() { Err(Interrupted) } else { Ok(()) }
 }
 
-/// Makes the kernel kill the child with SIGKILL when the thread that started it ends, so a process of
-/// ours that is killed (even with SIGKILL) never leaves a child running. Start such children from a
-/// thread that lives as long as the command does (the runtime's own threads, not the blocking pool).
+/// A child that is ours alone: the kernel kills it with SIGKILL when the thread that started it ends, so
+/// a process of ours that is killed (even with SIGKILL) never leaves a child running; and it has a
+/// process group of its own, so a Ctrl-C at the terminal reaches us (who stop it and clean up) rather
+/// than it. Start such children from a thread that lives as long as they must (the main thread or the
+/// runtime's workers; a blocking-pool thread only with `output()`, which waits on that thread): a
+/// blocking-pool thread that ends when idle would take the child with it.
 pub fn die_with_parent(cmd: &mut std::process::Command) -> &mut std::process::Command {
-    // SAFETY: the closure runs in the child between fork and exec and only calls prctl(2), which is
-    // async-signal-safe; it allocates nothing and takes no lock.
+    let parent = nix::unistd::getpid();
+    cmd.process_group(0);
+    // SAFETY: the closure runs in the child between fork and exec and only calls prctl(2) and
+    // getppid(2), which are async-signal-safe; it allocates nothing and takes no lock.
     unsafe {
-        cmd.pre_exec(|| nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).map_err(std::io::Error::from))
+        cmd.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).map_err(std::io::Error::from)?;
+            // The parent died between fork and prctl: nobody would ever be told.
+            if nix::unistd::getppid() != parent {
+                return Err(std::io::Error::other("the parent exited while starting this child"));
+            }
+            Ok(())
+        })
     }
 }

@@ -328,7 +328,11 @@ impl Manifest {
             return Err(format!("manifest says revision {} but its id says {}", self.etcd.revision, id.revision()));
         }
         if self.etcd.member_id.to_ascii_lowercase() != id.member() {
-            return Err(format!("manifest says member {} but its id says {}", self.etcd.member_id, id.member()));
+            return Err(format!(
+                "manifest says member {} but its id says {}",
+                self.etcd.member_id.escape_debug(),
+                id.member()
+            ));
         }
         let compression = Compression::from_manifest(&self.artifact.compression, self.artifact.compression_level)?;
         let name = id.artifact_name(compression);
@@ -344,10 +348,13 @@ impl Manifest {
                 return Err(format!("manifest's {what} sha256 is not 64 hex digits"));
             }
         }
+        if let Some(label) = &self.label {
+            check_label(label).map_err(|e| format!("manifest's label: {}", e.escape_debug()))?;
+        }
         if self.artifact.encryption != "age" {
             return Err(format!(
                 "manifest names an encryption this version does not know: {}",
-                self.artifact.encryption
+                self.artifact.encryption.escape_debug()
             ));
         }
         Ok(())

@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::time::Instant;
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
 use bytes::{Bytes, BytesMut};
 use chrono::Utc;
 use sha2::{Digest, Sha256};
@@ -390,6 +390,7 @@ pub async fn upload_missing(
         .collect();
     let decisions = plan(&candidates);
     let mut uploaded = Vec::new();
+    let mut failures = Vec::new();
     for stored in missing.into_iter().rev() {
         let m = &stored.manifest;
         if !decisions.iter().any(|d| d.keep && d.id == m.id) {
@@ -403,7 +404,18 @@ pub async fn upload_missing(
         let path = local.folder().join(&name);
         let mut file =
             tokio::fs::File::open(&path).await.with_context(|| format!("cannot open '{}'", path.display()))?;
-        let mut upload = s3.begin(&name, &m.id.manifest_name()).await?;
+        let mut upload = match s3.begin(&name, &m.id.manifest_name()).await {
+            Ok(upload) => upload,
+            // S3 holds a manifest of this id that its listing does not accept (damaged, planted, from a
+            // newer version): never overwritten, reported, and no reason to hold back newer backups.
+            Err(e) if cause_of(&e) == Some(Cause::Exists) => {
+                tracing::warn!(id = %m.id, error = %format!("{e:#}"), "not uploading a backup that only the local dir holds: S3 has a manifest of that id that does not check out (see `etcd-backupd prune --dry-run`)");
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        // The copy that goes off-site is the one the manifest recorded: hashed as it is read.
+        let mut hasher = Sha256::new();
         let copied = async {
             loop {
                 if cancel.is_cancelled() {
@@ -412,26 +424,42 @@ pub async fn upload_missing(
                 let mut buf = BytesMut::with_capacity(CHUNK);
                 let n = file.read_buf(&mut buf).await.with_context(|| format!("cannot read '{}'", path.display()))?;
                 if n == 0 {
+                    let sha = hex::encode(hasher.finalize_reset());
+                    if sha != m.artifact.sha256 {
+                        bail!(
+                            "'{}' does not match its manifest (sha256 {sha}, the manifest says {}): the local copy is damaged; it is not uploaded",
+                            path.display(),
+                            m.artifact.sha256
+                        );
+                    }
                     return anyhow::Ok(());
                 }
+                hasher.update(&buf);
                 upload.write(buf.freeze()).await?;
             }
         }
         .await;
-        match copied {
-            Ok(()) => upload.commit(m, cancel).await?,
+        // One backup that cannot go (a damaged local copy) holds back none of the others.
+        let sent = match copied {
+            Ok(()) => upload.commit(m, cancel).await,
             Err(e) => {
                 upload.abort().await;
-                return Err(e);
+                Err(e)
             }
+        };
+        let pinned = match sent {
+            Ok(()) if stored.pinned => s3.set_pin(&m.id, true).await,
+            other => other,
+        };
+        match pinned {
+            Ok(()) => {
+                tracing::info!(id = %m.id, "uploaded a backup that only the local dir held");
+                uploaded.push(m.id.clone());
+            }
+            Err(e) => failures.push(format!("{}: {e:#}", m.id)),
         }
-        if stored.pinned {
-            s3.set_pin(&m.id, true).await?;
-        }
-        tracing::info!(id = %m.id, "uploaded a backup that only the local dir held");
-        uploaded.push(m.id.clone());
     }
-    Ok(uploaded)
+    if failures.is_empty() { Ok(uploaded) } else { bail!("{}", failures.join("; ")) }
 }
 
 fn cancelled() -> anyhow::Error {

@@ -370,8 +370,10 @@ pub fn check_new_data_dir(data_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Runs `snapshot restore` into `data_dir`, which must not exist or be empty. A restore interrupted
-/// (`cancel`) while the tool ran leaves no data dir behind.
+/// Runs `snapshot restore` into `data_dir`, which must not exist or be empty. The tool writes into a
+/// sibling folder owned by this process, renamed to `data_dir` only when it succeeded: an interrupted or
+/// killed restore never leaves a half-written data dir where etcd would start from it (and the next
+/// restore beside it removes what a killed one left).
 pub fn restore_into(
     snapshot: &Path,
     data_dir: &Path,
@@ -384,11 +386,20 @@ pub fn restore_into(
         std::fs::remove_dir(data_dir).with_context(|| format!("cannot use '{}'", data_dir.display()))?;
     }
     let (tool, utl) = restore_tool(etcd_bin)?;
+    let name = data_dir.file_name().context("the data dir needs a name")?.to_string_lossy();
+    let parent = match data_dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let prefix = format!(".{name}.restoring-");
+    crate::scratch::sweep_owned(parent, &prefix);
+    let work = parent.join(format!("{prefix}{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
     let mut cmd = std::process::Command::new(&tool);
     if !utl {
         cmd.env("ETCDCTL_API", "3");
     }
-    cmd.args(["snapshot", "restore"]).arg(snapshot).arg("--data-dir").arg(data_dir);
+    cmd.args(["snapshot", "restore"]).arg(snapshot).arg("--data-dir").arg(&work);
     for (flag, value) in [
         ("--name", &flags.name),
         ("--initial-cluster", &flags.initial_cluster),
@@ -403,12 +414,15 @@ pub fn restore_into(
         .output()
         .with_context(|| format!("cannot run '{}'", tool.display()))?;
     if cancel.is_cancelled() {
-        let _ = std::fs::remove_dir_all(data_dir);
+        let _ = std::fs::remove_dir_all(&work);
         return Err(Interrupted.into());
     }
     if !out.status.success() {
-        let _ = std::fs::remove_dir_all(data_dir);
+        let _ = std::fs::remove_dir_all(&work);
         bail!("{} snapshot restore failed: {}", tool.display(), String::from_utf8_lossy(&out.stderr).trim());
     }
-    Ok(())
+    std::fs::rename(&work, data_dir).with_context(|| {
+        let _ = std::fs::remove_dir_all(&work);
+        format!("cannot move the restored data dir into place at '{}'", data_dir.display())
+    })
 }

@@ -23,10 +23,15 @@ pub fn scratch_dir() -> Result<tempfile::TempDir> {
 
 /// Removes the scratch folders in `base` whose process no longer runs: no plaintext outlives the next run.
 pub fn sweep(base: &Path) {
+    sweep_owned(base, SCRATCH_PREFIX);
+}
+
+/// Removes the folders `<prefix><pid>…` in `base` whose process `pid` no longer runs.
+pub fn sweep_owned(base: &Path, prefix: &str) {
     let Ok(entries) = std::fs::read_dir(base) else { return };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name.strip_prefix(SCRATCH_PREFIX).and_then(|rest| rest.split('-').next()) else { continue };
+        let Some(pid) = name.strip_prefix(prefix).and_then(|rest| rest.split('-').next()) else { continue };
         let Ok(pid) = pid.parse::<i32>() else { continue };
         let gone =
             matches!(nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None), Err(nix::errno::Errno::ESRCH));

@@ -289,3 +289,30 @@ async fn output_onto_a_dangling_symlink_is_refused() {
     assert!(link.symlink_metadata().unwrap().file_type().is_symlink(), "the link was replaced");
     assert!(!s.work.path().join("nowhere").exists());
 }
+
+/// A restore writes the data dir beside its target and moves it into place only when the tool
+/// succeeded; what a killed restore left there (a process that no longer runs) goes with the next one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_never_leaves_a_half_written_data_dir() {
+    let s = Setup::new();
+    let etcd = Etcd::start(EtcdVersion::V35);
+    etcd.seed(10, 10).await;
+    let config = s.config(&etcd.config_table(), "");
+    assert!(run(&config, &["backup"]).await.status.success());
+    let data_dir = s.work.path().join("restored");
+    let killed = s.work.path().join(".restored.restoring-4194999");
+    std::fs::create_dir_all(killed.join("member/snap")).unwrap();
+    std::fs::write(killed.join("member/snap/db"), "half").unwrap();
+    let (identity, bin) = (s.identity.file.display().to_string(), etcd_bin_dir(EtcdVersion::V35).display().to_string());
+    let args =
+        ["restore", "latest", "--identity", &identity, "--data-dir", data_dir.to_str().unwrap(), "--etcd-bin", &bin];
+    let out = run(&config, &args).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(data_dir.join("member/snap/db").exists());
+    assert_eq!(
+        files(s.work.path()).iter().filter(|n| n.contains(".restoring-")).count(),
+        0,
+        "{:?}",
+        files(s.work.path())
+    );
+}

@@ -197,6 +197,14 @@ async fn leftovers_and_half_removed_backups_are_cleaned_after_the_grace_period()
         std::fs::write(folder.join(fresh.artifact_name(etcd_backupd::manifest::Compression::Zstd { level: 3 })), "x")
             .unwrap();
         std::fs::write(folder.join("notes.txt"), "mine").unwrap();
+        // The store's (file system's) clock agrees with the ids: the old leftovers were written long ago.
+        for (name, days) in [(half.manifest_name(), 30), (half.pin_name(), 30)] {
+            let when = std::time::SystemTime::now() - std::time::Duration::from_secs(days * 86400);
+            std::fs::File::options().write(true).open(folder.join(name)).unwrap().set_modified(when).unwrap();
+        }
+        let stale_artifact = old(3, 50).artifact_name(etcd_backupd::manifest::Compression::Zstd { level: 3 });
+        let when = std::time::SystemTime::now() - std::time::Duration::from_secs(3 * 86400);
+        std::fs::File::options().write(true).open(folder.join(stale_artifact)).unwrap().set_modified(when).unwrap();
     }
     // Unfinished local writes, one three days old, one fresh.
     let stale_part = local
@@ -425,8 +433,99 @@ async fn prune_waits_for_a_running_backup() {
     assert_eq!(files(&folder).len(), 6, "nothing removed");
     let out = run(&cfg, &["prune", "--dry-run"]).await;
     assert!(out.status.success(), "a dry run needs no lock: {}", stderr(&out));
+    let oldest = BackupId::new(start, 1, "a1").to_string();
+    for args in
+        [["delete", &oldest, "--wait", "1s"], ["pin", &oldest, "--wait", "1s"], ["unpin", &oldest, "--wait", "1s"]]
+    {
+        let out = run(&cfg, &args).await;
+        assert!(stderr(&out).contains("another backup is running"), "{args:?} waits for the lock: {}", stderr(&out));
+    }
+    assert_eq!(files(&folder).len(), 6, "nothing removed or pinned");
+    // A prune that removes plans at the clock's time or earlier, never later.
+    let later = (chrono::Utc::now() + Duration::days(30)).to_rfc3339();
     drop(held);
+    let out = run(&cfg, &["prune", "--now", &later]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("later than this host's clock"), "{}", stderr(&out));
+    assert!(run(&cfg, &["prune", "--dry-run", "--now", &later]).await.status.success());
     let out = run(&cfg, &["prune", "--wait", "1s"]).await;
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(files(&folder).len(), 2);
+}
+
+/// `skip_unchanged` skips only a revision that reached every destination: one that missed S3 is backed
+/// up again (and caught up) though etcd's revision did not change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skip_unchanged_never_skips_a_revision_s3_missed() {
+    let etcd = Etcd::start(EtcdVersion::V34);
+    etcd.seed(1, 1).await;
+    let s3 = S3::start().await;
+    let work = tempfile::tempdir().unwrap();
+    let identity = age_identity(work.path(), "ops");
+    let cfg = config(
+        work.path(),
+        "{ keep_last = 10 }",
+        Some((&s3, "{ keep_last = 10 }")),
+        &etcd.config_table(),
+        &identity.recipient,
+    );
+    let text = std::fs::read_to_string(&cfg).unwrap() + "\n[schedule]\nskip_unchanged = true\n";
+    std::fs::write(&cfg, text).unwrap();
+    s3.faults.down.store(true, Ordering::SeqCst);
+    assert_eq!(run(&cfg, &["backup"]).await.status.code(), Some(1));
+    s3.faults.down.store(false, Ordering::SeqCst);
+    let out = run(&cfg, &["backup"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stdout(&out).contains("nothing to do"), "{}", stdout(&out));
+    let remote = s3.keys(BUCKET).into_iter().filter(|k| k.ends_with(".manifest.json")).count();
+    assert!(remote >= 1, "S3 got the revision: {:?}", s3.keys(BUCKET));
+    let out = run(&cfg, &["backup"]).await;
+    assert!(stdout(&out).contains("nothing to do"), "now it reached both: {}", stdout(&out));
+}
+
+/// Catching up: a backup whose id S3 holds under a manifest that does not check out is left alone (and
+/// reported); a local copy that no longer matches its manifest's sha256 is not sent off-site; neither
+/// holds back the backups after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catch_up_skips_what_cannot_go_and_sends_the_rest() {
+    let etcd = Etcd::start(EtcdVersion::V34);
+    let s3 = S3::start().await;
+    let work = tempfile::tempdir().unwrap();
+    let identity = age_identity(work.path(), "ops");
+    let cfg = config(
+        work.path(),
+        "{ keep_last = 10 }",
+        Some((&s3, "{ keep_last = 10 }")),
+        &etcd.config_table(),
+        &identity.recipient,
+    );
+    s3.faults.down.store(true, Ordering::SeqCst);
+    for _ in 0..3 {
+        etcd.seed(1, 1).await;
+        assert_eq!(run(&cfg, &["backup"]).await.status.code(), Some(1));
+    }
+    s3.faults.down.store(false, Ordering::SeqCst);
+    let local = work.path().join("backups/default");
+    let ids: Vec<String> =
+        files(&local).into_iter().filter_map(|n| n.strip_suffix(".manifest.json").map(str::to_string)).collect();
+    let remote = s3.root.join(BUCKET).join("p/default");
+    std::fs::create_dir_all(&remote).unwrap();
+    std::fs::write(remote.join(format!("{}.manifest.json", ids[0])), "not a manifest").unwrap();
+    std::fs::write(remote.join(format!("{}.db.zst.age", ids[0])), "x").unwrap();
+    let damaged = local.join(format!("{}.db.zst.age", ids[1]));
+    let mut bytes = std::fs::read(&damaged).unwrap();
+    bytes[100] ^= 1;
+    std::fs::write(&damaged, bytes).unwrap();
+
+    etcd.seed(1, 1).await;
+    let out = run(&cfg, &["backup"]).await;
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "the damaged copy is reported: {err}");
+    assert!(err.contains("does not check out"), "{err}");
+    assert!(err.contains("the local copy is damaged; it is not uploaded"), "{err}");
+    assert!(err.contains(&format!("uploaded a backup that only the local dir held id={}", ids[2])), "{err}");
+    let remote_ids: Vec<String> =
+        files(&remote).into_iter().filter_map(|n| n.strip_suffix(".manifest.json").map(str::to_string)).collect();
+    assert!(remote_ids.contains(&ids[2]) && !remote_ids.contains(&ids[1]), "{remote_ids:?}");
+    assert_eq!(std::fs::read_to_string(remote.join(format!("{}.manifest.json", ids[0]))).unwrap(), "not a manifest");
 }

@@ -63,6 +63,9 @@ pub struct Paired {
 /// Sorts the names found in a cluster folder into backups, leftovers and strangers. Pure.
 pub fn pair_up(found: &[Found]) -> Paired {
     let mut artifacts: HashMap<BackupId, Vec<(String, u64)>> = HashMap::new();
+    let modified: HashMap<&str, DateTime<Utc>> = found.iter().map(|f| (f.name.as_str(), f.modified)).collect();
+    // A leftover is dated by the store's (or file system's) clock; `retention::stale` weighs its id's too.
+    let time_of = |name: &str| modified.get(name).copied().unwrap_or_else(Utc::now);
     let mut manifests = Vec::new();
     let mut pins = Vec::new();
     let mut out = Paired::default();
@@ -87,21 +90,21 @@ pub fn pair_up(found: &[Found]) -> Paired {
                 committed.insert(id.clone());
                 out.pairs.push(Pair { pinned: pinned.contains(&id), artifacts: found.clone(), manifest_name, id })
             }
-            None => out.leftovers.push(half_removed(manifest_name, &id)),
+            None => out.leftovers.push(half_removed(time_of(&manifest_name), manifest_name)),
         }
     }
     for (id, name) in &pins {
         if !artifacts.contains_key(id) {
-            out.leftovers.push(half_removed(name.clone(), id));
+            out.leftovers.push(half_removed(time_of(name), name.clone()));
         }
     }
     for (id, found) in artifacts {
         if !committed.contains(&id) {
             for (name, _) in found {
                 out.leftovers.push(Leftover {
+                    time: time_of(&name),
                     name,
                     kind: LeftoverKind::Uncommitted,
-                    time: id.created(),
                     upload_id: None,
                 });
             }
@@ -113,8 +116,8 @@ pub fn pair_up(found: &[Found]) -> Paired {
     out
 }
 
-fn half_removed(name: String, id: &BackupId) -> Leftover {
-    Leftover { name, kind: LeftoverKind::HalfRemoved, time: id.created(), upload_id: None }
+fn half_removed(time: DateTime<Utc>, name: String) -> Leftover {
+    Leftover { name, kind: LeftoverKind::HalfRemoved, time, upload_id: None }
 }
 
 /// Checks a manifest read from a destination against its name, its folder's cluster and the artifact
@@ -264,7 +267,11 @@ mod tests {
                 ("20261106T000000Z-r6-a.db.zst.age.part", LeftoverKind::Partial),
             ]
         );
-        assert_eq!(p.leftovers[0].time, Utc.with_ymd_and_hms(2026, 11, 3, 0, 0, 0).unwrap(), "ids date themselves");
+        assert_eq!(
+            p.leftovers[0].time,
+            Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap(),
+            "the store's time (retention::stale weighs the id's too)"
+        );
         let ignored: Vec<&str> = p.ignored.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(ignored, vec!["20261107T000000Z-r7-a.tar", "notes.txt"]);
     }

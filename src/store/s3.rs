@@ -245,6 +245,10 @@ impl S3Store {
             for u in page.uploads() {
                 let (Some(key), Some(upload_id)) = (u.key(), u.upload_id()) else { continue };
                 let Some(name) = key.strip_prefix(&self.folder) else { continue };
+                // Only uploads of our names, directly in the cluster folder: anything else is not ours.
+                if name.contains('/') || crate::manifest::classify(name) == crate::manifest::Entry::Foreign {
+                    continue;
+                }
                 let time = utc(u.initiated());
                 out.push(Leftover {
                     name: name.to_string(),
