@@ -37,8 +37,20 @@ pub fn etcd_bin_dir(version: EtcdVersion) -> PathBuf {
     dir
 }
 
+/// A loopback port no other test of this process was given, that can be bound now. Ports come from a
+/// window of this process's own below the kernel's ephemeral range (32768 and up), so neither a parallel
+/// test (bind, release, then another test's etcd binds it) nor an outgoing connection takes them.
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    const WINDOW: u16 = 1000;
+    let base = 20_000 + (std::process::id() % 12) as u16 * WINDOW;
+    for _ in 0..WINDOW {
+        let port = base + NEXT.fetch_add(1, Ordering::SeqCst) % WINDOW;
+        if StdListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {base}..{}", base + WINDOW)
 }
 
 /// Certificates for a TLS etcd with client-cert auth, written to files.
