@@ -427,6 +427,22 @@ pub struct Faults {
     pub part_level_checksum_on_get: AtomicBool,
     /// Answer every part upload with this HTTP status (503: SlowDown-like overload; 500: InternalError).
     pub part_status: std::sync::atomic::AtomicU16,
+    /// Every request, in order of arrival: what S3 was asked, for tests of the requests' shape.
+    pub log: std::sync::Mutex<Vec<Logged>>,
+    /// DeleteObjects refuses this key (a per-object AccessDenied in the answer); the object stays.
+    pub refuse_delete: std::sync::Mutex<Option<String>>,
+}
+
+/// One request the S3 server received.
+#[derive(Debug, Clone)]
+pub struct Logged {
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    /// The `x-amz-*` headers.
+    pub amz: std::collections::BTreeMap<String, String>,
+    /// For DeleteObjects: the keys it names, in order.
+    pub delete_keys: Vec<String>,
 }
 
 /// An in-process S3 (s3s-fs over a temp dir) on 127.0.0.1 with SigV4 auth.
@@ -444,6 +460,8 @@ pub struct S3 {
 struct FaultyService {
     inner: s3s::service::S3Service,
     faults: Arc<Faults>,
+    /// The store's folder (bucket folders under it).
+    root: PathBuf,
 }
 
 impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for FaultyService {
@@ -455,6 +473,7 @@ impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for FaultySe
     fn call(&self, req: hyper::Request<hyper::body::Incoming>) -> Self::Future {
         let faults = self.faults.clone();
         let inner = self.inner.clone();
+        let root = self.root.clone();
         Box::pin(async move {
             faults.requests.fetch_add(1, Ordering::SeqCst);
             let query = req.uri().query().unwrap_or("");
@@ -470,6 +489,51 @@ impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for FaultySe
             if faults.down.load(Ordering::SeqCst) {
                 return Err(s3s::HttpError::new("injected: server down".into()));
             }
+            let mut logged = Logged {
+                method: req.method().to_string(),
+                path: req.uri().path().to_string(),
+                query: query.to_string(),
+                amz: req
+                    .headers()
+                    .iter()
+                    .filter(|(k, _)| k.as_str().starts_with("x-amz-"))
+                    .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+                    .collect(),
+                delete_keys: Vec::new(),
+            };
+            if kind == "delete" {
+                // Read the request to log its keys (and drop a refused one), then hand it on.
+                use http_body_util::BodyExt;
+                let (parts, body) = req.into_parts();
+                let bytes = body.collect().await.map_err(|e| s3s::HttpError::new(Box::new(e)))?.to_bytes();
+                let text = String::from_utf8_lossy(&bytes).into_owned();
+                logged.delete_keys = text
+                    .split("<Key>")
+                    .skip(1)
+                    .filter_map(|rest| rest.split("</Key>").next())
+                    .map(str::to_string)
+                    .collect();
+                // A refused key: the object is put back after the store deleted it, and the answer says
+                // AccessDenied for it (the request itself is signed and must reach the store unchanged).
+                let refused = faults.refuse_delete.lock().unwrap().clone().filter(|r| logged.delete_keys.contains(r));
+                let bucket_dir = root.join(logged.path.trim_start_matches('/'));
+                let kept = refused.as_ref().and_then(|r| std::fs::read(bucket_dir.join(r)).ok());
+                faults.log.lock().unwrap().push(logged);
+                let response = inner.call(hyper::Request::from_parts(parts, s3s::Body::from(bytes))).await?;
+                return Ok(match (refused, kept) {
+                    (Some(key), Some(content)) => {
+                        std::fs::write(bucket_dir.join(&key), content).unwrap();
+                        hyper::Response::builder()
+                            .status(200)
+                            .body(s3s::Body::from(format!(
+                                "<?xml version=\"1.0\" encoding=\"UTF-8\"?><DeleteResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Error><Key>{key}</Key><Code>AccessDenied</Code><Message>injected</Message></Error></DeleteResult>"
+                            )))
+                            .unwrap()
+                    }
+                    _ => response,
+                });
+            }
+            faults.log.lock().unwrap().push(logged);
             let is_part = req.uri().query().is_some_and(|q| q.contains("partNumber="));
             if is_part {
                 let headers = req.headers();
@@ -554,7 +618,7 @@ impl S3 {
         let mut builder = s3s::service::S3ServiceBuilder::new(fs);
         builder.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
         let faults = Arc::new(Faults::default());
-        let service = FaultyService { inner: builder.build(), faults: faults.clone() };
+        let service = FaultyService { inner: builder.build(), faults: faults.clone(), root: root.clone() };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let scheme = if tls { "https" } else { "http" };
         let endpoint = format!("{scheme}://{}", listener.local_addr().unwrap());
