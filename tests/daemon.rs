@@ -504,3 +504,38 @@ async fn the_watchdog_is_fed_during_a_slow_backup() {
     let gap = marks.windows(2).map(|w| w[1] - w[0]).max().unwrap();
     assert!(gap < watchdog, "a {gap:?} gap between watchdog pings during the backup (WATCHDOG_USEC {watchdog:?})");
 }
+
+/// stop_grace is not overrun by what follows a commit: SIGTERM while the run catches up S3 (after its
+/// own backup committed everywhere) stops the catch-up within the grace (its upload aborted) and leaves
+/// pruning to the next run; the committed backup stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_during_catch_up_is_not_overrun() {
+    let etcd = Etcd::start(EtcdVersion::V34);
+    etcd.seed(1200, 10_000).await;
+    let s3 = S3::start().await;
+    let setup = Setup::new();
+    let cfg = write_config(&setup, &etcd, "cron = \"0 0 1 1 *\"\nstop_grace = \"1s\"", &s3.config_table(BUCKET, ""));
+    // Two backups only the local dir holds.
+    s3.faults.down.store(true, Ordering::SeqCst);
+    for _ in 0..2 {
+        etcd.seed(1, 1).await;
+        assert_eq!(run(&cfg, &["backup"]).await.status.code(), Some(1));
+    }
+    s3.faults.down.store(false, Ordering::SeqCst);
+    s3.faults.part_delay_ms.store(700, Ordering::SeqCst);
+    etcd.seed(1, 1).await;
+    let daemon = Daemon::start(&cfg).await;
+    daemon.signal(Signal::SIGUSR1);
+    let remote = || s3.keys(BUCKET).iter().filter(|k| k.ends_with(".manifest.json")).count();
+    daemon.wait_until("the run's own backup in S3", || remote() == 1).await;
+    let parts = s3.faults.parts_started.load(Ordering::SeqCst);
+    daemon.wait_until("the catch-up upload", || s3.faults.parts_started.load(Ordering::SeqCst) > parts).await;
+    let (status, _, _, log) = daemon.stop().await;
+    assert!(status.success(), "{log}");
+    assert!(log.contains("did not finish within stop_grace; cancelling it"), "{log}");
+    assert_eq!(remote(), 1, "the catch-up stopped: {:?}", s3.keys(BUCKET));
+    assert!(!log.contains("removed backup") && !log.contains("cleaned leftover"), "no prune after the stop: {log}");
+    let uploads: Vec<String> = files(&s3.root).into_iter().filter(|n| n.starts_with(".upload")).collect();
+    assert!(uploads.is_empty(), "the catch-up's upload was aborted: {uploads:?}");
+    assert_eq!(manifests(&setup.work.path().join("backups/default")), 3, "every committed backup stays");
+}
