@@ -122,7 +122,7 @@ pub enum Command {
         /// A new token for the restored cluster, the same on every member.
         #[arg(long)]
         initial_cluster_token: Option<String>,
-        /// Where etcdutl / etcdctl are (default: PATH).
+        /// The folder holding etcdutl / etcdctl, or one of them (default: PATH).
         #[arg(long)]
         etcd_bin: Option<PathBuf>,
     },
@@ -136,7 +136,7 @@ pub enum Command {
         /// An age identity file (or unencrypted SSH private key); default: drill.identity_file.
         #[arg(long)]
         identity: Option<PathBuf>,
-        /// The folder holding `etcd` and `etcdutl` (3.5+) or `etcdctl` (3.4); default: drill.etcd_bin, then PATH.
+        /// The folder holding `etcd` and `etcdutl` (3.5+) or `etcdctl` (3.4), or one of them; default: drill.etcd_bin, then PATH.
         #[arg(long)]
         etcd_bin: Option<PathBuf>,
     },

@@ -332,9 +332,11 @@ pub struct MemberFlags {
     pub initial_cluster_token: Option<String>,
 }
 
-/// Where etcd's binaries are looked for: `etcd_bin` if given, else every folder on PATH.
+/// Where etcd's binaries are looked for: `etcd_bin` if given (a folder, or one of etcd's binaries in
+/// it: `--etcd-bin /opt/etcd/etcd` means its folder), else every folder on PATH.
 pub fn tool_dirs(etcd_bin: Option<&Path>) -> Vec<PathBuf> {
     match etcd_bin {
+        Some(file) if file.is_file() => vec![file.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf)],
         Some(dir) => vec![dir.to_path_buf()],
         None => std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default(),
     }
@@ -360,6 +362,19 @@ pub fn restore_tool(etcd_bin: Option<&Path>) -> Result<(PathBuf, bool)> {
         "neither etcdutl (etcd 3.5+) nor etcdctl (3.4) was found {}: install etcd's tools or pass --etcd-bin DIR",
         searched(etcd_bin)
     )
+}
+
+/// A child of ours (etcd, etcdutl, etcdctl) gets only the environment it needs: not systemd's
+/// NOTIFY_SOCKET (a drill's etcd would tell systemd it is the service), not AWS credentials, not the
+/// operator's ETCD_* and ETCDCTL_* variables (each of which etcd reads as a flag).
+pub fn child_env(cmd: &mut std::process::Command) -> &mut std::process::Command {
+    cmd.env_clear();
+    for keep in ["PATH", "LANG", "LC_ALL", "TZ"] {
+        if let Some(v) = std::env::var_os(keep) {
+            cmd.env(keep, v);
+        }
+    }
+    cmd
 }
 
 /// A restore goes into a new data dir: one that does not exist yet, or an empty one.
@@ -396,6 +411,7 @@ pub fn restore_into(
     let work = parent.join(format!("{prefix}{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
     let mut cmd = std::process::Command::new(&tool);
+    child_env(&mut cmd);
     if !utl {
         cmd.env("ETCDCTL_API", "3");
     }

@@ -393,8 +393,11 @@ async fn scheduled_drills_prove_the_newest_backup() {
     let backup = files(&folder).into_iter().find_map(|n| n.strip_suffix(".manifest.json").map(str::to_string));
     assert_eq!(state()["last_proven"]["id"].as_str(), backup.as_deref());
     assert_eq!(state()["last_proven"]["keys"], 30);
-    let metrics = std::fs::read_to_string(setup.work.path().join("metrics/etcd_backupd.prom")).unwrap();
-    assert!(metrics.contains("etcd_backupd_last_proven_timestamp_seconds{"), "{metrics}");
+    // The metrics are rewritten right after the state (the same persist step): wait for that write.
+    let metrics = setup.work.path().join("metrics/etcd_backupd.prom");
+    let proven =
+        || std::fs::read_to_string(&metrics).is_ok_and(|m| m.contains("etcd_backupd_last_proven_timestamp_seconds{"));
+    daemon.wait_until("the drill in the metrics", proven).await;
     let (status, _, _, log) = daemon.stop().await;
     assert!(status.success(), "{log}");
     let left: Vec<String> =

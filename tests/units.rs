@@ -74,8 +74,12 @@ fn daemon_and_timer_modes_exclude_each_other() {
     let once = std::fs::read_to_string(src.join("etcd-backupd-once.service")).unwrap();
     let timer = std::fs::read_to_string(src.join("etcd-backupd.timer")).unwrap();
     assert!(service.contains("Type=notify") && service.contains("WatchdogSec=") && service.contains("ExecReload="));
-    assert!(service.contains("Conflicts=etcd-backupd.timer") && once.contains("Conflicts=etcd-backupd.service"));
-    assert!(once.contains("Type=oneshot") && once.contains("ExecStart=/usr/bin/etcd-backupd backup"));
+    // The daemon and the timer exclude each other; an ad-hoc one-shot never stops the daemon (it waits
+    // for the run lock instead, for less than its start timeout).
+    assert!(service.contains("Conflicts=etcd-backupd.timer"));
+    assert!(!once.lines().any(|l| l.starts_with("Conflicts=")), "the one-shot conflicts with nothing:\n{once}");
+    assert!(once.contains("Type=oneshot") && once.contains("ExecStart=/usr/bin/etcd-backupd backup --wait 45min"));
+    assert!(once.contains("TimeoutStartSec=1h"));
     assert!(
         timer.contains("Persistent=true")
             && timer.contains("RandomizedDelaySec=")

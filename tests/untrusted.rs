@@ -312,11 +312,16 @@ fn scratch_left(state: &Path) -> Vec<String> {
 
 /// Starts `drill` and waits for its throwaway etcd to run; returns the drill process.
 async fn drill_until_etcd_runs(config: &Path, s: &Setup) -> tokio::process::Child {
-    let bin = etcd_bin_dir(EtcdVersion::V34);
+    drill_with(config, s, &etcd_bin_dir(EtcdVersion::V34), &[]).await
+}
+
+/// `drill_until_etcd_runs` with `--etcd-bin etcd_bin` and more environment.
+async fn drill_with(config: &Path, s: &Setup, etcd_bin: &Path, env: &[(&str, &str)]) -> tokio::process::Child {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_etcd-backupd"));
     cmd.arg("--config").arg(config).args(["drill", "latest", "--identity"]).arg(&s.identity.file);
-    cmd.arg("--etcd-bin").arg(&bin).env("STATE_DIRECTORY", state_dir_for(config));
+    cmd.arg("--etcd-bin").arg(etcd_bin).env("STATE_DIRECTORY", state_dir_for(config));
     aws_env(&mut cmd);
+    cmd.envs(env.iter().copied());
     cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
     let child = cmd.spawn().unwrap();
     let state = state_dir_for(config);
@@ -385,4 +390,29 @@ async fn downloads_are_checked_by_sha256_without_sdk_warnings() {
     let out = run(&config, &["verify", "latest", "--identity", &identity]).await;
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(!stderr(&out).contains("part-level checksum"), "{}", stderr(&out));
+}
+
+/// The drill's etcd gets only the environment it needs: not systemd's NOTIFY_SOCKET (it would tell
+/// systemd it is the service), not AWS credentials, not the operator's ETCD_* flags. And `--etcd-bin`
+/// takes the etcd binary's path as well as its folder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drills_etcd_inherits_nothing_it_must_not() {
+    let s = Setup::new();
+    let etcd = Etcd::start(EtcdVersion::V34);
+    etcd.seed(5, 10).await;
+    let config = s.config(&etcd.config_table(), "");
+    assert!(run(&config, &["backup"]).await.status.success());
+    let state = state_dir_for(&config);
+    let binary = etcd_bin_dir(EtcdVersion::V34).join("etcd");
+    let env = [("NOTIFY_SOCKET", "/run/systemd/notify"), ("ETCD_NAME", "not-the-drill"), ("ETCDCTL_API", "2")];
+    let mut drill = drill_with(&config, &s, &binary, &env).await;
+    let pid = etcd_children_in(&state)[0];
+    let environ = String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/environ")).unwrap()).replace('\0', "\n");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(drill.id().unwrap() as i32), nix::sys::signal::Signal::SIGTERM)
+        .unwrap();
+    drill.wait().await.unwrap();
+    for name in ["NOTIFY_SOCKET", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "ETCD_NAME", "ETCDCTL_API"] {
+        assert!(!environ.lines().any(|l| l.starts_with(&format!("{name}="))), "{name} reached etcd:\n{environ}");
+    }
+    assert!(environ.lines().any(|l| l.starts_with("PATH=")), "{environ}");
 }

@@ -157,7 +157,11 @@ pub const TABLES: &[Table] = &[
         keys: &[
             key("identity_file", "none", "the age identity (or unencrypted SSH private key) drills decrypt with"),
             key("cron", "none", "in daemon mode, drill the newest backup on this schedule (needs identity_file)"),
-            key("etcd_bin", "PATH", "the folder holding etcd and etcdutl (3.5+) or etcdctl (3.4)"),
+            key(
+                "etcd_bin",
+                "PATH",
+                "the folder holding etcd and etcdutl (3.5+) or etcdctl (3.4), or the etcd binary in it",
+            ),
         ],
     },
 ];
