@@ -110,5 +110,6 @@ pub struct RawS3 {
     pub ca_file: Option<String>,
     pub part_size: Option<String>,
     pub timeout: Option<String>,
+    pub proxy: Option<String>,
     pub retention: Option<RawRetention>,
 }

@@ -116,6 +116,11 @@ pub const TABLES: &[Table] = &[
             key("ca_file", "none", "an extra trust root (PEM) for the endpoint"),
             key("part_size", "8MiB", "multipart part size, 5MiB to 5GiB; memory use is about twice this"),
             key(
+                "proxy",
+                "HTTPS_PROXY etc.",
+                "http://HOST:PORT to reach the store through (overrides HTTPS_PROXY, HTTP_PROXY and ALL_PROXY; NO_PROXY still applies); \"\" for none",
+            ),
+            key(
                 "timeout",
                 "2m",
                 "the longest one attempt of one request may take, a whole part included; each request is tried 3 times, so a hung store fails the upload after about 3 times this",
@@ -219,6 +224,7 @@ mod tests {
         "bucket default",
         "bucket default key",
         "PATH",
+        "HTTPS_PROXY etc.",
         "keep_last = 3",
         "daily 7, weekly 4, monthly 6",
     ];

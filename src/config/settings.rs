@@ -113,7 +113,19 @@ pub struct S3Settings {
     pub part_size: u64,
     /// The longest one attempt of one request may take, a whole part's upload included.
     pub timeout: Duration,
+    pub proxy: Proxy,
     pub retention: Policy,
+}
+
+/// How S3 is reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Proxy {
+    /// HTTPS_PROXY, HTTP_PROXY, ALL_PROXY and NO_PROXY, as curl and the AWS CLI read them.
+    Environment,
+    /// Directly, whatever the environment says (`proxy = ""`).
+    None,
+    /// Through this proxy (`http://host:port`), whatever the environment says (NO_PROXY still applies).
+    Url(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -496,6 +508,20 @@ fn validate_s3(raw: RawS3, issues: &mut Vec<Issue>) -> S3Settings {
         ca_file: path_key(raw.ca_file, "s3.ca_file", issues),
         part_size,
         timeout: duration_key(raw.timeout, "s3.timeout", DEFAULT_S3_TIMEOUT, issues),
+        proxy: match raw.proxy {
+            None => Proxy::Environment,
+            Some(p) if p.is_empty() => Proxy::None,
+            Some(p) if (p.starts_with("http://") || p.starts_with("https://")) && p.len() > "https://".len() => {
+                Proxy::Url(p)
+            }
+            Some(p) => {
+                issues.push(Issue::new(
+                    "s3.proxy",
+                    format!("\"{p}\" is not a proxy URL: expected http://HOST:PORT (or \"\" for no proxy)"),
+                ));
+                Proxy::Environment
+            }
+        },
         retention: retention(raw.retention, "s3.retention", Policy::remote_default(), issues),
     }
 }

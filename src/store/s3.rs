@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 
 use super::{Found, Listing, Paired, Stored, accept, pair_up};
-use crate::config::{ChecksumMode, S3Settings, ServerSideEncryption};
+use crate::config::{ChecksumMode, Proxy, S3Settings, ServerSideEncryption};
 use crate::errors::Cause;
 use crate::manifest::BackupId;
 use crate::manifest::{ClusterName, Manifest};
@@ -57,10 +57,21 @@ impl S3Store {
             .with_trust_store(trust)
             .build()
             .map_err(|e| anyhow!("cannot use s3.ca_file: {}", crate::errors::chain(&e)))?;
-        let http = aws_smithy_http_client::Builder::new()
-            .tls_provider(Provider::Rustls(CryptoMode::Ring))
-            .tls_context(tls)
-            .build_https();
+        let proxy = proxy_config(&settings.proxy)?;
+        // The builder's own build_https() takes no proxy (and so ignores HTTPS_PROXY): the connector is
+        // built here, with the same settings the SDK hands it, plus the proxy.
+        let http = aws_smithy_http_client::Builder::new().build_with_connector_fn(move |settings, components| {
+            let mut connector = aws_smithy_http_client::Connector::builder();
+            connector.set_connector_settings(settings.cloned());
+            if let Some(components) = components {
+                connector.set_sleep_impl(components.sleep_impl());
+            }
+            connector
+                .proxy_config(proxy.clone())
+                .tls_provider(Provider::Rustls(CryptoMode::Ring))
+                .tls_context(tls.clone())
+                .build()
+        });
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest()).http_client(http);
         if let Some(region) = &settings.region {
             loader = loader.region(Region::new(region.clone()));
@@ -530,6 +541,24 @@ where
         SdkError::ConstructionFailure(_) => Cause::Config,
         _ => Cause::Unreachable,
     }
+}
+
+/// The proxy to reach the store through: `s3.proxy` if set (`""`: none), else the standard variables
+/// HTTPS_PROXY, HTTP_PROXY, ALL_PROXY and NO_PROXY (either case). NO_PROXY applies to an explicit proxy too.
+fn proxy_config(setting: &Proxy) -> Result<aws_smithy_http_client::proxy::ProxyConfig> {
+    use aws_smithy_http_client::proxy::ProxyConfig;
+    Ok(match setting {
+        Proxy::Environment => ProxyConfig::from_env(),
+        Proxy::None => ProxyConfig::disabled(),
+        Proxy::Url(url) => {
+            let config =
+                ProxyConfig::all(url.as_str()).map_err(|e| anyhow!("s3.proxy \"{url}\" cannot be used: {e}"))?;
+            match ["NO_PROXY", "no_proxy"].iter().find_map(|v| std::env::var(v).ok()) {
+                Some(rules) => config.no_proxy(rules),
+                None => config,
+            }
+        }
+    })
 }
 
 /// A store timestamp as UTC; a missing one counts as now (so a leftover without one waits out the grace).
