@@ -256,9 +256,16 @@ pub async fn run(config_path: PathBuf, settings: Settings) -> Result<()> {
     let now = Utc::now();
     let mut next = next_fire(&settings, now);
     let last_attempt = State::load(&state_dir).last_attempt;
-    if schedule::should_catch_up(&settings.schedule.schedule, last_attempt, now, settings.schedule.catch_up) {
-        tracing::info!("a scheduled backup was missed while etcd-backupd was not running; backing up now");
-        next = now;
+    match schedule::at_start(&settings.schedule.schedule, last_attempt, now, settings.schedule.catch_up) {
+        schedule::AtStart::CatchUp => {
+            tracing::info!("a scheduled backup was missed while etcd-backupd was not running; backing up now");
+            next = now;
+        }
+        schedule::AtStart::FirstBackup => {
+            tracing::info!("no backup run is on record (a new install): backing up now, then on the schedule");
+            next = now;
+        }
+        schedule::AtStart::Wait => {}
     }
     let mut state = save_next(&settings, &state_dir, next).await;
     let mut running: Option<Running> = None;

@@ -111,16 +111,31 @@ pub fn jitter_delay(jitter: Duration, random: u64) -> Duration {
     Duration::from_nanos(u64::try_from(offset).unwrap_or(u64::MAX))
 }
 
-/// On start: whether a scheduled run was missed since the last attempt, so one should run at once.
-/// Without any previous attempt, there is nothing to catch up with: the schedule decides.
-pub fn should_catch_up(
+/// What the daemon does when it starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AtStart {
+    /// Wait for the next fire time.
+    Wait,
+    /// A scheduled run was missed since the last attempt (`catch_up`): run now.
+    CatchUp,
+    /// No run is on record (a new install): back up now rather than leave the cluster unprotected
+    /// until the first fire time, hours away.
+    FirstBackup,
+}
+
+/// On start: back up now if nothing was ever attempted, or a fire was missed since the last attempt
+/// (with `catch_up`); else wait for the schedule.
+pub fn at_start(
     schedule: &Schedule,
     last_attempt: Option<DateTime<Utc>>,
     now: DateTime<Utc>,
     catch_up: bool,
-) -> bool {
-    let (true, Some(last)) = (catch_up, last_attempt) else { return false };
-    schedule.last_at_or_before(now).is_some_and(|fire| fire > last)
+) -> AtStart {
+    match last_attempt {
+        None => AtStart::FirstBackup,
+        Some(last) if catch_up && schedule.last_at_or_before(now).is_some_and(|fire| fire > last) => AtStart::CatchUp,
+        Some(_) => AtStart::Wait,
+    }
 }
 
 /// What to do when a run comes due.

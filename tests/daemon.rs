@@ -112,7 +112,14 @@ fn write_config(setup: &Setup, etcd: &Etcd, schedule: &str, extra: &str) -> Path
         "retention = {{ keep_last = 100 }}\n[schedule]\n{schedule}\n[metrics]\ntextfile = \"{}\"\n{extra}",
         metrics.display()
     );
-    setup.config(&etcd.config_table(), &tables)
+    let config = setup.config(&etcd.config_table(), &tables);
+    // A daemon with a run on record: the tests below drive it themselves (a new install backs up at
+    // once, see `a_new_install_backs_up_at_once`).
+    let state = state_dir_for(&config);
+    std::fs::create_dir_all(&state).unwrap();
+    let now = chrono::Utc::now().to_rfc3339();
+    std::fs::write(state.join("state.json"), format!("{{\"last_attempt\": \"{now}\"}}")).unwrap();
+    config
 }
 
 /// Positions of the notifications, in order of arrival.
@@ -541,4 +548,26 @@ async fn a_stop_during_catch_up_is_not_overrun() {
     let uploads: Vec<String> = files(&s3.root).into_iter().filter(|n| n.starts_with(".upload")).collect();
     assert!(uploads.is_empty(), "the catch-up's upload was aborted: {uploads:?}");
     assert_eq!(manifests(&setup.work.path().join("backups/default")), 3, "every committed backup stays");
+}
+
+/// A new install (no run on record) backs up at once on its first start, instead of leaving the cluster
+/// unprotected until the first fire time; then it waits for the schedule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_install_backs_up_at_once() {
+    let etcd = Etcd::start(EtcdVersion::V34);
+    let setup = Setup::new();
+    let cfg = write_config(&setup, &etcd, "cron = \"0 0 1 1 *\"", "");
+    std::fs::remove_file(state_dir_for(&cfg).join("state.json")).unwrap();
+    let daemon = Daemon::start(&cfg).await;
+    let folder = setup.work.path().join("backups/default");
+    daemon.wait_until("the first backup", || manifests(&folder) == 1).await;
+    assert!(daemon.log().contains("no backup run is on record"), "{}", daemon.log());
+    let (status, _, _, log) = daemon.stop().await;
+    assert!(status.success(), "{log}");
+    // Started again, it has a run on record: it waits for the schedule.
+    let daemon = Daemon::start(&cfg).await;
+    daemon.loop_ran().await;
+    let (status, _, _, log) = daemon.stop().await;
+    assert!(status.success() && !log.contains("no backup run is on record"), "{log}");
+    assert_eq!(manifests(&folder), 1);
 }

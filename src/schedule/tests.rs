@@ -104,14 +104,18 @@ fn catch_up_only_when_a_fire_was_missed() {
     let s = Schedule::parse("0 */6 * * *", Tz::UTC, Duration::ZERO).unwrap();
     let now = utc(2026, 11, 22, 13, 0, 0);
     // Last attempt before the 12:00 fire: missed it.
-    assert!(should_catch_up(&s, Some(utc(2026, 11, 22, 6, 0, 5)), now, true));
+    assert_eq!(at_start(&s, Some(utc(2026, 11, 22, 6, 0, 5)), now, true), AtStart::CatchUp);
     // Last attempt after the 12:00 fire: nothing missed.
-    assert!(!should_catch_up(&s, Some(utc(2026, 11, 22, 12, 0, 3)), now, true));
-    // Disabled, or never ran: the schedule decides.
-    assert!(!should_catch_up(&s, Some(utc(2026, 11, 20, 0, 0, 0)), now, false));
-    assert!(!should_catch_up(&s, None, now, true));
-    // A restart long after: one catch-up run, not one per missed fire (the decision is a bool).
-    assert!(should_catch_up(&s, Some(utc(2026, 1, 1, 0, 0, 0)), now, true));
+    assert_eq!(at_start(&s, Some(utc(2026, 11, 22, 12, 0, 3)), now, true), AtStart::Wait);
+    // Disabled: the schedule decides.
+    assert_eq!(at_start(&s, Some(utc(2026, 11, 20, 0, 0, 0)), now, false), AtStart::Wait);
+    // Never ran (a new install): back up now, with or without catch_up.
+    assert_eq!(at_start(&s, None, now, true), AtStart::FirstBackup);
+    assert_eq!(at_start(&s, None, now, false), AtStart::FirstBackup);
+    // A restart long after: one catch-up run, not one per missed fire.
+    assert_eq!(at_start(&s, Some(utc(2026, 1, 1, 0, 0, 0)), now, true), AtStart::CatchUp);
+    // A last attempt dated in the future (a clock that was ahead): no catch-up, the schedule decides.
+    assert_eq!(at_start(&s, Some(utc(2030, 1, 1, 0, 0, 0)), now, true), AtStart::Wait);
 }
 
 #[test]
