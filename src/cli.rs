@@ -94,6 +94,7 @@ pub enum Command {
     /// A cluster of several members is restored from one backup: the same ID on every member, with the
     /// same --initial-cluster and --initial-cluster-token, and each member's own --name and
     /// --initial-advertise-peer-urls.
+    #[command(group(clap::ArgGroup::new("target").required(true).args(["data_dir", "output"])))]
     Restore {
         /// A backup id, or `latest`.
         #[arg(default_value = "latest", value_parser = parse_selector, conflicts_with = "before")]
@@ -105,7 +106,7 @@ pub enum Command {
         #[arg(long)]
         identity: PathBuf,
         /// Restore into this data dir; it must not exist or be empty.
-        #[arg(long, required_unless_present = "output", conflicts_with = "output")]
+        #[arg(long)]
         data_dir: Option<PathBuf>,
         /// Write the plain snapshot (as `etcdctl snapshot save` would) to this file instead.
         #[arg(long)]
@@ -528,10 +529,16 @@ fn status(settings: &Settings, json: bool) -> Result<(), Failure> {
         .into());
     }
     if overdue {
-        let since = state.last_success.map_or("no backup has succeeded yet".to_string(), |s| {
-            format!("the last success was at {}", s.time.format("%Y-%m-%d %H:%M:%S UTC"))
-        });
-        return Err(anyhow::anyhow!("backups are overdue: {since}, more than twice the schedule's interval ago").into());
+        let why = match (&state.last_success, interval) {
+            (None, _) => "no backup has succeeded yet".to_string(),
+            (Some(s), Some(i)) => format!(
+                "the last success was at {}, more than twice the schedule's interval ({}) ago",
+                s.time.format("%Y-%m-%d %H:%M:%S UTC"),
+                humantime::format_duration(i)
+            ),
+            (Some(s), None) => format!("the last success was at {}", s.time.format("%Y-%m-%d %H:%M:%S UTC")),
+        };
+        return Err(anyhow::anyhow!("backups are overdue: {why}").into());
     }
     Ok(())
 }
@@ -744,7 +751,7 @@ async fn verify(
                 let _ = std::fs::remove_file(&plain);
                 let s = checked?.status;
                 return anyhow::Ok(format!(
-                    "decrypted, decompressed, trailer, sizes and database structure check out; revision {}, {} keys ({} with history), hash {}",
+                    "decrypted, decompressed, trailer, sizes and database structure check out; revision {}, {} keys ({} with history), hash {:x}",
                     s.served_revision(),
                     s.live_keys,
                     s.total_key,
@@ -788,7 +795,7 @@ async fn drill(
         report.from,
         report.observed.revision,
         report.observed.keys,
-        humantime::format_duration(std::time::Duration::from_secs(report.duration.as_secs()))
+        humantime::format_duration(std::time::Duration::from_millis(report.duration.as_millis() as u64))
     );
     Ok(())
 }

@@ -24,7 +24,8 @@ pub fn backup_committed(report: &crate::pipeline::BackupReport) {
         duration_ms = m.duration_ms,
         destinations = %report.committed.join(","),
         label = m.label.as_deref().unwrap_or(""),
-        snapshot_hash = m.snapshot.status.map(|s| s.hash).unwrap_or_default(),
+        // In hex, as `etcdutl snapshot status` prints it.
+        snapshot_hash = %m.snapshot.status.map(|s| format!("{:x}", s.hash)).unwrap_or_default(),
         total_keys = m.snapshot.status.map(|s| s.total_key).unwrap_or_default(),
         live_keys = m.snapshot.status.map(|s| s.live_keys).unwrap_or_default(),
         snapshot_revision = m.snapshot.status.map(|s| s.revision).unwrap_or_default(),

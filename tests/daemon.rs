@@ -284,7 +284,7 @@ async fn status_fails_when_backups_are_overdue() {
     let cfg = write_config(&setup, &etcd, "cron = \"0 */6 * * *\"", "");
     let out = run(&cfg, &["status"]).await;
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("no backup has succeeded yet"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("backups are overdue: no backup has succeeded yet\n"), "{}", stderr(&out));
 
     assert!(run(&cfg, &["backup"]).await.status.success());
     let out = run(&cfg, &["status", "--json"]).await;
@@ -301,7 +301,7 @@ async fn status_fails_when_backups_are_overdue() {
     std::fs::write(&path, serde_json::to_vec(&state).unwrap()).unwrap();
     let out = run(&cfg, &["status"]).await;
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("backups are overdue"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("more than twice the schedule's interval (6h) ago"), "{}", stderr(&out));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -56,6 +56,9 @@ async fn a_drill_proves_a_backup_and_records_it_35() {
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
     assert!(text.contains(&format!("drill passed: {id} (from local)")), "{text}");
+    // Its duration to the millisecond (a drill of a small backup takes under a few seconds).
+    let took = text.trim_end().rsplit('(').next().unwrap();
+    assert!(took.ends_with("ms)") && took != "0s)", "{text}");
     assert!(text.contains(&format!("revision {} with {} keys", status["revision"], status["live_keys"])), "{text}");
     assert_eq!(status["live_keys"], 200, "the seeded keys");
 

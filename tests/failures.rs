@@ -262,6 +262,22 @@ mod config_errors {
         let out = run(&s.work.path().join("absent.toml"), &["check-config"]).await;
         assert_eq!(out.status.code(), Some(78));
         assert!(stderr(&out).contains("absent.toml: cannot read the config file"), "{}", stderr(&out));
+        // It points at a file the package ships.
+        assert!(
+            stderr(&out).contains("/etc/etcd-backupd.toml") && !stderr(&out).contains("/usr/share/doc"),
+            "{}",
+            stderr(&out)
+        );
+    }
+
+    /// `restore` without a target names both targets.
+    #[tokio::test]
+    async fn restore_without_a_target_names_both() {
+        let s = Setup::new();
+        let config = s.config("[etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\n", "");
+        let out = run(&config, &["restore", "latest", "--identity", "k"]).await;
+        assert_eq!(out.status.code(), Some(2));
+        assert!(stderr(&out).contains("--data-dir") && stderr(&out).contains("--output"), "{}", stderr(&out));
     }
 
     #[tokio::test]

@@ -316,3 +316,33 @@ async fn a_restore_never_leaves_a_half_written_data_dir() {
         files(s.work.path())
     );
 }
+
+/// `verify` prints the database hash as etcd's own tools do (hex), so the two can be compared by eye.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_prints_the_hash_as_etcds_tools_do() {
+    let s = Setup::new();
+    let etcd = Etcd::start(EtcdVersion::V34);
+    etcd.seed(20, 10).await;
+    let config = s.config(&etcd.config_table(), "");
+    assert!(run(&config, &["backup"]).await.status.success());
+    let identity = s.identity.file.display().to_string();
+    let file = s.work.path().join("snapshot.db");
+    assert!(
+        run(&config, &["restore", "latest", "--identity", &identity, "--output", file.to_str().unwrap()])
+            .await
+            .status
+            .success()
+    );
+    let table = std::process::Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args(["snapshot", "status", "-w", "table"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&table.stdout).into_owned();
+    // | HASH | REVISION | TOTAL KEYS | TOTAL SIZE |, then the values.
+    let row = table.lines().find(|l| l.starts_with('|') && !l.contains("HASH")).expect(&table);
+    let hash = row.split('|').nth(1).unwrap().trim().to_string();
+    let out = run(&config, &["verify", "latest", "--identity", &identity]).await;
+    assert!(stdout(&out).contains(&format!("hash {hash})")), "etcdctl says {hash}: {}", stdout(&out));
+}

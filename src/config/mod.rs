@@ -62,7 +62,7 @@ pub fn load(path: &Path) -> Result<Settings, ConfigError> {
             column: None,
             key: String::new(),
             message: format!(
-                "cannot read the config file: {e} (pass another file with --config or $ETCD_BACKUPD_CONFIG, or create this one from /usr/share/doc/etcd-backupd/etcd-backupd.toml)"
+                "cannot read the config file: {e} (pass another file with --config or $ETCD_BACKUPD_CONFIG; the package installs a commented one at /etc/etcd-backupd.toml, and etcd-backupd.toml(5) describes every key)"
             ),
         }],
     })?;

@@ -590,9 +590,12 @@ fn path_key(value: Option<String>, key: &str, issues: &mut Vec<Issue>) -> Option
             None
         }
         Some(v) if !v.starts_with('/') => {
+            // Somewhere the service may use: it writes only under its state dir, and reads its files
+            // from /etc.
+            let base = if key == "local.dir" { "/var/lib/etcd-backupd" } else { "/etc/etcd-backupd" };
             issues.push(Issue::new(
                 key,
-                format!("\"{v}\" is a relative path: give an absolute path, such as \"/etc/etcd-backupd/{v}\""),
+                format!("\"{v}\" is a relative path: give an absolute path, such as \"{base}/{v}\""),
             ));
             None
         }

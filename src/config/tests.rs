@@ -169,7 +169,10 @@ fn tls_pairs_and_schemes() {
     let p = one(&minimal().replace("endpoints", "cacert = \"/ca.pem\"\nendpoints"));
     assert!(p.message.contains("no endpoint uses https://"), "{}", p.message);
     let p = one(&minimal().replace("endpoints", "cacert = \"ca.pem\"\nendpoints").replace("http:", "https:"));
-    assert!(p.message.contains("relative path"), "{}", p.message);
+    assert!(p.message.contains("relative path") && p.message.contains("\"/etc/etcd-backupd/ca.pem\""), "{}", p.message);
+    // The local dir is suggested where the service may write.
+    let p = one(&format!("{}[local]\ndir = \"backups\"\n", minimal()));
+    assert!(p.message.contains("\"/var/lib/etcd-backupd/backups\""), "{}", p.message);
 }
 
 #[test]
