@@ -256,6 +256,33 @@ mod config_errors {
         assert!(err.contains("bad.toml:3:20: etcd.snapshot_timeout: \"30 minuets\" is not a duration"), "{err}");
     }
 
+    /// A metrics file in a folder that does not exist is refused by check-config, not found at the first
+    /// backup's end.
+    #[tokio::test]
+    async fn metrics_in_a_missing_folder() {
+        let s = Setup::new();
+        let body = format!(
+            "[etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\n[encryption]\nrecipients = [\"{}\"]\n[metrics]\ntextfile = \"/nonexistent/collector/etcd.prom\"\n",
+            s.identity.recipient
+        );
+        let err = refused(&s, &body).await;
+        assert!(
+            err.contains("bad.toml:6:12: metrics.textfile: the folder '/nonexistent/collector' does not exist"),
+            "{err}"
+        );
+    }
+
+    /// pin and unpin say what they take.
+    #[tokio::test]
+    async fn pin_and_unpin_have_help() {
+        let s = Setup::new();
+        let config = s.config("[etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\n", "");
+        for command in ["pin", "unpin"] {
+            let out = run(&config, &[command, "--help"]).await;
+            assert!(stdout(&out).contains("The backup id, as `list` shows it"), "{}", stdout(&out));
+        }
+    }
+
     #[tokio::test]
     async fn missing_config_file() {
         let s = Setup::new();

@@ -177,6 +177,19 @@ fn resolve_files(settings: &mut Settings) -> Vec<Issue> {
         check_pem_file("s3.ca_file", ca, "CERTIFICATE", &mut issues);
     }
 
+    if let Some(textfile) = &settings.metrics_textfile
+        && let Some(dir) = textfile.parent()
+        && !dir.is_dir()
+    {
+        issues.push(Issue::new(
+            "metrics.textfile",
+            format!(
+                "the folder '{}' does not exist: create it (node_exporter's --collector.textfile.directory), or remove the key",
+                dir.display()
+            ),
+        ));
+    }
+
     if let Some(identity) = &settings.drill.identity_file
         && let Err(e) = crate::crypto::read_identities(identity)
     {
