@@ -109,13 +109,24 @@ pub fn io_cause(e: &(dyn Error + 'static)) -> Option<Cause> {
     None
 }
 
-/// All messages in an error's source chain, joined.
+/// All messages in an error's source chain, joined, each said once: a message already said, or the
+/// start of one already said ("tcp connect error" before "tcp connect error: Connection refused"), is
+/// not said again.
 pub fn chain(e: &dyn Error) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut source = e.source();
+    chain_from(&e.to_string(), e.source())
+}
+
+/// `chain` of a message (such as a gRPC status's) followed by the error it came from.
+pub fn chain_from(head: &str, mut source: Option<&(dyn Error + 'static)>) -> String {
+    let mut parts: Vec<String> = Some(head.to_string()).filter(|h| !h.is_empty()).into_iter().collect();
     while let Some(s) = source {
-        let text = s.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
+        let mut text = s.to_string();
+        for p in &parts {
+            if let Some(rest) = text.strip_prefix(p.as_str()).and_then(|r| r.strip_prefix(": ")) {
+                text = rest.to_string();
+            }
+        }
+        if !text.is_empty() && !parts.iter().any(|p| p.contains(&text)) {
             parts.push(text);
         }
         source = s.source();
@@ -156,6 +167,37 @@ mod tests {
         let nested = anyhow::Error::new(std::io::Error::from(ErrorKind::TimedOut)).context("connect");
         assert_eq!(io_cause(nested.as_ref()), Some(Cause::Timeout));
         assert_eq!(io_cause(&std::fmt::Error), None);
+    }
+
+    #[derive(Debug)]
+    struct Layer(&'static str, Option<Box<Layer>>);
+    impl std::fmt::Display for Layer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+    impl Error for Layer {
+        fn source(&self) -> Option<&(dyn Error + 'static)> {
+            self.1.as_deref().map(|l| l as &(dyn Error + 'static))
+        }
+    }
+
+    /// etcd down: the transport error repeats its cause's words inside its own message.
+    #[test]
+    fn each_cause_is_said_once() {
+        let inner = Layer("tcp connect error: Connection refused (os error 111)", None);
+        let middle = Layer("transport error", Some(Box::new(inner)));
+        let outer = Layer("tcp connect error", Some(Box::new(middle)));
+        assert_eq!(chain(&outer), "tcp connect error: transport error: Connection refused (os error 111)");
+        let same = Layer("connection refused", Some(Box::new(Layer("connection refused", None))));
+        assert_eq!(chain(&same), "connection refused");
+        // A gRPC status says "tcp connect error" and carries the transport error as its source.
+        let transport = Layer("transport error", Some(Box::new(Layer("tcp connect error: Connection refused", None))));
+        assert_eq!(
+            chain_from("tcp connect error", Some(&transport)),
+            "tcp connect error: transport error: Connection refused"
+        );
+        assert_eq!(chain_from("", Some(&transport)), "transport error: tcp connect error: Connection refused");
     }
 
     #[test]

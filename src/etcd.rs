@@ -154,13 +154,7 @@ async fn connect_one(endpoint: &str, options: ConnectOptions) -> Result<Member, 
 fn explain(e: &etcd_client::Error, auth_configured: bool, tls: bool) -> String {
     let (chain, code) = match e {
         etcd_client::Error::GRpcStatus(status) => {
-            let mut text = status.message().to_string();
-            if let Some(source) = std::error::Error::source(status) {
-                let rest = crate::errors::chain(source);
-                if !text.contains(&rest) {
-                    text = if text.is_empty() { rest } else { format!("{text}: {rest}") };
-                }
-            }
+            let text = crate::errors::chain_from(status.message(), std::error::Error::source(status));
             (text, Some(status.code()))
         }
         other => (crate::errors::chain(other), None),

@@ -1,6 +1,9 @@
 //! Logging: to the journal when systemd runs us, else readable lines on stderr.
 
 use tracing_subscriber::EnvFilter;
+
+/// Whether the logs go to the journal (set once by `init`).
+static TO_JOURNAL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
 use tracing_subscriber::prelude::*;
 
 pub const SYSLOG_IDENTIFIER: &str = "etcd-backupd";
@@ -40,7 +43,12 @@ pub fn backup_committed(report: &crate::pipeline::BackupReport) {
 
 /// The one journal entry that ends a failed backup.
 pub fn backup_failed(error: &str, destinations: &str) {
-    tracing::error!(message_id = MESSAGE_BACKUP_FAILED, error = %error, destinations = %destinations, "backup failed: {error}");
+    // The journal gets the error as a field of its own too (for queries); stderr shows it once.
+    if TO_JOURNAL.get().copied().unwrap_or(false) {
+        tracing::error!(message_id = MESSAGE_BACKUP_FAILED, error = %error, destinations = %destinations, "backup failed: {error}");
+    } else {
+        tracing::error!(message_id = MESSAGE_BACKUP_FAILED, destinations = %destinations, "backup failed: {error}");
+    }
 }
 
 /// One entry per destination pruned.
@@ -81,13 +89,12 @@ pub fn drill_passed(report: &crate::drill::DrillReport) {
 
 /// A drill could not prove a backup restorable.
 pub fn drill_failed(id: Option<&str>, error: &str) {
-    tracing::error!(
-        message_id = MESSAGE_DRILL_FAILED,
-        backup_id = id.unwrap_or(""),
-        error = %error,
-        "drill FAILED{}: {error}",
-        id.map(|i| format!(" for {i}")).unwrap_or_default()
-    );
+    let on = id.map(|i| format!(" for {i}")).unwrap_or_default();
+    if TO_JOURNAL.get().copied().unwrap_or(false) {
+        tracing::error!(message_id = MESSAGE_DRILL_FAILED, backup_id = id.unwrap_or(""), error = %error, "drill FAILED{on}: {error}");
+    } else {
+        tracing::error!(message_id = MESSAGE_DRILL_FAILED, backup_id = id.unwrap_or(""), "drill FAILED{on}: {error}");
+    }
 }
 
 /// True when stderr is connected to the journal (systemd sets JOURNAL_STREAM to its device:inode).
@@ -117,6 +124,7 @@ pub fn init() {
         Ok("stderr") => false,
         _ => stderr_is_journal(),
     };
+    let _ = TO_JOURNAL.set(to_journal);
     let journald = if to_journal {
         tracing_journald::layer()
             .ok()

@@ -36,6 +36,9 @@ async fn unreachable_etcd_is_named_and_nothing_is_written() {
     assert!(err.contains("cannot reach etcd"), "{err}");
     assert!(err.contains(&endpoint), "names the endpoint: {err}");
     assert!(err.contains("connection refused") || err.contains("no answer"), "{err}");
+    // Said twice (the log line, the final error), each cause once within it.
+    assert_eq!(err.matches("Connection refused (os error 111)").count(), 2, "{err}");
+    assert_eq!(err.matches("tcp connect error").count(), 2, "{err}");
     assert_nothing_local(&s.folder());
     assert!(s3.keys(BUCKET).is_empty());
 }
