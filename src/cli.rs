@@ -34,6 +34,12 @@ macro_rules! out {
     };
 }
 
+/// Prints a value as pretty JSON on stdout.
+fn print_json(value: &impl Serialize) -> Result<(), Failure> {
+    out!("{}", serde_json::to_string_pretty(value).map_err(anyhow::Error::from)?);
+    Ok(())
+}
+
 fn print_line(args: std::fmt::Arguments<'_>) {
     use std::io::Write;
     let mut stdout = std::io::stdout().lock();
@@ -76,6 +82,9 @@ pub enum Command {
         /// If another backup is running (the service's, or another `backup`), wait this long for it.
         #[arg(long, default_value = "10m", value_parser = parse_wait)]
         wait: std::time::Duration,
+        /// Print JSON instead of text (the shape is in README, "JSON output").
+        #[arg(long)]
+        json: bool,
     },
     /// Run as a daemon: back up on the [schedule], prune, report to systemd and the journal.
     Run,
@@ -88,6 +97,9 @@ pub enum Command {
         /// An age identity file (or unencrypted SSH private key) that can decrypt the backups.
         #[arg(long)]
         identity: Option<PathBuf>,
+        /// Print JSON instead of text (the shape is in README, "JSON output").
+        #[arg(long)]
+        json: bool,
     },
     /// Restore a backup: into a NEW data dir with etcd's own `snapshot restore`, or as a plain snapshot file.
     ///
@@ -140,6 +152,9 @@ pub enum Command {
         /// The folder holding `etcd` and `etcdutl` (3.5+) or `etcdctl` (3.4), or one of them; default: drill.etcd_bin, then PATH.
         #[arg(long)]
         etcd_bin: Option<PathBuf>,
+        /// Print JSON instead of text (the shape is in README, "JSON output").
+        #[arg(long)]
+        json: bool,
     },
     /// Show the last success and failure, the next run and the backups per destination; exit 1 if the
     /// last success is older than twice the schedule's interval.
@@ -297,14 +312,14 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             print_summary(&cli.config, &settings);
             Ok(())
         }
-        Command::Backup { label, pin, wait } => {
+        Command::Backup { label, pin, wait, json } => {
             let cancel = crate::interrupt::on_signals();
-            backup(&settings, BackupRequest { label, pin, cancel, ..BackupRequest::default() }, wait).await
+            backup(&settings, BackupRequest { label, pin, cancel, ..BackupRequest::default() }, wait, json).await
         }
         Command::Run => crate::daemon::run(cli.config.clone(), settings).await.map_err(Failure::Other),
         Command::Status { json } => status(&settings, json),
-        Command::Verify { backup, identity } => {
-            verify(&settings, &backup, identity.as_deref(), &crate::interrupt::on_signals()).await
+        Command::Verify { backup, identity, json } => {
+            verify(&settings, &backup, identity.as_deref(), &crate::interrupt::on_signals(), json).await
         }
         Command::Restore {
             backup,
@@ -327,8 +342,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             };
             restore(&settings, &selector, &identity, target, &crate::interrupt::on_signals()).await
         }
-        Command::Drill { backup, identity, etcd_bin } => {
-            drill(&settings, &backup, identity.as_deref(), etcd_bin.as_deref(), &crate::interrupt::on_signals()).await
+        Command::Drill { backup, identity, etcd_bin, json } => {
+            let cancel = crate::interrupt::on_signals();
+            drill(&settings, &backup, identity.as_deref(), etcd_bin.as_deref(), &cancel, json).await
         }
         Command::List { json } => list(&settings, json).await,
         Command::Prune { dry_run, now, json, wait } => {
@@ -432,28 +448,46 @@ fn print_summary(path: &std::path::Path, s: &Settings) {
     }
 }
 
-async fn backup(settings: &Settings, request: BackupRequest, wait: std::time::Duration) -> Result<(), Failure> {
+async fn backup(
+    settings: &Settings,
+    request: BackupRequest,
+    wait: std::time::Duration,
+    json: bool,
+) -> Result<(), Failure> {
     let state_dir = crate::state::state_dir();
     let (started, outcome) = run_once(settings, &request, &state_dir, wait, 1).await;
     record(settings, &state_dir, started, &outcome).await;
+    if json {
+        let shape = match &outcome {
+            Outcome::Committed(report) => crate::json::Backup::committed(report),
+            Outcome::Unchanged { revision } => crate::json::Backup::unchanged(*revision),
+            Outcome::Failed(e) => crate::json::Backup::not_committed("failed", format!("{e:#}")),
+            Outcome::Skipped(why) => crate::json::Backup::not_committed("skipped", why.clone()),
+        };
+        print_json(&shape)?;
+    }
     let report = match outcome {
         Outcome::Committed(report) => *report,
         Outcome::Unchanged { revision } => {
-            out!("etcd's revision {revision} has not changed since the last backup: nothing to do");
+            if !json {
+                out!("etcd's revision {revision} has not changed since the last backup: nothing to do");
+            }
             return Ok(());
         }
         Outcome::Failed(e) => return Err(e.into()),
         Outcome::Skipped(why) => return Err(anyhow::anyhow!(why).into()),
     };
     let m = &report.manifest;
-    out!(
-        "backup {} (revision {}, {} → {}) committed in: {}",
-        m.id,
-        m.etcd.revision,
-        format_size(m.snapshot.size),
-        format_size(m.artifact.size),
-        report.committed.join(", ")
-    );
+    if !json {
+        out!(
+            "backup {} (revision {}, {} → {}) committed in: {}",
+            m.id,
+            m.etcd.revision,
+            format_size(m.snapshot.size),
+            format_size(m.artifact.size),
+            report.committed.join(", ")
+        );
+    }
     if report.failed.is_empty() {
         Ok(())
     } else {
@@ -732,14 +766,18 @@ async fn verify(
     selector: &Selector,
     identity: Option<&std::path::Path>,
     cancel: &CancellationToken,
+    json: bool,
 ) -> Result<(), Failure> {
     let identities = match identity {
         Some(path) => Some(std::sync::Arc::new(crate::crypto::read_identities(path).map_err(|e| anyhow::anyhow!(e))?)),
         None => None,
     };
-    let (destinations, mut errors) = destinations(settings).await;
+    let (destinations, setup_errors) = destinations(settings).await;
+    let mut errors = setup_errors.clone();
     let found = crate::restore::find(&destinations, selector).await?;
     let scratch = crate::scratch::scratch_dir()?;
+    let checked_as = if identities.is_some() { "decrypted" } else { "sha256" };
+    let mut copies = Vec::new();
     // Each copy is checked against its own manifest.
     for (holder, stored) in &found.holders {
         let m = &stored.manifest;
@@ -749,27 +787,53 @@ async fn verify(
                 let plain = scratch.path().join("plain.db");
                 let checked = crate::restore::fetch_and_decrypt(holder, m, ids, scratch.path(), &plain, cancel).await;
                 let _ = std::fs::remove_file(&plain);
-                let s = checked?.status;
-                return anyhow::Ok(format!(
-                    "decrypted, decompressed, trailer, sizes and database structure check out; revision {}, {} keys ({} with history), hash {:x}",
-                    s.served_revision(),
-                    s.live_keys,
-                    s.total_key,
-                    s.hash
-                ));
+                return anyhow::Ok(Some(checked?.status));
             }
             // Fetching checks the artifact's size and sha256 against the manifest.
             let artifact = crate::restore::fetch(holder, m, scratch.path(), cancel).await?;
             if !matches!(holder, Destination::Local(_)) {
                 let _ = std::fs::remove_file(&artifact);
             }
-            anyhow::Ok("artifact size and sha256 match the manifest".to_string())
+            anyhow::Ok(None)
         }
         .await;
+        let mut copy = crate::json::Copy {
+            destination: holder.name(),
+            ok: checked.is_ok(),
+            checked: checked_as,
+            revision: None,
+            keys: None,
+            hash: None,
+            error: None,
+        };
         match checked {
-            Ok(what) => out!("{} {}: OK ({what})", holder.name(), m.id),
-            Err(e) => errors.push(format!("{}: {e:#}", holder.name())),
+            Ok(Some(s)) => {
+                (copy.revision, copy.keys, copy.hash) =
+                    (Some(s.served_revision()), Some(s.live_keys), Some(format!("{:x}", s.hash)));
+                if !json {
+                    out!(
+                        "{} {}: OK (decrypted, decompressed, trailer, sizes and database structure check out; revision {}, {} keys ({} with history), hash {:x})",
+                        holder.name(),
+                        m.id,
+                        s.served_revision(),
+                        s.live_keys,
+                        s.total_key,
+                        s.hash
+                    );
+                }
+            }
+            Ok(None) if !json => out!("{} {}: OK (artifact size and sha256 match the manifest)", holder.name(), m.id),
+            Ok(None) => {}
+            Err(e) => {
+                copy.error = Some(format!("{e:#}"));
+                errors.push(format!("{}: {e:#}", holder.name()));
+            }
         }
+        copies.push(copy);
+    }
+    if json {
+        let ok = errors.is_empty();
+        print_json(&crate::json::Verify { ok, id: found.manifest.id.to_string(), copies, errors: setup_errors })?;
     }
     fail_if(errors, &format!("backup {} did not verify", found.manifest.id))
 }
@@ -780,6 +844,7 @@ async fn drill(
     identity: Option<&std::path::Path>,
     etcd_bin: Option<&std::path::Path>,
     cancel: &CancellationToken,
+    json: bool,
 ) -> Result<(), Failure> {
     let started = Utc::now();
     let (id, result) = crate::drill::drill(settings, selector, identity, etcd_bin, cancel).await;
@@ -788,7 +853,13 @@ async fn drill(
     if !interrupted {
         crate::drill::record(settings, &crate::state::state_dir(), started, id.as_deref(), &result).await;
     }
+    if json {
+        print_json(&crate::json::Drill::of(id.as_deref(), &result))?;
+    }
     let report = result?;
+    if json {
+        return Ok(());
+    }
     out!(
         "drill passed: {} (from {}) restored, and a throwaway etcd served revision {} with {} keys, as the manifest says ({})",
         report.id,

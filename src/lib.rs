@@ -8,6 +8,7 @@ pub mod drill;
 pub mod errors;
 pub mod etcd;
 pub mod interrupt;
+pub mod json;
 pub mod manifest;
 pub mod manpages;
 pub mod metrics;
