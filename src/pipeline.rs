@@ -283,6 +283,17 @@ pub async fn write_backup<S: SnapshotSource>(
         ));
     }
 
+    // A pin asked for is part of the backup: it is written even when the run is stopping.
+    if request.pin {
+        for destination in destinations.iter().filter(|d| committed.contains(&d.name())) {
+            if let Err(e) = destination.set_pin(&id, true).await {
+                failed.push((destination.name(), format!("committed, but cannot pin it: {e:#}")));
+            } else {
+                tracing::info!(destination = destination.name(), id = %id, "backup pinned");
+            }
+        }
+    }
+
     // Stopping (SIGTERM past stop_grace, or an interrupted one-shot run): the backup is committed and
     // stays; catching up and pruning are left to the next run, so the stop is not overrun.
     if request.cancel.is_cancelled() {
@@ -303,22 +314,12 @@ pub async fn write_backup<S: SnapshotSource>(
         }
     }
 
-    // Each destination that committed is pinned (if asked) and pruned on its own; a destination that
-    // failed is not pruned, so a failed upload never costs an older backup.
+    // Each destination that committed is pruned on its own; a destination that failed is not pruned,
+    // so a failed upload never costs an older backup.
     let mut pruned = Vec::new();
     for destination in destinations.iter().filter(|d| committed.contains(&d.name())) {
-        if request.cancel.is_cancelled() {
+        if request.cancel.is_cancelled() || !request.prune {
             break;
-        }
-        if request.pin {
-            if let Err(e) = destination.set_pin(&id, true).await {
-                failed.push((destination.name(), format!("committed, but cannot pin it: {e:#}")));
-            } else {
-                tracing::info!(destination = destination.name(), id = %id, "backup pinned");
-            }
-        }
-        if !request.prune {
-            continue;
         }
         let options = PruneOptions {
             policy: policy_for(settings, destination).clone(),
