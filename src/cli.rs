@@ -455,8 +455,11 @@ async fn backup(
     json: bool,
 ) -> Result<(), Failure> {
     let state_dir = crate::state::state_dir();
-    let (started, outcome) = run_once(settings, &request, &state_dir, wait, 1).await;
+    let mut alerts = crate::alerts::Pending::default();
+    let (started, outcome) = run_once(settings, &request, &state_dir, wait, 1, &mut alerts).await;
     record(settings, &state_dir, started, &outcome).await;
+    // The notifications are sent before the process ends (each bounded by notify.timeout).
+    alerts.wait().await;
     if json {
         let shape = match &outcome {
             Outcome::Committed(report) => crate::json::Backup::committed(report),

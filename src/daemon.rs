@@ -42,17 +42,64 @@ pub async fn run_once(
     state_dir: &Path,
     lock_wait: Duration,
     max_attempts: u32,
+    alerts: &mut crate::alerts::Pending,
 ) -> (DateTime<Utc>, Outcome) {
     let started = Utc::now();
     // What a killed verify, restore or drill left (plaintext included) goes with the next backup too.
     crate::scratch::sweep(state_dir);
     let outcome = match Lock::take(state_dir, lock_wait).await {
-        // Held by another run: skipped. Anything else (a lock file we may not open) is a failure.
+        // Held by another run: skipped (that run notifies). Anything else (a lock file we may not open)
+        // is a failure.
         Err(e) if e.downcast_ref::<crate::state::LockHeld>().is_some() => Outcome::Skipped(format!("{e:#}")),
         Err(e) => Outcome::Failed(e),
-        Ok(_lock) => attempts(settings, request, state_dir, max_attempts).await,
+        Ok(_lock) => {
+            crate::alerts::send(&settings.notify, event(settings, "start", None), alerts);
+            attempts(settings, request, state_dir, max_attempts).await
+        }
     };
+    let done = match &outcome {
+        Outcome::Committed(report) if report.failed.is_empty() => Some(event(settings, "success", Some(&outcome))),
+        Outcome::Committed(_) | Outcome::Failed(_) => Some(event(settings, "failure", Some(&outcome))),
+        Outcome::Unchanged { .. } => Some(event(settings, "success", Some(&outcome))),
+        Outcome::Skipped(_) => None,
+    };
+    if let Some(done) = done {
+        crate::alerts::send(&settings.notify, done, alerts);
+    }
     (started, outcome)
+}
+
+/// The notification of a run's start (no outcome yet) or end.
+fn event(settings: &Settings, kind: &'static str, outcome: Option<&Outcome>) -> crate::alerts::Event {
+    let mut e = crate::alerts::Event {
+        event: kind,
+        cluster: settings.cluster.to_string(),
+        host: crate::pipeline::hostname(),
+        time: Utc::now(),
+        backup_id: None,
+        revision: None,
+        snapshot_bytes: None,
+        artifact_bytes: None,
+        committed: Vec::new(),
+        error: None,
+    };
+    match outcome {
+        Some(Outcome::Committed(report)) => {
+            let m = &report.manifest;
+            e.backup_id = Some(m.id.to_string());
+            e.revision = Some(m.etcd.revision);
+            e.snapshot_bytes = Some(m.snapshot.size);
+            e.artifact_bytes = Some(m.artifact.size);
+            e.committed = report.committed.clone();
+            if !report.failed.is_empty() {
+                e.error = Some(failures(report));
+            }
+        }
+        Some(Outcome::Unchanged { revision }) => e.revision = Some(*revision),
+        Some(Outcome::Failed(err)) => e.error = Some(format!("{err:#}")),
+        Some(Outcome::Skipped(_)) | None => {}
+    }
+    e
 }
 
 async fn attempts(settings: &Settings, request: &BackupRequest, state_dir: &Path, max: u32) -> Outcome {
@@ -414,7 +461,9 @@ fn start(settings: &Settings, state_dir: &Path) -> Running {
     let handle = tokio::spawn(async move {
         // The daemon does not wait for a one-shot backup holding the lock: it skips this run.
         let request = BackupRequest { cancel: token, ..BackupRequest::default() };
-        run_once(&settings, &request, &state_dir, Duration::ZERO, settings.schedule.max_attempts).await
+        // The daemon's notifications finish on their own tasks.
+        let mut alerts = crate::alerts::Pending::default();
+        run_once(&settings, &request, &state_dir, Duration::ZERO, settings.schedule.max_attempts, &mut alerts).await
     });
     Running { handle, cancel }
 }

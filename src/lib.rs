@@ -1,5 +1,6 @@
 //! etcd-backupd: verified, compressed, age-encrypted etcd v3 snapshots to a local directory and S3.
 
+pub mod alerts;
 pub mod cli;
 pub mod config;
 pub mod crypto;

@@ -16,6 +16,15 @@ pub struct RawConfig {
     pub schedule: Option<RawSchedule>,
     pub metrics: Option<RawMetrics>,
     pub drill: Option<RawDrill>,
+    pub notify: Option<RawNotify>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNotify {
+    pub healthchecks: Option<Vec<String>>,
+    pub webhooks: Option<Vec<String>>,
+    pub timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

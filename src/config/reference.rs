@@ -157,6 +157,23 @@ pub const TABLES: &[Table] = &[
         keys: &[key("textfile", "none", "the file to rewrite (atomically) after every run")],
     },
     Table {
+        name: "notify",
+        about: "Who is told how backups go; a notification never fails, blocks or delays a backup.",
+        keys: &[
+            key(
+                "healthchecks",
+                "[]",
+                "ping URLs in the healthchecks.io convention: URL/start when a run starts, URL on success, URL/fail (the error as the body) on failure",
+            ),
+            key(
+                "webhooks",
+                "[]",
+                "URLs POSTed a JSON event on success and failure (event, cluster, host, time, backup_id, revision, snapshot_bytes, artifact_bytes, committed, error)",
+            ),
+            key("timeout", "10s", "the longest one attempt may take; three attempts, not after a 4xx"),
+        ],
+    },
+    Table {
         name: "drill",
         about: "Restore drills (etcd-backupd drill). Keep the identity off the etcd hosts: run drills on a verification host.",
         keys: &[

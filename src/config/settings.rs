@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::raw::{RawConfig, RawDrill, RawEtcd, RawRetention, RawS3};
+use super::raw::{RawConfig, RawDrill, RawEtcd, RawNotify, RawRetention, RawS3};
 use super::units::{parse_duration, parse_size};
 use crate::manifest::{ClusterName, Compression};
 use crate::retention::Policy;
@@ -36,6 +36,50 @@ pub struct Settings {
     /// Leftovers of crashed runs younger than this are left alone: their run may still be going.
     pub leftover_grace: Duration,
     pub drill: DrillSettings,
+    pub notify: NotifySettings,
+}
+
+/// Who is told how backups go: healthchecks.io-style ping URLs and JSON webhooks (none by default).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotifySettings {
+    /// Pinged `<url>/start` when a run starts, `<url>` when it succeeds, `<url>/fail` when it fails.
+    pub healthchecks: Vec<String>,
+    /// POSTed a JSON event when a run succeeds or fails.
+    pub webhooks: Vec<String>,
+    /// The longest one attempt may take (three attempts at most).
+    pub timeout: Duration,
+}
+
+impl Default for NotifySettings {
+    fn default() -> Self {
+        NotifySettings { healthchecks: Vec::new(), webhooks: Vec::new(), timeout: DEFAULT_NOTIFY_TIMEOUT }
+    }
+}
+
+/// One notification attempt gets this long.
+pub const DEFAULT_NOTIFY_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn validate_notify(raw: RawNotify, issues: &mut Vec<Issue>) -> NotifySettings {
+    let mut urls = |list: Option<Vec<String>>, key: &str| -> Vec<String> {
+        let list = list.unwrap_or_default();
+        for (i, url) in list.iter().enumerate() {
+            let ok = (url.starts_with("https://") || url.starts_with("http://")) && !url.contains(char::is_whitespace);
+            if !ok {
+                issues.push(Issue::new(
+                    format!("{key}[{i}]"),
+                    "is not a URL: expected https://HOST/PATH (http:// for a host on this network)",
+                ));
+            }
+        }
+        list.into_iter().map(|u| u.trim_end_matches('/').to_string()).collect()
+    };
+    let healthchecks = urls(raw.healthchecks, "notify.healthchecks");
+    let webhooks = urls(raw.webhooks, "notify.webhooks");
+    NotifySettings {
+        healthchecks,
+        webhooks,
+        timeout: duration_key(raw.timeout, "notify.timeout", DEFAULT_NOTIFY_TIMEOUT, issues),
+    }
 }
 
 /// Restore drills: where the identity is, and when the daemon runs them (never, by default).
@@ -278,6 +322,7 @@ pub fn validate(raw: RawConfig) -> Result<Settings, Vec<Issue>> {
     let leftover_grace =
         duration_key(raw.backup.leftover_grace, "backup.leftover_grace", DEFAULT_LEFTOVER_GRACE, &mut issues);
     let drill = raw.drill.map(|d| validate_drill(d, timezone, &mut issues)).unwrap_or_default();
+    let notify = raw.notify.map(|n| validate_notify(n, &mut issues)).unwrap_or_default();
 
     match etcd {
         Some(etcd) if issues.is_empty() => Ok(Settings {
@@ -292,6 +337,7 @@ pub fn validate(raw: RawConfig) -> Result<Settings, Vec<Issue>> {
             metrics_textfile,
             leftover_grace,
             drill,
+            notify,
         }),
         _ => Err(issues),
     }

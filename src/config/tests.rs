@@ -569,3 +569,13 @@ fn a_duplicate_table_or_key_is_named() {
     let p = one(&format!("{}[local]\ndir = \"/a\"\ndir = \"/b\"\n", minimal()));
     assert_eq!((p.line, p.key.as_str()), (Some(8), "dir"), "{p:?}");
 }
+
+#[test]
+fn notify_urls_are_checked_and_named() {
+    let s = parse(&format!("{}[notify]\nhealthchecks = [\"https://hc-ping.com/abc/\"]\n", minimal())).unwrap();
+    assert_eq!(s.notify.healthchecks, vec!["https://hc-ping.com/abc"], "a trailing / is dropped");
+    assert_eq!(s.notify.timeout, Duration::from_secs(10));
+    let p = one(&format!("{}[notify]\nwebhooks = [\"https://ok\", \"hooks.example/x\"]\n", minimal()));
+    assert_eq!((p.key.as_str(), p.line), ("notify.webhooks[1]", Some(7)), "{p:?}");
+    assert!(p.message.contains("is not a URL"), "{}", p.message);
+}

@@ -1,0 +1,172 @@
+//! Alerts that reach a person: healthchecks.io-style pings (`<url>/start`, `<url>`, `<url>/fail` with
+//! the error as the body) and a JSON webhook, for every backup run. A notification never fails, blocks
+//! or delays a backup: it is sent on its own task, each attempt bounded by `notify.timeout`, three
+//! attempts at most; the URLs (which carry secrets) are logged by scheme and host only.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio::task::JoinHandle;
+
+use crate::config::NotifySettings;
+
+/// Attempts per notification; a 4xx answer is not retried.
+const ATTEMPTS: u32 = 3;
+
+/// What a run tells the webhooks (and, as text, the healthchecks).
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    /// `start`, `success` or `failure`.
+    pub event: &'static str,
+    pub cluster: String,
+    pub host: String,
+    pub time: DateTime<Utc>,
+    pub backup_id: Option<String>,
+    pub revision: Option<i64>,
+    pub snapshot_bytes: Option<u64>,
+    pub artifact_bytes: Option<u64>,
+    pub committed: Vec<&'static str>,
+    pub error: Option<String>,
+}
+
+/// The notifications of one run still being sent; `wait` for them before the process exits.
+#[derive(Default)]
+pub struct Pending(Vec<JoinHandle<()>>);
+
+impl Pending {
+    /// Waits for the notifications (each is bounded by its timeout and attempts).
+    pub async fn wait(self) {
+        for handle in self.0 {
+            let _ = handle.await;
+        }
+    }
+}
+
+/// Sends `event` to every configured URL, each on its own task.
+pub fn send(settings: &NotifySettings, event: Event, pending: &mut Pending) {
+    if settings.healthchecks.is_empty() && settings.webhooks.is_empty() {
+        return;
+    }
+    let client = match reqwest::Client::builder().timeout(settings.timeout).build() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot send notifications");
+            return;
+        }
+    };
+    for url in &settings.healthchecks {
+        let target = match event.event {
+            "start" => format!("{url}/start"),
+            "failure" => format!("{url}/fail"),
+            _ => url.clone(),
+        };
+        let body = summary(&event);
+        let client = client.clone();
+        pending.0.push(tokio::spawn(async move { deliver(&client, &target, Body::Text(body)).await }));
+    }
+    if event.event != "start" {
+        for url in &settings.webhooks {
+            let (client, url, event) = (client.clone(), url.clone(), event.clone());
+            pending.0.push(tokio::spawn(async move { deliver(&client, &url, Body::Json(event)).await }));
+        }
+    }
+}
+
+enum Body {
+    Text(String),
+    Json(Event),
+}
+
+/// One notification, retried on a network error or a 5xx (after 1 s, then 2 s); the outcome is logged.
+async fn deliver(client: &reqwest::Client, url: &str, body: Body) {
+    let mut last = String::new();
+    for attempt in 1..=ATTEMPTS {
+        let request = match &body {
+            Body::Text(text) => client.post(url).body(text.clone()),
+            Body::Json(event) => client.post(url).json(event),
+        };
+        match request.send().await {
+            Ok(r) if r.status().is_success() => {
+                tracing::debug!(to = %redact(url), "notification sent");
+                return;
+            }
+            Ok(r) if r.status().is_client_error() => {
+                last = format!("HTTP {}", r.status());
+                break;
+            }
+            Ok(r) => last = format!("HTTP {}", r.status()),
+            Err(e) if e.is_timeout() => last = "no answer in time (notify.timeout)".to_string(),
+            Err(e) => last = redact_error(e),
+        }
+        if attempt < ATTEMPTS {
+            tokio::time::sleep(Duration::from_secs(u64::from(attempt))).await;
+        }
+    }
+    tracing::warn!(to = %redact(url), error = %last, "a notification could not be sent (the backup is not affected)");
+}
+
+/// A one-line text of the event, for healthchecks' body.
+fn summary(e: &Event) -> String {
+    match (e.event, &e.error) {
+        ("failure", Some(error)) => format!("etcd backup of {} on {} failed: {error}", e.cluster, e.host),
+        ("start", _) => format!("etcd backup of {} on {} started", e.cluster, e.host),
+        _ => format!(
+            "etcd backup {} of {} on {} committed in {}",
+            e.backup_id.as_deref().unwrap_or("-"),
+            e.cluster,
+            e.host,
+            e.committed.join(", ")
+        ),
+    }
+}
+
+/// A URL as it may be logged: scheme and host (paths and queries of ping URLs are secrets).
+pub fn redact(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+            let host = host.rsplit('@').next().unwrap_or(host);
+            format!("{scheme}://{host}/…")
+        }
+        None => "…".to_string(),
+    }
+}
+
+/// An HTTP client error without the URL it carries.
+fn redact_error(e: reqwest::Error) -> String {
+    crate::errors::chain(&e.without_url())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_logged_without_their_secrets() {
+        assert_eq!(redact("https://hc-ping.com/5f1c6e1a-2b3c?key=s3cret"), "https://hc-ping.com/…");
+        assert_eq!(redact("https://user:pw@hooks.example:8443/t/abc"), "https://hooks.example:8443/…");
+        assert_eq!(redact("not a url"), "…");
+    }
+
+    #[test]
+    fn the_summary_says_what_happened() {
+        let mut e = Event {
+            event: "failure",
+            cluster: "prod".into(),
+            host: "cp-1".into(),
+            time: Utc::now(),
+            backup_id: None,
+            revision: None,
+            snapshot_bytes: None,
+            artifact_bytes: None,
+            committed: vec![],
+            error: Some("cannot reach etcd".into()),
+        };
+        assert_eq!(summary(&e), "etcd backup of prod on cp-1 failed: cannot reach etcd");
+        e.event = "success";
+        e.backup_id = Some("ID".into());
+        e.committed = vec!["local", "s3"];
+        assert_eq!(summary(&e), "etcd backup ID of prod on cp-1 committed in local, s3");
+    }
+}

@@ -1,0 +1,147 @@
+//! `[notify]`: healthchecks-style pings and a JSON webhook, against loopback HTTP servers that answer,
+//! answer 500, or hang. A notification never fails, blocks or delays a backup, and its URL's secret
+//! path is never logged.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// What a server does with each request.
+#[derive(Clone, Copy)]
+enum Mode {
+    Ok,
+    Error500,
+    Hang,
+}
+
+/// A loopback HTTP/1.1 server that records `METHOD PATH` and the body of every request.
+struct Hook {
+    url: String,
+    seen: Arc<Mutex<Vec<(String, String)>>>,
+}
+
+impl Hook {
+    async fn start(mode: Mode) -> Hook {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let record = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let record = record.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    let (head, body) = loop {
+                        let Ok(n) = socket.read(&mut chunk).await else { return };
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        let text = String::from_utf8_lossy(&buf).into_owned();
+                        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                            let length = head
+                                .lines()
+                                .find_map(|l| {
+                                    l.to_ascii_lowercase()
+                                        .strip_prefix("content-length:")
+                                        .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                                })
+                                .unwrap_or(0);
+                            if body.len() >= length {
+                                break (head.to_string(), body.to_string());
+                            }
+                        }
+                    };
+                    let line = head.lines().next().unwrap_or("").split(' ').take(2).collect::<Vec<_>>().join(" ");
+                    record.lock().unwrap().push((line, body));
+                    let status = match mode {
+                        Mode::Ok => "200 OK",
+                        Mode::Error500 => "500 Internal Server Error",
+                        Mode::Hang => {
+                            tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+                            return;
+                        }
+                    };
+                    let _ = socket
+                        .write_all(
+                            format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").as_bytes(),
+                        )
+                        .await;
+                });
+            }
+        });
+        Hook { url, seen }
+    }
+
+    fn seen(&self) -> Vec<(String, String)> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+fn notify_table(healthchecks: &str, webhooks: &str) -> String {
+    format!("[notify]\nhealthchecks = [\"{healthchecks}\"]\nwebhooks = [\"{webhooks}\"]\ntimeout = \"1s\"\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn success_and_failure_are_pinged_and_posted_without_logging_the_secret() {
+    let s = Setup::new();
+    let etcd = Etcd::start(EtcdVersion::V34);
+    etcd.seed(5, 10).await;
+    let hook = Hook::start(Mode::Ok).await;
+    let ping = format!("{}/ping/5f1c-secret", hook.url);
+    let post = format!("{}/hook/t0ken-secret", hook.url);
+    let config = s.config(&etcd.config_table(), &notify_table(&ping, &post));
+    let out = run(&config, &["backup"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let seen = hook.seen();
+    let paths: Vec<&str> = seen.iter().map(|(l, _)| l.as_str()).collect();
+    assert!(paths.contains(&"POST /ping/5f1c-secret/start"), "{paths:?}");
+    assert!(paths.contains(&"POST /ping/5f1c-secret"), "{paths:?}");
+    let (_, event) = seen.iter().find(|(l, _)| l == "POST /hook/t0ken-secret").expect("the webhook");
+    let event: serde_json::Value = serde_json::from_str(event).unwrap();
+    assert_eq!(event["event"], "success");
+    assert_eq!(event["cluster"], "default");
+    assert!(event["backup_id"].as_str().unwrap().contains("-r"), "{event}");
+    assert!(event["artifact_bytes"].as_u64().unwrap() > 0 && event["error"].is_null(), "{event}");
+    assert!(!stderr(&out).contains("secret"), "{}", stderr(&out));
+
+    // A failure: /fail with the error as the body, and the webhook's event says it.
+    let dead = s.config(
+        &format!("[etcd]\nendpoints = [\"http://127.0.0.1:{}\"]\ndial_timeout = \"1s\"\n", free_port()),
+        &notify_table(&ping, &post),
+    );
+    let out = run(&dead, &["backup"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let seen = hook.seen();
+    let (_, body) = seen.iter().find(|(l, _)| l == "POST /ping/5f1c-secret/fail").expect("the fail ping");
+    assert!(body.contains("cannot reach etcd"), "{body}");
+    let failure = seen.iter().filter(|(l, _)| l == "POST /hook/t0ken-secret").nth(1).expect("the second event");
+    let event: serde_json::Value = serde_json::from_str(&failure.1).unwrap();
+    assert_eq!(event["event"], "failure");
+    assert!(event["error"].as_str().unwrap().contains("cannot reach etcd"), "{event}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_or_failing_endpoint_never_fails_the_backup() {
+    let s = Setup::new();
+    let etcd = Etcd::start(EtcdVersion::V34);
+    etcd.seed(5, 10).await;
+    let (hang, broken) = (Hook::start(Mode::Hang).await, Hook::start(Mode::Error500).await);
+    let config = s.config(
+        &etcd.config_table(),
+        &notify_table(&format!("{}/hc/k3y", hang.url), &format!("{}/wh/k3y", broken.url)),
+    );
+    let out = run(&config, &["backup"]).await;
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(files(&s.folder()).iter().filter(|n| n.ends_with(".manifest.json")).count(), 1);
+    assert_eq!(broken.seen().len(), 3, "a 5xx is tried three times: {:?}", broken.seen());
+    assert!(!hang.seen().is_empty(), "the hanging endpoint was asked");
+    assert!(err.contains("a notification could not be sent (the backup is not affected)"), "{err}");
+    assert!(err.contains("no answer in time (notify.timeout)") && err.contains("HTTP 500"), "{err}");
+    assert!(!err.contains("k3y"), "the URL's path is never logged: {err}");
+}
