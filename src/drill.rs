@@ -188,7 +188,7 @@ async fn serve_and_count(
         crate::restore::restore_into(snapshot, data_dir, &restore_flags(peer_port), etcd_bin, cancel)?;
         let log_path = data_dir.with_extension("log");
         let log = std::fs::File::create(&log_path).context("cannot create the drill's etcd log")?;
-        let child = crate::interrupt::die_with_parent(crate::restore::child_env(&mut Command::new(etcd)))
+        let child = crate::interrupt::die_with_parent(&mut Command::new(etcd))
             .args(member_args(data_dir, client_port, peer_port))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

@@ -39,7 +39,10 @@ pub fn check(cancel: &CancellationToken) -> Result<(), Interrupted> {
     if cancel.is_cancelled() { Err(Interrupted) } else { Ok(()) }
 }
 
-/// A child that is ours alone: the kernel kills it with SIGKILL when the thread that started it ends, so
+/// A child that is ours alone: it gets only the environment it needs (PATH and the locale: not
+/// systemd's NOTIFY_SOCKET, with which a drill's etcd would tell systemd it is the service, not AWS
+/// credentials, not the operator's ETCD_* variables, each of which etcd reads as a flag); the kernel
+/// kills it with SIGKILL when the thread that started it ends, so
 /// a process of ours that is killed (even with SIGKILL) never leaves a child running; and it has a
 /// process group of its own, so a Ctrl-C at the terminal reaches us (who stop it and clean up) rather
 /// than it. Start such children from a thread that lives as long as they must (the main thread or the
@@ -47,6 +50,12 @@ pub fn check(cancel: &CancellationToken) -> Result<(), Interrupted> {
 /// blocking-pool thread that ends when idle would take the child with it.
 pub fn die_with_parent(cmd: &mut std::process::Command) -> &mut std::process::Command {
     let parent = nix::unistd::getpid();
+    cmd.env_clear();
+    for keep in ["PATH", "LANG", "LC_ALL", "TZ"] {
+        if let Some(v) = std::env::var_os(keep) {
+            cmd.env(keep, v);
+        }
+    }
     cmd.process_group(0);
     // SAFETY: the closure runs in the child between fork and exec and only calls prctl(2) and
     // getppid(2), which are async-signal-safe; it allocates nothing and takes no lock.

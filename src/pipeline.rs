@@ -609,12 +609,7 @@ fn check_copy(state_dir: &std::path::Path, db_size: u64) -> Result<std::fs::File
             ),
         ));
     }
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .mode(0o600)
-        .custom_flags(libc::O_TMPFILE)
-        .open(state_dir)
+    crate::store::local::unnamed_in(state_dir)
         .or_else(|_| {
             // File systems without O_TMPFILE: a named file, unlinked at once.
             let path = state_dir.join(format!(".check-{}.db", std::process::id()));

@@ -206,11 +206,7 @@ pub fn decrypt_to(
     // The plain snapshot is written to a file without a name in the output's folder, named only when
     // every check passed: an interrupted or killed restore leaves no plaintext. Where the file system
     // has no unnamed files, a named `.part` (removed on every error path) does.
-    let dir = match output.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let (mut out, named) = match crate::store::local::unnamed_in(dir) {
+    let (mut out, named) = match crate::store::local::unnamed_in(folder_of(output)) {
         Ok(file) => (file, false),
         Err(_) => (crate::store::local::create_private(&part)?, true),
     };
@@ -364,17 +360,12 @@ pub fn restore_tool(etcd_bin: Option<&Path>) -> Result<(PathBuf, bool)> {
     )
 }
 
-/// A child of ours (etcd, etcdutl, etcdctl) gets only the environment it needs: not systemd's
-/// NOTIFY_SOCKET (a drill's etcd would tell systemd it is the service), not AWS credentials, not the
-/// operator's ETCD_* and ETCDCTL_* variables (each of which etcd reads as a flag).
-pub fn child_env(cmd: &mut std::process::Command) -> &mut std::process::Command {
-    cmd.env_clear();
-    for keep in ["PATH", "LANG", "LC_ALL", "TZ"] {
-        if let Some(v) = std::env::var_os(keep) {
-            cmd.env(keep, v);
-        }
+/// The folder `path` is in (`.` for a bare name).
+fn folder_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
     }
-    cmd
 }
 
 /// A restore goes into a new data dir: one that does not exist yet, or an empty one.
@@ -402,16 +393,13 @@ pub fn restore_into(
     }
     let (tool, utl) = restore_tool(etcd_bin)?;
     let name = data_dir.file_name().context("the data dir needs a name")?.to_string_lossy();
-    let parent = match data_dir.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
+    let parent = folder_of(data_dir);
     let prefix = format!(".{name}.restoring-");
     crate::scratch::sweep_owned(parent, &prefix);
     let work = parent.join(format!("{prefix}{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
     let mut cmd = std::process::Command::new(&tool);
-    child_env(&mut cmd);
+    crate::interrupt::die_with_parent(&mut cmd);
     if !utl {
         cmd.env("ETCDCTL_API", "3");
     }
@@ -426,9 +414,7 @@ pub fn restore_into(
             cmd.arg(flag).arg(v);
         }
     }
-    let out = crate::interrupt::die_with_parent(&mut cmd)
-        .output()
-        .with_context(|| format!("cannot run '{}'", tool.display()))?;
+    let out = cmd.output().with_context(|| format!("cannot run '{}'", tool.display()))?;
     if cancel.is_cancelled() {
         let _ = std::fs::remove_dir_all(&work);
         return Err(Interrupted.into());
