@@ -3,6 +3,7 @@
 mod raw;
 pub mod reference;
 mod settings;
+mod typecheck;
 pub mod units;
 
 use std::fmt;
@@ -72,14 +73,57 @@ pub fn load(path: &Path) -> Result<Settings, ConfigError> {
     if issues.is_empty() { Ok(settings) } else { Err(fail(issues.into_iter().map(|i| place(&text, i)).collect())) }
 }
 
-/// Parses and validates config text. Pure.
+/// Parses and validates config text, reporting every problem at once, sorted by line. Pure.
 pub fn parse(text: &str) -> Result<Settings, Vec<Located>> {
-    let de = toml::Deserializer::parse(text).map_err(|e| vec![toml_error(text, "", &e)])?;
-    let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-        let key = e.path().to_string();
-        vec![toml_error(text, if key == "." { "" } else { &key }, e.inner())]
-    })?;
-    validate(raw).map_err(|issues| issues.into_iter().map(|i| place(text, i)).collect())
+    let mut table: toml::Table = toml::from_str(text).map_err(|e| vec![toml_error(text, "", &e)])?;
+    let mistyped = typecheck::take_mistyped(&mut table);
+    let mut removed: Vec<String> = mistyped.iter().map(|i| i.key.clone()).collect();
+    let mut problems: Vec<Located> = mistyped.into_iter().map(|i| place(text, i)).collect();
+    // Each refusal of the parser (an unknown key, mostly) is reported, its key removed, and the rest read
+    // again, so one mistake does not hide the next. Every round removes a key, so this ends.
+    let raw = loop {
+        match serde_path_to_error::deserialize::<_, RawConfig>(toml::Value::Table(table.clone())) {
+            Ok(raw) => break Some(raw),
+            Err(e) => {
+                let path = e.path().to_string();
+                let key = if path == "." { "" } else { &path };
+                let mut problem = toml_error(text, key, e.inner());
+                if let Some(offset) = locate(text, key, false) {
+                    let (line, column) = line_col(text, offset);
+                    (problem.line, problem.column) = (Some(line), Some(column));
+                }
+                problems.push(problem);
+                if !remove_path(&mut table, key) {
+                    break None;
+                }
+                removed.push(key.to_string());
+            }
+        }
+    };
+    if let Some(raw) = raw {
+        match validate(raw) {
+            Ok(settings) if problems.is_empty() => return Ok(settings),
+            Ok(_) => {}
+            // A key already reported was removed: that it, or its table, now lacks a value is not news.
+            Err(issues) => problems.extend(
+                issues
+                    .into_iter()
+                    .filter(|i| !removed.iter().any(|r| r == &i.key || r.starts_with(&format!("{}.", i.key))))
+                    .map(|i| place(text, i)),
+            ),
+        }
+    }
+    problems.sort_by_key(|p| (p.line.is_none(), p.line, p.column));
+    Err(problems)
+}
+
+/// Removes the key at a serde path such as `etcd.endpoints[1]` (the whole list, then). False when there is
+/// nothing there to remove.
+fn remove_path(table: &mut toml::Table, path: &str) -> bool {
+    let parts: Vec<&str> = path.split('.').map(|p| p.split('[').next().unwrap_or(p)).collect();
+    let Some((last, parents)) = parts.split_last() else { return false };
+    let parent = parents.iter().try_fold(table, |t, part| t.get_mut(*part)?.as_table_mut());
+    !last.is_empty() && parent.and_then(|t| t.remove(*last)).is_some()
 }
 
 fn toml_error(text: &str, key: &str, e: &toml::de::Error) -> Located {
@@ -109,12 +153,13 @@ fn is_bare_key(t: &str) -> bool {
 
 /// Puts a validation issue on the line of its key (or of its table, when the key is absent).
 fn place(text: &str, issue: Issue) -> Located {
-    let pos = locate(text, &issue.key).map(|off| line_col(text, off));
+    let pos = locate(text, &issue.key, true).map(|off| line_col(text, off));
     Located { line: pos.map(|p| p.0), column: pos.map(|p| p.1), key: issue.key, message: issue.message }
 }
 
-/// Byte offset of the value of a dotted key like `etcd.endpoints[1]`, or of the nearest enclosing key present.
-fn locate(text: &str, key: &str) -> Option<usize> {
+/// Byte offset of the value of a dotted key like `etcd.endpoints[1]` (of the key itself when `at_value` is
+/// false), or of the nearest enclosing key present.
+fn locate(text: &str, key: &str, at_value: bool) -> Option<usize> {
     use toml::de::{DeTable, DeValue};
     let root = DeTable::parse(text).ok()?;
     let mut table = root.get_ref();
@@ -138,7 +183,7 @@ fn locate(text: &str, key: &str) -> Option<usize> {
         match value.get_ref() {
             DeValue::Table(t) => table = t,
             _ => {
-                if index.is_none() {
+                if index.is_none() && at_value {
                     best = Some(value.span().start);
                 }
                 break;
