@@ -107,7 +107,8 @@ impl State {
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => State::default(),
             Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "cannot read the state file; starting afresh");
+                let fix = not_ours(&path, &e).unwrap_or_default();
+                tracing::warn!(path = %path.display(), error = %e, "cannot read the state file; starting afresh{fix}");
                 State::default()
             }
         }
@@ -119,7 +120,13 @@ impl State {
         ensure_dir(dir)?;
         let mut bytes = serde_json::to_vec_pretty(self)?;
         bytes.push(b'\n');
-        crate::store::local::write_atomic(dir, STATE_FILE, &bytes).await
+        crate::store::local::write_atomic(dir, STATE_FILE, &bytes).await.map_err(|e| {
+            let fix = e.downcast_ref::<std::io::Error>().and_then(|io| not_ours(dir, io));
+            match fix {
+                Some(fix) => e.context(format!("cannot save the state{fix}")),
+                None => e,
+            }
+        })
     }
 }
 
@@ -159,13 +166,40 @@ fn flock(
 ) -> Result<std::result::Result<nix::fcntl::Flock<std::fs::File>, nix::errno::Errno>> {
     ensure_dir(dir)?;
     let path = dir.join(name);
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("cannot open the lock file '{}'", path.display()))?;
+    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(|e| {
+        let fix = not_ours(&path, &e).unwrap_or_default();
+        anyhow::Error::new(e).context(format!("cannot open the lock file '{}'{fix}", path.display()))
+    })?;
     Ok(nix::fcntl::Flock::lock(file, how).map_err(|(_, e)| e))
+}
+
+/// When `e` denied access to `path` (or to its folder) because another user owns it, the fix: a run as
+/// root before the package was installed, or by hand, leaves root-owned files that lock the service out.
+fn not_ours(path: &Path, e: &std::io::Error) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    if e.kind() != std::io::ErrorKind::PermissionDenied {
+        return None;
+    }
+    let me = nix::unistd::geteuid();
+    let owned = |p: &Path| std::fs::metadata(p).ok().map(|m| nix::unistd::Uid::from_raw(m.uid()));
+    let (culprit, owner) = [Some(path), path.parent()]
+        .into_iter()
+        .flatten()
+        .find_map(|p| owned(p).filter(|o| *o != me).map(|o| (p, o)))?;
+    let name = |uid: nix::unistd::Uid| match uid.as_raw() {
+        // The overflow id: with PrivateUsers=, every user but root and the service's shows as this.
+        65534 => "another user (shown as nobody inside the service's sandbox)".to_string(),
+        _ => nix::unistd::User::from_uid(uid).ok().flatten().map_or_else(|| format!("uid {uid}"), |u| u.name),
+    };
+    let dir = if path.is_dir() { path } else { path.parent().unwrap_or(path) };
+    Some(ownership_fix(&culprit.display().to_string(), &name(owner), &name(me), &dir.display().to_string()))
+}
+
+/// The words of [`not_ours`]. Pure.
+fn ownership_fix(culprit: &str, owner: &str, me: &str, dir: &str) -> String {
+    format!(
+        ": '{culprit}' belongs to {owner}, not to {me}, which this runs as (a run as another user, often root, left it); as root, run `chown -R {me}: {dir}` (installing the package again does the same)"
+    )
 }
 
 /// The run lock is held by another process: the one case in which a run is skipped, not failed.
@@ -287,6 +321,13 @@ mod tests {
         assert!(err.downcast_ref::<LockHeld>().is_some(), "held is a type, not a text");
         drop(first);
         assert!(Lock::try_take(dir.path()).unwrap().is_some());
+    }
+
+    #[test]
+    fn the_ownership_fix_names_the_owner_and_the_chown() {
+        let fix = ownership_fix("/var/lib/etcd-backupd/lock", "root", "etcd-backupd", "/var/lib/etcd-backupd");
+        assert!(fix.contains("'/var/lib/etcd-backupd/lock' belongs to root, not to etcd-backupd"), "{fix}");
+        assert!(fix.contains("`chown -R etcd-backupd: /var/lib/etcd-backupd`"), "{fix}");
     }
 
     /// A lock file that cannot be opened is an error of its own, never "held by another run".
