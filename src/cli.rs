@@ -299,6 +299,12 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         return Ok(());
     }
     let settings = config::load(&cli.config).map_err(Failure::Config)?;
+    if matches!(cli.command, Command::Backup { .. } | Command::Run)
+        && let Err(e) = settings.etcd()
+    {
+        let problem = config::Located { line: None, column: None, key: "etcd".into(), message: e.to_string() };
+        return Err(Failure::Config(ConfigError { file: cli.config.clone(), problems: vec![problem] }));
+    }
     if let Some(name) = service_writer(&cli.command) {
         refuse_root_in_service_dirs(name, &[crate::state::state_dir(), settings.local.dir.clone()])?;
     }
@@ -424,12 +430,19 @@ fn refuse_root_in_service_dirs(name: &str, dirs: &[std::path::PathBuf]) -> Resul
 
 fn print_summary(path: &std::path::Path, s: &Settings) {
     out!("{}: OK", path.display());
-    let auth = match (&s.etcd.client_cert, &s.etcd.auth) {
-        (Some(_), _) => " (TLS client certificate)",
-        (None, Some(_)) => " (user and password)",
-        (None, None) => "",
-    };
-    out!("  etcd:       {}{auth}", s.etcd.endpoints.join(", "));
+    match &s.etcd {
+        Some(etcd) => {
+            let auth = match (&etcd.client_cert, &etcd.auth) {
+                (Some(_), _) => " (TLS client certificate)",
+                (None, Some(_)) => " (user and password)",
+                (None, None) => "",
+            };
+            out!("  etcd:       {}{auth}", etcd.endpoints.join(", "));
+        }
+        None => out!(
+            "  etcd:       none: a verification host (verify, restore, drill, list and prune work; backup and run need [etcd])"
+        ),
+    }
     out!("  cluster:    {}", s.cluster);
     out!("  local:      {}", s.local.dir.join(s.cluster.as_str()).display());
     match &s.s3 {

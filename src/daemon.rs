@@ -107,7 +107,7 @@ async fn attempts(settings: &Settings, request: &BackupRequest, state_dir: &Path
     let mut attempt = 1;
     loop {
         let result = async {
-            let member = crate::etcd::connect(&settings.etcd).await?;
+            let member = crate::etcd::connect(settings.etcd()?).await?;
             if settings.schedule.skip_unchanged {
                 // Unchanged only if the last backup of this revision reached every destination: one
                 // that missed S3 must still get there (the backup run's catch-up does it).

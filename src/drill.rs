@@ -237,7 +237,7 @@ async fn count(member: &mut Member, port: u16, settings: &Settings) -> Result<Ob
             match client.get("", Some(all())).await {
                 Ok(r) => Ok(r),
                 Err(e) if is_auth_error(&e) => {
-                    let auth = settings.etcd.auth.as_ref().ok_or_else(|| {
+                    let auth = settings.etcd.as_ref().and_then(|e| e.auth.as_ref()).ok_or_else(|| {
                         etcd_client::Error::InvalidArgs(
                             "the backup has etcd auth enabled: set etcd.username and etcd.password_file (a user with the root role) so the drill can count keys".into(),
                         )

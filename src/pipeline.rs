@@ -77,6 +77,7 @@ pub async fn write_backup<S: SnapshotSource>(
     request: &BackupRequest,
     mut source: S,
 ) -> Result<BackupReport> {
+    let etcd = settings.etcd()?;
     let mut started = Utc::now();
     let clock = Instant::now();
     let mut failed: Vec<(&'static str, String)> = Vec::new();
@@ -163,7 +164,7 @@ pub async fn write_backup<S: SnapshotSource>(
     let recipients = settings.encryption.recipients.clone();
     let encoder = tokio::task::spawn_blocking(move || encode(plain_rx, senders, compression, &recipients, copy));
 
-    let read = tokio::time::timeout(settings.etcd.snapshot_timeout, async {
+    let read = tokio::time::timeout(etcd.snapshot_timeout, async {
         source.open().await?;
         loop {
             let chunk = tokio::select! {
@@ -184,7 +185,7 @@ pub async fn write_backup<S: SnapshotSource>(
     .unwrap_or_else(|_| {
         Err(anyhow!(
             "the snapshot took longer than {} (etcd.snapshot_timeout)",
-            humantime::format_duration(settings.etcd.snapshot_timeout)
+            humantime::format_duration(etcd.snapshot_timeout)
         ))
     });
     drop(plain_tx);

@@ -204,3 +204,42 @@ async fn progress_is_a_bar_on_a_terminal_and_log_lines_elsewhere() {
     assert!(!text.contains("downloading: started"), "a bar, not log lines: {text:?}");
     assert_eq!(std::fs::read(&piped).unwrap(), std::fs::read(&on_tty).unwrap());
 }
+
+/// The shipped drill unit on a verification host: its own command line, with the identity handed over as
+/// a systemd credential (`$CREDENTIALS_DIRECTORY/identity`) and a config that has no `[etcd]` table,
+/// proves the newest backup; `backup` on that config says what it lacks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_drill_unit_runs_on_a_verification_host_without_etcd() {
+    let s = Setup::new();
+    let etcd = Etcd::start(EtcdVersion::V35);
+    etcd.seed(20, 100).await;
+    let out = run(&s.config(&etcd.config_table(), ""), &["backup"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    drop(etcd);
+
+    let bin = etcd_bin_dir(EtcdVersion::V35);
+    let config = s.config("", &format!("[drill]\netcd_bin = \"{}\"\n", bin.display()));
+    let credentials = s.work.path().join("credentials");
+    std::fs::create_dir(&credentials).unwrap();
+    std::fs::copy(&s.identity.file, credentials.join("identity")).unwrap();
+
+    let unit =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/etcd-backupd-drill.service"))
+            .unwrap();
+    let exec = unit.lines().find_map(|l| l.strip_prefix("ExecStart=/usr/bin/etcd-backupd ")).expect("ExecStart");
+    let args: Vec<String> =
+        exec.split_whitespace().map(|a| a.replace("${CREDENTIALS_DIRECTORY}", credentials.to_str().unwrap())).collect();
+    assert!(unit.contains("LoadCredential=identity:"), "the unit hands the identity over as a credential");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = run(&config, &args).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("drill passed"), "{}", stdout(&out));
+
+    let out = run(&config, &["check-config"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("a verification host"), "{}", stdout(&out));
+    let out = run(&config, &["backup"]).await;
+    assert_eq!(out.status.code(), Some(78), "{}", stderr(&out));
+    assert!(stderr(&out).contains("etcd: the [etcd] table is missing, and backups need it"), "{}", stderr(&out));
+    assert_nothing_left(&config);
+}

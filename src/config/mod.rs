@@ -203,18 +203,19 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 /// Checks the files the settings name (readable, plausible contents) and reads the recipients file.
 fn resolve_files(settings: &mut Settings) -> Vec<Issue> {
     let mut issues = Vec::new();
-    let etcd = &settings.etcd;
-    if let Some(ca) = &etcd.cacert {
-        check_pem_file("etcd.cacert", ca, "CERTIFICATE", &mut issues);
-    }
-    if let Some(cc) = &etcd.client_cert {
-        check_pem_file("etcd.cert", &cc.cert, "CERTIFICATE", &mut issues);
-        check_pem_file("etcd.key", &cc.key, "PRIVATE KEY", &mut issues);
-    }
-    if let Some(auth) = &etcd.auth
-        && let Err(e) = read_config_file(&auth.password_file)
-    {
-        issues.push(Issue::new("etcd.password_file", e));
+    if let Some(etcd) = &settings.etcd {
+        if let Some(ca) = &etcd.cacert {
+            check_pem_file("etcd.cacert", ca, "CERTIFICATE", &mut issues);
+        }
+        if let Some(cc) = &etcd.client_cert {
+            check_pem_file("etcd.cert", &cc.cert, "CERTIFICATE", &mut issues);
+            check_pem_file("etcd.key", &cc.key, "PRIVATE KEY", &mut issues);
+        }
+        if let Some(auth) = &etcd.auth
+            && let Err(e) = read_config_file(&auth.password_file)
+        {
+            issues.push(Issue::new("etcd.password_file", e));
+        }
     }
     if let Some(s3) = &settings.s3
         && let Some(ca) = &s3.ca_file
@@ -270,10 +271,10 @@ fn resolve_files(settings: &mut Settings) -> Vec<Issue> {
 pub fn secret_warnings(settings: &Settings) -> Vec<Issue> {
     use std::os::unix::fs::PermissionsExt;
     let mut secrets: Vec<(&str, &Path)> = Vec::new();
-    if let Some(cc) = &settings.etcd.client_cert {
+    if let Some(cc) = settings.etcd.as_ref().and_then(|e| e.client_cert.as_ref()) {
         secrets.push(("etcd.key", &cc.key));
     }
-    if let Some(auth) = &settings.etcd.auth {
+    if let Some(auth) = settings.etcd.as_ref().and_then(|e| e.auth.as_ref()) {
         secrets.push(("etcd.password_file", &auth.password_file));
     }
     if let Some(identity) = &settings.drill.identity_file {

@@ -74,7 +74,7 @@ const RETENTION: &[Key] = &[
 pub const TABLES: &[Table] = &[
     Table {
         name: "etcd",
-        about: "The local etcd member. Required.",
+        about: "The local etcd member. Required to back up; a verification host, which only verifies, restores and drills, leaves it out.",
         keys: &[
             key("endpoints", List, "required", "the local member, e.g. [\"https://127.0.0.1:2379\"]; tried in order"),
             key(

@@ -22,7 +22,8 @@ pub const DEFAULT_LEFTOVER_GRACE: Duration = Duration::from_secs(24 * 3600);
 /// Everything the program needs to know, checked.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub etcd: EtcdSettings,
+    /// None on a verification host, which verifies, restores, drills, lists and prunes but never backs up.
+    pub etcd: Option<EtcdSettings>,
     pub cluster: ClusterName,
     pub compression: Compression,
     pub encryption: EncryptionSettings,
@@ -200,6 +201,20 @@ impl Issue {
     }
 }
 
+/// A backup (or the daemon) asked of a config without `[etcd]`, which is fine for a verification host.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the [etcd] table is missing, and backups need it: add [etcd] with endpoints = [\"https://127.0.0.1:2379\"] (the local member). Without it a config serves a verification host, which verifies, restores, drills, lists and prunes"
+)]
+pub struct NoEtcdTable;
+
+impl Settings {
+    /// The etcd member to back up.
+    pub fn etcd(&self) -> Result<&EtcdSettings, NoEtcdTable> {
+        self.etcd.as_ref().ok_or(NoEtcdTable)
+    }
+}
+
 /// Checks the raw config and builds settings, or lists every problem found.
 pub fn validate(raw: RawConfig) -> Result<Settings, Vec<Issue>> {
     let mut issues = Vec::new();
@@ -324,23 +339,23 @@ pub fn validate(raw: RawConfig) -> Result<Settings, Vec<Issue>> {
     let drill = raw.drill.map(|d| validate_drill(d, timezone, &mut issues)).unwrap_or_default();
     let notify = raw.notify.map(|n| validate_notify(n, &mut issues)).unwrap_or_default();
 
-    match etcd {
-        Some(etcd) if issues.is_empty() => Ok(Settings {
-            etcd,
-            cluster,
-            compression,
-            encryption,
-            local,
-            s3,
-            timezone,
-            schedule,
-            metrics_textfile,
-            leftover_grace,
-            drill,
-            notify,
-        }),
-        _ => Err(issues),
+    if !issues.is_empty() {
+        return Err(issues);
     }
+    Ok(Settings {
+        etcd,
+        cluster,
+        compression,
+        encryption,
+        local,
+        s3,
+        timezone,
+        schedule,
+        metrics_textfile,
+        leftover_grace,
+        drill,
+        notify,
+    })
 }
 
 fn validate_drill(raw: RawDrill, timezone: chrono_tz::Tz, issues: &mut Vec<Issue>) -> DrillSettings {
@@ -362,13 +377,7 @@ fn validate_drill(raw: RawDrill, timezone: chrono_tz::Tz, issues: &mut Vec<Issue
 }
 
 fn validate_etcd(raw: Option<RawEtcd>, issues: &mut Vec<Issue>) -> Option<EtcdSettings> {
-    let Some(raw) = raw else {
-        issues.push(Issue::new(
-            "etcd",
-            "the [etcd] table is missing: add [etcd] with endpoints = [\"https://127.0.0.1:2379\"] (the local member)",
-        ));
-        return None;
-    };
+    let raw = raw?;
     let endpoints = raw.endpoints.unwrap_or_default();
     if endpoints.is_empty() {
         issues.push(Issue::new(

@@ -21,14 +21,14 @@ fn one(text: &str) -> Located {
 #[test]
 fn minimal_config_gets_defaults() {
     let s = parse(&minimal()).unwrap();
-    assert_eq!(s.etcd.endpoints, vec!["http://127.0.0.1:2379"]);
-    assert_eq!(s.etcd.dial_timeout, Duration::from_secs(10));
-    assert_eq!(s.etcd.snapshot_timeout, Duration::from_secs(1800));
+    assert_eq!(s.etcd().unwrap().endpoints, vec!["http://127.0.0.1:2379"]);
+    assert_eq!(s.etcd().unwrap().dial_timeout, Duration::from_secs(10));
+    assert_eq!(s.etcd().unwrap().snapshot_timeout, Duration::from_secs(1800));
     assert_eq!(s.cluster.as_str(), "default");
     assert_eq!(s.compression, crate::manifest::Compression::Zstd { level: 3 });
     assert_eq!(s.local.dir, PathBuf::from("/var/lib/etcd-backupd/backups"));
     assert!(s.s3.is_none());
-    assert!(s.etcd.client_cert.is_none() && s.etcd.auth.is_none());
+    assert!(s.etcd().unwrap().client_cert.is_none() && s.etcd().unwrap().auth.is_none());
 }
 
 #[test]
@@ -72,17 +72,17 @@ part_size = "16MiB"
 "#
     );
     let s = parse(&text).unwrap();
-    assert_eq!(s.etcd.endpoints.len(), 2);
+    assert_eq!(s.etcd().unwrap().endpoints.len(), 2);
     assert_eq!(
-        s.etcd.client_cert,
+        s.etcd().unwrap().client_cert,
         Some(ClientCert {
             cert: "/etc/kubernetes/pki/etcd/healthcheck-client.crt".into(),
             key: "/etc/kubernetes/pki/etcd/healthcheck-client.key".into()
         })
     );
-    assert_eq!(s.etcd.auth.as_ref().map(|a| a.username.as_str()), Some("backup"));
-    assert_eq!(s.etcd.dial_timeout, Duration::from_secs(5));
-    assert_eq!(s.etcd.snapshot_timeout, Duration::from_secs(3600));
+    assert_eq!(s.etcd().unwrap().auth.as_ref().map(|a| a.username.as_str()), Some("backup"));
+    assert_eq!(s.etcd().unwrap().dial_timeout, Duration::from_secs(5));
+    assert_eq!(s.etcd().unwrap().snapshot_timeout, Duration::from_secs(3600));
     assert_eq!(s.cluster.as_str(), "prod-east");
     assert_eq!(s.compression, crate::manifest::Compression::Zstd { level: 9 });
     assert_eq!(s.encryption.recipients.len(), 2);
@@ -263,10 +263,10 @@ fn toml_syntax_error_has_a_line() {
 }
 
 #[test]
-fn missing_etcd_table_says_what_to_add() {
-    let p = one(&format!("[encryption]\nrecipients = [\"{KEY}\"]\n"));
-    assert_eq!(p.key, "etcd");
-    assert!(p.message.contains("endpoints = ["));
+fn a_verification_host_needs_no_etcd_table_but_a_backup_says_what_to_add() {
+    let s = parse(&format!("[encryption]\nrecipients = [\"{KEY}\"]\n")).expect("a verification host's config");
+    let e = s.etcd().expect_err("no [etcd]").to_string();
+    assert!(e.contains("add [etcd] with endpoints = ["), "{e}");
 }
 
 #[test]
@@ -475,8 +475,8 @@ mod files {
 #[test]
 fn shipped_example_config_parses() {
     let s = parse(include_str!("../../config/etcd-backupd.toml")).unwrap();
-    assert_eq!(s.etcd.endpoints, vec!["https://127.0.0.1:2379"]);
-    assert!(s.etcd.client_cert.is_some());
+    assert_eq!(s.etcd().unwrap().endpoints, vec!["https://127.0.0.1:2379"]);
+    assert!(s.etcd().unwrap().client_cert.is_some());
     assert!(s.encryption.recipients.is_empty(), "the operator fills these in");
     assert!(s.s3.is_none());
 }
