@@ -66,6 +66,14 @@ pub fn main_page() -> Result<String> {
                     "/usr/lib/systemd/system/etcd\\-backupd.timer",
                     "one-shot mode instead of the daemon: runs etcd-backupd-once.service",
                 ),
+                (
+                    "/usr/lib/systemd/system/etcd\\-backupd\\-drill.timer",
+                    "a weekly restore drill (Persistent=true) on a verification host: runs etcd-backupd-drill.service, which drills the newest backup with the identity handed over as the systemd credential 'identity' (LoadCredential=identity:/etc/etcd-backupd/drill-identity.txt); such a host's config needs no [etcd] table",
+                ),
+                (
+                    "/etc/etcd\\-backupd/drill\\-identity.txt",
+                    "the age identity (root, 0600) that etcd-backupd-drill.service reads as a credential",
+                ),
             ],
         ),
         (
@@ -86,7 +94,7 @@ pub fn main_page() -> Result<String> {
                 ("STATE_DIRECTORY", "the state dir, as systemd's StateDirectory= sets it"),
                 (
                     "AWS_*",
-                    "S3 credentials and settings through the standard AWS chain (AWS_ACCESS_KEY_ID, AWS_PROFILE, ...)",
+                    "S3 credentials and settings through the standard AWS chain (AWS_ACCESS_KEY_ID, AWS_PROFILE, ...); best as a systemd credential with AWS_SHARED_CREDENTIALS_FILE=%d/aws",
                 ),
             ],
         ),
