@@ -3,6 +3,7 @@
 if command -v systemd-tmpfiles >/dev/null 2>&1; then
     systemd-tmpfiles --create /usr/lib/tmpfiles.d/etcd-backupd.conf || :
 else
+    # No systemd: no service either, so no leftovers of root runs to give back.
     mkdir -p /var/lib/etcd-backupd && chown etcd-backupd:etcd-backupd /var/lib/etcd-backupd && chmod 0700 /var/lib/etcd-backupd
 fi
 journalctl --update-catalog >/dev/null 2>&1 || :
