@@ -1,5 +1,6 @@
 //! Alerts that reach a person: healthchecks.io-style pings (`<url>/start`, `<url>`, `<url>/fail` with
-//! the error as the body) and a JSON webhook, for every backup run. A notification never fails, blocks
+//! the error as the body) and a JSON webhook, for every backup run and every drill (drills ping a check of
+//! their own, `notify.drill_healthchecks`). A notification never fails, blocks
 //! or delays a backup: it is sent on its own task, each attempt bounded by `notify.timeout`, three
 //! attempts at most; the URLs (which carry secrets) are logged by scheme and host only.
 
@@ -14,11 +15,37 @@ use crate::config::NotifySettings;
 /// Attempts per notification; a 4xx answer is not retried.
 const ATTEMPTS: u32 = 3;
 
+/// What happened, as the webhook's `event` says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// A backup run started (healthchecks only).
+    Start,
+    Success,
+    Failure,
+    DrillSuccess,
+    DrillFailure,
+}
+
+impl Kind {
+    fn is_drill(self) -> bool {
+        matches!(self, Kind::DrillSuccess | Kind::DrillFailure)
+    }
+
+    /// The healthchecks.io path suffix of this kind.
+    fn ping_suffix(self) -> &'static str {
+        match self {
+            Kind::Start => "/start",
+            Kind::Failure | Kind::DrillFailure => "/fail",
+            Kind::Success | Kind::DrillSuccess => "",
+        }
+    }
+}
+
 /// What a run tells the webhooks (and, as text, the healthchecks).
 #[derive(Debug, Clone, Serialize)]
 pub struct Event {
-    /// `start`, `success` or `failure`.
-    pub event: &'static str,
+    pub event: Kind,
     pub cluster: String,
     pub host: String,
     pub time: DateTime<Utc>,
@@ -45,7 +72,8 @@ impl Pending {
 
 /// Sends `event` to every configured URL, each on its own task.
 pub fn send(settings: &NotifySettings, event: Event, pending: &mut Pending) {
-    if settings.healthchecks.is_empty() && settings.webhooks.is_empty() {
+    let pings = if event.event.is_drill() { &settings.drill_healthchecks } else { &settings.healthchecks };
+    if pings.is_empty() && settings.webhooks.is_empty() {
         return;
     }
     let client = match reqwest::Client::builder().timeout(settings.timeout).build() {
@@ -55,17 +83,13 @@ pub fn send(settings: &NotifySettings, event: Event, pending: &mut Pending) {
             return;
         }
     };
-    for url in &settings.healthchecks {
-        let target = match event.event {
-            "start" => format!("{url}/start"),
-            "failure" => format!("{url}/fail"),
-            _ => url.clone(),
-        };
+    for url in pings {
+        let target = format!("{url}{}", event.event.ping_suffix());
         let body = summary(&event);
         let client = client.clone();
         pending.0.push(tokio::spawn(async move { deliver(&client, &target, Body::Text(body)).await }));
     }
-    if event.event != "start" {
+    if event.event != Kind::Start {
         for url in &settings.webhooks {
             let (client, url, event) = (client.clone(), url.clone(), event.clone());
             pending.0.push(tokio::spawn(async move { deliver(&client, &url, Body::Json(event)).await }));
@@ -108,10 +132,19 @@ async fn deliver(client: &reqwest::Client, url: &str, body: Body) {
 
 /// A one-line text of the event, for healthchecks' body.
 fn summary(e: &Event) -> String {
-    match (e.event, &e.error) {
-        ("failure", Some(error)) => format!("etcd backup of {} on {} failed: {error}", e.cluster, e.host),
-        ("start", _) => format!("etcd backup of {} on {} started", e.cluster, e.host),
-        _ => format!(
+    let id = e.backup_id.as_deref().unwrap_or("-");
+    let error = e.error.as_deref().unwrap_or("");
+    match e.event {
+        Kind::Failure => format!("etcd backup of {} on {} failed: {error}", e.cluster, e.host),
+        Kind::Start => format!("etcd backup of {} on {} started", e.cluster, e.host),
+        Kind::DrillFailure => format!("restore drill of {id} of {} on {} failed: {error}", e.cluster, e.host),
+        Kind::DrillSuccess => format!(
+            "restore drill of {id} of {} on {} passed: a throwaway etcd served revision {}",
+            e.cluster,
+            e.host,
+            e.revision.unwrap_or_default()
+        ),
+        Kind::Success => format!(
             "etcd backup {} of {} on {} committed in {}",
             e.backup_id.as_deref().unwrap_or("-"),
             e.cluster,
@@ -152,7 +185,7 @@ mod tests {
     #[test]
     fn the_summary_says_what_happened() {
         let mut e = Event {
-            event: "failure",
+            event: Kind::Failure,
             cluster: "prod".into(),
             host: "cp-1".into(),
             time: Utc::now(),
@@ -164,7 +197,7 @@ mod tests {
             error: Some("cannot reach etcd".into()),
         };
         assert_eq!(summary(&e), "etcd backup of prod on cp-1 failed: cannot reach etcd");
-        e.event = "success";
+        e.event = Kind::Success;
         e.backup_id = Some("ID".into());
         e.committed = vec!["local", "s3"];
         assert_eq!(summary(&e), "etcd backup ID of prod on cp-1 committed in local, s3");

@@ -868,6 +868,9 @@ async fn drill(
     let interrupted = result.as_ref().is_err_and(|e| e.downcast_ref::<crate::interrupt::Interrupted>().is_some());
     if !interrupted {
         crate::drill::record(settings, &crate::state::state_dir(), started, id.as_deref(), &result).await;
+        let mut alerts = crate::alerts::Pending::default();
+        crate::drill::notify(settings, id.as_deref(), &result, &mut alerts);
+        alerts.wait().await;
     }
     if json {
         print_json(&crate::json::Drill::of(id.as_deref(), &result))?;

@@ -44,6 +44,7 @@ pub async fn run_once(
     max_attempts: u32,
     alerts: &mut crate::alerts::Pending,
 ) -> (DateTime<Utc>, Outcome) {
+    use crate::alerts::Kind;
     let started = Utc::now();
     // What a killed verify, restore or drill left (plaintext included) goes with the next backup too.
     crate::scratch::sweep(state_dir);
@@ -53,14 +54,14 @@ pub async fn run_once(
         Err(e) if e.downcast_ref::<crate::state::LockHeld>().is_some() => Outcome::Skipped(format!("{e:#}")),
         Err(e) => Outcome::Failed(e),
         Ok(_lock) => {
-            crate::alerts::send(&settings.notify, event(settings, "start", None), alerts);
+            crate::alerts::send(&settings.notify, event(settings, crate::alerts::Kind::Start, None), alerts);
             attempts(settings, request, state_dir, max_attempts).await
         }
     };
     let done = match &outcome {
-        Outcome::Committed(report) if report.failed.is_empty() => Some(event(settings, "success", Some(&outcome))),
-        Outcome::Committed(_) | Outcome::Failed(_) => Some(event(settings, "failure", Some(&outcome))),
-        Outcome::Unchanged { .. } => Some(event(settings, "success", Some(&outcome))),
+        Outcome::Committed(report) if report.failed.is_empty() => Some(event(settings, Kind::Success, Some(&outcome))),
+        Outcome::Committed(_) | Outcome::Failed(_) => Some(event(settings, Kind::Failure, Some(&outcome))),
+        Outcome::Unchanged { .. } => Some(event(settings, Kind::Success, Some(&outcome))),
         Outcome::Skipped(_) => None,
     };
     if let Some(done) = done {
@@ -70,7 +71,7 @@ pub async fn run_once(
 }
 
 /// The notification of a run's start (no outcome yet) or end.
-fn event(settings: &Settings, kind: &'static str, outcome: Option<&Outcome>) -> crate::alerts::Event {
+fn event(settings: &Settings, kind: crate::alerts::Kind, outcome: Option<&Outcome>) -> crate::alerts::Event {
     let mut e = crate::alerts::Event {
         event: kind,
         cluster: settings.cluster.to_string(),
@@ -377,6 +378,9 @@ pub async fn run(config_path: PathBuf, settings: Settings) -> Result<()> {
                 match done {
                     Ok((started, id, result)) => {
                         state = crate::drill::record(&settings, &state_dir, started, id.as_deref(), &result).await;
+                        // The daemon outlives the notifications: they finish on their own tasks.
+                        let mut sent = crate::alerts::Pending::default();
+                        crate::drill::notify(&settings, id.as_deref(), &result, &mut sent);
                     }
                     Err(e) => tracing::error!(error = %e, "the drill task failed"),
                 }

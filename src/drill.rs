@@ -270,6 +270,34 @@ fn is_auth_error(e: &etcd_client::Error) -> bool {
 }
 
 /// Records a drill in the state file, the journal and the metrics; returns the state as saved.
+/// Tells `[notify]` how a drill went: the webhooks (`drill_success`, `drill_failure`) and the drills'
+/// own check (`notify.drill_healthchecks`). Never fails or delays anything.
+pub fn notify(
+    settings: &Settings,
+    id: Option<&str>,
+    result: &Result<DrillReport>,
+    pending: &mut crate::alerts::Pending,
+) {
+    use crate::alerts::Kind;
+    let (event, revision, error) = match result {
+        Ok(report) => (Kind::DrillSuccess, Some(report.observed.revision), None),
+        Err(e) => (Kind::DrillFailure, None, Some(format!("{e:#}"))),
+    };
+    let event = crate::alerts::Event {
+        event,
+        cluster: settings.cluster.to_string(),
+        host: crate::pipeline::hostname(),
+        time: Utc::now(),
+        backup_id: id.map(str::to_string),
+        revision,
+        snapshot_bytes: None,
+        artifact_bytes: None,
+        committed: Vec::new(),
+        error,
+    };
+    crate::alerts::send(&settings.notify, event, pending);
+}
+
 pub async fn record(
     settings: &Settings,
     state_dir: &Path,

@@ -145,3 +145,51 @@ async fn a_hanging_or_failing_endpoint_never_fails_the_backup() {
     assert!(err.contains("no answer in time (notify.timeout)") && err.contains("HTTP 500"), "{err}");
     assert!(!err.contains("k3y"), "the URL's path is never logged: {err}");
 }
+
+/// Drills tell their own check (`drill_healthchecks`: URL when one passes, URL/fail with the error) and the
+/// webhooks (`drill_success`, `drill_failure`); the backups' check hears nothing of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drills_ping_their_own_check_and_post_to_the_webhooks() {
+    let s = Setup::new();
+    let etcd = Etcd::start(EtcdVersion::V35);
+    etcd.seed(5, 10).await;
+    let hook = Hook::start(Mode::Ok).await;
+    let table = format!(
+        "[notify]\nhealthchecks = [\"{0}/backups\"]\ndrill_healthchecks = [\"{0}/drills\"]\nwebhooks = [\"{0}/hook\"]\ntimeout = \"1s\"\n",
+        hook.url
+    );
+    let config = s.config(&etcd.config_table(), &table);
+    let out = run(&config, &["backup"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let before = hook.seen().len();
+
+    let bin = etcd_bin_dir(EtcdVersion::V35);
+    let drill =
+        ["drill", "latest", "--identity", s.identity.file.to_str().unwrap(), "--etcd-bin", bin.to_str().unwrap()];
+    let out = run(&config, &drill).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let seen = hook.seen()[before..].to_vec();
+    let paths: Vec<&str> = seen.iter().map(|(l, _)| l.as_str()).collect();
+    assert!(paths.contains(&"POST /drills"), "{paths:?}");
+    assert!(!paths.iter().any(|p| p.starts_with("POST /backups")), "a drill is not a backup: {paths:?}");
+    let (_, event) = seen.iter().find(|(l, _)| l == "POST /hook").expect("the webhook");
+    let event: serde_json::Value = serde_json::from_str(event).unwrap();
+    assert_eq!(event["event"], "drill_success");
+    assert!(event["backup_id"].as_str().unwrap().contains("-r"), "{event}");
+
+    // A drill that cannot run (no etcd binary there) fails: /fail with the error, and a drill_failure.
+    let before = hook.seen().len();
+    let nowhere = s.work.path().join("no-etcd-here");
+    std::fs::create_dir(&nowhere).unwrap();
+    let drill =
+        ["drill", "latest", "--identity", s.identity.file.to_str().unwrap(), "--etcd-bin", nowhere.to_str().unwrap()];
+    let out = run(&config, &drill).await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let seen = hook.seen()[before..].to_vec();
+    let (_, body) = seen.iter().find(|(l, _)| l == "POST /drills/fail").expect("the fail ping");
+    assert!(body.contains("restore drill of") && body.contains("failed"), "{body}");
+    let (_, event) = seen.iter().find(|(l, _)| l == "POST /hook").expect("the webhook");
+    let event: serde_json::Value = serde_json::from_str(event).unwrap();
+    assert_eq!(event["event"], "drill_failure");
+    assert!(event["error"].as_str().is_some_and(|e| !e.is_empty()), "{event}");
+}

@@ -24,6 +24,7 @@ pub struct RawConfig {
 pub struct RawNotify {
     pub healthchecks: Option<Vec<String>>,
     pub webhooks: Option<Vec<String>>,
+    pub drill_healthchecks: Option<Vec<String>>,
     pub timeout: Option<String>,
 }
 

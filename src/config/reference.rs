@@ -234,6 +234,12 @@ pub const TABLES: &[Table] = &[
                 "[]",
                 "URLs POSTed a JSON event on success and failure (event, cluster, host, time, backup_id, revision, snapshot_bytes, artifact_bytes, committed, error)",
             ),
+            key(
+                "drill_healthchecks",
+                List,
+                "[]",
+                "ping URLs of a check of their own for restore drills: URL when a drill passes, URL/fail (the error as the body) when it fails; webhooks get drill_success and drill_failure events",
+            ),
             key("timeout", Duration, "10s", "the longest one attempt may take; three attempts, not after a 4xx"),
         ],
     },

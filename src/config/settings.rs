@@ -45,15 +45,22 @@ pub struct Settings {
 pub struct NotifySettings {
     /// Pinged `<url>/start` when a run starts, `<url>` when it succeeds, `<url>/fail` when it fails.
     pub healthchecks: Vec<String>,
-    /// POSTed a JSON event when a run succeeds or fails.
+    /// POSTed a JSON event when a backup run or a drill succeeds or fails.
     pub webhooks: Vec<String>,
+    /// Pinged `<url>` when a drill passes, `<url>/fail` when it fails: drills are a check of their own.
+    pub drill_healthchecks: Vec<String>,
     /// The longest one attempt may take (three attempts at most).
     pub timeout: Duration,
 }
 
 impl Default for NotifySettings {
     fn default() -> Self {
-        NotifySettings { healthchecks: Vec::new(), webhooks: Vec::new(), timeout: DEFAULT_NOTIFY_TIMEOUT }
+        NotifySettings {
+            healthchecks: Vec::new(),
+            webhooks: Vec::new(),
+            drill_healthchecks: Vec::new(),
+            timeout: DEFAULT_NOTIFY_TIMEOUT,
+        }
     }
 }
 
@@ -76,9 +83,11 @@ fn validate_notify(raw: RawNotify, issues: &mut Vec<Issue>) -> NotifySettings {
     };
     let healthchecks = urls(raw.healthchecks, "notify.healthchecks");
     let webhooks = urls(raw.webhooks, "notify.webhooks");
+    let drill_healthchecks = urls(raw.drill_healthchecks, "notify.drill_healthchecks");
     NotifySettings {
         healthchecks,
         webhooks,
+        drill_healthchecks,
         timeout: duration_key(raw.timeout, "notify.timeout", DEFAULT_NOTIFY_TIMEOUT, issues),
     }
 }
