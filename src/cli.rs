@@ -19,8 +19,6 @@ use crate::pipeline::{BackupRequest, policy_for};
 use crate::prune::{PruneOptions, PruneReport, prune};
 use crate::restore::{MemberFlags, Selector};
 use crate::store::Destination;
-use crate::store::local::LocalStore;
-use crate::store::s3::S3Store;
 
 pub const EXIT_FAILURE: u8 = 1;
 pub const EXIT_CONFIG: u8 = 78;
@@ -306,7 +304,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         return Err(Failure::Config(ConfigError { file: cli.config.clone(), problems: vec![problem] }));
     }
     if let Some(name) = service_writer(&cli.command) {
-        refuse_root_in_service_dirs(name, &[crate::state::state_dir(), settings.local.dir.clone()])?;
+        refuse_root_in_service_dirs(name, &[crate::host::state_dir(), settings.local.dir.clone()])?;
     }
     if matches!(cli.command, Command::Backup { .. } | Command::Run) {
         for w in config::secret_warnings(&settings) {
@@ -358,7 +356,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             // running on this host, nor removes while a backup's own prune does.
             let _lock = match dry_run {
                 true => None,
-                false => Some(crate::state::Lock::take(&crate::state::state_dir(), wait).await?),
+                false => Some(crate::state::Lock::take(&crate::host::state_dir(), wait).await?),
             };
             // A prune that removes, planned at a later time than the clock's, would take every leftover
             // for stale (aborting uploads in progress) and no backup for future-dated.
@@ -373,15 +371,15 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         // Removing and pinning wait for a running backup, whose prune would otherwise plan with what
         // was listed before the change.
         Command::Delete { id, force, wait } => {
-            let _lock = crate::state::Lock::take(&crate::state::state_dir(), wait).await?;
+            let _lock = crate::state::Lock::take(&crate::host::state_dir(), wait).await?;
             delete(&settings, &id, force).await
         }
         Command::Pin { id, wait } => {
-            let _lock = crate::state::Lock::take(&crate::state::state_dir(), wait).await?;
+            let _lock = crate::state::Lock::take(&crate::host::state_dir(), wait).await?;
             set_pin(&settings, &id, true).await
         }
         Command::Unpin { id, wait } => {
-            let _lock = crate::state::Lock::take(&crate::state::state_dir(), wait).await?;
+            let _lock = crate::state::Lock::take(&crate::host::state_dir(), wait).await?;
             set_pin(&settings, &id, false).await
         }
         Command::Generate { .. } => Ok(()),
@@ -467,7 +465,7 @@ async fn backup(
     wait: std::time::Duration,
     json: bool,
 ) -> Result<(), Failure> {
-    let state_dir = crate::state::state_dir();
+    let state_dir = crate::host::state_dir();
     let mut alerts = crate::alerts::Pending::default();
     let (started, outcome) = run_once(settings, &request, &state_dir, wait, 1, &mut alerts).await;
     record(settings, &state_dir, started, &outcome).await;
@@ -516,7 +514,7 @@ async fn backup(
 }
 
 fn status(settings: &Settings, json: bool) -> Result<(), Failure> {
-    let state_dir = crate::state::state_dir();
+    let state_dir = crate::host::state_dir();
     let state = crate::state::State::load(&state_dir);
     let now = Utc::now();
     let interval = state
@@ -662,15 +660,8 @@ async fn list(settings: &Settings, json: bool) -> Result<(), Failure> {
 
 /// Every configured destination; an S3 store that cannot even be set up is reported, not fatal.
 pub(crate) async fn destinations(settings: &Settings) -> (Vec<Destination>, Vec<String>) {
-    let mut out = vec![Destination::Local(LocalStore::new(&settings.local.dir, &settings.cluster))];
-    let mut errors = Vec::new();
-    if let Some(s3) = &settings.s3 {
-        match S3Store::new(s3, &settings.cluster).await {
-            Ok(store) => out.push(Destination::S3(Box::new(store))),
-            Err(e) => errors.push(format!("s3: {e:#}")),
-        }
-    }
-    (out, errors)
+    let (out, errors) = crate::store::open_all(settings).await;
+    (out, errors.iter().map(|(name, e)| format!("{name}: {e:#}")).collect())
 }
 
 fn fail_if(errors: Vec<String>, what: &str) -> Result<(), Failure> {
@@ -867,7 +858,7 @@ async fn drill(
     // An interrupted drill proved nothing either way: it is not recorded as a failure.
     let interrupted = result.as_ref().is_err_and(|e| e.downcast_ref::<crate::interrupt::Interrupted>().is_some());
     if !interrupted {
-        crate::drill::record(settings, &crate::state::state_dir(), started, id.as_deref(), &result).await;
+        crate::drill::record(settings, &crate::host::state_dir(), started, id.as_deref(), &result).await;
         let mut alerts = crate::alerts::Pending::default();
         crate::drill::notify(settings, id.as_deref(), &result, &mut alerts);
         alerts.wait().await;

@@ -75,7 +75,7 @@ fn event(settings: &Settings, kind: crate::alerts::Kind, outcome: Option<&Outcom
     let mut e = crate::alerts::Event {
         event: kind,
         cluster: settings.cluster.to_string(),
-        host: crate::pipeline::hostname(),
+        host: crate::host::hostname(),
         time: Utc::now(),
         backup_id: None,
         revision: None,
@@ -291,7 +291,7 @@ fn instant_at(t: DateTime<Utc>) -> tokio::time::Instant {
 pub async fn run(config_path: PathBuf, settings: Settings) -> Result<()> {
     let mut settings = settings;
     let notifier = Notifier::from_env();
-    let state_dir = crate::state::state_dir();
+    let state_dir = crate::host::state_dir();
     let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
     let mut hup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;

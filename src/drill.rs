@@ -112,7 +112,7 @@ pub async fn drill(
         let etcd = etcd_binary(etcd_bin)?;
         crate::restore::restore_tool(etcd_bin)?;
         let started = std::time::Instant::now();
-        let (destinations, _) = crate::cli::destinations(settings).await;
+        let (destinations, _) = crate::store::open_all(settings).await;
         let found = crate::restore::find(&destinations, selector).await?;
         id = Some(found.manifest.id.to_string());
         // The drill proves the copy a restore would use first (local, else S3), by its own manifest.
@@ -286,7 +286,7 @@ pub fn notify(
     let event = crate::alerts::Event {
         event,
         cluster: settings.cluster.to_string(),
-        host: crate::pipeline::hostname(),
+        host: crate::host::hostname(),
         time: Utc::now(),
         backup_id: id.map(str::to_string),
         revision,

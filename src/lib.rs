@@ -8,6 +8,8 @@ pub mod daemon;
 pub mod drill;
 pub mod errors;
 pub mod etcd;
+pub mod files;
+pub mod host;
 pub mod interrupt;
 pub mod json;
 pub mod manifest;

@@ -11,7 +11,7 @@ pub const MANIFEST_SUFFIX: &str = ".manifest.json";
 /// Marks a backup that retention must never remove.
 pub const PIN_SUFFIX: &str = ".pinned";
 /// Suffix of a file still being written; never a backup.
-pub const PART_SUFFIX: &str = ".part";
+pub use crate::files::PART_SUFFIX;
 
 /// Names one cluster's backups: the folder under the local dir and under the S3 prefix.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -92,7 +92,7 @@ fn escape(v: &str) -> String {
 pub async fn write(path: &Path, text: &str) -> Result<()> {
     let dir = path.parent().context("metrics.textfile has no folder")?;
     let name = path.file_name().and_then(|n| n.to_str()).context("metrics.textfile has no file name")?;
-    crate::store::local::write_atomic(dir, name, text.as_bytes())
+    crate::files::write_atomic(dir, name, text.as_bytes())
         .await
         .with_context(|| format!("cannot write metrics.textfile '{}'", path.display()))
 }

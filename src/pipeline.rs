@@ -96,15 +96,10 @@ pub async fn write_backup<S: SnapshotSource>(
 
     // Why each destination could not begin or commit, for the retry decision.
     let mut causes = Vec::new();
-    let mut destinations = vec![Destination::Local(LocalStore::new(&settings.local.dir, &settings.cluster))];
-    if let Some(s3) = &settings.s3 {
-        match S3Store::new(s3, &settings.cluster).await {
-            Ok(store) => destinations.push(Destination::S3(Box::new(store))),
-            Err(e) => {
-                causes.push(cause_of(&e).unwrap_or(Cause::Config));
-                failed.push(("s3", format!("{e:#}")));
-            }
-        }
+    let (destinations, unusable) = crate::store::open_all(settings).await;
+    for (name, e) in unusable {
+        causes.push(cause_of(&e).unwrap_or(Cause::Config));
+        failed.push((name, format!("{e:#}")));
     }
     let mut id = BackupId::new(started, facts.revision, &facts.member_id);
     if any_holds(&destinations, &id, settings.compression).await {
@@ -116,7 +111,7 @@ pub async fn write_backup<S: SnapshotSource>(
         id = BackupId::new(started, facts.revision, &facts.member_id);
     }
     // Where the plain snapshot is checked before anything commits; without it, nothing begins.
-    let copy = check_copy(&crate::state::state_dir(), facts.db_size)
+    let copy = check_copy(&crate::host::state_dir(), facts.db_size)
         .context("the backup cannot be checked; nothing was committed")?;
     let artifact_name = id.artifact_name(settings.compression);
     let manifest_name = id.manifest_name();
@@ -229,7 +224,7 @@ pub async fn write_backup<S: SnapshotSource>(
         duration_ms: clock.elapsed().as_millis() as u64,
         cluster: settings.cluster.clone(),
         label: request.label.clone(),
-        host: hostname(),
+        host: crate::host::hostname(),
         tool_version: env!("CARGO_PKG_VERSION").to_string(),
         etcd: facts,
         snapshot: SnapshotFacts {
@@ -506,11 +501,6 @@ async fn begin(destination: &Destination, db_size: u64, artifact: &str, manifest
     }
 }
 
-/// This host's name, for manifests and pin notes.
-pub fn hostname() -> String {
-    nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default()
-}
-
 /// What the encoder produced.
 struct Encoded {
     plain_size: u64,
@@ -597,7 +587,7 @@ fn check_copy(state_dir: &std::path::Path, db_size: u64) -> Result<std::fs::File
         .recursive(true)
         .create(state_dir)
         .with_context(|| format!("cannot create the state dir '{}'", state_dir.display()))?;
-    let free = crate::store::local::free_space(state_dir)?;
+    let free = crate::files::free_space(state_dir)?;
     let needed = required_local_space(db_size);
     if free < needed {
         return Err(classified(
@@ -610,7 +600,7 @@ fn check_copy(state_dir: &std::path::Path, db_size: u64) -> Result<std::fs::File
             ),
         ));
     }
-    crate::store::local::unnamed_in(state_dir)
+    crate::files::unnamed_in(state_dir)
         .or_else(|_| {
             // File systems without O_TMPFILE: a named file, unlinked at once.
             let path = state_dir.join(format!(".check-{}.db", std::process::id()));

@@ -206,9 +206,9 @@ pub fn decrypt_to(
     // The plain snapshot is written to a file without a name in the output's folder, named only when
     // every check passed: an interrupted or killed restore leaves no plaintext. Where the file system
     // has no unnamed files, a named `.part` (removed on every error path) does.
-    let (mut out, named) = match crate::store::local::unnamed_in(folder_of(output)) {
+    let (mut out, named) = match crate::files::unnamed_in(folder_of(output)) {
         Ok(file) => (file, false),
-        Err(_) => (crate::store::local::create_private(&part)?, true),
+        Err(_) => (crate::files::create_private(&part)?, true),
     };
     let result = (|| {
         let file = std::fs::File::open(artifact).with_context(|| format!("cannot open '{}'", artifact.display()))?;
@@ -269,7 +269,7 @@ pub fn decrypt_to(
     })();
     match (result, named) {
         (Ok(plain), false) => {
-            crate::store::local::link_unnamed(&out, output)
+            crate::files::link_unnamed(&out, output)
                 .with_context(|| format!("cannot create '{}'", output.display()))?;
             Ok(plain)
         }

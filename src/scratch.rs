@@ -11,7 +11,7 @@ const SCRATCH_PREFIX: &str = ".etcd-backupd-scratch-";
 
 /// A new scratch folder, removed when dropped; those of runs that were killed are removed first.
 pub fn scratch_dir() -> Result<tempfile::TempDir> {
-    let base = crate::state::state_dir();
+    let base = crate::host::state_dir();
     std::fs::create_dir_all(&base).ok();
     let base = if base.is_dir() { base } else { std::env::temp_dir() };
     sweep(&base);

@@ -9,17 +9,9 @@ use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-pub const DEFAULT_STATE_DIR: &str = "/var/lib/etcd-backupd";
 const STATE_FILE: &str = "state.json";
 const LOCK_FILE: &str = "lock";
 const STATE_LOCK_FILE: &str = "state.lock";
-
-/// The state dir: systemd's `$STATE_DIRECTORY` (from `StateDirectory=`), else /var/lib/etcd-backupd.
-pub fn state_dir() -> PathBuf {
-    std::env::var_os("STATE_DIRECTORY")
-        .and_then(|v| v.to_str().and_then(|s| s.split(':').next()).map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))
-}
 
 /// Every field has a default, so a state file from another version still loads.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -120,7 +112,7 @@ impl State {
         ensure_dir(dir)?;
         let mut bytes = serde_json::to_vec_pretty(self)?;
         bytes.push(b'\n');
-        crate::store::local::write_atomic(dir, STATE_FILE, &bytes).await.map_err(|e| {
+        crate::files::write_atomic(dir, STATE_FILE, &bytes).await.map_err(|e| {
             let fix = e.downcast_ref::<std::io::Error>().and_then(|io| not_ours(dir, io));
             match fix {
                 Some(fix) => e.context(format!("cannot save the state{fix}")),

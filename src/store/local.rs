@@ -11,7 +11,8 @@ use tokio::io::AsyncWriteExt;
 use chrono::{DateTime, Utc};
 
 use super::{Found, Listing, Paired, Stored, accept, pair_up};
-use crate::manifest::{BackupId, ClusterName, Compression, Manifest, PART_SUFFIX};
+use crate::files::{PART_SUFFIX, free_space, open_new, sync_dir, write_atomic};
+use crate::manifest::{BackupId, ClusterName, Compression, Manifest};
 use crate::retention::Leftover;
 
 pub struct LocalStore {
@@ -143,7 +144,7 @@ impl LocalStore {
     /// Writes or removes the pin marker of a committed backup.
     pub async fn set_pin(&self, id: &BackupId, pinned: bool) -> Result<()> {
         if pinned {
-            let note = format!("pinned {} on {}\n", Utc::now().to_rfc3339(), crate::pipeline::hostname());
+            let note = format!("pinned {} on {}\n", Utc::now().to_rfc3339(), crate::host::hostname());
             write_atomic(&self.folder, &id.pin_name(), note.as_bytes()).await
         } else {
             remove_if_present(&self.folder.join(id.pin_name()))
@@ -159,80 +160,6 @@ async fn remove_if_present(path: &Path) -> std::io::Result<()> {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),
     }
-}
-
-/// Bytes available to an unprivileged writer in the file system holding `dir`.
-pub fn free_space(dir: &Path) -> Result<u64> {
-    let st =
-        nix::sys::statvfs::statvfs(dir).with_context(|| format!("cannot read free space of '{}'", dir.display()))?;
-    Ok(st.blocks_available() as u64 * st.fragment_size() as u64)
-}
-
-/// A private (0600) file for something fetched or decrypted, replacing a leftover of an earlier try.
-/// Never for artifacts: those are created only where nothing exists (`open_new`).
-pub fn create_private(path: &Path) -> Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let _ = std::fs::remove_file(path);
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot create '{}'", path.display()))
-}
-
-/// A file without a name in `dir` (O_TMPFILE, 0600, read and write): whatever is written to it
-/// disappears with the process, even one killed with SIGKILL, until `link_unnamed` gives it a name.
-pub fn unnamed_in(dir: &Path) -> std::io::Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new().read(true).write(true).mode(0o600).custom_flags(libc::O_TMPFILE).open(dir)
-}
-
-/// Gives an unnamed file (`unnamed_in`) the name `target`; fails if `target` exists (never replaces,
-/// not even a dangling symlink).
-pub fn link_unnamed(file: &std::fs::File, target: &Path) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let fd_path = format!("/proc/self/fd/{}", file.as_raw_fd());
-    nix::unistd::linkat(
-        nix::fcntl::AT_FDCWD,
-        fd_path.as_str(),
-        nix::fcntl::AT_FDCWD,
-        target,
-        nix::fcntl::AtFlags::AT_SYMLINK_FOLLOW,
-    )
-    .map_err(std::io::Error::from)
-}
-
-async fn open_new(path: &Path) -> Result<tokio::fs::File> {
-    let mut options = tokio::fs::OpenOptions::new();
-    options.write(true).create_new(true).mode(0o600);
-    options.open(path).await.with_context(|| format!("cannot create '{}'", path.display()))
-}
-
-/// Writes `bytes` to `folder/name` crash-safely: `.part`, fsync, rename, fsync the folder.
-pub async fn write_atomic(folder: &Path, name: &str, bytes: &[u8]) -> Result<()> {
-    let part = folder.join(format!("{name}{PART_SUFFIX}"));
-    let _ = tokio::fs::remove_file(&part).await;
-    let mut file = open_new(&part).await?;
-    let written = async {
-        file.write_all(bytes).await?;
-        file.sync_all().await
-    }
-    .await;
-    if let Err(e) = written {
-        let _ = tokio::fs::remove_file(&part).await;
-        return Err(e).with_context(|| format!("cannot write '{}'", part.display()));
-    }
-    let target = folder.join(name);
-    tokio::fs::rename(&part, &target)
-        .await
-        .with_context(|| format!("cannot rename '{}' to '{}'", part.display(), target.display()))?;
-    sync_dir(folder).await
-}
-
-async fn sync_dir(folder: &Path) -> Result<()> {
-    let dir = tokio::fs::File::open(folder).await.with_context(|| format!("cannot open '{}'", folder.display()))?;
-    dir.sync_all().await.with_context(|| format!("cannot fsync '{}'", folder.display()))
 }
 
 /// An artifact being written to the local folder.

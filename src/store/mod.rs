@@ -135,6 +135,20 @@ pub fn accept(bytes: &[u8], pair: &Pair, cluster: &ClusterName) -> Result<Manife
     }
 }
 
+/// Every configured destination: the local folder always, S3 when configured. One that cannot be set up
+/// comes back as its name and why, and each caller decides what that means.
+pub async fn open_all(settings: &crate::config::Settings) -> (Vec<Destination>, Vec<(&'static str, anyhow::Error)>) {
+    let mut out = vec![Destination::Local(local::LocalStore::new(&settings.local.dir, &settings.cluster))];
+    let mut errors = Vec::new();
+    if let Some(s3) = &settings.s3 {
+        match s3::S3Store::new(s3, &settings.cluster).await {
+            Ok(store) => out.push(Destination::S3(Box::new(store))),
+            Err(e) => errors.push(("s3", e)),
+        }
+    }
+    (out, errors)
+}
+
 /// One place backups are kept.
 pub enum Destination {
     Local(local::LocalStore),

@@ -374,7 +374,7 @@ impl S3Store {
     pub async fn set_pin(&self, id: &BackupId, pinned: bool) -> Result<()> {
         let key = format!("{}{}", self.folder, id.pin_name());
         if pinned {
-            let note = format!("pinned {} on {}\n", Utc::now().to_rfc3339(), crate::pipeline::hostname());
+            let note = format!("pinned {} on {}\n", Utc::now().to_rfc3339(), crate::host::hostname());
             let (sse, kms_key) = sse_headers(&self.settings.sse);
             self.client
                 .put_object()
@@ -426,7 +426,7 @@ impl S3Store {
             .send()
             .await
             .map_err(|e| self.explain(e, "downloading a backup"))?;
-        let mut file = tokio::fs::File::from_std(super::local::create_private(path)?);
+        let mut file = tokio::fs::File::from_std(crate::files::create_private(path)?);
         let mut body = out.body;
         while let Some(chunk) = body.try_next().await.with_context(|| format!("downloading '{key}' broke"))? {
             file.write_all(&chunk).await.with_context(|| format!("cannot write '{}'", path.display()))?;
