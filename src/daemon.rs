@@ -11,233 +11,14 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::backup::{Outcome, run_once};
 use crate::config::units::format_size;
 use crate::config::{self, Settings};
+use crate::history::{persist, record_backup};
 use crate::notify::{Notifier, watchdog_interval};
-use crate::pipeline::{BackupReport, BackupRequest, write_backup};
+use crate::pipeline::BackupRequest;
 use crate::schedule::{self, Due};
-use crate::state::{Failure, Lock, State, Success};
-
-/// How one run ended.
-#[derive(Debug)]
-pub enum Outcome {
-    Committed(Box<BackupReport>),
-    /// `skip_unchanged`: etcd's revision equals the last backup's; nothing was uploaded.
-    Unchanged {
-        revision: i64,
-    },
-    Failed(anyhow::Error),
-    /// Another process held the lock.
-    Skipped(String),
-}
-
-/// One backup run, as the daemon and the one-shot `backup` command both do it: take the lock, take the
-/// backup (retrying transient failures), then record the outcome in the state, the metrics and the journal.
-/// `max_attempts` is 1 for a one-shot `backup` (the operator or the timer decides what next) and
-/// `[schedule] max_attempts` for the daemon. The caller records the outcome with `record` (the daemon's
-/// loop is the only writer of its state).
-pub async fn run_once(
-    settings: &Settings,
-    request: &BackupRequest,
-    state_dir: &Path,
-    lock_wait: Duration,
-    max_attempts: u32,
-    alerts: &mut crate::alerts::Pending,
-) -> (DateTime<Utc>, Outcome) {
-    use crate::alerts::Kind;
-    let started = Utc::now();
-    // What a killed verify, restore or drill left (plaintext included) goes with the next backup too.
-    crate::scratch::sweep(state_dir);
-    let outcome = match Lock::take(state_dir, lock_wait).await {
-        // Held by another run: skipped (that run notifies). Anything else (a lock file we may not open)
-        // is a failure.
-        Err(e) if e.downcast_ref::<crate::state::LockHeld>().is_some() => Outcome::Skipped(format!("{e:#}")),
-        Err(e) => Outcome::Failed(e),
-        Ok(_lock) => {
-            crate::alerts::send(&settings.notify, event(settings, crate::alerts::Kind::Start, None), alerts);
-            attempts(settings, request, state_dir, max_attempts).await
-        }
-    };
-    let done = match &outcome {
-        Outcome::Committed(report) if report.failed.is_empty() => Some(event(settings, Kind::Success, Some(&outcome))),
-        Outcome::Committed(_) | Outcome::Failed(_) => Some(event(settings, Kind::Failure, Some(&outcome))),
-        Outcome::Unchanged { .. } => Some(event(settings, Kind::Success, Some(&outcome))),
-        Outcome::Skipped(_) => None,
-    };
-    if let Some(done) = done {
-        crate::alerts::send(&settings.notify, done, alerts);
-    }
-    (started, outcome)
-}
-
-/// The notification of a run's start (no outcome yet) or end.
-fn event(settings: &Settings, kind: crate::alerts::Kind, outcome: Option<&Outcome>) -> crate::alerts::Event {
-    let mut e = crate::alerts::Event {
-        event: kind,
-        cluster: settings.cluster.to_string(),
-        host: crate::host::hostname(),
-        time: Utc::now(),
-        backup_id: None,
-        revision: None,
-        snapshot_bytes: None,
-        artifact_bytes: None,
-        committed: Vec::new(),
-        error: None,
-    };
-    match outcome {
-        Some(Outcome::Committed(report)) => {
-            let m = &report.manifest;
-            e.backup_id = Some(m.id.to_string());
-            e.revision = Some(m.etcd.revision);
-            e.snapshot_bytes = Some(m.snapshot.size);
-            e.artifact_bytes = Some(m.artifact.size);
-            e.committed = report.committed.clone();
-            if !report.failed.is_empty() {
-                e.error = Some(failures(report));
-            }
-        }
-        Some(Outcome::Unchanged { revision }) => e.revision = Some(*revision),
-        Some(Outcome::Failed(err)) => e.error = Some(format!("{err:#}")),
-        Some(Outcome::Skipped(_)) | None => {}
-    }
-    e
-}
-
-async fn attempts(settings: &Settings, request: &BackupRequest, state_dir: &Path, max: u32) -> Outcome {
-    let cancel = &request.cancel;
-    let mut attempt = 1;
-    loop {
-        let result = async {
-            let member = crate::etcd::connect(settings.etcd()?).await?;
-            if settings.schedule.skip_unchanged {
-                // Unchanged only if the last backup of this revision reached every destination: one
-                // that missed S3 must still get there (the backup run's catch-up does it).
-                let everywhere = if settings.s3.is_some() { 2 } else { 1 };
-                let last = State::load(state_dir).last_success;
-                if last.is_some_and(|s| s.revision == member.facts.revision && s.destinations.len() >= everywhere) {
-                    return Ok(Outcome::Unchanged { revision: member.facts.revision });
-                }
-            }
-            Ok(Outcome::Committed(Box::new(write_backup(settings, request, member).await?)))
-        }
-        .await;
-        match result {
-            Ok(outcome) => return outcome,
-            Err(e) if attempt < max && crate::errors::is_transient(&e) && !cancel.is_cancelled() => {
-                let delay = schedule::retry_delay(settings.schedule.retry_delay, attempt);
-                tracing::warn!(attempt, max, retry_in = %humantime::format_duration(delay), error = %format!("{e:#}"), "backup failed; retrying");
-                tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
-                    () = cancel.cancelled() => return Outcome::Failed(e),
-                }
-                attempt += 1;
-            }
-            Err(e) => return Outcome::Failed(e),
-        }
-    }
-}
-
-/// Records a run's outcome: the journal entry, the state file, the metrics.
-pub async fn record(settings: &Settings, state_dir: &Path, started: DateTime<Utc>, outcome: &Outcome) {
-    match outcome {
-        Outcome::Committed(report) => {
-            crate::telemetry::backup_committed(report);
-            report.pruned.iter().for_each(crate::telemetry::pruned);
-            if !report.failed.is_empty() {
-                crate::telemetry::backup_failed(
-                    &failures(report),
-                    &report.failed.iter().map(|f| f.0).collect::<Vec<_>>().join(","),
-                );
-            }
-        }
-        Outcome::Unchanged { revision } => {
-            tracing::info!(revision, "etcd's revision has not changed since the last backup; nothing uploaded");
-        }
-        Outcome::Failed(e) => crate::telemetry::backup_failed(&format!("{e:#}"), ""),
-        Outcome::Skipped(why) => tracing::warn!(%why, "backup skipped"),
-    }
-    persist(settings, state_dir, |state| {
-        state.last_attempt = Some(started);
-        match outcome {
-            Outcome::Committed(report) => {
-                for p in &report.pruned {
-                    state.backups.insert(p.destination.to_string(), p.decisions.iter().filter(|d| d.keep).count());
-                }
-                if !report.pruned.is_empty() {
-                    let future: std::collections::BTreeSet<String> = report
-                        .pruned
-                        .iter()
-                        .flat_map(|p| &p.decisions)
-                        .filter(|d| d.reasons.contains(&crate::retention::Reason::FutureDated))
-                        .map(|d| d.id.to_string())
-                        .collect();
-                    state.future_dated = future.into_iter().collect();
-                }
-                let m = &report.manifest;
-                state.last_success = Some(Success {
-                    time: m.created,
-                    id: m.id.to_string(),
-                    revision: m.etcd.revision,
-                    artifact_size: m.artifact.size,
-                    duration_ms: m.duration_ms,
-                    destinations: report.committed.iter().map(ToString::to_string).collect(),
-                    unchanged: false,
-                });
-                if report.failed.is_empty() {
-                    state.runs.ok += 1;
-                } else {
-                    state.last_failure = Some(Failure { time: started, error: failures(report) });
-                    state.runs.failed += 1;
-                }
-            }
-            Outcome::Unchanged { .. } => {
-                if let Some(s) = &mut state.last_success {
-                    s.time = started;
-                    s.unchanged = true;
-                }
-                state.runs.unchanged += 1;
-            }
-            Outcome::Failed(e) => {
-                state.last_failure = Some(Failure { time: started, error: format!("{e:#}") });
-                state.runs.failed += 1;
-            }
-            Outcome::Skipped(_) => state.runs.skipped += 1,
-        }
-    })
-    .await;
-}
-
-/// The destinations a committed backup did not reach, and why.
-fn failures(report: &BackupReport) -> String {
-    report.failed.iter().map(|(d, e)| format!("{d}: {e}")).collect::<Vec<_>>().join("; ")
-}
-
-/// Changes the state file (under its lock: the daemon, one-shot backups and drills all change it) and
-/// rewrites the metrics from the result, which it returns. Failures are logged, never fatal to a run.
-pub(crate) async fn persist(settings: &Settings, state_dir: &Path, change: impl FnOnce(&mut State)) -> State {
-    let lock = crate::state::StateLock::take(state_dir).await;
-    let mut state = State::load(state_dir);
-    change(&mut state);
-    let held = match lock {
-        Ok(lock) => state.save(state_dir).await.map(|()| lock),
-        Err(e) => Err(e),
-    };
-    if let Err(e) = &held {
-        tracing::error!(error = %format!("{e:#}"), "cannot save the state file");
-    }
-    // Still under the lock, so the metrics file is never older than the state file.
-    write_metrics(settings, &state).await;
-    drop(held);
-    state
-}
-
-async fn write_metrics(settings: &Settings, state: &State) {
-    if let Some(path) = &settings.metrics_textfile
-        && let Err(e) = crate::metrics::write(path, &crate::metrics::render(state, settings.cluster.as_str())).await
-    {
-        tracing::error!(error = %format!("{e:#}"), "cannot write the metrics file");
-    }
-}
+use crate::state::State;
 
 /// The one-line STATUS= for systemd: "last ok 2026-11-22 06:00 rev 48211 (12.4 MiB); next 12:00".
 pub fn status_line(state: &State, running: bool) -> String {
@@ -377,7 +158,7 @@ pub async fn run(config_path: PathBuf, settings: Settings) -> Result<()> {
                 drilling = None;
                 match done {
                     Ok((started, id, result)) => {
-                        state = crate::drill::record(&settings, &state_dir, started, id.as_deref(), &result).await;
+                        state = crate::history::record_drill(&settings, &state_dir, started, id.as_deref(), &result).await;
                         // The daemon outlives the notifications: they finish on their own tasks.
                         let mut sent = crate::alerts::Pending::default();
                         crate::drill::notify(&settings, id.as_deref(), &result, &mut sent);
@@ -389,7 +170,7 @@ pub async fn run(config_path: PathBuf, settings: Settings) -> Result<()> {
             outcome = async { running.as_mut().map(|r| &mut r.handle).expect("guarded").await }, if running.is_some() => {
                 running = None;
                 match outcome {
-                    Ok((started, outcome)) => record(&settings, &state_dir, started, &outcome).await,
+                    Ok((started, outcome)) => record_backup(&settings, &state_dir, started, &outcome).await,
                     Err(e) => tracing::error!(error = %e, "the backup task failed"),
                 }
                 state = save_next(&settings, &state_dir, next).await;
@@ -424,7 +205,7 @@ pub async fn run(config_path: PathBuf, settings: Settings) -> Result<()> {
             }
         };
         match finished {
-            Some(Ok((started, outcome))) => record(&settings, &state_dir, started, &outcome).await,
+            Some(Ok((started, outcome))) => record_backup(&settings, &state_dir, started, &outcome).await,
             Some(Err(e)) => tracing::error!(error = %e, "the backup task failed"),
             None => r.handle.abort(),
         }
@@ -484,6 +265,7 @@ async fn save_next(settings: &Settings, state_dir: &Path, next: DateTime<Utc>) -
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::Failure;
 
     #[test]
     fn status_line_reads_like_the_docs() {

@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 
 use crate::config::Settings;
 use crate::manifest::Manifest;
@@ -296,36 +296,6 @@ pub fn notify(
         error,
     };
     crate::alerts::send(&settings.notify, event, pending);
-}
-
-pub async fn record(
-    settings: &Settings,
-    state_dir: &Path,
-    started: DateTime<Utc>,
-    id: Option<&str>,
-    result: &Result<DrillReport>,
-) -> crate::state::State {
-    match result {
-        Ok(report) => crate::telemetry::drill_passed(report),
-        Err(e) => crate::telemetry::drill_failed(id, &format!("{e:#}")),
-    }
-    crate::daemon::persist(settings, state_dir, |state| match result {
-        Ok(report) => {
-            state.drills.ok += 1;
-            state.last_proven = Some(crate::state::Proven {
-                time: started,
-                id: report.id.clone(),
-                revision: report.observed.revision,
-                keys: report.observed.keys,
-            });
-        }
-        Err(e) => {
-            state.drills.failed += 1;
-            state.last_drill_failure =
-                Some(crate::state::DrillFailure { time: started, id: id.map(str::to_string), error: format!("{e:#}") });
-        }
-    })
-    .await
 }
 
 #[cfg(test)]

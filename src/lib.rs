@@ -1,6 +1,7 @@
 //! etcd-backupd: verified, compressed, age-encrypted etcd v3 snapshots to a local directory and S3.
 
 pub mod alerts;
+pub mod backup;
 pub mod cli;
 pub mod config;
 pub mod crypto;
@@ -9,6 +10,7 @@ pub mod drill;
 pub mod errors;
 pub mod etcd;
 pub mod files;
+pub mod history;
 pub mod host;
 pub mod interrupt;
 pub mod json;

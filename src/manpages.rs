@@ -7,7 +7,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use clap::CommandFactory;
 
-use crate::cli::Cli;
+use crate::cli::args::Cli;
 use crate::config::reference::TABLES;
 
 /// Escapes text for a roff line: backslashes, and a leading dot or quote that would read as a request.

@@ -1,0 +1,218 @@
+//! Commands that read backups back: verify, drill and restore.
+
+use crate::config::Settings;
+use crate::config::units::format_size;
+use crate::restore::{MemberFlags, Selector};
+use crate::store::Destination;
+use anyhow::Result;
+use chrono::Utc;
+use std::path::PathBuf;
+use tokio_util::sync::CancellationToken;
+
+use super::{Failure, destinations, fail_if, print_json, print_line};
+
+pub(super) async fn verify(
+    settings: &Settings,
+    selector: &Selector,
+    identity: Option<&std::path::Path>,
+    cancel: &CancellationToken,
+    json: bool,
+) -> Result<(), Failure> {
+    let identities = match identity {
+        Some(path) => Some(std::sync::Arc::new(crate::crypto::read_identities(path).map_err(|e| anyhow::anyhow!(e))?)),
+        None => None,
+    };
+    let (destinations, setup_errors) = destinations(settings).await;
+    let mut errors = setup_errors.clone();
+    let found = crate::restore::find(&destinations, selector).await?;
+    let scratch = crate::scratch::scratch_dir()?;
+    let checked_as = if identities.is_some() { "decrypted" } else { "sha256" };
+    let mut copies = Vec::new();
+    // Each copy is checked against its own manifest.
+    for (holder, stored) in &found.holders {
+        let m = &stored.manifest;
+        let checked = async {
+            if let Some(ids) = &identities {
+                // Decrypting checks the artifact's size and sha256 too.
+                let plain = scratch.path().join("plain.db");
+                let checked = crate::restore::fetch_and_decrypt(holder, m, ids, scratch.path(), &plain, cancel).await;
+                let _ = std::fs::remove_file(&plain);
+                return anyhow::Ok(Some(checked?.status));
+            }
+            // Fetching checks the artifact's size and sha256 against the manifest.
+            let artifact = crate::restore::fetch(holder, m, scratch.path(), cancel).await?;
+            if !matches!(holder, Destination::Local(_)) {
+                let _ = std::fs::remove_file(&artifact);
+            }
+            anyhow::Ok(None)
+        }
+        .await;
+        let mut copy = crate::json::Copy {
+            destination: holder.name(),
+            ok: checked.is_ok(),
+            checked: checked_as,
+            revision: None,
+            keys: None,
+            hash: None,
+            error: None,
+        };
+        match checked {
+            Ok(Some(s)) => {
+                (copy.revision, copy.keys, copy.hash) =
+                    (Some(s.served_revision()), Some(s.live_keys), Some(format!("{:x}", s.hash)));
+                if !json {
+                    out!(
+                        "{} {}: OK (decrypted, decompressed, trailer, sizes and database structure check out; revision {}, {} keys ({} with history), hash {:x})",
+                        holder.name(),
+                        m.id,
+                        s.served_revision(),
+                        s.live_keys,
+                        s.total_key,
+                        s.hash
+                    );
+                }
+            }
+            Ok(None) if !json => out!("{} {}: OK (artifact size and sha256 match the manifest)", holder.name(), m.id),
+            Ok(None) => {}
+            Err(e) => {
+                copy.error = Some(format!("{e:#}"));
+                errors.push(format!("{}: {e:#}", holder.name()));
+            }
+        }
+        copies.push(copy);
+    }
+    if json {
+        let ok = errors.is_empty();
+        print_json(&crate::json::Verify { ok, id: found.manifest.id.to_string(), copies, errors: setup_errors })?;
+    }
+    fail_if(errors, &format!("backup {} did not verify", found.manifest.id))
+}
+
+pub(super) async fn drill(
+    settings: &Settings,
+    selector: &Selector,
+    identity: Option<&std::path::Path>,
+    etcd_bin: Option<&std::path::Path>,
+    cancel: &CancellationToken,
+    json: bool,
+) -> Result<(), Failure> {
+    let started = Utc::now();
+    let (id, result) = crate::drill::drill(settings, selector, identity, etcd_bin, cancel).await;
+    // An interrupted drill proved nothing either way: it is not recorded as a failure.
+    let interrupted = result.as_ref().is_err_and(|e| e.downcast_ref::<crate::interrupt::Interrupted>().is_some());
+    if !interrupted {
+        crate::history::record_drill(settings, &crate::host::state_dir(), started, id.as_deref(), &result).await;
+        let mut alerts = crate::alerts::Pending::default();
+        crate::drill::notify(settings, id.as_deref(), &result, &mut alerts);
+        alerts.wait().await;
+    }
+    if json {
+        print_json(&crate::json::Drill::of(id.as_deref(), &result))?;
+    }
+    let report = result?;
+    if json {
+        return Ok(());
+    }
+    out!(
+        "drill passed: {} (from {}) restored, and a throwaway etcd served revision {} with {} keys, as the manifest says ({})",
+        report.id,
+        report.from,
+        report.observed.revision,
+        report.observed.keys,
+        humantime::format_duration(std::time::Duration::from_millis(report.duration.as_millis() as u64))
+    );
+    Ok(())
+}
+
+pub(super) enum RestoreTarget {
+    DataDir(PathBuf, MemberFlags, Option<PathBuf>),
+    File(PathBuf),
+}
+
+pub(super) async fn restore(
+    settings: &Settings,
+    selector: &Selector,
+    identity: &std::path::Path,
+    target: RestoreTarget,
+    cancel: &CancellationToken,
+) -> Result<(), Failure> {
+    let identities = crate::crypto::read_identities(identity).map_err(|e| anyhow::anyhow!(e))?;
+    // Refuse a bad target before fetching anything.
+    match &target {
+        RestoreTarget::DataDir(dir, _, etcd_bin) => {
+            crate::restore::check_new_data_dir(dir)?;
+            crate::restore::restore_tool(etcd_bin.as_deref())?;
+        }
+        // symlink_metadata: a dangling symlink exists too, and renaming over it would replace the link.
+        RestoreTarget::File(file) if file.symlink_metadata().is_ok() => {
+            return Err(anyhow::anyhow!("'{}' already exists: choose a new file", file.display()).into());
+        }
+        RestoreTarget::File(_) => {}
+    }
+    let (destinations, _) = destinations(settings).await;
+    let found = crate::restore::find(&destinations, selector).await?;
+    let m = found.manifest.clone();
+    let scratch = crate::scratch::scratch_dir()?;
+    let snapshot = match &target {
+        RestoreTarget::File(file) => file.clone(),
+        RestoreTarget::DataDir(..) => scratch.path().join("snapshot.db"),
+    };
+    let identities = std::sync::Arc::new(identities);
+    // Local first; a damaged or unreadable copy falls back to the next destination that holds it.
+    let mut failures = Vec::new();
+    let mut plain = None;
+    for (holder, stored) in &found.holders {
+        tracing::info!(id = %m.id, from = holder.name(), "restoring");
+        let attempt =
+            crate::restore::fetch_and_decrypt(holder, &stored.manifest, &identities, scratch.path(), &snapshot, cancel)
+                .await;
+        match attempt {
+            Ok(p) => {
+                plain = Some(p);
+                break;
+            }
+            Err(e) => {
+                tracing::warn!(from = holder.name(), error = %format!("{e:#}"), "this copy cannot be restored; trying the next");
+                failures.push(format!("{}: {e:#}", holder.name()));
+            }
+        }
+    }
+    let Some(plain) = plain else {
+        if cancel.is_cancelled() {
+            return Err(anyhow::Error::new(crate::interrupt::Interrupted).into());
+        }
+        return Err(anyhow::anyhow!("no copy of {} could be restored:\n  {}", m.id, failures.join("\n  ")).into());
+    };
+    match target {
+        RestoreTarget::File(file) => {
+            out!(
+                "wrote the snapshot of {} (revision {}, {}) to {}",
+                m.id,
+                m.etcd.revision,
+                format_size(plain.size),
+                file.display()
+            );
+            out!("it is exactly what etcd sent: `etcdutl snapshot restore {}` checks its hash", file.display());
+        }
+        RestoreTarget::DataDir(dir, flags, etcd_bin) => {
+            crate::restore::restore_into(&snapshot, &dir, &flags, etcd_bin.as_deref(), cancel)?;
+            let _ = std::fs::remove_file(&snapshot);
+            out!("restored {} (revision {}) into {}", m.id, m.etcd.revision, dir.display());
+            out!("next steps, on every member:");
+            if flags.initial_cluster.as_deref().is_some_and(|c| c.contains(',')) {
+                out!(
+                    "  0. restore {} the same way (done on this one): the same --initial-cluster and \
+                     --initial-cluster-token, the member's own --name and --initial-advertise-peer-urls",
+                    m.id
+                );
+            }
+            out!(
+                "  1. stop the Kubernetes API servers (kubeadm: move kube-apiserver.yaml out of /etc/kubernetes/manifests)"
+            );
+            out!("  2. stop etcd");
+            out!("  3. move the old data dir aside and put {} in its place (keep owner and mode 0700)", dir.display());
+            out!("  4. start etcd and check `etcdctl endpoint status`, then start the API servers");
+        }
+    }
+    Ok(())
+}

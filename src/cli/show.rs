@@ -1,0 +1,189 @@
+//! Commands that only read: check-config's summary, status and list.
+
+use crate::config::units::format_size;
+use crate::config::{self, Settings};
+use crate::manifest::{BackupId, Manifest};
+use anyhow::Result;
+use chrono::Utc;
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+use super::{Failure, destinations, print_line};
+
+pub(super) fn print_summary(path: &std::path::Path, s: &Settings) {
+    out!("{}: OK", path.display());
+    match &s.etcd {
+        Some(etcd) => {
+            let auth = match (&etcd.client_cert, &etcd.auth) {
+                (Some(_), _) => " (TLS client certificate)",
+                (None, Some(_)) => " (user and password)",
+                (None, None) => "",
+            };
+            out!("  etcd:       {}{auth}", etcd.endpoints.join(", "));
+        }
+        None => out!(
+            "  etcd:       none: a verification host (verify, restore, drill, list and prune work; backup and run need [etcd])"
+        ),
+    }
+    out!("  cluster:    {}", s.cluster);
+    out!("  local:      {}", s.local.dir.join(s.cluster.as_str()).display());
+    match &s.s3 {
+        Some(s3) => out!(
+            "  s3:         s3://{}/{}{}/{}",
+            s3.bucket,
+            s3.prefix,
+            s.cluster,
+            s3.endpoint.as_deref().map(|e| format!(" at {e}")).unwrap_or_default()
+        ),
+        None => out!("  s3:         not configured (backups stay on this host)"),
+    }
+    out!("  recipients: {}", s.encryption.recipients.len());
+    for w in config::secret_warnings(s) {
+        out!("warning: {}: {}", w.key, w.message);
+    }
+}
+
+pub(super) fn status(settings: &Settings, json: bool) -> Result<(), Failure> {
+    let state_dir = crate::host::state_dir();
+    let state = crate::state::State::load(&state_dir);
+    let now = Utc::now();
+    let interval = state
+        .schedule_interval_secs
+        .map(std::time::Duration::from_secs)
+        .or_else(|| settings.schedule.schedule.interval_around(now));
+    // A success dated in the future (the clock was wrong then, or is now) proves nothing about how
+    // fresh the backups are: it counts as overdue, never as "fresh until that date".
+    let future_success = state.last_success.as_ref().is_some_and(|s| s.time > now + crate::retention::FUTURE_TOLERANCE);
+    let overdue = match (&state.last_success, interval) {
+        _ if future_success => true,
+        (Some(s), Some(i)) => (now - s.time).to_std().unwrap_or_default() > 2 * i,
+        (None, _) => true,
+        (Some(_), None) => false,
+    };
+    if json {
+        let value = serde_json::json!({ "state": state, "overdue": overdue, "state_dir": state_dir });
+        out!("{}", serde_json::to_string_pretty(&value).map_err(anyhow::Error::from)?);
+    } else {
+        out!("{}", crate::daemon::status_line(&state, false));
+        if let Some(f) = &state.last_failure {
+            out!("last failure: {} {}", f.time.format("%Y-%m-%d %H:%M:%S UTC"), f.error);
+        }
+        for (destination, n) in &state.backups {
+            out!("{destination}: {n} backups");
+        }
+        out!(
+            "runs: {} ok, {} failed, {} unchanged, {} skipped",
+            state.runs.ok,
+            state.runs.failed,
+            state.runs.unchanged,
+            state.runs.skipped
+        );
+        match &state.last_proven {
+            Some(p) => out!(
+                "last proven restorable: {} (drill at {}: revision {}, {} keys)",
+                p.id,
+                p.time.format("%Y-%m-%d %H:%M:%S UTC"),
+                p.revision,
+                p.keys
+            ),
+            None => out!("last proven restorable: never (run `etcd-backupd drill`)"),
+        }
+        if let Some(f) = &state.last_drill_failure {
+            out!("last failed drill: {} {}", f.time.format("%Y-%m-%d %H:%M:%S UTC"), f.error);
+        }
+        if !state.future_dated.is_empty() {
+            out!(
+                "warning: {} backups are dated in the future (a clock was wrong when they were taken): {}; they are kept and count for no retention rule: check the clocks, then delete them once newer backups exist",
+                state.future_dated.len(),
+                state.future_dated.join(", ")
+            );
+        }
+    }
+    if future_success {
+        return Err(anyhow::anyhow!(
+            "backups may be overdue: the last success is dated {}, in the future (the clock was wrong then, or is now): check the clock",
+            state.last_success.as_ref().map_or(String::new(), |s| s.time.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+        )
+        .into());
+    }
+    if overdue {
+        let why = match (&state.last_success, interval) {
+            (None, _) => "no backup has succeeded yet".to_string(),
+            (Some(s), Some(i)) => format!(
+                "the last success was at {}, more than twice the schedule's interval ({}) ago",
+                s.time.format("%Y-%m-%d %H:%M:%S UTC"),
+                humantime::format_duration(i)
+            ),
+            (Some(s), None) => format!("the last success was at {}", s.time.format("%Y-%m-%d %H:%M:%S UTC")),
+        };
+        return Err(anyhow::anyhow!("backups are overdue: {why}").into());
+    }
+    Ok(())
+}
+
+/// A backup and the destinations that hold it.
+#[derive(Debug, Serialize)]
+pub(super) struct Listed {
+    destinations: Vec<&'static str>,
+    pinned: bool,
+    #[serde(flatten)]
+    manifest: Manifest,
+}
+
+pub(super) async fn list(settings: &Settings, json: bool) -> Result<(), Failure> {
+    let mut merged: BTreeMap<BackupId, Listed> = BTreeMap::new();
+    let (destinations, mut errors) = destinations(settings).await;
+    for destination in &destinations {
+        match destination.list().await {
+            Ok(listing) => {
+                for stored in listing.backups {
+                    let entry = merged.entry(stored.manifest.id.clone()).or_insert_with(|| Listed {
+                        destinations: Vec::new(),
+                        pinned: false,
+                        manifest: stored.manifest,
+                    });
+                    entry.destinations.push(destination.name());
+                    entry.pinned |= stored.pinned;
+                }
+            }
+            Err(e) => errors.push(format!("{}: {e:#}", destination.name())),
+        }
+    }
+    let rows: Vec<&Listed> = merged.values().rev().collect();
+    if json {
+        let text = serde_json::to_string_pretty(&rows).map_err(anyhow::Error::from)?;
+        out!("{text}");
+    } else {
+        out!(
+            "{:<44} {:<20} {:>10} {:>9} {:>11} {:>11}  {:<20} STORED IN",
+            "ID",
+            "CREATED (UTC)",
+            "REVISION",
+            "KEYS",
+            "DB SIZE",
+            "SIZE",
+            "LABEL"
+        );
+        for r in &rows {
+            let m = &r.manifest;
+            let pinned = if r.pinned { " (pinned)" } else { "" };
+            let status = m.snapshot.status;
+            out!(
+                "{:<44} {:<20} {:>10} {:>9} {:>11} {:>11}  {:<20} {}{pinned}",
+                m.id.to_string(),
+                m.created.format("%Y-%m-%d %H:%M:%S").to_string(),
+                status.map_or(m.etcd.revision, |s| s.revision),
+                status.map_or("-".to_string(), |s| s.live_keys.to_string()),
+                format_size(status.map_or(m.etcd.db_size, |s| s.total_size)),
+                format_size(m.artifact.size),
+                m.label.as_deref().unwrap_or("-"),
+                r.destinations.join(","),
+            );
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(anyhow::anyhow!("cannot list every destination:\n  {}", errors.join("\n  ")).into())
+    }
+}

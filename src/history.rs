@@ -1,0 +1,143 @@
+//! The history of runs: every backup's and drill's outcome goes to the journal (telemetry), the state
+//! file (changed under its lock, since the daemon, one-shot backups and drills all change it) and the
+//! metrics file, here and nowhere else.
+
+use std::path::Path;
+
+use chrono::{DateTime, Utc};
+
+use crate::config::Settings;
+use crate::state::{Failure, State, Success};
+
+/// Records a run's outcome: the journal entry, the state file, the metrics.
+pub async fn record_backup(
+    settings: &Settings,
+    state_dir: &Path,
+    started: DateTime<Utc>,
+    outcome: &crate::backup::Outcome,
+) {
+    match outcome {
+        crate::backup::Outcome::Committed(report) => {
+            crate::telemetry::backup_committed(report);
+            report.pruned.iter().for_each(crate::telemetry::pruned);
+            if !report.failed.is_empty() {
+                crate::telemetry::backup_failed(
+                    &crate::backup::failures(report),
+                    &report.failed.iter().map(|f| f.0).collect::<Vec<_>>().join(","),
+                );
+            }
+        }
+        crate::backup::Outcome::Unchanged { revision } => {
+            tracing::info!(revision, "etcd's revision has not changed since the last backup; nothing uploaded");
+        }
+        crate::backup::Outcome::Failed(e) => crate::telemetry::backup_failed(&format!("{e:#}"), ""),
+        crate::backup::Outcome::Skipped(why) => tracing::warn!(%why, "backup skipped"),
+    }
+    persist(settings, state_dir, |state| {
+        state.last_attempt = Some(started);
+        match outcome {
+            crate::backup::Outcome::Committed(report) => {
+                for p in &report.pruned {
+                    state.backups.insert(p.destination.to_string(), p.decisions.iter().filter(|d| d.keep).count());
+                }
+                if !report.pruned.is_empty() {
+                    let future: std::collections::BTreeSet<String> = report
+                        .pruned
+                        .iter()
+                        .flat_map(|p| &p.decisions)
+                        .filter(|d| d.reasons.contains(&crate::retention::Reason::FutureDated))
+                        .map(|d| d.id.to_string())
+                        .collect();
+                    state.future_dated = future.into_iter().collect();
+                }
+                let m = &report.manifest;
+                state.last_success = Some(Success {
+                    time: m.created,
+                    id: m.id.to_string(),
+                    revision: m.etcd.revision,
+                    artifact_size: m.artifact.size,
+                    duration_ms: m.duration_ms,
+                    destinations: report.committed.iter().map(ToString::to_string).collect(),
+                    unchanged: false,
+                });
+                if report.failed.is_empty() {
+                    state.runs.ok += 1;
+                } else {
+                    state.last_failure = Some(Failure { time: started, error: crate::backup::failures(report) });
+                    state.runs.failed += 1;
+                }
+            }
+            crate::backup::Outcome::Unchanged { .. } => {
+                if let Some(s) = &mut state.last_success {
+                    s.time = started;
+                    s.unchanged = true;
+                }
+                state.runs.unchanged += 1;
+            }
+            crate::backup::Outcome::Failed(e) => {
+                state.last_failure = Some(Failure { time: started, error: format!("{e:#}") });
+                state.runs.failed += 1;
+            }
+            crate::backup::Outcome::Skipped(_) => state.runs.skipped += 1,
+        }
+    })
+    .await;
+}
+
+/// Changes the state file (under its lock: the daemon, one-shot backups and drills all change it) and
+/// rewrites the metrics from the result, which it returns. Failures are logged, never fatal to a run.
+pub async fn persist(settings: &Settings, state_dir: &Path, change: impl FnOnce(&mut State)) -> State {
+    let lock = crate::state::StateLock::take(state_dir).await;
+    let mut state = State::load(state_dir);
+    change(&mut state);
+    let held = match lock {
+        Ok(lock) => state.save(state_dir).await.map(|()| lock),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = &held {
+        tracing::error!(error = %format!("{e:#}"), "cannot save the state file");
+    }
+    // Still under the lock, so the metrics file is never older than the state file.
+    write_metrics(settings, &state).await;
+    drop(held);
+    state
+}
+
+async fn write_metrics(settings: &Settings, state: &State) {
+    if let Some(path) = &settings.metrics_textfile
+        && let Err(e) = crate::metrics::write(path, &crate::metrics::render(state, settings.cluster.as_str())).await
+    {
+        tracing::error!(error = %format!("{e:#}"), "cannot write the metrics file");
+    }
+}
+
+/// Records a drill's result: the journal entry, the state file, the metrics.
+pub async fn record_drill(
+    settings: &Settings,
+    state_dir: &Path,
+    started: DateTime<Utc>,
+    id: Option<&str>,
+    result: &anyhow::Result<crate::drill::DrillReport>,
+) -> crate::state::State {
+    match result {
+        Ok(report) => crate::telemetry::drill_passed(report),
+        Err(e) => crate::telemetry::drill_failed(id, &format!("{e:#}")),
+    }
+    persist(settings, state_dir, |state| match result {
+        Ok(report) => {
+            state.drills.ok += 1;
+            state.last_proven = Some(crate::state::Proven {
+                time: started,
+                id: report.id.clone(),
+                revision: report.observed.revision,
+                keys: report.observed.keys,
+            });
+        }
+        Err(e) => {
+            state.drills.failed += 1;
+            state.last_drill_failure =
+                Some(crate::state::DrillFailure { time: started, id: id.map(str::to_string), error: format!("{e:#}") });
+        }
+    })
+    .await
+}
