@@ -1,16 +1,20 @@
 //! Configuration: the TOML file → raw serde structs → validated `Settings`. Errors name file, line and key.
 
+mod keys;
 mod raw;
 pub mod reference;
 mod settings;
 mod typecheck;
 pub mod units;
+mod validate;
+mod validate_s3;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use raw::RawConfig;
 pub use settings::*;
+pub use validate::validate;
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/etcd-backupd.toml";
 
