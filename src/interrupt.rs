@@ -70,3 +70,8 @@ pub fn die_with_parent(cmd: &mut std::process::Command) -> &mut std::process::Co
         })
     }
 }
+
+/// The error of a backup cancelled because etcd-backupd is stopping, typed as `Cause::Cancelled`.
+pub fn cancelled() -> anyhow::Error {
+    crate::errors::classified(crate::errors::Cause::Cancelled, "the backup was cancelled (etcd-backupd is stopping)")
+}

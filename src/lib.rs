@@ -2,11 +2,13 @@
 
 pub mod alerts;
 pub mod backup;
+pub mod catch_up;
 pub mod cli;
 pub mod config;
 pub mod crypto;
 pub mod daemon;
 pub mod drill;
+pub mod encode;
 pub mod errors;
 pub mod etcd;
 pub mod files;

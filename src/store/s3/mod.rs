@@ -1,30 +1,28 @@
 //! S3 and S3-compatible stores: `<prefix><cluster>/<id>.db.zst.age` by multipart upload, then the
 //! manifest by a single PUT. An upload that does not commit is aborted.
 
-use std::time::Duration;
-
 use anyhow::{Context, Result, anyhow};
 use aws_sdk_s3::Client;
-use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_sdk_s3::config::ResponseChecksumValidation;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::ServerSideEncryption as SseHeader;
-use aws_sdk_s3::types::{
-    ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier, StorageClass,
-};
-use aws_smithy_http_client::tls::{Provider, TlsContext, TrustStore, rustls_provider::CryptoMode};
-use bytes::{Bytes, BytesMut};
-use tokio::task::JoinHandle;
+use aws_sdk_s3::types::{Delete, ObjectIdentifier};
 
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 
+mod client;
+mod upload;
+
+pub use upload::S3Upload;
+
 use super::{Found, Listing, Paired, Stored, accept, pair_up};
-use crate::config::{ChecksumMode, Proxy, S3Settings, ServerSideEncryption};
+use crate::config::{S3Settings, ServerSideEncryption};
 use crate::errors::Cause;
 use crate::manifest::BackupId;
-use crate::manifest::{ClusterName, Manifest};
+use crate::manifest::ClusterName;
 use crate::retention::{Leftover, LeftoverKind};
 
 /// The largest manifest we read; anything bigger is not ours.
@@ -46,75 +44,6 @@ pub struct S3Store {
 }
 
 impl S3Store {
-    /// Builds a client from the settings and the standard AWS credential chain. Makes no request.
-    pub async fn new(settings: &S3Settings, cluster: &ClusterName) -> Result<Self> {
-        let mut trust = TrustStore::default();
-        if let Some(ca) = &settings.ca_file {
-            let pem = std::fs::read(ca).with_context(|| format!("cannot read s3.ca_file '{}'", ca.display()))?;
-            trust = trust.with_pem_certificate(pem);
-        }
-        let tls = TlsContext::builder()
-            .with_trust_store(trust)
-            .build()
-            .map_err(|e| anyhow!("cannot use s3.ca_file: {}", crate::errors::chain(&e)))?;
-        let proxy = proxy_config(&settings.proxy)?;
-        // The builder's own build_https() takes no proxy (and so ignores HTTPS_PROXY): the connector is
-        // built here, with the same settings the SDK hands it, plus the proxy.
-        let http = aws_smithy_http_client::Builder::new().build_with_connector_fn(move |settings, components| {
-            let mut connector = aws_smithy_http_client::Connector::builder();
-            connector.set_connector_settings(settings.cloned());
-            if let Some(components) = components {
-                connector.set_sleep_impl(components.sleep_impl());
-            }
-            connector
-                .proxy_config(proxy.clone())
-                .tls_provider(Provider::Rustls(CryptoMode::Ring))
-                .tls_context(tls.clone())
-                .build()
-        });
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest()).http_client(http);
-        if let Some(region) = &settings.region {
-            loader = loader.region(Region::new(region.clone()));
-        }
-        let sdk = loader.load().await;
-        let mut config =
-            aws_sdk_s3::config::Builder::from(&sdk).force_path_style(settings.force_path_style).timeout_config(
-                // A hung store holds an attempt for s3.timeout at most, a whole part included (a read
-                // timeout alone never fires while a slow server trickles bytes); three attempts at most.
-                aws_config::timeout::TimeoutConfig::builder()
-                    .connect_timeout(Duration::from_secs(10).min(settings.timeout))
-                    .read_timeout(settings.timeout)
-                    .operation_attempt_timeout(settings.timeout)
-                    .operation_timeout(settings.timeout * 3 + Duration::from_secs(30))
-                    .build(),
-            );
-        if sdk.region().is_none() {
-            if settings.endpoint.is_none() {
-                anyhow::bail!("no S3 region: set s3.region (or AWS_REGION) to the bucket's region");
-            }
-            // S3-compatible stores mostly ignore the region, but SigV4 needs one.
-            config = config.region(Region::new("us-east-1"));
-        }
-        if let Some(endpoint) = &settings.endpoint {
-            config = config.endpoint_url(endpoint);
-        }
-        if settings.checksums == ChecksumMode::WhenRequired {
-            config = config
-                .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
-                .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
-        }
-        let folder = format!("{}{}/", settings.prefix, cluster);
-        let at = settings.endpoint.clone().unwrap_or_else(|| "AWS".to_string());
-        let place = format!("s3://{}/{} at {}", settings.bucket, folder, at);
-        Ok(S3Store {
-            client: aws_sdk_s3::Client::from_conf(config.build()),
-            settings: settings.clone(),
-            folder,
-            place,
-            cluster: cluster.clone(),
-        })
-    }
-
     /// `s3://bucket/prefix/cluster/ at ENDPOINT`, for messages.
     pub fn place(&self) -> &str {
         &self.place
@@ -129,46 +58,6 @@ impl S3Store {
             .await
             .map_err(|e| self.explain(e, "checking the bucket"))?;
         Ok(())
-    }
-
-    /// Starts a multipart upload of `name`; nothing is visible until `commit`.
-    pub async fn begin(&self, name: &str, manifest_name: &str) -> Result<S3Upload> {
-        let key = format!("{}{name}", self.folder);
-        let manifest_key = format!("{}{manifest_name}", self.folder);
-        // The manifest is the commit: only a committed backup is never overwritten. An artifact without
-        // one was left by an upload interrupted between completing and committing (a crash, a killed
-        // run); this upload replaces it.
-        if self.exists(&manifest_key).await? {
-            return Err(crate::errors::classified(
-                Cause::Exists,
-                format!("'{manifest_key}' already exists in {}: a backup with this id was already taken", self.place),
-            ));
-        }
-        if self.exists(&key).await? {
-            tracing::info!(%key, "replacing an artifact that has no manifest (left by an interrupted upload)");
-        }
-        let s = &self.settings;
-        let mut req =
-            self.client.create_multipart_upload().bucket(&s.bucket).key(&key).content_type("application/octet-stream");
-        if let Some(class) = &s.storage_class {
-            req = req.storage_class(StorageClass::from(class.as_str()));
-        }
-        if s.checksums == ChecksumMode::WhenSupported {
-            req = req.checksum_algorithm(ChecksumAlgorithm::Crc32);
-        }
-        let (sse, kms_key) = sse_headers(&s.sse);
-        req = req.set_server_side_encryption(sse).set_ssekms_key_id(kms_key);
-        let out = req.send().await.map_err(|e| self.explain(e, "starting the upload"))?;
-        let upload_id = out.upload_id().context("the store started an upload without an upload id")?.to_string();
-        Ok(S3Upload {
-            store: self.clone(),
-            key,
-            manifest_key,
-            upload_id,
-            buffer: BytesMut::new(),
-            parts: Vec::new(),
-            in_flight: None,
-        })
     }
 
     /// Whether backup `id` is committed here; a store that cannot be asked says no.
@@ -543,24 +432,6 @@ where
     }
 }
 
-/// The proxy to reach the store through: `s3.proxy` if set (`""`: none), else the standard variables
-/// HTTPS_PROXY, HTTP_PROXY, ALL_PROXY and NO_PROXY (either case). NO_PROXY applies to an explicit proxy too.
-fn proxy_config(setting: &Proxy) -> Result<aws_smithy_http_client::proxy::ProxyConfig> {
-    use aws_smithy_http_client::proxy::ProxyConfig;
-    Ok(match setting {
-        Proxy::Environment => ProxyConfig::from_env(),
-        Proxy::None => ProxyConfig::disabled(),
-        Proxy::Url(url) => {
-            let config =
-                ProxyConfig::all(url.as_str()).map_err(|e| anyhow!("s3.proxy \"{url}\" cannot be used: {e}"))?;
-            match ["NO_PROXY", "no_proxy"].iter().find_map(|v| std::env::var(v).ok()) {
-                Some(rules) => config.no_proxy(rules),
-                None => config,
-            }
-        }
-    })
-}
-
 /// A store timestamp as UTC; a missing one counts as now (so a leftover without one waits out the grace).
 fn utc(t: Option<&aws_smithy_types::DateTime>) -> DateTime<Utc> {
     t.and_then(|t| DateTime::<Utc>::from_timestamp(t.secs(), t.subsec_nanos())).unwrap_or_else(Utc::now)
@@ -583,156 +454,5 @@ pub trait HttpStatus {
 impl HttpStatus for aws_smithy_runtime_api::client::orchestrator::HttpResponse {
     fn status_code(&self) -> u16 {
         self.status().as_u16()
-    }
-}
-
-/// An artifact being uploaded in parts: one part uploads while the next fills.
-pub struct S3Upload {
-    store: S3Store,
-    key: String,
-    manifest_key: String,
-    upload_id: String,
-    buffer: BytesMut,
-    parts: Vec<CompletedPart>,
-    in_flight: Option<JoinHandle<Result<CompletedPart>>>,
-}
-
-impl S3Upload {
-    pub async fn write(&mut self, chunk: Bytes) -> Result<()> {
-        // Each part gets a buffer of exactly the part size: memory stays at two parts (one filling,
-        // one uploading) whatever the snapshot size.
-        let part_size = self.store.settings.part_size as usize;
-        let mut rest = &chunk[..];
-        while !rest.is_empty() {
-            if self.buffer.capacity() == 0 {
-                self.buffer = BytesMut::with_capacity(part_size);
-            }
-            let take = rest.len().min(part_size - self.buffer.len());
-            self.buffer.extend_from_slice(&rest[..take]);
-            rest = &rest[take..];
-            if self.buffer.len() == part_size {
-                let part = std::mem::take(&mut self.buffer).freeze();
-                self.send_part(part).await?;
-            }
-        }
-        Ok(())
-    }
-
-    async fn send_part(&mut self, body: Bytes) -> Result<()> {
-        self.wait_in_flight().await?;
-        let number = i32::try_from(self.parts.len() + 1).unwrap_or(i32::MAX);
-        if number > 10_000 {
-            anyhow::bail!("the artifact needs more than 10000 parts: raise s3.part_size");
-        }
-        let store = self.store.clone();
-        let (key, upload_id) = (self.key.clone(), self.upload_id.clone());
-        self.in_flight = Some(tokio::spawn(async move {
-            let mut req = store
-                .client
-                .upload_part()
-                .bucket(&store.settings.bucket)
-                .key(&key)
-                .upload_id(&upload_id)
-                .part_number(number)
-                .body(ByteStream::from(body));
-            if store.settings.checksums == ChecksumMode::WhenSupported {
-                req = req.checksum_algorithm(ChecksumAlgorithm::Crc32);
-            }
-            let out = req.send().await.map_err(|e| store.explain(e, &format!("uploading part {number}")))?;
-            Ok(CompletedPart::builder()
-                .part_number(number)
-                .set_e_tag(out.e_tag().map(str::to_string))
-                .set_checksum_crc32(out.checksum_crc32().map(str::to_string))
-                .build())
-        }));
-        Ok(())
-    }
-
-    async fn wait_in_flight(&mut self) -> Result<()> {
-        // The handle stays in place while awaited: if this wait is cancelled, `abort` still stops the part.
-        if let Some(handle) = &mut self.in_flight {
-            let part = handle.await;
-            self.in_flight = None;
-            self.parts.push(part.context("part upload task failed")??);
-        }
-        Ok(())
-    }
-
-    pub async fn commit(mut self, manifest: &Manifest, cancel: &tokio_util::sync::CancellationToken) -> Result<()> {
-        let completed = tokio::select! {
-            completed = self.complete() => completed,
-            () = cancel.cancelled() => Err(anyhow!("the upload was cancelled (etcd-backupd is stopping)")),
-        };
-        if let Err(e) = completed {
-            self.abort().await;
-            return Err(e);
-        }
-        let s = &self.store.settings;
-        let client = &self.store.client;
-        // Manifests stay in the default storage class so they can always be read at once.
-        let mut put = client
-            .put_object()
-            .bucket(&s.bucket)
-            .key(&self.manifest_key)
-            .content_type("application/json")
-            .body(ByteStream::from(manifest.to_json()));
-        let (sse, kms_key) = sse_headers(&s.sse);
-        put = put.set_server_side_encryption(sse).set_ssekms_key_id(kms_key);
-        if let Err(e) = put.send().await {
-            let err = self.store.explain(e, "writing the manifest");
-            // An artifact without its manifest is not a backup: remove it rather than leave it looking like one.
-            if let Err(del) = client.delete_object().bucket(&s.bucket).key(&self.key).send().await {
-                tracing::warn!(key = %self.key, error = %crate::errors::chain(&del), "cannot remove the uncommitted artifact");
-            }
-            return Err(err);
-        }
-        Ok(())
-    }
-
-    /// Uploads what is left and completes the multipart upload: the artifact becomes visible.
-    async fn complete(&mut self) -> Result<()> {
-        let last = std::mem::take(&mut self.buffer).freeze();
-        if !last.is_empty() || self.parts.is_empty() && self.in_flight.is_none() {
-            self.send_part(last).await?;
-        }
-        self.wait_in_flight().await?;
-        let s = &self.store.settings;
-        self.store
-            .client
-            .complete_multipart_upload()
-            .bucket(&s.bucket)
-            .key(&self.key)
-            .upload_id(&self.upload_id)
-            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(self.parts.clone())).build())
-            .send()
-            .await
-            .map_err(|e| self.store.explain(e, "completing the upload"))?;
-        Ok(())
-    }
-
-    pub async fn abort(mut self) {
-        if let Some(handle) = self.in_flight.take() {
-            handle.abort();
-            let _ = handle.await;
-        }
-        let s = &self.store.settings;
-        let result = self
-            .store
-            .client
-            .abort_multipart_upload()
-            .bucket(&s.bucket)
-            .key(&self.key)
-            .upload_id(&self.upload_id)
-            .send()
-            .await;
-        match result {
-            Ok(_) => tracing::info!(key = %self.key, "aborted the unfinished S3 upload"),
-            Err(e) => tracing::warn!(
-                key = %self.key,
-                upload_id = %self.upload_id,
-                error = %crate::errors::chain(&e),
-                "cannot abort the unfinished S3 upload; the store keeps its parts until a lifecycle rule or a later cleanup removes them"
-            ),
-        }
     }
 }

@@ -1,0 +1,113 @@
+//! Catch-up: backups this host has locally that S3 lacks (an upload that failed, S3 down for a while)
+//! are sent there, oldest last, as far as S3's retention would keep them.
+
+use anyhow::{Context, Result, bail};
+use bytes::BytesMut;
+use sha2::{Digest, Sha256};
+
+use crate::encode::CHUNK;
+use crate::errors::{Cause, cause_of};
+use crate::interrupt::cancelled;
+use crate::manifest::BackupId;
+
+use crate::store::local::LocalStore;
+use crate::store::s3::S3Store;
+
+/// Uploads to S3 the backups the local dir holds and S3 does not, oldest first, pin included; only
+/// those S3's retention keeps (`plan` over S3's backups and these), so none is uploaded to be removed at
+/// once. Stops between backups, and aborts the one uploading, when `cancel` fires.
+pub async fn upload_missing(
+    local: &LocalStore,
+    s3: &S3Store,
+    plan: impl Fn(&[crate::retention::Candidate]) -> Vec<crate::retention::Decision>,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Result<Vec<BackupId>> {
+    use tokio::io::AsyncReadExt;
+    let here = local.list().await?;
+    let there = s3.list().await?;
+    let missing: Vec<&crate::store::Stored> =
+        here.backups.iter().filter(|b| !there.backups.iter().any(|t| t.manifest.id == b.manifest.id)).collect();
+    let candidates: Vec<crate::retention::Candidate> = there
+        .backups
+        .iter()
+        .chain(missing.iter().copied())
+        .map(|s| crate::retention::Candidate {
+            id: s.manifest.id.clone(),
+            size: s.manifest.artifact.size,
+            pinned: s.pinned,
+            this_run: false,
+        })
+        .collect();
+    let decisions = plan(&candidates);
+    let mut uploaded = Vec::new();
+    let mut failures = Vec::new();
+    for stored in missing.into_iter().rev() {
+        let m = &stored.manifest;
+        if !decisions.iter().any(|d| d.keep && d.id == m.id) {
+            tracing::info!(id = %m.id, "not uploading a backup that only the local dir holds: S3's retention would remove it at once");
+            continue;
+        }
+        if cancel.is_cancelled() {
+            break;
+        }
+        let name = m.artifact_name();
+        let path = local.folder().join(&name);
+        let mut file =
+            tokio::fs::File::open(&path).await.with_context(|| format!("cannot open '{}'", path.display()))?;
+        let mut upload = match s3.begin(&name, &m.id.manifest_name()).await {
+            Ok(upload) => upload,
+            // S3 holds a manifest of this id that its listing does not accept (damaged, planted, from a
+            // newer version): never overwritten, reported, and no reason to hold back newer backups.
+            Err(e) if cause_of(&e) == Some(Cause::Exists) => {
+                tracing::warn!(id = %m.id, error = %format!("{e:#}"), "not uploading a backup that only the local dir holds: S3 has a manifest of that id that does not check out (see `etcd-backupd prune --dry-run`)");
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        // The copy that goes off-site is the one the manifest recorded: hashed as it is read.
+        let mut hasher = Sha256::new();
+        let copied = async {
+            loop {
+                if cancel.is_cancelled() {
+                    return Err(cancelled());
+                }
+                let mut buf = BytesMut::with_capacity(CHUNK);
+                let n = file.read_buf(&mut buf).await.with_context(|| format!("cannot read '{}'", path.display()))?;
+                if n == 0 {
+                    let sha = hex::encode(hasher.finalize_reset());
+                    if sha != m.artifact.sha256 {
+                        bail!(
+                            "'{}' does not match its manifest (sha256 {sha}, the manifest says {}): the local copy is damaged; it is not uploaded",
+                            path.display(),
+                            m.artifact.sha256
+                        );
+                    }
+                    return anyhow::Ok(());
+                }
+                hasher.update(&buf);
+                upload.write(buf.freeze()).await?;
+            }
+        }
+        .await;
+        // One backup that cannot go (a damaged local copy) holds back none of the others.
+        let sent = match copied {
+            Ok(()) => upload.commit(m, cancel).await,
+            Err(e) => {
+                upload.abort().await;
+                Err(e)
+            }
+        };
+        let pinned = match sent {
+            Ok(()) if stored.pinned => s3.set_pin(&m.id, true).await,
+            other => other,
+        };
+        match pinned {
+            Ok(()) => {
+                tracing::info!(id = %m.id, "uploaded a backup that only the local dir held");
+                uploaded.push(m.id.clone());
+            }
+            Err(e) => failures.push(format!("{}: {e:#}", m.id)),
+        }
+    }
+    if failures.is_empty() { Ok(uploaded) } else { bail!("{}", failures.join("; ")) }
+}

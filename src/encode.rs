@@ -1,0 +1,182 @@
+//! The encoder of a backup, on a blocking thread: plain snapshot chunks in; etcd's trailer and the
+//! database structure checked on a private check copy; compressed, encrypted once, hashed, and fanned
+//! out in pieces to every destination still taking them.
+
+use std::io::Write;
+
+use anyhow::{Context, Result, anyhow};
+use bytes::{Bytes, BytesMut};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+
+use crate::config::units::format_size;
+use crate::errors::{Cause, classified};
+use crate::manifest::Compression;
+use crate::snapshot::TrailerCheck;
+
+/// Encrypted bytes are handed to destinations in pieces of this size.
+pub const CHUNK: usize = 1 << 20;
+
+/// Space the local folder needs for a database of `db_size` bytes: the artifact is at most the database
+/// plus framing (zstd's worst case and age's 16 bytes per 64 KiB), and a margin for the file system.
+pub fn required_local_space(db_size: u64) -> u64 {
+    db_size + db_size / 64 + 16 * 1024 * 1024
+}
+
+/// What the encoder produced.
+pub struct Encoded {
+    pub plain_size: u64,
+    /// The trailer, checked.
+    pub snapshot_sha256: String,
+    pub status: crate::snapshot::bbolt::Status,
+    pub artifact_size: u64,
+    pub artifact_sha256: String,
+}
+
+/// Runs on a blocking thread: plain chunks in, trailer checked, compressed, encrypted, fanned out.
+pub fn encode(
+    mut plain: mpsc::Receiver<Vec<u8>>,
+    senders: Vec<mpsc::Sender<Bytes>>,
+    compression: Compression,
+    recipients: &[String],
+    mut copy: std::fs::File,
+) -> Result<Encoded> {
+    let fanout = FanOut {
+        senders: senders.into_iter().map(Some).collect(),
+        buf: BytesMut::with_capacity(CHUNK),
+        hasher: Sha256::new(),
+        size: 0,
+    };
+    let encrypted = crate::crypto::encrypt_to(recipients, fanout).map_err(|e| anyhow!(e))?;
+    let mut sealer = match compression {
+        Compression::Zstd { level } => {
+            Sealer::Zstd(zstd::stream::write::Encoder::new(encrypted, level).context("cannot start zstd")?)
+        }
+        Compression::None => Sealer::Age(encrypted),
+    };
+    let mut check = TrailerCheck::new();
+    while let Some(chunk) = plain.blocking_recv() {
+        check.update(&chunk);
+        copy.write_all(&chunk).map_err(copy_error)?;
+        sealer.write_all(&chunk).map_err(write_error)?;
+    }
+    let fanout = sealer.finish().map_err(write_error)?;
+    let plain_size = check.total();
+    let (artifact_size, artifact_sha256) = fanout.close().map_err(write_error)?;
+    let snapshot_sha256 = check.finish()?;
+    // The database itself: every page reachable once, types and bounds sane, and its status.
+    let status = crate::snapshot::bbolt::status(&copy)
+        .map_err(|e| anyhow!("etcd sent a snapshot that is not a sound database: {e}"))?;
+    Ok(Encoded { plain_size, snapshot_sha256, artifact_size, artifact_sha256, status })
+}
+
+/// What makes the artifact: zstd then age, or age alone.
+enum Sealer<W: Write> {
+    Zstd(zstd::stream::write::Encoder<'static, age::stream::StreamWriter<W>>),
+    Age(age::stream::StreamWriter<W>),
+}
+
+impl<W: Write> Sealer<W> {
+    fn write_all(&mut self, chunk: &[u8]) -> std::io::Result<()> {
+        match self {
+            Sealer::Zstd(z) => z.write_all(chunk),
+            Sealer::Age(a) => a.write_all(chunk),
+        }
+    }
+
+    /// Ends the zstd frame (if any) and the age stream; returns what age wrote into.
+    fn finish(self) -> std::io::Result<W> {
+        match self {
+            Sealer::Zstd(z) => z.finish()?.finish(),
+            Sealer::Age(a) => a.finish(),
+        }
+    }
+}
+
+fn write_error(e: std::io::Error) -> anyhow::Error {
+    anyhow!("cannot write the encrypted backup: {e}")
+}
+
+fn copy_error(e: std::io::Error) -> anyhow::Error {
+    anyhow!("cannot write the snapshot's check copy in the state dir: {e}")
+}
+
+/// An unnamed file in the state dir for the plain snapshot while it is checked: it has no name, so
+/// no plaintext survives a crash, and it is gone when closed.
+pub fn check_copy(state_dir: &std::path::Path, db_size: u64) -> Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .create(state_dir)
+        .with_context(|| format!("cannot create the state dir '{}'", state_dir.display()))?;
+    let free = crate::files::free_space(state_dir)?;
+    let needed = required_local_space(db_size);
+    if free < needed {
+        return Err(classified(
+            Cause::NoSpace,
+            format!(
+                "not enough free space in the state dir '{}' to check the snapshot: {} free, {} needed",
+                state_dir.display(),
+                format_size(free),
+                format_size(needed)
+            ),
+        ));
+    }
+    crate::files::unnamed_in(state_dir)
+        .or_else(|_| {
+            // File systems without O_TMPFILE: a named file, unlinked at once.
+            let path = state_dir.join(format!(".check-{}.db", std::process::id()));
+            let f = std::fs::OpenOptions::new().read(true).write(true).create_new(true).mode(0o600).open(&path)?;
+            std::fs::remove_file(&path)?;
+            Ok::<_, std::io::Error>(f)
+        })
+        .with_context(|| format!("cannot create the snapshot's check copy in '{}'", state_dir.display()))
+}
+
+/// Hashes the artifact and hands it, in `CHUNK` pieces, to every destination still taking it.
+struct FanOut {
+    senders: Vec<Option<mpsc::Sender<Bytes>>>,
+    buf: BytesMut,
+    hasher: Sha256,
+    size: u64,
+}
+
+impl FanOut {
+    fn send(&mut self) -> std::io::Result<()> {
+        let piece = self.buf.split().freeze();
+        for slot in &mut self.senders {
+            if let Some(tx) = slot
+                && tx.blocking_send(piece.clone()).is_err()
+            {
+                *slot = None; // that destination failed; it reports why
+            }
+        }
+        if self.senders.iter().all(Option::is_none) {
+            return Err(std::io::Error::other("every destination failed"));
+        }
+        Ok(())
+    }
+
+    fn close(mut self) -> std::io::Result<(u64, String)> {
+        if !self.buf.is_empty() {
+            self.send()?;
+        }
+        Ok((self.size, hex::encode(self.hasher.finalize_reset())))
+    }
+}
+
+impl Write for FanOut {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.hasher.update(data);
+        self.size += data.len() as u64;
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= CHUNK {
+            self.send()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
