@@ -53,7 +53,7 @@ pub struct Event {
     pub revision: Option<i64>,
     pub snapshot_bytes: Option<u64>,
     pub artifact_bytes: Option<u64>,
-    pub committed: Vec<&'static str>,
+    pub committed: Vec<crate::store::Kind>,
     pub error: Option<String>,
 }
 
@@ -149,7 +149,7 @@ fn summary(e: &Event) -> String {
             e.backup_id.as_deref().unwrap_or("-"),
             e.cluster,
             e.host,
-            e.committed.join(", ")
+            crate::store::Kind::join(&e.committed, ", ")
         ),
     }
 }
@@ -199,7 +199,7 @@ mod tests {
         assert_eq!(summary(&e), "etcd backup of prod on cp-1 failed: cannot reach etcd");
         e.event = Kind::Success;
         e.backup_id = Some("ID".into());
-        e.committed = vec!["local", "s3"];
+        e.committed = vec![crate::store::Kind::Local, crate::store::Kind::S3];
         assert_eq!(summary(&e), "etcd backup ID of prod on cp-1 committed in local, s3");
     }
 }

@@ -106,9 +106,8 @@ async fn attempts(settings: &Settings, request: &BackupRequest, state_dir: &Path
             if settings.schedule.skip_unchanged {
                 // Unchanged only if the last backup of this revision reached every destination: one
                 // that missed S3 must still get there (the backup run's catch-up does it).
-                let everywhere = if settings.s3.is_some() { 2 } else { 1 };
                 let last = State::load(state_dir).last_success;
-                if last.is_some_and(|s| s.revision == member.facts.revision && s.destinations.len() >= everywhere) {
+                if last.is_some_and(|s| s.revision == member.facts.revision && everywhere(settings, &s.destinations)) {
                     return Ok(Outcome::Unchanged { revision: member.facts.revision });
                 }
             }
@@ -134,4 +133,10 @@ async fn attempts(settings: &Settings, request: &BackupRequest, state_dir: &Path
 /// The destinations a committed backup did not reach, and why.
 pub(crate) fn failures(report: &BackupReport) -> String {
     report.failed.iter().map(|(d, e)| format!("{d}: {e}")).collect::<Vec<_>>().join("; ")
+}
+
+/// Whether a backup recorded as reaching `destinations` (the state file's names: untrusted, compared by
+/// name) reached every destination the config has.
+fn everywhere(settings: &Settings, destinations: &[String]) -> bool {
+    crate::store::Kind::configured(settings).iter().all(|k| destinations.iter().any(|d| d == k.as_str()))
 }

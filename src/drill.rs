@@ -89,7 +89,7 @@ pub fn member_args(data_dir: &Path, client_port: u16, peer_port: u16) -> Vec<OsS
 #[derive(Debug, Clone)]
 pub struct DrillReport {
     pub id: String,
-    pub from: &'static str,
+    pub from: crate::store::Kind,
     pub observed: Observed,
     pub duration: Duration,
 }
@@ -121,14 +121,14 @@ pub async fn drill(
         let expected = expected(&m).map_err(|e| anyhow!(e))?;
         let scratch = crate::scratch::scratch_dir()?;
         let snapshot = scratch.path().join("snapshot.db");
-        tracing::info!(id = %m.id, from = holder.name(), "drill: fetching and decrypting");
+        tracing::info!(id = %m.id, from = %holder.kind(), "drill: fetching and decrypting");
         crate::restore::fetch_and_decrypt(holder, &m, &identities, scratch.path(), &snapshot, cancel)
             .await
-            .with_context(|| format!("the {} copy of {} cannot be restored", holder.name(), m.id))?;
+            .with_context(|| format!("the {} copy of {} cannot be restored", holder.kind(), m.id))?;
         let data = scratch.path().join("data");
         let observed = serve_and_count(&snapshot, &data, &etcd, etcd_bin, settings, cancel).await?;
         compare(expected, observed).map_err(|e| anyhow!("{}: {e}", m.id))?;
-        Ok(DrillReport { id: m.id.to_string(), from: holder.name(), observed, duration: started.elapsed() })
+        Ok(DrillReport { id: m.id.to_string(), from: holder.kind(), observed, duration: started.elapsed() })
     }
     .await;
     // Whatever a step said when it was stopped (its etcd killed under it, say), the drill was interrupted.

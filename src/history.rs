@@ -23,7 +23,7 @@ pub async fn record_backup(
             if !report.failed.is_empty() {
                 crate::telemetry::backup_failed(
                     &crate::backup::failures(report),
-                    &report.failed.iter().map(|f| f.0).collect::<Vec<_>>().join(","),
+                    &crate::store::Kind::join(&report.failed.iter().map(|f| f.0).collect::<Vec<_>>(), ","),
                 );
             }
         }

@@ -16,14 +16,14 @@ pub struct Backup {
     pub snapshot_bytes: Option<u64>,
     pub artifact_bytes: Option<u64>,
     pub duration_ms: Option<u64>,
-    pub committed: Vec<&'static str>,
+    pub committed: Vec<crate::store::Kind>,
     pub failed: Vec<DestinationError>,
     pub error: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
 pub struct DestinationError {
-    pub destination: &'static str,
+    pub destination: crate::store::Kind,
     pub error: String,
 }
 
@@ -69,7 +69,7 @@ impl Backup {
             artifact_bytes: Some(m.artifact.size),
             duration_ms: Some(m.duration_ms),
             committed: report.committed.clone(),
-            failed: report.failed.iter().map(|(d, e)| DestinationError { destination: d, error: e.clone() }).collect(),
+            failed: report.failed.iter().map(|(d, e)| DestinationError { destination: *d, error: e.clone() }).collect(),
             error: None,
         }
     }
@@ -88,7 +88,7 @@ pub struct Verify {
 
 #[derive(Debug, Serialize)]
 pub struct Copy {
-    pub destination: &'static str,
+    pub destination: crate::store::Kind,
     pub ok: bool,
     pub checked: &'static str,
     pub revision: Option<i64>,
@@ -103,7 +103,7 @@ pub struct Copy {
 pub struct Drill {
     pub ok: bool,
     pub id: Option<String>,
-    pub from: Option<&'static str>,
+    pub from: Option<crate::store::Kind>,
     pub revision: Option<i64>,
     pub keys: Option<u64>,
     pub duration_ms: Option<u64>,

@@ -44,9 +44,9 @@ impl Default for BackupRequest {
 #[derive(Debug)]
 pub struct BackupReport {
     pub manifest: Manifest,
-    pub committed: Vec<&'static str>,
+    pub committed: Vec<crate::store::Kind>,
     /// Destinations that did not commit, and pin or prune problems after a commit.
-    pub failed: Vec<(&'static str, String)>,
+    pub failed: Vec<(crate::store::Kind, String)>,
     pub pruned: Vec<PruneReport>,
 }
 
@@ -70,7 +70,7 @@ pub async fn write_backup<S: SnapshotSource>(
     let etcd = settings.etcd()?;
     let mut started = Utc::now();
     let clock = Instant::now();
-    let mut failed: Vec<(&'static str, String)> = Vec::new();
+    let mut failed: Vec<(crate::store::Kind, String)> = Vec::new();
     let facts = source.facts().clone();
     tracing::info!(
         endpoint = %facts.endpoint, member = %facts.member_name, member_id = %facts.member_id,
@@ -112,7 +112,7 @@ pub async fn write_backup<S: SnapshotSource>(
             Ok(upload) => uploads.push(upload),
             Err(e) => {
                 causes.push(cause_of(&e).unwrap_or(Cause::Unreachable));
-                failed.push((destination.name(), format!("{e:#}")));
+                failed.push((destination.kind(), format!("{e:#}")));
             }
         }
     }
@@ -196,7 +196,7 @@ pub async fn write_backup<S: SnapshotSource>(
         Err(e) => {
             for (upload, written) in finished {
                 if let Err(why) = written {
-                    failed.push((upload.destination(), format!("{why:#}")));
+                    failed.push((upload.kind(), format!("{why:#}")));
                 }
                 upload.abort().await;
             }
@@ -239,7 +239,7 @@ pub async fn write_backup<S: SnapshotSource>(
 
     let mut committed = Vec::new();
     for (upload, written) in finished {
-        let destination = upload.destination();
+        let destination = upload.kind();
         let outcome = match written {
             Ok(()) => upload.commit(&manifest, &request.cancel).await,
             Err(e) => {
@@ -272,11 +272,11 @@ pub async fn write_backup<S: SnapshotSource>(
 
     // A pin asked for is part of the backup: it is written even when the run is stopping.
     if request.pin {
-        for destination in destinations.iter().filter(|d| committed.contains(&d.name())) {
+        for destination in destinations.iter().filter(|d| committed.contains(&d.kind())) {
             if let Err(e) = destination.set_pin(&id, true).await {
-                failed.push((destination.name(), format!("committed, but cannot pin it: {e:#}")));
+                failed.push((destination.kind(), format!("committed, but cannot pin it: {e:#}")));
             } else {
-                tracing::info!(destination = destination.name(), id = %id, "backup pinned");
+                tracing::info!(destination = %destination.kind(), id = %id, "backup pinned");
             }
         }
     }
@@ -291,20 +291,20 @@ pub async fn write_backup<S: SnapshotSource>(
     // Backups committed locally while S3 was failing are uploaded now, oldest first, before any pruning.
     if let (Some(Destination::Local(local)), Some(Destination::S3(s3)), Some(s3_settings)) =
         (destinations.first(), destinations.get(1), &settings.s3)
-        && committed.contains(&"s3")
+        && committed.contains(&crate::store::Kind::S3)
     {
         let keep = |candidates: &[crate::retention::Candidate]| {
             crate::retention::plan(candidates, &s3_settings.retention, settings.timezone, Utc::now())
         };
         if let Err(e) = crate::catch_up::upload_missing(local, s3, keep, &request.cancel).await {
-            failed.push(("s3", format!("uploading backups that only the local dir holds: {e:#}")));
+            failed.push((crate::store::Kind::S3, format!("uploading backups that only the local dir holds: {e:#}")));
         }
     }
 
     // Each destination that committed is pruned on its own; a destination that failed is not pruned,
     // so a failed upload never costs an older backup.
     let mut pruned = Vec::new();
-    for destination in destinations.iter().filter(|d| committed.contains(&d.name())) {
+    for destination in destinations.iter().filter(|d| committed.contains(&d.kind())) {
         if request.cancel.is_cancelled() || !request.prune {
             break;
         }
@@ -319,11 +319,11 @@ pub async fn write_backup<S: SnapshotSource>(
         match prune(destination, &options).await {
             Ok(report) => {
                 for e in &report.errors {
-                    failed.push((destination.name(), format!("pruning: {e}")));
+                    failed.push((destination.kind(), format!("pruning: {e}")));
                 }
                 pruned.push(report);
             }
-            Err(e) => failed.push((destination.name(), format!("pruning failed: {e:#}"))),
+            Err(e) => failed.push((destination.kind(), format!("pruning failed: {e:#}"))),
         }
     }
     Ok(BackupReport { manifest, committed, failed, pruned })
@@ -351,7 +351,7 @@ pub fn policy_for<'a>(settings: &'a Settings, destination: &Destination) -> &'a 
     }
 }
 
-fn describe(failed: &[(&str, String)]) -> String {
+fn describe(failed: &[(crate::store::Kind, String)]) -> String {
     failed.iter().map(|(d, e)| format!("{d}: {e}")).collect::<Vec<_>>().join("\n  ")
 }
 

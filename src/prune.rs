@@ -16,7 +16,7 @@ use crate::store::{Destination, Ignored, Stored};
 /// What pruning one destination found and did.
 #[derive(Debug, Serialize)]
 pub struct PruneReport {
-    pub destination: &'static str,
+    pub destination: crate::store::Kind,
     pub place: String,
     pub dry_run: bool,
     pub decisions: Vec<Decision>,
@@ -75,7 +75,7 @@ pub async fn prune(destination: &Destination, options: &PruneOptions) -> Result<
     let decisions = retention::plan(&candidates, &options.policy, options.timezone, options.now);
     for d in decisions.iter().filter(|d| d.reasons.contains(&Reason::FutureDated)) {
         tracing::warn!(
-            destination = destination.name(), id = %d.id, now = %options.now,
+            destination = %destination.kind(), id = %d.id, now = %options.now,
             "a backup is dated in the future (a clock was wrong when it was taken, or it was planted): it is kept and counts for no retention rule; check the clocks, and delete it once a newer backup exists"
         );
     }
@@ -110,7 +110,7 @@ pub async fn prune(destination: &Destination, options: &PruneOptions) -> Result<
         .map(|(name, why): &Ignored| IgnoredReport { name: name.clone(), why: why.clone() })
         .collect();
     let mut report = PruneReport {
-        destination: destination.name(),
+        destination: destination.kind(),
         place: destination.place(),
         dry_run: options.dry_run,
         decisions,
@@ -123,22 +123,22 @@ pub async fn prune(destination: &Destination, options: &PruneOptions) -> Result<
     }
     let mut not_removed = HashSet::new();
     for (id, why) in destination.remove(&doomed).await {
-        tracing::error!(destination = destination.name(), id = %id, %why, "cannot remove backup");
+        tracing::error!(destination = %destination.kind(), id = %id, %why, "cannot remove backup");
         report.errors.push(format!("{id}: {why}"));
         not_removed.insert(id);
     }
     for d in report.decisions.iter().filter(|d| !d.keep && !not_removed.contains(&d.id)) {
         let reasons: Vec<String> = d.reasons.iter().map(ToString::to_string).collect();
-        tracing::info!(destination = destination.name(), id = %d.id, reasons = %reasons.join(", "), "removed backup");
+        tracing::info!(destination = %destination.kind(), id = %d.id, reasons = %reasons.join(", "), "removed backup");
     }
     let mut not_cleaned = HashSet::new();
     for (name, why) in destination.clean(&stale).await {
-        tracing::error!(destination = destination.name(), %name, %why, "cannot clean leftover");
+        tracing::error!(destination = %destination.kind(), %name, %why, "cannot clean leftover");
         report.errors.push(format!("{name}: {why}"));
         not_cleaned.insert(name);
     }
     for l in stale.iter().filter(|l| !not_cleaned.contains(&l.name)) {
-        tracing::info!(destination = destination.name(), name = %l.name, kind = %l.kind, since = %l.time, "cleaned leftover");
+        tracing::info!(destination = %destination.kind(), name = %l.name, kind = %l.kind, since = %l.time, "cleaned leftover");
     }
     Ok(report)
 }

@@ -62,7 +62,7 @@ pub async fn locate<'a>(destinations: &'a [Destination], selector: &Selector) ->
     for d in destinations {
         match d.list().await {
             Ok(listing) => listings.push((d, listing)),
-            Err(e) => errors.push(format!("{}: {e:#}", d.name())),
+            Err(e) => errors.push(format!("{}: {e:#}", d.kind())),
         }
     }
     let all: Vec<&Stored> = listings.iter().flat_map(|(_, l)| l.backups.iter()).collect();

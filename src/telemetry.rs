@@ -25,7 +25,7 @@ pub fn backup_committed(report: &crate::pipeline::BackupReport) {
         db_size = m.etcd.db_size,
         artifact_size = m.artifact.size,
         duration_ms = m.duration_ms,
-        destinations = %report.committed.join(","),
+        destinations = %crate::store::Kind::join(&report.committed, ","),
         label = m.label.as_deref().unwrap_or(""),
         // In hex, as `etcdutl snapshot status` prints it.
         snapshot_hash = %m.snapshot.status.map(|s| format!("{:x}", s.hash)).unwrap_or_default(),
@@ -34,7 +34,7 @@ pub fn backup_committed(report: &crate::pipeline::BackupReport) {
         snapshot_revision = m.snapshot.status.map(|s| s.revision).unwrap_or_default(),
         "backup {} committed in {} (revision {}, {} keys, {})",
         m.id,
-        report.committed.join(", "),
+        crate::store::Kind::join(&report.committed, ", "),
         m.snapshot.status.map_or(m.etcd.revision, |s| s.revision),
         m.snapshot.status.map_or(0, |s| s.live_keys),
         crate::config::units::format_size(m.artifact.size)
@@ -60,7 +60,7 @@ pub fn pruned(report: &crate::prune::PruneReport) {
     }
     tracing::info!(
         message_id = MESSAGE_PRUNED,
-        destination = report.destination,
+        destination = %report.destination,
         removed = removed.len(),
         cleaned,
         backup_ids = %removed.join(","),
@@ -75,7 +75,7 @@ pub fn drill_passed(report: &crate::drill::DrillReport) {
     tracing::info!(
         message_id = MESSAGE_DRILL_PASSED,
         backup_id = %report.id,
-        source = report.from,
+        source = %report.from,
         revision = report.observed.revision,
         live_keys = report.observed.keys,
         duration_ms = report.duration.as_millis() as u64,

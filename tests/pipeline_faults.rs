@@ -11,6 +11,7 @@ use anyhow::{Result, anyhow};
 use common::*;
 use etcd_backupd::manifest::EtcdFacts;
 use etcd_backupd::pipeline::{BackupRequest, SnapshotSource, write_backup};
+use etcd_backupd::store::Kind;
 use sha2::Digest;
 
 struct FakeSource {
@@ -122,7 +123,7 @@ fn faults_in_the_snapshot_stream_commit_nothing_anywhere() {
             write_backup(&settings(work.path(), &s3, &id.recipient), &request, FakeSource::new(good.clone(), 10))
                 .await
                 .unwrap();
-        assert_eq!(report.committed, vec!["local", "s3"]);
+        assert_eq!(report.committed, vec![Kind::Local, Kind::S3]);
         assert_eq!(report.manifest.snapshot.sha256, hex::encode(&good[good.len() - 32..]));
         assert!(s3.faults.parts_seen.load(std::sync::atomic::Ordering::SeqCst) >= 2, "a real multipart upload");
 
@@ -198,7 +199,7 @@ fn faults_in_the_snapshot_stream_commit_nothing_anywhere() {
         // The slow part never completed: the upload was aborted, not left to finish.
         assert_eq!(s3.faults.parts_seen.load(std::sync::atomic::Ordering::SeqCst), 0);
         if let Ok(report) = &outcome {
-            assert!(!report.committed.contains(&"s3"), "{report:?}");
+            assert!(!report.committed.contains(&Kind::S3), "{report:?}");
         }
         assert!(s3.keys(BUCKET).is_empty(), "no completed object: {:?}", s3.keys(BUCKET));
         let uploads: Vec<String> = files(&s3.root).into_iter().filter(|n| n.starts_with(".upload-")).collect();

@@ -54,14 +54,14 @@ pub(super) async fn backup(
             m.etcd.revision,
             format_size(m.snapshot.size),
             format_size(m.artifact.size),
-            report.committed.join(", ")
+            crate::store::Kind::join(&report.committed, ", ")
         );
     }
     if report.failed.is_empty() {
         Ok(())
     } else {
         let lines: Vec<String> = report.failed.iter().map(|(d, e)| format!("{d}: {e}")).collect();
-        let every = settings.s3.is_none() || report.committed.len() == 2;
+        let every = crate::store::Kind::configured(settings).iter().all(|k| report.committed.contains(k));
         let what =
             if every { "is committed, but not everything went well" } else { "is NOT committed in every destination" };
         Err(anyhow::anyhow!("backup {} {what}:\n  {}", m.id, lines.join("\n  ")).into())
@@ -87,10 +87,10 @@ pub(super) async fn prune_all(
         };
         match prune(destination, &options).await {
             Ok(report) => {
-                errors.extend(report.errors.iter().map(|e| format!("{}: {e}", destination.name())));
+                errors.extend(report.errors.iter().map(|e| format!("{}: {e}", destination.kind())));
                 reports.push(report);
             }
-            Err(e) => errors.push(format!("{}: {e:#}", destination.name())),
+            Err(e) => errors.push(format!("{}: {e:#}", destination.kind())),
         }
     }
     if json {
@@ -147,15 +147,15 @@ pub(super) async fn delete(settings: &Settings, id: &BackupId, force: bool) -> R
         if stored.pinned && !force {
             errors.push(format!(
                 "{}: {id} is pinned; unpin it first (etcd-backupd unpin {id}) or pass --force",
-                destination.name()
+                destination.kind()
             ));
             continue;
         }
         match destination.remove(&[&stored]).await.pop() {
-            Some((_, why)) => errors.push(format!("{}: {why}", destination.name())),
+            Some((_, why)) => errors.push(format!("{}: {why}", destination.kind())),
             None => {
-                tracing::info!(destination = destination.name(), id = %id, "deleted backup");
-                out!("deleted {id} from {}", destination.name());
+                tracing::info!(destination = %destination.kind(), id = %id, "deleted backup");
+                out!("deleted {id} from {}", destination.kind());
             }
         }
     }
@@ -166,8 +166,8 @@ pub(super) async fn set_pin(settings: &Settings, id: &BackupId, pinned: bool) ->
     let (destinations, mut errors) = destinations(settings).await;
     for (destination, _) in holding(&destinations, id, &mut errors).await {
         match destination.set_pin(id, pinned).await {
-            Ok(()) => out!("{} {id} in {}", if pinned { "pinned" } else { "unpinned" }, destination.name()),
-            Err(e) => errors.push(format!("{}: {e:#}", destination.name())),
+            Ok(()) => out!("{} {id} in {}", if pinned { "pinned" } else { "unpinned" }, destination.kind()),
+            Err(e) => errors.push(format!("{}: {e:#}", destination.kind())),
         }
     }
     fail_if(errors, if pinned { "pin did not finish" } else { "unpin did not finish" })

@@ -48,7 +48,7 @@ pub(super) async fn verify(
         }
         .await;
         let mut copy = crate::json::Copy {
-            destination: holder.name(),
+            destination: holder.kind(),
             ok: checked.is_ok(),
             checked: checked_as,
             revision: None,
@@ -63,7 +63,7 @@ pub(super) async fn verify(
                 if !json {
                     out!(
                         "{} {}: OK (decrypted, decompressed, trailer, sizes and database structure check out; revision {}, {} keys ({} with history), hash {:x})",
-                        holder.name(),
+                        holder.kind(),
                         m.id,
                         s.served_revision(),
                         s.live_keys,
@@ -72,11 +72,11 @@ pub(super) async fn verify(
                     );
                 }
             }
-            Ok(None) if !json => out!("{} {}: OK (artifact size and sha256 match the manifest)", holder.name(), m.id),
+            Ok(None) if !json => out!("{} {}: OK (artifact size and sha256 match the manifest)", holder.kind(), m.id),
             Ok(None) => {}
             Err(e) => {
                 copy.error = Some(format!("{e:#}"));
-                errors.push(format!("{}: {e:#}", holder.name()));
+                errors.push(format!("{}: {e:#}", holder.kind()));
             }
         }
         copies.push(copy);
@@ -162,7 +162,7 @@ pub(super) async fn restore(
     let mut failures = Vec::new();
     let mut plain = None;
     for (holder, stored) in &found.holders {
-        tracing::info!(id = %m.id, from = holder.name(), "restoring");
+        tracing::info!(id = %m.id, from = %holder.kind(), "restoring");
         let attempt =
             crate::restore::fetch_and_decrypt(holder, &stored.manifest, &identities, scratch.path(), &snapshot, cancel)
                 .await;
@@ -172,8 +172,8 @@ pub(super) async fn restore(
                 break;
             }
             Err(e) => {
-                tracing::warn!(from = holder.name(), error = %format!("{e:#}"), "this copy cannot be restored; trying the next");
-                failures.push(format!("{}: {e:#}", holder.name()));
+                tracing::warn!(from = %holder.kind(), error = %format!("{e:#}"), "this copy cannot be restored; trying the next");
+                failures.push(format!("{}: {e:#}", holder.kind()));
             }
         }
     }

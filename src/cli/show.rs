@@ -124,7 +124,7 @@ pub(super) fn status(settings: &Settings, json: bool) -> Result<(), Failure> {
 /// A backup and the destinations that hold it.
 #[derive(Debug, Serialize)]
 pub(super) struct Listed {
-    destinations: Vec<&'static str>,
+    destinations: Vec<crate::store::Kind>,
     pinned: bool,
     #[serde(flatten)]
     manifest: Manifest,
@@ -142,11 +142,11 @@ pub(super) async fn list(settings: &Settings, json: bool) -> Result<(), Failure>
                         pinned: false,
                         manifest: stored.manifest,
                     });
-                    entry.destinations.push(destination.name());
+                    entry.destinations.push(destination.kind());
                     entry.pinned |= stored.pinned;
                 }
             }
-            Err(e) => errors.push(format!("{}: {e:#}", destination.name())),
+            Err(e) => errors.push(format!("{}: {e:#}", destination.kind())),
         }
     }
     let rows: Vec<&Listed> = merged.values().rev().collect();
@@ -177,7 +177,7 @@ pub(super) async fn list(settings: &Settings, json: bool) -> Result<(), Failure>
                 format_size(status.map_or(m.etcd.db_size, |s| s.total_size)),
                 format_size(m.artifact.size),
                 m.label.as_deref().unwrap_or("-"),
-                r.destinations.join(","),
+                crate::store::Kind::join(&r.destinations, ","),
             );
         }
     }

@@ -137,16 +137,50 @@ pub fn accept(bytes: &[u8], pair: &Pair, cluster: &ClusterName) -> Result<Manife
 
 /// Every configured destination: the local folder always, S3 when configured. One that cannot be set up
 /// comes back as its name and why, and each caller decides what that means.
-pub async fn open_all(settings: &crate::config::Settings) -> (Vec<Destination>, Vec<(&'static str, anyhow::Error)>) {
+pub async fn open_all(settings: &crate::config::Settings) -> (Vec<Destination>, Vec<(Kind, anyhow::Error)>) {
     let mut out = vec![Destination::Local(local::LocalStore::new(&settings.local.dir, &settings.cluster))];
     let mut errors = Vec::new();
     if let Some(s3) = &settings.s3 {
         match s3::S3Store::new(s3, &settings.cluster).await {
             Ok(store) => out.push(Destination::S3(Box::new(store))),
-            Err(e) => errors.push(("s3", e)),
+            Err(e) => errors.push((Kind::S3, e)),
         }
     }
     (out, errors)
+}
+
+/// Which kind of destination: the local folder or S3. Said as `local` and `s3` in logs, JSON, the state
+/// file and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Local,
+    S3,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Local => "local",
+            Kind::S3 => "s3",
+        }
+    }
+
+    /// Kinds as words, `local, s3`.
+    pub fn join(kinds: &[Kind], separator: &str) -> String {
+        kinds.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(separator)
+    }
+
+    /// The kinds a config backs up to: the local folder always, S3 when configured.
+    pub fn configured(settings: &crate::config::Settings) -> Vec<Kind> {
+        if settings.s3.is_some() { vec![Kind::Local, Kind::S3] } else { vec![Kind::Local] }
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// One place backups are kept.
@@ -156,11 +190,10 @@ pub enum Destination {
 }
 
 impl Destination {
-    /// `local` or `s3`.
-    pub fn name(&self) -> &'static str {
+    pub fn kind(&self) -> Kind {
         match self {
-            Destination::Local(_) => "local",
-            Destination::S3(_) => "s3",
+            Destination::Local(_) => Kind::Local,
+            Destination::S3(_) => Kind::S3,
         }
     }
 
@@ -212,10 +245,10 @@ pub enum Upload {
 }
 
 impl Upload {
-    pub fn destination(&self) -> &'static str {
+    pub fn kind(&self) -> Kind {
         match self {
-            Upload::Local(_) => "local",
-            Upload::S3(_) => "s3",
+            Upload::Local(_) => Kind::Local,
+            Upload::S3(_) => Kind::S3,
         }
     }
 
