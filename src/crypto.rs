@@ -4,6 +4,23 @@ use std::io::Write;
 
 use age::Recipient;
 
+/// A recipient that parsed: an age or SSH public key, as written (trimmed). Only [`PublicKey::parse`]
+/// makes one, so settings never hold a key that cannot encrypt.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PublicKey(String);
+
+impl PublicKey {
+    pub fn parse(text: &str) -> Result<PublicKey, String> {
+        let text = text.trim();
+        parse_recipient(text)?;
+        Ok(PublicKey(text.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 /// Parses one recipient: an age X25519 public key (`age1…`) or an SSH public key (`ssh-ed25519 …`, `ssh-rsa …`).
 pub fn parse_recipient(text: &str) -> Result<Box<dyn Recipient + Send + Sync>, String> {
     let text = text.trim();
@@ -55,15 +72,14 @@ fn shorten(text: &str) -> String {
 
 /// Parses a recipients file: one recipient per line; blank lines and `#` comments are skipped.
 /// On error returns the 1-based line number and the reason.
-pub fn parse_recipients_text(text: &str) -> Result<Vec<String>, (usize, String)> {
+pub fn parse_recipients_text(text: &str) -> Result<Vec<PublicKey>, (usize, String)> {
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        parse_recipient(line).map_err(|e| (i + 1, e))?;
-        out.push(line.to_string());
+        out.push(PublicKey::parse(line).map_err(|e| (i + 1, e))?);
     }
     Ok(out)
 }
@@ -100,8 +116,8 @@ pub fn read_identities(path: &std::path::Path) -> Result<Vec<Box<dyn age::Identi
 
 /// Wraps `output` so that everything written to it is encrypted to all `recipients`.
 /// The caller must call `finish()` on the returned writer, or the file is truncated.
-pub fn encrypt_to<W: Write>(recipients: &[String], output: W) -> Result<age::stream::StreamWriter<W>, String> {
-    let parsed = recipients.iter().map(|r| parse_recipient(r)).collect::<Result<Vec<_>, _>>()?;
+pub fn encrypt_to<W: Write>(recipients: &[PublicKey], output: W) -> Result<age::stream::StreamWriter<W>, String> {
+    let parsed = recipients.iter().map(|r| parse_recipient(r.as_str())).collect::<Result<Vec<_>, _>>()?;
     let encryptor = age::Encryptor::with_recipients(parsed.iter().map(|r| r.as_ref() as &dyn Recipient))
         .map_err(|e| format!("cannot encrypt to these recipients: {e}"))?;
     encryptor.wrap_output(output).map_err(|e| format!("cannot start encryption: {e}"))
@@ -140,7 +156,8 @@ mod tests {
     #[test]
     fn recipients_file_skips_comments_and_names_the_bad_line() {
         let text = format!("# ops team\n\n{AGE_PUB}\n  # offline key\n{SSH_PUB}\n");
-        assert_eq!(parse_recipients_text(&text).unwrap(), vec![AGE_PUB.to_string(), SSH_PUB.to_string()]);
+        let keys: Vec<String> = parse_recipients_text(&text).unwrap().iter().map(|k| k.as_str().to_string()).collect();
+        assert_eq!(keys, vec![AGE_PUB.to_string(), SSH_PUB.to_string()]);
         let text = format!("{AGE_PUB}\n\nnot-a-key\n");
         let (line, e) = parse_recipients_text(&text).unwrap_err();
         assert_eq!(line, 3);
@@ -151,7 +168,8 @@ mod tests {
     fn encrypts_to_every_recipient() {
         let id1 = age::x25519::Identity::generate();
         let id2 = age::x25519::Identity::generate();
-        let recipients = vec![id1.to_public().to_string(), id2.to_public().to_string()];
+        let recipients =
+            [id1.to_public().to_string(), id2.to_public().to_string()].map(|k| PublicKey::parse(&k).unwrap());
         let mut out = Vec::new();
         let mut w = encrypt_to(&recipients, &mut out).unwrap();
         w.write_all(b"etcd snapshot").unwrap();

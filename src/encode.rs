@@ -38,7 +38,7 @@ pub fn encode(
     mut plain: mpsc::Receiver<Vec<u8>>,
     senders: Vec<mpsc::Sender<Bytes>>,
     compression: Compression,
-    recipients: &[String],
+    recipients: &[crate::crypto::PublicKey],
     mut copy: std::fs::File,
 ) -> Result<Encoded> {
     let fanout = FanOut {

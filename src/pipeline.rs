@@ -233,7 +233,7 @@ pub async fn write_backup<S: SnapshotSource>(
                 Compression::None => None,
             },
             encryption: "age".to_string(),
-            recipients: settings.encryption.recipients.clone(),
+            recipients: settings.encryption.recipients.iter().map(|k| k.as_str().to_string()).collect(),
         },
     };
 

@@ -115,7 +115,7 @@ pub struct EtcdAuth {
 #[derive(Debug, Clone, Default)]
 pub struct EncryptionSettings {
     /// Recipients written inline in the config.
-    pub recipients: Vec<String>,
+    pub recipients: Vec<crate::crypto::PublicKey>,
     pub recipients_file: Option<PathBuf>,
 }
 

@@ -50,15 +50,17 @@ pub fn validate(raw: RawConfig) -> Result<Settings, Vec<Issue>> {
         }
     };
 
-    let encryption = EncryptionSettings {
-        recipients: raw.encryption.recipients.unwrap_or_default().into_iter().map(|r| r.trim().to_string()).collect(),
-        recipients_file: path_key(raw.encryption.recipients_file, "encryption.recipients_file", &mut issues),
-    };
-    for (i, r) in encryption.recipients.iter().enumerate() {
-        if let Err(e) = crate::crypto::parse_recipient(r) {
-            issues.push(Issue::new(format!("encryption.recipients[{i}]"), e));
+    let mut recipients = Vec::new();
+    for (i, r) in raw.encryption.recipients.unwrap_or_default().iter().enumerate() {
+        match crate::crypto::PublicKey::parse(r) {
+            Ok(key) => recipients.push(key),
+            Err(e) => issues.push(Issue::new(format!("encryption.recipients[{i}]"), e)),
         }
     }
+    let encryption = EncryptionSettings {
+        recipients,
+        recipients_file: path_key(raw.encryption.recipients_file, "encryption.recipients_file", &mut issues),
+    };
 
     let local = LocalSettings {
         dir: path_key(raw.local.dir, "local.dir", &mut issues).unwrap_or_else(|| PathBuf::from(DEFAULT_LOCAL_DIR)),
