@@ -165,6 +165,60 @@ fn flock(
     Ok(nix::fcntl::Flock::lock(file, how).map_err(|(_, e)| e))
 }
 
+/// How fresh the backups are, by the state, the schedule's interval and the clock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Freshness {
+    Fresh,
+    /// No backup has succeeded yet.
+    NeverBackedUp,
+    /// The last success is more than twice the schedule's interval old.
+    Overdue {
+        last: DateTime<Utc>,
+        interval: std::time::Duration,
+    },
+    /// The last success is dated in the future (the clock was wrong then, or is now): it proves nothing
+    /// about how fresh the backups are, so it counts as overdue, never as "fresh until that date".
+    FutureDated {
+        last: DateTime<Utc>,
+    },
+}
+
+impl Freshness {
+    /// The overdue rule. Pure. Without an interval (a schedule that never fires) any success is fresh.
+    pub fn of(
+        last_success: Option<DateTime<Utc>>,
+        interval: Option<std::time::Duration>,
+        now: DateTime<Utc>,
+    ) -> Freshness {
+        match (last_success, interval) {
+            (None, _) => Freshness::NeverBackedUp,
+            (Some(last), _) if last > now + crate::retention::FUTURE_TOLERANCE => Freshness::FutureDated { last },
+            (Some(last), Some(interval)) if (now - last).to_std().unwrap_or_default() > 2 * interval => {
+                Freshness::Overdue { last, interval }
+            }
+            (Some(_), _) => Freshness::Fresh,
+        }
+    }
+
+    /// What `status` says when the backups are not fresh.
+    pub fn problem(&self) -> Option<String> {
+        let at = |t: &DateTime<Utc>| t.format("%Y-%m-%d %H:%M:%S UTC").to_string();
+        match self {
+            Freshness::Fresh => None,
+            Freshness::NeverBackedUp => Some("backups are overdue: no backup has succeeded yet".to_string()),
+            Freshness::Overdue { last, interval } => Some(format!(
+                "backups are overdue: the last success was at {}, more than twice the schedule's interval ({}) ago",
+                at(last),
+                humantime::format_duration(*interval)
+            )),
+            Freshness::FutureDated { last } => Some(format!(
+                "backups may be overdue: the last success is dated {}, in the future (the clock was wrong then, or is now): check the clock",
+                at(last)
+            )),
+        }
+    }
+}
+
 /// When `e` denied access to `path` (or to its folder) because another user owns it, the fix: a run as
 /// root before the package was installed, or by hand, leaves root-owned files that lock the service out.
 fn not_ours(path: &Path, e: &std::io::Error) -> Option<String> {
@@ -313,6 +367,32 @@ mod tests {
         assert!(err.downcast_ref::<LockHeld>().is_some(), "held is a type, not a text");
         drop(first);
         assert!(Lock::try_take(dir.path()).unwrap().is_some());
+    }
+
+    #[test]
+    fn freshness_by_state_interval_and_clock() {
+        use chrono::TimeZone;
+        let now = Utc.with_ymd_and_hms(2026, 11, 24, 12, 0, 0).unwrap();
+        let six_hours = Some(std::time::Duration::from_secs(6 * 3600));
+        let ago = |h: i64| Some(now - chrono::Duration::hours(h));
+        assert_eq!(Freshness::of(None, six_hours, now), Freshness::NeverBackedUp);
+        assert_eq!(Freshness::of(None, None, now), Freshness::NeverBackedUp);
+        assert_eq!(Freshness::of(ago(1), six_hours, now), Freshness::Fresh);
+        assert_eq!(Freshness::of(ago(12), six_hours, now), Freshness::Fresh, "exactly twice the interval");
+        assert!(matches!(Freshness::of(ago(13), six_hours, now), Freshness::Overdue { .. }));
+        assert_eq!(Freshness::of(ago(1000), None, now), Freshness::Fresh, "no interval: nothing to be late for");
+        let soon = Some(now + chrono::Duration::minutes(4));
+        assert_eq!(Freshness::of(soon, six_hours, now), Freshness::Fresh, "within the clock tolerance");
+        let later = Some(now + chrono::Duration::hours(1));
+        assert!(matches!(Freshness::of(later, six_hours, now), Freshness::FutureDated { .. }));
+        assert!(matches!(Freshness::of(later, None, now), Freshness::FutureDated { .. }));
+        assert_eq!(Freshness::Fresh.problem(), None);
+        let words = Freshness::of(ago(13), six_hours, now).problem().unwrap();
+        assert_eq!(
+            words,
+            "backups are overdue: the last success was at 2026-11-23 23:00:00 UTC, more than twice the schedule's interval (6h) ago"
+        );
+        assert!(Freshness::of(later, six_hours, now).problem().unwrap().contains("in the future"));
     }
 
     #[test]

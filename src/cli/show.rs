@@ -51,15 +51,8 @@ pub(super) fn status(settings: &Settings, json: bool) -> Result<(), Failure> {
         .schedule_interval_secs
         .map(std::time::Duration::from_secs)
         .or_else(|| settings.schedule.schedule.interval_around(now));
-    // A success dated in the future (the clock was wrong then, or is now) proves nothing about how
-    // fresh the backups are: it counts as overdue, never as "fresh until that date".
-    let future_success = state.last_success.as_ref().is_some_and(|s| s.time > now + crate::retention::FUTURE_TOLERANCE);
-    let overdue = match (&state.last_success, interval) {
-        _ if future_success => true,
-        (Some(s), Some(i)) => (now - s.time).to_std().unwrap_or_default() > 2 * i,
-        (None, _) => true,
-        (Some(_), None) => false,
-    };
+    let freshness = crate::state::Freshness::of(state.last_success.as_ref().map(|s| s.time), interval, now);
+    let overdue = freshness != crate::state::Freshness::Fresh;
     if json {
         let value = serde_json::json!({ "state": state, "overdue": overdue, "state_dir": state_dir });
         out!("{}", serde_json::to_string_pretty(&value).map_err(anyhow::Error::from)?);
@@ -99,26 +92,10 @@ pub(super) fn status(settings: &Settings, json: bool) -> Result<(), Failure> {
             );
         }
     }
-    if future_success {
-        return Err(anyhow::anyhow!(
-            "backups may be overdue: the last success is dated {}, in the future (the clock was wrong then, or is now): check the clock",
-            state.last_success.as_ref().map_or(String::new(), |s| s.time.format("%Y-%m-%d %H:%M:%S UTC").to_string())
-        )
-        .into());
+    match freshness.problem() {
+        Some(problem) => Err(anyhow::anyhow!(problem).into()),
+        None => Ok(()),
     }
-    if overdue {
-        let why = match (&state.last_success, interval) {
-            (None, _) => "no backup has succeeded yet".to_string(),
-            (Some(s), Some(i)) => format!(
-                "the last success was at {}, more than twice the schedule's interval ({}) ago",
-                s.time.format("%Y-%m-%d %H:%M:%S UTC"),
-                humantime::format_duration(i)
-            ),
-            (Some(s), None) => format!("the last success was at {}", s.time.format("%Y-%m-%d %H:%M:%S UTC")),
-        };
-        return Err(anyhow::anyhow!("backups are overdue: {why}").into());
-    }
-    Ok(())
 }
 
 /// A backup and the destinations that hold it.
