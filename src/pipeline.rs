@@ -32,11 +32,19 @@ pub struct BackupRequest {
     pub prune: bool,
     /// Cancelled (by SIGTERM after the grace period): stop streaming, abort every upload, commit nothing.
     pub cancel: tokio_util::sync::CancellationToken,
+    /// Where the plain snapshot's unnamed check copy is written: the state dir.
+    pub state_dir: std::path::PathBuf,
 }
 
 impl Default for BackupRequest {
     fn default() -> Self {
-        BackupRequest { label: None, pin: false, prune: true, cancel: Default::default() }
+        BackupRequest {
+            label: None,
+            pin: false,
+            prune: true,
+            cancel: Default::default(),
+            state_dir: crate::host::state_dir(),
+        }
     }
 }
 
@@ -101,7 +109,7 @@ pub async fn write_backup<S: SnapshotSource>(
         id = BackupId::new(started, facts.revision, &facts.member_id);
     }
     // Where the plain snapshot is checked before anything commits; without it, nothing begins.
-    let copy = crate::encode::check_copy(&crate::host::state_dir(), facts.db_size)
+    let copy = crate::encode::check_copy(&request.state_dir, facts.db_size)
         .context("the backup cannot be checked; nothing was committed")?;
     let artifact_name = id.artifact_name(settings.compression);
     let manifest_name = id.manifest_name();
