@@ -8,18 +8,7 @@ use std::path::Path;
 use common::*;
 
 fn config(work: &Path, etcd: &Etcd, s3: &S3, recipient: &str) -> std::path::PathBuf {
-    let path = work.join("etcd-backupd.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "{}\n[encryption]\nrecipients = [\"{recipient}\"]\n[local]\ndir = \"{}\"\n{}",
-            etcd.config_table(),
-            work.join("backups").display(),
-            s3.config_table(BUCKET, "")
-        ),
-    )
-    .unwrap();
-    path
+    write_config(work, &etcd.config_table(), recipient, "", &s3.config_table(BUCKET, ""))
 }
 
 /// `restore latest` into `data_dir` as `member` of `cluster`, with the etcd tools of `version`.

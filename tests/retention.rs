@@ -19,13 +19,7 @@ fn config(
     recipient: &str,
 ) -> std::path::PathBuf {
     let s3_table = s3.map(|(s3, r)| s3.config_table_with(BUCKET, "p", r)).unwrap_or_default();
-    let body = format!(
-        "{etcd_table}\n[encryption]\nrecipients = [\"{recipient}\"]\n[local]\ndir = \"{}\"\nretention = {local_retention}\n{s3_table}",
-        work.join("backups").display()
-    );
-    let path = work.join("etcd-backupd.toml");
-    std::fs::write(&path, body).unwrap();
-    path
+    write_config(work, etcd_table, recipient, &format!("retention = {local_retention}"), &s3_table)
 }
 
 const NO_ETCD: &str = "[etcd]\nendpoints = [\"http://127.0.0.1:9\"]\n";

@@ -172,13 +172,19 @@ impl Setup {
     /// Writes `etcd-backupd.toml`: the `[etcd]` table given, this identity as recipient, the local
     /// dir, then `extra` tables.
     pub fn config(&self, etcd_table: &str, extra: &str) -> PathBuf {
-        let path = self.work.path().join("etcd-backupd.toml");
-        let body = format!(
-            "{etcd_table}\n[encryption]\nrecipients = [\"{}\"]\n\n[local]\ndir = \"{}\"\n\n{extra}",
-            self.identity.recipient,
-            self.local().display()
-        );
-        std::fs::write(&path, body).unwrap();
-        path
+        write_config(self.work.path(), etcd_table, &self.identity.recipient, "", extra)
     }
+}
+
+/// Writes `work/etcd-backupd.toml`, the one shape of every test's config: the `[etcd]` table given, one
+/// recipient, the local dir `work/backups` with `local` lines (e.g. `retention = { keep_last = 3 }`),
+/// then `extra` tables.
+pub fn write_config(work: &Path, etcd_table: &str, recipient: &str, local: &str, extra: &str) -> PathBuf {
+    let path = work.join("etcd-backupd.toml");
+    let body = format!(
+        "{etcd_table}\n[encryption]\nrecipients = [\"{recipient}\"]\n\n[local]\ndir = \"{}\"\n{local}\n\n{extra}",
+        work.join("backups").display()
+    );
+    std::fs::write(&path, body).unwrap();
+    path
 }
