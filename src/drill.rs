@@ -88,7 +88,7 @@ pub fn member_args(data_dir: &Path, client_port: u16, peer_port: u16) -> Vec<OsS
 /// The result of a drill that ran.
 #[derive(Debug, Clone)]
 pub struct DrillReport {
-    pub id: String,
+    pub id: crate::manifest::BackupId,
     pub from: crate::store::Kind,
     pub observed: Observed,
     pub duration: Duration,
@@ -128,7 +128,7 @@ pub async fn drill(
         let data = scratch.path().join("data");
         let observed = serve_and_count(&snapshot, &data, &etcd, etcd_bin, settings, cancel).await?;
         compare(expected, observed).map_err(|e| anyhow!("{}: {e}", m.id))?;
-        Ok(DrillReport { id: m.id.to_string(), from: holder.kind(), observed, duration: started.elapsed() })
+        Ok(DrillReport { id: m.id.clone(), from: holder.kind(), observed, duration: started.elapsed() })
     }
     .await;
     // Whatever a step said when it was stopped (its etcd killed under it, say), the drill was interrupted.

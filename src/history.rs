@@ -128,7 +128,7 @@ pub async fn record_drill(
             state.drills.ok += 1;
             state.last_proven = Some(crate::state::Proven {
                 time: started,
-                id: report.id.clone(),
+                id: report.id.to_string(),
                 revision: report.observed.revision,
                 keys: report.observed.keys,
             });

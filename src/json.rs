@@ -115,7 +115,7 @@ impl Drill {
         match result {
             Ok(r) => Drill {
                 ok: true,
-                id: Some(r.id.clone()),
+                id: Some(r.id.to_string()),
                 from: Some(r.from),
                 revision: Some(r.observed.revision),
                 keys: Some(r.observed.keys),
