@@ -1,6 +1,6 @@
-//! One backup run, as the daemon and the one-shot `backup` command both do it: take the run lock, take
-//! the backup (retrying transient failures), and tell `[notify]` how it went. Recording the outcome is
-//! `history`'s job.
+//! One backup run, as the daemon and the one-shot `backup` command both do it: take the run lock, write
+//! the backup (retrying transient failures), upload what S3 missed, pin, prune, and tell `[notify]` how it
+//! went. Writing and committing is `pipeline`'s job; recording the outcome is `history`'s.
 
 use std::path::Path;
 use std::time::Duration;
@@ -8,9 +8,48 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::config::Settings;
-use crate::pipeline::{BackupReport, BackupRequest, write_backup};
+use crate::manifest::BackupId;
+use crate::pipeline::{SnapshotSource, Write, Written, write_backup};
+use crate::prune::{PruneOptions, PruneReport, prune};
 use crate::schedule;
 use crate::state::{Lock, State};
+use crate::store::{Destination, Kind as Place};
+
+/// What a backup run is asked to do.
+#[derive(Debug, Clone)]
+pub struct BackupRequest {
+    pub label: Option<String>,
+    /// Pin the backup in every destination that commits it.
+    pub pin: bool,
+    /// Prune each destination after its commit.
+    pub prune: bool,
+    /// Cancelled (by SIGTERM after the grace period): stop streaming, abort every upload, commit nothing.
+    pub cancel: tokio_util::sync::CancellationToken,
+    /// Where the plain snapshot's unnamed check copy is written: the state dir.
+    pub state_dir: std::path::PathBuf,
+}
+
+impl Default for BackupRequest {
+    fn default() -> Self {
+        BackupRequest {
+            label: None,
+            pin: false,
+            prune: true,
+            cancel: Default::default(),
+            state_dir: crate::host::state_dir(),
+        }
+    }
+}
+
+/// What happened to one backup.
+#[derive(Debug)]
+pub struct BackupReport {
+    pub manifest: crate::manifest::Manifest,
+    pub committed: Vec<Place>,
+    /// Destinations that did not commit, and pin, catch-up or prune problems after a commit.
+    pub failed: Vec<(Place, String)>,
+    pub pruned: Vec<PruneReport>,
+}
 
 /// How one run ended.
 #[derive(Debug)]
@@ -111,7 +150,7 @@ async fn attempts(settings: &Settings, request: &BackupRequest, state_dir: &Path
                     return Ok(Outcome::Unchanged { revision: member.facts.revision });
                 }
             }
-            Ok(Outcome::Committed(Box::new(write_backup(settings, request, member).await?)))
+            Ok(Outcome::Committed(Box::new(take(settings, request, member).await?)))
         }
         .await;
         match result {
@@ -128,6 +167,93 @@ async fn attempts(settings: &Settings, request: &BackupRequest, state_dir: &Path
             Err(e) => return Outcome::Failed(e),
         }
     }
+}
+
+/// Takes one backup from `source` (etcd: `etcd::connect`) into every configured destination, then pins it,
+/// uploads what S3 missed and prunes. `Err` means no destination committed anything; a report with
+/// failures means some committed and others did not, or a step after the commit went wrong.
+pub async fn take<S: SnapshotSource>(
+    settings: &Settings,
+    request: &BackupRequest,
+    source: S,
+) -> anyhow::Result<BackupReport> {
+    let (destinations, unusable) = crate::store::open_all(settings).await;
+    let write = Write {
+        label: request.label.clone(),
+        cancel: request.cancel.clone(),
+        check_dir: request.state_dir.clone(),
+        host: crate::host::hostname(),
+    };
+    let Written { manifest, committed, failed } =
+        write_backup(settings, &write, &destinations, unusable, source).await?;
+    let report = BackupReport { manifest, committed, failed, pruned: Vec::new() };
+    after_commit(settings, request, &destinations, report).await
+}
+
+/// What follows a commit: the pin, the catch-up upload to S3, pruning each destination that committed.
+async fn after_commit(
+    settings: &Settings,
+    request: &BackupRequest,
+    destinations: &[Destination],
+    mut report: BackupReport,
+) -> anyhow::Result<BackupReport> {
+    let id: BackupId = report.manifest.id.clone();
+    // A pin asked for is part of the backup: it is written even when the run is stopping.
+    if request.pin {
+        for destination in destinations.iter().filter(|d| report.committed.contains(&d.kind())) {
+            if let Err(e) = destination.set_pin(&id, true).await {
+                report.failed.push((destination.kind(), format!("committed, but cannot pin it: {e:#}")));
+            } else {
+                tracing::info!(destination = %destination.kind(), id = %id, "backup pinned");
+            }
+        }
+    }
+
+    // Stopping (SIGTERM past stop_grace, or an interrupted one-shot run): the backup is committed and
+    // stays; catching up and pruning are left to the next run, so the stop is not overrun.
+    if request.cancel.is_cancelled() {
+        tracing::info!(id = %id, "stopping: the backup is committed; catch-up uploads and pruning are left to the next run");
+        return Ok(report);
+    }
+
+    // Backups committed locally while S3 was failing are uploaded now, oldest first, before any pruning.
+    if let (Some(Destination::Local(local)), Some(Destination::S3(s3)), Some(s3_settings)) =
+        (destinations.first(), destinations.get(1), &settings.s3)
+        && report.committed.contains(&Place::S3)
+    {
+        let keep = |candidates: &[crate::retention::Candidate]| {
+            crate::retention::plan(candidates, &s3_settings.retention, settings.timezone, Utc::now())
+        };
+        if let Err(e) = crate::catch_up::upload_missing(local, s3, keep, &request.cancel).await {
+            report.failed.push((Place::S3, format!("uploading backups that only the local dir holds: {e:#}")));
+        }
+    }
+
+    // Each destination that committed is pruned on its own; a destination that failed is not pruned,
+    // so a failed upload never costs an older backup.
+    for destination in destinations.iter().filter(|d| report.committed.contains(&d.kind())) {
+        if request.cancel.is_cancelled() || !request.prune {
+            break;
+        }
+        let options = PruneOptions {
+            policy: destination.kind().policy(settings).clone(),
+            timezone: settings.timezone,
+            now: Utc::now(),
+            leftover_grace: settings.leftover_grace,
+            dry_run: false,
+            this_run: Some(id.clone()),
+        };
+        match prune(destination, &options).await {
+            Ok(pruned) => {
+                for e in &pruned.errors {
+                    report.failed.push((destination.kind(), format!("pruning: {e}")));
+                }
+                report.pruned.push(pruned);
+            }
+            Err(e) => report.failed.push((destination.kind(), format!("pruning failed: {e:#}"))),
+        }
+    }
+    Ok(report)
 }
 
 /// The destinations a committed backup did not reach, and why.

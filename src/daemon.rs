@@ -11,12 +11,12 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::backup::BackupRequest;
 use crate::backup::{Outcome, run_once};
 use crate::config::units::format_size;
 use crate::config::{self, Settings};
 use crate::history::{persist, record_backup};
 use crate::notify::{Notifier, watchdog_interval};
-use crate::pipeline::BackupRequest;
 use crate::schedule::{self, Due};
 use crate::state::State;
 

@@ -56,7 +56,7 @@ impl Backup {
         }
     }
 
-    pub fn committed(report: &crate::pipeline::BackupReport) -> Backup {
+    pub fn committed(report: &crate::backup::BackupReport) -> Backup {
         let m = &report.manifest;
         let ok = report.failed.is_empty();
         Backup {

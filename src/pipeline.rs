@@ -16,46 +16,32 @@ use crate::errors::{Cause, cause_of, classified};
 use crate::interrupt::cancelled;
 use crate::manifest::EtcdFacts;
 use crate::manifest::{ArtifactFacts, BackupId, Compression, FORMAT_VERSION, Manifest, SnapshotFacts};
-use crate::prune::{PruneOptions, PruneReport, prune};
 use crate::store::local::LocalStore;
 use crate::store::{Destination, Upload};
 
 /// Pieces queued per destination before the snapshot stream waits for it.
 const QUEUE: usize = 4;
 
+/// What one write needs besides the settings and the destinations: everything it would otherwise read
+/// from the environment.
 #[derive(Debug, Clone)]
-pub struct BackupRequest {
+pub struct Write {
     pub label: Option<String>,
-    /// Pin the backup in every destination that commits it.
-    pub pin: bool,
-    /// Prune each destination after its commit.
-    pub prune: bool,
     /// Cancelled (by SIGTERM after the grace period): stop streaming, abort every upload, commit nothing.
     pub cancel: tokio_util::sync::CancellationToken,
     /// Where the plain snapshot's unnamed check copy is written: the state dir.
-    pub state_dir: std::path::PathBuf,
+    pub check_dir: std::path::PathBuf,
+    /// The host recorded in the manifest.
+    pub host: String,
 }
 
-impl Default for BackupRequest {
-    fn default() -> Self {
-        BackupRequest {
-            label: None,
-            pin: false,
-            prune: true,
-            cancel: Default::default(),
-            state_dir: crate::host::state_dir(),
-        }
-    }
-}
-
-/// What happened to one backup.
+/// What one write committed, and where it did not.
 #[derive(Debug)]
-pub struct BackupReport {
+pub struct Written {
     pub manifest: Manifest,
     pub committed: Vec<crate::store::Kind>,
-    /// Destinations that did not commit, and pin or prune problems after a commit.
+    /// Destinations that could not be opened, begun or committed, and why.
     pub failed: Vec<(crate::store::Kind, String)>,
-    pub pruned: Vec<PruneReport>,
 }
 
 /// Where the plain snapshot comes from: etcd, or (in tests) bytes a real etcd cannot be made to send.
@@ -68,13 +54,17 @@ pub trait SnapshotSource: Send {
     fn next_chunk(&mut self) -> impl Future<Output = Result<Option<Vec<u8>>>> + Send;
 }
 
-/// Takes one backup from `source` (etcd: `etcd::connect`) into every configured destination. `Err` means
-/// no destination committed anything; a report with failures means some committed and others did not.
+/// Writes one backup from `source` (etcd: `etcd::connect`) into `destinations` and commits it in each;
+/// `unusable` are the configured destinations that could not be opened (`store::open_all`). `Err` means no
+/// destination committed anything; failures beside a commit mean some committed and others did not.
+/// Stops at the commit: pinning, catching up and pruning are `backup`'s.
 pub async fn write_backup<S: SnapshotSource>(
     settings: &Settings,
-    request: &BackupRequest,
+    request: &Write,
+    destinations: &[Destination],
+    unusable: Vec<(crate::store::Kind, anyhow::Error)>,
     mut source: S,
-) -> Result<BackupReport> {
+) -> Result<Written> {
     let etcd = settings.etcd()?;
     let mut started = Utc::now();
     let clock = Instant::now();
@@ -94,13 +84,12 @@ pub async fn write_backup<S: SnapshotSource>(
 
     // Why each destination could not begin or commit, for the retry decision.
     let mut causes = Vec::new();
-    let (destinations, unusable) = crate::store::open_all(settings).await;
     for (name, e) in unusable {
         causes.push(cause_of(&e).unwrap_or(Cause::Config));
         failed.push((name, format!("{e:#}")));
     }
     let mut id = BackupId::new(started, facts.revision, &facts.member_id);
-    if any_holds(&destinations, &id, settings.compression).await {
+    if any_holds(destinations, &id, settings.compression).await {
         // A backup of this member at this revision was taken this very second (a destination holds it,
         // perhaps one this run's local copy never reached): take the next second.
         let wait = 1000 - u64::from(Utc::now().timestamp_subsec_millis().min(999));
@@ -109,13 +98,13 @@ pub async fn write_backup<S: SnapshotSource>(
         id = BackupId::new(started, facts.revision, &facts.member_id);
     }
     // Where the plain snapshot is checked before anything commits; without it, nothing begins.
-    let copy = crate::encode::check_copy(&request.state_dir, facts.db_size)
+    let copy = crate::encode::check_copy(&request.check_dir, facts.db_size)
         .context("the backup cannot be checked; nothing was committed")?;
     let artifact_name = id.artifact_name(settings.compression);
     let manifest_name = id.manifest_name();
     let mut uploads = Vec::new();
 
-    for destination in &destinations {
+    for destination in destinations {
         match begin(destination, facts.db_size, &artifact_name, &manifest_name).await {
             Ok(upload) => uploads.push(upload),
             Err(e) => {
@@ -223,7 +212,7 @@ pub async fn write_backup<S: SnapshotSource>(
         duration_ms: clock.elapsed().as_millis() as u64,
         cluster: settings.cluster.clone(),
         label: request.label.clone(),
-        host: crate::host::hostname(),
+        host: request.host.clone(),
         tool_version: env!("CARGO_PKG_VERSION").to_string(),
         etcd: facts,
         snapshot: SnapshotFacts {
@@ -278,63 +267,7 @@ pub async fn write_backup<S: SnapshotSource>(
         ));
     }
 
-    // A pin asked for is part of the backup: it is written even when the run is stopping.
-    if request.pin {
-        for destination in destinations.iter().filter(|d| committed.contains(&d.kind())) {
-            if let Err(e) = destination.set_pin(&id, true).await {
-                failed.push((destination.kind(), format!("committed, but cannot pin it: {e:#}")));
-            } else {
-                tracing::info!(destination = %destination.kind(), id = %id, "backup pinned");
-            }
-        }
-    }
-
-    // Stopping (SIGTERM past stop_grace, or an interrupted one-shot run): the backup is committed and
-    // stays; catching up and pruning are left to the next run, so the stop is not overrun.
-    if request.cancel.is_cancelled() {
-        tracing::info!(id = %id, "stopping: the backup is committed; catch-up uploads and pruning are left to the next run");
-        return Ok(BackupReport { manifest, committed, failed, pruned: Vec::new() });
-    }
-
-    // Backups committed locally while S3 was failing are uploaded now, oldest first, before any pruning.
-    if let (Some(Destination::Local(local)), Some(Destination::S3(s3)), Some(s3_settings)) =
-        (destinations.first(), destinations.get(1), &settings.s3)
-        && committed.contains(&crate::store::Kind::S3)
-    {
-        let keep = |candidates: &[crate::retention::Candidate]| {
-            crate::retention::plan(candidates, &s3_settings.retention, settings.timezone, Utc::now())
-        };
-        if let Err(e) = crate::catch_up::upload_missing(local, s3, keep, &request.cancel).await {
-            failed.push((crate::store::Kind::S3, format!("uploading backups that only the local dir holds: {e:#}")));
-        }
-    }
-
-    // Each destination that committed is pruned on its own; a destination that failed is not pruned,
-    // so a failed upload never costs an older backup.
-    let mut pruned = Vec::new();
-    for destination in destinations.iter().filter(|d| committed.contains(&d.kind())) {
-        if request.cancel.is_cancelled() || !request.prune {
-            break;
-        }
-        let options = PruneOptions {
-            policy: policy_for(settings, destination).clone(),
-            timezone: settings.timezone,
-            now: Utc::now(),
-            leftover_grace: settings.leftover_grace,
-            dry_run: false,
-            this_run: Some(id.clone()),
-        };
-        match prune(destination, &options).await {
-            Ok(report) => {
-                for e in &report.errors {
-                    failed.push((destination.kind(), format!("pruning: {e}")));
-                }
-                pruned.push(report);
-            }
-            Err(e) => failed.push((destination.kind(), format!("pruning failed: {e:#}"))),
-        }
-    }
-    Ok(BackupReport { manifest, committed, failed, pruned })
+    Ok(Written { manifest, committed, failed })
 }
 
 /// Whether any destination already holds backup `id` (a store that cannot be asked counts as not).
@@ -349,14 +282,6 @@ async fn any_holds(destinations: &[Destination], id: &BackupId, compression: Com
         }
     }
     false
-}
-
-/// The retention policy of a destination.
-pub fn policy_for<'a>(settings: &'a Settings, destination: &Destination) -> &'a crate::retention::Policy {
-    match (destination, &settings.s3) {
-        (Destination::S3(_), Some(s3)) => &s3.retention,
-        _ => &settings.local.retention,
-    }
 }
 
 fn describe(failed: &[(crate::store::Kind, String)]) -> String {

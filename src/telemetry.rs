@@ -16,7 +16,7 @@ pub const MESSAGE_DRILL_PASSED: &str = "a1d343ee59864745a2c51a9158c8c043";
 pub const MESSAGE_DRILL_FAILED: &str = "bebb1a90537e431ba951fff46f84cf9f";
 
 /// The one journal entry that ends a successful backup.
-pub fn backup_committed(report: &crate::pipeline::BackupReport) {
+pub fn backup_committed(report: &crate::backup::BackupReport) {
     let m = &report.manifest;
     tracing::info!(
         message_id = MESSAGE_BACKUP_COMMITTED,

@@ -9,8 +9,9 @@ use std::path::Path;
 
 use anyhow::{Result, anyhow};
 use common::*;
+use etcd_backupd::backup::{BackupRequest, take as write_backup};
 use etcd_backupd::manifest::EtcdFacts;
-use etcd_backupd::pipeline::{BackupRequest, SnapshotSource, write_backup};
+use etcd_backupd::pipeline::SnapshotSource;
 use etcd_backupd::store::Kind;
 use sha2::Digest;
 

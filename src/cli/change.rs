@@ -1,11 +1,11 @@
 //! Commands that change backups: backup, prune, delete, pin and unpin.
 
+use crate::backup::BackupRequest;
 use crate::backup::{Outcome, run_once};
 use crate::config::Settings;
 use crate::config::units::format_size;
 use crate::history::record_backup;
 use crate::manifest::BackupId;
-use crate::pipeline::{BackupRequest, policy_for};
 use crate::prune::{PruneOptions, PruneReport, prune};
 use crate::restore::Selector;
 use crate::store::Destination;
@@ -78,7 +78,7 @@ pub(super) async fn prune_all(
     let mut reports = Vec::new();
     for destination in &destinations {
         let options = PruneOptions {
-            policy: policy_for(settings, destination).clone(),
+            policy: destination.kind().policy(settings).clone(),
             timezone: settings.timezone,
             now,
             leftover_grace: settings.leftover_grace,

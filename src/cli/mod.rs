@@ -8,8 +8,8 @@ use chrono::Utc;
 use clap::Parser;
 use serde::Serialize;
 
+use crate::backup::BackupRequest;
 use crate::config::{self, ConfigError, Settings};
-use crate::pipeline::BackupRequest;
 use crate::restore::{MemberFlags, Selector};
 use crate::store::Destination;
 

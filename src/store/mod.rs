@@ -171,6 +171,14 @@ impl Kind {
         kinds.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(separator)
     }
 
+    /// The retention policy of this kind of destination.
+    pub fn policy(self, settings: &crate::config::Settings) -> &crate::retention::Policy {
+        match (self, &settings.s3) {
+            (Kind::S3, Some(s3)) => &s3.retention,
+            _ => &settings.local.retention,
+        }
+    }
+
     /// The kinds a config backs up to: the local folder always, S3 when configured.
     pub fn configured(settings: &crate::config::Settings) -> Vec<Kind> {
         if settings.s3.is_some() { vec![Kind::Local, Kind::S3] } else { vec![Kind::Local] }
