@@ -85,3 +85,11 @@ pub async fn sync_dir(folder: &Path) -> Result<()> {
     let dir = tokio::fs::File::open(folder).await.with_context(|| format!("cannot open '{}'", folder.display()))?;
     dir.sync_all().await.with_context(|| format!("cannot fsync '{}'", folder.display()))
 }
+
+/// The folder `path` is in (`.` for a bare name).
+pub fn folder_of(path: &std::path::Path) -> &std::path::Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => std::path::Path::new("."),
+    }
+}

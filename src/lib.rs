@@ -31,3 +31,4 @@ pub mod snapshot;
 pub mod state;
 pub mod store;
 pub mod telemetry;
+pub mod verify;

@@ -3,7 +3,6 @@
 use crate::config::Settings;
 use crate::config::units::format_size;
 use crate::restore::{MemberFlags, Selector};
-use crate::store::Destination;
 use anyhow::Result;
 use chrono::Utc;
 use std::path::PathBuf;
@@ -25,45 +24,26 @@ pub(super) async fn verify(
     let (destinations, setup_errors) = destinations(settings).await;
     let mut errors = setup_errors.clone();
     let found = crate::restore::find(&destinations, selector).await?;
-    let scratch = crate::scratch::scratch_dir()?;
-    let checked_as = if identities.is_some() { "decrypted" } else { "sha256" };
+    let checked_as = crate::verify::depth(identities.as_ref());
     let mut copies = Vec::new();
-    // Each copy is checked against its own manifest.
-    for (holder, stored) in &found.holders {
-        let m = &stored.manifest;
-        let checked = async {
-            if let Some(ids) = &identities {
-                // Decrypting checks the artifact's size and sha256 too.
-                let plain = scratch.path().join("plain.db");
-                let checked = crate::restore::fetch_and_decrypt(holder, m, ids, scratch.path(), &plain, cancel).await;
-                let _ = std::fs::remove_file(&plain);
-                return anyhow::Ok(Some(checked?.status));
-            }
-            // Fetching checks the artifact's size and sha256 against the manifest.
-            let artifact = crate::restore::fetch(holder, m, scratch.path(), cancel).await?;
-            if !matches!(holder, Destination::Local(_)) {
-                let _ = std::fs::remove_file(&artifact);
-            }
-            anyhow::Ok(None)
-        }
-        .await;
+    for check in crate::verify::check_copies(&found, identities.as_ref(), cancel).await? {
+        let (destination, m) = (check.destination, &found.manifest);
         let mut copy = crate::json::Copy {
-            destination: holder.kind(),
-            ok: checked.is_ok(),
+            destination,
+            ok: check.result.is_ok(),
             checked: checked_as,
             revision: None,
             keys: None,
             hash: None,
             error: None,
         };
-        match checked {
+        match check.result {
             Ok(Some(s)) => {
                 (copy.revision, copy.keys, copy.hash) =
                     (Some(s.served_revision()), Some(s.live_keys), Some(format!("{:x}", s.hash)));
                 if !json {
                     out!(
-                        "{} {}: OK (decrypted, decompressed, trailer, sizes and database structure check out; revision {}, {} keys ({} with history), hash {:x})",
-                        holder.kind(),
+                        "{destination} {}: OK (decrypted, decompressed, trailer, sizes and database structure check out; revision {}, {} keys ({} with history), hash {:x})",
                         m.id,
                         s.served_revision(),
                         s.live_keys,
@@ -72,11 +52,11 @@ pub(super) async fn verify(
                     );
                 }
             }
-            Ok(None) if !json => out!("{} {}: OK (artifact size and sha256 match the manifest)", holder.kind(), m.id),
+            Ok(None) if !json => out!("{destination} {}: OK (artifact size and sha256 match the manifest)", m.id),
             Ok(None) => {}
             Err(e) => {
                 copy.error = Some(format!("{e:#}"));
-                errors.push(format!("{}: {e:#}", holder.kind()));
+                errors.push(format!("{destination}: {e:#}"));
             }
         }
         copies.push(copy);
@@ -159,30 +139,7 @@ pub(super) async fn restore(
     };
     let identities = std::sync::Arc::new(identities);
     // Local first; a damaged or unreadable copy falls back to the next destination that holds it.
-    let mut failures = Vec::new();
-    let mut plain = None;
-    for (holder, stored) in &found.holders {
-        tracing::info!(id = %m.id, from = %holder.kind(), "restoring");
-        let attempt =
-            crate::restore::fetch_and_decrypt(holder, &stored.manifest, &identities, scratch.path(), &snapshot, cancel)
-                .await;
-        match attempt {
-            Ok(p) => {
-                plain = Some(p);
-                break;
-            }
-            Err(e) => {
-                tracing::warn!(from = %holder.kind(), error = %format!("{e:#}"), "this copy cannot be restored; trying the next");
-                failures.push(format!("{}: {e:#}", holder.kind()));
-            }
-        }
-    }
-    let Some(plain) = plain else {
-        if cancel.is_cancelled() {
-            return Err(anyhow::Error::new(crate::interrupt::Interrupted).into());
-        }
-        return Err(anyhow::anyhow!("no copy of {} could be restored:\n  {}", m.id, failures.join("\n  ")).into());
-    };
+    let plain = crate::restore::first_good_copy(&found, &identities, scratch.path(), &snapshot, cancel).await?;
     match target {
         RestoreTarget::File(file) => {
             out!(

@@ -2,11 +2,8 @@
 
 use crate::config::units::format_size;
 use crate::config::{self, Settings};
-use crate::manifest::{BackupId, Manifest};
 use anyhow::Result;
 use chrono::Utc;
-use serde::Serialize;
-use std::collections::BTreeMap;
 
 use super::{Failure, destinations, print_line};
 
@@ -98,35 +95,11 @@ pub(super) fn status(settings: &Settings, json: bool) -> Result<(), Failure> {
     }
 }
 
-/// A backup and the destinations that hold it.
-#[derive(Debug, Serialize)]
-pub(super) struct Listed {
-    destinations: Vec<crate::store::Kind>,
-    pinned: bool,
-    #[serde(flatten)]
-    manifest: Manifest,
-}
-
 pub(super) async fn list(settings: &Settings, json: bool) -> Result<(), Failure> {
-    let mut merged: BTreeMap<BackupId, Listed> = BTreeMap::new();
     let (destinations, mut errors) = destinations(settings).await;
-    for destination in &destinations {
-        match destination.list().await {
-            Ok(listing) => {
-                for stored in listing.backups {
-                    let entry = merged.entry(stored.manifest.id.clone()).or_insert_with(|| Listed {
-                        destinations: Vec::new(),
-                        pinned: false,
-                        manifest: stored.manifest,
-                    });
-                    entry.destinations.push(destination.kind());
-                    entry.pinned |= stored.pinned;
-                }
-            }
-            Err(e) => errors.push(format!("{}: {e:#}", destination.kind())),
-        }
-    }
-    let rows: Vec<&Listed> = merged.values().rev().collect();
+    let catalog = crate::store::catalog::catalog(&destinations).await;
+    errors.extend(catalog.errors);
+    let rows = catalog.rows;
     if json {
         let text = serde_json::to_string_pretty(&rows).map_err(anyhow::Error::from)?;
         out!("{text}");

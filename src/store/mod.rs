@@ -2,6 +2,7 @@
 //! artifact through an `Upload` that becomes visible only at `commit`, which writes the manifest last;
 //! removal goes the other way round (artifact, pin, manifest last).
 
+pub mod catalog;
 pub mod local;
 pub mod s3;
 

@@ -1,5 +1,5 @@
-//! Getting a backup back: check an artifact against its manifest, decrypt and decompress it into the
-//! plain snapshot etcd sent (trailer checked), and restore that into a new data dir with etcd's own tool.
+//! One copy of a backup made plain: the artifact checked against its manifest (size and sha256), then
+//! decrypted and decompressed into the snapshot etcd sent, its trailer checked on the way.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -10,93 +10,10 @@ use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use crate::interrupt::Interrupted;
-use crate::manifest::{BackupId, Compression, Manifest};
+use crate::manifest::{Compression, Manifest};
 use crate::progress::Progress;
 use crate::snapshot::TrailerCheck;
-use crate::store::{Destination, Stored};
-
-/// Which backup: an id, the newest, or the newest before a time.
-#[derive(Debug, Clone)]
-pub enum Selector {
-    Id(BackupId),
-    Latest,
-    Before(chrono::DateTime<chrono::Utc>),
-}
-
-impl Selector {
-    pub fn parse(text: &str) -> Result<Selector, String> {
-        if text == "latest" { Ok(Selector::Latest) } else { BackupId::parse(text).map(Selector::Id) }
-    }
-
-    /// The id this selector picks among every destination's backups at `now`. `latest` and `--before`
-    /// never pick a backup dated in the future (a wrong clock when it was taken) while another exists:
-    /// its date says nothing about how new its data is.
-    pub fn pick(&self, backups: &[&Stored], now: chrono::DateTime<chrono::Utc>) -> Option<BackupId> {
-        let ids = backups.iter().map(|b| &b.manifest.id);
-        let newest = |ids: Vec<&BackupId>| -> Option<BackupId> {
-            let (present, future): (Vec<&BackupId>, Vec<&BackupId>) =
-                ids.into_iter().partition(|id| !crate::retention::is_future_dated(id, now));
-            present.into_iter().max().or_else(|| future.into_iter().max()).cloned()
-        };
-        match self {
-            Selector::Id(id) => ids.into_iter().find(|i| *i == id).cloned(),
-            Selector::Latest => newest(ids.collect()),
-            Selector::Before(t) => newest(ids.filter(|id| id.created() < *t).collect()),
-        }
-    }
-}
-
-/// The chosen backup and the destinations that hold it, local first, each with its own manifest: every
-/// copy is checked against the manifest stored beside it, so one damaged manifest condemns one copy.
-pub struct Found<'a> {
-    /// The first holder's manifest, for messages.
-    pub manifest: Manifest,
-    pub holders: Vec<(&'a Destination, Stored)>,
-}
-
-/// Lists every destination and picks the backup among all of them (the newest of any destination is
-/// `latest`): what was found (local first), and the destinations that could not be listed.
-pub async fn locate<'a>(destinations: &'a [Destination], selector: &Selector) -> (Option<Found<'a>>, Vec<String>) {
-    let mut listings = Vec::new();
-    let mut errors = Vec::new();
-    for d in destinations {
-        match d.list().await {
-            Ok(listing) => listings.push((d, listing)),
-            Err(e) => errors.push(format!("{}: {e:#}", d.kind())),
-        }
-    }
-    let all: Vec<&Stored> = listings.iter().flat_map(|(_, l)| l.backups.iter()).collect();
-    let Some(id) = selector.pick(&all, chrono::Utc::now()) else { return (None, errors) };
-    let holders: Vec<(&Destination, Stored)> = listings
-        .into_iter()
-        .filter_map(|(d, l)| l.backups.into_iter().find(|b| b.manifest.id == id).map(|s| (d, s)))
-        .collect();
-    let found = holders.first().map(|(_, s)| s.manifest.clone()).map(|manifest| Found { manifest, holders });
-    (found, errors)
-}
-
-/// What no destination holds, for the error.
-pub fn not_found(selector: &Selector) -> String {
-    match selector {
-        Selector::Id(id) => format!("no destination holds a backup {id}"),
-        Selector::Latest => "no destination holds any backup".to_string(),
-        Selector::Before(t) => format!("no backup was taken before {t}"),
-    }
-}
-
-/// Finds a backup in the destinations (local first); a destination that cannot be listed matters only
-/// when no other holds it.
-pub async fn find<'a>(destinations: &'a [Destination], selector: &Selector) -> Result<Found<'a>> {
-    let (found, errors) = locate(destinations, selector).await;
-    found.ok_or_else(|| {
-        let what = not_found(selector);
-        if errors.is_empty() {
-            anyhow!("{what} (see etcd-backupd list)")
-        } else {
-            anyhow!("{what}; also: {}", errors.join("; "))
-        }
-    })
-}
+use crate::store::Destination;
 
 /// Makes the artifact available as a local file, checked against `manifest` (size and sha256) before
 /// anything decrypts it: the local copy, or a download from S3 into `scratch` (hashed as it arrives; a
@@ -144,7 +61,7 @@ pub async fn fetch(
 pub async fn fetch_and_decrypt(
     holder: &Destination,
     manifest: &Manifest,
-    identities: &std::sync::Arc<Vec<Box<dyn age::Identity + Send + Sync>>>,
+    identities: &super::Identities,
     scratch: &Path,
     output: &Path,
     cancel: &CancellationToken,
@@ -206,7 +123,7 @@ pub fn decrypt_to(
     // The plain snapshot is written to a file without a name in the output's folder, named only when
     // every check passed: an interrupted or killed restore leaves no plaintext. Where the file system
     // has no unnamed files, a named `.part` (removed on every error path) does.
-    let (mut out, named) = match crate::files::unnamed_in(folder_of(output)) {
+    let (mut out, named) = match crate::files::unnamed_in(crate::files::folder_of(output)) {
         Ok(file) => (file, false),
         Err(_) => (crate::files::create_private(&part)?, true),
     };
@@ -317,114 +234,4 @@ impl<R: std::io::BufRead> std::io::BufRead for HashingReader<'_, R> {
         }
         self.inner.consume(amt);
     }
-}
-
-/// Member flags for `snapshot restore`.
-#[derive(Debug, Clone, Default)]
-pub struct MemberFlags {
-    pub name: Option<String>,
-    pub initial_cluster: Option<String>,
-    pub initial_advertise_peer_urls: Option<String>,
-    pub initial_cluster_token: Option<String>,
-}
-
-/// Where etcd's binaries are looked for: `etcd_bin` if given (a folder, or one of etcd's binaries in
-/// it: `--etcd-bin /opt/etcd/etcd` means its folder), else every folder on PATH.
-pub fn tool_dirs(etcd_bin: Option<&Path>) -> Vec<PathBuf> {
-    match etcd_bin {
-        Some(file) if file.is_file() => vec![file.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf)],
-        Some(dir) => vec![dir.to_path_buf()],
-        None => std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default(),
-    }
-}
-
-/// "in 'DIR'" or "on PATH", for an error saying a tool was not found.
-pub fn searched(etcd_bin: Option<&Path>) -> String {
-    match etcd_bin {
-        Some(d) => format!("in '{}'", d.display()),
-        None => "on PATH".to_string(),
-    }
-}
-
-/// The tool that restores: `etcdutl` (3.5+) if found, else `etcdctl` (3.4).
-pub fn restore_tool(etcd_bin: Option<&Path>) -> Result<(PathBuf, bool)> {
-    let dirs = tool_dirs(etcd_bin);
-    for (tool, utl) in [("etcdutl", true), ("etcdctl", false)] {
-        if let Some(path) = dirs.iter().map(|d| d.join(tool)).find(|p| p.is_file()) {
-            return Ok((path, utl));
-        }
-    }
-    bail!(
-        "neither etcdutl (etcd 3.5+) nor etcdctl (3.4) was found {}: install etcd's tools or pass --etcd-bin DIR",
-        searched(etcd_bin)
-    )
-}
-
-/// The folder `path` is in (`.` for a bare name).
-fn folder_of(path: &Path) -> &Path {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    }
-}
-
-/// A restore goes into a new data dir: one that does not exist yet, or an empty one.
-pub fn check_new_data_dir(data_dir: &Path) -> Result<()> {
-    if data_dir.exists() && std::fs::read_dir(data_dir).map(|mut d| d.next().is_some()).unwrap_or(true) {
-        bail!("'{}' is not empty: restore into a new data dir, then swap it in", data_dir.display());
-    }
-    Ok(())
-}
-
-/// Runs `snapshot restore` into `data_dir`, which must not exist or be empty. The tool writes into a
-/// sibling folder owned by this process, renamed to `data_dir` only when it succeeded: an interrupted or
-/// killed restore never leaves a half-written data dir where etcd would start from it (and the next
-/// restore beside it removes what a killed one left).
-pub fn restore_into(
-    snapshot: &Path,
-    data_dir: &Path,
-    flags: &MemberFlags,
-    etcd_bin: Option<&Path>,
-    cancel: &CancellationToken,
-) -> Result<()> {
-    check_new_data_dir(data_dir)?;
-    if data_dir.exists() {
-        std::fs::remove_dir(data_dir).with_context(|| format!("cannot use '{}'", data_dir.display()))?;
-    }
-    let (tool, utl) = restore_tool(etcd_bin)?;
-    let name = data_dir.file_name().context("the data dir needs a name")?.to_string_lossy();
-    let parent = folder_of(data_dir);
-    let prefix = format!(".{name}.restoring-");
-    crate::scratch::sweep_owned(parent, &prefix);
-    let work = parent.join(format!("{prefix}{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&work);
-    let mut cmd = std::process::Command::new(&tool);
-    crate::interrupt::die_with_parent(&mut cmd);
-    if !utl {
-        cmd.env("ETCDCTL_API", "3");
-    }
-    cmd.args(["snapshot", "restore"]).arg(snapshot).arg("--data-dir").arg(&work);
-    for (flag, value) in [
-        ("--name", &flags.name),
-        ("--initial-cluster", &flags.initial_cluster),
-        ("--initial-advertise-peer-urls", &flags.initial_advertise_peer_urls),
-        ("--initial-cluster-token", &flags.initial_cluster_token),
-    ] {
-        if let Some(v) = value {
-            cmd.arg(flag).arg(v);
-        }
-    }
-    let out = cmd.output().with_context(|| format!("cannot run '{}'", tool.display()))?;
-    if cancel.is_cancelled() {
-        let _ = std::fs::remove_dir_all(&work);
-        return Err(Interrupted.into());
-    }
-    if !out.status.success() {
-        let _ = std::fs::remove_dir_all(&work);
-        bail!("{} snapshot restore failed: {}", tool.display(), String::from_utf8_lossy(&out.stderr).trim());
-    }
-    std::fs::rename(&work, data_dir).with_context(|| {
-        let _ = std::fs::remove_dir_all(&work);
-        format!("cannot move the restored data dir into place at '{}'", data_dir.display())
-    })
 }

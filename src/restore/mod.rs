@@ -1,0 +1,126 @@
+//! Getting a backup back: choose it among every destination's backups, get one good copy of it
+//! (`artifact`: checked, decrypted, decompressed), and restore that into a new data dir (`etcdutl`).
+
+mod artifact;
+mod etcdutl;
+
+pub use artifact::{Plain, check_artifact, decrypt_to, fetch, fetch_and_decrypt};
+pub use etcdutl::{MemberFlags, check_new_data_dir, restore_into, restore_tool, searched, tool_dirs};
+
+use anyhow::{Result, anyhow};
+
+use crate::manifest::{BackupId, Manifest};
+use crate::store::{Destination, Stored};
+
+/// Which backup: an id, the newest, or the newest before a time.
+#[derive(Debug, Clone)]
+pub enum Selector {
+    Id(BackupId),
+    Latest,
+    Before(chrono::DateTime<chrono::Utc>),
+}
+
+impl Selector {
+    pub fn parse(text: &str) -> Result<Selector, String> {
+        if text == "latest" { Ok(Selector::Latest) } else { BackupId::parse(text).map(Selector::Id) }
+    }
+
+    /// The id this selector picks among every destination's backups at `now`. `latest` and `--before`
+    /// never pick a backup dated in the future (a wrong clock when it was taken) while another exists:
+    /// its date says nothing about how new its data is.
+    pub fn pick(&self, backups: &[&Stored], now: chrono::DateTime<chrono::Utc>) -> Option<BackupId> {
+        let ids = backups.iter().map(|b| &b.manifest.id);
+        let newest = |ids: Vec<&BackupId>| -> Option<BackupId> {
+            let (present, future): (Vec<&BackupId>, Vec<&BackupId>) =
+                ids.into_iter().partition(|id| !crate::retention::is_future_dated(id, now));
+            present.into_iter().max().or_else(|| future.into_iter().max()).cloned()
+        };
+        match self {
+            Selector::Id(id) => ids.into_iter().find(|i| *i == id).cloned(),
+            Selector::Latest => newest(ids.collect()),
+            Selector::Before(t) => newest(ids.filter(|id| id.created() < *t).collect()),
+        }
+    }
+}
+
+/// The chosen backup and the destinations that hold it, local first, each with its own manifest: every
+/// copy is checked against the manifest stored beside it, so one damaged manifest condemns one copy.
+pub struct Found<'a> {
+    /// The first holder's manifest, for messages.
+    pub manifest: Manifest,
+    pub holders: Vec<(&'a Destination, Stored)>,
+}
+
+/// Lists every destination and picks the backup among all of them (the newest of any destination is
+/// `latest`): what was found (local first), and the destinations that could not be listed.
+pub async fn locate<'a>(destinations: &'a [Destination], selector: &Selector) -> (Option<Found<'a>>, Vec<String>) {
+    let mut listings = Vec::new();
+    let mut errors = Vec::new();
+    for d in destinations {
+        match d.list().await {
+            Ok(listing) => listings.push((d, listing)),
+            Err(e) => errors.push(format!("{}: {e:#}", d.kind())),
+        }
+    }
+    let all: Vec<&Stored> = listings.iter().flat_map(|(_, l)| l.backups.iter()).collect();
+    let Some(id) = selector.pick(&all, chrono::Utc::now()) else { return (None, errors) };
+    let holders: Vec<(&Destination, Stored)> = listings
+        .into_iter()
+        .filter_map(|(d, l)| l.backups.into_iter().find(|b| b.manifest.id == id).map(|s| (d, s)))
+        .collect();
+    let found = holders.first().map(|(_, s)| s.manifest.clone()).map(|manifest| Found { manifest, holders });
+    (found, errors)
+}
+
+/// What no destination holds, for the error.
+pub fn not_found(selector: &Selector) -> String {
+    match selector {
+        Selector::Id(id) => format!("no destination holds a backup {id}"),
+        Selector::Latest => "no destination holds any backup".to_string(),
+        Selector::Before(t) => format!("no backup was taken before {t}"),
+    }
+}
+
+/// Finds a backup in the destinations (local first); a destination that cannot be listed matters only
+/// when no other holds it.
+pub async fn find<'a>(destinations: &'a [Destination], selector: &Selector) -> Result<Found<'a>> {
+    let (found, errors) = locate(destinations, selector).await;
+    found.ok_or_else(|| {
+        let what = not_found(selector);
+        if errors.is_empty() {
+            anyhow!("{what} (see etcd-backupd list)")
+        } else {
+            anyhow!("{what}; also: {}", errors.join("; "))
+        }
+    })
+}
+
+/// Age identities, shared with the blocking task that decrypts.
+pub type Identities = std::sync::Arc<Vec<Box<dyn age::Identity + Send + Sync>>>;
+
+/// Makes one copy of `found` plain at `output`: the holders in order (local first), a damaged or
+/// unreadable copy falling back to the next. `Err` names why each copy failed, or says the restore was
+/// interrupted.
+pub async fn first_good_copy(
+    found: &Found<'_>,
+    identities: &Identities,
+    scratch: &std::path::Path,
+    output: &std::path::Path,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Result<Plain> {
+    let mut failures = Vec::new();
+    for (holder, stored) in &found.holders {
+        tracing::info!(id = %found.manifest.id, from = %holder.kind(), "restoring");
+        match fetch_and_decrypt(holder, &stored.manifest, identities, scratch, output, cancel).await {
+            Ok(plain) => return Ok(plain),
+            Err(e) => {
+                tracing::warn!(from = %holder.kind(), error = %format!("{e:#}"), "this copy cannot be restored; trying the next");
+                failures.push(format!("{}: {e:#}", holder.kind()));
+            }
+        }
+    }
+    if cancel.is_cancelled() {
+        return Err(crate::interrupt::Interrupted.into());
+    }
+    Err(anyhow!("no copy of {} could be restored:\n  {}", found.manifest.id, failures.join("\n  ")))
+}

@@ -1,0 +1,54 @@
+//! Verify: every copy of one backup checked against the manifest stored beside it (one damaged manifest
+//! condemns one copy): by size and sha256, which needs no key, or, given an identity, by decrypting it
+//! and checking the database inside.
+
+use anyhow::Result;
+use tokio_util::sync::CancellationToken;
+
+use crate::restore::{Found, Identities};
+use crate::snapshot::bbolt::Status;
+use crate::store::{Destination, Kind};
+
+/// How one copy checked out: `Some(status)` when it was decrypted, `None` when only its size and sha256
+/// were checked.
+pub struct CopyCheck {
+    pub destination: Kind,
+    pub result: Result<Option<Status>>,
+}
+
+/// What a check proves: "decrypted" with an identity, "sha256" without.
+pub fn depth(identities: Option<&Identities>) -> &'static str {
+    if identities.is_some() { "decrypted" } else { "sha256" }
+}
+
+/// Checks every copy of `found`, in the holders' order (local first). Nothing is left behind: a download
+/// or a decrypted snapshot goes with the scratch dir.
+pub async fn check_copies(
+    found: &Found<'_>,
+    identities: Option<&Identities>,
+    cancel: &CancellationToken,
+) -> Result<Vec<CopyCheck>> {
+    let scratch = crate::scratch::scratch_dir()?;
+    let mut checks = Vec::new();
+    for (holder, stored) in &found.holders {
+        let m = &stored.manifest;
+        let result = async {
+            if let Some(ids) = identities {
+                // Decrypting checks the artifact's size and sha256 too.
+                let plain = scratch.path().join("plain.db");
+                let checked = crate::restore::fetch_and_decrypt(holder, m, ids, scratch.path(), &plain, cancel).await;
+                let _ = std::fs::remove_file(&plain);
+                return anyhow::Ok(Some(checked?.status));
+            }
+            // Fetching checks the artifact's size and sha256 against the manifest.
+            let artifact = crate::restore::fetch(holder, m, scratch.path(), cancel).await?;
+            if !matches!(holder, Destination::Local(_)) {
+                let _ = std::fs::remove_file(&artifact);
+            }
+            anyhow::Ok(None)
+        }
+        .await;
+        checks.push(CopyCheck { destination: holder.kind(), result });
+    }
+    Ok(checks)
+}
