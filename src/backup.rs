@@ -216,16 +216,17 @@ async fn after_commit(
         return Ok(report);
     }
 
-    // Backups committed locally while S3 was failing are uploaded now, oldest first, before any pruning.
-    if let (Some(Destination::Local(local)), Some(Destination::S3(s3)), Some(s3_settings)) =
-        (destinations.first(), destinations.get(1), &settings.s3)
-        && report.committed.contains(&Place::S3)
-    {
-        let keep = |candidates: &[crate::retention::Candidate]| {
-            crate::retention::plan(candidates, &s3_settings.retention, settings.timezone, Utc::now())
-        };
-        if let Err(e) = crate::catch_up::upload_missing(local, s3, keep, &request.cancel).await {
-            report.failed.push((Place::S3, format!("uploading backups that only the local dir holds: {e:#}")));
+    // Backups committed locally while an off-site store was failing are uploaded to it now, oldest first,
+    // before any pruning: to every off-site store that took this backup.
+    if let Some(Destination::Local(local)) = destinations.first() {
+        for to in destinations.iter().skip(1).filter(|d| report.committed.contains(&d.kind())) {
+            let policy = to.kind().policy(settings);
+            let keep = |candidates: &[crate::retention::Candidate]| {
+                crate::retention::plan(candidates, policy, settings.timezone, Utc::now())
+            };
+            if let Err(e) = crate::catch_up::upload_missing(local, &**to, keep, &request.cancel).await {
+                report.failed.push((to.kind(), format!("uploading backups that only the local dir holds: {e:#}")));
+            }
         }
     }
 
@@ -261,8 +262,8 @@ pub(crate) fn failures(report: &BackupReport) -> String {
     report.failed.iter().map(|(d, e)| format!("{d}: {e}")).collect::<Vec<_>>().join("; ")
 }
 
-/// Whether a backup recorded as reaching `destinations` (the state file's names: untrusted, compared by
-/// name) reached every destination the config has.
-fn everywhere(settings: &Settings, destinations: &[String]) -> bool {
-    crate::store::Kind::configured(settings).iter().all(|k| destinations.iter().any(|d| d == k.as_str()))
+/// Whether a backup recorded as reaching `destinations` (the state file's) reached every destination the
+/// config has.
+fn everywhere(settings: &Settings, destinations: &[Place]) -> bool {
+    Place::configured(settings).iter().all(|k| destinations.contains(k))
 }

@@ -1,5 +1,5 @@
-//! Catch-up: backups this host has locally that S3 lacks (an upload that failed, S3 down for a while)
-//! are sent there, oldest last, as far as S3's retention would keep them.
+//! Catch-up: backups this host has locally that an off-site store (S3) lacks (an upload that failed, the
+//! store down for a while) are sent there, oldest first, as far as that store's retention would keep them.
 
 use anyhow::{Context, Result, bail};
 use bytes::BytesMut;
@@ -10,21 +10,21 @@ use crate::errors::{Cause, cause_of};
 use crate::interrupt::cancelled;
 use crate::manifest::BackupId;
 
+use crate::store::Store;
 use crate::store::local::LocalStore;
-use crate::store::s3::S3Store;
 
-/// Uploads to S3 the backups the local dir holds and S3 does not, oldest first, pin included; only
-/// those S3's retention keeps (`plan` over S3's backups and these), so none is uploaded to be removed at
+/// Uploads to `to` the backups the local dir holds and `to` does not, oldest first, pin included; only
+/// those `to`'s retention keeps (`plan` over its backups and these), so none is uploaded to be removed at
 /// once. Stops between backups, and aborts the one uploading, when `cancel` fires.
 pub async fn upload_missing(
     local: &LocalStore,
-    s3: &S3Store,
+    to: &dyn Store,
     plan: impl Fn(&[crate::retention::Candidate]) -> Vec<crate::retention::Decision>,
     cancel: &tokio_util::sync::CancellationToken,
 ) -> Result<Vec<BackupId>> {
     use tokio::io::AsyncReadExt;
     let here = local.list().await?;
-    let there = s3.list().await?;
+    let there = to.list().await?;
     let missing: Vec<&crate::store::Stored> =
         here.backups.iter().filter(|b| !there.backups.iter().any(|t| t.manifest.id == b.manifest.id)).collect();
     let candidates: Vec<crate::retention::Candidate> = there
@@ -44,7 +44,7 @@ pub async fn upload_missing(
     for stored in missing.into_iter().rev() {
         let m = &stored.manifest;
         if !decisions.iter().any(|d| d.keep && d.id == m.id) {
-            tracing::info!(id = %m.id, "not uploading a backup that only the local dir holds: S3's retention would remove it at once");
+            tracing::info!(id = %m.id, "not uploading a backup that only the local dir holds: {}'s retention would remove it at once", to.kind().title());
             continue;
         }
         if cancel.is_cancelled() {
@@ -54,12 +54,12 @@ pub async fn upload_missing(
         let path = local.folder().join(&name);
         let mut file =
             tokio::fs::File::open(&path).await.with_context(|| format!("cannot open '{}'", path.display()))?;
-        let mut upload = match s3.begin(&name, &m.id.manifest_name()).await {
+        let mut upload = match to.begin(&name, &m.id.manifest_name()).await {
             Ok(upload) => upload,
-            // S3 holds a manifest of this id that its listing does not accept (damaged, planted, from a
+            // The store holds a manifest of this id that its listing does not accept (damaged, planted, from a
             // newer version): never overwritten, reported, and no reason to hold back newer backups.
             Err(e) if cause_of(&e) == Some(Cause::Exists) => {
-                tracing::warn!(id = %m.id, error = %format!("{e:#}"), "not uploading a backup that only the local dir holds: S3 has a manifest of that id that does not check out (see `etcd-backupd prune --dry-run`)");
+                tracing::warn!(id = %m.id, error = %format!("{e:#}"), "not uploading a backup that only the local dir holds: {} has a manifest of that id that does not check out (see `etcd-backupd prune --dry-run`)", to.kind().title());
                 continue;
             }
             Err(e) => return Err(e),
@@ -98,7 +98,7 @@ pub async fn upload_missing(
             }
         };
         let pinned = match sent {
-            Ok(()) if stored.pinned => s3.set_pin(&m.id, true).await,
+            Ok(()) if stored.pinned => to.set_pin(&m.id, true).await,
             other => other,
         };
         match pinned {

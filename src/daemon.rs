@@ -158,10 +158,10 @@ pub async fn run(config_path: PathBuf, settings: Settings) -> Result<()> {
                 drilling = None;
                 match done {
                     Ok((started, id, result)) => {
-                        state = crate::history::record_drill(&settings, &state_dir, started, id.as_deref(), &result).await;
+                        state = crate::history::record_drill(&settings, &state_dir, started, id.as_ref(), &result).await;
                         // The daemon outlives the notifications: they finish on their own tasks.
                         let mut sent = crate::alerts::Pending::default();
-                        crate::drill::notify(&settings, id.as_deref(), &result, &mut sent);
+                        crate::drill::notify(&settings, id.as_ref(), &result, &mut sent);
                     }
                     Err(e) => tracing::error!(error = %e, "the drill task failed"),
                 }
@@ -215,7 +215,7 @@ pub async fn run(config_path: PathBuf, settings: Settings) -> Result<()> {
 }
 
 /// A finished drill: when it started, the backup it drilled (if found), and its result.
-type DrillRun = (DateTime<Utc>, Option<String>, Result<crate::drill::DrillReport>);
+type DrillRun = (DateTime<Utc>, Option<crate::manifest::BackupId>, Result<crate::drill::DrillReport>);
 
 fn next_drill_after(settings: &Settings, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
     settings.drill.schedule.as_ref().and_then(|s| s.next_after(now))

@@ -101,7 +101,7 @@ pub async fn drill(
     identity: Option<&Path>,
     etcd_bin: Option<&Path>,
     cancel: &CancellationToken,
-) -> (Option<String>, Result<DrillReport>) {
+) -> (Option<crate::manifest::BackupId>, Result<DrillReport>) {
     let mut id = None;
     let result = async {
         let identity = identity.or(settings.drill.identity_file.as_deref()).ok_or_else(|| {
@@ -114,7 +114,7 @@ pub async fn drill(
         let started = std::time::Instant::now();
         let (destinations, _) = crate::store::open_all(settings).await;
         let found = crate::restore::find(&destinations, selector).await?;
-        id = Some(found.manifest.id.to_string());
+        id = Some(found.manifest.id.clone());
         // The drill proves the copy a restore would use first (local, else S3), by its own manifest.
         let (holder, stored) = found.holders.first().context("no destination holds the backup")?;
         let m = stored.manifest.clone();
@@ -274,7 +274,7 @@ fn is_auth_error(e: &etcd_client::Error) -> bool {
 /// own check (`notify.drill_healthchecks`). Never fails or delays anything.
 pub fn notify(
     settings: &Settings,
-    id: Option<&str>,
+    id: Option<&crate::manifest::BackupId>,
     result: &Result<DrillReport>,
     pending: &mut crate::alerts::Pending,
 ) {
@@ -288,7 +288,7 @@ pub fn notify(
         cluster: settings.cluster.to_string(),
         host: crate::host::hostname(),
         time: Utc::now(),
-        backup_id: id.map(str::to_string),
+        backup_id: id.map(ToString::to_string),
         revision,
         snapshot_bytes: None,
         artifact_bytes: None,

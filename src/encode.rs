@@ -180,3 +180,16 @@ impl Write for FanOut {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_space_covers_the_database_and_framing() {
+        assert_eq!(required_local_space(0), 16 * 1024 * 1024);
+        let gib = 1u64 << 30;
+        assert!(required_local_space(gib) > gib + gib / 100);
+        assert!(required_local_space(gib) < gib + gib / 10);
+    }
+}

@@ -38,26 +38,26 @@ pub async fn record_backup(
         match outcome {
             crate::backup::Outcome::Committed(report) => {
                 for p in &report.pruned {
-                    state.backups.insert(p.destination.to_string(), p.decisions.iter().filter(|d| d.keep).count());
+                    state.backups.insert(p.destination, p.decisions.iter().filter(|d| d.keep).count());
                 }
                 if !report.pruned.is_empty() {
-                    let future: std::collections::BTreeSet<String> = report
+                    let future: std::collections::BTreeSet<crate::manifest::BackupId> = report
                         .pruned
                         .iter()
                         .flat_map(|p| &p.decisions)
                         .filter(|d| d.reasons.contains(&crate::retention::Reason::FutureDated))
-                        .map(|d| d.id.to_string())
+                        .map(|d| d.id.clone())
                         .collect();
                     state.future_dated = future.into_iter().collect();
                 }
                 let m = &report.manifest;
                 state.last_success = Some(Success {
                     time: m.created,
-                    id: m.id.to_string(),
+                    id: m.id.clone(),
                     revision: m.etcd.revision,
                     artifact_size: m.artifact.size,
                     duration_ms: m.duration_ms,
-                    destinations: report.committed.iter().map(ToString::to_string).collect(),
+                    destinations: report.committed.clone(),
                     unchanged: false,
                 });
                 if report.failed.is_empty() {
@@ -116,7 +116,7 @@ pub async fn record_drill(
     settings: &Settings,
     state_dir: &Path,
     started: DateTime<Utc>,
-    id: Option<&str>,
+    id: Option<&crate::manifest::BackupId>,
     result: &anyhow::Result<crate::drill::DrillReport>,
 ) -> crate::state::State {
     match result {
@@ -128,7 +128,7 @@ pub async fn record_drill(
             state.drills.ok += 1;
             state.last_proven = Some(crate::state::Proven {
                 time: started,
-                id: report.id.to_string(),
+                id: report.id.clone(),
                 revision: report.observed.revision,
                 keys: report.observed.keys,
             });
@@ -136,7 +136,7 @@ pub async fn record_drill(
         Err(e) => {
             state.drills.failed += 1;
             state.last_drill_failure =
-                Some(crate::state::DrillFailure { time: started, id: id.map(str::to_string), error: format!("{e:#}") });
+                Some(crate::state::DrillFailure { time: started, id: id.cloned(), error: format!("{e:#}") });
         }
     })
     .await

@@ -111,7 +111,7 @@ pub struct Drill {
 }
 
 impl Drill {
-    pub fn of(id: Option<&str>, result: &anyhow::Result<crate::drill::DrillReport>) -> Drill {
+    pub fn of(id: Option<&crate::manifest::BackupId>, result: &anyhow::Result<crate::drill::DrillReport>) -> Drill {
         match result {
             Ok(r) => Drill {
                 ok: true,
@@ -124,7 +124,7 @@ impl Drill {
             },
             Err(e) => Drill {
                 ok: false,
-                id: id.map(str::to_string),
+                id: id.map(ToString::to_string),
                 from: None,
                 revision: None,
                 keys: None,

@@ -63,6 +63,33 @@ impl From<ClusterName> for String {
     }
 }
 
+/// The compression a manifest names: `"zstd"` or `"none"`; any other name refuses the manifest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum CompressionName {
+    None,
+    Zstd,
+}
+
+impl TryFrom<String> for CompressionName {
+    type Error = String;
+    fn try_from(name: String) -> Result<Self, String> {
+        match name.as_str() {
+            "zstd" => Ok(CompressionName::Zstd),
+            "none" => Ok(CompressionName::None),
+            other => {
+                Err(format!("manifest names a compression this version does not know: \"{}\"", other.escape_debug()))
+            }
+        }
+    }
+}
+
+impl From<CompressionName> for String {
+    fn from(name: CompressionName) -> String {
+        Compression::of(name, None).name().to_string()
+    }
+}
+
 /// How the snapshot is compressed before encryption.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Compression {
@@ -78,14 +105,27 @@ impl Compression {
         }
     }
 
-    /// The compression a manifest names: `"zstd"` (with its level) or `"none"`.
-    pub fn from_manifest(name: &str, level: Option<i32>) -> Result<Self, String> {
+    /// The name a manifest records.
+    pub fn kind(self) -> CompressionName {
+        match self {
+            Compression::None => CompressionName::None,
+            Compression::Zstd { .. } => CompressionName::Zstd,
+        }
+    }
+
+    /// The level a manifest records: zstd's, none without compression.
+    pub fn level(self) -> Option<i32> {
+        match self {
+            Compression::Zstd { level } => Some(level),
+            Compression::None => None,
+        }
+    }
+
+    /// The compression a manifest names, with its level (which only the encoder needed).
+    pub fn of(name: CompressionName, level: Option<i32>) -> Self {
         match name {
-            "zstd" => Ok(Compression::Zstd { level: level.unwrap_or(0) }),
-            "none" => Ok(Compression::None),
-            other => {
-                Err(format!("manifest names a compression this version does not know: \"{}\"", other.escape_debug()))
-            }
+            CompressionName::Zstd => Compression::Zstd { level: level.unwrap_or(0) },
+            CompressionName::None => Compression::None,
         }
     }
 
@@ -281,7 +321,7 @@ pub struct ArtifactFacts {
     pub name: String,
     pub size: u64,
     pub sha256: String,
-    pub compression: String,
+    pub compression: CompressionName,
     pub compression_level: Option<i32>,
     pub encryption: String,
     pub recipients: Vec<String>,
@@ -334,7 +374,7 @@ impl Manifest {
                 id.member()
             ));
         }
-        let compression = Compression::from_manifest(&self.artifact.compression, self.artifact.compression_level)?;
+        let compression = self.compression();
         let name = id.artifact_name(compression);
         if self.artifact.name != name {
             return Err(format!(
@@ -360,11 +400,9 @@ impl Manifest {
         Ok(())
     }
 
-    /// How the artifact is compressed. Manifests from a store have been checked (`from_json`); one
-    /// built in memory names what it was built with.
+    /// How the artifact is compressed.
     pub fn compression(&self) -> Compression {
-        Compression::from_manifest(&self.artifact.compression, self.artifact.compression_level)
-            .unwrap_or(Compression::Zstd { level: 0 })
+        Compression::of(self.artifact.compression, self.artifact.compression_level)
     }
 
     /// The artifact's file name, derived from the id and the compression: never the `artifact.name` field.

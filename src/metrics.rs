@@ -79,7 +79,11 @@ pub fn render(state: &State, cluster: &str) -> String {
         "# HELP etcd_backupd_backups Committed backups per destination.\n# TYPE etcd_backupd_backups gauge"
     );
     for (destination, n) in &state.backups {
-        let _ = writeln!(out, "etcd_backupd_backups{{cluster=\"{c}\",destination=\"{}\"}} {n}", escape(destination));
+        let _ = writeln!(
+            out,
+            "etcd_backupd_backups{{cluster=\"{c}\",destination=\"{}\"}} {n}",
+            escape(destination.as_str())
+        );
     }
     out
 }
@@ -113,9 +117,10 @@ mod tests {
         };
         s.runs.ok = 4;
         s.runs.failed = 1;
-        s.backups.insert("local".into(), 3);
-        s.backups.insert("s3".into(), 7);
-        s.last_proven = Some(crate::state::Proven { time: t, id: "x".into(), revision: 48000, keys: 12 });
+        s.backups.insert(crate::store::Kind::Local, 3);
+        s.backups.insert(crate::store::Kind::S3, 7);
+        s.last_proven =
+            Some(crate::state::Proven { time: t, id: crate::state::sample_success(t).id, revision: 48000, keys: 12 });
         s.drills.failed = 2;
         let text = render(&s, "prod\"east");
         assert!(

@@ -11,12 +11,10 @@ use tokio::sync::mpsc;
 
 use crate::config::Settings;
 use crate::config::units::format_size;
-use crate::encode::required_local_space;
 use crate::errors::{Cause, cause_of, classified};
 use crate::interrupt::cancelled;
 use crate::manifest::EtcdFacts;
 use crate::manifest::{ArtifactFacts, BackupId, Compression, FORMAT_VERSION, Manifest, SnapshotFacts};
-use crate::store::local::LocalStore;
 use crate::store::{Destination, Upload};
 
 /// Pieces queued per destination before the snapshot stream waits for it.
@@ -224,11 +222,8 @@ pub async fn write_backup<S: SnapshotSource>(
             name: artifact_name,
             size: encoded.artifact_size,
             sha256: encoded.artifact_sha256,
-            compression: settings.compression.name().to_string(),
-            compression_level: match settings.compression {
-                Compression::Zstd { level } => Some(level),
-                Compression::None => None,
-            },
+            compression: settings.compression.kind(),
+            compression_level: settings.compression.level(),
             encryption: "age".to_string(),
             recipients: settings.encryption.recipients.iter().map(|k| k.as_str().to_string()).collect(),
         },
@@ -273,11 +268,7 @@ pub async fn write_backup<S: SnapshotSource>(
 /// Whether any destination already holds backup `id` (a store that cannot be asked counts as not).
 async fn any_holds(destinations: &[Destination], id: &BackupId, compression: Compression) -> bool {
     for d in destinations {
-        let holds = match d {
-            Destination::Local(l) => l.holds(id, compression),
-            Destination::S3(s3) => s3.holds(id).await,
-        };
-        if holds {
+        if d.holds(id, compression).await {
             return true;
         }
     }
@@ -288,49 +279,7 @@ fn describe(failed: &[(crate::store::Kind, String)]) -> String {
     failed.iter().map(|(d, e)| format!("{d}: {e}")).collect::<Vec<_>>().join("\n  ")
 }
 
-async fn begin_local(
-    local: &LocalStore,
-    db_size: u64,
-    artifact: &str,
-    manifest: &str,
-) -> Result<crate::store::local::LocalUpload> {
-    local.prepare()?;
-    let free = local.free_space()?;
-    let needed = required_local_space(db_size);
-    if free < needed {
-        return Err(classified(
-            Cause::NoSpace,
-            format!(
-                "not enough free space in '{}': {} free, {} needed for a {} database (free space, or point local.dir elsewhere)",
-                local.folder().display(),
-                format_size(free),
-                format_size(needed),
-                format_size(db_size)
-            ),
-        ));
-    }
-    local.begin(artifact, manifest).await
-}
-
 async fn begin(destination: &Destination, db_size: u64, artifact: &str, manifest: &str) -> Result<Upload> {
-    match destination {
-        Destination::Local(local) => Ok(Upload::Local(begin_local(local, db_size, artifact, manifest).await?)),
-        Destination::S3(store) => {
-            store.check_bucket().await?;
-            Ok(Upload::S3(Box::new(store.begin(artifact, manifest).await?)))
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn local_space_covers_the_database_and_framing() {
-        assert_eq!(required_local_space(0), 16 * 1024 * 1024);
-        let gib = 1u64 << 30;
-        assert!(required_local_space(gib) > gib + gib / 100);
-        assert!(required_local_space(gib) < gib + gib / 10);
-    }
+    destination.ready(db_size).await?;
+    destination.begin(artifact, manifest).await
 }

@@ -9,6 +9,9 @@ use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::manifest::BackupId;
+use crate::store::Kind;
+
 const STATE_FILE: &str = "state.json";
 const LOCK_FILE: &str = "lock";
 const STATE_LOCK_FILE: &str = "state.lock";
@@ -26,21 +29,21 @@ pub struct State {
     pub schedule_interval_secs: Option<u64>,
     pub runs: Runs,
     /// Committed backups per destination after the last run.
-    pub backups: std::collections::BTreeMap<String, usize>,
+    pub backups: std::collections::BTreeMap<Kind, usize>,
     /// The newest drill that passed: this backup was restored and served by a throwaway etcd.
     pub last_proven: Option<Proven>,
     pub last_drill_failure: Option<DrillFailure>,
     pub drills: DrillRuns,
     /// Backups dated in the future (a clock was wrong when they were taken) that the last run's prune
     /// found: kept, counted for no retention rule, and reported until they are gone.
-    pub future_dated: Vec<String>,
+    pub future_dated: Vec<BackupId>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Proven {
     /// When the drill ran.
     pub time: DateTime<Utc>,
-    pub id: String,
+    pub id: BackupId,
     pub revision: i64,
     pub keys: u64,
 }
@@ -49,7 +52,7 @@ pub struct Proven {
 pub struct DrillFailure {
     pub time: DateTime<Utc>,
     /// The backup drilled, if it was found.
-    pub id: Option<String>,
+    pub id: Option<BackupId>,
     pub error: String,
 }
 
@@ -63,11 +66,11 @@ pub struct DrillRuns {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Success {
     pub time: DateTime<Utc>,
-    pub id: String,
+    pub id: BackupId,
     pub revision: i64,
     pub artifact_size: u64,
     pub duration_ms: u64,
-    pub destinations: Vec<String>,
+    pub destinations: Vec<Kind>,
     /// True when the revision had not changed and nothing was uploaded (`skip_unchanged`).
     #[serde(default)]
     pub unchanged: bool,
@@ -298,11 +301,11 @@ impl Lock {
 pub fn sample_success(time: DateTime<Utc>) -> Success {
     Success {
         time,
-        id: "20261122T060000Z-r48211-a".into(),
+        id: BackupId::parse("20261122T060000Z-r48211-a").expect("a valid id"),
         revision: 48211,
         artifact_size: 13_002_342,
         duration_ms: 1500,
-        destinations: vec!["local".into(), "s3".into()],
+        destinations: vec![Kind::Local, Kind::S3],
         unchanged: false,
     }
 }

@@ -88,8 +88,10 @@ pub fn drill_passed(report: &crate::drill::DrillReport) {
 }
 
 /// A drill could not prove a backup restorable.
-pub fn drill_failed(id: Option<&str>, error: &str) {
+pub fn drill_failed(id: Option<&crate::manifest::BackupId>, error: &str) {
     let on = id.map(|i| format!(" for {i}")).unwrap_or_default();
+    let id = id.map(ToString::to_string);
+    let id = id.as_deref();
     if TO_JOURNAL.get().copied().unwrap_or(false) {
         tracing::error!(message_id = MESSAGE_DRILL_FAILED, backup_id = id.unwrap_or(""), error = %error, "drill FAILED{on}: {error}");
     } else {

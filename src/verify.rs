@@ -7,7 +7,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::restore::{Found, Identities};
 use crate::snapshot::bbolt::Status;
-use crate::store::{Destination, Kind};
+use crate::store::Kind;
 
 /// How one copy checked out: `Some(status)` when it was decrypted, `None` when only its size and sha256
 /// were checked.
@@ -41,9 +41,9 @@ pub async fn check_copies(
                 return anyhow::Ok(Some(checked?.status));
             }
             // Fetching checks the artifact's size and sha256 against the manifest.
-            let artifact = crate::restore::fetch(holder, m, scratch.path(), cancel).await?;
-            if !matches!(holder, Destination::Local(_)) {
-                let _ = std::fs::remove_file(&artifact);
+            let fetched = crate::restore::fetch(holder, m, scratch.path(), cancel).await?;
+            if fetched.downloaded {
+                let _ = std::fs::remove_file(&fetched.path);
             }
             anyhow::Ok(None)
         }

@@ -81,13 +81,13 @@ pub(super) async fn drill(
     // An interrupted drill proved nothing either way: it is not recorded as a failure.
     let interrupted = result.as_ref().is_err_and(|e| e.downcast_ref::<crate::interrupt::Interrupted>().is_some());
     if !interrupted {
-        crate::history::record_drill(settings, &crate::host::state_dir(), started, id.as_deref(), &result).await;
+        crate::history::record_drill(settings, &crate::host::state_dir(), started, id.as_ref(), &result).await;
         let mut alerts = crate::alerts::Pending::default();
-        crate::drill::notify(settings, id.as_deref(), &result, &mut alerts);
+        crate::drill::notify(settings, id.as_ref(), &result, &mut alerts);
         alerts.wait().await;
     }
     if json {
-        print_json(&crate::json::Drill::of(id.as_deref(), &result))?;
+        print_json(&crate::json::Drill::of(id.as_ref(), &result))?;
     }
     let report = result?;
     if json {

@@ -85,7 +85,7 @@ pub(super) fn status(settings: &Settings, json: bool) -> Result<(), Failure> {
             out!(
                 "warning: {} backups are dated in the future (a clock was wrong when they were taken): {}; they are kept and count for no retention rule: check the clocks, then delete them once newer backups exist",
                 state.future_dated.len(),
-                state.future_dated.join(", ")
+                state.future_dated.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
             );
         }
     }

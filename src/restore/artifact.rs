@@ -13,47 +13,47 @@ use crate::interrupt::Interrupted;
 use crate::manifest::{Compression, Manifest};
 use crate::progress::Progress;
 use crate::snapshot::TrailerCheck;
-use crate::store::Destination;
+use crate::store::{ArtifactFile, Destination};
+
+/// A checked artifact as a file: the store's own (read it, never remove it) or a download into the
+/// scratch dir.
+pub struct Fetched {
+    pub path: PathBuf,
+    pub downloaded: bool,
+}
 
 /// Makes the artifact available as a local file, checked against `manifest` (size and sha256) before
-/// anything decrypts it: the local copy, or a download from S3 into `scratch` (hashed as it arrives; a
-/// download that does not match is removed). A bar on a terminal shows the download.
+/// anything decrypts it: the store's own file, or a download into `scratch` (hashed as it arrives; a
+/// download that does not match is removed).
 pub async fn fetch(
     holder: &Destination,
     manifest: &Manifest,
     scratch: &Path,
     cancel: &CancellationToken,
-) -> Result<PathBuf> {
+) -> Result<Fetched> {
     let name = manifest.artifact_name();
-    match holder {
-        Destination::Local(l) => {
-            let path = l.folder().join(&name);
+    let download = scratch.join(format!(".{name}.download"));
+    let got = tokio::select! {
+        got = holder.artifact_file(&name, manifest.artifact.size, &download) => got,
+        () = cancel.cancelled() => Err(Interrupted.into()),
+    };
+    let checked = match got {
+        Ok(ArtifactFile::InPlace(path)) => {
             let (checked, m) = (path.clone(), manifest.clone());
-            tokio::task::spawn_blocking(move || check_artifact(&checked, &m)).await??;
-            Ok(path)
+            tokio::task::spawn_blocking(move || check_artifact(&checked, &m))
+                .await?
+                .map(|()| Fetched { path, downloaded: false })
         }
-        Destination::S3(s3) => {
-            let path = scratch.join(format!(".{name}.download"));
-            let progress = Progress::start("downloading", manifest.artifact.size);
-            let downloaded = tokio::select! {
-                downloaded = s3.download(&name, &path, &progress) => downloaded,
-                () = cancel.cancelled() => Err(Interrupted.into()),
-            };
-            let (size, sha) = match downloaded {
-                Ok(done) => done,
-                Err(e) => {
-                    let _ = std::fs::remove_file(&path);
-                    return Err(e);
-                }
-            };
-            progress.finish();
-            if let Err(e) = matches_manifest(&format!("{name} in {}", s3.place()), size, &sha, manifest) {
-                let _ = std::fs::remove_file(&path);
-                return Err(e);
-            }
-            Ok(path)
+        Ok(ArtifactFile::Downloaded { size, sha256 }) => {
+            matches_manifest(&format!("{name} in {}", holder.place()), size, &sha256, manifest)
+                .map(|()| Fetched { path: download.clone(), downloaded: true })
         }
+        Err(e) => Err(e),
+    };
+    if checked.is_err() {
+        let _ = std::fs::remove_file(&download);
     }
+    checked
 }
 
 /// Fetches one copy of a backup (downloading it into `scratch` if it is remote) and decrypts it into
@@ -66,7 +66,7 @@ pub async fn fetch_and_decrypt(
     output: &Path,
     cancel: &CancellationToken,
 ) -> Result<Plain> {
-    let artifact = fetch(holder, manifest, scratch, cancel).await?;
+    let artifact = fetch(holder, manifest, scratch, cancel).await?.path;
     let (manifest, output, identities, cancel) =
         (manifest.clone(), output.to_path_buf(), identities.clone(), cancel.clone());
     tokio::task::spawn_blocking(move || {

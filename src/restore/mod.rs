@@ -4,7 +4,7 @@
 mod artifact;
 mod etcdutl;
 
-pub use artifact::{Plain, check_artifact, decrypt_to, fetch, fetch_and_decrypt};
+pub use artifact::{Fetched, Plain, check_artifact, decrypt_to, fetch, fetch_and_decrypt};
 pub use etcdutl::{MemberFlags, check_new_data_dir, restore_into, restore_tool, searched, tool_dirs};
 
 use anyhow::{Result, anyhow};

@@ -10,10 +10,13 @@ use tokio::io::AsyncWriteExt;
 
 use chrono::{DateTime, Utc};
 
-use super::{Found, Listing, Paired, Stored, accept, pair_up};
+use super::{ArtifactFile, Found, Kind, Listing, Paired, Store, Stored, Upload, Writer, accept, pair_up};
+use crate::config::units::format_size;
+use crate::errors::{Cause, classified};
 use crate::files::{PART_SUFFIX, free_space, open_new, sync_dir, write_atomic};
 use crate::manifest::{BackupId, ClusterName, Compression, Manifest};
 use crate::retention::Leftover;
+use tokio_util::sync::CancellationToken;
 
 pub struct LocalStore {
     folder: PathBuf,
@@ -30,7 +33,7 @@ impl LocalStore {
     }
 
     /// Creates the cluster folder (and the backup dir) with mode 0700.
-    pub fn prepare(&self) -> Result<()> {
+    fn prepare(&self) -> Result<()> {
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&self.folder).with_context(|| {
             format!(
                 "cannot create the local backup folder '{}' (local.dir must be writable by etcd-backupd)",
@@ -40,17 +43,52 @@ impl LocalStore {
     }
 
     /// Bytes available to an unprivileged writer in the folder's file system.
-    pub fn free_space(&self) -> Result<u64> {
+    fn free_space(&self) -> Result<u64> {
         free_space(&self.folder)
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for LocalStore {
+    fn kind(&self) -> Kind {
+        Kind::Local
+    }
+
+    fn place(&self) -> String {
+        self.folder.display().to_string()
+    }
+
+    /// The folder exists (0700) and its file system has room for the artifact, its framing and a margin.
+    async fn ready(&self, db_size: u64) -> Result<()> {
+        self.prepare()?;
+        let free = self.free_space()?;
+        let needed = crate::encode::required_local_space(db_size);
+        if free < needed {
+            return Err(classified(
+                Cause::NoSpace,
+                format!(
+                    "not enough free space in '{}': {} free, {} needed for a {} database (free space, or point local.dir elsewhere)",
+                    self.folder.display(),
+                    format_size(free),
+                    format_size(needed),
+                    format_size(db_size)
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn artifact_file(&self, name: &str, _size: u64, _download: &Path) -> Result<ArtifactFile> {
+        Ok(ArtifactFile::InPlace(self.folder.join(name)))
     }
 
     /// Whether anything of backup `id` is already here.
-    pub fn holds(&self, id: &BackupId, compression: Compression) -> bool {
+    async fn holds(&self, id: &BackupId, compression: Compression) -> bool {
         [id.manifest_name(), id.artifact_name(compression)].iter().any(|n| self.folder.join(n).exists())
     }
 
     /// Starts writing `name` as `name.part`; fails if the backup already exists.
-    pub async fn begin(&self, name: &str, manifest_name: &str) -> Result<LocalUpload> {
+    async fn begin(&self, name: &str, manifest_name: &str) -> Result<Upload> {
         // Only a committed backup (its manifest) is never overwritten; an artifact without a manifest is a
         // leftover of a crash between rename and commit, and the rename at commit replaces it.
         let final_path = self.folder.join(name);
@@ -63,18 +101,18 @@ impl LocalStore {
         }
         let part_path = self.folder.join(format!("{name}{PART_SUFFIX}"));
         let file = open_new(&part_path).await?;
-        Ok(LocalUpload {
+        Ok(Box::new(LocalUpload {
             file: Some(file),
             part_path,
             final_path,
             manifest_name: manifest_name.to_string(),
             folder: self.folder.clone(),
             done: false,
-        })
+        }))
     }
 
     /// The committed backups in the folder (newest first), leftovers and strangers.
-    pub async fn list(&self) -> Result<Listing> {
+    async fn list(&self) -> Result<Listing> {
         let mut found = Vec::new();
         let mut dir = match tokio::fs::read_dir(&self.folder).await {
             Ok(d) => d,
@@ -111,7 +149,7 @@ impl LocalStore {
     }
 
     /// Removes backups: artifact, then pin, then manifest (the commit marker goes last).
-    pub async fn remove(&self, backups: &[&Stored]) -> Vec<(BackupId, String)> {
+    async fn remove(&self, backups: &[&Stored]) -> Vec<(BackupId, String)> {
         let mut failed = Vec::new();
         for b in backups {
             let id = &b.manifest.id;
@@ -130,7 +168,7 @@ impl LocalStore {
     }
 
     /// Removes leftover files.
-    pub async fn clean(&self, leftovers: &[Leftover]) -> Vec<(String, String)> {
+    async fn clean(&self, leftovers: &[Leftover]) -> Vec<(String, String)> {
         let mut failed = Vec::new();
         for l in leftovers {
             let path = self.folder.join(&l.name);
@@ -142,7 +180,7 @@ impl LocalStore {
     }
 
     /// Writes or removes the pin marker of a committed backup.
-    pub async fn set_pin(&self, id: &BackupId, pinned: bool) -> Result<()> {
+    async fn set_pin(&self, id: &BackupId, pinned: bool) -> Result<()> {
         if pinned {
             let note = format!("pinned {} on {}\n", Utc::now().to_rfc3339(), crate::host::hostname());
             write_atomic(&self.folder, &id.pin_name(), note.as_bytes()).await
@@ -172,13 +210,18 @@ pub struct LocalUpload {
     done: bool,
 }
 
-impl LocalUpload {
-    pub async fn write(&mut self, chunk: Bytes) -> Result<()> {
+#[async_trait::async_trait]
+impl Writer for LocalUpload {
+    fn kind(&self) -> Kind {
+        Kind::Local
+    }
+
+    async fn write(&mut self, chunk: Bytes) -> Result<()> {
         let file = self.file.as_mut().context("local upload already closed")?;
         file.write_all(&chunk).await.with_context(|| format!("cannot write '{}'", self.part_path.display()))
     }
 
-    pub async fn commit(mut self, manifest: &Manifest) -> Result<()> {
+    async fn commit(mut self: Box<Self>, manifest: &Manifest, _cancel: &CancellationToken) -> Result<()> {
         let mut file = self.file.take().context("local upload already closed")?;
         file.flush().await?;
         file.sync_all().await.with_context(|| format!("cannot fsync '{}'", self.part_path.display()))?;
@@ -194,11 +237,13 @@ impl LocalUpload {
         })
     }
 
-    pub async fn abort(mut self) {
+    async fn abort(mut self: Box<Self>) {
         self.file.take();
         self.remove_part();
     }
+}
 
+impl LocalUpload {
     fn remove_part(&mut self) {
         if !self.done {
             self.done = true;

@@ -12,7 +12,7 @@ use anyhow::Result;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
-use crate::manifest::{BackupId, ClusterName, Entry, Manifest, classify};
+use crate::manifest::{BackupId, ClusterName, Compression, Entry, Manifest, classify};
 use crate::retention::{Leftover, LeftoverKind};
 
 /// A committed backup as one destination holds it.
@@ -152,7 +152,7 @@ pub async fn open_all(settings: &crate::config::Settings) -> (Vec<Destination>, 
 
 /// Which kind of destination: the local folder or S3. Said as `local` and `s3` in logs, JSON, the state
 /// file and metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
     Local,
@@ -164,6 +164,14 @@ impl Kind {
         match self {
             Kind::Local => "local",
             Kind::S3 => "s3",
+        }
+    }
+
+    /// The kind in prose: "the local dir", "S3".
+    pub fn title(self) -> &'static str {
+        match self {
+            Kind::Local => "the local dir",
+            Kind::S3 => "S3",
         }
     }
 
@@ -192,96 +200,83 @@ impl std::fmt::Display for Kind {
     }
 }
 
-/// One place backups are kept.
+/// What every destination does. A new destination implements this (and `Writer`) in its own file and is
+/// registered in `Kind`, `Destination` and `open_all`.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync {
+    fn kind(&self) -> Kind;
+
+    /// Where, for people: a folder or `s3://bucket/prefix/cluster/ at ENDPOINT`.
+    fn place(&self) -> String;
+
+    /// Whether anything of backup `id` is already here (a store that cannot be asked says no).
+    async fn holds(&self, id: &BackupId, compression: Compression) -> bool;
+
+    /// Checks, before a backup of a `db_size` database begins, that it can be taken here (room, access).
+    async fn ready(&self, db_size: u64) -> Result<()>;
+
+    /// Starts writing the artifact `artifact`; nothing is visible until the upload's `commit` writes
+    /// `manifest`. Refused (`Cause::Exists`) where a backup of that name is committed.
+    async fn begin(&self, artifact: &str, manifest: &str) -> Result<Upload>;
+
+    /// Committed backups (newest first), leftovers and strangers.
+    async fn list(&self) -> Result<Listing>;
+
+    /// Removes committed backups: every artifact first, then pins and manifests, so that an interrupted
+    /// removal never leaves a manifest that `list` shows as good. Returns the backups it could not remove.
+    async fn remove(&self, backups: &[&Stored]) -> Vec<(BackupId, String)>;
+
+    /// Removes leftovers (or aborts unfinished uploads). Returns those it could not remove.
+    async fn clean(&self, leftovers: &[Leftover]) -> Vec<(String, String)>;
+
+    /// Pins (or unpins) a backup: a pinned backup is never removed by retention.
+    async fn set_pin(&self, id: &BackupId, pinned: bool) -> Result<()>;
+
+    /// The artifact `name` (`size` bytes) as a file on this host: where it lies, or downloaded to
+    /// `download` (0600, hashed as it arrives, a bar on a terminal). Unchecked: the caller compares it
+    /// with the manifest, and removes `download` if this fails or is dropped.
+    async fn artifact_file(&self, name: &str, size: u64, download: &std::path::Path) -> Result<ArtifactFile>;
+}
+
+/// An artifact made available as a file.
+pub enum ArtifactFile {
+    /// The store's own file: read it, never remove it.
+    InPlace(std::path::PathBuf),
+    /// Downloaded to the path asked for, with this size and sha256 (hex).
+    Downloaded { size: u64, sha256: String },
+}
+
+/// A write in progress to one destination. Nothing is visible until `commit`.
+#[async_trait::async_trait]
+pub trait Writer: Send {
+    fn kind(&self) -> Kind;
+
+    async fn write(&mut self, chunk: Bytes) -> Result<()>;
+
+    /// Makes the artifact durable and visible, then writes the manifest: the commit. A cancelled commit
+    /// that is still waiting for its data aborts the upload instead.
+    async fn commit(self: Box<Self>, manifest: &Manifest, cancel: &tokio_util::sync::CancellationToken) -> Result<()>;
+
+    /// Removes every trace of the unfinished write.
+    async fn abort(self: Box<Self>);
+}
+
+pub type Upload = Box<dyn Writer>;
+
+/// One place backups are kept. Everything common is the `Store` it derefs to; the kinds are told apart
+/// only where a role differs (the local folder is what catch-up uploads from).
 pub enum Destination {
     Local(local::LocalStore),
     S3(Box<s3::S3Store>),
 }
 
-impl Destination {
-    pub fn kind(&self) -> Kind {
-        match self {
-            Destination::Local(_) => Kind::Local,
-            Destination::S3(_) => Kind::S3,
-        }
-    }
+impl std::ops::Deref for Destination {
+    type Target = dyn Store;
 
-    /// Where, for people: a folder or `s3://bucket/prefix/cluster/ at ENDPOINT`.
-    pub fn place(&self) -> String {
+    fn deref(&self) -> &(dyn Store + 'static) {
         match self {
-            Destination::Local(l) => l.folder().display().to_string(),
-            Destination::S3(s) => s.place().to_string(),
-        }
-    }
-
-    pub async fn list(&self) -> Result<Listing> {
-        match self {
-            Destination::Local(l) => l.list().await,
-            Destination::S3(s) => s.list().await,
-        }
-    }
-
-    /// Removes committed backups: every artifact first, then pins and manifests, so that an interrupted
-    /// removal never leaves a manifest that `list` shows as good. Returns the backups it could not remove.
-    pub async fn remove(&self, backups: &[&Stored]) -> Vec<(BackupId, String)> {
-        match self {
-            Destination::Local(l) => l.remove(backups).await,
-            Destination::S3(s) => s.remove(backups).await,
-        }
-    }
-
-    /// Removes leftovers (or aborts unfinished uploads). Returns those it could not remove.
-    pub async fn clean(&self, leftovers: &[Leftover]) -> Vec<(String, String)> {
-        match self {
-            Destination::Local(l) => l.clean(leftovers).await,
-            Destination::S3(s) => s.clean(leftovers).await,
-        }
-    }
-
-    /// Pins (or unpins) a backup: a pinned backup is never removed by retention.
-    pub async fn set_pin(&self, id: &BackupId, pinned: bool) -> Result<()> {
-        match self {
-            Destination::Local(l) => l.set_pin(id, pinned).await,
-            Destination::S3(s) => s.set_pin(id, pinned).await,
-        }
-    }
-}
-
-/// A write in progress to one destination. Nothing is visible until `commit`.
-pub enum Upload {
-    Local(local::LocalUpload),
-    S3(Box<s3::S3Upload>),
-}
-
-impl Upload {
-    pub fn kind(&self) -> Kind {
-        match self {
-            Upload::Local(_) => Kind::Local,
-            Upload::S3(_) => Kind::S3,
-        }
-    }
-
-    pub async fn write(&mut self, chunk: Bytes) -> anyhow::Result<()> {
-        match self {
-            Upload::Local(u) => u.write(chunk).await,
-            Upload::S3(u) => u.write(chunk).await,
-        }
-    }
-
-    /// Makes the artifact durable and visible, then writes the manifest: the commit. A cancelled S3
-    /// commit that is still waiting for its parts aborts the upload instead.
-    pub async fn commit(self, manifest: &Manifest, cancel: &tokio_util::sync::CancellationToken) -> anyhow::Result<()> {
-        match self {
-            Upload::Local(u) => u.commit(manifest).await,
-            Upload::S3(u) => (*u).commit(manifest, cancel).await,
-        }
-    }
-
-    /// Removes every trace of the unfinished write.
-    pub async fn abort(self) {
-        match self {
-            Upload::Local(u) => u.abort().await,
-            Upload::S3(u) => (*u).abort().await,
+            Destination::Local(l) => l,
+            Destination::S3(s) => s.as_ref(),
         }
     }
 }

@@ -111,7 +111,7 @@ pub fn synthetic_manifest(
             name: id.artifact_name(Compression::Zstd { level: 3 }),
             size: artifact_size,
             sha256: "00".repeat(32),
-            compression: "zstd".into(),
+            compression: CompressionName::Zstd,
             compression_level: Some(3),
             encryption: "age".into(),
             recipients: vec![],

@@ -9,20 +9,21 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::ServerSideEncryption as SseHeader;
 use aws_sdk_s3::types::{Delete, ObjectIdentifier};
 
-use std::collections::HashMap;
-
 use chrono::{DateTime, Utc};
 
 mod client;
+mod remove;
 mod upload;
 
 pub use upload::S3Upload;
 
-use super::{Found, Listing, Paired, Stored, accept, pair_up};
+use super::{ArtifactFile, Found, Kind, Listing, Paired, Store, Stored, Upload, accept, pair_up};
 use crate::config::{S3Settings, ServerSideEncryption};
 use crate::errors::Cause;
 use crate::manifest::BackupId;
 use crate::manifest::ClusterName;
+use crate::manifest::Compression;
+use crate::progress::Progress;
 use crate::retention::{Leftover, LeftoverKind};
 
 /// The largest manifest we read; anything bigger is not ours.
@@ -166,126 +167,6 @@ impl S3Store {
                 return out;
             }
         }
-    }
-
-    /// Removes backups with DeleteObjects in batches of at most 1000 keys: every artifact first, then
-    /// the pins and manifests of those whose artifact is gone. Per-object errors are reported.
-    pub async fn remove(&self, backups: &[&Stored]) -> Vec<(BackupId, String)> {
-        let artifact_keys: Vec<String> =
-            backups.iter().map(|b| format!("{}{}", self.folder, b.manifest.artifact_name())).collect();
-        let artifact_errors = self.delete_keys(&artifact_keys).await;
-        let mut failed = Vec::new();
-        let mut markers = Vec::new();
-        for (b, key) in backups.iter().zip(&artifact_keys) {
-            match artifact_errors.get(key) {
-                Some(why) => failed.push((b.manifest.id.clone(), why.clone())),
-                None => {
-                    markers.push(format!("{}{}", self.folder, b.manifest.id.pin_name()));
-                    markers.push(format!("{}{}", self.folder, b.manifest.id.manifest_name()));
-                }
-            }
-        }
-        let marker_errors = self.delete_keys(&markers).await;
-        for b in backups {
-            let manifest_key = format!("{}{}", self.folder, b.manifest.id.manifest_name());
-            if let Some(why) = marker_errors.get(&manifest_key) {
-                failed.push((
-                    b.manifest.id.clone(),
-                    format!("artifact removed, manifest not (the next prune finishes it): {why}"),
-                ));
-            }
-        }
-        failed
-    }
-
-    /// Deletes keys in batches of at most 1000; returns the errors by key.
-    async fn delete_keys(&self, keys: &[String]) -> HashMap<String, String> {
-        let mut errors = HashMap::new();
-        for batch in keys.chunks(DELETE_BATCH) {
-            let objects: Vec<ObjectIdentifier> =
-                batch.iter().filter_map(|k| ObjectIdentifier::builder().key(k).build().ok()).collect();
-            let request = Delete::builder().set_objects(Some(objects)).quiet(true).build();
-            let result = match request {
-                Ok(delete) => self
-                    .client
-                    .delete_objects()
-                    .bucket(&self.settings.bucket)
-                    .delete(delete)
-                    .send()
-                    .await
-                    .map_err(|e| format!("{:#}", self.explain(e, "deleting objects"))),
-                Err(e) => Err(e.to_string()),
-            };
-            match result {
-                Ok(out) => {
-                    for e in out.errors() {
-                        let key = e.key().unwrap_or_default().to_string();
-                        let why = format!("{}: {}", e.code().unwrap_or("error"), e.message().unwrap_or("no message"));
-                        errors.insert(key, why);
-                    }
-                }
-                Err(why) => {
-                    for k in batch {
-                        errors.insert(k.clone(), why.clone());
-                    }
-                }
-            }
-        }
-        errors
-    }
-
-    /// Removes leftover objects and aborts unfinished uploads.
-    pub async fn clean(&self, leftovers: &[Leftover]) -> Vec<(String, String)> {
-        let mut failed = Vec::new();
-        let objects: Vec<String> =
-            leftovers.iter().filter(|l| l.upload_id.is_none()).map(|l| format!("{}{}", self.folder, l.name)).collect();
-        for (key, why) in self.delete_keys(&objects).await {
-            failed.push((key.strip_prefix(&self.folder).unwrap_or(&key).to_string(), why));
-        }
-        for l in leftovers {
-            let Some(upload_id) = &l.upload_id else { continue };
-            let result = self
-                .client
-                .abort_multipart_upload()
-                .bucket(&self.settings.bucket)
-                .key(format!("{}{}", self.folder, l.name))
-                .upload_id(upload_id)
-                .send()
-                .await;
-            if let Err(e) = result {
-                failed.push((l.name.clone(), format!("{:#}", self.explain(e, "aborting an unfinished upload"))));
-            }
-        }
-        failed
-    }
-
-    /// Writes or removes the pin marker of a backup.
-    pub async fn set_pin(&self, id: &BackupId, pinned: bool) -> Result<()> {
-        let key = format!("{}{}", self.folder, id.pin_name());
-        if pinned {
-            let note = format!("pinned {} on {}\n", Utc::now().to_rfc3339(), crate::host::hostname());
-            let (sse, kms_key) = sse_headers(&self.settings.sse);
-            self.client
-                .put_object()
-                .bucket(&self.settings.bucket)
-                .key(&key)
-                .content_type("text/plain")
-                .set_server_side_encryption(sse)
-                .set_ssekms_key_id(kms_key)
-                .body(ByteStream::from(note.into_bytes()))
-                .send()
-                .await
-                .map_err(|e| self.explain(e, "writing a pin"))?;
-        } else {
-            self.client
-                .delete_object()
-                .bucket(&self.settings.bucket)
-                .key(&key)
-                .send()
-                .await
-                .map_err(|e| self.explain(e, "removing a pin"))?;
-        }
-        Ok(())
     }
 
     /// Downloads `name` from the cluster folder into `path` (0600), streaming; returns its size and
@@ -454,5 +335,54 @@ pub trait HttpStatus {
 impl HttpStatus for aws_smithy_runtime_api::client::orchestrator::HttpResponse {
     fn status_code(&self) -> u16 {
         self.status().as_u16()
+    }
+}
+
+/// The store's contract, by the methods above and in `upload.rs` and `remove.rs` (an inherent method of
+/// the same name is the one called).
+#[async_trait::async_trait]
+impl Store for S3Store {
+    fn kind(&self) -> Kind {
+        Kind::S3
+    }
+
+    fn place(&self) -> String {
+        self.place.clone()
+    }
+
+    async fn holds(&self, id: &BackupId, _compression: Compression) -> bool {
+        S3Store::holds(self, id).await
+    }
+
+    /// The bucket exists and these credentials reach it.
+    async fn ready(&self, _db_size: u64) -> Result<()> {
+        self.check_bucket().await
+    }
+
+    async fn begin(&self, artifact: &str, manifest: &str) -> Result<Upload> {
+        Ok(Box::new(S3Store::begin(self, artifact, manifest).await?))
+    }
+
+    async fn list(&self) -> Result<Listing> {
+        S3Store::list(self).await
+    }
+
+    async fn remove(&self, backups: &[&Stored]) -> Vec<(BackupId, String)> {
+        S3Store::remove(self, backups).await
+    }
+
+    async fn clean(&self, leftovers: &[Leftover]) -> Vec<(String, String)> {
+        S3Store::clean(self, leftovers).await
+    }
+
+    async fn set_pin(&self, id: &BackupId, pinned: bool) -> Result<()> {
+        S3Store::set_pin(self, id, pinned).await
+    }
+
+    async fn artifact_file(&self, name: &str, size: u64, download: &std::path::Path) -> Result<ArtifactFile> {
+        let progress = Progress::start("downloading", size);
+        let (size, sha256) = self.download(name, download, &progress).await?;
+        progress.finish();
+        Ok(ArtifactFile::Downloaded { size, sha256 })
     }
 }

@@ -11,6 +11,7 @@ use super::{S3Store, sse_headers};
 use crate::config::ChecksumMode;
 use crate::errors::Cause;
 use crate::manifest::Manifest;
+use crate::store::{Kind, Writer};
 
 impl S3Store {
     /// Starts a multipart upload of `name`; nothing is visible until `commit`.
@@ -202,5 +203,24 @@ impl S3Upload {
                 "cannot abort the unfinished S3 upload; the store keeps its parts until a lifecycle rule or a later cleanup removes them"
             ),
         }
+    }
+}
+
+#[async_trait::async_trait]
+impl Writer for S3Upload {
+    fn kind(&self) -> Kind {
+        Kind::S3
+    }
+
+    async fn write(&mut self, chunk: Bytes) -> Result<()> {
+        S3Upload::write(self, chunk).await
+    }
+
+    async fn commit(self: Box<Self>, manifest: &Manifest, cancel: &tokio_util::sync::CancellationToken) -> Result<()> {
+        S3Upload::commit(*self, manifest, cancel).await
+    }
+
+    async fn abort(self: Box<Self>) {
+        S3Upload::abort(*self).await
     }
 }
