@@ -1,4 +1,4 @@
-//! When backups run: cron fire times in a time zone, jitter, the catch-up decision, and no overlap.
+//! When backups run: cron fire times in a time zone, jitter, the catch-up decision and retry delays.
 //! Pure: the time is always a parameter.
 
 use std::fmt;
@@ -136,20 +136,6 @@ pub fn at_start(
         Some(last) if catch_up && schedule.last_at_or_before(now).is_some_and(|fire| fire > last) => AtStart::CatchUp,
         Some(_) => AtStart::Wait,
     }
-}
-
-/// What to do when a run comes due.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Due {
-    /// Start it.
-    Start,
-    /// A run is still going: skip this one (and log it).
-    SkipOverlap,
-}
-
-/// Runs never overlap: a run due while another is going is skipped.
-pub fn on_due(running: bool) -> Due {
-    if running { Due::SkipOverlap } else { Due::Start }
 }
 
 /// Delay before retry `attempt` (1-based) of a failed run: `first` (30 s by default), then doubling

@@ -119,12 +119,6 @@ fn catch_up_only_when_a_fire_was_missed() {
 }
 
 #[test]
-fn runs_never_overlap() {
-    assert_eq!(on_due(false), Due::Start);
-    assert_eq!(on_due(true), Due::SkipOverlap);
-}
-
-#[test]
 fn retries_back_off() {
     assert_eq!(retry_delay(Duration::from_secs(30), 1), Duration::from_secs(30));
     assert_eq!(retry_delay(Duration::from_secs(30), 2), Duration::from_secs(60));

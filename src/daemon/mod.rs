@@ -17,8 +17,12 @@ use crate::config::units::format_size;
 use crate::config::{self, Settings};
 use crate::history::{persist, record_backup};
 use crate::notify::{Notifier, watchdog_interval};
-use crate::schedule::{self, Due};
+use crate::schedule;
+
+mod step;
+
 use crate::state::State;
+use step::{Action, Event, Plans};
 
 /// The one-line STATUS= for systemd: "last ok 2026-11-22 06:00 rev 48211 (12.4 MiB); next 12:00".
 pub fn status_line(state: &State, running: bool) -> String {
@@ -46,21 +50,18 @@ struct Running {
     cancel: CancellationToken,
 }
 
-/// The next fire time after `now`, with jitter.
-fn next_fire(settings: &Settings, now: DateTime<Utc>) -> DateTime<Utc> {
-    let schedule = &settings.schedule.schedule;
-    let fire = schedule.next_after(now).unwrap_or(now + chrono::Duration::days(1));
-    let random = u64::from_ne_bytes(rand_bytes());
-    let jitter = schedule::jitter_delay(schedule.jitter(), random);
-    fire + chrono::Duration::from_std(jitter).unwrap_or_default()
-}
-
-fn rand_bytes() -> [u8; 8] {
+/// The randomness jitter needs.
+fn random() -> u64 {
     let mut b = [0u8; 8];
     if getrandom::getrandom(&mut b).is_err() {
         b = (Utc::now().timestamp_nanos_opt().unwrap_or(0) as u64).to_ne_bytes();
     }
-    b
+    u64::from_ne_bytes(b)
+}
+
+/// The schedules a config sets.
+fn plans(settings: &Settings) -> Plans<'_> {
+    Plans { backups: &settings.schedule.schedule, drills: settings.drill.schedule.as_ref() }
 }
 
 fn instant_at(t: DateTime<Utc>) -> tokio::time::Instant {
@@ -83,101 +84,106 @@ pub async fn run(config_path: PathBuf, settings: Settings) -> Result<()> {
     // `state` is only read (status lines); every change goes through `persist`, which reloads it under
     // the state lock, so a one-shot backup's or a drill's record is never overwritten.
     let now = Utc::now();
-    let mut next = next_fire(&settings, now);
     let last_attempt = State::load(&state_dir).last_attempt;
-    match schedule::at_start(&settings.schedule.schedule, last_attempt, now, settings.schedule.catch_up) {
+    let (mut at, decision) = step::begin(plans(&settings), last_attempt, settings.schedule.catch_up, now, random());
+    match decision {
         schedule::AtStart::CatchUp => {
-            tracing::info!("a scheduled backup was missed while etcd-backupd was not running; backing up now");
-            next = now;
+            tracing::info!("a scheduled backup was missed while etcd-backupd was not running; backing up now")
         }
         schedule::AtStart::FirstBackup => {
-            tracing::info!("no backup run is on record (a new install): backing up now, then on the schedule");
-            next = now;
+            tracing::info!("no backup run is on record (a new install): backing up now, then on the schedule")
         }
         schedule::AtStart::Wait => {}
     }
-    let mut state = save_next(&settings, &state_dir, next).await;
+    let mut state = save_next(&settings, &state_dir, at.next).await;
     let mut running: Option<Running> = None;
-    let mut next_drill = next_drill_after(&settings, now);
     let mut drilling: Option<JoinHandle<DrillRun>> = None;
+    // What a finished task left for its record.
+    let mut finished_backup = None;
+    let mut finished_drill = None;
     // Stops a running drill cleanly (its etcd, its plaintext) when the daemon stops.
     let stop_drill = CancellationToken::new();
     tracing::info!(
-        schedule = %settings.schedule.schedule.text(), timezone = %settings.timezone, next = %next,
-        next_drill = %next_drill.map_or("never".to_string(), |t| t.to_string()),
+        schedule = %settings.schedule.schedule.text(), timezone = %settings.timezone, next = %at.next,
+        next_drill = %at.next_drill.map_or("never".to_string(), |t| t.to_string()),
         state_dir = %state_dir.display(), "etcd-backupd started"
     );
     notifier.ready(&status_line(&state, false));
 
     loop {
-        tokio::select! {
-            () = tokio::time::sleep_until(instant_at(next)) => {
-                match schedule::on_due(running.is_some()) {
-                    Due::Start => running = Some(start(&settings, &state_dir)),
-                    Due::SkipOverlap => {
-                        tracing::warn!("a backup is still running; skipping this scheduled run");
-                        persist(&settings, &state_dir, |s| s.runs.skipped += 1).await;
-                    }
-                }
-                next = next_fire(&settings, Utc::now());
-                state = save_next(&settings, &state_dir, next).await;
-                notifier.status(&status_line(&state, running.is_some()));
-            }
-            Some(()) = usr1.recv() => {
-                if running.is_some() {
-                    tracing::warn!("SIGUSR1: a backup is already running");
-                } else {
-                    tracing::info!("SIGUSR1: backing up now");
-                    running = Some(start(&settings, &state_dir));
-                    notifier.status(&status_line(&state, true));
-                }
-            }
+        // Signals and timers become events; `step` decides; the actions are carried out in order.
+        let event = tokio::select! {
+            () = tokio::time::sleep_until(instant_at(at.next)) => Event::Due,
+            Some(()) = usr1.recv() => Event::BackupNow,
             Some(()) = hup.recv() => {
                 notifier.reloading();
                 match config::load(&config_path) {
                     Ok(new) => {
                         settings = new;
-                        next = next_fire(&settings, Utc::now());
-                        next_drill = next_drill_after(&settings, Utc::now());
-                        state = save_next(&settings, &state_dir, next).await;
-                        tracing::info!(schedule = %settings.schedule.schedule.text(), next = %next, "configuration reloaded");
+                        Event::Reloaded
                     }
-                    Err(e) => tracing::error!("the new configuration is not valid; keeping the running one:\n{e}"),
+                    Err(e) => {
+                        tracing::error!("the new configuration is not valid; keeping the running one:\n{e}");
+                        Event::ReloadFailed
+                    }
                 }
-                notifier.ready(&status_line(&state, running.is_some()));
             }
-            () = sleep_until_maybe(next_drill) => {
-                if drilling.is_some() {
-                    tracing::warn!("a drill is still running; skipping this scheduled drill");
-                } else {
-                    drilling = Some(start_drill(&settings, stop_drill.child_token()));
-                }
-                next_drill = next_drill_after(&settings, Utc::now());
-            }
+            () = sleep_until_maybe(at.next_drill) => Event::DrillDue,
             done = async { drilling.as_mut().expect("guarded").await }, if drilling.is_some() => {
                 drilling = None;
-                match done {
-                    Ok((started, id, result)) => {
-                        state = crate::history::record_drill(&settings, &state_dir, started, id.as_ref(), &result).await;
+                finished_drill = Some(done);
+                Event::DrillFinished
+            }
+            _ = watchdog_tick.tick(), if watchdog.is_some() => Event::WatchdogTick,
+            outcome = async { running.as_mut().map(|r| &mut r.handle).expect("guarded").await }, if running.is_some() => {
+                running = None;
+                finished_backup = Some(outcome);
+                Event::BackupFinished
+            }
+            Some(()) = term.recv() => break,
+            Some(()) = int.recv() => break,
+        };
+        let actions;
+        (at, actions) = step::step(at, event, plans(&settings), Utc::now(), random());
+        for action in actions {
+            match action {
+                Action::StartBackup => {
+                    if event == Event::BackupNow {
+                        tracing::info!("SIGUSR1: backing up now");
+                    }
+                    running = Some(start(&settings, &state_dir));
+                }
+                Action::SkipOverlap => {
+                    tracing::warn!("a backup is still running; skipping this scheduled run");
+                    persist(&settings, &state_dir, |s| s.runs.skipped += 1).await;
+                }
+                Action::AlreadyBackingUp => tracing::warn!("SIGUSR1: a backup is already running"),
+                Action::StartDrill => drilling = Some(start_drill(&settings, stop_drill.child_token())),
+                Action::SkipDrill => tracing::warn!("a drill is still running; skipping this scheduled drill"),
+                Action::RecordBackup => match finished_backup.take() {
+                    Some(Ok((started, outcome))) => record_backup(&settings, &state_dir, started, &outcome).await,
+                    Some(Err(e)) => tracing::error!(error = %e, "the backup task failed"),
+                    None => {}
+                },
+                Action::RecordDrill => match finished_drill.take() {
+                    Some(Ok((started, id, result))) => {
+                        state =
+                            crate::history::record_drill(&settings, &state_dir, started, id.as_ref(), &result).await;
                         // The daemon outlives the notifications: they finish on their own tasks.
                         let mut sent = crate::alerts::Pending::default();
                         crate::drill::notify(&settings, id.as_ref(), &result, &mut sent);
                     }
-                    Err(e) => tracing::error!(error = %e, "the drill task failed"),
+                    Some(Err(e)) => tracing::error!(error = %e, "the drill task failed"),
+                    None => {}
+                },
+                Action::SaveNext(next) => state = save_next(&settings, &state_dir, next).await,
+                Action::Status => notifier.status(&status_line(&state, at.backing_up)),
+                Action::Ready => notifier.ready(&status_line(&state, at.backing_up)),
+                Action::ScheduleReloaded => {
+                    tracing::info!(schedule = %settings.schedule.schedule.text(), next = %at.next, "configuration reloaded")
                 }
+                Action::Watchdog => notifier.watchdog(),
             }
-            _ = watchdog_tick.tick(), if watchdog.is_some() => notifier.watchdog(),
-            outcome = async { running.as_mut().map(|r| &mut r.handle).expect("guarded").await }, if running.is_some() => {
-                running = None;
-                match outcome {
-                    Ok((started, outcome)) => record_backup(&settings, &state_dir, started, &outcome).await,
-                    Err(e) => tracing::error!(error = %e, "the backup task failed"),
-                }
-                state = save_next(&settings, &state_dir, next).await;
-                notifier.status(&status_line(&state, false));
-            }
-            Some(()) = term.recv() => break,
-            Some(()) = int.recv() => break,
         }
     }
 
@@ -216,10 +222,6 @@ pub async fn run(config_path: PathBuf, settings: Settings) -> Result<()> {
 
 /// A finished drill: when it started, the backup it drilled (if found), and its result.
 type DrillRun = (DateTime<Utc>, Option<crate::manifest::BackupId>, Result<crate::drill::DrillReport>);
-
-fn next_drill_after(settings: &Settings, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
-    settings.drill.schedule.as_ref().and_then(|s| s.next_after(now))
-}
 
 /// Sleeps until `t`; forever when there is no `t`.
 async fn sleep_until_maybe(t: Option<DateTime<Utc>>) {
