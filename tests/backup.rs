@@ -8,12 +8,6 @@ use std::process::Command;
 use common::*;
 use serde_json::Value;
 
-fn write_config(dir: &Path, body: &str) -> std::path::PathBuf {
-    let path = dir.join("etcd-backupd.toml");
-    std::fs::write(&path, body).unwrap();
-    path
-}
-
 fn manifest_in(dir: &Path) -> Value {
     let name = files(dir).into_iter().find(|n| n.ends_with(".manifest.json")).expect("a manifest");
     serde_json::from_slice(&std::fs::read(dir.join(name)).unwrap()).unwrap()
@@ -25,21 +19,13 @@ async fn backup_restores_everywhere(version: EtcdVersion, tls: bool) {
     let etcd = if tls { Etcd::start_tls(version) } else { Etcd::start(version) };
     let revision = etcd.seed(300, 200).await;
     let s3 = S3::start().await;
-    let work = tempfile::tempdir().unwrap();
-    let id = age_identity(work.path(), "ops");
+    let Setup { work, identity: id } = Setup::new();
     let other = age_identity(work.path(), "offline");
     let local = work.path().join("backups");
-    let config = write_config(
-        work.path(),
-        &format!(
-            "{}\n[backup]\ncluster = \"prod-east\"\n\n[encryption]\nrecipients = [\"{}\", \"{}\"]\n\n[local]\ndir = \"{}\"\n\n{}",
-            etcd.config_table(),
-            id.recipient,
-            other.recipient,
-            local.display(),
-            s3.config_table(BUCKET, "prod/")
-        ),
-    );
+    let config = work.path().join("etcd-backupd.toml");
+    let extra = format!("[backup]\ncluster = \"prod-east\"\n\n{}", s3.config_table(BUCKET, "prod/"));
+    let text = config_text(work.path(), &etcd.config_table(), &[&id.recipient, &other.recipient], "", &extra);
+    std::fs::write(&config, text).unwrap();
 
     let out = run(&config, &["backup", "--label", "pre-upgrade-1.31"]).await;
     assert!(out.status.success(), "backup failed: {}", stderr(&out));
@@ -155,18 +141,9 @@ async fn etcd_35_backs_up_and_restores_with_etcdutl() {
 async fn list_json_shows_exactly_the_committed_backups() {
     let etcd = Etcd::start(EtcdVersion::V34);
     let s3 = S3::start().await;
-    let work = tempfile::tempdir().unwrap();
-    let id = age_identity(work.path(), "ops");
+    let Setup { work, identity: id } = Setup::new();
     let local = work.path().join("backups");
-    let body = |s3_table: &str| {
-        format!(
-            "{}\n[encryption]\nrecipients = [\"{}\"]\n[local]\ndir = \"{}\"\n{s3_table}",
-            etcd.config_table(),
-            id.recipient,
-            local.display()
-        )
-    };
-    let both = write_config(work.path(), &body(&s3.config_table(BUCKET, "p")));
+    let both = write_config(work.path(), &etcd.config_table(), &id.recipient, "", &s3.config_table(BUCKET, "p"));
     let mut ids = Vec::new();
     for i in 0..2 {
         etcd.seed(1 + i, 10).await; // a new revision, so a new id
@@ -177,7 +154,9 @@ async fn list_json_shows_exactly_the_committed_backups() {
     // A third backup whose S3 side fails: committed locally only.
     etcd.seed(5, 10).await;
     let local_only_cfg = work.path().join("local-only.toml");
-    std::fs::write(&local_only_cfg, body(&s3.config_table("missing-bucket", "p"))).unwrap();
+    let local_only =
+        config_text(work.path(), &etcd.config_table(), &[&id.recipient], "", &s3.config_table("missing-bucket", "p"));
+    std::fs::write(&local_only_cfg, local_only).unwrap();
     assert_eq!(run(&local_only_cfg, &["backup"]).await.status.code(), Some(1));
     ids.push(manifest_ids(&local.join("default")).pop().unwrap());
     let mut client = etcd.client().await;
@@ -246,16 +225,10 @@ async fn s3_over_tls_with_an_extra_ca_and_request_options() {
     let etcd = Etcd::start(EtcdVersion::V35);
     etcd.seed(50, 100).await;
     let s3 = S3::start_tls().await;
-    let work = tempfile::tempdir().unwrap();
-    let id = age_identity(work.path(), "ops");
-    let base = format!(
-        "{}\n[encryption]\nrecipients = [\"{}\"]\n[local]\ndir = \"{}\"\n{}",
-        etcd.config_table(),
-        id.recipient,
-        work.path().join("backups").display(),
-        s3.config_table(BUCKET, "tls")
-    );
-    let without_ca = write_config(work.path(), &base);
+    let Setup { work, identity: id } = Setup::new();
+    let base = config_text(work.path(), &etcd.config_table(), &[&id.recipient], "", &s3.config_table(BUCKET, "tls"));
+    let without_ca = work.path().join("etcd-backupd.toml");
+    std::fs::write(&without_ca, &base).unwrap();
     let out = run(&without_ca, &["backup"]).await;
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
@@ -264,12 +237,14 @@ async fn s3_over_tls_with_an_extra_ca_and_request_options() {
 
     let ca = s3.pki.as_ref().unwrap().ca.display().to_string();
     for checksums in ["when_required", "when_supported"] {
-        let with_ca = write_config(
-            work.path(),
-            &format!(
+        let with_ca = work.path().join("with-ca.toml");
+        std::fs::write(
+            &with_ca,
+            format!(
                 "{base}ca_file = \"{ca}\"\nchecksums = \"{checksums}\"\nserver_side_encryption = \"AES256\"\nstorage_class = \"STANDARD_IA\"\n"
             ),
-        );
+        )
+        .unwrap();
         etcd.seed(1, 10).await;
         s3.faults.part_checksums.lock().unwrap().clear();
         let out = run(&with_ca, &["backup"]).await;

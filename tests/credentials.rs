@@ -58,19 +58,14 @@ async fn a_root_only_client_key_is_explained_and_taken_from_a_systemd_credential
         chown(dir, NOBODY);
     }
     let config = work.path().join("etcd-backupd.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[etcd]\nendpoints = [\"{}\"]\ncacert = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n[encryption]\nrecipients = [\"{}\"]\n[local]\ndir = \"{}\"\n",
-            etcd.endpoint,
-            ca.display(),
-            cert.display(),
-            key.display(),
-            identity.recipient,
-            backups.display()
-        ),
-    )
-    .unwrap();
+    let etcd_table = format!(
+        "[etcd]\nendpoints = [\"{}\"]\ncacert = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+        etcd.endpoint,
+        ca.display(),
+        cert.display(),
+        key.display()
+    );
+    std::fs::write(&config, config_text(work.path(), &etcd_table, &[&identity.recipient], "", "")).unwrap();
     std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
 
     let out = as_nobody(&config, &["check-config"], None);

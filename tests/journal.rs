@@ -46,19 +46,18 @@ fn entries(dir: &std::path::Path, message_id: &str) -> Vec<serde_json::Value> {
 async fn the_journal_holds_the_backup_history() {
     let etcd = Etcd::start(EtcdVersion::V34);
     let revision = etcd.seed(20, 100).await;
-    let work = tempfile::tempdir().unwrap();
-    let id = age_identity(work.path(), "ops");
+    let Setup { work, identity: id } = Setup::new();
     for d in ["systemd", "log", "state"] {
         std::fs::create_dir_all(work.path().join(d)).unwrap();
     }
+    let drill = format!(
+        "[drill]\nidentity_file = \"{}\"\netcd_bin = \"{}\"\n",
+        id.file.display(),
+        etcd_bin_dir(EtcdVersion::V34).display()
+    );
     let body = |endpoint: &str| {
-        format!(
-            "[etcd]\nendpoints = [\"{endpoint}\"]\ndial_timeout = \"2s\"\n[encryption]\nrecipients = [\"{}\"]\n[local]\ndir = \"{}\"\n[drill]\nidentity_file = \"{}\"\netcd_bin = \"{}\"\n",
-            id.recipient,
-            work.path().join("backups").display(),
-            id.file.display(),
-            etcd_bin_dir(EtcdVersion::V34).display()
-        )
+        let etcd_table = format!("[etcd]\nendpoints = [\"{endpoint}\"]\ndial_timeout = \"2s\"\n");
+        config_text(work.path(), &etcd_table, &[&id.recipient], "", &drill)
     };
     let good = work.path().join("good.toml");
     std::fs::write(&good, body(&etcd.endpoint)).unwrap();

@@ -80,11 +80,8 @@ fn not_a_database() -> Vec<u8> {
 }
 
 fn settings(work: &Path, s3: &S3, recipient: &str) -> etcd_backupd::config::Settings {
-    let text = format!(
-        "[etcd]\nendpoints = [\"http://127.0.0.1:1\"]\n[encryption]\nrecipients = [\"{recipient}\"]\n[local]\ndir = \"{}\"\n{}",
-        work.join("backups").display(),
-        s3.config_table(BUCKET, "")
-    );
+    let etcd_table = "[etcd]\nendpoints = [\"http://127.0.0.1:1\"]\n";
+    let text = config_text(work, etcd_table, &[recipient], "", &s3.config_table(BUCKET, ""));
     etcd_backupd::config::parse(&text).unwrap()
 }
 

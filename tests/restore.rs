@@ -36,8 +36,7 @@ async fn restores_into_a_new_data_dir(version: EtcdVersion) {
     let etcd = Etcd::start(version);
     let revision = etcd.seed(150, 300).await;
     let s3 = S3::start().await;
-    let work = tempfile::tempdir().unwrap();
-    let id = age_identity(work.path(), "ops");
+    let Setup { work, identity: id } = Setup::new();
     let cfg = config(work.path(), &etcd, &s3, &id.recipient);
     assert!(run(&cfg, &["backup"]).await.status.success());
 
@@ -85,8 +84,7 @@ async fn restore_to_a_file_and_every_bad_input() {
     let etcd = Etcd::start(EtcdVersion::V34);
     etcd.seed(20, 50).await;
     let s3 = S3::start().await;
-    let work = tempfile::tempdir().unwrap();
-    let id = age_identity(work.path(), "ops");
+    let Setup { work, identity: id } = Setup::new();
     let stranger = age_identity(work.path(), "stranger");
     let cfg = config(work.path(), &etcd, &s3, &id.recipient);
     assert!(run(&cfg, &["backup"]).await.status.success());

@@ -131,8 +131,7 @@ async fn prune_of_ten_thousand_backups_leaves_exactly_the_planned_set() {
 async fn a_failed_upload_prunes_nothing_remote() {
     let etcd = Etcd::start(EtcdVersion::V34);
     let s3 = S3::start().await;
-    let work = tempfile::tempdir().unwrap();
-    let identity = age_identity(work.path(), "ops");
+    let Setup { work, identity } = Setup::new();
     let local = work.path().join("backups/default");
     let remote = s3.root.join(BUCKET).join("p/default");
     for day in 1..=6 {
@@ -252,8 +251,7 @@ async fn leftovers_and_half_removed_backups_are_cleaned_after_the_grace_period()
 async fn pinned_backups_survive_retention_and_explicit_delete_needs_force() {
     let etcd = Etcd::start(EtcdVersion::V35);
     let s3 = S3::start().await;
-    let work = tempfile::tempdir().unwrap();
-    let identity = age_identity(work.path(), "ops");
+    let Setup { work, identity } = Setup::new();
     let cfg = config(
         work.path(),
         "{ keep_last = 1 }",
@@ -338,8 +336,7 @@ async fn the_newest_backup_survives_any_size_limit() {
 async fn backups_that_missed_s3_are_uploaded_by_the_next_run() {
     let etcd = Etcd::start(EtcdVersion::V34);
     let s3 = S3::start().await;
-    let work = tempfile::tempdir().unwrap();
-    let identity = age_identity(work.path(), "ops");
+    let Setup { work, identity } = Setup::new();
     let cfg = config(
         work.path(),
         "{ keep_last = 10 }",
@@ -382,8 +379,7 @@ async fn backups_that_missed_s3_are_uploaded_by_the_next_run() {
 async fn catch_up_uploads_only_what_s3_retention_keeps() {
     let etcd = Etcd::start(EtcdVersion::V34);
     let s3 = S3::start().await;
-    let work = tempfile::tempdir().unwrap();
-    let identity = age_identity(work.path(), "ops");
+    let Setup { work, identity } = Setup::new();
     let cfg = config(
         work.path(),
         "{ keep_last = 10 }",
@@ -412,8 +408,7 @@ async fn catch_up_uploads_only_what_s3_retention_keeps() {
 /// naming the lock, and removes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prune_waits_for_a_running_backup() {
-    let work = tempfile::tempdir().unwrap();
-    let identity = age_identity(work.path(), "ops");
+    let Setup { work, identity } = Setup::new();
     let cfg = config(work.path(), "{ keep_last = 1 }", None, NO_ETCD, &identity.recipient);
     let folder = work.path().join("backups/default");
     let start = chrono::Utc::now() - Duration::days(3);
@@ -454,8 +449,7 @@ async fn skip_unchanged_never_skips_a_revision_s3_missed() {
     let etcd = Etcd::start(EtcdVersion::V34);
     etcd.seed(1, 1).await;
     let s3 = S3::start().await;
-    let work = tempfile::tempdir().unwrap();
-    let identity = age_identity(work.path(), "ops");
+    let Setup { work, identity } = Setup::new();
     let cfg = config(
         work.path(),
         "{ keep_last = 10 }",
@@ -484,8 +478,7 @@ async fn skip_unchanged_never_skips_a_revision_s3_missed() {
 async fn catch_up_skips_what_cannot_go_and_sends_the_rest() {
     let etcd = Etcd::start(EtcdVersion::V34);
     let s3 = S3::start().await;
-    let work = tempfile::tempdir().unwrap();
-    let identity = age_identity(work.path(), "ops");
+    let Setup { work, identity } = Setup::new();
     let cfg = config(
         work.path(),
         "{ keep_last = 10 }",

@@ -176,15 +176,19 @@ impl Setup {
     }
 }
 
-/// Writes `work/etcd-backupd.toml`, the one shape of every test's config: the `[etcd]` table given, one
-/// recipient, the local dir `work/backups` with `local` lines (e.g. `retention = { keep_last = 3 }`),
-/// then `extra` tables.
+/// Writes `work/etcd-backupd.toml` with `config_text`.
 pub fn write_config(work: &Path, etcd_table: &str, recipient: &str, local: &str, extra: &str) -> PathBuf {
     let path = work.join("etcd-backupd.toml");
-    let body = format!(
-        "{etcd_table}\n[encryption]\nrecipients = [\"{recipient}\"]\n\n[local]\ndir = \"{}\"\n{local}\n\n{extra}",
-        work.join("backups").display()
-    );
-    std::fs::write(&path, body).unwrap();
+    std::fs::write(&path, config_text(work, etcd_table, &[recipient], local, extra)).unwrap();
     path
+}
+
+/// The one shape of every test's config: the `[etcd]` table given, the recipients, the local dir
+/// `work/backups` with `local` lines (e.g. `retention = { keep_last = 3 }`), then `extra` tables.
+pub fn config_text(work: &Path, etcd_table: &str, recipients: &[&str], local: &str, extra: &str) -> String {
+    let recipients = recipients.iter().map(|r| format!("\"{r}\"")).collect::<Vec<_>>().join(", ");
+    format!(
+        "{etcd_table}\n[encryption]\nrecipients = [{recipients}]\n\n[local]\ndir = \"{}\"\n{local}\n\n{extra}",
+        work.join("backups").display()
+    )
 }

@@ -42,8 +42,6 @@ fn a_policy_that_keeps_nothing_is_refused() {
     assert_eq!(p.key, "local.retention");
     assert_eq!(p.line, Some(6));
     assert!(p.message.contains("keeps nothing"), "{}", p.message);
-    let p = one(&format!("{}[s3]\nbucket = \"b-1\"\n[s3.retention]\n", minimal()));
-    assert_eq!(p.key, "s3.retention");
 }
 
 #[test]
@@ -51,10 +49,6 @@ fn bad_values_name_their_key() {
     let p = one(&format!("{}[local.retention]\nkeep_last = -1\n", minimal()));
     assert_eq!(p.key, "local.retention.keep_last");
     assert_eq!(p.line, Some(7));
-    let p = one(&format!("{}[local.retention]\nkeep_within = \"2 fortnights\"\n", minimal()));
-    assert_eq!(p.key, "local.retention.keep_within");
-    let p = one(&format!("{}[local.retention]\nkeep_last = 1\nmax_total_size = \"lots\"\n", minimal()));
-    assert_eq!(p.key, "local.retention.max_total_size");
     let p = one(&format!("{}[local.retention]\nkeep_lats = 1\n", minimal()));
     assert_eq!(p.key, "local.retention.keep_lats");
     assert!(p.message.contains("unknown field"));

@@ -30,12 +30,4 @@ fn every_key() {
 fn bad_values_name_their_key() {
     let p = one(&format!("{}[schedule]\ncron = \"every hour\"\n", minimal()));
     assert_eq!((p.key.as_str(), p.line), ("schedule.cron", Some(7)));
-    let p = one(&format!("{}[schedule]\njitter = \"soon\"\n", minimal()));
-    assert_eq!(p.key, "schedule.jitter");
-    let p = one(&format!("{}[schedule]\nmax_attempts = 0\n", minimal()));
-    assert_eq!(p.key, "schedule.max_attempts");
-    let p = one(&format!("{}[schedule]\ncatch_up = \"yes\"\n", minimal()));
-    assert_eq!(p.key, "schedule.catch_up");
-    let p = one(&format!("{}[metrics]\ntextfile = \"metrics.prom\"\n", minimal()));
-    assert_eq!(p.key, "metrics.textfile");
 }

@@ -1,0 +1,38 @@
+//! Values a config may not hold, one row each: the tables appended to a minimal config, the key the one
+//! refusal names, and words its message must contain.
+
+use super::*;
+
+const REFUSED: &[(&str, &str, &str)] = &[
+    ("[backup]\ncluster = \"prod east\"\n", "backup.cluster", ""),
+    ("[backup]\ncompression = \"gzip\"\n", "backup.compression", "\"zstd\" or \"none\""),
+    ("[backup]\ncompression_level = 25\n", "backup.compression_level", ""),
+    ("[local]\ndir = \"backups\"\n", "local.dir", "\"/var/lib/etcd-backupd/backups\""),
+    ("[s3]\nbucket = \"Etcd_Backups\"\n", "s3.bucket", "not a valid bucket name"),
+    ("[s3]\nbucket = \"b-1\"\npart_size = \"1MiB\"\n", "s3.part_size", ""),
+    ("[s3]\nbucket = \"b-1\"\npart_size = \"big\"\n", "s3.part_size", "not a size"),
+    ("[s3]\nbucket = \"b-1\"\nsse_kms_key_id = \"k\"\n", "s3.sse_kms_key_id", ""),
+    ("[s3]\nbucket = \"b-1\"\nserver_side_encryption = \"kms\"\n", "s3.server_side_encryption", ""),
+    ("[s3]\nbucket = \"b-1\"\nchecksums = \"sometimes\"\n", "s3.checksums", ""),
+    ("[s3]\nbucket = \"b-1\"\nendpoint = \"minio:9000\"\n", "s3.endpoint", ""),
+    ("[s3]\nbucket = \"b-1\"\nprefix = \"/abs\"\n", "s3.prefix", ""),
+    ("[s3]\nbucket = \"b-1\"\nstorage_class = \"cold\"\n", "s3.storage_class", ""),
+    ("[s3]\nbucket = \"b-1\"\n[s3.retention]\n", "s3.retention", ""),
+    ("[local.retention]\nkeep_within = \"2 fortnights\"\n", "local.retention.keep_within", ""),
+    ("[local.retention]\nkeep_last = 1\nmax_total_size = \"lots\"\n", "local.retention.max_total_size", ""),
+    ("[schedule]\njitter = \"soon\"\n", "schedule.jitter", ""),
+    ("[schedule]\nmax_attempts = 0\n", "schedule.max_attempts", ""),
+    ("[schedule]\ncatch_up = \"yes\"\n", "schedule.catch_up", ""),
+    ("[metrics]\ntextfile = \"metrics.prom\"\n", "metrics.textfile", ""),
+    ("[drill]\nidentity_file = \"/k\"\ncron = \"every sunday\"\n", "drill.cron", ""),
+    ("[drill]\nidentity = \"/k\"\n", "drill.identity", ""),
+];
+
+#[test]
+fn each_bad_value_is_refused_by_its_key() {
+    for (tables, key, words) in REFUSED {
+        let p = one(&format!("{}{tables}", minimal()));
+        assert_eq!(p.key, *key, "{tables}");
+        assert!(p.message.contains(words), "{tables}: {}", p.message);
+    }
+}
