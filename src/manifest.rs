@@ -338,13 +338,19 @@ impl Manifest {
     /// id, the cluster, and every field that an artifact name, a revision or a check is derived from.
     /// A manifest is untrusted input (anyone who can write to the folder or the prefix can plant one).
     pub fn from_json(bytes: &[u8], expected: &BackupId, cluster: &ClusterName) -> Result<Self, String> {
-        let m: Manifest = serde_json::from_slice(bytes).map_err(|e| format!("not a valid manifest: {e}"))?;
-        if m.format_version > FORMAT_VERSION {
+        // The format first: a newer one may hold fields and values this version cannot parse.
+        #[derive(Deserialize)]
+        struct Format {
+            format_version: u32,
+        }
+        let format: Format = serde_json::from_slice(bytes).map_err(|e| format!("not a valid manifest: {e}"))?;
+        if format.format_version > FORMAT_VERSION {
             return Err(format!(
                 "manifest format {} is newer than this etcd-backupd understands ({FORMAT_VERSION}): upgrade etcd-backupd",
-                m.format_version
+                format.format_version
             ));
         }
+        let m: Manifest = serde_json::from_slice(bytes).map_err(|e| format!("not a valid manifest: {e}"))?;
         if &m.id != expected {
             return Err(format!("manifest says id {} but is stored as {expected}", m.id));
         }

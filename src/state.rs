@@ -16,26 +16,39 @@ const STATE_FILE: &str = "state.json";
 const LOCK_FILE: &str = "lock";
 const STATE_LOCK_FILE: &str = "state.lock";
 
-/// Every field has a default, so a state file from another version still loads.
+/// Every field has a default, and each is read on its own (`lenient`): a state file from another version
+/// still loads, and a field this version cannot read (an id of an older format, a destination it does not
+/// know) is reset alone, never the whole file.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct State {
+    #[serde(deserialize_with = "lenient")]
     pub last_success: Option<Success>,
+    #[serde(deserialize_with = "lenient")]
     pub last_failure: Option<Failure>,
     /// When the last run started (success, failure or unchanged): drives catch-up.
+    #[serde(deserialize_with = "lenient")]
     pub last_attempt: Option<DateTime<Utc>>,
+    #[serde(deserialize_with = "lenient")]
     pub next_run: Option<DateTime<Utc>>,
     /// Interval of the schedule, for `status` to judge staleness.
+    #[serde(deserialize_with = "lenient")]
     pub schedule_interval_secs: Option<u64>,
+    #[serde(deserialize_with = "lenient")]
     pub runs: Runs,
     /// Committed backups per destination after the last run.
+    #[serde(deserialize_with = "lenient")]
     pub backups: std::collections::BTreeMap<Kind, usize>,
     /// The newest drill that passed: this backup was restored and served by a throwaway etcd.
+    #[serde(deserialize_with = "lenient")]
     pub last_proven: Option<Proven>,
+    #[serde(deserialize_with = "lenient")]
     pub last_drill_failure: Option<DrillFailure>,
+    #[serde(deserialize_with = "lenient")]
     pub drills: DrillRuns,
     /// Backups dated in the future (a clock was wrong when they were taken) that the last run's prune
     /// found: kept, counted for no retention rule, and reported until they are gone.
+    #[serde(deserialize_with = "lenient")]
     pub future_dated: Vec<BackupId>,
 }
 
@@ -89,6 +102,20 @@ pub struct Runs {
     pub failed: u64,
     pub unchanged: u64,
     pub skipped: u64,
+}
+
+/// Reads one field of the state file; a value this version cannot read is reported and replaced by the
+/// field's default.
+fn lenient<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned + Default,
+{
+    let value = serde_json::Value::deserialize(d)?;
+    Ok(T::deserialize(value).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "a field of the state file is not readable; it starts afresh");
+        T::default()
+    }))
 }
 
 impl State {
@@ -334,6 +361,21 @@ mod tests {
         );
         std::fs::write(dir.path().join(STATE_FILE), "{not json").unwrap();
         assert_eq!(State::load(dir.path()), State::default());
+        // A field this version cannot read (an id of an older format, a destination it does not know)
+        // is reset alone; the rest of the file stays.
+        let other_version = r#"{
+            "runs": {"ok": 7, "failed": 1, "unchanged": 0, "skipped": 0},
+            "last_success": {"time": "2026-11-22T06:00:00Z", "id": "20261122T060000Z-r48211", "revision": 48211,
+                             "artifact_size": 1, "duration_ms": 1, "destinations": ["local"]},
+            "backups": {"local": 3, "gcs": 2},
+            "last_attempt": "2026-11-22T06:00:00Z"
+        }"#;
+        std::fs::write(dir.path().join(STATE_FILE), other_version).unwrap();
+        let loaded = State::load(dir.path());
+        assert_eq!(loaded.runs.ok, 7);
+        assert_eq!(loaded.last_attempt.map(|t| t.timestamp()), Some(1_795_327_200));
+        assert_eq!(loaded.last_success, None, "an id without its member part is not an id any more");
+        assert!(loaded.backups.is_empty(), "a destination this version does not know");
     }
 
     /// Writers in separate threads (as the daemon and a one-shot command are separate processes; flock

@@ -201,6 +201,14 @@ fn a_manifest_that_disagrees_with_its_id_or_folder_is_refused() {
     assert_ne!(text, lz4);
     let err = Manifest::from_json(lz4.as_bytes(), &good.id, &good.cluster).expect_err("unknown compression");
     assert!(err.contains("compression this version does not know"), "unknown compression: {err}");
+    // A newer format is named as such, whatever it holds.
+    let newer = lz4.replace(
+        &format!("\"format_version\": {FORMAT_VERSION}"),
+        &format!("\"format_version\": {}", FORMAT_VERSION + 1),
+    );
+    assert_ne!(newer, lz4);
+    let err = Manifest::from_json(newer.as_bytes(), &good.id, &good.cluster).expect_err("newer format");
+    assert!(err.contains("is newer than this etcd-backupd understands"), "newer format: {err}");
     let mut uncompressed = good.clone();
     uncompressed.artifact.compression = CompressionName::None;
     uncompressed.artifact.compression_level = None;
