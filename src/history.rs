@@ -141,3 +141,21 @@ pub async fn record_drill(
     })
     .await
 }
+
+/// A drill's end: recorded (`record_drill`) and told to `[notify]` (into `alerts`), unless it was
+/// interrupted, which proved nothing either way and is neither. The state as saved, if it was recorded.
+pub async fn finish_drill(
+    settings: &Settings,
+    state_dir: &Path,
+    started: DateTime<Utc>,
+    id: Option<&crate::manifest::BackupId>,
+    result: &anyhow::Result<crate::drill::DrillReport>,
+    alerts: &mut crate::alerts::Pending,
+) -> Option<crate::state::State> {
+    if result.as_ref().is_err_and(|e| e.downcast_ref::<crate::interrupt::Interrupted>().is_some()) {
+        return None;
+    }
+    let state = record_drill(settings, state_dir, started, id, result).await;
+    crate::drill::notify(settings, id, result, alerts);
+    Some(state)
+}

@@ -21,15 +21,15 @@ pub fn depth(identities: Option<&Identities>) -> &'static str {
     if identities.is_some() { "decrypted" } else { "sha256" }
 }
 
-/// Checks every copy of `found`, in the holders' order (local first). Nothing is left behind: a download
-/// or a decrypted snapshot goes with the scratch dir.
+/// Checks every copy of `found`, in the holders' order (local first), handing each to `each` as soon as
+/// it is checked. Nothing is left behind: a download or a decrypted snapshot goes with the scratch dir.
 pub async fn check_copies(
     found: &Found<'_>,
     identities: Option<&Identities>,
     cancel: &CancellationToken,
-) -> Result<Vec<CopyCheck>> {
+    mut each: impl FnMut(CopyCheck),
+) -> Result<()> {
     let scratch = crate::scratch::scratch_dir()?;
-    let mut checks = Vec::new();
     for (holder, stored) in &found.holders {
         let m = &stored.manifest;
         let result = async {
@@ -48,7 +48,7 @@ pub async fn check_copies(
             anyhow::Ok(None)
         }
         .await;
-        checks.push(CopyCheck { destination: holder.kind(), result });
+        each(CopyCheck { destination: holder.kind(), result });
     }
-    Ok(checks)
+    Ok(())
 }

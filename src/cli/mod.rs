@@ -47,9 +47,10 @@ mod change;
 mod prove;
 mod show;
 
+use crate::restore::Target as RestoreTarget;
 pub use args::{Cli, Command};
 use change::{backup, delete, prune_all, set_pin};
-use prove::{RestoreTarget, drill, restore, verify};
+use prove::{drill, restore, verify};
 use show::{list, print_summary, status};
 
 enum Failure {

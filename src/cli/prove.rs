@@ -2,10 +2,9 @@
 
 use crate::config::Settings;
 use crate::config::units::format_size;
-use crate::restore::{MemberFlags, Selector};
+use crate::restore::{Selector, Target as RestoreTarget};
 use anyhow::Result;
 use chrono::Utc;
-use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
 
 use super::{Failure, destinations, fail_if, print_json, print_line};
@@ -26,7 +25,7 @@ pub(super) async fn verify(
     let found = crate::restore::find(&destinations, selector).await?;
     let checked_as = crate::verify::depth(identities.as_ref());
     let mut copies = Vec::new();
-    for check in crate::verify::check_copies(&found, identities.as_ref(), cancel).await? {
+    crate::verify::check_copies(&found, identities.as_ref(), cancel, |check| {
         let (destination, m) = (check.destination, &found.manifest);
         let mut copy = crate::json::Copy {
             destination,
@@ -60,7 +59,8 @@ pub(super) async fn verify(
             }
         }
         copies.push(copy);
-    }
+    })
+    .await?;
     if json {
         let ok = errors.is_empty();
         print_json(&crate::json::Verify { ok, id: found.manifest.id.to_string(), copies, errors: setup_errors })?;
@@ -78,14 +78,11 @@ pub(super) async fn drill(
 ) -> Result<(), Failure> {
     let started = Utc::now();
     let (id, result) = crate::drill::drill(settings, selector, identity, etcd_bin, cancel).await;
-    // An interrupted drill proved nothing either way: it is not recorded as a failure.
-    let interrupted = result.as_ref().is_err_and(|e| e.downcast_ref::<crate::interrupt::Interrupted>().is_some());
-    if !interrupted {
-        crate::history::record_drill(settings, &crate::host::state_dir(), started, id.as_ref(), &result).await;
-        let mut alerts = crate::alerts::Pending::default();
-        crate::drill::notify(settings, id.as_ref(), &result, &mut alerts);
-        alerts.wait().await;
-    }
+    let mut alerts = crate::alerts::Pending::default();
+    let state_dir = crate::host::state_dir();
+    crate::history::finish_drill(settings, &state_dir, started, id.as_ref(), &result, &mut alerts).await;
+    // The notifications are sent before the process ends (each bounded by notify.timeout).
+    alerts.wait().await;
     if json {
         print_json(&crate::json::Drill::of(id.as_ref(), &result))?;
     }
@@ -104,11 +101,6 @@ pub(super) async fn drill(
     Ok(())
 }
 
-pub(super) enum RestoreTarget {
-    DataDir(PathBuf, MemberFlags, Option<PathBuf>),
-    File(PathBuf),
-}
-
 pub(super) async fn restore(
     settings: &Settings,
     selector: &Selector,
@@ -118,17 +110,7 @@ pub(super) async fn restore(
 ) -> Result<(), Failure> {
     let identities = crate::crypto::read_identities(identity).map_err(|e| anyhow::anyhow!(e))?;
     // Refuse a bad target before fetching anything.
-    match &target {
-        RestoreTarget::DataDir(dir, _, etcd_bin) => {
-            crate::restore::check_new_data_dir(dir)?;
-            crate::restore::restore_tool(etcd_bin.as_deref())?;
-        }
-        // symlink_metadata: a dangling symlink exists too, and renaming over it would replace the link.
-        RestoreTarget::File(file) if file.symlink_metadata().is_ok() => {
-            return Err(anyhow::anyhow!("'{}' already exists: choose a new file", file.display()).into());
-        }
-        RestoreTarget::File(_) => {}
-    }
+    target.check()?;
     let (destinations, _) = destinations(settings).await;
     let found = crate::restore::find(&destinations, selector).await?;
     let m = found.manifest.clone();

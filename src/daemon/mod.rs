@@ -15,14 +15,14 @@ use crate::backup::BackupRequest;
 use crate::backup::{Outcome, run_once};
 use crate::config::units::format_size;
 use crate::config::{self, Settings};
-use crate::history::{persist, record_backup};
+use crate::history::{finish_drill, persist, record_backup};
 use crate::notify::{Notifier, watchdog_interval};
 use crate::schedule;
 
 mod step;
 
 use crate::state::State;
-use step::{Action, Event, Plans};
+use step::{Action, Event, Plans, Trigger};
 
 /// The one-line STATUS= for systemd: "last ok 2026-11-22 06:00 rev 48211 (12.4 MiB); next 12:00".
 pub fn status_line(state: &State, running: bool) -> String {
@@ -115,19 +115,7 @@ pub async fn run(config_path: PathBuf, settings: Settings) -> Result<()> {
         let event = tokio::select! {
             () = tokio::time::sleep_until(instant_at(at.next)) => Event::Due,
             Some(()) = usr1.recv() => Event::BackupNow,
-            Some(()) = hup.recv() => {
-                notifier.reloading();
-                match config::load(&config_path) {
-                    Ok(new) => {
-                        settings = new;
-                        Event::Reloaded
-                    }
-                    Err(e) => {
-                        tracing::error!("the new configuration is not valid; keeping the running one:\n{e}");
-                        Event::ReloadFailed
-                    }
-                }
-            }
+            Some(()) = hup.recv() => Event::Hangup,
             () = sleep_until_maybe(at.next_drill) => Event::DrillDue,
             done = async { drilling.as_mut().expect("guarded").await }, if drilling.is_some() => {
                 drilling = None;
@@ -143,46 +131,63 @@ pub async fn run(config_path: PathBuf, settings: Settings) -> Result<()> {
             Some(()) = term.recv() => break,
             Some(()) = int.recv() => break,
         };
-        let actions;
-        (at, actions) = step::step(at, event, plans(&settings), Utc::now(), random());
-        for action in actions {
-            match action {
-                Action::StartBackup => {
-                    if event == Event::BackupNow {
-                        tracing::info!("SIGUSR1: backing up now");
+        // A reload's result is an event of its own, stepped at once.
+        let mut pending = Some(event);
+        while let Some(event) = pending.take() {
+            let actions;
+            (at, actions) = step::step(at, event, plans(&settings), Utc::now(), random());
+            for action in actions {
+                match action {
+                    Action::StartBackup(trigger) => {
+                        if trigger == Trigger::Signal {
+                            tracing::info!("SIGUSR1: backing up now");
+                        }
+                        running = Some(start(&settings, &state_dir));
                     }
-                    running = Some(start(&settings, &state_dir));
-                }
-                Action::SkipOverlap => {
-                    tracing::warn!("a backup is still running; skipping this scheduled run");
-                    persist(&settings, &state_dir, |s| s.runs.skipped += 1).await;
-                }
-                Action::AlreadyBackingUp => tracing::warn!("SIGUSR1: a backup is already running"),
-                Action::StartDrill => drilling = Some(start_drill(&settings, stop_drill.child_token())),
-                Action::SkipDrill => tracing::warn!("a drill is still running; skipping this scheduled drill"),
-                Action::RecordBackup => match finished_backup.take() {
-                    Some(Ok((started, outcome))) => record_backup(&settings, &state_dir, started, &outcome).await,
-                    Some(Err(e)) => tracing::error!(error = %e, "the backup task failed"),
-                    None => {}
-                },
-                Action::RecordDrill => match finished_drill.take() {
-                    Some(Ok((started, id, result))) => {
-                        state =
-                            crate::history::record_drill(&settings, &state_dir, started, id.as_ref(), &result).await;
-                        // The daemon outlives the notifications: they finish on their own tasks.
-                        let mut sent = crate::alerts::Pending::default();
-                        crate::drill::notify(&settings, id.as_ref(), &result, &mut sent);
+                    Action::Reload => {
+                        notifier.reloading();
+                        pending = Some(match config::load(&config_path) {
+                            Ok(new) => {
+                                settings = new;
+                                Event::Reloaded
+                            }
+                            Err(e) => {
+                                tracing::error!("the new configuration is not valid; keeping the running one:\n{e}");
+                                Event::ReloadFailed
+                            }
+                        });
                     }
-                    Some(Err(e)) => tracing::error!(error = %e, "the drill task failed"),
-                    None => {}
-                },
-                Action::SaveNext(next) => state = save_next(&settings, &state_dir, next).await,
-                Action::Status => notifier.status(&status_line(&state, at.backing_up)),
-                Action::Ready => notifier.ready(&status_line(&state, at.backing_up)),
-                Action::ScheduleReloaded => {
-                    tracing::info!(schedule = %settings.schedule.schedule.text(), next = %at.next, "configuration reloaded")
+                    Action::SkipOverlap => {
+                        tracing::warn!("a backup is still running; skipping this scheduled run");
+                        persist(&settings, &state_dir, |s| s.runs.skipped += 1).await;
+                    }
+                    Action::AlreadyBackingUp => tracing::warn!("SIGUSR1: a backup is already running"),
+                    Action::StartDrill => drilling = Some(start_drill(&settings, stop_drill.child_token())),
+                    Action::SkipDrill => tracing::warn!("a drill is still running; skipping this scheduled drill"),
+                    Action::RecordBackup => match finished_backup.take() {
+                        Some(Ok((started, outcome))) => record_backup(&settings, &state_dir, started, &outcome).await,
+                        Some(Err(e)) => tracing::error!(error = %e, "the backup task failed"),
+                        None => {}
+                    },
+                    Action::RecordDrill => match finished_drill.take() {
+                        Some(Ok((started, id, result))) => {
+                            // The daemon outlives the notifications: they finish on their own tasks.
+                            let mut sent = crate::alerts::Pending::default();
+                            let finished =
+                                finish_drill(&settings, &state_dir, started, id.as_ref(), &result, &mut sent);
+                            state = finished.await.unwrap_or(state);
+                        }
+                        Some(Err(e)) => tracing::error!(error = %e, "the drill task failed"),
+                        None => {}
+                    },
+                    Action::SaveNext(next) => state = save_next(&settings, &state_dir, next).await,
+                    Action::Status => notifier.status(&status_line(&state, at.backing_up)),
+                    Action::Ready => notifier.ready(&status_line(&state, at.backing_up)),
+                    Action::ScheduleReloaded => {
+                        tracing::info!(schedule = %settings.schedule.schedule.text(), next = %at.next, "configuration reloaded")
+                    }
+                    Action::Watchdog => notifier.watchdog(),
                 }
-                Action::Watchdog => notifier.watchdog(),
             }
         }
     }

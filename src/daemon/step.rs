@@ -43,9 +43,11 @@ pub enum Event {
     Due,
     /// SIGUSR1: back up now.
     BackupNow,
-    /// SIGHUP, and the new config loaded (the plans passed with it are the new ones).
+    /// SIGHUP: reload the config.
+    Hangup,
+    /// The new config loaded (the plans passed with it are the new ones).
     Reloaded,
-    /// SIGHUP, and the new config did not load: the running one stays.
+    /// The new config did not load: the running one stays.
     ReloadFailed,
     /// The next drill's time came.
     DrillDue,
@@ -57,8 +59,8 @@ pub enum Event {
 /// What to do, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
-    /// Start a backup (the loop now counts one as running).
-    StartBackup,
+    /// Start a backup (the loop now counts one as running), on the schedule or asked for by SIGUSR1.
+    StartBackup(Trigger),
     /// A backup was due while one ran: count the skipped run and say so.
     SkipOverlap,
     /// SIGUSR1 while a backup runs: say so.
@@ -74,11 +76,20 @@ pub enum Action {
     SaveNext(DateTime<Utc>),
     /// Tell systemd the status line.
     Status,
+    /// Tell systemd a reload began, and load the config: `Reloaded` or `ReloadFailed` follows.
+    Reload,
     /// Tell systemd the reload is over.
     Ready,
     /// Say the schedule changed.
     ScheduleReloaded,
     Watchdog,
+}
+
+/// Why a backup starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    Schedule,
+    Signal,
 }
 
 /// Where the loop begins: a backup at once if none is on record or (with catch-up) one was missed
@@ -100,7 +111,8 @@ pub fn begin(
 }
 
 /// One event: the loop's new knowledge and what to do. Runs never overlap: a backup due while one is
-/// running is skipped and counted, and so is a drill.
+/// running is skipped and counted, and so is a drill. An end of a run that is not running changes
+/// nothing.
 pub fn step(mut s: Loop, event: Event, plans: Plans, now: DateTime<Utc>, random: u64) -> (Loop, Vec<Action>) {
     let mut actions = Vec::new();
     match event {
@@ -109,7 +121,7 @@ pub fn step(mut s: Loop, event: Event, plans: Plans, now: DateTime<Utc>, random:
                 actions.push(Action::SkipOverlap);
             } else {
                 s.backing_up = true;
-                actions.push(Action::StartBackup);
+                actions.push(Action::StartBackup(Trigger::Schedule));
             }
             s.next = plans.next_backup(now, random);
             actions.extend([Action::SaveNext(s.next), Action::Status]);
@@ -117,8 +129,9 @@ pub fn step(mut s: Loop, event: Event, plans: Plans, now: DateTime<Utc>, random:
         Event::BackupNow if s.backing_up => actions.push(Action::AlreadyBackingUp),
         Event::BackupNow => {
             s.backing_up = true;
-            actions.extend([Action::StartBackup, Action::Status]);
+            actions.extend([Action::StartBackup(Trigger::Signal), Action::Status]);
         }
+        Event::Hangup => actions.push(Action::Reload),
         Event::Reloaded => {
             s.next = plans.next_backup(now, random);
             s.next_drill = plans.next_drill(now);
@@ -134,6 +147,7 @@ pub fn step(mut s: Loop, event: Event, plans: Plans, now: DateTime<Utc>, random:
             }
             s.next_drill = plans.next_drill(now);
         }
+        Event::BackupFinished | Event::DrillFinished if !running(&s, event) => {}
         Event::BackupFinished => {
             s.backing_up = false;
             actions.extend([Action::RecordBackup, Action::SaveNext(s.next), Action::Status]);
@@ -145,6 +159,15 @@ pub fn step(mut s: Loop, event: Event, plans: Plans, now: DateTime<Utc>, random:
         Event::WatchdogTick => actions.push(Action::Watchdog),
     }
     (s, actions)
+}
+
+/// Whether the run an end event speaks of is running.
+fn running(s: &Loop, end: Event) -> bool {
+    match end {
+        Event::BackupFinished => s.backing_up,
+        Event::DrillFinished => s.drilling,
+        _ => true,
+    }
 }
 
 #[cfg(test)]

@@ -12,6 +12,32 @@ use anyhow::{Result, anyhow};
 use crate::manifest::{BackupId, Manifest};
 use crate::store::{Destination, Stored};
 
+/// Where a restore goes: a new data dir (as this member, with etcd's tools from this folder or PATH), or
+/// the plain snapshot as a new file.
+pub enum Target {
+    DataDir(std::path::PathBuf, MemberFlags, Option<std::path::PathBuf>),
+    File(std::path::PathBuf),
+}
+
+impl Target {
+    /// Refuses a target a restore could not finish into, before anything is fetched: a data dir that is
+    /// not new, no etcd tool to restore with, a file that exists.
+    pub fn check(&self) -> Result<()> {
+        match self {
+            Target::DataDir(dir, _, etcd_bin) => {
+                check_new_data_dir(dir)?;
+                restore_tool(etcd_bin.as_deref())?;
+            }
+            // symlink_metadata: a dangling symlink exists too, and renaming over it would replace the link.
+            Target::File(file) if file.symlink_metadata().is_ok() => {
+                return Err(anyhow!("'{}' already exists: choose a new file", file.display()));
+            }
+            Target::File(_) => {}
+        }
+        Ok(())
+    }
+}
+
 /// Which backup: an id, the newest, or the newest before a time.
 #[derive(Debug, Clone)]
 pub enum Selector {

@@ -47,7 +47,7 @@ fn a_due_run_starts_and_the_next_is_planned() {
     let (s, actions) = step(idle(t(12, 0, 0)), Event::Due, plans(&b, &d), t(12, 0, 0), 0);
     assert!(s.backing_up);
     assert_eq!(s.next, t(18, 0, 0));
-    assert_eq!(actions, vec![Action::StartBackup, Action::SaveNext(t(18, 0, 0)), Action::Status]);
+    assert_eq!(actions, vec![Action::StartBackup(Trigger::Schedule), Action::SaveNext(t(18, 0, 0)), Action::Status]);
 }
 
 #[test]
@@ -68,7 +68,7 @@ fn sigusr1_backs_up_now_without_moving_the_schedule() {
     let (s, actions) = step(idle(t(12, 0, 0)), Event::BackupNow, plans(&b, &d), t(8, 0, 0), 0);
     assert!(s.backing_up);
     assert_eq!(s.next, t(12, 0, 0));
-    assert_eq!(actions, vec![Action::StartBackup, Action::Status]);
+    assert_eq!(actions, vec![Action::StartBackup(Trigger::Signal), Action::Status]);
 }
 
 #[test]
@@ -85,6 +85,8 @@ fn a_reload_replans_both_schedules_and_a_failed_one_keeps_them() {
     let (b, d) = schedules();
     let hourly = Schedule::parse("0 * * * *", chrono_tz::UTC, Duration::ZERO).unwrap();
     let before = idle(t(12, 0, 0));
+    let (s, actions) = step(before.clone(), Event::Hangup, plans(&b, &d), t(8, 10, 0), 0);
+    assert_eq!((s, actions), (before.clone(), vec![Action::Reload]), "the shell loads, then says how it went");
     let (s, actions) = step(before.clone(), Event::Reloaded, Plans { backups: &hourly, drills: None }, t(8, 10, 0), 0);
     assert_eq!((s.next, s.next_drill), (t(9, 0, 0), None));
     assert_eq!(actions, vec![Action::SaveNext(t(9, 0, 0)), Action::ScheduleReloaded, Action::Ready]);
@@ -119,4 +121,14 @@ fn drills_never_overlap_and_are_recorded_when_they_finish() {
     assert_eq!(actions, vec![Action::RecordDrill]);
     let (_, actions) = step(s, Event::WatchdogTick, p, t(3, 5, 1), 0);
     assert_eq!(actions, vec![Action::Watchdog]);
+}
+
+#[test]
+fn the_end_of_a_run_that_is_not_running_changes_nothing() {
+    let (b, d) = schedules();
+    let p = plans(&b, &d);
+    for end in [Event::BackupFinished, Event::DrillFinished] {
+        let (s, actions) = step(idle(t(12, 0, 0)), end, p, t(12, 0, 0), 0);
+        assert_eq!((s, actions), (idle(t(12, 0, 0)), vec![]), "{end:?}");
+    }
 }
