@@ -15,7 +15,7 @@ use crate::errors::{Cause, cause_of, classified};
 use crate::interrupt::cancelled;
 use crate::manifest::EtcdFacts;
 use crate::manifest::{ArtifactFacts, BackupId, Compression, FORMAT_VERSION, Manifest, SnapshotFacts};
-use crate::store::{Destination, Upload};
+use crate::store::{Destination, Kind, Upload};
 
 /// Pieces queued per destination before the snapshot stream waits for it.
 const QUEUE: usize = 4;
@@ -60,14 +60,84 @@ pub async fn write_backup<S: SnapshotSource>(
     settings: &Settings,
     request: &Write,
     destinations: &[Destination],
-    unusable: Vec<(crate::store::Kind, anyhow::Error)>,
-    mut source: S,
+    unusable: Vec<(Kind, anyhow::Error)>,
+    source: S,
 ) -> Result<Written> {
     let etcd = settings.etcd()?;
-    let mut started = Utc::now();
     let clock = Instant::now();
-    let mut failed: Vec<(crate::store::Kind, String)> = Vec::new();
     let facts = source.facts().clone();
+    report_facts(&facts);
+    let mut failures = Failures::default();
+    for (kind, e) in unusable {
+        failures.add(kind, e, Cause::Config);
+    }
+    let (started, id) = fresh_id(destinations, &facts, settings.compression).await;
+    // Where the plain snapshot is checked before anything commits; without it, nothing begins.
+    let copy = crate::encode::check_copy(&request.check_dir, facts.db_size)
+        .context("the backup cannot be checked; nothing was committed")?;
+    let uploads = begin_all(destinations, facts.db_size, &id, settings.compression, &mut failures).await?;
+    let (read, encoded, finished) = stream(settings, request, etcd.snapshot_timeout, source, uploads, copy).await?;
+
+    // A cancelled run commits nothing, even where its upload had finished; nor does a snapshot older
+    // than the revision its member reported.
+    let checked = read
+        .and(encoded)
+        .and_then(|e| if request.cancel.is_cancelled() { Err(cancelled()) } else { Ok(e) })
+        .and_then(|e| match e.status.check_not_older_than(facts.revision) {
+            Ok(()) => Ok(e),
+            Err(why) => Err(anyhow!("etcd sent a snapshot that does not match its status: {why}")),
+        });
+    let encoded = match checked {
+        Ok(ok) => ok,
+        Err(e) => {
+            for (upload, written) in finished {
+                if let Err(why) = written {
+                    failures.failed.push((upload.kind(), format!("{why:#}")));
+                }
+                upload.abort().await;
+            }
+            let mut e = e.context("the backup failed; nothing was committed");
+            if !failures.failed.is_empty() {
+                e = e.context(format!("destinations failed:\n  {}", describe(&failures.failed)));
+            }
+            return Err(e);
+        }
+    };
+
+    let duration_ms = clock.elapsed().as_millis() as u64;
+    let manifest = manifest_of(settings, request, &id, started, duration_ms, facts, encoded);
+    let committed = commit_all(finished, &manifest, &request.cancel, &mut failures).await;
+    tracing::info!(
+        id = %id, revision = manifest.etcd.revision, snapshot = %format_size(manifest.snapshot.size),
+        artifact = %format_size(manifest.artifact.size), committed = ?committed, failed = failures.failed.len(),
+        "backup finished"
+    );
+    if committed.is_empty() {
+        return Err(classified(
+            Cause::of_all(failures.causes).unwrap_or(Cause::Unreachable),
+            format!("backup {id} was taken but no destination committed it:\n  {}", describe(&failures.failed)),
+        ));
+    }
+    Ok(Written { manifest, committed, failed: failures.failed })
+}
+
+/// Where destinations failed, and why, for the report and the retry decision.
+#[derive(Default)]
+struct Failures {
+    failed: Vec<(Kind, String)>,
+    causes: Vec<Cause>,
+}
+
+impl Failures {
+    /// `kind` failed with `e`; `otherwise` is its cause when `e` carries none.
+    fn add(&mut self, kind: Kind, e: anyhow::Error, otherwise: Cause) {
+        self.causes.push(cause_of(&e).unwrap_or(otherwise));
+        self.failed.push((kind, format!("{e:#}")));
+    }
+}
+
+/// Logs what the member said about itself, and warns of what a backup is taken despite.
+fn report_facts(facts: &EtcdFacts) {
     tracing::info!(
         endpoint = %facts.endpoint, member = %facts.member_name, member_id = %facts.member_id,
         version = %facts.version, revision = facts.revision, db_size = facts.db_size,
@@ -79,45 +149,65 @@ pub async fn write_backup<S: SnapshotSource>(
     for alarm in &facts.alarms {
         tracing::warn!(endpoint = %facts.endpoint, %alarm, "etcd has an active alarm; taking the snapshot anyway");
     }
+}
 
-    // Why each destination could not begin or commit, for the retry decision.
-    let mut causes = Vec::new();
-    for (name, e) in unusable {
-        causes.push(cause_of(&e).unwrap_or(Cause::Config));
-        failed.push((name, format!("{e:#}")));
+/// The time and id of this backup. When a destination already holds a backup of this member at this
+/// revision taken this very second (perhaps one this run's local copy never reached), the next second.
+async fn fresh_id(
+    destinations: &[Destination],
+    facts: &EtcdFacts,
+    compression: Compression,
+) -> (chrono::DateTime<Utc>, BackupId) {
+    let started = Utc::now();
+    let id = BackupId::new(started, facts.revision, &facts.member_id);
+    if !any_holds(destinations, &id, compression).await {
+        return (started, id);
     }
-    let mut id = BackupId::new(started, facts.revision, &facts.member_id);
-    if any_holds(destinations, &id, settings.compression).await {
-        // A backup of this member at this revision was taken this very second (a destination holds it,
-        // perhaps one this run's local copy never reached): take the next second.
-        let wait = 1000 - u64::from(Utc::now().timestamp_subsec_millis().min(999));
-        tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
-        started = Utc::now();
-        id = BackupId::new(started, facts.revision, &facts.member_id);
-    }
-    // Where the plain snapshot is checked before anything commits; without it, nothing begins.
-    let copy = crate::encode::check_copy(&request.check_dir, facts.db_size)
-        .context("the backup cannot be checked; nothing was committed")?;
-    let artifact_name = id.artifact_name(settings.compression);
-    let manifest_name = id.manifest_name();
+    let wait = 1000 - u64::from(Utc::now().timestamp_subsec_millis().min(999));
+    tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+    let started = Utc::now();
+    (started, BackupId::new(started, facts.revision, &facts.member_id))
+}
+
+/// Begins the upload in every destination that is ready for it; `Err` when none is.
+async fn begin_all(
+    destinations: &[Destination],
+    db_size: u64,
+    id: &BackupId,
+    compression: Compression,
+    failures: &mut Failures,
+) -> Result<Vec<Upload>> {
+    let (artifact, manifest) = (id.artifact_name(compression), id.manifest_name());
     let mut uploads = Vec::new();
-
     for destination in destinations {
-        match begin(destination, facts.db_size, &artifact_name, &manifest_name).await {
+        match begin(destination, db_size, &artifact, &manifest).await {
             Ok(upload) => uploads.push(upload),
-            Err(e) => {
-                causes.push(cause_of(&e).unwrap_or(Cause::Unreachable));
-                failed.push((destination.kind(), format!("{e:#}")));
-            }
+            Err(e) => failures.add(destination.kind(), e, Cause::Unreachable),
         }
     }
     if uploads.is_empty() {
         return Err(classified(
-            Cause::of_all(causes).unwrap_or(Cause::Config),
-            format!("no destination can take the backup:\n  {}", describe(&failed)),
+            Cause::of_all(failures.causes.clone()).unwrap_or(Cause::Config),
+            format!("no destination can take the backup:\n  {}", describe(&failures.failed)),
         ));
     }
+    Ok(uploads)
+}
 
+/// What streaming left: how reading the snapshot ended, the encoder's result, and each upload with how
+/// its writing ended.
+type Streamed = (Result<()>, Result<crate::encode::Encoded>, Vec<(Upload, Result<()>)>);
+
+/// Streams the snapshot from `source` through the encoder (checked, compressed, encrypted once) into every
+/// upload, each draining its own queue; a destination that fails stops, which the encoder notices.
+async fn stream<S: SnapshotSource>(
+    settings: &Settings,
+    request: &Write,
+    timeout: std::time::Duration,
+    mut source: S,
+    uploads: Vec<Upload>,
+    copy: std::fs::File,
+) -> Result<Streamed> {
     // Destinations: each drains its own queue; on error it stops, which the encoder notices.
     let mut senders = Vec::new();
     let mut sinks = Vec::new();
@@ -145,7 +235,7 @@ pub async fn write_backup<S: SnapshotSource>(
     let encoder =
         tokio::task::spawn_blocking(move || crate::encode::encode(plain_rx, senders, compression, &recipients, copy));
 
-    let read = tokio::time::timeout(etcd.snapshot_timeout, async {
+    let read = tokio::time::timeout(timeout, async {
         source.open().await?;
         loop {
             let chunk = tokio::select! {
@@ -164,10 +254,7 @@ pub async fn write_backup<S: SnapshotSource>(
     })
     .await
     .unwrap_or_else(|_| {
-        Err(anyhow!(
-            "the snapshot took longer than {} (etcd.snapshot_timeout)",
-            humantime::format_duration(etcd.snapshot_timeout)
-        ))
+        Err(anyhow!("the snapshot took longer than {} (etcd.snapshot_timeout)", humantime::format_duration(timeout)))
     });
     drop(plain_tx);
 
@@ -176,38 +263,24 @@ pub async fn write_backup<S: SnapshotSource>(
     for sink in sinks {
         finished.push(sink.await.context("a destination task failed")?);
     }
+    Ok((read, encoded, finished))
+}
 
-    // A cancelled run commits nothing, even where its upload had finished; nor does a snapshot older
-    // than the revision its member reported.
-    let checked = read
-        .and(encoded)
-        .and_then(|e| if request.cancel.is_cancelled() { Err(cancelled()) } else { Ok(e) })
-        .and_then(|e| match e.status.check_not_older_than(facts.revision) {
-            Ok(()) => Ok(e),
-            Err(why) => Err(anyhow!("etcd sent a snapshot that does not match its status: {why}")),
-        });
-    let encoded = match checked {
-        Ok(ok) => ok,
-        Err(e) => {
-            for (upload, written) in finished {
-                if let Err(why) = written {
-                    failed.push((upload.kind(), format!("{why:#}")));
-                }
-                upload.abort().await;
-            }
-            let mut e = e.context("the backup failed; nothing was committed");
-            if !failed.is_empty() {
-                e = e.context(format!("destinations failed:\n  {}", describe(&failed)));
-            }
-            return Err(e);
-        }
-    };
-
-    let manifest = Manifest {
+/// The manifest that commits this backup.
+fn manifest_of(
+    settings: &Settings,
+    request: &Write,
+    id: &BackupId,
+    started: chrono::DateTime<Utc>,
+    duration_ms: u64,
+    facts: EtcdFacts,
+    encoded: crate::encode::Encoded,
+) -> Manifest {
+    Manifest {
         format_version: FORMAT_VERSION,
         id: id.clone(),
         created: started,
-        duration_ms: clock.elapsed().as_millis() as u64,
+        duration_ms,
         cluster: settings.cluster.clone(),
         label: request.label.clone(),
         host: request.host.clone(),
@@ -219,7 +292,7 @@ pub async fn write_backup<S: SnapshotSource>(
             status: Some(encoded.status),
         },
         artifact: ArtifactFacts {
-            name: artifact_name,
+            name: id.artifact_name(settings.compression),
             size: encoded.artifact_size,
             sha256: encoded.artifact_sha256,
             compression: settings.compression.kind(),
@@ -227,13 +300,22 @@ pub async fn write_backup<S: SnapshotSource>(
             encryption: "age".to_string(),
             recipients: settings.encryption.recipients.iter().map(|k| k.as_str().to_string()).collect(),
         },
-    };
+    }
+}
 
+/// Commits every upload that wrote the whole artifact (manifest last) and aborts the others: the kinds
+/// that committed.
+async fn commit_all(
+    finished: Vec<(Upload, Result<()>)>,
+    manifest: &Manifest,
+    cancel: &tokio_util::sync::CancellationToken,
+    failures: &mut Failures,
+) -> Vec<Kind> {
     let mut committed = Vec::new();
     for (upload, written) in finished {
         let destination = upload.kind();
         let outcome = match written {
-            Ok(()) => upload.commit(&manifest, &request.cancel).await,
+            Ok(()) => upload.commit(manifest, cancel).await,
             Err(e) => {
                 upload.abort().await;
                 Err(e)
@@ -241,28 +323,13 @@ pub async fn write_backup<S: SnapshotSource>(
         };
         match outcome {
             Ok(()) => {
-                tracing::info!(%destination, id = %id, "backup committed");
+                tracing::info!(%destination, id = %manifest.id, "backup committed");
                 committed.push(destination);
             }
-            Err(e) => {
-                causes.push(cause_of(&e).unwrap_or(Cause::Unreachable));
-                failed.push((destination, format!("{e:#}")));
-            }
+            Err(e) => failures.add(destination, e, Cause::Unreachable),
         }
     }
-    tracing::info!(
-        id = %id, revision = manifest.etcd.revision, snapshot = %format_size(manifest.snapshot.size),
-        artifact = %format_size(manifest.artifact.size), committed = ?committed, failed = failed.len(),
-        "backup finished"
-    );
-    if committed.is_empty() {
-        return Err(classified(
-            Cause::of_all(causes).unwrap_or(Cause::Unreachable),
-            format!("backup {id} was taken but no destination committed it:\n  {}", describe(&failed)),
-        ));
-    }
-
-    Ok(Written { manifest, committed, failed })
+    committed
 }
 
 /// Whether any destination already holds backup `id` (a store that cannot be asked counts as not).
@@ -275,7 +342,7 @@ async fn any_holds(destinations: &[Destination], id: &BackupId, compression: Com
     false
 }
 
-fn describe(failed: &[(crate::store::Kind, String)]) -> String {
+fn describe(failed: &[(Kind, String)]) -> String {
     failed.iter().map(|(d, e)| format!("{d}: {e}")).collect::<Vec<_>>().join("\n  ")
 }
 

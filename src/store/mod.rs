@@ -182,9 +182,10 @@ impl Kind {
 
     /// The retention policy of this kind of destination.
     pub fn policy(self, settings: &crate::config::Settings) -> &crate::retention::Policy {
-        match (self, &settings.s3) {
-            (Kind::S3, Some(s3)) => &s3.retention,
-            _ => &settings.local.retention,
+        match self {
+            Kind::Local => &settings.local.retention,
+            // Without [s3] there is no S3 destination; the local policy is as good an answer as any.
+            Kind::S3 => settings.s3.as_ref().map_or(&settings.local.retention, |s3| &s3.retention),
         }
     }
 

@@ -5,9 +5,7 @@ use anyhow::{Context, Result, anyhow};
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::ResponseChecksumValidation;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::ServerSideEncryption as SseHeader;
-use aws_sdk_s3::types::{Delete, ObjectIdentifier};
 
 use chrono::{DateTime, Utc};
 
@@ -62,7 +60,7 @@ impl S3Store {
     }
 
     /// Whether backup `id` is committed here; a store that cannot be asked says no.
-    pub async fn holds(&self, id: &BackupId) -> bool {
+    pub async fn has_manifest(&self, id: &BackupId) -> bool {
         self.exists(&format!("{}{}", self.folder, id.manifest_name())).await.unwrap_or(false)
     }
 
@@ -75,7 +73,7 @@ impl S3Store {
     }
 
     /// The committed backups under this cluster's prefix (newest first), leftovers and strangers.
-    pub async fn list(&self) -> Result<Listing> {
+    pub async fn list_folder(&self) -> Result<Listing> {
         use futures::StreamExt;
         let mut found = Vec::new();
         let mut pages = self
@@ -338,8 +336,7 @@ impl HttpStatus for aws_smithy_runtime_api::client::orchestrator::HttpResponse {
     }
 }
 
-/// The store's contract, by the methods above and in `upload.rs` and `remove.rs` (an inherent method of
-/// the same name is the one called).
+/// The store's contract, by the methods above and in `upload.rs` and `remove.rs`.
 #[async_trait::async_trait]
 impl Store for S3Store {
     fn kind(&self) -> Kind {
@@ -351,7 +348,7 @@ impl Store for S3Store {
     }
 
     async fn holds(&self, id: &BackupId, _compression: Compression) -> bool {
-        S3Store::holds(self, id).await
+        self.has_manifest(id).await
     }
 
     /// The bucket exists and these credentials reach it.
@@ -360,23 +357,23 @@ impl Store for S3Store {
     }
 
     async fn begin(&self, artifact: &str, manifest: &str) -> Result<Upload> {
-        Ok(Box::new(S3Store::begin(self, artifact, manifest).await?))
+        Ok(Box::new(self.start_upload(artifact, manifest).await?))
     }
 
     async fn list(&self) -> Result<Listing> {
-        S3Store::list(self).await
+        self.list_folder().await
     }
 
     async fn remove(&self, backups: &[&Stored]) -> Vec<(BackupId, String)> {
-        S3Store::remove(self, backups).await
+        self.remove_backups(backups).await
     }
 
     async fn clean(&self, leftovers: &[Leftover]) -> Vec<(String, String)> {
-        S3Store::clean(self, leftovers).await
+        self.clean_leftovers(leftovers).await
     }
 
     async fn set_pin(&self, id: &BackupId, pinned: bool) -> Result<()> {
-        S3Store::set_pin(self, id, pinned).await
+        self.write_pin(id, pinned).await
     }
 
     async fn artifact_file(&self, name: &str, size: u64, download: &std::path::Path) -> Result<ArtifactFile> {

@@ -5,12 +5,19 @@ use std::collections::HashMap;
 
 use anyhow::Result;
 
-use super::*;
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{Delete, ObjectIdentifier};
+use chrono::Utc;
+
+use super::{DELETE_BATCH, S3Store, sse_headers};
+use crate::manifest::BackupId;
+use crate::retention::Leftover;
+use crate::store::Stored;
 
 impl S3Store {
     /// Removes backups with DeleteObjects in batches of at most 1000 keys: every artifact first, then
     /// the pins and manifests of those whose artifact is gone. Per-object errors are reported.
-    pub async fn remove(&self, backups: &[&Stored]) -> Vec<(BackupId, String)> {
+    pub async fn remove_backups(&self, backups: &[&Stored]) -> Vec<(BackupId, String)> {
         let artifact_keys: Vec<String> =
             backups.iter().map(|b| format!("{}{}", self.folder, b.manifest.artifact_name())).collect();
         let artifact_errors = self.delete_keys(&artifact_keys).await;
@@ -75,7 +82,7 @@ impl S3Store {
     }
 
     /// Removes leftover objects and aborts unfinished uploads.
-    pub async fn clean(&self, leftovers: &[Leftover]) -> Vec<(String, String)> {
+    pub async fn clean_leftovers(&self, leftovers: &[Leftover]) -> Vec<(String, String)> {
         let mut failed = Vec::new();
         let objects: Vec<String> =
             leftovers.iter().filter(|l| l.upload_id.is_none()).map(|l| format!("{}{}", self.folder, l.name)).collect();
@@ -100,7 +107,7 @@ impl S3Store {
     }
 
     /// Writes or removes the pin marker of a backup.
-    pub async fn set_pin(&self, id: &BackupId, pinned: bool) -> Result<()> {
+    pub async fn write_pin(&self, id: &BackupId, pinned: bool) -> Result<()> {
         let key = format!("{}{}", self.folder, id.pin_name());
         if pinned {
             let note = format!("pinned {} on {}\n", Utc::now().to_rfc3339(), crate::host::hostname());

@@ -15,7 +15,7 @@ use crate::store::{Kind, Writer};
 
 impl S3Store {
     /// Starts a multipart upload of `name`; nothing is visible until `commit`.
-    pub async fn begin(&self, name: &str, manifest_name: &str) -> Result<S3Upload> {
+    pub async fn start_upload(&self, name: &str, manifest_name: &str) -> Result<S3Upload> {
         let key = format!("{}{name}", self.folder);
         let manifest_key = format!("{}{manifest_name}", self.folder);
         // The manifest is the commit: only a committed backup is never overwritten. An artifact without
@@ -67,7 +67,7 @@ pub struct S3Upload {
 }
 
 impl S3Upload {
-    pub async fn write(&mut self, chunk: Bytes) -> Result<()> {
+    pub async fn send(&mut self, chunk: Bytes) -> Result<()> {
         // Each part gets a buffer of exactly the part size: memory stays at two parts (one filling,
         // one uploading) whatever the snapshot size.
         let part_size = self.store.settings.part_size as usize;
@@ -127,13 +127,17 @@ impl S3Upload {
         Ok(())
     }
 
-    pub async fn commit(mut self, manifest: &Manifest, cancel: &tokio_util::sync::CancellationToken) -> Result<()> {
+    pub async fn complete_and_commit(
+        mut self,
+        manifest: &Manifest,
+        cancel: &tokio_util::sync::CancellationToken,
+    ) -> Result<()> {
         let completed = tokio::select! {
             completed = self.complete() => completed,
             () = cancel.cancelled() => Err(anyhow!("the upload was cancelled (etcd-backupd is stopping)")),
         };
         if let Err(e) = completed {
-            self.abort().await;
+            self.abort_upload().await;
             return Err(e);
         }
         let s = &self.store.settings;
@@ -179,7 +183,7 @@ impl S3Upload {
         Ok(())
     }
 
-    pub async fn abort(mut self) {
+    pub async fn abort_upload(mut self) {
         if let Some(handle) = self.in_flight.take() {
             handle.abort();
             let _ = handle.await;
@@ -213,14 +217,14 @@ impl Writer for S3Upload {
     }
 
     async fn write(&mut self, chunk: Bytes) -> Result<()> {
-        S3Upload::write(self, chunk).await
+        self.send(chunk).await
     }
 
     async fn commit(self: Box<Self>, manifest: &Manifest, cancel: &tokio_util::sync::CancellationToken) -> Result<()> {
-        S3Upload::commit(*self, manifest, cancel).await
+        S3Upload::complete_and_commit(*self, manifest, cancel).await
     }
 
     async fn abort(self: Box<Self>) {
-        S3Upload::abort(*self).await
+        S3Upload::abort_upload(*self).await
     }
 }
