@@ -27,6 +27,26 @@ pub struct BackupRequest {
     pub cancel: tokio_util::sync::CancellationToken,
     /// Where the plain snapshot's unnamed check copy is written: the state dir.
     pub state_dir: std::path::PathBuf,
+    /// The schedule slot this run is for (in cluster mode, one backup per slot for the whole cluster).
+    pub slot: Option<SlotRun>,
+}
+
+/// A run's schedule slot: from `at` until `until` (the next one). The daemon `claim`s it (etcd's lock,
+/// skipped when another member covered it); a one-shot backup records it only if nobody did.
+#[derive(Debug, Clone, Copy)]
+pub struct SlotRun {
+    pub at: DateTime<Utc>,
+    pub until: DateTime<Utc>,
+    pub claim: bool,
+}
+
+impl SlotRun {
+    /// The slot `now` falls in on `schedule`.
+    pub fn now(schedule: &crate::schedule::Schedule, now: DateTime<Utc>, claim: bool) -> SlotRun {
+        let at = schedule.last_at_or_before(now).unwrap_or(now);
+        let until = schedule.next_after(at).unwrap_or(at + chrono::Duration::days(1));
+        SlotRun { at, until, claim }
+    }
 }
 
 impl Default for BackupRequest {
@@ -37,6 +57,7 @@ impl Default for BackupRequest {
             prune: true,
             cancel: Default::default(),
             state_dir: crate::host::state_dir(),
+            slot: None,
         }
     }
 }
@@ -60,8 +81,10 @@ pub enum Outcome {
         revision: i64,
     },
     Failed(anyhow::Error),
-    /// Another process held the lock.
+    /// Another process held the lock, or (cluster mode) this member leaves the slot: why.
     Skipped(String),
+    /// Cluster mode: another member covered the slot.
+    Covered(crate::coordination::slot::Record),
 }
 
 /// One backup run, as the daemon and the one-shot `backup` command both do it: take the lock, take the
@@ -86,21 +109,117 @@ pub async fn run_once(
         // is a failure.
         Err(e) if e.downcast_ref::<crate::state::LockHeld>().is_some() => Outcome::Skipped(format!("{e:#}")),
         Err(e) => Outcome::Failed(e),
-        Ok(_lock) => {
-            crate::alerts::send(&settings.notify, event(settings, crate::alerts::Kind::Start, None), alerts);
-            attempts(settings, request, state_dir, max_attempts).await
-        }
+        Ok(_lock) => match coordinate(settings, request).await {
+            Turn::Leave(outcome) => outcome,
+            Turn::Go(held, emergency) => {
+                crate::alerts::send(&settings.notify, event(settings, crate::alerts::Kind::Start, None), alerts);
+                let mut request = request.clone();
+                if emergency && request.label.is_none() {
+                    request.label = Some(EMERGENCY_LABEL.to_string());
+                }
+                let outcome = attempts(settings, &request, state_dir, max_attempts).await;
+                finish_slot(settings, &request, held, &outcome).await;
+                outcome
+            }
+        },
     };
     let done = match &outcome {
         Outcome::Committed(report) if report.failed.is_empty() => Some(event(settings, Kind::Success, Some(&outcome))),
         Outcome::Committed(_) | Outcome::Failed(_) => Some(event(settings, Kind::Failure, Some(&outcome))),
         Outcome::Unchanged { .. } => Some(event(settings, Kind::Success, Some(&outcome))),
-        Outcome::Skipped(_) => None,
+        Outcome::Skipped(_) | Outcome::Covered(_) => None,
     };
     if let Some(done) = done {
         crate::alerts::send(&settings.notify, done, alerts);
     }
     (started, outcome)
+}
+
+/// The label of a backup a member takes on its own because its cluster has no quorum.
+pub const EMERGENCY_LABEL: &str = "emergency-no-quorum";
+
+/// Whether this run goes ahead (holding the slot, if cluster mode gave it one; an emergency when the
+/// cluster has no quorum) or leaves the slot.
+enum Turn {
+    Go(Option<Box<crate::coordination::Held>>, bool),
+    Leave(Outcome),
+}
+
+/// Cluster mode's part of a daemon's run: ask for the slot. A member that cannot be reached goes ahead
+/// (its backup fails, and is retried, as in member mode).
+async fn coordinate(settings: &Settings, request: &BackupRequest) -> Turn {
+    use crate::coordination::{Claim, claim};
+    let coordination = &settings.coordination;
+    let (Some(slot), Some(etcd)) = (request.slot, &settings.etcd) else { return Turn::Go(None, false) };
+    if !slot.claim || coordination.mode != crate::config::CoordinationMode::Cluster {
+        return Turn::Go(None, false);
+    }
+    let Ok(member) = crate::etcd::connect(etcd).await else { return Turn::Go(None, false) };
+    let at = crate::coordination::slot::slot_text(slot.at);
+    match claim(&member, coordination, slot.at, slot.until, &request.cancel).await {
+        Claim::Alone => Turn::Go(None, false),
+        Claim::Held(held) => {
+            tracing::info!(slot = %at, "this member takes the slot");
+            Turn::Go(Some(held), false)
+        }
+        Claim::Covered(record) => Turn::Leave(Outcome::Covered(record)),
+        Claim::Busy => Turn::Leave(Outcome::Skipped(format!("slot {at}: another member still holds it"))),
+        Claim::Learner(record) => Turn::Leave(Outcome::Skipped(match record {
+            Some(r) => format!(
+                "slot {at}: this member is a learner, which never backs up; member {} covered it (backup {})",
+                r.member_name, r.backup_id
+            ),
+            None => {
+                format!("slot {at}: this member is a learner, which never backs up; the voting members cover the slots")
+            }
+        })),
+        Claim::NoQuorum(why) => {
+            tracing::warn!(slot = %at, %why, "the cluster has no quorum: taking an emergency backup of this member");
+            Turn::Go(None, true)
+        }
+        Claim::Denied(why) => {
+            tracing::warn!(slot = %at, %why, "cluster mode is not possible; backing up as in member mode");
+            Turn::Go(None, false)
+        }
+    }
+}
+
+/// After a run that held its slot: the record of the backup that covers it (none if it failed: the next
+/// member takes the slot). A one-shot backup in cluster mode counts for its slot if no member covered it.
+async fn finish_slot(
+    settings: &Settings,
+    request: &BackupRequest,
+    held: Option<Box<crate::coordination::Held>>,
+    outcome: &Outcome,
+) {
+    let (Some(slot), Outcome::Committed(report)) = (request.slot, outcome) else {
+        if let Some(held) = held {
+            held.finish(None).await;
+        }
+        return;
+    };
+    let m = &report.manifest;
+    let record = crate::coordination::slot::Record {
+        slot: slot.at,
+        member_id: m.etcd.member_id.to_ascii_lowercase(),
+        member_name: m.etcd.member_name.clone(),
+        backup_id: m.id.clone(),
+        revision: m.etcd.revision,
+        time: Utc::now(),
+    };
+    match held {
+        Some(held) => held.finish(Some(record)).await,
+        None if !slot.claim && settings.coordination.mode == crate::config::CoordinationMode::Cluster => {
+            if let Some(Ok(member)) = match &settings.etcd {
+                Some(etcd) => Some(crate::etcd::connect(etcd).await),
+                None => None,
+            } && member.voters.is_some_and(|v| v > 1)
+            {
+                crate::coordination::record_unless_covered(&member, &settings.coordination, &record).await;
+            }
+        }
+        None => {}
+    }
 }
 
 /// The notification of a run's start (no outcome yet) or end.
@@ -131,7 +250,7 @@ fn event(settings: &Settings, kind: crate::alerts::Kind, outcome: Option<&Outcom
         }
         Some(Outcome::Unchanged { revision }) => e.revision = Some(*revision),
         Some(Outcome::Failed(err)) => e.error = Some(format!("{err:#}")),
-        Some(Outcome::Skipped(_)) | None => {}
+        Some(Outcome::Skipped(_) | Outcome::Covered(_)) | None => {}
     }
     e
 }

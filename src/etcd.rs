@@ -13,6 +13,10 @@ use crate::manifest::EtcdFacts;
 pub struct Member {
     client: Client,
     pub facts: EtcdFacts,
+    /// A learner: etcd serves it only Status and serializable reads.
+    pub learner: bool,
+    /// Voting members, when the member list could be read (a learner cannot, nor a member without quorum).
+    pub voters: Option<usize>,
     snapshot: Option<etcd_client::SnapshotStreaming>,
     auth_configured: bool,
 }
@@ -129,11 +133,32 @@ async fn connect_one(endpoint: &str, options: ConnectOptions) -> Result<Member, 
         status.header().ok_or_else(|| etcd_client::Error::Internal("status response without header".into()))?;
     let (cluster_id, member_id) = (header.cluster_id(), header.member_id());
     let revision = header.revision();
-    let members = client.member_list().await?;
-    let member_name =
-        members.members().iter().find(|m| m.id() == member_id).map(|m| m.name().to_string()).unwrap_or_default();
-    let alarms = client.alarm(AlarmAction::Get, AlarmType::None, None).await?;
-    let alarms = alarms.alarms().iter().map(|a| format!("{:?} on member {:x}", a.alarm(), a.member_id())).collect();
+    let learner = status.is_learner();
+    // A learner is refused both, and a member without quorum may not get an answer: neither stops a
+    // backup (a sick cluster needs one most).
+    let (mut member_name, mut voters, mut alarms) = (String::new(), None, Vec::new());
+    if !learner {
+        match tokio::time::timeout(CLUSTER_QUESTION, client.member_list()).await {
+            Ok(Ok(members)) => {
+                let members = members.members();
+                member_name =
+                    members.iter().find(|m| m.id() == member_id).map(|m| m.name().to_string()).unwrap_or_default();
+                voters = Some(members.iter().filter(|m| !m.is_learner()).count());
+            }
+            Ok(Err(e)) if cause(&e) == Cause::Auth => return Err(e),
+            Ok(Err(e)) => tracing::warn!(%endpoint, error = %crate::errors::chain(&e), "cannot list etcd's members"),
+            Err(_) => tracing::warn!(%endpoint, "etcd did not list its members in time (no quorum?)"),
+        }
+        match tokio::time::timeout(CLUSTER_QUESTION, client.alarm(AlarmAction::Get, AlarmType::None, None)).await {
+            Ok(Ok(found)) => {
+                alarms =
+                    found.alarms().iter().map(|a| format!("{:?} on member {:x}", a.alarm(), a.member_id())).collect()
+            }
+            Ok(Err(e)) if cause(&e) == Cause::Auth => return Err(e),
+            Ok(Err(e)) => tracing::warn!(%endpoint, error = %crate::errors::chain(&e), "cannot read etcd's alarms"),
+            Err(_) => tracing::warn!(%endpoint, "etcd did not list its alarms in time (no quorum?)"),
+        }
+    }
     let facts = EtcdFacts {
         endpoint: endpoint.to_string(),
         cluster_id: format!("{cluster_id:x}"),
@@ -147,7 +172,44 @@ async fn connect_one(endpoint: &str, options: ConnectOptions) -> Result<Member, 
         leader: format!("{:x}", status.leader()),
         alarms,
     };
-    Ok(Member { client, facts, snapshot: None, auth_configured: false })
+    Ok(Member { client, facts, learner, voters, snapshot: None, auth_configured: false })
+}
+
+/// How long a question that needs the cluster (not only the member) may take.
+const CLUSTER_QUESTION: Duration = Duration::from_secs(3);
+
+impl Member {
+    /// A client of this member, for coordination.
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    /// What cluster mode asks of the member: learner, leader, alarm, lag, voters. The cluster's
+    /// revision comes from a linearizable read (which waits for the leader), with `CLUSTER_QUESTION` to
+    /// answer; without an answer the member counts as caught up.
+    pub async fn health(&self) -> crate::coordination::slot::Health {
+        let facts = &self.facts;
+        let mut client = self.client.clone();
+        let revision = match client.status().await {
+            Ok(status) => status.header().map_or(facts.revision, |h| h.revision()),
+            Err(_) => facts.revision,
+        };
+        let mut cluster_revision = revision;
+        if !self.learner {
+            let read = client.get("/", Some(etcd_client::GetOptions::new().with_count_only()));
+            if let Ok(Ok(answer)) = tokio::time::timeout(CLUSTER_QUESTION, read).await {
+                cluster_revision = answer.header().map_or(cluster_revision, |h| h.revision());
+            }
+        }
+        crate::coordination::slot::Health {
+            is_learner: self.learner,
+            is_leader: facts.leader == facts.member_id,
+            alarm: !facts.alarms.is_empty(),
+            revision,
+            cluster_revision,
+            voters: self.voters,
+        }
+    }
 }
 
 /// Turns a client error into a sentence an operator can act on.

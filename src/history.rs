@@ -32,6 +32,11 @@ pub async fn record_backup(
         }
         crate::backup::Outcome::Failed(e) => crate::telemetry::backup_failed(&format!("{e:#}"), ""),
         crate::backup::Outcome::Skipped(why) => tracing::warn!(%why, "backup skipped"),
+        crate::backup::Outcome::Covered(r) => tracing::info!(
+            slot = %crate::coordination::slot::slot_text(r.slot), member = %r.member_name, member_id = %r.member_id,
+            backup_id = %r.backup_id, "slot {} covered by member {} (backup {})",
+            r.slot.format("%Y-%m-%d %H:%M:%S"), r.member_name, r.backup_id
+        ),
     }
     persist(settings, state_dir, |state| {
         state.last_attempt = Some(started);
@@ -79,6 +84,10 @@ pub async fn record_backup(
                 state.runs.failed += 1;
             }
             crate::backup::Outcome::Skipped(_) => state.runs.skipped += 1,
+            crate::backup::Outcome::Covered(r) => {
+                state.last_covered = Some(r.clone());
+                state.runs.covered += 1;
+            }
         }
     })
     .await;

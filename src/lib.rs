@@ -5,6 +5,7 @@ pub mod backup;
 pub mod catch_up;
 pub mod cli;
 pub mod config;
+pub mod coordination;
 pub mod crypto;
 pub mod daemon;
 pub mod drill;

@@ -50,6 +50,9 @@ pub struct State {
     /// found: kept, counted for no retention rule, and reported until they are gone.
     #[serde(deserialize_with = "lenient")]
     pub future_dated: Vec<BackupId>,
+    /// Cluster mode: the newest slot another member covered (this member rightly skipped it).
+    #[serde(deserialize_with = "lenient")]
+    pub last_covered: Option<crate::coordination::slot::Record>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -102,6 +105,8 @@ pub struct Runs {
     pub failed: u64,
     pub unchanged: u64,
     pub skipped: u64,
+    /// Cluster mode: slots another member covered.
+    pub covered: u64,
 }
 
 /// Reads one field of the state file; a value this version cannot read is reported and replaced by the

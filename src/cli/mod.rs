@@ -132,7 +132,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Backup { label, pin, wait, json } => {
             let cancel = crate::interrupt::on_signals();
-            backup(&settings, BackupRequest { label, pin, cancel, ..BackupRequest::default() }, wait, json).await
+            let slot = Some(crate::backup::SlotRun::now(&settings.schedule.schedule, chrono::Utc::now(), false));
+            backup(&settings, BackupRequest { label, pin, cancel, slot, ..BackupRequest::default() }, wait, json).await
         }
         Command::Run => crate::daemon::run(cli.config.clone(), settings).await.map_err(Failure::Other),
         Command::Status { json } => status(&settings, json),

@@ -48,13 +48,23 @@ pub(super) fn status(settings: &Settings, json: bool) -> Result<(), Failure> {
         .schedule_interval_secs
         .map(std::time::Duration::from_secs)
         .or_else(|| settings.schedule.schedule.interval_around(now));
-    let freshness = crate::state::Freshness::of(state.last_success.as_ref().map(|s| s.time), interval, now);
+    // A slot another member covered is as fresh as a backup of this member's.
+    let last = state.last_success.as_ref().map(|s| s.time).max(state.last_covered.as_ref().map(|r| r.time));
+    let freshness = crate::state::Freshness::of(last, interval, now);
     let overdue = freshness != crate::state::Freshness::Fresh;
     if json {
         let value = serde_json::json!({ "state": state, "overdue": overdue, "state_dir": state_dir });
         out!("{}", serde_json::to_string_pretty(&value).map_err(anyhow::Error::from)?);
     } else {
         out!("{}", crate::daemon::status_line(&state, false));
+        if let Some(r) = &state.last_covered {
+            out!(
+                "slot {} covered by member {} (backup {})",
+                r.slot.format("%Y-%m-%d %H:%M:%S UTC"),
+                r.member_name,
+                r.backup_id
+            );
+        }
         if let Some(f) = &state.last_failure {
             out!("last failure: {} {}", f.time.format("%Y-%m-%d %H:%M:%S UTC"), f.error);
         }

@@ -17,6 +17,7 @@ pub struct RawConfig {
     pub metrics: Option<RawMetrics>,
     pub drill: Option<RawDrill>,
     pub notify: Option<RawNotify>,
+    pub coordination: Option<RawCoordination>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -26,6 +27,15 @@ pub struct RawNotify {
     pub webhooks: Option<Vec<String>>,
     pub drill_healthchecks: Option<Vec<String>>,
     pub timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCoordination {
+    pub mode: Option<String>,
+    pub prefix: Option<String>,
+    pub lease_ttl: Option<String>,
+    pub leader_delay: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -244,6 +244,36 @@ pub const TABLES: &[Table] = &[
         ],
     },
     Table {
+        name: "coordination",
+        about: "How the daemons of one etcd cluster share the schedule: in cluster mode each slot is backed up once, by a healthy follower, through a lease-bound lock in etcd.",
+        keys: &[
+            key(
+                "mode",
+                Text,
+                "cluster",
+                "\"cluster\" (one backup per slot for the whole cluster) or \"member\" (every member on its own)",
+            ),
+            key(
+                "prefix",
+                Text,
+                "/etcd-backupd/<cluster>/",
+                "where the slot locks and records live in etcd; the etcd user needs read and write on it",
+            ),
+            key(
+                "lease_ttl",
+                Duration,
+                "30s",
+                "how long a slot stays taken after its daemon stops renewing it (it died): then another member takes it",
+            ),
+            key(
+                "leader_delay",
+                Duration,
+                "2m",
+                "how long the leader (or a member with an alarm, or one that lags) leaves a slot to a follower",
+            ),
+        ],
+    },
+    Table {
         name: "drill",
         about: "Restore drills (etcd-backupd drill). Keep the identity off the etcd hosts: run drills on a verification host.",
         keys: &[
@@ -315,6 +345,7 @@ mod tests {
         "HTTPS_PROXY etc.",
         "keep_last = 3",
         "daily 7, weekly 4, monthly 6",
+        "/etcd-backupd/<cluster>/",
     ];
 
     /// Writing a key's documented default changes nothing: the manual's defaults are the code's.

@@ -35,6 +35,7 @@ pub struct Settings {
     /// Leftovers of crashed runs younger than this are left alone: their run may still be going.
     pub leftover_grace: Duration,
     pub drill: DrillSettings,
+    pub coordination: CoordinationSettings,
     pub notify: NotifySettings,
 }
 
@@ -64,6 +65,29 @@ impl Default for NotifySettings {
 
 /// One notification attempt gets this long.
 pub const DEFAULT_NOTIFY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How the daemons of one etcd cluster share the schedule's slots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CoordinationMode {
+    /// The daemons take each slot once, through etcd (a lease-bound lock and a record per slot).
+    Cluster,
+    /// Every member's daemon backs up on its own.
+    Member,
+}
+
+#[derive(Debug, Clone)]
+pub struct CoordinationSettings {
+    pub mode: CoordinationMode,
+    /// Where the locks and records live in etcd: `/etcd-backupd/<cluster>/` by default.
+    pub prefix: String,
+    /// How long a slot stays taken after its daemon stops renewing it (it died, or its host did).
+    pub lease_ttl: Duration,
+    /// How long the leader (or a sick or lagging member) leaves the slot to a follower.
+    pub leader_delay: Duration,
+}
+
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(30);
+pub const DEFAULT_LEADER_DELAY: Duration = Duration::from_secs(120);
 
 /// Restore drills: where the identity is, and when the daemon runs them (never, by default).
 #[derive(Debug, Clone, Default)]

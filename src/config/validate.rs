@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::keys::{duration_key, path_key, retention};
-use super::raw::{RawConfig, RawDrill, RawEtcd, RawNotify};
+use super::raw::{RawConfig, RawCoordination, RawDrill, RawEtcd, RawNotify};
 use super::settings::*;
 use super::units::parse_duration;
 use super::validate_s3::validate_s3;
@@ -137,6 +137,7 @@ pub fn validate(raw: RawConfig) -> Result<Settings, Vec<Issue>> {
         duration_key(raw.backup.leftover_grace, "backup.leftover_grace", DEFAULT_LEFTOVER_GRACE, &mut issues);
     let drill = raw.drill.map(|d| validate_drill(d, timezone, &mut issues)).unwrap_or_default();
     let notify = raw.notify.map(|n| validate_notify(n, &mut issues)).unwrap_or_default();
+    let coordination = validate_coordination(raw.coordination.unwrap_or_default(), &cluster, &mut issues);
 
     if !issues.is_empty() {
         return Err(issues);
@@ -154,7 +155,44 @@ pub fn validate(raw: RawConfig) -> Result<Settings, Vec<Issue>> {
         leftover_grace,
         drill,
         notify,
+        coordination,
     })
+}
+
+fn validate_coordination(raw: RawCoordination, cluster: &ClusterName, issues: &mut Vec<Issue>) -> CoordinationSettings {
+    let mode = match raw.mode.as_deref() {
+        None | Some("cluster") => CoordinationMode::Cluster,
+        Some("member") => CoordinationMode::Member,
+        Some(other) => {
+            issues.push(Issue::new(
+                "coordination.mode",
+                format!("\"{}\" is not a mode: expected \"cluster\" (one backup per slot for the whole cluster) or \"member\" (every member on its own)", other.escape_debug()),
+            ));
+            CoordinationMode::Cluster
+        }
+    };
+    let prefix = match raw.prefix {
+        None => format!("/etcd-backupd/{cluster}/"),
+        Some(p) if p.starts_with('/') && !p.chars().any(|c| c.is_whitespace() || c.is_control()) => {
+            if p.ends_with('/') { p } else { format!("{p}/") }
+        }
+        Some(p) => {
+            issues.push(Issue::new(
+                "coordination.prefix",
+                format!("\"{}\" is not a key prefix: it starts with / and holds no spaces, like \"/etcd-backupd/{cluster}/\"", p.escape_debug()),
+            ));
+            String::new()
+        }
+    };
+    let lease_ttl = duration_key(raw.lease_ttl, "coordination.lease_ttl", DEFAULT_LEASE_TTL, issues);
+    if lease_ttl < Duration::from_secs(2) && !issues.iter().any(|i| i.key == "coordination.lease_ttl") {
+        issues.push(Issue::new(
+            "coordination.lease_ttl",
+            "shorter than etcd's minimum lease (2s with its default election timeout); 30s is the default",
+        ));
+    }
+    let leader_delay = duration_key(raw.leader_delay, "coordination.leader_delay", DEFAULT_LEADER_DELAY, issues);
+    CoordinationSettings { mode, prefix, lease_ttl, leader_delay }
 }
 
 fn validate_drill(raw: RawDrill, timezone: chrono_tz::Tz, issues: &mut Vec<Issue>) -> DrillSettings {

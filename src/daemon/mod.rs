@@ -252,7 +252,8 @@ fn start(settings: &Settings, state_dir: &Path) -> Running {
     let (settings, state_dir, token) = (settings.clone(), state_dir.to_path_buf(), cancel.clone());
     let handle = tokio::spawn(async move {
         // The daemon does not wait for a one-shot backup holding the lock: it skips this run.
-        let request = BackupRequest { cancel: token, ..BackupRequest::default() };
+        let slot = crate::backup::SlotRun::now(&settings.schedule.schedule, Utc::now(), true);
+        let request = BackupRequest { cancel: token, slot: Some(slot), ..BackupRequest::default() };
         // The daemon's notifications finish on their own tasks.
         let mut alerts = crate::alerts::Pending::default();
         run_once(&settings, &request, &state_dir, Duration::ZERO, settings.schedule.max_attempts, &mut alerts).await

@@ -2,6 +2,7 @@
 //! s3s-fs S3 server with fault injection, age identities, and a runner for the etcd-backupd binary.
 #![allow(dead_code)]
 
+mod daemon;
 mod etcd;
 mod pki;
 mod proxy;
@@ -9,6 +10,8 @@ mod s3;
 mod setup;
 
 // Each test binary uses some of the harness: the rest is unused there, not dead.
+#[allow(unused_imports)]
+pub use daemon::*;
 #[allow(unused_imports)]
 pub use etcd::*;
 #[allow(unused_imports)]

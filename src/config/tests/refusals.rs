@@ -26,6 +26,11 @@ const REFUSED: &[(&str, &str, &str)] = &[
     ("[metrics]\ntextfile = \"metrics.prom\"\n", "metrics.textfile", ""),
     ("[drill]\nidentity_file = \"/k\"\ncron = \"every sunday\"\n", "drill.cron", ""),
     ("[drill]\nidentity = \"/k\"\n", "drill.identity", ""),
+    ("[coordination]\nmode = \"leader\"\n", "coordination.mode", "\"cluster\""),
+    ("[coordination]\nprefix = \"etcd-backupd\"\n", "coordination.prefix", "starts with /"),
+    ("[coordination]\nprefix = \"/a b/\"\n", "coordination.prefix", ""),
+    ("[coordination]\nlease_ttl = \"1s\"\n", "coordination.lease_ttl", "minimum lease"),
+    ("[coordination]\nleader_delay = \"soon\"\n", "coordination.leader_delay", ""),
 ];
 
 #[test]
@@ -35,4 +40,14 @@ fn each_bad_value_is_refused_by_its_key() {
         assert_eq!(p.key, *key, "{tables}");
         assert!(p.message.contains(words), "{tables}: {}", p.message);
     }
+}
+
+#[test]
+fn coordination_defaults_to_cluster_mode_under_the_clusters_prefix() {
+    let s = parse(&format!("{}[backup]\ncluster = \"prod\"\n", minimal())).unwrap();
+    assert_eq!(s.coordination.mode, CoordinationMode::Cluster);
+    assert_eq!(s.coordination.prefix, "/etcd-backupd/prod/");
+    assert_eq!((s.coordination.lease_ttl, s.coordination.leader_delay), (DEFAULT_LEASE_TTL, DEFAULT_LEADER_DELAY));
+    let s = parse(&format!("{}[coordination]\nmode = \"member\"\nprefix = \"/x/y\"\n", minimal())).unwrap();
+    assert_eq!((s.coordination.mode, s.coordination.prefix.as_str()), (CoordinationMode::Member, "/x/y/"));
 }

@@ -1,0 +1,237 @@
+//! Cluster mode: the daemons of one etcd cluster take each schedule slot once, through etcd itself. A
+//! member asks for a slot with etcd's lock service, under a lease it renews while it backs up: if it
+//! dies, the lease lapses and the next member waiting takes the slot. The member that covered a slot
+//! leaves a small record (`slot::Record`); the others read it and skip. Nothing else is written to etcd.
+
+pub mod slot;
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use etcd_client::{Client, Compare, CompareOp, GetOptions, LockOptions, Txn, TxnOp};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::CoordinationSettings;
+use crate::errors::Cause;
+use crate::etcd::Member;
+use slot::{Keys, Record, Role};
+
+/// How a member stands toward one slot, once it asked.
+pub enum Claim {
+    /// The only voting member: it backs up on its own and writes nothing to etcd.
+    Alone,
+    /// This member holds the slot: back up, then `Held::finish`.
+    Held(Box<Held>),
+    /// Another member covered the slot.
+    Covered(Record),
+    /// Another member still holds the slot at its end (a long backup); this one leaves it.
+    Busy,
+    /// A learner never takes a slot (the record, if one is there yet).
+    Learner(Option<Record>),
+    /// The lock could not be had for want of quorum: back up this member, labelled an emergency.
+    NoQuorum(String),
+    /// The etcd user may not write the prefix: back up as in member mode, and say how to fix it.
+    Denied(String),
+}
+
+/// A slot this member holds: the lock key and the lease it renews.
+pub struct Held {
+    client: Client,
+    keys: Keys,
+    slot: DateTime<Utc>,
+    lease: i64,
+    lock_key: Vec<u8>,
+    renewing: JoinHandle<()>,
+}
+
+impl Drop for Held {
+    /// Without `finish` (a panic, a killed task), renewal stops and the lease lapses within its TTL.
+    fn drop(&mut self) {
+        self.renewing.abort();
+    }
+}
+
+/// Asks for `slot`: at once for a healthy follower, after `leader_delay` for the leader, a member with
+/// an alarm or one that lags, never for a learner. Waits for the lock until `until` (the next slot).
+pub async fn claim(
+    member: &Member,
+    settings: &CoordinationSettings,
+    slot: DateTime<Utc>,
+    until: DateTime<Utc>,
+    cancel: &CancellationToken,
+) -> Claim {
+    let keys = Keys::new(&settings.prefix);
+    let mut client = member.client();
+    let role = slot::role(member.health().await);
+    let Some(wait) = slot::wait_before_asking(role, settings.leader_delay) else {
+        let record = read_record(&mut client, &keys, slot, true).await.ok().flatten();
+        return Claim::Learner(record);
+    };
+    if role == Role::Alone {
+        return Claim::Alone;
+    }
+    if let Role::Deferring(why) = role {
+        tracing::info!(slot = %slot::slot_text(slot), why = why.as_str(), wait = %humantime::format_duration(wait), "leaving the slot to a follower first");
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = cancel.cancelled() => return Claim::Busy,
+        }
+        match read_record(&mut client, &keys, slot, false).await {
+            Ok(Some(record)) => return Claim::Covered(record),
+            Ok(None) => {}
+            Err(e) => return unavailable(e, &keys),
+        }
+    }
+    let ttl = i64::try_from(settings.lease_ttl.as_secs().max(2)).unwrap_or(30);
+    let lease = match tokio::time::timeout(QUESTION, client.lease_grant(ttl, None)).await {
+        Ok(Ok(lease)) => lease.id(),
+        Ok(Err(e)) => return unavailable(e, &keys),
+        Err(_) => {
+            return Claim::NoQuorum(format!("etcd granted no lease within {}", humantime::format_duration(QUESTION)));
+        }
+    };
+    let renewing = tokio::spawn(renew(client.clone(), lease, settings.lease_ttl));
+    let left = (until - Utc::now()).to_std().unwrap_or(Duration::ZERO).max(Duration::from_secs(1));
+    let name = keys.lock(slot);
+    // `None`: the slot ended (or the daemon is stopping) with the lock still another member's.
+    let locked = tokio::select! {
+        locked = tokio::time::timeout(left, client.lock(name.as_str(), Some(LockOptions::new().with_lease(lease)))) => locked.ok(),
+        () = cancel.cancelled() => None,
+    };
+    let lock_key = match locked {
+        Some(Ok(locked)) => locked.key().to_vec(),
+        Some(Err(e)) => {
+            renewing.abort();
+            let _ = client.lease_revoke(lease).await;
+            return unavailable(e, &keys);
+        }
+        None => {
+            renewing.abort();
+            let _ = client.lease_revoke(lease).await;
+            return Claim::Busy;
+        }
+    };
+    let held = Held { client, keys, slot, lease, lock_key, renewing };
+    let mut client = held.client.clone();
+    match read_record(&mut client, &held.keys, slot, false).await {
+        Ok(Some(record)) => {
+            held.finish(None).await;
+            Claim::Covered(record)
+        }
+        Ok(None) => Claim::Held(Box::new(held)),
+        Err(e) => {
+            held.finish(None).await;
+            unavailable(e, &Keys::new(&settings.prefix))
+        }
+    }
+}
+
+/// How long one question to etcd may take before the cluster counts as without quorum.
+const QUESTION: Duration = Duration::from_secs(5);
+
+impl Held {
+    /// Leaves the slot: writes `record` (the backup that covers it) while the lock is still this
+    /// member's, trims old records, unlocks and revokes the lease. Without a record (the backup failed)
+    /// the next member waiting takes the slot.
+    pub async fn finish(self, record: Option<Record>) {
+        let mut client = self.client.clone();
+        if let Some(record) = record {
+            let key = self.keys.record(self.slot);
+            let txn = Txn::new()
+                .when([Compare::version(self.lock_key.clone(), CompareOp::Greater, 0)])
+                .and_then([TxnOp::put(key.as_str(), record.to_json(), None)]);
+            match client.txn(txn).await {
+                Ok(done) if done.succeeded() => {
+                    tracing::info!(slot = %slot::slot_text(self.slot), id = %record.backup_id, "slot recorded")
+                }
+                Ok(_) => {
+                    tracing::warn!(slot = %slot::slot_text(self.slot), "the slot's lock lapsed before its record was written (lease_ttl too short?); another member may back up this slot too")
+                }
+                Err(e) => {
+                    tracing::warn!(slot = %slot::slot_text(self.slot), error = %crate::errors::chain(&e), "cannot record the slot")
+                }
+            }
+            trim(&mut client, &self.keys).await;
+        }
+        let _ = client.unlock(self.lock_key.clone()).await;
+        let _ = client.lease_revoke(self.lease).await;
+        self.renewing.abort();
+    }
+}
+
+/// Records `record` for its slot unless one is there (a one-shot backup counts for its slot).
+pub async fn record_unless_covered(member: &Member, settings: &CoordinationSettings, record: &Record) {
+    let keys = Keys::new(&settings.prefix);
+    let mut client = member.client();
+    let key = keys.record(record.slot);
+    let txn = Txn::new().when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)]).and_then([TxnOp::put(
+        key.as_str(),
+        record.to_json(),
+        None,
+    )]);
+    if let Err(e) = client.txn(txn).await {
+        tracing::warn!(error = %crate::errors::chain(&e), "cannot record the slot this backup covers");
+    }
+    trim(&mut client, &keys).await;
+}
+
+/// Renews the lease until aborted; stops when etcd says it is gone.
+async fn renew(mut client: Client, lease: i64, ttl: Duration) {
+    let Ok((mut keeper, mut answers)) = client.lease_keep_alive(lease).await else { return };
+    loop {
+        if keeper.keep_alive().await.is_err() {
+            return;
+        }
+        match answers.message().await {
+            Ok(Some(answer)) if answer.ttl() > 0 => {}
+            _ => return,
+        }
+        tokio::time::sleep(ttl / 3).await;
+    }
+}
+
+/// The record of `slot`, checked (`Record::parse`); `serializable` for a learner.
+async fn read_record(
+    client: &mut Client,
+    keys: &Keys,
+    slot: DateTime<Utc>,
+    serializable: bool,
+) -> Result<Option<Record>, etcd_client::Error> {
+    let options = if serializable { GetOptions::new().with_serializable() } else { GetOptions::new() };
+    let found = tokio::time::timeout(QUESTION, client.get(keys.record(slot), Some(options)))
+        .await
+        .map_err(|_| etcd_client::Error::InvalidArgs("no answer in time".into()))??;
+    let Some(kv) = found.kvs().first() else { return Ok(None) };
+    match Record::parse(kv.value(), slot) {
+        Ok(record) => Ok(Some(record)),
+        Err(why) => {
+            tracing::warn!(key = %keys.record(slot), %why, "ignoring a slot record that does not check out");
+            Ok(None)
+        }
+    }
+}
+
+/// Deletes all but the newest `slot::KEEP_RECORDS` records.
+async fn trim(client: &mut Client, keys: &Keys) {
+    let Ok(found) = client.get(keys.records(), Some(GetOptions::new().with_prefix().with_keys_only())).await else {
+        return;
+    };
+    let names: Vec<Vec<u8>> = found.kvs().iter().map(|kv| kv.key().to_vec()).collect();
+    for key in slot::stale_records(keys, &names, slot::KEEP_RECORDS) {
+        let _ = client.delete(key, None).await;
+    }
+}
+
+/// What an etcd error means for a claim: the user may not use the prefix, or the cluster cannot decide.
+fn unavailable(e: etcd_client::Error, keys: &Keys) -> Claim {
+    if crate::etcd::cause(&e) == Cause::Auth {
+        Claim::Denied(format!(
+            "{}: the etcd user needs read and write on the prefix: etcdctl role grant-permission <role> readwrite --prefix=true {}",
+            crate::errors::chain(&e),
+            keys.prefix()
+        ))
+    } else {
+        Claim::NoQuorum(crate::errors::chain(&e))
+    }
+}
