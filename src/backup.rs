@@ -85,6 +85,8 @@ pub enum Outcome {
     Skipped(String),
     /// Cluster mode: another member covered the slot.
     Covered(crate::coordination::slot::Record),
+    /// Cluster mode: this member is a learner, which never backs up (the slot's record, if one is there).
+    Learner(Option<crate::coordination::slot::Record>),
 }
 
 /// One backup run, as the daemon and the one-shot `backup` command both do it: take the lock, take the
@@ -127,7 +129,7 @@ pub async fn run_once(
         Outcome::Committed(report) if report.failed.is_empty() => Some(event(settings, Kind::Success, Some(&outcome))),
         Outcome::Committed(_) | Outcome::Failed(_) => Some(event(settings, Kind::Failure, Some(&outcome))),
         Outcome::Unchanged { .. } => Some(event(settings, Kind::Success, Some(&outcome))),
-        Outcome::Skipped(_) | Outcome::Covered(_) => None,
+        Outcome::Skipped(_) | Outcome::Covered(_) | Outcome::Learner(_) => None,
     };
     if let Some(done) = done {
         crate::alerts::send(&settings.notify, done, alerts);
@@ -164,15 +166,7 @@ async fn coordinate(settings: &Settings, request: &BackupRequest) -> Turn {
         }
         Claim::Covered(record) => Turn::Leave(Outcome::Covered(record)),
         Claim::Busy => Turn::Leave(Outcome::Skipped(format!("slot {at}: another member still holds it"))),
-        Claim::Learner(record) => Turn::Leave(Outcome::Skipped(match record {
-            Some(r) => format!(
-                "slot {at}: this member is a learner, which never backs up; member {} covered it (backup {})",
-                r.member_name, r.backup_id
-            ),
-            None => {
-                format!("slot {at}: this member is a learner, which never backs up; the voting members cover the slots")
-            }
-        })),
+        Claim::Learner(record) => Turn::Leave(Outcome::Learner(record)),
         Claim::NoQuorum(why) => {
             tracing::warn!(slot = %at, %why, "the cluster has no quorum: taking an emergency backup of this member");
             Turn::Go(None, true)
@@ -250,7 +244,7 @@ fn event(settings: &Settings, kind: crate::alerts::Kind, outcome: Option<&Outcom
         }
         Some(Outcome::Unchanged { revision }) => e.revision = Some(*revision),
         Some(Outcome::Failed(err)) => e.error = Some(format!("{err:#}")),
-        Some(Outcome::Skipped(_) | Outcome::Covered(_)) | None => {}
+        Some(Outcome::Skipped(_) | Outcome::Covered(_) | Outcome::Learner(_)) | None => {}
     }
     e
 }

@@ -32,6 +32,7 @@ pub async fn record_backup(
         }
         crate::backup::Outcome::Failed(e) => crate::telemetry::backup_failed(&format!("{e:#}"), ""),
         crate::backup::Outcome::Skipped(why) => tracing::warn!(%why, "backup skipped"),
+        crate::backup::Outcome::Learner(_) => tracing::info!("{LEARNER}"),
         crate::backup::Outcome::Covered(r) => tracing::info!(
             slot = %crate::coordination::slot::slot_text(r.slot), member = %r.member_name, member_id = %r.member_id,
             backup_id = %r.backup_id, "slot {} covered by member {} (backup {})",
@@ -83,7 +84,15 @@ pub async fn record_backup(
                 state.last_failure = Some(Failure { time: started, error: format!("{e:#}") });
                 state.runs.failed += 1;
             }
-            crate::backup::Outcome::Skipped(_) => state.runs.skipped += 1,
+            crate::backup::Outcome::Skipped(why) => {
+                state.last_skip = Some(Failure { time: started, error: why.clone() });
+                state.runs.skipped += 1;
+            }
+            crate::backup::Outcome::Learner(record) => {
+                state.last_skip = Some(Failure { time: started, error: LEARNER.to_string() });
+                state.last_covered = record.clone().or(state.last_covered.take());
+                state.runs.skipped += 1;
+            }
             crate::backup::Outcome::Covered(r) => {
                 state.last_covered = Some(r.clone());
                 state.runs.covered += 1;
@@ -92,6 +101,9 @@ pub async fn record_backup(
     })
     .await;
 }
+
+/// Why a learner's daemon does not back up.
+const LEARNER: &str = "this member is a learner: etcd serves learners only status and serializable reads, so a learner never takes a slot; the voting members back up";
 
 /// Changes the state file (under its lock: the daemon, one-shot backups and drills all change it) and
 /// rewrites the metrics from the result, which it returns. Failures are logged, never fatal to a run.

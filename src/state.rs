@@ -50,6 +50,10 @@ pub struct State {
     /// found: kept, counted for no retention rule, and reported until they are gone.
     #[serde(deserialize_with = "lenient")]
     pub future_dated: Vec<BackupId>,
+    /// The last run that did not back up (another run held the lock; cluster mode: a learner, a slot
+    /// still held at its end), and why.
+    #[serde(deserialize_with = "lenient")]
+    pub last_skip: Option<Failure>,
     /// Cluster mode: the newest slot another member covered (this member rightly skipped it).
     #[serde(deserialize_with = "lenient")]
     pub last_covered: Option<crate::coordination::slot::Record>,

@@ -17,7 +17,7 @@ fn member_config(setup: &Setup, etcd: &Etcd, name: &str, s3: &S3) -> PathBuf {
     let dir = setup.work.path().join(name);
     std::fs::create_dir_all(&dir).unwrap();
     let extra = format!(
-        "{}\n[schedule]\ncron = \"*/2 * * * * *\"\n\n[coordination]\nlease_ttl = \"3s\"\nleader_delay = \"1s\"\n",
+        "{}\n[schedule]\ncron = \"*/2 * * * * *\"\nstop_grace = \"5s\"\n\n[coordination]\nlease_ttl = \"3s\"\nleader_delay = \"1s\"\n",
         s3.config_table(BUCKET, "")
     );
     let path = dir.join("etcd-backupd.toml");
@@ -29,7 +29,19 @@ fn member_config(setup: &Setup, etcd: &Etcd, name: &str, s3: &S3) -> PathBuf {
 async fn records(etcd: &Etcd) -> BTreeMap<String, (String, String)> {
     let mut client = etcd.client().await;
     let prefix = "/etcd-backupd/default/slots/";
-    let found = client.get(prefix, Some(etcd_client::GetOptions::new().with_prefix())).await.unwrap();
+    // Right after a member stops, a read may meet a leader election: asked again.
+    let mut tries = 0;
+    let found = loop {
+        match client.get(prefix, Some(etcd_client::GetOptions::new().with_prefix())).await {
+            Ok(found) => break found,
+            Err(e) if tries < 20 => {
+                tries += 1;
+                eprintln!("reading the records: {e}; again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => panic!("cannot read the records: {e}"),
+        }
+    };
     found
         .kvs()
         .iter()
@@ -51,12 +63,21 @@ fn committed(s3: &S3) -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn each_slot_is_backed_up_once_by_a_follower() {
+async fn each_slot_is_backed_up_once_by_a_follower_35() {
+    each_slot_is_backed_up_once_by_a_follower(EtcdVersion::V35).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_slot_is_backed_up_once_by_a_follower_34() {
+    each_slot_is_backed_up_once_by_a_follower(EtcdVersion::V34).await;
+}
+
+async fn each_slot_is_backed_up_once_by_a_follower(version: EtcdVersion) {
     let setup = Setup::new();
     let members = Member::several(3);
     let dirs: Vec<(Member, PathBuf)> =
         members.iter().map(|m| (m.clone(), setup.work.path().join(format!("{}-data", m.name)))).collect();
-    let cluster = Etcd::start_cluster(EtcdVersion::V35, &dirs);
+    let cluster = Etcd::start_cluster(version, &dirs);
     cluster[0].seed(20, 100).await;
     let s3 = S3::start().await;
 
@@ -99,4 +120,175 @@ async fn each_slot_is_backed_up_once_by_a_follower() {
         "the leader {leader} took a slot while its followers were healthy: {recorded:?}"
     );
     assert!(logs.contains("covered by member"), "the others said who covered the slot:\n{logs}");
+
+    // A one-shot backup counts for its slot (the daemons, had they run, would have skipped it).
+    let config = setup.work.path().join(&members[0].name).join("etcd-backupd.toml");
+    let text = std::fs::read_to_string(&config).unwrap().replace("*/2 * * * * *", "0 0 1 1 *");
+    std::fs::write(&config, text).unwrap();
+    let out = run(&config, &["backup"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let year = format!("/etcd-backupd/default/slots/{}0101T000000Z", chrono::Utc::now().format("%Y"));
+    let recorded = records(&cluster[0]).await;
+    let (_, id) = recorded.get(&year).unwrap_or_else(|| panic!("no record of this year's slot: {recorded:?}"));
+    assert!(committed(&s3).contains(id), "{id}");
+}
+
+/// Three members with a daemon each, on `schedule`: the cluster, the daemons, their configs' dirs.
+async fn three_daemons(setup: &Setup, s3: &S3, schedule: &str) -> (Vec<Etcd>, Vec<Daemon>, Vec<PathBuf>) {
+    let members = Member::several(3);
+    let dirs: Vec<(Member, PathBuf)> =
+        members.iter().map(|m| (m.clone(), setup.work.path().join(format!("{}-data", m.name)))).collect();
+    let cluster = Etcd::start_cluster(EtcdVersion::V35, &dirs);
+    let mut daemons = Vec::new();
+    let mut configs = Vec::new();
+    for (etcd, member) in cluster.iter().zip(&members) {
+        let config = member_config(setup, etcd, &member.name, s3);
+        let text = std::fs::read_to_string(&config).unwrap().replace("*/2 * * * * *", schedule);
+        std::fs::write(&config, text).unwrap();
+        daemons.push(Daemon::start(&config).await);
+        configs.push(config.parent().unwrap().to_path_buf());
+    }
+    (cluster, daemons, configs)
+}
+
+/// Waits until `cond`, up to `limit`.
+async fn until(what: &str, limit: Duration, mut cond: impl AsyncFnMut() -> bool) {
+    let deadline = std::time::Instant::now() + limit;
+    while !cond().await {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The labels of the backups committed in a member's local folder.
+fn local_labels(dir: &std::path::Path) -> Vec<String> {
+    let folder = dir.join("backups/default");
+    files(&folder)
+        .iter()
+        .filter(|n| n.ends_with(".manifest.json"))
+        .map(|n| {
+            let m: Value = serde_json::from_slice(&std::fs::read(folder.join(n)).unwrap()).unwrap();
+            m["label"].as_str().unwrap_or("").to_string()
+        })
+        .collect()
+}
+
+/// The member holding a slot is killed mid-snapshot: its lease lapses, another member takes the same
+/// slot and commits it; the killed one left nothing committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_holder_hands_its_slot_to_another_member() {
+    let setup = Setup::new();
+    let s3 = S3::start().await;
+    // Big enough for several S3 parts, and every part slow: the holder is still streaming when killed.
+    s3.faults.part_delay_ms.store(3_000, std::sync::atomic::Ordering::SeqCst);
+    let members = Member::several(3);
+    let dirs: Vec<(Member, PathBuf)> =
+        members.iter().map(|m| (m.clone(), setup.work.path().join(format!("{}-data", m.name)))).collect();
+    let cluster = Etcd::start_cluster(EtcdVersion::V35, &dirs);
+    cluster[0].seed(120, 200_000).await;
+    let mut daemons = Vec::new();
+    for (etcd, member) in cluster.iter().zip(&members) {
+        let config = member_config(&setup, etcd, &member.name, &s3);
+        let text = std::fs::read_to_string(&config).unwrap().replace("*/2 * * * * *", "0 0 1 1 *");
+        std::fs::write(&config, text).unwrap();
+        // A new install backs up at once: every daemon asks for the same slot.
+        daemons.push(Daemon::start(&config).await);
+    }
+    let mut holder = None;
+    until("a member to take the slot", Duration::from_secs(30), async || {
+        holder = daemons.iter().position(|d| d.log().contains("this member takes the slot"));
+        holder.is_some()
+    })
+    .await;
+    let holder = holder.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    daemons[holder].signal(nix::sys::signal::Signal::SIGKILL);
+    s3.faults.part_delay_ms.store(0, std::sync::atomic::Ordering::SeqCst);
+
+    until("another member to cover the slot", Duration::from_secs(60), async || !records(&cluster[0]).await.is_empty())
+        .await;
+    let recorded = records(&cluster[0]).await;
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    let (member, id) = recorded.values().next().unwrap().clone();
+    let killed_dir = setup.work.path().join(&members[holder].name);
+    let killed_log = std::fs::read_to_string(killed_dir.join("daemon.log")).unwrap();
+    assert!(
+        !id.ends_with(&member_id_of(&cluster[holder])),
+        "the killed member's backup was recorded: {id}\n{killed_log}"
+    );
+    assert_ne!(member, member_id_of(&cluster[holder]), "the killed member's record");
+    assert_eq!(committed(&s3), vec![id.clone()], "exactly one backup of the slot in S3");
+    assert!(
+        files(&killed_dir.join("backups/default")).iter().all(|n| !n.ends_with(".manifest.json")),
+        "the killed member committed nothing: {:?}",
+        files(&killed_dir.join("backups/default"))
+    );
+    for (i, d) in daemons.into_iter().enumerate() {
+        if i != holder {
+            d.stop().await;
+        }
+    }
+}
+
+fn member_id_of(etcd: &Etcd) -> String {
+    etcd.member_id_hex()
+}
+
+/// One member's etcd stops: the others cover every slot. A second stops (no quorum): the survivor takes
+/// emergency backups of its own member, labelled so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sick_cluster_gets_more_backups_never_fewer() {
+    let setup = Setup::new();
+    let s3 = S3::start().await;
+    let (mut cluster, daemons, dirs) = three_daemons(&setup, &s3, "*/3 * * * * *").await;
+    until("two slots covered", Duration::from_secs(30), async || records(&cluster[0]).await.len() >= 2).await;
+
+    drop(cluster.remove(2));
+    let before = records(&cluster[0]).await.len();
+    until("two more slots covered by the two left", Duration::from_secs(40), async || {
+        records(&cluster[0]).await.len() >= before + 2
+    })
+    .await;
+
+    drop(cluster.remove(1));
+    until("an emergency backup by the survivor", Duration::from_secs(90), async || {
+        local_labels(&dirs[0]).iter().any(|l| l == "emergency-no-quorum")
+    })
+    .await;
+    let log = daemons[0].log();
+    assert!(log.contains("no quorum"), "{log}");
+    for d in daemons {
+        d.stop().await;
+    }
+}
+
+/// A learner's daemon never fails and never takes a slot, and its status says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_learners_daemon_never_fails_and_never_takes_a_slot() {
+    let setup = Setup::new();
+    let s3 = S3::start().await;
+    let members = Member::several(4);
+    let voters = &members[..3];
+    let dirs: Vec<(Member, PathBuf)> =
+        voters.iter().map(|m| (m.clone(), setup.work.path().join(format!("{}-data", m.name)))).collect();
+    let cluster = Etcd::start_cluster(EtcdVersion::V35, &dirs);
+    let learner = Etcd::start_learner(EtcdVersion::V35, &cluster[0], voters, &members[3]);
+    let mut daemons = Vec::new();
+    for (etcd, member) in cluster.iter().chain([&learner]).zip(&members) {
+        daemons.push(Daemon::start(&member_config(&setup, etcd, &member.name, &s3)).await);
+    }
+    until("three slots covered", Duration::from_secs(30), async || records(&cluster[0]).await.len() >= 3).await;
+    let learner_id = learner.member_id_hex();
+    let learner_dir = setup.work.path().join(&members[3].name);
+    let (status, _, _, log) = daemons.pop().unwrap().stop().await;
+    assert!(status.success(), "{log}");
+    assert!(!log.contains("ERROR") && !log.contains("FAILED"), "the learner's daemon failed:\n{log}");
+    assert!(records(&cluster[0]).await.values().all(|(m, _)| *m != learner_id));
+    assert!(local_labels(&learner_dir).is_empty(), "the learner backed up");
+    let out = run(&learner_dir.join("etcd-backupd.toml"), &["status"]).await;
+    let text = stdout(&out);
+    assert!(text.contains("learner"), "status says why the learner did not back up:\n{text}\n{}", stderr(&out));
+    for d in daemons {
+        d.stop().await;
+    }
 }

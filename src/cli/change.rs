@@ -32,6 +32,9 @@ pub(super) async fn backup(
             Outcome::Unchanged { revision } => crate::json::Backup::unchanged(*revision),
             Outcome::Failed(e) => crate::json::Backup::not_committed("failed", format!("{e:#}")),
             Outcome::Skipped(why) => crate::json::Backup::not_committed("skipped", why.clone()),
+            Outcome::Learner(_) => {
+                crate::json::Backup::not_committed("skipped", "this member is a learner".to_string())
+            }
             Outcome::Covered(r) => crate::json::Backup::not_committed(
                 "covered",
                 format!("member {} covered the slot with backup {}", r.member_name, r.backup_id),
@@ -49,6 +52,12 @@ pub(super) async fn backup(
         }
         Outcome::Failed(e) => return Err(e.into()),
         Outcome::Skipped(why) => return Err(anyhow::anyhow!(why).into()),
+        Outcome::Learner(_) => {
+            if !json {
+                out!("this member is a learner, which never backs up");
+            }
+            return Ok(());
+        }
         Outcome::Covered(r) => {
             if !json {
                 out!("member {} covered this slot with backup {}: nothing to do", r.member_name, r.backup_id);

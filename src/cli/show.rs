@@ -65,6 +65,9 @@ pub(super) fn status(settings: &Settings, json: bool) -> Result<(), Failure> {
                 r.backup_id
             );
         }
+        if let Some(s) = &state.last_skip {
+            out!("last skipped: {} {}", s.time.format("%Y-%m-%d %H:%M:%S UTC"), s.error);
+        }
         if let Some(f) = &state.last_failure {
             out!("last failure: {} {}", f.time.format("%Y-%m-%d %H:%M:%S UTC"), f.error);
         }

@@ -191,6 +191,33 @@ impl Etcd {
         running
     }
 
+    /// Adds `learner` to the cluster `members` form (through `existing`) as a learner and starts it;
+    /// returns once it answers a status request (a learner serves no linearizable read).
+    pub fn start_learner(version: EtcdVersion, existing: &Etcd, members: &[Member], learner: &Member) -> Etcd {
+        // etcd refuses a new member until every member has been connected a few seconds.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out =
+                existing.etcdctl(&["member", "add", &learner.name, "--learner", "--peer-urls", &learner.peer_url()]);
+            if out.status.success() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "member add --learner: {}", String::from_utf8_lossy(&out.stderr));
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        let cluster = Member::initial_cluster(members.iter().chain([learner]));
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().join("data");
+        let etcd =
+            Self::launch(version, dir, data_dir, false, learner, &cluster, &["--initial-cluster-state", "existing"]);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !etcd.etcdctl(&["endpoint", "status"]).status.success() {
+            assert!(Instant::now() < deadline, "the learner at {} did not start", etcd.endpoint);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        etcd
+    }
+
     /// Restores `snapshot` with the version's own tool (`etcdutl` for 3.5, `etcdctl` for 3.4) into a new
     /// data dir and starts a plain member on it.
     pub fn start_restored(version: EtcdVersion, snapshot: &Path) -> Etcd {
