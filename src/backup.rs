@@ -117,7 +117,7 @@ pub async fn run_once(
                 crate::alerts::send(&settings.notify, event(settings, crate::alerts::Kind::Start, None), alerts);
                 let mut request = request.clone();
                 if emergency && request.label.is_none() {
-                    request.label = Some(EMERGENCY_LABEL.to_string());
+                    request.label = Some(crate::manifest::EMERGENCY_LABEL.to_string());
                 }
                 let outcome = attempts(settings, &request, state_dir, max_attempts).await;
                 finish_slot(settings, &request, held, &outcome).await;
@@ -136,9 +136,6 @@ pub async fn run_once(
     }
     (started, outcome)
 }
-
-/// The label of a backup a member takes on its own because its cluster has no quorum.
-pub const EMERGENCY_LABEL: &str = "emergency-no-quorum";
 
 /// Whether this run goes ahead (holding the slot, if cluster mode gave it one; an emergency when the
 /// cluster has no quorum) or leaves the slot.

@@ -36,6 +36,7 @@ pub async fn upload_missing(
             size: s.manifest.artifact.size,
             pinned: s.pinned,
             this_run: false,
+            emergency: s.manifest.is_emergency(),
         })
         .collect();
     let decisions = plan(&candidates);

@@ -90,6 +90,9 @@ impl From<CompressionName> for String {
     }
 }
 
+/// The label of a backup a member takes on its own because its cluster has no quorum (cluster mode).
+pub const EMERGENCY_LABEL: &str = "emergency-no-quorum";
+
 /// How the snapshot is compressed before encryption.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Compression {
@@ -404,6 +407,11 @@ impl Manifest {
             ));
         }
         Ok(())
+    }
+
+    /// Taken without quorum (cluster mode): kept until a normal backup is newer.
+    pub fn is_emergency(&self) -> bool {
+        self.label.as_deref() == Some(EMERGENCY_LABEL)
     }
 
     /// How the artifact is compressed.

@@ -70,6 +70,7 @@ pub async fn prune(destination: &Destination, options: &PruneOptions) -> Result<
             size: s.manifest.artifact.size,
             pinned: s.pinned,
             this_run: options.this_run.as_ref() == Some(&s.manifest.id),
+            emergency: s.manifest.is_emergency(),
         })
         .collect();
     let decisions = retention::plan(&candidates, &options.policy, options.timezone, options.now);

@@ -56,6 +56,8 @@ pub struct Candidate {
     /// The backup the running backup just committed: its own prune never removes it, whatever the
     /// clock says of it or of the others.
     pub this_run: bool,
+    /// Taken by a member on its own while its cluster had no quorum (`manifest::EMERGENCY_LABEL`).
+    pub emergency: bool,
 }
 
 /// How far past `now` a backup's time may lie before it counts as dated in the future. Members that
@@ -75,6 +77,8 @@ pub enum Reason {
     Pinned,
     /// Kept: the backup this run committed.
     ThisRun,
+    /// Kept: an emergency backup (taken without quorum) with no normal backup newer than it.
+    Emergency,
     /// Kept and left out of every rule: its id dates it after now (a wrong clock, here or where it was
     /// taken). It is never "newer" than a real backup, so it never pushes one out.
     FutureDated,
@@ -95,6 +99,7 @@ pub enum Reason {
 impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Reason::Emergency => f.write_str("emergency backup, no normal one newer"),
             Reason::Newest => f.write_str("newest"),
             Reason::Pinned => f.write_str("pinned"),
             Reason::ThisRun => f.write_str("taken by this run"),
@@ -179,6 +184,9 @@ fn plan_ranked(sorted: &[&Candidate], policy: &Policy, tz: Tz) -> Vec<Decision> 
         if c.this_run {
             d.reasons.push(Reason::ThisRun);
         }
+        if c.emergency && !sorted[..i].iter().any(|newer| !newer.emergency) {
+            d.reasons.push(Reason::Emergency);
+        }
         if (i as u64) < u64::from(policy.keep_last) {
             d.reasons.push(Reason::Last(policy.keep_last));
         }
@@ -213,7 +221,10 @@ fn plan_ranked(sorted: &[&Candidate], policy: &Policy, tz: Tz) -> Vec<Decision> 
             if total <= max || kept <= floor {
                 break;
             }
-            let protected = d.reasons.iter().any(|r| matches!(r, Reason::Newest | Reason::Pinned | Reason::ThisRun));
+            let protected = d
+                .reasons
+                .iter()
+                .any(|r| matches!(r, Reason::Newest | Reason::Pinned | Reason::ThisRun | Reason::Emergency));
             if d.keep && !protected {
                 d.keep = false;
                 d.reasons = vec![Reason::OverMaxTotalSize];

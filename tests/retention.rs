@@ -56,7 +56,7 @@ async fn prune_of_ten_thousand_backups_leaves_exactly_the_planned_set() {
         let pinned = i % 997 == 5;
         plant(&local, &id, size, pinned);
         plant(&remote, &id, size, pinned);
-        candidates.push(Candidate { id, size: size as u64, pinned, this_run: false });
+        candidates.push(Candidate { id, size: size as u64, pinned, this_run: false, emergency: false });
     }
     let now = candidates.last().unwrap().id.created() + Duration::hours(1);
     // Strangers that must survive: foreign names, and another cluster's backups in both places.

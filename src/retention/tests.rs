@@ -10,7 +10,7 @@ fn at(y: i32, mo: u32, d: u32, h: u32, mi: u32) -> DateTime<Utc> {
 }
 
 fn backup(t: DateTime<Utc>) -> Candidate {
-    Candidate { id: BackupId::new(t, t.timestamp(), "a"), size: 100, pinned: false, this_run: false }
+    Candidate { id: BackupId::new(t, t.timestamp(), "a"), size: 100, pinned: false, this_run: false, emergency: false }
 }
 
 /// Kept backups as "YYYY-MM-DD HH:MM reasons…", newest first.
@@ -314,6 +314,7 @@ fn arb_backups() -> impl Strategy<Value = Vec<Candidate>> {
                 size,
                 pinned,
                 this_run: false,
+                emergency: i % 7 == 3,
             })
             .collect()
     })
@@ -434,4 +435,25 @@ proptest! {
     fn every_decision_has_a_reason(b in arb_backups(), p in arb_policy(), tz in arb_tz()) {
         prop_assert!(plan(&b, &p, tz, LATER).iter().all(|d| !d.reasons.is_empty()));
     }
+}
+
+/// A member's emergency backup (its cluster had no quorum) stays until a normal backup is newer, whatever
+/// the rules say, and then goes like any other.
+#[test]
+fn emergency_backups_stay_until_a_normal_one_is_newer() {
+    let policy = Policy { keep_last: 1, ..Policy::default() };
+    let now = at(2026, 11, 22, 12, 0);
+    let emergency = |t| Candidate { emergency: true, ..backup(t) };
+    let backups =
+        [backup(at(2026, 11, 22, 6, 0)), emergency(at(2026, 11, 22, 7, 0)), emergency(at(2026, 11, 22, 8, 0))];
+    let kept: Vec<bool> = plan(&backups, &policy, chrono_tz::UTC, now).iter().map(|d| d.keep).collect();
+    assert_eq!(kept, vec![true, true, false], "newest first: both emergencies stay, the older normal one goes");
+    let plans = plan(&backups, &policy, chrono_tz::UTC, now);
+    assert!(plans[1].reasons.contains(&Reason::Emergency), "{:?}", plans[1]);
+    let mut later = backups.to_vec();
+    later.push(backup(at(2026, 11, 22, 9, 0)));
+    let kept: Vec<bool> = plan(&later, &policy, chrono_tz::UTC, now).iter().map(|d| d.keep).collect();
+    assert_eq!(kept, vec![true, false, false, false], "a normal backup is newer: the emergencies go");
+    let small = Policy { max_total_size: Some(1), ..policy };
+    assert!(plan(&backups, &small, chrono_tz::UTC, now)[1].keep, "max_total_size never removes an emergency backup");
 }
