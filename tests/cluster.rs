@@ -292,3 +292,75 @@ async fn a_learners_daemon_never_fails_and_never_takes_a_slot() {
         d.stop().await;
     }
 }
+
+/// With etcd's authentication on, the configured user (a snapshot needs the root role, which may use
+/// every key) coordinates as any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_authentication_on_the_members_still_coordinate() {
+    let setup = Setup::new();
+    let s3 = S3::start().await;
+    let members = Member::several(3);
+    let dirs: Vec<(Member, PathBuf)> =
+        members.iter().map(|m| (m.clone(), setup.work.path().join(format!("{}-data", m.name)))).collect();
+    let cluster = Etcd::start_cluster(EtcdVersion::V35, &dirs);
+    let password = cluster[0].enable_auth();
+    let password_file = setup.work.path().join("etcd-password");
+    std::fs::write(&password_file, format!("{password}\n")).unwrap();
+    let mut daemons = Vec::new();
+    for (etcd, member) in cluster.iter().zip(&members) {
+        let config = member_config(&setup, etcd, &member.name, &s3);
+        let user = format!("username = \"backup\"\npassword_file = \"{}\"\n", password_file.display());
+        let text = std::fs::read_to_string(&config).unwrap().replacen("[etcd]\n", &format!("[etcd]\n{user}"), 1);
+        std::fs::write(&config, text).unwrap();
+        // check-config asks etcd whether the user may use the prefix, without writing to it.
+        let out = run(&config, &["check-config"]).await;
+        let text = stdout(&out);
+        assert!(text.contains("the etcd user may read and write /etcd-backupd/default/"), "{text}{}", stderr(&out));
+        daemons.push(Daemon::start(&config).await);
+    }
+    *cluster[1].root_user.lock().unwrap() = cluster[0].root_user.lock().unwrap().clone();
+    until("three slots covered", Duration::from_secs(30), async || records(&cluster[1]).await.len() >= 3).await;
+    for d in daemons {
+        let (status, _, _, log) = d.stop().await;
+        assert!(status.success(), "{log}");
+        assert!(!log.contains("grant-permission") && !log.contains("member mode"), "{log}");
+    }
+    let recorded = records(&cluster[1]).await;
+    let in_s3 = committed(&s3);
+    assert!(recorded.values().all(|(_, id)| in_s3.contains(id)), "{recorded:?} {in_s3:?}");
+}
+
+/// The records in etcd stay bounded: the member that records a slot deletes all but the newest 64.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_records_in_etcd_stay_bounded() {
+    let setup = Setup::new();
+    let s3 = S3::start().await;
+    let members = Member::several(3);
+    let dirs: Vec<(Member, PathBuf)> =
+        members.iter().map(|m| (m.clone(), setup.work.path().join(format!("{}-data", m.name)))).collect();
+    let cluster = Etcd::start_cluster(EtcdVersion::V35, &dirs);
+    // A hundred slots of last year, as a long-running cluster would have recorded them.
+    let mut client = cluster[0].client().await;
+    for day in 0..100 {
+        let slot = chrono::DateTime::from_timestamp(1_735_689_600 + day * 86_400, 0).unwrap();
+        let key = format!("/etcd-backupd/default/slots/{}", slot.format("%Y%m%dT%H%M%SZ"));
+        let value = format!("{{\"member_id\": \"1\", \"backup_id\": \"{}-r1-1\"}}", slot.format("%Y%m%dT%H%M%SZ"));
+        client.put(key, value, None).await.unwrap();
+    }
+    let mut daemons = Vec::new();
+    for (etcd, member) in cluster.iter().zip(&members) {
+        daemons.push(Daemon::start(&member_config(&setup, etcd, &member.name, &s3)).await);
+    }
+    let this_year = chrono::Utc::now().format("%Y").to_string();
+    until("a slot of this year recorded", Duration::from_secs(30), async || {
+        records(&cluster[0]).await.keys().any(|k| k.contains(&format!("/slots/{this_year}")))
+    })
+    .await;
+    for d in daemons {
+        d.stop().await;
+    }
+    let recorded = records(&cluster[0]).await;
+    assert!(recorded.len() <= 64, "{} records", recorded.len());
+    assert!(recorded.keys().any(|k| k.contains(&format!("/slots/{this_year}"))));
+    assert!(!recorded.contains_key("/etcd-backupd/default/slots/20250101T000000Z"), "the oldest went first");
+}

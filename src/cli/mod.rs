@@ -128,6 +128,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::CheckConfig => {
             print_summary(&cli.config, &settings);
+            show::check_coordination(&settings).await;
             Ok(())
         }
         Command::Backup { label, pin, wait, json } => {

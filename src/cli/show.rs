@@ -40,6 +40,33 @@ pub(super) fn print_summary(path: &std::path::Path, s: &Settings) {
     }
 }
 
+/// Cluster mode's line of check-config: the prefix, and, where etcd has users (the config names one),
+/// whether this one may use it, or the command that lets it. A member that cannot be reached is only
+/// mentioned: check-config also runs where etcd is not.
+pub(super) async fn check_coordination(settings: &Settings) {
+    let c = &settings.coordination;
+    if c.mode == config::CoordinationMode::Member {
+        out!("  coordination: member mode (every member's daemon backs up on its own)");
+        return;
+    }
+    out!("  coordination: cluster mode, one backup per slot, under {} in etcd", c.prefix);
+    let Some(etcd) = &settings.etcd else { return };
+    if etcd.auth.is_none() && etcd.client_cert.is_none() {
+        return;
+    }
+    match crate::etcd::connect(etcd).await {
+        Ok(member) => match crate::coordination::check_access(&member, c).await {
+            Ok(()) => out!("  coordination: the etcd user may read and write {}", c.prefix),
+            Err(why) => out!("warning: coordination: {why}"),
+        },
+        Err(e) => out!(
+            "  coordination: etcd could not be asked whether its user may use {} ({e:#}); it needs: {}",
+            c.prefix,
+            crate::coordination::grant_command(c)
+        ),
+    }
+}
+
 pub(super) fn status(settings: &Settings, json: bool) -> Result<(), Failure> {
     let state_dir = crate::host::state_dir();
     let state = crate::state::State::load(&state_dir);

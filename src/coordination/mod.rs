@@ -176,6 +176,31 @@ pub async fn record_unless_covered(member: &Member, settings: &CoordinationSetti
     trim(&mut client, &keys).await;
 }
 
+/// Whether the etcd user may read and write the prefix, asked without writing: a transaction whose
+/// condition never holds still has every key it names checked against the user's permissions.
+pub async fn check_access(member: &Member, settings: &CoordinationSettings) -> Result<(), String> {
+    let keys = Keys::new(&settings.prefix);
+    let mut client = member.client();
+    let probe = keys.record(DateTime::<Utc>::UNIX_EPOCH);
+    let txn = Txn::new().when([Compare::version(probe.as_str(), CompareOp::Less, 0)]).and_then([
+        TxnOp::put(probe.as_str(), "", None),
+        TxnOp::get(keys.prefix(), Some(GetOptions::new().with_prefix())),
+    ]);
+    match tokio::time::timeout(QUESTION, client.txn(txn)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => match unavailable(e, &keys) {
+            Claim::Denied(why) => Err(why),
+            _ => Ok(()),
+        },
+        Err(_) => Ok(()),
+    }
+}
+
+/// The command that gives a role read and write on the prefix.
+pub fn grant_command(settings: &CoordinationSettings) -> String {
+    format!("etcdctl role grant-permission <role> readwrite --prefix=true {}", settings.prefix)
+}
+
 /// Renews the lease until aborted; stops when etcd says it is gone.
 async fn renew(mut client: Client, lease: i64, ttl: Duration) {
     let Ok((mut keeper, mut answers)) = client.lease_keep_alive(lease).await else { return };
@@ -233,5 +258,32 @@ fn unavailable(e: etcd_client::Error, keys: &Keys) -> Claim {
         ))
     } else {
         Claim::NoQuorum(crate::errors::chain(&e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// etcd refusing the prefix names the fix; anything else counts as a cluster that cannot decide.
+    #[test]
+    fn a_refusal_names_the_grant_and_anything_else_is_no_quorum() {
+        let keys = Keys::new("/etcd-backupd/prod/");
+        let denied = etcd_client::Error::GRpcStatus(tonic::Status::new(
+            tonic::Code::PermissionDenied,
+            "etcdserver: permission denied",
+        ));
+        match unavailable(denied, &keys) {
+            Claim::Denied(why) => assert!(
+                why.contains("etcdctl role grant-permission <role> readwrite --prefix=true /etcd-backupd/prod/"),
+                "{why}"
+            ),
+            _ => panic!("a refusal is Denied"),
+        }
+        let timeout = etcd_client::Error::GRpcStatus(tonic::Status::new(
+            tonic::Code::Unavailable,
+            "etcdserver: request timed out",
+        ));
+        assert!(matches!(unavailable(timeout, &keys), Claim::NoQuorum(_)));
     }
 }

@@ -339,6 +339,15 @@ impl Etcd {
                 ));
             options = options.with_tls(tls);
         }
+        if let Some((user, password)) = self
+            .root_user
+            .lock()
+            .unwrap()
+            .clone()
+            .and_then(|u| u.split_once(':').map(|(a, b)| (a.to_string(), b.to_string())))
+        {
+            options = options.with_user(user, password);
+        }
         etcd_client::Client::connect([&self.endpoint], Some(options)).await.unwrap()
     }
 
