@@ -129,7 +129,9 @@ pub async fn run_once(
         Outcome::Committed(report) if report.failed.is_empty() => Some(event(settings, Kind::Success, Some(&outcome))),
         Outcome::Committed(_) | Outcome::Failed(_) => Some(event(settings, Kind::Failure, Some(&outcome))),
         Outcome::Unchanged { .. } => Some(event(settings, Kind::Success, Some(&outcome))),
-        Outcome::Skipped(_) | Outcome::Covered(_) | Outcome::Learner(_) => None,
+        // A slot another member covered is fresh: the check of this member's runs is pinged too.
+        Outcome::Covered(_) => Some(event(settings, Kind::Success, Some(&outcome))),
+        Outcome::Skipped(_) | Outcome::Learner(_) => None,
     };
     if let Some(done) = done {
         crate::alerts::send(&settings.notify, done, alerts);
@@ -241,7 +243,11 @@ fn event(settings: &Settings, kind: crate::alerts::Kind, outcome: Option<&Outcom
         }
         Some(Outcome::Unchanged { revision }) => e.revision = Some(*revision),
         Some(Outcome::Failed(err)) => e.error = Some(format!("{err:#}")),
-        Some(Outcome::Skipped(_) | Outcome::Covered(_) | Outcome::Learner(_)) | None => {}
+        Some(Outcome::Covered(r)) => {
+            e.backup_id = Some(r.backup_id.to_string());
+            e.revision = Some(r.revision);
+        }
+        Some(Outcome::Skipped(_) | Outcome::Learner(_)) | None => {}
     }
     e
 }

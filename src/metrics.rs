@@ -25,6 +25,11 @@ pub fn render(state: &State, cluster: &str) -> String {
         ok.map(|s| s.time.timestamp() as f64),
     );
     gauge(
+        "last_covered_timestamp_seconds",
+        "Cluster mode: when another member committed the backup of the last slot this member rightly skipped.",
+        state.last_covered.as_ref().map(|r| r.time.timestamp() as f64),
+    );
+    gauge(
         "last_failure_timestamp_seconds",
         "Time of the last failed backup.",
         state.last_failure.as_ref().map(|f| f.time.timestamp() as f64),
@@ -71,6 +76,7 @@ pub fn render(state: &State, cluster: &str) -> String {
         ("failed", state.runs.failed),
         ("unchanged", state.runs.unchanged),
         ("skipped", state.runs.skipped),
+        ("covered", state.runs.covered),
     ] {
         let _ = writeln!(out, "etcd_backupd_runs_total{{cluster=\"{c}\",result=\"{result}\"}} {n}");
     }
@@ -122,7 +128,18 @@ mod tests {
         s.last_proven =
             Some(crate::state::Proven { time: t, id: crate::state::sample_success(t).id, revision: 48000, keys: 12 });
         s.drills.failed = 2;
+        s.runs.covered = 5;
+        s.last_covered = Some(crate::coordination::slot::Record {
+            slot: t,
+            member_id: "a".into(),
+            member_name: "m2".into(),
+            backup_id: crate::manifest::BackupId::new(t, 1, "a"),
+            revision: 1,
+            time: t,
+        });
         let text = render(&s, "prod\"east");
+        assert!(text.contains("etcd_backupd_last_covered_timestamp_seconds{cluster=\"prod\\\"east\"} 1795327200\n"));
+        assert!(text.contains("etcd_backupd_runs_total{cluster=\"prod\\\"east\",result=\"covered\"} 5\n"));
         assert!(
             text.contains("etcd_backupd_last_success_timestamp_seconds{cluster=\"prod\\\"east\"} 1795327200\n"),
             "{text}"

@@ -364,3 +364,56 @@ async fn the_records_in_etcd_stay_bounded() {
     assert!(recorded.keys().any(|k| k.contains(&format!("/slots/{this_year}"))));
     assert!(!recorded.contains_key("/etcd-backupd/default/slots/20250101T000000Z"), "the oldest went first");
 }
+
+/// Where no follower's daemon runs, the leader takes the slot, after `leader_delay`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_takes_a_slot_only_when_no_follower_did() {
+    let setup = Setup::new();
+    let s3 = S3::start().await;
+    let members = Member::several(3);
+    let dirs: Vec<(Member, PathBuf)> =
+        members.iter().map(|m| (m.clone(), setup.work.path().join(format!("{}-data", m.name)))).collect();
+    let cluster = Etcd::start_cluster(EtcdVersion::V35, &dirs);
+    let out = cluster[0].etcdctl(&["endpoint", "status", "--cluster", "-w", "json"]);
+    let statuses: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let leader = statuses[0]["Status"]["leader"].as_u64().unwrap();
+    let at = statuses.iter().position(|s| s["Status"]["header"]["member_id"].as_u64() == Some(leader)).unwrap();
+    let endpoint = statuses[at]["Endpoint"].as_str().unwrap();
+    let i = cluster.iter().position(|e| e.endpoint == endpoint).unwrap();
+    let daemon = Daemon::start(&member_config(&setup, &cluster[i], &members[i].name, &s3)).await;
+    until("the leader to cover slots", Duration::from_secs(30), async || records(&cluster[0]).await.len() >= 2).await;
+    let (_, _, _, log) = daemon.stop().await;
+    assert!(log.contains("leaving the slot to a follower first"), "{log}");
+    let leader_hex = format!("{leader:x}");
+    assert!(records(&cluster[0]).await.values().all(|(m, _)| *m == leader_hex));
+}
+
+/// `mode = "member"`: every member's daemon backs up on its own and nothing is written to etcd.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_mode_backs_up_every_member_and_writes_nothing_to_etcd() {
+    let setup = Setup::new();
+    let s3 = S3::start().await;
+    let members = Member::several(3);
+    let dirs: Vec<(Member, PathBuf)> =
+        members.iter().map(|m| (m.clone(), setup.work.path().join(format!("{}-data", m.name)))).collect();
+    let cluster = Etcd::start_cluster(EtcdVersion::V35, &dirs);
+    let mut daemons = Vec::new();
+    for (etcd, member) in cluster.iter().zip(&members) {
+        let config = member_config(&setup, etcd, &member.name, &s3);
+        let text = std::fs::read_to_string(&config)
+            .unwrap()
+            .replace("[coordination]\n", "[coordination]\nmode = \"member\"\n");
+        std::fs::write(&config, text).unwrap();
+        daemons.push(Daemon::start(&config).await);
+    }
+    until("every member's backups", Duration::from_secs(30), async || {
+        members.iter().all(|m| !local_labels(&setup.work.path().join(&m.name)).is_empty())
+    })
+    .await;
+    for d in daemons {
+        d.stop().await;
+    }
+    let mut client = cluster[0].client().await;
+    let ours = client.get("/etcd-backupd/", Some(etcd_client::GetOptions::new().with_prefix())).await.unwrap();
+    assert!(ours.kvs().is_empty(), "member mode wrote to etcd");
+}

@@ -26,6 +26,17 @@ use step::{Action, Event, Plans, Trigger};
 
 /// The one-line STATUS= for systemd: "last ok 2026-11-22 06:00 rev 48211 (12.4 MiB); next 12:00".
 pub fn status_line(state: &State, running: bool) -> String {
+    let covered = state.last_covered.as_ref().filter(|r| state.last_success.as_ref().is_none_or(|s| r.time > s.time));
+    if let Some(r) = covered {
+        let next =
+            state.next_run.map_or("no next run".to_string(), |t| format!("next {}", t.format("%Y-%m-%d %H:%M:%S UTC")));
+        return format!(
+            "slot {} covered by member {} ({}); {next}",
+            r.slot.format("%Y-%m-%d %H:%M"),
+            r.member_name,
+            r.backup_id
+        );
+    }
     let last = match (&state.last_success, &state.last_failure) {
         (Some(s), Some(f)) if f.time > s.time => format!("last run FAILED {}", f.time.format("%Y-%m-%d %H:%M")),
         (Some(s), _) => format!(
@@ -291,5 +302,18 @@ mod tests {
         s.last_failure = Some(Failure { time: t + chrono::Duration::hours(1), error: "x".into() });
         assert!(status_line(&s, true).starts_with("backing up; last run FAILED 2026-11-22 07:00"));
         assert_eq!(status_line(&State::default(), false), "no backup yet; no next run");
+        // Cluster mode: a slot another member covered after this member's last backup.
+        s.last_covered = Some(crate::coordination::slot::Record {
+            slot: t + chrono::Duration::hours(6),
+            member_id: "a".into(),
+            member_name: "m2".into(),
+            backup_id: crate::manifest::BackupId::new(t + chrono::Duration::hours(6), 48300, "a"),
+            revision: 48300,
+            time: t + chrono::Duration::hours(6),
+        });
+        assert_eq!(
+            status_line(&s, false),
+            "slot 2026-11-22 12:00 covered by member m2 (20261122T120000Z-r48300-a); next 2026-11-22 12:00:00 UTC"
+        );
     }
 }
