@@ -25,6 +25,8 @@ pub struct BackupRequest {
     pub prune: bool,
     /// Cancelled (by SIGTERM after the grace period): stop streaming, abort every upload, commit nothing.
     pub cancel: tokio_util::sync::CancellationToken,
+    /// Cancelled at once by SIGTERM: a run still waiting for its slot gives up.
+    pub stopping: tokio_util::sync::CancellationToken,
     /// Where the plain snapshot's unnamed check copy is written: the state dir.
     pub state_dir: std::path::PathBuf,
     /// The schedule slot this run is for (in cluster mode, one backup per slot for the whole cluster).
@@ -56,6 +58,7 @@ impl Default for BackupRequest {
             pin: false,
             prune: true,
             cancel: Default::default(),
+            stopping: Default::default(),
             state_dir: crate::host::state_dir(),
             slot: None,
         }
@@ -157,7 +160,7 @@ async fn coordinate(settings: &Settings, request: &BackupRequest) -> Turn {
     }
     let Ok(member) = crate::etcd::connect(etcd).await else { return Turn::Go(None, false) };
     let at = crate::coordination::slot::slot_text(slot.at);
-    match claim(&member, coordination, slot.at, slot.until, &request.cancel).await {
+    match claim(&member, coordination, slot.at, slot.until, &request.stopping).await {
         Claim::Alone => Turn::Go(None, false),
         Claim::Held(held) => {
             tracing::info!(slot = %at, "this member takes the slot");

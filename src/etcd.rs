@@ -186,7 +186,7 @@ impl Member {
 
     /// What cluster mode asks of the member: learner, leader, alarm, lag, voters. The cluster's
     /// revision comes from a linearizable read (which waits for the leader), with `CLUSTER_QUESTION` to
-    /// answer; without an answer the member counts as caught up.
+    /// answer; without an answer (or a member list) the member counts as caught up.
     pub async fn health(&self) -> crate::coordination::slot::Health {
         let facts = &self.facts;
         let mut client = self.client.clone();
@@ -195,7 +195,8 @@ impl Member {
             Err(_) => facts.revision,
         };
         let mut cluster_revision = revision;
-        if !self.learner {
+        // Without a member list the cluster did not answer in time: do not wait on it again.
+        if !self.learner && self.voters.is_some() {
             let read = client.get("/", Some(etcd_client::GetOptions::new().with_count_only()));
             if let Ok(Ok(answer)) = tokio::time::timeout(CLUSTER_QUESTION, read).await {
                 cluster_revision = answer.header().map_or(cluster_revision, |h| h.revision());

@@ -59,6 +59,8 @@ pub fn status_line(state: &State, running: bool) -> String {
 struct Running {
     handle: JoinHandle<(DateTime<Utc>, Outcome)>,
     cancel: CancellationToken,
+    /// Cancelled at once on SIGTERM: a run still waiting for its slot gives up (a backup gets the grace).
+    stopping: CancellationToken,
 }
 
 /// The randomness jitter needs.
@@ -214,6 +216,7 @@ pub async fn run(config_path: PathBuf, settings: Settings) -> Result<()> {
         }
     }
     if let Some(mut r) = running.take() {
+        r.stopping.cancel();
         let grace = settings.schedule.stop_grace;
         tracing::info!(grace = %humantime::format_duration(grace), "stopping: waiting for the running backup to finish");
         let finished = match tokio::time::timeout(grace, &mut r.handle).await {
@@ -259,17 +262,18 @@ fn start_drill(settings: &Settings, cancel: CancellationToken) -> JoinHandle<Dri
 }
 
 fn start(settings: &Settings, state_dir: &Path) -> Running {
-    let cancel = CancellationToken::new();
-    let (settings, state_dir, token) = (settings.clone(), state_dir.to_path_buf(), cancel.clone());
+    let (cancel, stopping) = (CancellationToken::new(), CancellationToken::new());
+    let (settings, state_dir, token, stop) =
+        (settings.clone(), state_dir.to_path_buf(), cancel.clone(), stopping.clone());
     let handle = tokio::spawn(async move {
         // The daemon does not wait for a one-shot backup holding the lock: it skips this run.
         let slot = crate::backup::SlotRun::now(&settings.schedule.schedule, Utc::now(), true);
-        let request = BackupRequest { cancel: token, slot: Some(slot), ..BackupRequest::default() };
+        let request = BackupRequest { cancel: token, stopping: stop, slot: Some(slot), ..BackupRequest::default() };
         // The daemon's notifications finish on their own tasks.
         let mut alerts = crate::alerts::Pending::default();
         run_once(&settings, &request, &state_dir, Duration::ZERO, settings.schedule.max_attempts, &mut alerts).await
     });
-    Running { handle, cancel }
+    Running { handle, cancel, stopping }
 }
 
 async fn save_next(settings: &Settings, state_dir: &Path, next: DateTime<Utc>) -> State {
