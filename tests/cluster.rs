@@ -74,17 +74,11 @@ async fn each_slot_is_backed_up_once_by_a_follower_34() {
 
 async fn each_slot_is_backed_up_once_by_a_follower(version: EtcdVersion) {
     let setup = Setup::new();
-    let members = Member::several(3);
-    let dirs: Vec<(Member, PathBuf)> =
-        members.iter().map(|m| (m.clone(), setup.work.path().join(format!("{}-data", m.name)))).collect();
-    let cluster = Etcd::start_cluster(version, &dirs);
+    let (members, cluster) = three_members(&setup, version);
     cluster[0].seed(20, 100).await;
     let s3 = S3::start().await;
 
-    let mut daemons = Vec::new();
-    for (etcd, member) in cluster.iter().zip(&members) {
-        daemons.push(Daemon::start(&member_config(&setup, etcd, &member.name, &s3)).await);
-    }
+    let daemons = start_daemons(&setup, &cluster, &members, &s3, |text| text).await;
     // Long enough for at least five slots.
     tokio::time::sleep(Duration::from_secs(12)).await;
     let leader = {
@@ -133,22 +127,38 @@ async fn each_slot_is_backed_up_once_by_a_follower(version: EtcdVersion) {
     assert!(committed(&s3).contains(id), "{id}");
 }
 
-/// Three members with a daemon each, on `schedule`: the cluster, the daemons, their configs' dirs.
-async fn three_daemons(setup: &Setup, s3: &S3, schedule: &str) -> (Vec<Etcd>, Vec<Daemon>, Vec<PathBuf>) {
+/// A three-member cluster on loopback, each member's data dir in the work dir.
+fn three_members(setup: &Setup, version: EtcdVersion) -> (Vec<Member>, Vec<Etcd>) {
     let members = Member::several(3);
     let dirs: Vec<(Member, PathBuf)> =
         members.iter().map(|m| (m.clone(), setup.work.path().join(format!("{}-data", m.name)))).collect();
-    let cluster = Etcd::start_cluster(EtcdVersion::V35, &dirs);
+    let cluster = Etcd::start_cluster(version, &dirs);
+    (members, cluster)
+}
+
+/// A daemon on each member, its config (`member_config`) changed by `edit` first.
+async fn start_daemons(
+    setup: &Setup,
+    cluster: &[Etcd],
+    members: &[Member],
+    s3: &S3,
+    edit: impl Fn(String) -> String,
+) -> Vec<Daemon> {
     let mut daemons = Vec::new();
-    let mut configs = Vec::new();
-    for (etcd, member) in cluster.iter().zip(&members) {
+    for (etcd, member) in cluster.iter().zip(members) {
         let config = member_config(setup, etcd, &member.name, s3);
-        let text = std::fs::read_to_string(&config).unwrap().replace("*/2 * * * * *", schedule);
-        std::fs::write(&config, text).unwrap();
+        std::fs::write(&config, edit(std::fs::read_to_string(&config).unwrap())).unwrap();
         daemons.push(Daemon::start(&config).await);
-        configs.push(config.parent().unwrap().to_path_buf());
     }
-    (cluster, daemons, configs)
+    daemons
+}
+
+/// Three members with a daemon each, on `schedule`: the cluster, the daemons, their configs' dirs.
+async fn three_daemons(setup: &Setup, s3: &S3, schedule: &str) -> (Vec<Etcd>, Vec<Daemon>, Vec<PathBuf>) {
+    let (members, cluster) = three_members(setup, EtcdVersion::V35);
+    let daemons = start_daemons(setup, &cluster, &members, s3, |t| t.replace("*/2 * * * * *", schedule)).await;
+    let dirs = members.iter().map(|m| setup.work.path().join(&m.name)).collect();
+    (cluster, daemons, dirs)
 }
 
 /// Waits until `cond`, up to `limit`.
@@ -181,19 +191,10 @@ async fn a_killed_holder_hands_its_slot_to_another_member() {
     let s3 = S3::start().await;
     // Big enough for several S3 parts, and every part slow: the holder is still streaming when killed.
     s3.faults.part_delay_ms.store(3_000, std::sync::atomic::Ordering::SeqCst);
-    let members = Member::several(3);
-    let dirs: Vec<(Member, PathBuf)> =
-        members.iter().map(|m| (m.clone(), setup.work.path().join(format!("{}-data", m.name)))).collect();
-    let cluster = Etcd::start_cluster(EtcdVersion::V35, &dirs);
+    let (members, cluster) = three_members(&setup, EtcdVersion::V35);
     cluster[0].seed(120, 200_000).await;
-    let mut daemons = Vec::new();
-    for (etcd, member) in cluster.iter().zip(&members) {
-        let config = member_config(&setup, etcd, &member.name, &s3);
-        let text = std::fs::read_to_string(&config).unwrap().replace("*/2 * * * * *", "0 0 1 1 *");
-        std::fs::write(&config, text).unwrap();
-        // A new install backs up at once: every daemon asks for the same slot.
-        daemons.push(Daemon::start(&config).await);
-    }
+    // A new install backs up at once: every daemon asks for the same slot.
+    let mut daemons = start_daemons(&setup, &cluster, &members, &s3, |t| t.replace("*/2 * * * * *", "0 0 1 1 *")).await;
     let mut holder = None;
     until("a member to take the slot", Duration::from_secs(30), async || {
         holder = daemons.iter().position(|d| d.log().contains("this member takes the slot"));
@@ -306,10 +307,7 @@ async fn a_learners_daemon_never_fails_and_never_takes_a_slot() {
 async fn with_authentication_on_the_members_still_coordinate() {
     let setup = Setup::new();
     let s3 = S3::start().await;
-    let members = Member::several(3);
-    let dirs: Vec<(Member, PathBuf)> =
-        members.iter().map(|m| (m.clone(), setup.work.path().join(format!("{}-data", m.name)))).collect();
-    let cluster = Etcd::start_cluster(EtcdVersion::V35, &dirs);
+    let (members, cluster) = three_members(&setup, EtcdVersion::V35);
     let password = cluster[0].enable_auth();
     let password_file = setup.work.path().join("etcd-password");
     std::fs::write(&password_file, format!("{password}\n")).unwrap();
@@ -342,10 +340,7 @@ async fn with_authentication_on_the_members_still_coordinate() {
 async fn the_records_in_etcd_stay_bounded() {
     let setup = Setup::new();
     let s3 = S3::start().await;
-    let members = Member::several(3);
-    let dirs: Vec<(Member, PathBuf)> =
-        members.iter().map(|m| (m.clone(), setup.work.path().join(format!("{}-data", m.name)))).collect();
-    let cluster = Etcd::start_cluster(EtcdVersion::V35, &dirs);
+    let (members, cluster) = three_members(&setup, EtcdVersion::V35);
     // A hundred slots of last year, as a long-running cluster would have recorded them.
     let mut client = cluster[0].client().await;
     for day in 0..100 {
@@ -354,10 +349,7 @@ async fn the_records_in_etcd_stay_bounded() {
         let value = format!("{{\"member_id\": \"1\", \"backup_id\": \"{}-r1-1\"}}", slot.format("%Y%m%dT%H%M%SZ"));
         client.put(key, value, None).await.unwrap();
     }
-    let mut daemons = Vec::new();
-    for (etcd, member) in cluster.iter().zip(&members) {
-        daemons.push(Daemon::start(&member_config(&setup, etcd, &member.name, &s3)).await);
-    }
+    let daemons = start_daemons(&setup, &cluster, &members, &s3, |text| text).await;
     let this_year = chrono::Utc::now().format("%Y").to_string();
     until("a slot of this year recorded", Duration::from_secs(30), async || {
         records(&cluster[0]).await.keys().any(|k| k.contains(&format!("/slots/{this_year}")))
@@ -377,10 +369,7 @@ async fn the_records_in_etcd_stay_bounded() {
 async fn the_leader_takes_a_slot_only_when_no_follower_did() {
     let setup = Setup::new();
     let s3 = S3::start().await;
-    let members = Member::several(3);
-    let dirs: Vec<(Member, PathBuf)> =
-        members.iter().map(|m| (m.clone(), setup.work.path().join(format!("{}-data", m.name)))).collect();
-    let cluster = Etcd::start_cluster(EtcdVersion::V35, &dirs);
+    let (members, cluster) = three_members(&setup, EtcdVersion::V35);
     let out = cluster[0].etcdctl(&["endpoint", "status", "--cluster", "-w", "json"]);
     let statuses: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
     let leader = statuses[0]["Status"]["leader"].as_u64().unwrap();
@@ -400,19 +389,9 @@ async fn the_leader_takes_a_slot_only_when_no_follower_did() {
 async fn member_mode_backs_up_every_member_and_writes_nothing_to_etcd() {
     let setup = Setup::new();
     let s3 = S3::start().await;
-    let members = Member::several(3);
-    let dirs: Vec<(Member, PathBuf)> =
-        members.iter().map(|m| (m.clone(), setup.work.path().join(format!("{}-data", m.name)))).collect();
-    let cluster = Etcd::start_cluster(EtcdVersion::V35, &dirs);
-    let mut daemons = Vec::new();
-    for (etcd, member) in cluster.iter().zip(&members) {
-        let config = member_config(&setup, etcd, &member.name, &s3);
-        let text = std::fs::read_to_string(&config)
-            .unwrap()
-            .replace("[coordination]\n", "[coordination]\nmode = \"member\"\n");
-        std::fs::write(&config, text).unwrap();
-        daemons.push(Daemon::start(&config).await);
-    }
+    let (members, cluster) = three_members(&setup, EtcdVersion::V35);
+    let member_mode = |t: String| t.replace("[coordination]\n", "[coordination]\nmode = \"member\"\n");
+    let daemons = start_daemons(&setup, &cluster, &members, &s3, member_mode).await;
     until("every member's backups", Duration::from_secs(30), async || {
         members.iter().all(|m| !local_labels(&setup.work.path().join(&m.name)).is_empty())
     })
