@@ -116,13 +116,16 @@ pub async fn run_once(
         Err(e) => Outcome::Failed(e),
         Ok(_lock) => match coordinate(settings, request).await {
             Turn::Leave(outcome) => outcome,
-            Turn::Go(held, emergency) => {
+            Turn::Go(held, emergency, member) => {
                 crate::alerts::send(&settings.notify, event(settings, crate::alerts::Kind::Start, None), alerts);
                 let mut request = request.clone();
                 if emergency && request.label.is_none() {
                     request.label = Some(crate::manifest::EMERGENCY_LABEL.to_string());
                 }
-                let outcome = attempts(settings, &request, state_dir, max_attempts).await;
+                // A member holding a slot does not retry with the slot held: its failure hands the slot to
+                // the next member waiting, which is quicker than any retry delay.
+                let max = if held.is_some() { 1 } else { max_attempts };
+                let outcome = attempts(settings, &request, state_dir, max, member).await;
                 finish_slot(settings, &request, held, &outcome).await;
                 outcome
             }
@@ -143,9 +146,10 @@ pub async fn run_once(
 }
 
 /// Whether this run goes ahead (holding the slot, if cluster mode gave it one; an emergency when the
-/// cluster has no quorum) or leaves the slot.
+/// cluster has no quorum, with the member already connected: without quorum its revision cannot move)
+/// or leaves the slot.
 enum Turn {
-    Go(Option<Box<crate::coordination::Held>>, bool),
+    Go(Option<Box<crate::coordination::Held>>, bool, Option<Box<crate::etcd::Member>>),
     Leave(Outcome),
 }
 
@@ -154,28 +158,28 @@ enum Turn {
 async fn coordinate(settings: &Settings, request: &BackupRequest) -> Turn {
     use crate::coordination::{Claim, claim};
     let coordination = &settings.coordination;
-    let (Some(slot), Some(etcd)) = (request.slot, &settings.etcd) else { return Turn::Go(None, false) };
+    let (Some(slot), Some(etcd)) = (request.slot, &settings.etcd) else { return Turn::Go(None, false, None) };
     if !slot.claim || coordination.mode != crate::config::CoordinationMode::Cluster {
-        return Turn::Go(None, false);
+        return Turn::Go(None, false, None);
     }
-    let Ok(member) = crate::etcd::connect(etcd).await else { return Turn::Go(None, false) };
+    let Ok(member) = crate::etcd::connect(etcd).await else { return Turn::Go(None, false, None) };
     let at = crate::coordination::slot::slot_text(slot.at);
     match claim(&member, coordination, slot.at, slot.until, &request.stopping).await {
-        Claim::Alone => Turn::Go(None, false),
+        Claim::Alone => Turn::Go(None, false, None),
         Claim::Held(held) => {
             tracing::info!(slot = %at, "this member takes the slot");
-            Turn::Go(Some(held), false)
+            Turn::Go(Some(held), false, None)
         }
         Claim::Covered(record) => Turn::Leave(Outcome::Covered(record)),
         Claim::Busy => Turn::Leave(Outcome::Skipped(format!("slot {at}: another member still holds it"))),
         Claim::Learner(record) => Turn::Leave(Outcome::Learner(record)),
         Claim::NoQuorum(why) => {
             tracing::warn!(slot = %at, %why, "the cluster has no quorum: taking an emergency backup of this member");
-            Turn::Go(None, true)
+            Turn::Go(None, true, Some(Box::new(member)))
         }
         Claim::Denied(why) => {
             tracing::warn!(slot = %at, %why, "cluster mode is not possible; backing up as in member mode");
-            Turn::Go(None, false)
+            Turn::Go(None, false, None)
         }
     }
 }
@@ -255,12 +259,24 @@ fn event(settings: &Settings, kind: crate::alerts::Kind, outcome: Option<&Outcom
     e
 }
 
-async fn attempts(settings: &Settings, request: &BackupRequest, state_dir: &Path, max: u32) -> Outcome {
+/// Backs up, retrying transient failures up to `max` attempts; the first uses `first` when the member is
+/// connected already.
+async fn attempts(
+    settings: &Settings,
+    request: &BackupRequest,
+    state_dir: &Path,
+    max: u32,
+    mut first: Option<Box<crate::etcd::Member>>,
+) -> Outcome {
     let cancel = &request.cancel;
     let mut attempt = 1;
     loop {
+        let connected = first.take();
         let result = async {
-            let member = crate::etcd::connect(settings.etcd()?).await?;
+            let member = match connected {
+                Some(member) => *member,
+                None => crate::etcd::connect(settings.etcd()?).await?,
+            };
             if settings.schedule.skip_unchanged {
                 // Unchanged only if the last backup of this revision reached every destination: one
                 // that missed S3 must still get there (the backup run's catch-up does it).

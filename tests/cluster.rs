@@ -403,3 +403,45 @@ async fn member_mode_backs_up_every_member_and_writes_nothing_to_etcd() {
     let ours = client.get("/etcd-backupd/", Some(etcd_client::GetOptions::new().with_prefix())).await.unwrap();
     assert!(ours.kvs().is_empty(), "member mode wrote to etcd");
 }
+
+/// A follower whose backups fail (its local dir is a file, its S3 endpoint a dead port) takes slots and
+/// hands each back without a record: another member covers every one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_backup_hands_its_slot_to_the_next_member() {
+    let setup = Setup::new();
+    let s3 = S3::start().await;
+    let (members, cluster) = three_members(&setup, EtcdVersion::V35);
+    let out = cluster[0].etcdctl(&["endpoint", "status", "--cluster", "-w", "json"]);
+    let statuses: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let leader = statuses[0]["Status"]["leader"].as_u64().unwrap();
+    let follower = statuses.iter().find(|s| s["Status"]["header"]["member_id"].as_u64() != Some(leader)).unwrap();
+    let broken = cluster.iter().position(|e| e.endpoint == follower["Endpoint"].as_str().unwrap()).unwrap();
+    let broken_dir = setup.work.path().join(&members[broken].name);
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let mut daemons = Vec::new();
+    for (i, (etcd, member)) in cluster.iter().zip(&members).enumerate() {
+        let config = member_config(&setup, etcd, &member.name, &s3);
+        if i == broken {
+            std::fs::write(broken_dir.join("backups"), "not a folder").unwrap();
+            let text = std::fs::read_to_string(&config).unwrap().replace(&s3.endpoint, &dead);
+            std::fs::write(&config, text).unwrap();
+        }
+        daemons.push(Daemon::start(&config).await);
+    }
+    until("the broken follower to take a slot and fail", Duration::from_secs(40), async || {
+        let log = daemons[broken].log();
+        log.contains("this member takes the slot") && log.contains("no destination can take the backup")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let broken_id = cluster[broken].member_id_hex();
+    let mut logs = String::new();
+    for d in daemons {
+        logs.push_str(&d.stop().await.3);
+    }
+    let recorded = records(&cluster[0]).await;
+    assert!(recorded.len() >= 2, "{recorded:?}\n{logs}");
+    assert!(recorded.values().all(|(m, _)| *m != broken_id), "{recorded:?}");
+    let in_s3 = committed(&s3);
+    assert!(recorded.values().all(|(_, id)| in_s3.contains(id)), "{recorded:?} {in_s3:?}");
+}
