@@ -161,6 +161,17 @@ async fn three_daemons(setup: &Setup, s3: &S3, schedule: &str) -> (Vec<Etcd>, Ve
     (cluster, daemons, dirs)
 }
 
+/// The leader (`leader`) or a follower: its index in `cluster`, and the leader's member id.
+fn find_member(cluster: &[Etcd], leader: bool) -> (usize, u64) {
+    let out = cluster[0].etcdctl(&["endpoint", "status", "--cluster", "-w", "json"]);
+    let statuses: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let leader_id = statuses[0]["Status"]["leader"].as_u64().unwrap();
+    let found =
+        statuses.iter().find(|s| (s["Status"]["header"]["member_id"].as_u64() == Some(leader_id)) == leader).unwrap();
+    let endpoint = found["Endpoint"].as_str().unwrap();
+    (cluster.iter().position(|e| e.endpoint == endpoint).unwrap(), leader_id)
+}
+
 /// Waits until `cond`, up to `limit`.
 async fn until(what: &str, limit: Duration, mut cond: impl AsyncFnMut() -> bool) {
     let deadline = std::time::Instant::now() + limit;
@@ -370,12 +381,7 @@ async fn the_leader_takes_a_slot_only_when_no_follower_did() {
     let setup = Setup::new();
     let s3 = S3::start().await;
     let (members, cluster) = three_members(&setup, EtcdVersion::V35);
-    let out = cluster[0].etcdctl(&["endpoint", "status", "--cluster", "-w", "json"]);
-    let statuses: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
-    let leader = statuses[0]["Status"]["leader"].as_u64().unwrap();
-    let at = statuses.iter().position(|s| s["Status"]["header"]["member_id"].as_u64() == Some(leader)).unwrap();
-    let endpoint = statuses[at]["Endpoint"].as_str().unwrap();
-    let i = cluster.iter().position(|e| e.endpoint == endpoint).unwrap();
+    let (i, leader) = find_member(&cluster, true);
     let daemon = Daemon::start(&member_config(&setup, &cluster[i], &members[i].name, &s3)).await;
     until("the leader to cover slots", Duration::from_secs(30), async || records(&cluster[0]).await.len() >= 2).await;
     let (_, _, _, log) = daemon.stop().await;
@@ -411,11 +417,7 @@ async fn a_failed_backup_hands_its_slot_to_the_next_member() {
     let setup = Setup::new();
     let s3 = S3::start().await;
     let (members, cluster) = three_members(&setup, EtcdVersion::V35);
-    let out = cluster[0].etcdctl(&["endpoint", "status", "--cluster", "-w", "json"]);
-    let statuses: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
-    let leader = statuses[0]["Status"]["leader"].as_u64().unwrap();
-    let follower = statuses.iter().find(|s| s["Status"]["header"]["member_id"].as_u64() != Some(leader)).unwrap();
-    let broken = cluster.iter().position(|e| e.endpoint == follower["Endpoint"].as_str().unwrap()).unwrap();
+    let (broken, _) = find_member(&cluster, false);
     let broken_dir = setup.work.path().join(&members[broken].name);
     let dead = format!("http://127.0.0.1:{}", free_port());
     let mut daemons = Vec::new();
