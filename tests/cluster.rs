@@ -346,6 +346,45 @@ async fn with_authentication_on_the_members_still_coordinate() {
     assert!(recorded.values().all(|(_, id)| in_s3.contains(id)), "{recorded:?} {in_s3:?}");
 }
 
+/// A user who may not use the prefix: check-config prints the grant, and the daemon warns with it and
+/// backs up as in member mode rather than not at all. (etcd keeps snapshots to the root role, which may
+/// use every key, so such a user's snapshot is refused too, and that error names the root role.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_who_may_not_use_the_prefix_is_told_the_grant_and_falls_back_to_member_mode() {
+    let setup = Setup::new();
+    let s3 = S3::start().await;
+    let (members, cluster) = three_members(&setup, EtcdVersion::V35);
+    cluster[0].enable_auth();
+    for args in [
+        &["role", "add", "reader"][..],
+        &["role", "grant-permission", "reader", "read", "--prefix=true", "/registry/"],
+        &["user", "add", "reader", "--new-user-password=reader-pw"],
+        &["user", "grant-role", "reader", "reader"],
+    ] {
+        let out = cluster[0].etcdctl(args);
+        assert!(out.status.success(), "etcdctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let password_file = setup.work.path().join("etcd-password");
+    std::fs::write(&password_file, "reader-pw\n").unwrap();
+    let config = member_config(&setup, &cluster[1], &members[1].name, &s3);
+    let user = format!("username = \"reader\"\npassword_file = \"{}\"\n", password_file.display());
+    let text = std::fs::read_to_string(&config).unwrap().replacen("[etcd]\n", &format!("[etcd]\n{user}"), 1);
+    std::fs::write(&config, text).unwrap();
+    let grant = "etcdctl role grant-permission <role> readwrite --prefix=true /etcd-backupd/default/";
+
+    let out = run(&config, &["check-config"]).await;
+    let said = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(said.contains(grant), "check-config prints the grant:\n{said}");
+
+    let daemon = Daemon::start(&config).await;
+    daemon.wait_until("a fallback to member mode", || daemon.log().contains("member mode")).await;
+    daemon.wait_until("the snapshot's refusal", || daemon.log().contains("root role")).await;
+    let (_, _, _, log) = daemon.stop().await;
+    let warning = log.lines().find(|l| l.contains("member mode")).unwrap();
+    assert!(warning.contains("WARN") && warning.contains(grant), "the warning names the fix:\n{log}");
+    assert!(records(&cluster[0]).await.is_empty(), "nothing recorded by a user who may not write the prefix");
+}
+
 /// The records in etcd stay bounded: the member that records a slot deletes all but the newest 64.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_records_in_etcd_stay_bounded() {
