@@ -137,7 +137,12 @@ async fn connect_one(endpoint: &str, options: ConnectOptions) -> Result<Member, 
     // A learner is refused both, and a member without quorum may not get an answer: neither stops a
     // backup (a sick cluster needs one most).
     let (mut member_name, mut voters, mut alarms) = (String::new(), None, Vec::new());
-    if !learner {
+    // Without a leader etcd answers neither before the timeout: cluster mode asks again for a leader.
+    let leaderless = status.leader() == 0;
+    if leaderless && !learner {
+        tracing::warn!(%endpoint, "etcd reports no leader (no quorum, or an election)");
+    }
+    if !learner && !leaderless {
         match tokio::time::timeout(CLUSTER_QUESTION, client.member_list()).await {
             Ok(Ok(members)) => {
                 let members = members.members();
@@ -184,19 +189,20 @@ impl Member {
         self.client.clone()
     }
 
-    /// What cluster mode asks of the member: learner, leader, alarm, lag, voters. The cluster's
+    /// What cluster mode asks of the member, from a fresh status: learner, leader, alarm, lag, voters. The cluster's
     /// revision comes from a linearizable read (which waits for the leader), with `CLUSTER_QUESTION` to
     /// answer; without an answer (or a member list) the member counts as caught up.
     pub async fn health(&self) -> crate::coordination::slot::Health {
         let facts = &self.facts;
         let mut client = self.client.clone();
-        let revision = match client.status().await {
-            Ok(status) => status.header().map_or(facts.revision, |h| h.revision()),
-            Err(_) => facts.revision,
+        let (revision, leader) = match client.status().await {
+            Ok(status) => (status.header().map_or(facts.revision, |h| h.revision()), format!("{:x}", status.leader())),
+            Err(_) => (facts.revision, facts.leader.clone()),
         };
+        let has_leader = leader != "0";
         let mut cluster_revision = revision;
-        // Without a member list the cluster did not answer in time: do not wait on it again.
-        if !self.learner && self.voters.is_some() {
+        // Without a leader or a member list the cluster did not answer in time: do not wait on it again.
+        if !self.learner && has_leader && self.voters.is_some() {
             let read = client.get("/", Some(etcd_client::GetOptions::new().with_count_only()));
             if let Ok(Ok(answer)) = tokio::time::timeout(CLUSTER_QUESTION, read).await {
                 cluster_revision = answer.header().map_or(cluster_revision, |h| h.revision());
@@ -204,7 +210,8 @@ impl Member {
         }
         crate::coordination::slot::Health {
             is_learner: self.learner,
-            is_leader: facts.leader == facts.member_id,
+            is_leader: leader == facts.member_id,
+            has_leader,
             alarm: !facts.alarms.is_empty(),
             revision,
             cluster_revision,

@@ -63,7 +63,17 @@ pub async fn claim(
 ) -> Claim {
     let keys = Keys::new(&settings.prefix);
     let mut client = member.client();
-    let role = slot::role(member.health().await);
+    let mut role = slot::role(member.health().await);
+    if role == Role::Leaderless {
+        role = tokio::select! {
+            role = leader_elected(member) => role,
+            () = cancel.cancelled() => return Claim::Busy,
+        };
+        if role == Role::Leaderless {
+            let waited = humantime::format_duration(ELECTION);
+            return Claim::NoQuorum(format!("the member has known no leader for {waited}"));
+        }
+    }
     let Some(wait) = slot::wait_before_asking(role, settings.leader_delay) else {
         let record = read_record(&mut client, &keys, slot, true).await.ok().flatten();
         return Claim::Learner(record);
@@ -129,6 +139,22 @@ pub async fn claim(
 
 /// How long one question to etcd may take before the cluster counts as without quorum.
 const QUESTION: Duration = Duration::from_secs(5);
+
+/// How long a member without a leader waits for one to be elected before the cluster counts as
+/// without quorum (an election takes one or two of etcd's election timeouts, 1 s by default).
+const ELECTION: Duration = Duration::from_secs(3);
+
+/// The member's role once a leader is known, or `Leaderless` after `ELECTION`.
+async fn leader_elected(member: &Member) -> Role {
+    let deadline = tokio::time::Instant::now() + ELECTION;
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let role = slot::role(member.health().await);
+        if role != Role::Leaderless || tokio::time::Instant::now() >= deadline {
+            return role;
+        }
+    }
+}
 
 impl Held {
     /// Leaves the slot: writes `record` (the backup that covers it) while the lock is still this

@@ -113,6 +113,9 @@ impl Record {
 pub struct Health {
     pub is_learner: bool,
     pub is_leader: bool,
+    /// The member knows a leader (etcd's status names one); without one the cluster has no quorum,
+    /// or is electing.
+    pub has_leader: bool,
     /// An alarm (NOSPACE, CORRUPT) is active.
     pub alarm: bool,
     /// This member's revision, and the cluster's as a linearizable read sees it just after.
@@ -134,6 +137,9 @@ pub enum Role {
     Deferring(Defer),
     /// Learners never take a slot (etcd serves them only Status and serializable reads).
     Learner,
+    /// The member knows no leader: if none is elected within a moment, the cluster has no quorum and
+    /// the member takes an emergency backup at once, rather than waiting on questions etcd cannot answer.
+    Leaderless,
 }
 
 /// Why a member defers.
@@ -160,6 +166,8 @@ pub fn role(h: Health) -> Role {
         Role::Learner
     } else if h.voters.is_some_and(|v| v <= 1) {
         Role::Alone
+    } else if !h.has_leader {
+        Role::Leaderless
     } else if h.alarm {
         Role::Deferring(Defer::Alarm)
     } else if h.cluster_revision - h.revision > LAG_TOLERANCE {
@@ -174,7 +182,7 @@ pub fn role(h: Health) -> Role {
 /// How long a member waits before it asks for a slot; `None`: it never does.
 pub fn wait_before_asking(role: Role, leader_delay: Duration) -> Option<Duration> {
     match role {
-        Role::Alone | Role::Follower => Some(Duration::ZERO),
+        Role::Alone | Role::Follower | Role::Leaderless => Some(Duration::ZERO),
         Role::Deferring(_) => Some(leader_delay),
         Role::Learner => None,
     }

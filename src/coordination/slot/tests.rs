@@ -62,7 +62,15 @@ fn a_record_round_trips_and_an_untrue_one_is_refused() {
 }
 
 fn healthy() -> Health {
-    Health { is_learner: false, is_leader: false, alarm: false, revision: 10, cluster_revision: 10, voters: Some(3) }
+    Health {
+        is_learner: false,
+        is_leader: false,
+        has_leader: true,
+        alarm: false,
+        revision: 10,
+        cluster_revision: 10,
+        voters: Some(3),
+    }
 }
 
 #[test]
@@ -78,6 +86,9 @@ fn followers_ask_first_the_leader_sick_and_lagging_defer_learners_never() {
         (Health { is_learner: true, is_leader: false, ..healthy() }, Role::Learner, None),
         (Health { voters: Some(1), is_leader: true, ..healthy() }, Role::Alone, Some(Duration::ZERO)),
         (Health { is_learner: true, voters: Some(1), ..healthy() }, Role::Learner, None),
+        (Health { has_leader: false, ..healthy() }, Role::Leaderless, Some(Duration::ZERO)),
+        (Health { has_leader: false, voters: None, alarm: true, ..healthy() }, Role::Leaderless, Some(Duration::ZERO)),
+        (Health { has_leader: false, is_learner: true, ..healthy() }, Role::Learner, None),
         (Health { alarm: true, is_leader: true, ..healthy() }, Role::Deferring(Defer::Alarm), Some(delay)),
     ];
     for (health, want, wait) in cases {
