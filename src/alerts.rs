@@ -23,6 +23,9 @@ pub enum Kind {
     Start,
     Success,
     Failure,
+    /// Cluster mode: another member backed up this slot (healthchecks hear a success: the cluster's
+    /// backups are fresh).
+    Covered,
     DrillSuccess,
     DrillFailure,
 }
@@ -37,7 +40,7 @@ impl Kind {
         match self {
             Kind::Start => "/start",
             Kind::Failure | Kind::DrillFailure => "/fail",
-            Kind::Success | Kind::DrillSuccess => "",
+            Kind::Success | Kind::Covered | Kind::DrillSuccess => "",
         }
     }
 }
@@ -55,6 +58,9 @@ pub struct Event {
     pub artifact_bytes: Option<u64>,
     pub committed: Vec<crate::store::Kind>,
     pub error: Option<String>,
+    /// The member that backed up a covered slot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub covered_by: Option<String>,
 }
 
 /// The notifications of one run still being sent; `wait` for them before the process exits.
@@ -137,6 +143,12 @@ fn summary(e: &Event) -> String {
     match e.event {
         Kind::Failure => format!("etcd backup of {} on {} failed: {error}", e.cluster, e.host),
         Kind::Start => format!("etcd backup of {} on {} started", e.cluster, e.host),
+        Kind::Covered => format!(
+            "etcd backup of {} on {}: this slot was covered by member {} (backup {id})",
+            e.cluster,
+            e.host,
+            e.covered_by.as_deref().unwrap_or("-")
+        ),
         Kind::DrillFailure => format!("restore drill of {id} of {} on {} failed: {error}", e.cluster, e.host),
         Kind::DrillSuccess => format!(
             "restore drill of {id} of {} on {} passed: a throwaway etcd served revision {}",
@@ -195,11 +207,16 @@ mod tests {
             artifact_bytes: None,
             committed: vec![],
             error: Some("cannot reach etcd".into()),
+            covered_by: None,
         };
         assert_eq!(summary(&e), "etcd backup of prod on cp-1 failed: cannot reach etcd");
         e.event = Kind::Success;
         e.backup_id = Some("ID".into());
         e.committed = vec![crate::store::Kind::Local, crate::store::Kind::S3];
         assert_eq!(summary(&e), "etcd backup ID of prod on cp-1 committed in local, s3");
+        e.event = Kind::Covered;
+        e.committed = vec![];
+        e.covered_by = Some("m2".into());
+        assert_eq!(summary(&e), "etcd backup of prod on cp-1: this slot was covered by member m2 (backup ID)");
     }
 }

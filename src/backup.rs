@@ -136,7 +136,7 @@ pub async fn run_once(
         Outcome::Committed(_) | Outcome::Failed(_) => Some(event(settings, Kind::Failure, Some(&outcome))),
         Outcome::Unchanged { .. } => Some(event(settings, Kind::Success, Some(&outcome))),
         // A slot another member covered is fresh: the check of this member's runs is pinged too.
-        Outcome::Covered(_) => Some(event(settings, Kind::Success, Some(&outcome))),
+        Outcome::Covered(_) => Some(event(settings, Kind::Covered, Some(&outcome))),
         Outcome::Skipped(_) | Outcome::Learner(_) => None,
     };
     if let Some(done) = done {
@@ -235,6 +235,7 @@ fn event(settings: &Settings, kind: crate::alerts::Kind, outcome: Option<&Outcom
         artifact_bytes: None,
         committed: Vec::new(),
         error: None,
+        covered_by: None,
     };
     match outcome {
         Some(Outcome::Committed(report)) => {
@@ -253,6 +254,7 @@ fn event(settings: &Settings, kind: crate::alerts::Kind, outcome: Option<&Outcom
         Some(Outcome::Covered(r)) => {
             e.backup_id = Some(r.backup_id.to_string());
             e.revision = Some(r.revision);
+            e.covered_by = Some(if r.member_name.is_empty() { r.member_id.clone() } else { r.member_name.clone() });
         }
         Some(Outcome::Skipped(_) | Outcome::Learner(_)) | None => {}
     }

@@ -294,6 +294,7 @@ pub fn notify(
         artifact_bytes: None,
         committed: Vec::new(),
         error,
+        covered_by: None,
     };
     crate::alerts::send(&settings.notify, event, pending);
 }

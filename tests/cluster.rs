@@ -78,7 +78,10 @@ async fn each_slot_is_backed_up_once_by_a_follower(version: EtcdVersion) {
     cluster[0].seed(20, 100).await;
     let s3 = S3::start().await;
 
-    let daemons = start_daemons(&setup, &cluster, &members, &s3, |text| text).await;
+    let hook = Hook::start(Mode::Ok).await;
+    let notify =
+        format!("\n[notify]\nwebhooks = [\"{0}/hook\"]\nhealthchecks = [\"{0}/check\"]\ntimeout = \"1s\"\n", hook.url);
+    let daemons = start_daemons(&setup, &cluster, &members, &s3, |text| text + &notify).await;
     // Long enough for at least five slots.
     tokio::time::sleep(Duration::from_secs(12)).await;
     let leader = {
@@ -114,6 +117,26 @@ async fn each_slot_is_backed_up_once_by_a_follower(version: EtcdVersion) {
         "the leader {leader} took a slot while its followers were healthy: {recorded:?}"
     );
     assert!(logs.contains("covered by member"), "the others said who covered the slot:\n{logs}");
+    // The webhooks hear one success per backup and `covered` from the members that rightly skipped;
+    // the healthchecks hear both as successes.
+    let events: Vec<Value> = hook
+        .seen()
+        .iter()
+        .filter(|(line, _)| line.ends_with("/hook"))
+        .map(|(_, body)| serde_json::from_str(body).unwrap())
+        .collect();
+    for id in &recorded_ids {
+        let successes = events.iter().filter(|e| e["event"] == "success" && e["backup_id"] == id.as_str()).count();
+        assert_eq!(successes, 1, "{id}: {events:?}");
+    }
+    let covered: Vec<&Value> = events.iter().filter(|e| e["event"] == "covered").collect();
+    assert!(!covered.is_empty(), "{events:?}");
+    for e in covered {
+        assert!(recorded_ids.iter().any(|id| e["backup_id"] == id.as_str()), "{e}");
+        assert!(e["covered_by"].as_str().is_some_and(|m| m.starts_with("member-")), "{e}");
+    }
+    assert!(events.iter().all(|e| e["event"] != "failure"), "{events:?}");
+    assert!(hook.seen().iter().any(|(line, _)| line == "POST /check"), "covered slots keep the check fresh");
 
     // A one-shot backup counts for its slot (the daemons, had they run, would have skipped it).
     let config = setup.work.path().join(&members[0].name).join("etcd-backupd.toml");

@@ -232,7 +232,7 @@ pub const TABLES: &[Table] = &[
                 "webhooks",
                 List,
                 "[]",
-                "URLs POSTed a JSON event on success and failure (event, cluster, host, time, backup_id, revision, snapshot_bytes, artifact_bytes, committed, error)",
+                "URLs POSTed a JSON event on success and failure, and, in cluster mode, `covered` when another member backed up the slot (event, cluster, host, time, backup_id, revision, snapshot_bytes, artifact_bytes, committed, error, covered_by)",
             ),
             key(
                 "drill_healthchecks",

@@ -4,6 +4,7 @@
 
 mod daemon;
 mod etcd;
+mod hook;
 mod pki;
 mod proxy;
 mod s3;
@@ -14,6 +15,8 @@ mod setup;
 pub use daemon::*;
 #[allow(unused_imports)]
 pub use etcd::*;
+#[allow(unused_imports)]
+pub use hook::*;
 #[allow(unused_imports)]
 pub use pki::*;
 #[allow(unused_imports)]
