@@ -176,10 +176,15 @@ async fn start_daemons(
     daemons
 }
 
-/// Three members with a daemon each, on `schedule`: the cluster, the daemons, their configs' dirs.
-async fn three_daemons(setup: &Setup, s3: &S3, schedule: &str) -> (Vec<Etcd>, Vec<Daemon>, Vec<PathBuf>) {
+/// Three members (3.5) with a daemon each, their configs changed by `edit`: the cluster, the daemons,
+/// their configs' dirs.
+async fn three_daemons(
+    setup: &Setup,
+    s3: &S3,
+    edit: impl Fn(String) -> String,
+) -> (Vec<Etcd>, Vec<Daemon>, Vec<PathBuf>) {
     let (members, cluster) = three_members(setup, EtcdVersion::V35);
-    let daemons = start_daemons(setup, &cluster, &members, s3, |t| t.replace("*/2 * * * * *", schedule)).await;
+    let daemons = start_daemons(setup, &cluster, &members, s3, edit).await;
     let dirs = members.iter().map(|m| setup.work.path().join(&m.name)).collect();
     (cluster, daemons, dirs)
 }
@@ -284,12 +289,10 @@ async fn a_sick_cluster_gets_more_backups_never_fewer() {
     let setup = Setup::new();
     let s3 = S3::start().await;
     // Local retention keeps one backup: emergency backups stay anyway, until a normal one is newer.
-    let (members, mut cluster) = three_members(&setup, EtcdVersion::V35);
-    let daemons = start_daemons(&setup, &cluster, &members, &s3, |t| {
+    let (mut cluster, daemons, dirs) = three_daemons(&setup, &s3, |t| {
         t.replace("*/2 * * * * *", "*/5 * * * * *").replacen("[local]\n", "[local]\nretention = { keep_last = 1 }\n", 1)
     })
     .await;
-    let dirs: Vec<PathBuf> = members.iter().map(|m| setup.work.path().join(&m.name)).collect();
     until("two slots covered", Duration::from_secs(30), async || records(&cluster[0]).await.len() >= 2).await;
 
     drop(cluster.remove(2));
