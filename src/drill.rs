@@ -62,6 +62,8 @@ pub fn restore_flags(peer_port: u16) -> MemberFlags {
         initial_cluster: Some(format!("{DRILL_MEMBER}={}", peer_url(peer_port))),
         initial_advertise_peer_urls: Some(peer_url(peer_port)),
         initial_cluster_token: Some(DRILL_MEMBER.into()),
+        // The drill checks the revision the manifest recorded.
+        bump_revision: None,
     }
 }
 

@@ -96,6 +96,14 @@ pub enum Command {
         /// The folder holding etcdutl / etcdctl, or one of them (default: PATH).
         #[arg(long)]
         etcd_bin: Option<PathBuf>,
+        /// Raise the restored revision by this much and mark it compacted, so that Kubernetes API
+        /// servers and every watching client start over instead of serving stale caches (needs etcdutl
+        /// 3.5.10 or newer; older tools restore without it, and say what that means).
+        #[arg(long, value_name = "N", default_value_t = crate::restore::DEFAULT_BUMP, conflicts_with = "no_bump_revision")]
+        bump_revision: u64,
+        /// Keep the snapshot's revision (an etcd that no Kubernetes, and no client with a watch, uses).
+        #[arg(long)]
+        no_bump_revision: bool,
     },
     /// Prove a backup restores: decrypt it, restore it into a temporary data dir, start a throwaway etcd
     /// on loopback, and check that it serves the revision and key count the manifest recorded; then

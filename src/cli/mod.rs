@@ -152,9 +152,18 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             initial_advertise_peer_urls,
             initial_cluster_token,
             etcd_bin,
+            bump_revision,
+            no_bump_revision,
         } => {
             let selector = before.map(Selector::Before).unwrap_or(backup);
-            let flags = MemberFlags { name, initial_cluster, initial_advertise_peer_urls, initial_cluster_token };
+            let bump_revision = (!no_bump_revision).then_some(bump_revision);
+            let flags = MemberFlags {
+                name,
+                initial_cluster,
+                initial_advertise_peer_urls,
+                initial_cluster_token,
+                bump_revision,
+            };
             let target = match (data_dir, output) {
                 (Some(dir), _) => RestoreTarget::DataDir(dir, flags, etcd_bin),
                 (None, Some(file)) => RestoreTarget::File(file),

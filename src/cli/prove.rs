@@ -132,11 +132,32 @@ pub(super) async fn restore(
                 file.display()
             );
             out!("it is exactly what etcd sent: `etcdutl snapshot restore {}` checks its hash", file.display());
+            out!(
+                "under Kubernetes, add `--bump-revision {} --mark-compacted` (etcdutl 3.5.10+) so that watch caches start over",
+                crate::restore::DEFAULT_BUMP
+            );
         }
         RestoreTarget::DataDir(dir, flags, etcd_bin) => {
-            crate::restore::restore_into(&snapshot, &dir, &flags, etcd_bin.as_deref(), cancel)?;
+            let bump = crate::restore::restore_into(&snapshot, &dir, &flags, etcd_bin.as_deref(), cancel)?;
             let _ = std::fs::remove_file(&snapshot);
             out!("restored {} (revision {}) into {}", m.id, m.etcd.revision, dir.display());
+            match bump {
+                crate::restore::Bump::Raised(by) => out!(
+                    "the revision is raised by {by} to {} and marked compacted: Kubernetes' watch caches and \
+                     informers will list afresh rather than serve what they held",
+                    m.etcd.revision.saturating_add(i64::try_from(by).unwrap_or(i64::MAX))
+                ),
+                crate::restore::Bump::Unsupported(tool) => out!(
+                    "warning: {} does not offer --bump-revision and --mark-compacted (etcd 3.5.10 added them): \
+                     the restored revision is the snapshot's, {}, lower than what the API servers and their \
+                     clients last saw, so their watch caches may keep serving stale objects. Restart every \
+                     kube-apiserver and every controller after etcd is back, or restore again with a newer \
+                     etcdutl (--etcd-bin); --no-bump-revision silences this where no Kubernetes uses this etcd",
+                    tool.display(),
+                    m.etcd.revision
+                ),
+                crate::restore::Bump::Off => {}
+            }
             out!("next steps, on every member:");
             if flags.initial_cluster.as_deref().is_some_and(|c| c.contains(',')) {
                 out!(

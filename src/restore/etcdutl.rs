@@ -1,5 +1,6 @@
 //! etcd's own tool restores a plain snapshot into a new data dir: found (`etcdutl`, or 3.4's `etcdctl`),
-//! run into a folder this process owns, and renamed into place only when it succeeded.
+//! run into a folder this process owns, and renamed into place only when it succeeded. Where the tool
+//! offers them, the revision is raised and marked compacted, so that Kubernetes' watch caches start over.
 
 use std::path::{Path, PathBuf};
 
@@ -16,6 +17,55 @@ pub struct MemberFlags {
     pub initial_cluster: Option<String>,
     pub initial_advertise_peer_urls: Option<String>,
     pub initial_cluster_token: Option<String>,
+    /// Raise the restored revision by this much and mark it compacted (`--bump-revision`,
+    /// `--mark-compacted`), where the tool offers both.
+    pub bump_revision: Option<u64>,
+}
+
+/// OKD's bump: far above any revision a cluster served since the snapshot, so that every client's
+/// next watch or list starts over.
+pub const DEFAULT_BUMP: u64 = 1_000_000_000;
+
+/// What became of the revision bump.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Bump {
+    /// Raised by this much, and marked compacted.
+    Raised(u64),
+    /// Asked for, but the tool does not offer the flags (etcd before 3.5.10): the revision is the
+    /// snapshot's.
+    Unsupported(PathBuf),
+    /// Not asked for.
+    Off,
+}
+
+/// Whether a `snapshot restore --help` text offers both `--bump-revision` and `--mark-compacted`: the
+/// help says what this build can do, where a version string would not (backports).
+pub fn offers_bump(help: &str) -> bool {
+    let flags: Vec<&str> = help.lines().filter_map(flag_of).collect();
+    ["--bump-revision", "--mark-compacted"].iter().all(|f| flags.contains(f))
+}
+
+/// The flag a help line describes: its first word, after the short form if it has one (`-h, --help`).
+fn flag_of(line: &str) -> Option<&str> {
+    let mut words = line.split_whitespace();
+    match words.next() {
+        Some(w) if w.starts_with("--") => Some(w),
+        Some(w) if w.starts_with('-') && w.ends_with(',') => words.next(),
+        _ => None,
+    }
+}
+
+/// The tool's own help for `snapshot restore` (stdout and stderr: 3.4 writes it to either).
+fn restore_help(tool: &Path, utl: bool) -> String {
+    let mut cmd = std::process::Command::new(tool);
+    crate::interrupt::die_with_parent(&mut cmd);
+    if !utl {
+        cmd.env("ETCDCTL_API", "3");
+    }
+    match cmd.args(["snapshot", "restore", "--help"]).output() {
+        Ok(out) => format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        Err(_) => String::new(),
+    }
 }
 
 /// Where etcd's binaries are looked for: `etcd_bin` if given (a folder, or one of etcd's binaries in
@@ -68,12 +118,17 @@ pub fn restore_into(
     flags: &MemberFlags,
     etcd_bin: Option<&Path>,
     cancel: &CancellationToken,
-) -> Result<()> {
+) -> Result<Bump> {
     check_new_data_dir(data_dir)?;
     if data_dir.exists() {
         std::fs::remove_dir(data_dir).with_context(|| format!("cannot use '{}'", data_dir.display()))?;
     }
     let (tool, utl) = restore_tool(etcd_bin)?;
+    let bump = match flags.bump_revision {
+        Some(by) if by > 0 && offers_bump(&restore_help(&tool, utl)) => Bump::Raised(by),
+        Some(by) if by > 0 => Bump::Unsupported(tool.clone()),
+        _ => Bump::Off,
+    };
     let name = data_dir.file_name().context("the data dir needs a name")?.to_string_lossy();
     let parent = crate::files::folder_of(data_dir);
     let prefix = format!(".{name}.restoring-");
@@ -96,6 +151,9 @@ pub fn restore_into(
             cmd.arg(flag).arg(v);
         }
     }
+    if let Bump::Raised(by) = bump {
+        cmd.arg("--bump-revision").arg(by.to_string()).arg("--mark-compacted");
+    }
     let out = cmd.output().with_context(|| format!("cannot run '{}'", tool.display()))?;
     if cancel.is_cancelled() {
         let _ = std::fs::remove_dir_all(&work);
@@ -108,5 +166,27 @@ pub fn restore_into(
     std::fs::rename(&work, data_dir).with_context(|| {
         let _ = std::fs::remove_dir_all(&work);
         format!("cannot move the restored data dir into place at '{}'", data_dir.display())
-    })
+    })?;
+    Ok(bump)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// etcdutl 3.5.1's help (trimmed), and the same with the flags 3.5.10 added.
+    const OLD: &str = "Usage:\n  etcdutl snapshot restore <filename> --data-dir {output dir} [options] [flags]\n\nFlags:\n      --data-dir string                      Path to the output data directory\n  -h, --help                                 help for restore\n      --skip-hash-check                      Ignore snapshot integrity hash value (required if copied from data directory)\n";
+
+    #[test]
+    fn the_flags_are_read_from_the_tools_own_help() {
+        assert!(!offers_bump(OLD));
+        let new = format!(
+            "{OLD}      --bump-revision uint                   How much to increase the latest revision after restore\n      --mark-compacted                       Mark the latest revision after restore as the point of scheduled compaction (required if --bump-revision > 0, disallowed otherwise)\n"
+        );
+        assert!(offers_bump(&new));
+        let only_one = format!("{OLD}      --bump-revision uint   How much\n");
+        assert!(!offers_bump(&only_one), "both flags, or neither is used");
+        assert!(!offers_bump("mentions --bump-revision and --mark-compacted in a sentence\n"));
+        assert!(!offers_bump(""), "no help (the tool would not run): no flags");
+    }
 }

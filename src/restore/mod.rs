@@ -5,7 +5,9 @@ mod artifact;
 mod etcdutl;
 
 pub use artifact::{Fetched, Plain, check_artifact, decrypt_to, fetch, fetch_and_decrypt};
-pub use etcdutl::{MemberFlags, check_new_data_dir, restore_into, restore_tool, searched, tool_dirs};
+pub use etcdutl::{
+    Bump, DEFAULT_BUMP, MemberFlags, check_new_data_dir, restore_into, restore_tool, searched, tool_dirs,
+};
 
 use anyhow::{Result, anyhow};
 
