@@ -119,6 +119,9 @@ pub async fn run_once(
             Turn::Go(held, emergency, member) => {
                 crate::alerts::send(&settings.notify, event(settings, crate::alerts::Kind::Start, None), alerts);
                 let mut request = request.clone();
+                if let Some(held) = &held {
+                    request.cancel = held.cancel();
+                }
                 if emergency && request.label.is_none() {
                     request.label = Some(crate::manifest::EMERGENCY_LABEL.to_string());
                 }
@@ -162,25 +165,58 @@ async fn coordinate(settings: &Settings, request: &BackupRequest) -> Turn {
     if !slot.claim || coordination.mode != crate::config::CoordinationMode::Cluster {
         return Turn::Go(None, false, None);
     }
-    let Ok(member) = crate::etcd::connect(etcd).await else { return Turn::Go(None, false, None) };
     let at = crate::coordination::slot::slot_text(slot.at);
-    match claim(&member, coordination, slot.at, slot.until, &request.stopping).await {
+    let member = match crate::etcd::connect(etcd).await {
+        Ok(member) => member,
+        // A password login is refused to a learner, and needs a leader: ask the member why.
+        Err(_) if etcd.auth.is_some() => match crate::etcd::status_without_login(etcd).await {
+            Some((true, _)) => return Turn::Leave(Outcome::Learner(None)),
+            Some((false, false)) => {
+                return Turn::Leave(Outcome::Failed(crate::errors::classified(
+                    crate::errors::Cause::Unreachable,
+                    format!(
+                        "slot {at}: etcd has no leader, and its password login (etcd.username) needs one, so no \
+                         emergency backup can be taken; log in with a client certificate (etcd.cert, its CN \
+                         the user) to back up a cluster that has lost its quorum"
+                    ),
+                )));
+            }
+            _ => return Turn::Go(None, false, None),
+        },
+        Err(_) => return Turn::Go(None, false, None),
+    };
+    let believe = |id| -> futures::future::BoxFuture<'_, bool> { Box::pin(in_the_bucket(settings, id)) };
+    match claim(&member, coordination, slot.at, slot.until, &request.stopping, &request.cancel, &believe).await {
         Claim::Alone => Turn::Go(None, false, None),
         Claim::Held(held) => {
             tracing::info!(slot = %at, "this member takes the slot");
             Turn::Go(Some(held), false, None)
         }
         Claim::Covered(record) => Turn::Leave(Outcome::Covered(record)),
+        Claim::Busy if request.stopping.is_cancelled() => {
+            Turn::Leave(Outcome::Skipped(format!("slot {at}: the daemon is stopping")))
+        }
         Claim::Busy => Turn::Leave(Outcome::Skipped(format!("slot {at}: another member still holds it"))),
         Claim::Learner(record) => Turn::Leave(Outcome::Learner(record)),
         Claim::NoQuorum(why) => {
             tracing::warn!(slot = %at, %why, "the cluster has no quorum: taking an emergency backup of this member");
             Turn::Go(None, true, Some(Box::new(member)))
         }
-        Claim::Denied(why) => {
+        Claim::Denied(why) | Claim::Unusable(why) => {
             tracing::warn!(slot = %at, %why, "cluster mode is not possible; backing up as in member mode");
             Turn::Go(None, false, None)
         }
+    }
+}
+
+/// Whether a slot record's backup `id` may be believed: unless the shared bucket says it does not hold
+/// it (a planted record names a backup nobody took). Without S3, or when S3 cannot be asked, there is
+/// nothing shared to check against (each member's local folder is its own): the record is believed.
+async fn in_the_bucket(settings: &Settings, id: crate::manifest::BackupId) -> bool {
+    let Some(s3) = &settings.s3 else { return true };
+    match crate::store::s3::S3Store::new(s3, &settings.cluster).await {
+        Ok(store) => store.manifest_found(&id).await.unwrap_or(true),
+        Err(_) => true,
     }
 }
 

@@ -17,6 +17,8 @@ pub struct Member {
     pub learner: bool,
     /// Voting members, when the member list could be read (a learner cannot, nor a member without quorum).
     pub voters: Option<usize>,
+    /// An alarm (NOSPACE, CORRUPT) is raised on this member (the cluster's list names every member's).
+    pub own_alarm: bool,
     snapshot: Option<etcd_client::SnapshotStreaming>,
     auth_configured: bool,
 }
@@ -95,6 +97,24 @@ fn read(path: &std::path::Path, key: &str) -> Result<Vec<u8>> {
     crate::config::read_config_file(path).map_err(|e| classified(Cause::Config, format!("{key}: {e}")))
 }
 
+/// What a member says of itself without a login: (learner, knows a leader). etcd serves Status to anyone,
+/// where a password login needs the cluster (it goes through raft) and is refused to learners, so this
+/// tells why a login failed. `None` when no endpoint answers.
+pub async fn status_without_login(settings: &EtcdSettings) -> Option<(bool, bool)> {
+    let plain = EtcdSettings { auth: None, ..settings.clone() };
+    let options = connect_options(&plain).ok()?;
+    for endpoint in &settings.endpoints {
+        let asked = async {
+            let mut client = Client::connect([endpoint], Some(options.clone())).await?;
+            client.status().await
+        };
+        if let Ok(Ok(status)) = tokio::time::timeout(settings.dial_timeout, asked).await {
+            return Some((status.is_learner(), status.leader() != 0));
+        }
+    }
+    None
+}
+
 fn connect_options(settings: &EtcdSettings) -> Result<ConnectOptions> {
     let mut options = ConnectOptions::new()
         .with_connect_timeout(settings.dial_timeout)
@@ -136,7 +156,7 @@ async fn connect_one(endpoint: &str, options: ConnectOptions) -> Result<Member, 
     let learner = status.is_learner();
     // A learner is refused both, and a member without quorum may not get an answer: neither stops a
     // backup (a sick cluster needs one most).
-    let (mut member_name, mut voters, mut alarms) = (String::new(), None, Vec::new());
+    let (mut member_name, mut voters, mut alarms, mut own_alarm) = (String::new(), None, Vec::new(), false);
     // Without a leader etcd answers neither before the timeout: cluster mode asks again for a leader.
     let leaderless = status.leader() == 0;
     if leaderless && !learner {
@@ -157,7 +177,8 @@ async fn connect_one(endpoint: &str, options: ConnectOptions) -> Result<Member, 
         match tokio::time::timeout(CLUSTER_QUESTION, client.alarm(AlarmAction::Get, AlarmType::None, None)).await {
             Ok(Ok(found)) => {
                 alarms =
-                    found.alarms().iter().map(|a| format!("{:?} on member {:x}", a.alarm(), a.member_id())).collect()
+                    found.alarms().iter().map(|a| format!("{:?} on member {:x}", a.alarm(), a.member_id())).collect();
+                own_alarm = found.alarms().iter().any(|a| a.member_id() == member_id);
             }
             Ok(Err(e)) if cause(&e) == Cause::Auth => return Err(e),
             Ok(Err(e)) => tracing::warn!(%endpoint, error = %crate::errors::chain(&e), "cannot read etcd's alarms"),
@@ -177,7 +198,7 @@ async fn connect_one(endpoint: &str, options: ConnectOptions) -> Result<Member, 
         leader: format!("{:x}", status.leader()),
         alarms,
     };
-    Ok(Member { client, facts, learner, voters, snapshot: None, auth_configured: false })
+    Ok(Member { client, facts, learner, voters, own_alarm, snapshot: None, auth_configured: false })
 }
 
 /// How long a question that needs the cluster (not only the member) may take.
@@ -212,7 +233,7 @@ impl Member {
             is_learner: self.learner,
             is_leader: leader == facts.member_id,
             has_leader,
-            alarm: !facts.alarms.is_empty(),
+            alarm: self.own_alarm,
             revision,
             cluster_revision,
             voters: self.voters,

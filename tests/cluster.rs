@@ -53,6 +53,13 @@ async fn records(etcd: &Etcd) -> BTreeMap<String, (String, String)> {
         .collect()
 }
 
+/// Makes a member's config log in to etcd as `user` with the password in `password_file`.
+fn login(config: &std::path::Path, user: &str, password_file: &std::path::Path) {
+    let lines = format!("username = \"{user}\"\npassword_file = \"{}\"\n", password_file.display());
+    let text = std::fs::read_to_string(config).unwrap().replacen("[etcd]\n", &format!("[etcd]\n{lines}"), 1);
+    std::fs::write(config, text).unwrap();
+}
+
 /// The ids of the backups committed in S3.
 fn committed(s3: &S3) -> Vec<String> {
     s3.keys(BUCKET)
@@ -317,6 +324,16 @@ async fn a_sick_cluster_gets_more_backups_never_fewer() {
 /// A learner's daemon never fails and never takes a slot, and its status says why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_learners_daemon_never_fails_and_never_takes_a_slot() {
+    a_learners_daemon_never_fails(false).await;
+}
+
+/// etcd refuses a password login to a learner: its daemon asks the member, without a login, what it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_learners_daemon_never_fails_with_a_password_login() {
+    a_learners_daemon_never_fails(true).await;
+}
+
+async fn a_learners_daemon_never_fails(password: bool) {
     let setup = Setup::new();
     let s3 = S3::start().await;
     let members = Member::several(4);
@@ -325,9 +342,17 @@ async fn a_learners_daemon_never_fails_and_never_takes_a_slot() {
         voters.iter().map(|m| (m.clone(), setup.work.path().join(format!("{}-data", m.name)))).collect();
     let cluster = Etcd::start_cluster(EtcdVersion::V35, &dirs);
     let learner = Etcd::start_learner(EtcdVersion::V35, &cluster[0], voters, &members[3]);
+    let password_file = setup.work.path().join("etcd-password");
+    if password {
+        std::fs::write(&password_file, format!("{}\n", cluster[0].enable_auth())).unwrap();
+    }
     let mut daemons = Vec::new();
     for (etcd, member) in cluster.iter().chain([&learner]).zip(&members) {
-        daemons.push(Daemon::start(&member_config(&setup, etcd, &member.name, &s3)).await);
+        let config = member_config(&setup, etcd, &member.name, &s3);
+        if password {
+            login(&config, "backup", &password_file);
+        }
+        daemons.push(Daemon::start(&config).await);
     }
     until("three slots covered", Duration::from_secs(30), async || records(&cluster[0]).await.len() >= 3).await;
     let learner_id = learner.member_id_hex();
@@ -358,9 +383,7 @@ async fn with_authentication_on_the_members_still_coordinate() {
     let mut daemons = Vec::new();
     for (etcd, member) in cluster.iter().zip(&members) {
         let config = member_config(&setup, etcd, &member.name, &s3);
-        let user = format!("username = \"backup\"\npassword_file = \"{}\"\n", password_file.display());
-        let text = std::fs::read_to_string(&config).unwrap().replacen("[etcd]\n", &format!("[etcd]\n{user}"), 1);
-        std::fs::write(&config, text).unwrap();
+        login(&config, "backup", &password_file);
         // check-config asks etcd whether the user may use the prefix, without writing to it.
         let out = run(&config, &["check-config"]).await;
         let text = stdout(&out);
@@ -400,9 +423,7 @@ async fn a_user_who_may_not_use_the_prefix_is_told_the_grant_and_falls_back_to_m
     let password_file = setup.work.path().join("etcd-password");
     std::fs::write(&password_file, "reader-pw\n").unwrap();
     let config = member_config(&setup, &cluster[1], &members[1].name, &s3);
-    let user = format!("username = \"reader\"\npassword_file = \"{}\"\n", password_file.display());
-    let text = std::fs::read_to_string(&config).unwrap().replacen("[etcd]\n", &format!("[etcd]\n{user}"), 1);
-    std::fs::write(&config, text).unwrap();
+    login(&config, "reader", &password_file);
     let grant = "etcdctl role grant-permission <role> readwrite --prefix=true /etcd-backupd/default/";
 
     let out = run(&config, &["check-config"]).await;
@@ -445,6 +466,62 @@ async fn the_records_in_etcd_stay_bounded() {
     assert!(recorded.len() <= 64, "{} records", recorded.len());
     assert!(recorded.keys().any(|k| k.contains(&format!("/slots/{this_year}"))));
     assert!(!recorded.contains_key("/etcd-backupd/default/slots/20250101T000000Z"), "the oldest went first");
+}
+
+/// Records planted in the prefix (by anyone who may write it) neither stop backups nor push the real
+/// records out: a record naming a backup the bucket does not hold is not believed, and records of slots
+/// that have not begun are deleted first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn planted_records_neither_stop_backups_nor_push_real_ones_out() {
+    let setup = Setup::new();
+    let s3 = S3::start().await;
+    let (members, cluster) = three_members(&setup, EtcdVersion::V35);
+    let victim = cluster[1].member_id_hex();
+    let mut client = cluster[0].client().await;
+    let key = |t: chrono::DateTime<chrono::Utc>| format!("/etcd-backupd/default/slots/{}", t.format("%Y%m%dT%H%M%SZ"));
+    for day in 1..=64 {
+        let t = chrono::Utc::now() + chrono::TimeDelta::days(365 * 70 + day);
+        client.put(key(t), r#"{"member_id": "1", "backup_id": "x"}"#, None).await.unwrap();
+    }
+    let daemons = start_daemons(&setup, &cluster, &members, &s3, |text| text).await;
+    // The next five slots, each "covered" by a backup of a real member that nobody took.
+    let now = chrono::Utc::now().timestamp();
+    let first = now - now % 2 + 4;
+    let planted: Vec<chrono::DateTime<chrono::Utc>> =
+        (0..5).map(|i| chrono::DateTime::from_timestamp(first + 2 * i, 0).unwrap()).collect();
+    for slot in &planted {
+        let id = BackupId::new(*slot + chrono::TimeDelta::seconds(1), 1, &victim);
+        let record = serde_json::json!({
+            "slot": slot, "member_id": victim, "member_name": "member-2", "backup_id": id.to_string(),
+            "revision": 1, "time": *slot + chrono::TimeDelta::seconds(1),
+        });
+        client.put(key(*slot), record.to_string(), None).await.unwrap();
+    }
+    let after = *planted.last().unwrap();
+    let (from, to) = (key(after), key(after + chrono::TimeDelta::days(1)));
+    until("a slot after the planted ones recorded", Duration::from_secs(40), async || {
+        records(&cluster[0]).await.keys().any(|k| *k > from && *k < to)
+    })
+    .await;
+    let mut logs = String::new();
+    for d in daemons {
+        logs.push_str(&d.stop().await.3);
+    }
+    assert!(logs.contains("names a backup the bucket does not hold"), "{logs}");
+    // Every planted slot still got one backup, taken within it, and its record now names that backup.
+    let in_s3 = committed(&s3);
+    let taken: Vec<chrono::DateTime<chrono::Utc>> =
+        in_s3.iter().map(|id| BackupId::parse(id).unwrap().created()).collect();
+    let recorded = records(&cluster[0]).await;
+    for slot in &planted {
+        let end = *slot + chrono::TimeDelta::seconds(2);
+        let n = taken.iter().filter(|t| *t >= slot && **t < end).count();
+        assert_eq!(n, 1, "slot {slot}: taken {taken:?}\n{logs}");
+        let (_, id) = &recorded[&key(*slot)];
+        assert!(in_s3.contains(id), "slot {slot}: the record names {id}, not in S3 {in_s3:?}");
+    }
+    let far = key(chrono::Utc::now() + chrono::TimeDelta::days(365));
+    assert!(recorded.keys().all(|k| *k < far), "records of far-off slots are deleted: {recorded:?}");
 }
 
 /// Where no follower's daemon runs, the leader takes the slot, after `leader_delay`.

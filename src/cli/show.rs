@@ -56,8 +56,15 @@ pub(super) async fn check_coordination(settings: &Settings) {
     }
     match crate::etcd::connect(etcd).await {
         Ok(member) => match crate::coordination::check_access(&member, c).await {
-            Ok(()) => out!("  coordination: the etcd user may read and write {}", c.prefix),
-            Err(why) => out!("warning: coordination: {why}"),
+            crate::coordination::Access::Granted => {
+                out!("  coordination: the etcd user may read and write {}", c.prefix)
+            }
+            crate::coordination::Access::Denied(why) => out!("warning: coordination: {why}"),
+            crate::coordination::Access::Unknown(why) => out!(
+                "  coordination: etcd could not say whether its user may use {} ({why}); it needs: {}",
+                c.prefix,
+                crate::coordination::grant_command(c)
+            ),
         },
         Err(e) => out!(
             "  coordination: etcd could not be asked whether its user may use {} ({e:#}); it needs: {}",

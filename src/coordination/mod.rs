@@ -15,7 +15,11 @@ use tokio_util::sync::CancellationToken;
 use crate::config::CoordinationSettings;
 use crate::errors::Cause;
 use crate::etcd::Member;
+use crate::manifest::BackupId;
 use slot::{Keys, Record, Role};
+
+/// Whether a slot record's backup is believed (it is in the shared bucket).
+pub type Believe<'a> = dyn Fn(BackupId) -> futures::future::BoxFuture<'a, bool> + Send + Sync + 'a;
 
 /// How a member stands toward one slot, once it asked.
 pub enum Claim {
@@ -33,6 +37,9 @@ pub enum Claim {
     NoQuorum(String),
     /// The etcd user may not write the prefix: back up as in member mode, and say how to fix it.
     Denied(String),
+    /// etcd answered but takes no writes (NOSPACE, too many requests): back up as in member mode, and
+    /// say why. Not an emergency: the cluster has its quorum.
+    Unusable(String),
 }
 
 /// A slot this member holds: the lock key and the lease it renews.
@@ -43,6 +50,9 @@ pub struct Held {
     lease: i64,
     lock_key: Vec<u8>,
     renewing: JoinHandle<()>,
+    /// The run's cancellation, and also cancelled when etcd says the lease is gone or it could not be
+    /// renewed before its TTL ran out: another member may hold the slot by then.
+    lost: CancellationToken,
 }
 
 impl Drop for Held {
@@ -54,12 +64,18 @@ impl Drop for Held {
 
 /// Asks for `slot`: at once for a healthy follower, after `leader_delay` for the leader, a member with
 /// an alarm or one that lags, never for a learner. Waits for the lock until `until` (the next slot).
+/// `cancel` stops the asking (the daemon is stopping); `run` is the run's own cancellation, which the
+/// backup of a held slot stops on (`Held::cancel`), as on a lost lease. A record found for the slot
+/// counts only if `believe` says so (its backup is in the shared bucket): one that does not is planted,
+/// and this member takes the slot (its record then replaces the planted one).
 pub async fn claim(
     member: &Member,
     settings: &CoordinationSettings,
     slot: DateTime<Utc>,
     until: DateTime<Utc>,
     cancel: &CancellationToken,
+    run: &CancellationToken,
+    believe: &Believe<'_>,
 ) -> Claim {
     let keys = Keys::new(&settings.prefix);
     let mut client = member.client();
@@ -88,8 +104,8 @@ pub async fn claim(
             () = cancel.cancelled() => return Claim::Busy,
         }
         match read_record(&mut client, &keys, slot, false).await {
-            Ok(Some(record)) => return Claim::Covered(record),
-            Ok(None) => {}
+            Ok(Some(record)) if believe(record.backup_id.clone()).await => return Claim::Covered(record),
+            Ok(_) => {}
             Err(e) => return unavailable(e, &keys),
         }
     }
@@ -101,33 +117,43 @@ pub async fn claim(
             return Claim::NoQuorum(format!("etcd granted no lease within {}", humantime::format_duration(QUESTION)));
         }
     };
-    let renewing = tokio::spawn(renew(client.clone(), lease, settings.lease_ttl));
+    let lost = run.child_token();
+    let renewing = tokio::spawn(renew(client.clone(), lease, settings.lease_ttl, lost.clone()));
+    // Stops renewing whatever way this function ends before the slot is held (a dropped future too).
+    let renewing = AbortOnDrop(Some(renewing));
     let left = (until - Utc::now()).to_std().unwrap_or(Duration::ZERO).max(Duration::from_secs(1));
     let name = keys.lock(slot);
-    // `None`: the slot ended (or the daemon is stopping) with the lock still another member's.
+    // The lock, or why not: the slot ended (or the daemon is stopping) with it still another member's,
+    // or the cluster lost its leader meanwhile (the holder's lease cannot lapse then: an emergency).
     let locked = tokio::select! {
-        locked = tokio::time::timeout(left, client.lock(name.as_str(), Some(LockOptions::new().with_lease(lease)))) => locked.ok(),
-        () = cancel.cancelled() => None,
+        locked = tokio::time::timeout(left, client.lock(name.as_str(), Some(LockOptions::new().with_lease(lease)))) => {
+            locked.map_err(|_| Box::new(Claim::Busy)).and_then(|l| l.map_err(|e| Box::new(unavailable(e, &keys))))
+        }
+        () = cancel.cancelled() => Err(Box::new(Claim::Busy)),
+        () = leader_lost(member) => Err(Box::new(Claim::NoQuorum(format!(
+            "the member lost its leader while waiting for the slot, and none was elected within {}",
+            humantime::format_duration(ELECTION)
+        )))),
     };
     let lock_key = match locked {
-        Some(Ok(locked)) => locked.key().to_vec(),
-        Some(Err(e)) => {
-            renewing.abort();
-            let _ = client.lease_revoke(lease).await;
-            return unavailable(e, &keys);
-        }
-        None => {
-            renewing.abort();
-            let _ = client.lease_revoke(lease).await;
-            return Claim::Busy;
+        Ok(locked) => locked.key().to_vec(),
+        Err(why) => {
+            drop(renewing);
+            let _ = tokio::time::timeout(QUESTION, client.lease_revoke(lease)).await;
+            return *why;
         }
     };
-    let held = Held { client, keys, slot, lease, lock_key, renewing };
+    let renewing = renewing.take();
+    let held = Held { client, keys, slot, lease, lock_key, renewing, lost };
     let mut client = held.client.clone();
     match read_record(&mut client, &held.keys, slot, false).await {
-        Ok(Some(record)) => {
+        Ok(Some(record)) if believe(record.backup_id.clone()).await => {
             held.finish(None).await;
             Claim::Covered(record)
+        }
+        Ok(Some(record)) => {
+            tracing::warn!(slot = %slot::slot_text(slot), backup_id = %record.backup_id, "the slot's record names a backup the bucket does not hold: this member takes the slot");
+            Claim::Held(Box::new(held))
         }
         Ok(None) => Claim::Held(Box::new(held)),
         Err(e) => {
@@ -144,6 +170,16 @@ const QUESTION: Duration = Duration::from_secs(5);
 /// without quorum (an election takes one or two of etcd's election timeouts, 1 s by default).
 const ELECTION: Duration = Duration::from_secs(3);
 
+/// Returns once the member has had no leader for `ELECTION` (checked every second); never otherwise.
+async fn leader_lost(member: &Member) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if slot::role(member.health().await) == Role::Leaderless && leader_elected(member).await == Role::Leaderless {
+            return;
+        }
+    }
+}
+
 /// The member's role once a leader is known, or `Leaderless` after `ELECTION`.
 async fn leader_elected(member: &Member) -> Role {
     let deadline = tokio::time::Instant::now() + ELECTION;
@@ -156,7 +192,30 @@ async fn leader_elected(member: &Member) -> Role {
     }
 }
 
+/// A task aborted when this is dropped, unless taken.
+struct AbortOnDrop(Option<JoinHandle<()>>);
+
+impl AbortOnDrop {
+    fn take(mut self) -> JoinHandle<()> {
+        self.0.take().unwrap_or_else(|| tokio::spawn(async {}))
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
+        }
+    }
+}
+
 impl Held {
+    /// What the backup holding this slot stops on: the run's cancellation (`claim`'s `run`), or the
+    /// slot's lease lost (another member may hold the slot by then).
+    pub fn cancel(&self) -> CancellationToken {
+        self.lost.clone()
+    }
+
     /// Leaves the slot: writes `record` (the backup that covers it) while the lock is still this
     /// member's, trims old records, unlocks and revokes the lease. Without a record (the backup failed)
     /// the next member waiting takes the slot.
@@ -167,7 +226,12 @@ impl Held {
             let txn = Txn::new()
                 .when([Compare::version(self.lock_key.clone(), CompareOp::Greater, 0)])
                 .and_then([TxnOp::put(key.as_str(), record.to_json(), None)]);
-            match client.txn(txn).await {
+            match tokio::time::timeout(QUESTION, client.txn(txn)).await.unwrap_or_else(|_| {
+                Err(etcd_client::Error::InvalidArgs(format!(
+                    "no answer within {}",
+                    humantime::format_duration(QUESTION)
+                )))
+            }) {
                 Ok(done) if done.succeeded() => {
                     tracing::info!(slot = %slot::slot_text(self.slot), id = %record.backup_id, "slot recorded")
                 }
@@ -178,10 +242,10 @@ impl Held {
                     tracing::warn!(slot = %slot::slot_text(self.slot), error = %crate::errors::chain(&e), "cannot record the slot")
                 }
             }
-            trim(&mut client, &self.keys).await;
+            let _ = tokio::time::timeout(QUESTION, trim(&mut client, &self.keys)).await;
         }
-        let _ = client.unlock(self.lock_key.clone()).await;
-        let _ = client.lease_revoke(self.lease).await;
+        let _ = tokio::time::timeout(QUESTION, client.unlock(self.lock_key.clone())).await;
+        let _ = tokio::time::timeout(QUESTION, client.lease_revoke(self.lease)).await;
         self.renewing.abort();
     }
 }
@@ -202,9 +266,19 @@ pub async fn record_unless_covered(member: &Member, settings: &CoordinationSetti
     trim(&mut client, &keys).await;
 }
 
+/// What etcd said of the user's access to the prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Access {
+    Granted,
+    /// Refused, with the fix.
+    Denied(String),
+    /// No answer that says either (no quorum, a learner, a timeout), and why.
+    Unknown(String),
+}
+
 /// Whether the etcd user may read and write the prefix, asked without writing: a transaction whose
 /// condition never holds still has every key it names checked against the user's permissions.
-pub async fn check_access(member: &Member, settings: &CoordinationSettings) -> Result<(), String> {
+pub async fn check_access(member: &Member, settings: &CoordinationSettings) -> Access {
     let keys = Keys::new(&settings.prefix);
     let mut client = member.client();
     let probe = keys.record(DateTime::<Utc>::UNIX_EPOCH);
@@ -213,12 +287,13 @@ pub async fn check_access(member: &Member, settings: &CoordinationSettings) -> R
         TxnOp::get(keys.prefix(), Some(GetOptions::new().with_prefix())),
     ]);
     match tokio::time::timeout(QUESTION, client.txn(txn)).await {
-        Ok(Ok(_)) => Ok(()),
+        Ok(Ok(_)) => Access::Granted,
         Ok(Err(e)) => match unavailable(e, &keys) {
-            Claim::Denied(why) => Err(why),
-            _ => Ok(()),
+            Claim::Denied(why) => Access::Denied(why),
+            Claim::NoQuorum(why) | Claim::Unusable(why) => Access::Unknown(why),
+            _ => Access::Unknown("no answer".into()),
         },
-        Err(_) => Ok(()),
+        Err(_) => Access::Unknown(format!("no answer within {}", humantime::format_duration(QUESTION))),
     }
 }
 
@@ -227,18 +302,37 @@ pub fn grant_command(settings: &CoordinationSettings) -> String {
     format!("etcdctl role grant-permission <role> readwrite --prefix=true {}", settings.prefix)
 }
 
-/// Renews the lease until aborted; stops when etcd says it is gone.
-async fn renew(mut client: Client, lease: i64, ttl: Duration) {
-    let Ok((mut keeper, mut answers)) = client.lease_keep_alive(lease).await else { return };
+/// Renews the lease until aborted. A renewal that fails (a leader election, a broken stream) is tried
+/// again on a new stream until the lease's own deadline; `lost` is cancelled when etcd says the lease is
+/// gone or the deadline passed.
+async fn renew(mut client: Client, lease: i64, ttl: Duration, lost: CancellationToken) {
+    let mut deadline = tokio::time::Instant::now() + ttl;
     loop {
-        if keeper.keep_alive().await.is_err() {
+        if let Ok(Ok((mut keeper, mut answers))) = tokio::time::timeout(ttl / 3, client.lease_keep_alive(lease)).await {
+            loop {
+                if keeper.keep_alive().await.is_err() {
+                    break;
+                }
+                match tokio::time::timeout(ttl / 3, answers.message()).await {
+                    Ok(Ok(Some(answer))) if answer.ttl() > 0 => {
+                        deadline = tokio::time::Instant::now() + Duration::from_secs(answer.ttl().unsigned_abs());
+                    }
+                    Ok(Ok(Some(_))) => {
+                        tracing::error!(lease, "etcd says the slot's lease is gone: stopping this backup");
+                        lost.cancel();
+                        return;
+                    }
+                    _ => break,
+                }
+                tokio::time::sleep(ttl / 3).await;
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::error!(lease, "the slot's lease could not be renewed in time: stopping this backup");
+            lost.cancel();
             return;
         }
-        match answers.message().await {
-            Ok(Some(answer)) if answer.ttl() > 0 => {}
-            _ => return,
-        }
-        tokio::time::sleep(ttl / 3).await;
+        tokio::time::sleep((ttl / 10).min(Duration::from_millis(500))).await;
     }
 }
 
@@ -254,7 +348,7 @@ async fn read_record(
         .await
         .map_err(|_| etcd_client::Error::InvalidArgs("no answer in time".into()))??;
     let Some(kv) = found.kvs().first() else { return Ok(None) };
-    match Record::parse(kv.value(), slot) {
+    match Record::parse(kv.value(), slot, Utc::now()) {
         Ok(record) => Ok(Some(record)),
         Err(why) => {
             tracing::warn!(key = %keys.record(slot), %why, "ignoring a slot record that does not check out");
@@ -269,21 +363,24 @@ async fn trim(client: &mut Client, keys: &Keys) {
         return;
     };
     let names: Vec<Vec<u8>> = found.kvs().iter().map(|kv| kv.key().to_vec()).collect();
-    for key in slot::stale_records(keys, &names, slot::KEEP_RECORDS) {
+    for key in slot::stale_records(keys, &names, slot::KEEP_RECORDS, Utc::now()) {
         let _ = client.delete(key, None).await;
     }
 }
 
-/// What an etcd error means for a claim: the user may not use the prefix, or the cluster cannot decide.
+/// What an etcd error means for a claim: the user may not use the prefix, etcd refuses writes, or the
+/// cluster cannot decide (no answer).
 fn unavailable(e: etcd_client::Error, keys: &Keys) -> Claim {
-    if crate::etcd::cause(&e) == Cause::Auth {
-        Claim::Denied(format!(
-            "{}: the etcd user needs read and write on the prefix: etcdctl role grant-permission <role> readwrite --prefix=true {}",
-            crate::errors::chain(&e),
+    let chain = crate::errors::chain(&e);
+    match crate::etcd::cause(&e) {
+        Cause::Auth => Claim::Denied(format!(
+            "{chain}: the etcd user needs read and write on the prefix: etcdctl role grant-permission <role> readwrite --prefix=true {}",
             keys.prefix()
-        ))
-    } else {
-        Claim::NoQuorum(crate::errors::chain(&e))
+        )),
+        Cause::Busy | Cause::Config => Claim::Unusable(format!(
+            "{chain}: etcd takes no writes; if its NOSPACE alarm is raised: compact, `etcdctl defrag`, then `etcdctl alarm disarm`"
+        )),
+        _ => Claim::NoQuorum(chain),
     }
 }
 
@@ -291,9 +388,10 @@ fn unavailable(e: etcd_client::Error, keys: &Keys) -> Claim {
 mod tests {
     use super::*;
 
-    /// etcd refusing the prefix names the fix; anything else counts as a cluster that cannot decide.
+    /// etcd refusing the prefix names the fix; a full etcd takes no writes but has its quorum; no
+    /// answer counts as a cluster that cannot decide.
     #[test]
-    fn a_refusal_names_the_grant_and_anything_else_is_no_quorum() {
+    fn a_refusal_names_the_grant_a_full_etcd_is_unusable_and_no_answer_is_no_quorum() {
         let keys = Keys::new("/etcd-backupd/prod/");
         let denied = etcd_client::Error::GRpcStatus(tonic::Status::new(
             tonic::Code::PermissionDenied,
@@ -311,5 +409,13 @@ mod tests {
             "etcdserver: request timed out",
         ));
         assert!(matches!(unavailable(timeout, &keys), Claim::NoQuorum(_)));
+        let nospace = etcd_client::Error::GRpcStatus(tonic::Status::new(
+            tonic::Code::ResourceExhausted,
+            "etcdserver: mvcc: database space exceeded",
+        ));
+        match unavailable(nospace, &keys) {
+            Claim::Unusable(why) => assert!(why.contains("etcdctl alarm disarm"), "{why}"),
+            _ => panic!("NOSPACE is not a lost quorum"),
+        }
     }
 }

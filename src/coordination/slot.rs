@@ -81,9 +81,12 @@ pub struct Record {
 }
 
 impl Record {
-    /// Reads a record found at the key of `slot`. Anyone with write access to the prefix can put
-    /// anything there: it must be small, name this slot, and name a backup of the member it names.
-    pub fn parse(bytes: &[u8], slot: DateTime<Utc>) -> Result<Record, String> {
+    /// Reads a record found at the key of `slot`, at `now`. Anyone with write access to the prefix can
+    /// put anything there: it must be small, name this slot, name a backup of the member it names, and
+    /// that backup and the record must be dated within the slot (`CLOCK_SKEW` either side) and not later
+    /// than now, so that a record planted ahead of its slot, or one that keeps freshness green forever,
+    /// is refused.
+    pub fn parse(bytes: &[u8], slot: DateTime<Utc>, now: DateTime<Utc>) -> Result<Record, String> {
         if bytes.len() > MAX_RECORD_BYTES {
             return Err(format!("the record is {} bytes, more than a record ever is", bytes.len()));
         }
@@ -99,6 +102,14 @@ impl Record {
         }
         if r.member_name.len() > 256 || r.member_name.chars().any(char::is_control) {
             return Err("the record's member name is not a member name".to_string());
+        }
+        let (earliest, latest) = (slot - CLOCK_SKEW, now + CLOCK_SKEW);
+        let taken = r.backup_id.created();
+        if taken < earliest || taken > latest {
+            return Err(format!("the record's backup {} was not taken in slot {}", r.backup_id, slot_text(slot)));
+        }
+        if r.time < earliest || r.time > latest {
+            return Err(format!("the record is dated {}, outside its slot {} and now", r.time, slot_text(slot)));
         }
         Ok(r)
     }
@@ -188,14 +199,19 @@ pub fn wait_before_asking(role: Role, leader_delay: Duration) -> Option<Duration
     }
 }
 
-/// The record keys to delete so that only the newest `keep` slots' remain. Keys that are not records of
-/// this prefix are never touched.
-pub fn stale_records(keys: &Keys, found: &[Vec<u8>], keep: usize) -> Vec<Vec<u8>> {
-    let mut slots: Vec<(DateTime<Utc>, &Vec<u8>)> =
-        found.iter().filter_map(|k| keys.slot_of(k).map(|s| (s, k))).collect();
+/// How far the members' clocks may disagree: a record, or the backup it names, dated this far outside
+/// its slot is still believed.
+pub const CLOCK_SKEW: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
+
+/// The record keys to delete at `now` so that only the newest `keep` slots' remain: records of slots
+/// that have not begun (no member writes those; planted, they would push the real ones out) go first.
+/// Keys that are not records of this prefix are never touched.
+pub fn stale_records(keys: &Keys, found: &[Vec<u8>], keep: usize, now: DateTime<Utc>) -> Vec<Vec<u8>> {
+    let (future, mut slots): (Vec<_>, Vec<_>) =
+        found.iter().filter_map(|k| keys.slot_of(k).map(|s| (s, k))).partition(|(slot, _)| *slot > now + CLOCK_SKEW);
     slots.sort();
     let stale = slots.len().saturating_sub(keep);
-    slots.into_iter().take(stale).map(|(_, k)| k.clone()).collect()
+    future.into_iter().chain(slots.into_iter().take(stale)).map(|(_, k)| k.clone()).collect()
 }
 
 #[cfg(test)]

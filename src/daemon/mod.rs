@@ -155,7 +155,8 @@ pub async fn run(config_path: PathBuf, settings: Settings) -> Result<()> {
                         if trigger == Trigger::Signal {
                             tracing::info!("SIGUSR1: backing up now");
                         }
-                        running = Some(start(&settings, &state_dir));
+                        // SIGUSR1 asks for a backup now: taken, like a one-shot backup, whoever covers the slot.
+                        running = Some(start(&settings, &state_dir, trigger != Trigger::Signal));
                     }
                     Action::Reload => {
                         notifier.reloading();
@@ -261,13 +262,15 @@ fn start_drill(settings: &Settings, cancel: CancellationToken) -> JoinHandle<Dri
     })
 }
 
-fn start(settings: &Settings, state_dir: &Path) -> Running {
+/// Starts a backup run; `claim`: ask for the slot in cluster mode (a scheduled run), else back up and
+/// record the slot unless a member covered it.
+fn start(settings: &Settings, state_dir: &Path, claim: bool) -> Running {
     let (cancel, stopping) = (CancellationToken::new(), CancellationToken::new());
     let (settings, state_dir, token, stop) =
         (settings.clone(), state_dir.to_path_buf(), cancel.clone(), stopping.clone());
     let handle = tokio::spawn(async move {
         // The daemon does not wait for a one-shot backup holding the lock: it skips this run.
-        let slot = crate::backup::SlotRun::now(&settings.schedule.schedule, Utc::now(), true);
+        let slot = crate::backup::SlotRun::now(&settings.schedule.schedule, Utc::now(), claim);
         let request = BackupRequest { cancel: token, stopping: stop, slot: Some(slot), ..BackupRequest::default() };
         // The daemon's notifications finish on their own tasks.
         let mut alerts = crate::alerts::Pending::default();

@@ -55,8 +55,11 @@ impl Selector {
 
     /// The id this selector picks among every destination's backups at `now`. `latest` and `--before`
     /// never pick a backup dated in the future (a wrong clock when it was taken) while another exists:
-    /// its date says nothing about how new its data is.
+    /// its date says nothing about how new its data is. Nor an emergency backup whose data is older than
+    /// its date (`stale_emergency`).
     pub fn pick(&self, backups: &[&Stored], now: chrono::DateTime<chrono::Utc>) -> Option<BackupId> {
+        let fresh: Vec<&Stored> = backups.iter().copied().filter(|b| !stale_emergency(b, backups)).collect();
+        let backups = if matches!(self, Selector::Id(_)) || fresh.is_empty() { backups } else { &fresh[..] };
         let ids = backups.iter().map(|b| &b.manifest.id);
         let newest = |ids: Vec<&BackupId>| -> Option<BackupId> {
             let (present, future): (Vec<&BackupId>, Vec<&BackupId>) =
@@ -69,6 +72,20 @@ impl Selector {
             Selector::Before(t) => newest(ids.filter(|id| id.created() < *t).collect()),
         }
     }
+}
+
+/// An emergency backup (taken without quorum, perhaps by a member cut off from a majority that kept
+/// going) whose data is older than its date: another backup taken up to a day before it holds a higher
+/// revision. `latest` passes it over.
+fn stale_emergency(b: &Stored, all: &[&Stored]) -> bool {
+    let id = &b.manifest.id;
+    b.manifest.is_emergency()
+        && all.iter().any(|o| {
+            let other = &o.manifest.id;
+            other.revision() > id.revision()
+                && other.created() <= id.created()
+                && id.created() - other.created() <= chrono::TimeDelta::days(1)
+        })
 }
 
 /// The chosen backup and the destinations that hold it, local first, each with its own manifest: every
@@ -151,4 +168,39 @@ pub async fn first_good_copy(
         return Err(crate::interrupt::Interrupted.into());
     }
     Err(anyhow!("no copy of {} could be restored:\n  {}", found.manifest.id, failures.join("\n  ")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{TimeZone, Utc};
+
+    fn stored(minute: u32, revision: i64, emergency: bool) -> Stored {
+        let mut manifest = crate::manifest::tests::sample();
+        let at = Utc.with_ymd_and_hms(2026, 11, 22, 6, minute, 0).unwrap();
+        manifest.id = BackupId::new(at, revision, "8e9e05c52164694d");
+        manifest.created = at;
+        manifest.etcd.revision = revision;
+        manifest.label = emergency.then(|| crate::manifest::EMERGENCY_LABEL.to_string());
+        Stored { manifest, pinned: false }
+    }
+
+    /// A member cut off from the majority takes emergency backups of its stale data while the majority
+    /// backs up as usual: `latest` is the majority's backup, the newest data.
+    #[test]
+    fn latest_passes_over_an_emergency_backup_older_in_data_than_in_date() {
+        let now = Utc.with_ymd_and_hms(2026, 11, 22, 7, 0, 0).unwrap();
+        let normal = stored(0, 5000, false);
+        let stale = stored(1, 4000, true);
+        let all = [&normal, &stale];
+        assert_eq!(Selector::Latest.pick(&all, now), Some(normal.manifest.id.clone()));
+        let before = Selector::Before(Utc.with_ymd_and_hms(2026, 11, 22, 6, 30, 0).unwrap());
+        assert_eq!(before.pick(&all, now), Some(normal.manifest.id.clone()));
+        assert_eq!(Selector::Id(stale.manifest.id.clone()).pick(&all, now), Some(stale.manifest.id.clone()));
+        // An emergency backup that holds the newest data is the newest.
+        let ahead = stored(2, 6000, true);
+        assert_eq!(Selector::Latest.pick(&[&normal, &stale, &ahead], now), Some(ahead.manifest.id.clone()));
+        // Alone, it is what there is.
+        assert_eq!(Selector::Latest.pick(&[&stale], now), Some(stale.manifest.id.clone()));
+    }
 }

@@ -61,7 +61,12 @@ impl S3Store {
 
     /// Whether backup `id` is committed here; a store that cannot be asked says no.
     pub async fn has_manifest(&self, id: &BackupId) -> bool {
-        self.exists(&format!("{}{}", self.folder, id.manifest_name())).await.unwrap_or(false)
+        self.manifest_found(id).await.unwrap_or(false)
+    }
+
+    /// Whether the manifest of `id` is here; `Err` when S3 could not say.
+    pub async fn manifest_found(&self, id: &BackupId) -> Result<bool> {
+        self.exists(&format!("{}{}", self.folder, id.manifest_name())).await
     }
 
     async fn exists(&self, key: &str) -> Result<bool> {
