@@ -105,6 +105,14 @@ async fn each_slot_is_backed_up_once_by_a_follower(version: EtcdVersion) {
 
     let recorded = records(&cluster[0]).await;
     assert!(recorded.len() >= 5, "{recorded:?}\n{logs}");
+    // No slot between the first recorded and the last went without a backup.
+    let slots: Vec<chrono::NaiveDateTime> = recorded
+        .keys()
+        .map(|k| chrono::NaiveDateTime::parse_from_str(k.rsplit('/').next().unwrap(), "%Y%m%dT%H%M%SZ").unwrap())
+        .collect();
+    for pair in slots.windows(2) {
+        assert_eq!((pair[1] - pair[0]).num_seconds(), 2, "a slot without a backup: {recorded:?}\n{logs}");
+    }
     let in_s3 = committed(&s3);
     let recorded_ids: Vec<&String> = recorded.values().map(|(_, id)| id).collect();
     for id in &recorded_ids {
