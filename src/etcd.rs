@@ -163,7 +163,13 @@ async fn connect_one(endpoint: &str, options: ConnectOptions) -> Result<Member, 
         tracing::warn!(%endpoint, "etcd reports no leader (no quorum, or an election)");
     }
     if !learner && !leaderless {
-        match tokio::time::timeout(CLUSTER_QUESTION, client.member_list()).await {
+        // Asked together: without quorum both wait out CLUSTER_QUESTION, once rather than twice.
+        let (mut lister, mut alarmer) = (client.clone(), client.clone());
+        let (listed, alarmed) = tokio::join!(
+            tokio::time::timeout(CLUSTER_QUESTION, lister.member_list()),
+            tokio::time::timeout(CLUSTER_QUESTION, alarmer.alarm(AlarmAction::Get, AlarmType::None, None))
+        );
+        match listed {
             Ok(Ok(members)) => {
                 let members = members.members();
                 member_name =
@@ -174,7 +180,7 @@ async fn connect_one(endpoint: &str, options: ConnectOptions) -> Result<Member, 
             Ok(Err(e)) => tracing::warn!(%endpoint, error = %crate::errors::chain(&e), "cannot list etcd's members"),
             Err(_) => tracing::warn!(%endpoint, "etcd did not list its members in time (no quorum?)"),
         }
-        match tokio::time::timeout(CLUSTER_QUESTION, client.alarm(AlarmAction::Get, AlarmType::None, None)).await {
+        match alarmed {
             Ok(Ok(found)) => {
                 alarms =
                     found.alarms().iter().map(|a| format!("{:?} on member {:x}", a.alarm(), a.member_id())).collect();
