@@ -118,9 +118,11 @@ pub async fn run_once(
             Turn::Leave(outcome) => outcome,
             Turn::Go(held, emergency, member) => {
                 crate::alerts::send(&settings.notify, event(settings, crate::alerts::Kind::Start, None), alerts);
+                let run_cancel = request.cancel.clone();
                 let mut request = request.clone();
-                if let Some(held) = &held {
-                    request.cancel = held.cancel();
+                let slot_cancel = held.as_ref().map(|h| h.cancel());
+                if let Some(cancel) = &slot_cancel {
+                    request.cancel = cancel.clone();
                 }
                 if emergency && request.label.is_none() {
                     request.label = Some(crate::manifest::EMERGENCY_LABEL.to_string());
@@ -128,7 +130,15 @@ pub async fn run_once(
                 // A member holding a slot does not retry with the slot held: its failure hands the slot to
                 // the next member waiting, which is quicker than any retry delay.
                 let max = if held.is_some() { 1 } else { max_attempts };
-                let outcome = attempts(settings, &request, state_dir, max, member).await;
+                let mut outcome = attempts(settings, &request, state_dir, max, member).await;
+                let lease_lost = slot_cancel.is_some_and(|c| c.is_cancelled()) && !run_cancel.is_cancelled();
+                if lease_lost && matches!(outcome, Outcome::Failed(_)) {
+                    outcome = Outcome::Failed(anyhow::anyhow!(
+                        "the slot's lease was lost during the backup (etcd expired it, or it could not be renewed in \
+                         time while the cluster had a leader): the backup stopped, since another member may hold the \
+                         slot now"
+                    ));
+                }
                 finish_slot(settings, &request, held, &outcome).await;
                 outcome
             }
@@ -166,24 +176,9 @@ async fn coordinate(settings: &Settings, request: &BackupRequest) -> Turn {
         return Turn::Go(None, false, None);
     }
     let at = crate::coordination::slot::slot_text(slot.at);
-    let member = match crate::etcd::connect(etcd).await {
+    let member = match connect_for_slot(etcd, &at).await {
         Ok(member) => member,
-        // A password login is refused to a learner, and needs a leader: ask the member why.
-        Err(_) if etcd.auth.is_some() => match crate::etcd::status_without_login(etcd).await {
-            Some((true, _)) => return Turn::Leave(Outcome::Learner(None)),
-            Some((false, false)) => {
-                return Turn::Leave(Outcome::Failed(crate::errors::classified(
-                    crate::errors::Cause::Unreachable,
-                    format!(
-                        "slot {at}: etcd has no leader, and its password login (etcd.username) needs one, so no \
-                         emergency backup can be taken; log in with a client certificate (etcd.cert, its CN \
-                         the user) to back up a cluster that has lost its quorum"
-                    ),
-                )));
-            }
-            _ => return Turn::Go(None, false, None),
-        },
-        Err(_) => return Turn::Go(None, false, None),
+        Err(turn) => return turn,
     };
     let believe = |id| -> futures::future::BoxFuture<'_, bool> { Box::pin(in_the_bucket(settings, id)) };
     match claim(&member, coordination, slot.at, slot.until, &request.stopping, &request.cancel, &believe).await {
@@ -219,6 +214,45 @@ async fn in_the_bucket(settings: &Settings, id: crate::manifest::BackupId) -> bo
         Err(_) => true,
     }
 }
+
+/// The member, connected for cluster mode; or what the run does without it. A password login is refused
+/// to a learner and needs a leader: the member is asked why, without a login, and an election is waited
+/// out (up to 3 s) before the run fails. Any other failure goes ahead (the backup fails, and is retried,
+/// as in member mode).
+async fn connect_for_slot(etcd: &crate::config::EtcdSettings, at: &str) -> Result<crate::etcd::Member, Turn> {
+    let mut waited = Duration::ZERO;
+    loop {
+        let failed = match crate::etcd::connect(etcd).await {
+            Ok(member) => return Ok(member),
+            Err(e) => e,
+        };
+        if etcd.auth.is_none() {
+            return Err(Turn::Go(None, false, None));
+        }
+        match crate::etcd::status_without_login(etcd).await {
+            Some((true, _)) => return Err(Turn::Leave(Outcome::Learner(None))),
+            Some((false, false)) if waited < ELECTION_WAIT => {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                waited += Duration::from_millis(500);
+            }
+            Some((false, false)) => {
+                return Err(Turn::Leave(Outcome::Failed(crate::errors::classified(
+                    crate::errors::Cause::Unreachable,
+                    format!(
+                        "slot {at}: etcd has had no leader for {}, and its password login (etcd.username) needs \
+                         one, so no emergency backup can be taken; log in with a client certificate (etcd.cert, \
+                         its CN the user) to back up a cluster that has lost its quorum ({failed:#})",
+                        humantime::format_duration(ELECTION_WAIT)
+                    ),
+                ))));
+            }
+            _ => return Err(Turn::Go(None, false, None)),
+        }
+    }
+}
+
+/// How long a member without a leader waits for an election before it counts as without quorum.
+const ELECTION_WAIT: Duration = Duration::from_secs(3);
 
 /// After a run that held its slot: the record of the backup that covers it (none if it failed: the next
 /// member takes the slot). A one-shot backup in cluster mode counts for its slot if no member covered it.

@@ -216,6 +216,16 @@ impl Member {
         self.client.clone()
     }
 
+    /// Whether the member knows a leader (a status only; `true` when it does not answer: its own
+    /// failure shows elsewhere).
+    pub async fn knows_leader(&self) -> bool {
+        let mut client = self.client.clone();
+        match tokio::time::timeout(CLUSTER_QUESTION, client.status()).await {
+            Ok(Ok(status)) => status.leader() != 0,
+            _ => true,
+        }
+    }
+
     /// What cluster mode asks of the member, from a fresh status: learner, leader, alarm, lag, voters. The cluster's
     /// revision comes from a linearizable read (which waits for the leader), with `CLUSTER_QUESTION` to
     /// answer; without an answer (or a member list) the member counts as caught up.

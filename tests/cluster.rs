@@ -292,6 +292,45 @@ async fn a_killed_holder_hands_its_slot_to_another_member() {
     }
 }
 
+/// The member holding a slot keeps backing up when the cluster loses its quorum mid-backup: without a
+/// leader no lease expires and no other member can take the slot, so stopping would leave it with none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_that_loses_its_quorum_mid_backup_finishes_it() {
+    let setup = Setup::new();
+    let s3 = S3::start().await;
+    s3.faults.part_delay_ms.store(3_000, std::sync::atomic::Ordering::SeqCst);
+    let (members, mut cluster) = three_members(&setup, EtcdVersion::V35);
+    cluster[0].seed(120, 200_000).await;
+    let mut daemons = start_daemons(&setup, &cluster, &members, &s3, |t| t.replace("*/2 * * * * *", "0 0 1 1 *")).await;
+    let mut holder = None;
+    until("a member to take the slot", Duration::from_secs(30), async || {
+        holder = daemons.iter().position(|d| d.log().contains("this member takes the slot"));
+        holder.is_some()
+    })
+    .await;
+    let holder = holder.unwrap();
+    let holder_id = member_id_of(&cluster[holder]);
+    let mut survivor = None;
+    for (i, d) in daemons.drain(..).enumerate() {
+        if i == holder {
+            survivor = Some(d);
+        } else {
+            d.stop().await;
+        }
+    }
+    let survivor = survivor.unwrap();
+    let kept = cluster.remove(holder);
+    drop(cluster); // the other two members stop: no quorum
+    // Longer than lease_ttl (3 s) without a renewal, then the uploads go on.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    s3.faults.part_delay_ms.store(0, std::sync::atomic::Ordering::SeqCst);
+    survivor.wait_until("the backup committed", || survivor.log().contains("backup finished")).await;
+    let (_, _, _, log) = survivor.stop().await;
+    assert!(!log.contains("lease was lost"), "{log}");
+    assert!(committed(&s3).iter().any(|id| id.ends_with(&holder_id)), "{:?}\n{log}", committed(&s3));
+    drop(kept);
+}
+
 fn member_id_of(etcd: &Etcd) -> String {
     etcd.member_id_hex()
 }

@@ -130,6 +130,7 @@ pub async fn claim(
             locked.map_err(|_| Box::new(Claim::Busy)).and_then(|l| l.map_err(|e| Box::new(unavailable(e, &keys))))
         }
         () = cancel.cancelled() => Err(Box::new(Claim::Busy)),
+        () = lost.cancelled() => Err(Box::new(Claim::NoQuorum("the lease asked for the slot was lost while waiting".into()))),
         () = leader_lost(member) => Err(Box::new(Claim::NoQuorum(format!(
             "the member lost its leader while waiting for the slot, and none was elected within {}",
             humantime::format_duration(ELECTION)
@@ -174,7 +175,7 @@ const ELECTION: Duration = Duration::from_secs(3);
 async fn leader_lost(member: &Member) {
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        if slot::role(member.health().await) == Role::Leaderless && leader_elected(member).await == Role::Leaderless {
+        if !member.knows_leader().await && leader_elected(member).await == Role::Leaderless {
             return;
         }
     }
@@ -197,7 +198,7 @@ struct AbortOnDrop(Option<JoinHandle<()>>);
 
 impl AbortOnDrop {
     fn take(mut self) -> JoinHandle<()> {
-        self.0.take().unwrap_or_else(|| tokio::spawn(async {}))
+        self.0.take().expect("taken once, by value")
     }
 }
 
@@ -226,12 +227,7 @@ impl Held {
             let txn = Txn::new()
                 .when([Compare::version(self.lock_key.clone(), CompareOp::Greater, 0)])
                 .and_then([TxnOp::put(key.as_str(), record.to_json(), None)]);
-            match tokio::time::timeout(QUESTION, client.txn(txn)).await.unwrap_or_else(|_| {
-                Err(etcd_client::Error::InvalidArgs(format!(
-                    "no answer within {}",
-                    humantime::format_duration(QUESTION)
-                )))
-            }) {
+            match tokio::time::timeout(QUESTION, client.txn(txn)).await.unwrap_or_else(|_| Err(no_answer())) {
                 Ok(done) if done.succeeded() => {
                     tracing::info!(slot = %slot::slot_text(self.slot), id = %record.backup_id, "slot recorded")
                 }
@@ -303,13 +299,14 @@ pub fn grant_command(settings: &CoordinationSettings) -> String {
 }
 
 /// Renews the lease until aborted. A renewal that fails (a leader election, a broken stream) is tried
-/// again on a new stream until the lease's own deadline; `lost` is cancelled when etcd says the lease is
-/// gone or the deadline passed.
+/// again on a new stream. `lost` is cancelled when etcd says the lease is gone, or when it could not be
+/// renewed before its deadline while the cluster has a leader (which expires leases). Without a leader no
+/// lease expires and no other member can take the slot: the backup goes on.
 async fn renew(mut client: Client, lease: i64, ttl: Duration, lost: CancellationToken) {
     let mut deadline = tokio::time::Instant::now() + ttl;
     loop {
-        if let Ok(Ok((mut keeper, mut answers))) = tokio::time::timeout(ttl / 3, client.lease_keep_alive(lease)).await {
-            loop {
+        match tokio::time::timeout(ttl / 3, client.lease_keep_alive(lease)).await {
+            Ok(Ok((mut keeper, mut answers))) => loop {
                 if keeper.keep_alive().await.is_err() {
                     break;
                 }
@@ -317,23 +314,47 @@ async fn renew(mut client: Client, lease: i64, ttl: Duration, lost: Cancellation
                     Ok(Ok(Some(answer))) if answer.ttl() > 0 => {
                         deadline = tokio::time::Instant::now() + Duration::from_secs(answer.ttl().unsigned_abs());
                     }
-                    Ok(Ok(Some(_))) => {
-                        tracing::error!(lease, "etcd says the slot's lease is gone: stopping this backup");
-                        lost.cancel();
-                        return;
-                    }
+                    Ok(Ok(Some(_))) => return lease_gone(lease, &lost),
                     _ => break,
                 }
                 tokio::time::sleep(ttl / 3).await;
-            }
+            },
+            // etcd-client's answer when etcd no longer knows the lease.
+            Ok(Err(etcd_client::Error::LeaseKeepAliveError(_))) => return lease_gone(lease, &lost),
+            _ => {}
         }
         if tokio::time::Instant::now() >= deadline {
-            tracing::error!(lease, "the slot's lease could not be renewed in time: stopping this backup");
-            lost.cancel();
-            return;
+            let leaderless =
+                matches!(tokio::time::timeout(ttl / 3, client.status()).await, Ok(Ok(s)) if s.leader() == 0);
+            if !leaderless {
+                tracing::error!(
+                    lease,
+                    "the slot's lease could not be renewed in time: stopping this backup, another member may hold the slot"
+                );
+                lost.cancel();
+                return;
+            }
+            // No leader, so no lease expires: keep backing up, and keep trying.
+            deadline = tokio::time::Instant::now() + ttl;
         }
         tokio::time::sleep((ttl / 10).min(Duration::from_millis(500))).await;
     }
+}
+
+fn lease_gone(lease: i64, lost: &CancellationToken) {
+    tracing::error!(
+        lease,
+        "etcd says the slot's lease is gone: stopping this backup, another member may hold the slot"
+    );
+    lost.cancel();
+}
+
+/// A timeout of a question to etcd, as etcd's own deadline error (so that it reads as no quorum).
+fn no_answer() -> etcd_client::Error {
+    etcd_client::Error::GRpcStatus(tonic::Status::deadline_exceeded(format!(
+        "no answer within {}",
+        humantime::format_duration(QUESTION)
+    )))
 }
 
 /// The record of `slot`, checked (`Record::parse`); `serializable` for a learner.
@@ -346,7 +367,7 @@ async fn read_record(
     let options = if serializable { GetOptions::new().with_serializable() } else { GetOptions::new() };
     let found = tokio::time::timeout(QUESTION, client.get(keys.record(slot), Some(options)))
         .await
-        .map_err(|_| etcd_client::Error::InvalidArgs("no answer in time".into()))??;
+        .map_err(|_| no_answer())??;
     let Some(kv) = found.kvs().first() else { return Ok(None) };
     match Record::parse(kv.value(), slot, Utc::now()) {
         Ok(record) => Ok(Some(record)),
@@ -372,15 +393,18 @@ async fn trim(client: &mut Client, keys: &Keys) {
 /// cluster cannot decide (no answer).
 fn unavailable(e: etcd_client::Error, keys: &Keys) -> Claim {
     let chain = crate::errors::chain(&e);
-    match crate::etcd::cause(&e) {
-        Cause::Auth => Claim::Denied(format!(
+    let exhausted = matches!(&e, etcd_client::Error::GRpcStatus(s) if s.code() == tonic::Code::ResourceExhausted);
+    if crate::etcd::cause(&e) == Cause::Auth {
+        Claim::Denied(format!(
             "{chain}: the etcd user needs read and write on the prefix: etcdctl role grant-permission <role> readwrite --prefix=true {}",
             keys.prefix()
-        )),
-        Cause::Busy | Cause::Config => Claim::Unusable(format!(
+        ))
+    } else if exhausted {
+        Claim::Unusable(format!(
             "{chain}: etcd takes no writes; if its NOSPACE alarm is raised: compact, `etcdctl defrag`, then `etcdctl alarm disarm`"
-        )),
-        _ => Claim::NoQuorum(chain),
+        ))
+    } else {
+        Claim::NoQuorum(chain)
     }
 }
 
@@ -409,6 +433,10 @@ mod tests {
             "etcdserver: request timed out",
         ));
         assert!(matches!(unavailable(timeout, &keys), Claim::NoQuorum(_)));
+        assert!(matches!(unavailable(no_answer(), &keys), Claim::NoQuorum(_)), "our own timeout is no quorum");
+        let corrupt =
+            etcd_client::Error::GRpcStatus(tonic::Status::new(tonic::Code::DataLoss, "etcdserver: corrupt cluster"));
+        assert!(matches!(unavailable(corrupt, &keys), Claim::NoQuorum(_)), "only a full etcd is told to defrag");
         let nospace = etcd_client::Error::GRpcStatus(tonic::Status::new(
             tonic::Code::ResourceExhausted,
             "etcdserver: mvcc: database space exceeded",

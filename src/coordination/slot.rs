@@ -83,9 +83,9 @@ pub struct Record {
 impl Record {
     /// Reads a record found at the key of `slot`, at `now`. Anyone with write access to the prefix can
     /// put anything there: it must be small, name this slot, name a backup of the member it names, and
-    /// that backup and the record must be dated within the slot (`CLOCK_SKEW` either side) and not later
-    /// than now, so that a record planted ahead of its slot, or one that keeps freshness green forever,
-    /// is refused.
+    /// that backup and the record must be dated not before the slot and not after now (`CLOCK_SKEW`
+    /// either side), so that a record planted ahead of its slot, or one that keeps freshness green
+    /// forever, is refused.
     pub fn parse(bytes: &[u8], slot: DateTime<Utc>, now: DateTime<Utc>) -> Result<Record, String> {
         if bytes.len() > MAX_RECORD_BYTES {
             return Err(format!("the record is {} bytes, more than a record ever is", bytes.len()));
