@@ -1,6 +1,7 @@
 //! etcd-backupd: verified, compressed, age-encrypted etcd v3 snapshots to a local directory and S3.
 
 pub mod alerts;
+pub mod archive;
 pub mod backup;
 pub mod catch_up;
 pub mod cli;

@@ -5,8 +5,17 @@ use std::fmt;
 use chrono::{DateTime, NaiveDateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-/// Version of the manifest format written by this build.
+pub mod files;
+
+pub use files::{FileEntry, FileKind, FilesFacts};
+
+/// Version of the manifest format written by this build for a backup without a files archive.
 pub const FORMAT_VERSION: u32 = 1;
+/// The format of a backup with a files archive (`files`): an older reader refuses it rather than
+/// missing the archive.
+pub const FILES_FORMAT_VERSION: u32 = 2;
+/// The newest format this build reads.
+pub const NEWEST_FORMAT: u32 = FILES_FORMAT_VERSION;
 pub const MANIFEST_SUFFIX: &str = ".manifest.json";
 /// Marks a backup that retention must never remove.
 pub const PIN_SUFFIX: &str = ".pinned";
@@ -240,6 +249,8 @@ impl From<BackupId> for String {
 pub enum Entry {
     Manifest(BackupId),
     Artifact(BackupId),
+    /// The companion archive of a backup (`[files]`).
+    Files(BackupId),
     /// The pin marker of a backup.
     Pin(BackupId),
     /// A `.part` file left by a run that did not finish.
@@ -252,7 +263,9 @@ pub enum Entry {
 pub fn classify(name: &str) -> Entry {
     if let Some(stem) = name.strip_suffix(PART_SUFFIX) {
         return match classify(stem) {
-            Entry::Manifest(_) | Entry::Artifact(_) | Entry::Pin(_) => Entry::Partial(name.to_string()),
+            Entry::Manifest(_) | Entry::Artifact(_) | Entry::Files(_) | Entry::Pin(_) => {
+                Entry::Partial(name.to_string())
+            }
             _ => Entry::Foreign,
         };
     }
@@ -261,6 +274,9 @@ pub fn classify(name: &str) -> Entry {
     }
     if let Some(stem) = name.strip_suffix(PIN_SUFFIX) {
         return BackupId::parse(stem).map_or(Entry::Foreign, Entry::Pin);
+    }
+    if let Some(stem) = name.strip_suffix(files::FILES_SUFFIX) {
+        return BackupId::parse(stem).map_or(Entry::Foreign, Entry::Files);
     }
     for ext in [Compression::None.artifact_extension(), Compression::Zstd { level: 0 }.artifact_extension()] {
         if let Some(stem) = name.strip_suffix(ext) {
@@ -285,6 +301,9 @@ pub struct Manifest {
     pub etcd: EtcdFacts,
     pub snapshot: SnapshotFacts,
     pub artifact: ArtifactFacts,
+    /// The control-plane files archived beside the snapshot (`[files]`), committed with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<FilesFacts>,
 }
 
 /// What etcd reported about the member when the snapshot started.
@@ -347,9 +366,9 @@ impl Manifest {
             format_version: u32,
         }
         let format: Format = serde_json::from_slice(bytes).map_err(|e| format!("not a valid manifest: {e}"))?;
-        if format.format_version > FORMAT_VERSION {
+        if format.format_version > NEWEST_FORMAT {
             return Err(format!(
-                "manifest format {} is newer than this etcd-backupd understands ({FORMAT_VERSION}): upgrade etcd-backupd",
+                "manifest format {} is newer than this etcd-backupd understands ({NEWEST_FORMAT}): upgrade etcd-backupd",
                 format.format_version
             ));
         }
@@ -396,6 +415,12 @@ impl Manifest {
             if !is_sha256_hex(hash) {
                 return Err(format!("manifest's {what} sha256 is not 64 hex digits"));
             }
+        }
+        if let Some(files) = &self.files {
+            if self.format_version < FILES_FORMAT_VERSION {
+                return Err(format!("manifest format {} cannot hold a files archive", self.format_version));
+            }
+            files.check(id)?;
         }
         if let Some(label) = &self.label {
             check_label(label).map_err(|e| format!("manifest's label: {}", e.escape_debug()))?;

@@ -300,6 +300,7 @@ fn manifest_of(
             encryption: "age".to_string(),
             recipients: settings.encryption.recipients.iter().map(|k| k.as_str().to_string()).collect(),
         },
+        files: None,
     }
 }
 

@@ -130,6 +130,7 @@ pub(crate) fn sample() -> Manifest {
             encryption: "age".into(),
             recipients: vec!["age1x".into()],
         },
+        files: None,
     }
 }
 
@@ -153,7 +154,7 @@ fn manifest_under_another_name_is_refused() {
 #[test]
 fn newer_format_asks_for_an_upgrade() {
     let mut m = sample();
-    m.format_version = FORMAT_VERSION + 1;
+    m.format_version = NEWEST_FORMAT + 1;
     assert!(Manifest::from_json(&m.to_json(), &m.id, &m.cluster).unwrap_err().contains("upgrade etcd-backupd"));
 }
 
@@ -204,7 +205,7 @@ fn a_manifest_that_disagrees_with_its_id_or_folder_is_refused() {
     // A newer format is named as such, whatever it holds.
     let newer = lz4.replace(
         &format!("\"format_version\": {FORMAT_VERSION}"),
-        &format!("\"format_version\": {}", FORMAT_VERSION + 1),
+        &format!("\"format_version\": {}", NEWEST_FORMAT + 1),
     );
     assert_ne!(newer, lz4);
     let err = Manifest::from_json(newer.as_bytes(), &good.id, &good.cluster).expect_err("newer format");
@@ -216,4 +217,41 @@ fn a_manifest_that_disagrees_with_its_id_or_folder_is_refused() {
     let m = Manifest::from_json(&uncompressed.to_json(), &good.id, &good.cluster).unwrap();
     assert_eq!(m.artifact_name(), "20261122T060000Z-r48211-8e9e05c52164694d.db.age");
     assert_eq!(good.artifact_name(), "20261122T060000Z-r48211-8e9e05c52164694d.db.zst.age");
+}
+
+/// A backup with a files archive is format 2 (an older reader refuses it rather than miss the archive);
+/// format 1 cannot hold one, and a planted archive record is checked like the rest.
+#[test]
+fn a_files_archive_needs_format_2_and_is_checked() {
+    let mut m = sample();
+    m.format_version = FILES_FORMAT_VERSION;
+    m.files = Some(FilesFacts {
+        name: m.id.files_name(),
+        size: 10,
+        sha256: "ef".repeat(32),
+        recipients: vec!["age1x".into()],
+        entries: vec![FileEntry {
+            path: "/etc/kubernetes/pki/ca.key".into(),
+            kind: FileKind::File,
+            size: 3,
+            mode: 0o600,
+            uid: 0,
+            gid: 0,
+            mtime: 0,
+            sha256: Some("12".repeat(32)),
+            target: None,
+        }],
+    });
+    let json = m.to_json();
+    assert_eq!(Manifest::from_json(&json, &m.id, &m.cluster).unwrap(), m);
+    let mut old = m.clone();
+    old.format_version = FORMAT_VERSION;
+    assert!(Manifest::from_json(&old.to_json(), &m.id, &m.cluster).unwrap_err().contains("cannot hold"));
+    let mut planted = m.clone();
+    if let Some(f) = planted.files.as_mut() {
+        f.entries[0].path = "/../root/.ssh/authorized_keys".into();
+    }
+    assert!(Manifest::from_json(&planted.to_json(), &m.id, &m.cluster).unwrap_err().contains("unsafe"));
+    assert_eq!(classify(&m.id.files_name()), Entry::Files(m.id.clone()));
+    assert_eq!(classify(&format!("{}.part", m.id.files_name())), Entry::Partial(format!("{}.part", m.id.files_name())));
 }

@@ -153,7 +153,7 @@ impl Store for LocalStore {
         let mut failed = Vec::new();
         for b in backups {
             let id = &b.manifest.id;
-            let names = [b.manifest.artifact_name(), id.pin_name(), id.manifest_name()];
+            let names = [b.manifest.artifact_name(), id.files_name(), id.pin_name(), id.manifest_name()];
             for name in names {
                 if let Err(e) = remove_if_present(&self.folder.join(&name)).await {
                     failed.push((id.clone(), format!("cannot remove '{}': {e}", self.folder.join(&name).display())));

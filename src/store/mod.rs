@@ -47,7 +47,8 @@ pub struct Found {
 pub struct Pair {
     pub id: BackupId,
     pub manifest_name: String,
-    /// The artifacts of this id found beside it, with their sizes (normally one).
+    /// The artifacts of this id found beside it, with their sizes (the snapshot's, and its files
+    /// archive if it has one).
     pub artifacts: Vec<(String, u64)>,
     pub pinned: bool,
 }
@@ -72,7 +73,9 @@ pub fn pair_up(found: &[Found]) -> Paired {
     let mut out = Paired::default();
     for f in found {
         match classify(&f.name) {
-            Entry::Artifact(id) => {
+            // A backup's files archive pairs with its manifest as its artifact does (`accept` tells them
+            // apart by name).
+            Entry::Artifact(id) | Entry::Files(id) => {
                 artifacts.entry(id).or_default().push((f.name.clone(), f.size));
             }
             Entry::Manifest(id) => manifests.push((id, f.name.clone())),
@@ -128,12 +131,23 @@ pub fn accept(bytes: &[u8], pair: &Pair, cluster: &ClusterName) -> Result<Manife
     let m = Manifest::from_json(bytes, &pair.id, cluster)?;
     let name = m.artifact_name();
     match pair.artifacts.iter().find(|(n, _)| *n == name) {
-        None => Err(format!("its artifact '{name}' is missing")),
+        None => return Err(format!("its artifact '{name}' is missing")),
         Some((_, size)) if *size != m.artifact.size => {
-            Err(format!("artifact is {size} bytes but the manifest says {}", m.artifact.size))
+            return Err(format!("artifact is {size} bytes but the manifest says {}", m.artifact.size));
         }
-        Some(_) => Ok(m),
+        Some(_) => {}
     }
+    if let Some(files) = &m.files {
+        let name = m.id.files_name();
+        match pair.artifacts.iter().find(|(n, _)| *n == name) {
+            None => return Err(format!("its files archive '{name}' is missing")),
+            Some((_, size)) if *size != files.size => {
+                return Err(format!("files archive is {size} bytes but the manifest says {}", files.size));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(m)
 }
 
 /// Every configured destination: the local folder always, S3 when configured. One that cannot be set up

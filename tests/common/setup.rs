@@ -116,6 +116,7 @@ pub fn synthetic_manifest(
             encryption: "age".into(),
             recipients: vec![],
         },
+        files: None,
     }
 }
 

@@ -20,11 +20,19 @@ impl S3Store {
     pub async fn remove_backups(&self, backups: &[&Stored]) -> Vec<(BackupId, String)> {
         let artifact_keys: Vec<String> =
             backups.iter().map(|b| format!("{}{}", self.folder, b.manifest.artifact_name())).collect();
+        // The files archives go with their artifacts (an archive left by a failed delete is a leftover).
+        let archives: Vec<String> = backups
+            .iter()
+            .filter(|b| b.manifest.files.is_some())
+            .map(|b| format!("{}{}", self.folder, b.manifest.id.files_name()))
+            .collect();
+        let archive_errors = self.delete_keys(&archives).await;
         let artifact_errors = self.delete_keys(&artifact_keys).await;
         let mut failed = Vec::new();
         let mut markers = Vec::new();
         for (b, key) in backups.iter().zip(&artifact_keys) {
-            match artifact_errors.get(key) {
+            let archive = format!("{}{}", self.folder, b.manifest.id.files_name());
+            match artifact_errors.get(key).or_else(|| archive_errors.get(&archive)) {
                 Some(why) => failed.push((b.manifest.id.clone(), why.clone())),
                 None => {
                     markers.push(format!("{}{}", self.folder, b.manifest.id.pin_name()));
