@@ -90,6 +90,11 @@ pub async fn upload_missing(
             }
         }
         .await;
+        // Its files archive goes with it (checked against the manifest as it is read).
+        let copied = match (copied, &m.files) {
+            (Ok(()), Some(files)) => attach_local_archive(&mut upload, local.folder(), &m.id, files).await,
+            (copied, _) => copied,
+        };
         // One backup that cannot go (a damaged local copy) holds back none of the others.
         let sent = match copied {
             Ok(()) => upload.commit(m, cancel).await,
@@ -111,4 +116,23 @@ pub async fn upload_missing(
         }
     }
     if failures.is_empty() { Ok(uploaded) } else { bail!("{}", failures.join("; ")) }
+}
+
+/// Attaches the local copy of a backup's files archive to `upload`, once its sha256 is the manifest's.
+async fn attach_local_archive(
+    upload: &mut crate::store::Upload,
+    folder: &std::path::Path,
+    id: &crate::manifest::BackupId,
+    files: &crate::manifest::FilesFacts,
+) -> Result<()> {
+    // The name from the id, never from the manifest's field.
+    let name = id.files_name();
+    let path = folder.join(&name);
+    let bytes = tokio::fs::read(&path).await.with_context(|| format!("cannot read '{}'", path.display()))?;
+    let sha = hex::encode(Sha256::digest(&bytes));
+    if sha != files.sha256 {
+        bail!("'{}' does not match its manifest: the local copy is damaged; it is not uploaded", path.display());
+    }
+    let file = std::fs::File::open(&path).with_context(|| format!("cannot open '{}'", path.display()))?;
+    upload.attach(&name, file).await
 }

@@ -6,8 +6,10 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 pub mod files;
+mod names;
 
 pub use files::{FileEntry, FileKind, FilesFacts};
+pub use names::{Entry, classify};
 
 /// Version of the manifest format written by this build for a backup without a files archive.
 pub const FORMAT_VERSION: u32 = 1;
@@ -242,48 +244,6 @@ impl From<BackupId> for String {
     fn from(id: BackupId) -> String {
         id.to_string()
     }
-}
-
-/// What one file name in a cluster folder is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Entry {
-    Manifest(BackupId),
-    Artifact(BackupId),
-    /// The companion archive of a backup (`[files]`).
-    Files(BackupId),
-    /// The pin marker of a backup.
-    Pin(BackupId),
-    /// A `.part` file left by a run that did not finish.
-    Partial(String),
-    /// Anything else: never ours to touch.
-    Foreign,
-}
-
-/// Classifies a file name found next to backups.
-pub fn classify(name: &str) -> Entry {
-    if let Some(stem) = name.strip_suffix(PART_SUFFIX) {
-        return match classify(stem) {
-            Entry::Manifest(_) | Entry::Artifact(_) | Entry::Files(_) | Entry::Pin(_) => {
-                Entry::Partial(name.to_string())
-            }
-            _ => Entry::Foreign,
-        };
-    }
-    if let Some(stem) = name.strip_suffix(MANIFEST_SUFFIX) {
-        return BackupId::parse(stem).map_or(Entry::Foreign, Entry::Manifest);
-    }
-    if let Some(stem) = name.strip_suffix(PIN_SUFFIX) {
-        return BackupId::parse(stem).map_or(Entry::Foreign, Entry::Pin);
-    }
-    if let Some(stem) = name.strip_suffix(files::FILES_SUFFIX) {
-        return BackupId::parse(stem).map_or(Entry::Foreign, Entry::Files);
-    }
-    for ext in [Compression::None.artifact_extension(), Compression::Zstd { level: 0 }.artifact_extension()] {
-        if let Some(stem) = name.strip_suffix(ext) {
-            return BackupId::parse(stem).map_or(Entry::Foreign, Entry::Artifact);
-        }
-    }
-    Entry::Foreign
 }
 
 /// The commit marker of a backup, stored as JSON next to the artifact.

@@ -72,6 +72,16 @@ pub async fn write_backup<S: SnapshotSource>(
         failures.add(kind, e, Cause::Config);
     }
     let (started, id) = fresh_id(destinations, &facts, settings.compression).await;
+    // The control-plane files first: a path that cannot be read fails the backup before anything begins.
+    let archive = match &settings.files {
+        Some(files) => Some(
+            archive_files(files, settings.compression, &id, &request.check_dir)
+                .await
+                .map_err(|e| classified(Cause::Config, format!("{e:#}")))
+                .context("the backup failed; nothing was committed")?,
+        ),
+        None => None,
+    };
     // Where the plain snapshot is checked before anything commits; without it, nothing begins.
     let copy = crate::encode::check_copy(&request.check_dir, facts.db_size)
         .context("the backup cannot be checked; nothing was committed")?;
@@ -105,8 +115,13 @@ pub async fn write_backup<S: SnapshotSource>(
     };
 
     let duration_ms = clock.elapsed().as_millis() as u64;
-    let manifest = manifest_of(settings, request, &id, started, duration_ms, facts, encoded);
-    let committed = commit_all(finished, &manifest, &request.cancel, &mut failures).await;
+    let (files, archive_file) = archive.unzip();
+    let mut manifest = manifest_of(settings, request, &id, started, duration_ms, facts, encoded);
+    if files.is_some() {
+        manifest.format_version = crate::manifest::FILES_FORMAT_VERSION;
+        manifest.files = files;
+    }
+    let committed = commit_all(finished, &manifest, archive_file.as_ref(), &request.cancel, &mut failures).await;
     tracing::info!(
         id = %id, revision = manifest.etcd.revision, snapshot = %format_size(manifest.snapshot.size),
         artifact = %format_size(manifest.artifact.size), committed = ?committed, failed = failures.failed.len(),
@@ -304,17 +319,54 @@ fn manifest_of(
     }
 }
 
+/// Writes the files archive (`archive`, the file `archive_files` wrote) into an upload, read from its
+/// start: the uploads attach it one after another, so the shared file offset is theirs in turn.
+async fn attach_archive(upload: &mut Upload, manifest: &Manifest, archive: Option<&std::fs::File>) -> Result<()> {
+    let (Some(_), Some(file)) = (&manifest.files, archive) else { return Ok(()) };
+    use std::io::Seek;
+    let mut file = file.try_clone().context("cannot reopen the files archive")?;
+    file.rewind().context("cannot read the files archive")?;
+    upload.attach(&manifest.id.files_name(), file).await
+}
+
+/// The files archive of backup `id`, written (on a blocking thread) to an unnamed file in `dir` that
+/// disappears with the process: what the manifest records of it, and the file.
+async fn archive_files(
+    files: &crate::config::FilesSettings,
+    compression: Compression,
+    id: &BackupId,
+    dir: &std::path::Path,
+) -> Result<(crate::manifest::FilesFacts, std::fs::File)> {
+    let (files, id, dir) = (files.clone(), id.clone(), dir.to_path_buf());
+    let level = compression.level().unwrap_or(3);
+    tokio::task::spawn_blocking(move || {
+        let paths = crate::archive::collect(&files)?;
+        let file = crate::files::unnamed_in(&dir)
+            .with_context(|| format!("cannot write the files archive in '{}'", dir.display()))?;
+        let facts = crate::archive::write(&paths, &files.recipients, level, &id, file.try_clone()?)?;
+        tracing::info!(files = facts.entries.len(), size = facts.size, "control-plane files archived");
+        Ok((facts, file))
+    })
+    .await
+    .context("the files archive task failed")?
+}
+
 /// Commits every upload that wrote the whole artifact (manifest last) and aborts the others: the kinds
 /// that committed.
 async fn commit_all(
     finished: Vec<(Upload, Result<()>)>,
     manifest: &Manifest,
+    archive: Option<&std::fs::File>,
     cancel: &tokio_util::sync::CancellationToken,
     failures: &mut Failures,
 ) -> Vec<Kind> {
     let mut committed = Vec::new();
-    for (upload, written) in finished {
+    for (mut upload, written) in finished {
         let destination = upload.kind();
+        let written = match written {
+            Ok(()) => attach_archive(&mut upload, manifest, archive).await,
+            Err(e) => Err(e),
+        };
         let outcome = match written {
             Ok(()) => upload.commit(manifest, cancel).await,
             Err(e) => {

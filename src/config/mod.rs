@@ -7,6 +7,7 @@ mod settings;
 mod typecheck;
 pub mod units;
 mod validate;
+mod validate_files;
 mod validate_s3;
 
 use std::fmt;
@@ -260,6 +261,25 @@ fn resolve_files(settings: &mut Settings) -> Vec<Issue> {
     }
     let mut seen = std::collections::HashSet::new();
     enc.recipients.retain(|r| seen.insert(r.clone()));
+    let default_recipients = enc.recipients.clone();
+    if let Some(files) = &mut settings.files {
+        if let Some(file) = files.recipients_file.clone() {
+            match std::fs::read_to_string(&file) {
+                Err(e) => issues.push(Issue::new("files.recipients_file", unreadable(&file, &e))),
+                Ok(text) => match crate::crypto::parse_recipients_text(&text) {
+                    Ok(list) => files.recipients.extend(list),
+                    Err((line, e)) => {
+                        issues.push(Issue::new("files.recipients_file", format!("{}:{line}: {e}", file.display())))
+                    }
+                },
+            }
+        }
+        // The CA keys may go to a smaller set of people; by default, to those of the snapshots.
+        if files.recipients.is_empty() {
+            files.recipients = default_recipients;
+        }
+    }
+    let enc = &mut settings.encryption;
     if enc.recipients.is_empty() && issues.iter().all(|i| i.key != "encryption.recipients_file") {
         issues.push(Issue::new(
             "encryption.recipients",

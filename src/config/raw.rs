@@ -18,6 +18,17 @@ pub struct RawConfig {
     pub drill: Option<RawDrill>,
     pub notify: Option<RawNotify>,
     pub coordination: Option<RawCoordination>,
+    pub files: Option<RawFiles>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFiles {
+    pub preset: Option<String>,
+    pub paths: Option<Vec<String>>,
+    pub exclude: Option<Vec<String>>,
+    pub recipients: Option<Vec<String>>,
+    pub recipients_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

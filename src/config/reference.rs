@@ -274,6 +274,32 @@ pub const TABLES: &[Table] = &[
         ],
     },
     Table {
+        name: "files",
+        about: "The control-plane files a node needs besides etcd's data (certificates and keys, static pod manifests, kubeconfigs, the encryption config), archived beside every snapshot as <id>.files.tar.zst.age and committed with it. Without this table, the snapshot alone.",
+        keys: &[
+            key(
+                "preset",
+                Text,
+                "none",
+                "\"kubeadm\", \"k3s\" or \"rke2\": the paths that distribution keeps them in (README, \"Control-plane files\")",
+            ),
+            key(
+                "paths",
+                List,
+                "[]",
+                "more files and folders (absolute; `*` matches within a name); a path that cannot be read fails the backup",
+            ),
+            key("exclude", List, "[]", "globs of paths to leave out (a matching folder with all it holds)"),
+            key(
+                "recipients",
+                List,
+                "[encryption]'s",
+                "who can decrypt the archive (the CA keys may go to fewer people than the snapshots)",
+            ),
+            key("recipients_file", Text, "none", "a file of recipients, one per line, added to recipients"),
+        ],
+    },
+    Table {
         name: "drill",
         about: "Restore drills (etcd-backupd drill). Keep the identity off the etcd hosts: run drills on a verification host.",
         keys: &[
@@ -346,6 +372,7 @@ mod tests {
         "keep_last = 3",
         "daily 7, weekly 4, monthly 6",
         "/etcd-backupd/<cluster>/",
+        "[encryption]'s",
     ];
 
     /// Writing a key's documented default changes nothing: the manual's defaults are the code's.
@@ -367,6 +394,10 @@ mod tests {
             if table.name.ends_with("retention") {
                 // A retention table needs a rule; this one's default is described, so never tested.
                 base.push_str("keep_within = \"1d\"\n");
+            }
+            if table.name == "files" {
+                // [files] must name something; preset's default is described, so never tested.
+                base.push_str("preset = \"kubeadm\"\n");
             }
             let Ok(expected) = crate::config::parse(&base) else {
                 panic!("[{}]: the base config is valid", table.name)

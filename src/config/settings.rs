@@ -37,6 +37,21 @@ pub struct Settings {
     pub drill: DrillSettings,
     pub coordination: CoordinationSettings,
     pub notify: NotifySettings,
+    /// The control-plane files archived beside each snapshot; `None`: the snapshot alone.
+    pub files: Option<FilesSettings>,
+}
+
+/// `[files]`: what the companion archive holds and who can open it.
+#[derive(Debug, Clone)]
+pub struct FilesSettings {
+    pub preset: Option<crate::archive::preset::Preset>,
+    /// Absolute; may hold `*`.
+    pub paths: Vec<PathBuf>,
+    /// Paths matching any of these (and everything under a matching folder) are left out.
+    pub exclude: Vec<glob::Pattern>,
+    /// Who can decrypt the archive; empty (with no `recipients_file`): `[encryption]`'s.
+    pub recipients: Vec<crate::crypto::PublicKey>,
+    pub recipients_file: Option<PathBuf>,
 }
 
 /// Who is told how backups go: healthchecks.io-style ping URLs and JSON webhooks (none by default).

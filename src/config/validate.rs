@@ -138,6 +138,7 @@ pub fn validate(raw: RawConfig) -> Result<Settings, Vec<Issue>> {
     let drill = raw.drill.map(|d| validate_drill(d, timezone, &mut issues)).unwrap_or_default();
     let notify = raw.notify.map(|n| validate_notify(n, &mut issues)).unwrap_or_default();
     let coordination = validate_coordination(raw.coordination.unwrap_or_default(), &cluster, &mut issues);
+    let files = raw.files.map(|f| super::validate_files::validate_files(f, &mut issues));
 
     if !issues.is_empty() {
         return Err(issues);
@@ -156,6 +157,7 @@ pub fn validate(raw: RawConfig) -> Result<Settings, Vec<Issue>> {
         drill,
         notify,
         coordination,
+        files,
     })
 }
 

@@ -108,6 +108,7 @@ impl Store for LocalStore {
             manifest_name: manifest_name.to_string(),
             folder: self.folder.clone(),
             done: false,
+            attached: None,
         }))
     }
 
@@ -208,6 +209,8 @@ pub struct LocalUpload {
     manifest_name: String,
     folder: PathBuf,
     done: bool,
+    /// The files archive: its `.part` while written, and its name once the commit renamed it.
+    attached: Option<(PathBuf, PathBuf)>,
 }
 
 #[async_trait::async_trait]
@@ -221,7 +224,19 @@ impl Writer for LocalUpload {
         file.write_all(&chunk).await.with_context(|| format!("cannot write '{}'", self.part_path.display()))
     }
 
+    async fn attach(&mut self, name: &str, file: std::fs::File) -> Result<()> {
+        let part = self.folder.join(format!("{name}{PART_SUFFIX}"));
+        self.attached = Some((part.clone(), self.folder.join(name)));
+        let mut dst = open_new(&part).await?;
+        let mut src = tokio::fs::File::from_std(file);
+        tokio::io::copy(&mut src, &mut dst).await.with_context(|| format!("cannot write '{}'", part.display()))?;
+        dst.sync_all().await.with_context(|| format!("cannot fsync '{}'", part.display()))
+    }
+
     async fn commit(mut self: Box<Self>, manifest: &Manifest, _cancel: &CancellationToken) -> Result<()> {
+        if let Some((part, archive)) = &self.attached {
+            tokio::fs::rename(part, archive).await.with_context(|| format!("cannot rename '{}'", part.display()))?;
+        }
         let mut file = self.file.take().context("local upload already closed")?;
         file.flush().await?;
         file.sync_all().await.with_context(|| format!("cannot fsync '{}'", self.part_path.display()))?;
@@ -234,6 +249,9 @@ impl Writer for LocalUpload {
         write_atomic(&self.folder, &self.manifest_name, &manifest.to_json()).await.inspect_err(|_| {
             // Without its manifest the artifact is not a backup; do not leave it looking like one.
             let _ = std::fs::remove_file(&self.final_path);
+            if let Some((_, archive)) = &self.attached {
+                let _ = std::fs::remove_file(archive);
+            }
         })
     }
 
@@ -247,6 +265,10 @@ impl LocalUpload {
     fn remove_part(&mut self) {
         if !self.done {
             self.done = true;
+            // Renamed only by a commit, which sets `done` first: a `.part` at most is left here.
+            if let Some((part, _)) = self.attached.take() {
+                let _ = std::fs::remove_file(part);
+            }
             if let Err(e) = std::fs::remove_file(&self.part_path)
                 && e.kind() != std::io::ErrorKind::NotFound
             {

@@ -268,6 +268,10 @@ pub trait Writer: Send {
 
     async fn write(&mut self, chunk: Bytes) -> Result<()>;
 
+    /// Adds the backup's files archive (complete in `file`, read from its start) as `name` beside the
+    /// artifact: part of the commit, removed by `abort`.
+    async fn attach(&mut self, name: &str, file: std::fs::File) -> Result<()>;
+
     /// Makes the artifact durable and visible, then writes the manifest: the commit. A cancelled commit
     /// that is still waiting for its data aborts the upload instead.
     async fn commit(self: Box<Self>, manifest: &Manifest, cancel: &tokio_util::sync::CancellationToken) -> Result<()>;

@@ -29,6 +29,12 @@ const REFUSED: &[(&str, &str, &str)] = &[
     ("[coordination]\nmode = \"leader\"\n", "coordination.mode", "\"cluster\""),
     ("[coordination]\nprefix = \"etcd-backupd\"\n", "coordination.prefix", "starts with /"),
     ("[coordination]\nprefix = \"/a b/\"\n", "coordination.prefix", ""),
+    ("[files]\npreset = \"openshift\"\n", "files.preset", "\"kubeadm\", \"k3s\" or \"rke2\""),
+    ("[files]\npaths = [\"etc/kubernetes\"]\n", "files.paths[0]", "relative"),
+    ("[files]\npaths = [\"/etc/kubernetes/../shadow\"]\n", "files.paths[0]", "'..'"),
+    ("[files]\npaths = [\"/etc\"]\nexclude = [\"[\"]\n", "files.exclude[0]", "not a glob"),
+    ("[files]\n", "files", "names nothing"),
+    ("[files]\npreset = \"k3s\"\nrecipients = [\"AGE-SECRET-KEY-1X\"]\n", "files.recipients[0]", ""),
     ("[coordination]\nlease_ttl = \"1s\"\n", "coordination.lease_ttl", "minimum lease"),
     ("[coordination]\nleader_delay = \"soon\"\n", "coordination.leader_delay", ""),
 ];

@@ -51,6 +51,7 @@ impl S3Store {
             buffer: BytesMut::new(),
             parts: Vec::new(),
             in_flight: None,
+            attached: None,
         })
     }
 }
@@ -64,6 +65,8 @@ pub struct S3Upload {
     buffer: BytesMut,
     parts: Vec<CompletedPart>,
     in_flight: Option<JoinHandle<Result<CompletedPart>>>,
+    /// The files archive's key, once put.
+    attached: Option<String>,
 }
 
 impl S3Upload {
@@ -157,6 +160,7 @@ impl S3Upload {
             if let Err(del) = client.delete_object().bucket(&s.bucket).key(&self.key).send().await {
                 tracing::warn!(key = %self.key, error = %crate::errors::chain(&del), "cannot remove the uncommitted artifact");
             }
+            self.remove_archive().await;
             return Err(err);
         }
         Ok(())
@@ -183,7 +187,45 @@ impl S3Upload {
         Ok(())
     }
 
+    /// Puts the files archive beside the artifact (an object without a manifest is not a backup: the
+    /// commit makes it one, an abort removes it).
+    pub async fn put_archive(&mut self, name: &str, file: std::fs::File) -> Result<()> {
+        let key = format!("{}{name}", self.store.folder);
+        self.attached = Some(key.clone());
+        let body = ByteStream::read_from()
+            .file(tokio::fs::File::from_std(file))
+            .build()
+            .await
+            .context("cannot read the files archive")?;
+        let s = &self.store.settings;
+        let mut put = self
+            .store
+            .client
+            .put_object()
+            .bucket(&s.bucket)
+            .key(&key)
+            .content_type("application/octet-stream")
+            .body(body);
+        if let Some(class) = &s.storage_class {
+            put = put.storage_class(StorageClass::from(class.as_str()));
+        }
+        let (sse, kms_key) = sse_headers(&s.sse);
+        put = put.set_server_side_encryption(sse).set_ssekms_key_id(kms_key);
+        put.send().await.map_err(|e| self.store.explain(e, "uploading the files archive"))?;
+        Ok(())
+    }
+
+    async fn remove_archive(&mut self) {
+        if let Some(key) = self.attached.take() {
+            let s = &self.store.settings;
+            if let Err(e) = self.store.client.delete_object().bucket(&s.bucket).key(&key).send().await {
+                tracing::warn!(%key, error = %crate::errors::chain(&e), "cannot remove the uncommitted files archive");
+            }
+        }
+    }
+
     pub async fn abort_upload(mut self) {
+        self.remove_archive().await;
         if let Some(handle) = self.in_flight.take() {
             handle.abort();
             let _ = handle.await;
@@ -218,6 +260,10 @@ impl Writer for S3Upload {
 
     async fn write(&mut self, chunk: Bytes) -> Result<()> {
         self.send(chunk).await
+    }
+
+    async fn attach(&mut self, name: &str, file: std::fs::File) -> Result<()> {
+        self.put_archive(name, file).await
     }
 
     async fn commit(self: Box<Self>, manifest: &Manifest, cancel: &tokio_util::sync::CancellationToken) -> Result<()> {

@@ -1,0 +1,131 @@
+//! `[files]`: the control-plane files archived beside every snapshot, with the real `age`, `zstd` and
+//! `tar`, in the local dir and S3.
+
+mod common;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use common::*;
+use serde_json::Value;
+
+/// A fake control-plane tree: nested folders, a 0600 key, a symlink, an encryption config.
+fn control_plane(root: &Path) -> PathBuf {
+    let k = root.join("etc/kubernetes");
+    std::fs::create_dir_all(k.join("pki/etcd")).unwrap();
+    std::fs::create_dir_all(k.join("manifests")).unwrap();
+    std::fs::create_dir_all(k.join("enc")).unwrap();
+    std::fs::write(k.join("pki/ca.crt"), "-----BEGIN CERTIFICATE-----\nca\n").unwrap();
+    std::fs::write(k.join("pki/ca.key"), "-----BEGIN PRIVATE KEY-----\nsecret\n").unwrap();
+    std::fs::set_permissions(k.join("pki/ca.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::write(k.join("pki/etcd/server.key"), vec![7u8; 70_000]).unwrap();
+    std::fs::set_permissions(k.join("pki/etcd/server.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::os::unix::fs::symlink("ca.crt", k.join("pki/current.crt")).unwrap();
+    std::fs::write(k.join("pki/scratch.tmp"), "left out").unwrap();
+    std::fs::write(k.join("enc/enc.yaml"), "kind: EncryptionConfiguration\n").unwrap();
+    std::fs::write(
+        k.join("manifests/kube-apiserver.yaml"),
+        format!("    - --encryption-provider-config={}\n", k.join("enc/enc.yaml").display()),
+    )
+    .unwrap();
+    k
+}
+
+fn files_table(paths: &[&Path]) -> String {
+    let list: Vec<String> = paths.iter().map(|p| format!("\"{}\"", p.display())).collect();
+    format!("[files]\npaths = [{}]\nexclude = [\"*.tmp\"]\n", list.join(", "))
+}
+
+fn manifest_of(folder: &Path) -> Value {
+    let name = files(folder).into_iter().find(|n| n.ends_with(".manifest.json")).expect("a manifest");
+    serde_json::from_slice(&std::fs::read(folder.join(name)).unwrap()).unwrap()
+}
+
+/// `age -d | zstd -d | tar -x` into `into`; the names `tar -t` lists.
+fn open_archive(archive: &Path, identity: &Path, into: &Path) -> Vec<String> {
+    std::fs::create_dir_all(into).unwrap();
+    let script = format!(
+        "age -d -i '{}' '{}' | zstd -d > '{}/a.tar' && tar -tf '{}/a.tar' && tar -xpf '{}/a.tar' -C '{}'",
+        identity.display(),
+        archive.display(),
+        into.display(),
+        into.display(),
+        into.display(),
+        into.display()
+    );
+    let out = std::process::Command::new("sh").arg("-c").arg(&script).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+}
+
+/// The archive decrypts with the age CLI, decompresses with zstd and lists and extracts with tar: the
+/// same bytes, modes and symlink; the manifest lists every file with its sha256; S3 holds it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_plane_files_are_archived_beside_the_snapshot() {
+    let etcd = Etcd::start(EtcdVersion::V35);
+    etcd.seed(5, 10).await;
+    let s3 = S3::start().await;
+    let setup = Setup::new();
+    let tree = control_plane(&setup.work.path().join("host"));
+    let extra = format!("{}\n{}", s3.config_table(BUCKET, ""), files_table(&[&tree]));
+    let cfg = setup.config(&etcd.config_table(), &extra);
+    let out = run(&cfg, &["backup"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let folder = setup.folder();
+    let m = manifest_of(&folder);
+    assert_eq!(m["format_version"], 2);
+    let id = m["id"].as_str().unwrap().to_string();
+    let archive = folder.join(format!("{id}.files.tar.zst.age"));
+    assert_eq!(m["files"]["size"], std::fs::metadata(&archive).unwrap().len());
+    assert!(s3.keys(BUCKET).iter().any(|k| k.ends_with(&format!("{id}.files.tar.zst.age"))), "{:?}", s3.keys(BUCKET));
+
+    let into = setup.work.path().join("opened");
+    let listed = open_archive(&archive, &setup.identity.file, &into);
+    let rel = |p: &str| tree.join(p).display().to_string().trim_start_matches('/').to_string();
+    for name in ["pki/ca.crt", "pki/ca.key", "pki/etcd/server.key", "pki/current.crt", "enc/enc.yaml"] {
+        assert!(listed.iter().any(|l| l.trim_end_matches('/') == rel(name)), "{name} not in {listed:?}");
+    }
+    assert!(!listed.iter().any(|l| l.ends_with("scratch.tmp")), "excluded: {listed:?}");
+    let extracted = |p: &str| into.join(rel(p));
+    for name in ["pki/ca.crt", "pki/ca.key", "pki/etcd/server.key", "enc/enc.yaml"] {
+        assert_eq!(std::fs::read(extracted(name)).unwrap(), std::fs::read(tree.join(name)).unwrap(), "{name}");
+        let (a, b) = (std::fs::metadata(extracted(name)).unwrap(), std::fs::metadata(tree.join(name)).unwrap());
+        assert_eq!(a.mode() & 0o7777, b.mode() & 0o7777, "{name}");
+    }
+    assert_eq!(std::fs::read_link(extracted("pki/current.crt")).unwrap(), Path::new("ca.crt"));
+
+    let entries = m["files"]["entries"].as_array().unwrap();
+    let key = entries.iter().find(|e| e["path"] == tree.join("pki/ca.key").display().to_string()).unwrap();
+    assert_eq!(key["mode"], 0o600);
+    assert_eq!(key["kind"], "file");
+    use sha2::Digest;
+    let sha = hex::encode(sha2::Sha256::digest(std::fs::read(tree.join("pki/ca.key")).unwrap()));
+    assert_eq!(key["sha256"], sha);
+    let link = entries.iter().find(|e| e["kind"] == "symlink").unwrap();
+    assert_eq!(link["target"], "ca.crt");
+
+    // Listing accepts the backup in both stores, and pruning removes the archive with its backup.
+    assert!(run(&cfg, &["backup"]).await.status.success());
+    let out = run(&cfg, &["delete", &id]).await;
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    assert!(!archive.exists(), "the archive went with its backup");
+    assert!(!s3.keys(BUCKET).iter().any(|k| k.contains(&id)), "{:?}", s3.keys(BUCKET));
+}
+
+/// A configured path that cannot be read fails the backup, naming it; nothing is committed anywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_path_that_cannot_be_read_fails_the_backup_with_nothing_committed() {
+    let etcd = Etcd::start(EtcdVersion::V35);
+    let s3 = S3::start().await;
+    let setup = Setup::new();
+    let missing = setup.work.path().join("host/etc/kubernetes/pki");
+    let extra = format!("{}\n{}", s3.config_table(BUCKET, ""), files_table(&[&missing]));
+    let cfg = setup.config(&etcd.config_table(), &extra);
+    let out = run(&cfg, &["backup"]).await;
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains(&missing.display().to_string()) && err.contains("nothing was committed"), "{err}");
+    assert!(files(&setup.folder()).is_empty(), "{:?}", files(&setup.folder()));
+    assert!(s3.keys(BUCKET).is_empty(), "{:?}", s3.keys(BUCKET));
+}
