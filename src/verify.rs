@@ -33,6 +33,11 @@ pub async fn check_copies(
     for (holder, stored) in &found.holders {
         let m = &stored.manifest;
         let result = async {
+            if m.files.is_some() {
+                // Its files archive: size and sha256, and with an identity every file's sha256.
+                let into = crate::restore::files::Into::CheckOnly;
+                crate::restore::files::open_copy(holder, m, identities, scratch.path(), &into, cancel).await?;
+            }
             if let Some(ids) = identities {
                 // Decrypting checks the artifact's size and sha256 too.
                 let plain = scratch.path().join("plain.db");

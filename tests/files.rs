@@ -129,3 +129,64 @@ async fn a_path_that_cannot_be_read_fails_the_backup_with_nothing_committed() {
     assert!(files(&setup.folder()).is_empty(), "{:?}", files(&setup.folder()));
     assert!(s3.keys(BUCKET).is_empty(), "{:?}", s3.keys(BUCKET));
 }
+
+/// `restore --files-only` gives back the same tree (bytes, modes, owners, mtimes, the symlink), never
+/// over an existing file without --force; `verify --identity` checks every file; a tampered archive
+/// fails both, naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_files_gives_back_the_tree_and_a_tampered_archive_is_refused() {
+    let etcd = Etcd::start(EtcdVersion::V35);
+    let setup = Setup::new();
+    let tree = control_plane(&setup.work.path().join("host"));
+    let cfg = setup.config(&etcd.config_table(), &files_table(&[&tree]));
+    assert!(run(&cfg, &["backup"]).await.status.success());
+    let identity = setup.identity.file.display().to_string();
+    let into = setup.work.path().join("restored-files");
+    let into_arg = into.display().to_string();
+    let restore = ["restore", "latest", "--identity", &identity, "--files", &into_arg, "--files-only"];
+    let out = run(&cfg, &restore).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("extracted 5 files"), "{}", stdout(&out));
+    let back = |p: &str| into.join(tree.join(p).strip_prefix("/").unwrap());
+    for name in ["pki/ca.crt", "pki/ca.key", "pki/etcd/server.key", "enc/enc.yaml", "manifests/kube-apiserver.yaml"] {
+        assert_eq!(std::fs::read(back(name)).unwrap(), std::fs::read(tree.join(name)).unwrap(), "{name}");
+        let (a, b) = (std::fs::metadata(back(name)).unwrap(), std::fs::metadata(tree.join(name)).unwrap());
+        assert_eq!((a.mode(), a.uid(), a.gid(), a.mtime()), (b.mode(), b.uid(), b.gid(), b.mtime()), "{name}");
+    }
+    assert_eq!(std::fs::read_link(back("pki/current.crt")).unwrap(), Path::new("ca.crt"));
+    assert!(!back("pki/scratch.tmp").exists());
+
+    let out = run(&cfg, &restore).await;
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("exists") && stderr(&out).contains("--force"), "{}", stderr(&out));
+    let mut forced = restore.to_vec();
+    forced.push("--force");
+    let out = run(&cfg, &forced).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let out = run(&cfg, &["verify", "latest", "--identity", &identity]).await;
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+
+    let archive = files(&setup.folder()).into_iter().find(|n| n.ends_with(".files.tar.zst.age")).unwrap();
+    let path = setup.folder().join(&archive);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let last = bytes.len() - 20;
+    bytes[last] ^= 0xff;
+    std::fs::write(&path, bytes).unwrap();
+    let out = run(&cfg, &["verify", "latest", "--identity", &identity]).await;
+    assert!(!out.status.success(), "{}", stdout(&out));
+    assert!(
+        format!("{}{}", stdout(&out), stderr(&out)).contains("does not match its manifest"),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let elsewhere = setup.work.path().join("again").display().to_string();
+    let out = run(&cfg, &["restore", "latest", "--identity", &identity, "--files", &elsewhere, "--files-only"]).await;
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains(&archive) && stderr(&out).contains("does not match its manifest"),
+        "{}",
+        stderr(&out)
+    );
+}

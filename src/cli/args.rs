@@ -64,7 +64,7 @@ pub enum Command {
     /// A cluster of several members is restored from one backup: the same ID on every member, with the
     /// same --initial-cluster and --initial-cluster-token, and each member's own --name and
     /// --initial-advertise-peer-urls.
-    #[command(group(clap::ArgGroup::new("target").required(true).args(["data_dir", "output"])))]
+    #[command(group(clap::ArgGroup::new("target").required(true).args(["data_dir", "output", "files_only"])))]
     Restore {
         /// A backup id, or `latest`.
         #[arg(default_value = "latest", value_parser = parse_selector, conflicts_with = "before")]
@@ -104,6 +104,16 @@ pub enum Command {
         /// Keep the snapshot's revision (an etcd that no Kubernetes, and no client with a watch, uses).
         #[arg(long)]
         no_bump_revision: bool,
+        /// Also extract the backup's control-plane files ([files]) into this folder, each checked against
+        /// the sha256 its manifest lists, with their modes, mtimes and (as root) owners.
+        #[arg(long, value_name = "DIR")]
+        files: Option<PathBuf>,
+        /// With --files: write over files that exist in DIR.
+        #[arg(long, requires = "files")]
+        force: bool,
+        /// Only extract the files (--files DIR), not the snapshot.
+        #[arg(long, requires = "files", conflicts_with_all = ["data_dir", "output"])]
+        files_only: bool,
     },
     /// Prove a backup restores: decrypt it, restore it into a temporary data dir, start a throwaway etcd
     /// on loopback, and check that it serves the revision and key count the manifest recorded; then

@@ -154,6 +154,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             etcd_bin,
             bump_revision,
             no_bump_revision,
+            files,
+            force,
+            files_only: _,
         } => {
             let selector = before.map(Selector::Before).unwrap_or(backup);
             let bump_revision = (!no_bump_revision).then_some(bump_revision);
@@ -165,11 +168,13 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 bump_revision,
             };
             let target = match (data_dir, output) {
-                (Some(dir), _) => RestoreTarget::DataDir(dir, flags, etcd_bin),
-                (None, Some(file)) => RestoreTarget::File(file),
-                (None, None) => unreachable!("clap requires one"),
+                (Some(dir), _) => Some(RestoreTarget::DataDir(dir, flags, etcd_bin)),
+                (None, Some(file)) => Some(RestoreTarget::File(file)),
+                // clap requires one of the two unless --files-only.
+                (None, None) => None,
             };
-            restore(&settings, &selector, &identity, target, &crate::interrupt::on_signals()).await
+            let files = files.map(|dir| crate::restore::files::Into::Folder { dir, force });
+            restore(&settings, &selector, &identity, target, files, &crate::interrupt::on_signals()).await
         }
         Command::Drill { backup, identity, etcd_bin, json } => {
             let cancel = crate::interrupt::on_signals();

@@ -105,21 +105,41 @@ pub(super) async fn restore(
     settings: &Settings,
     selector: &Selector,
     identity: &std::path::Path,
-    target: RestoreTarget,
+    target: Option<RestoreTarget>,
+    files: Option<crate::restore::files::Into>,
     cancel: &CancellationToken,
 ) -> Result<(), Failure> {
     let identities = crate::crypto::read_identities(identity).map_err(|e| anyhow::anyhow!(e))?;
     // Refuse a bad target before fetching anything.
-    target.check()?;
+    if let Some(target) = &target {
+        target.check()?;
+    }
     let (destinations, _) = destinations(settings).await;
     let found = crate::restore::find(&destinations, selector).await?;
     let m = found.manifest.clone();
     let scratch = crate::scratch::scratch_dir()?;
+    let identities = std::sync::Arc::new(identities);
+    // The files first: quick, and a file in the way is better found before the snapshot's restore.
+    if let Some(into) = &files {
+        if m.files.is_none() {
+            return Err(anyhow::anyhow!("backup {} has no files archive (it was taken without [files])", m.id).into());
+        }
+        let opened = crate::restore::files::open_first_good(&found, &identities, scratch.path(), into, cancel).await?;
+        if let crate::restore::files::Into::Folder { dir, .. } = into {
+            out!(
+                "extracted {} files ({}) of {} into {}, each as its manifest lists it (sha256, mode, mtime)",
+                opened.files,
+                format_size(opened.bytes),
+                m.id,
+                dir.display()
+            );
+        }
+    }
+    let Some(target) = target else { return Ok(()) };
     let snapshot = match &target {
         RestoreTarget::File(file) => file.clone(),
         RestoreTarget::DataDir(..) => scratch.path().join("snapshot.db"),
     };
-    let identities = std::sync::Arc::new(identities);
     // Local first; a damaged or unreadable copy falls back to the next destination that holds it.
     let plain = crate::restore::first_good_copy(&found, &identities, scratch.path(), &snapshot, cancel).await?;
     match target {

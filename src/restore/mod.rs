@@ -3,6 +3,7 @@
 
 mod artifact;
 mod etcdutl;
+pub mod files;
 
 pub use artifact::{Fetched, Plain, check_artifact, decrypt_to, fetch, fetch_and_decrypt};
 pub use etcdutl::{
