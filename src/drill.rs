@@ -93,6 +93,8 @@ pub struct DrillReport {
     pub id: crate::manifest::BackupId,
     pub from: crate::store::Kind,
     pub observed: Observed,
+    /// The control-plane files restored and checked from its files archive, if it has one.
+    pub files: Option<usize>,
     pub duration: Duration,
 }
 
@@ -130,7 +132,21 @@ pub async fn drill(
         let data = scratch.path().join("data");
         let observed = serve_and_count(&snapshot, &data, &etcd, etcd_bin, settings, cancel).await?;
         compare(expected, observed).map_err(|e| anyhow!("{}: {e}", m.id))?;
-        Ok(DrillReport { id: m.id.clone(), from: holder.kind(), observed, duration: started.elapsed() })
+        // Its files archive too: every file restored (into the scratch dir) and checked.
+        let files = match &m.files {
+            Some(_) => {
+                let into = crate::restore::files::Into::Folder { dir: scratch.path().join("files"), force: false };
+                let opened =
+                    crate::restore::files::open_copy(holder, &m, Some(&identities), scratch.path(), &into, cancel)
+                        .await
+                        .with_context(|| {
+                            format!("the {} copy of {}'s files archive cannot be restored", holder.kind(), m.id)
+                        })?;
+                Some(opened.files)
+            }
+            None => None,
+        };
+        Ok(DrillReport { id: m.id.clone(), from: holder.kind(), observed, files, duration: started.elapsed() })
     }
     .await;
     // Whatever a step said when it was stopped (its etcd killed under it, say), the drill was interrupted.

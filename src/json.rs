@@ -106,6 +106,8 @@ pub struct Drill {
     pub from: Option<crate::store::Kind>,
     pub revision: Option<i64>,
     pub keys: Option<u64>,
+    /// The control-plane files restored from its files archive, if it has one.
+    pub files: Option<usize>,
     pub duration_ms: Option<u64>,
     pub error: Option<String>,
 }
@@ -119,6 +121,7 @@ impl Drill {
                 from: Some(r.from),
                 revision: Some(r.observed.revision),
                 keys: Some(r.observed.keys),
+                files: r.files,
                 duration_ms: Some(r.duration.as_millis() as u64),
                 error: None,
             },
@@ -128,6 +131,7 @@ impl Drill {
                 from: None,
                 revision: None,
                 keys: None,
+                files: None,
                 duration_ms: None,
                 error: Some(format!("{e:#}")),
             },

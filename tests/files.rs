@@ -105,7 +105,11 @@ async fn the_control_plane_files_are_archived_beside_the_snapshot() {
     let link = entries.iter().find(|e| e["kind"] == "symlink").unwrap();
     assert_eq!(link["target"], "ca.crt");
 
-    // Listing accepts the backup in both stores, and pruning removes the archive with its backup.
+    // Listing accepts the backup in both stores and says it has its files.
+    let out = run(&cfg, &["list"]).await;
+    let line = stdout(&out).lines().find(|l| l.starts_with(&id)).map(str::to_string).unwrap_or_default();
+    assert!(line.contains("local,s3") && line.contains("files)"), "{}", stdout(&out));
+    // Deleting removes the archive with its backup (as pruning does: the same removal).
     assert!(run(&cfg, &["backup"]).await.status.success());
     let out = run(&cfg, &["delete", &id]).await;
     assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
@@ -189,4 +193,21 @@ async fn restore_files_gives_back_the_tree_and_a_tampered_archive_is_refused() {
         "{}",
         stderr(&out)
     );
+}
+
+/// A drill restores the files archive too, and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drill_restores_the_files_too() {
+    let etcd = Etcd::start(EtcdVersion::V35);
+    etcd.seed(5, 10).await;
+    let setup = Setup::new();
+    let tree = control_plane(&setup.work.path().join("host"));
+    let cfg = setup.config(&etcd.config_table(), &files_table(&[&tree]));
+    assert!(run(&cfg, &["backup"]).await.status.success());
+    let (identity, bin) =
+        (setup.identity.file.display().to_string(), etcd_bin_dir(EtcdVersion::V35).display().to_string());
+    let out = run(&cfg, &["drill", "--identity", &identity, "--etcd-bin", &bin, "--json"]).await;
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    let report: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(report["files"], 5, "{report}");
 }

@@ -90,8 +90,9 @@ pub(super) async fn drill(
     if json {
         return Ok(());
     }
+    let files = report.files.map_or(String::new(), |n| format!(", and its {n} control-plane files restored as listed"));
     out!(
-        "drill passed: {} (from {}) restored, and a throwaway etcd served revision {} with {} keys, as the manifest says ({})",
+        "drill passed: {} (from {}) restored, and a throwaway etcd served revision {} with {} keys, as the manifest says{files} ({})",
         report.id,
         report.from,
         report.observed.revision,

@@ -164,9 +164,10 @@ pub(super) async fn list(settings: &Settings, json: bool) -> Result<(), Failure>
         for r in &rows {
             let m = &r.manifest;
             let pinned = if r.pinned { " (pinned)" } else { "" };
+            let files = m.files.as_ref().map_or(String::new(), |f| format!(" (+ {} files)", f.entries.len()));
             let status = m.snapshot.status;
             out!(
-                "{:<44} {:<20} {:>10} {:>9} {:>11} {:>11}  {:<20} {}{pinned}",
+                "{:<44} {:<20} {:>10} {:>9} {:>11} {:>11}  {:<20} {}{pinned}{files}",
                 m.id.to_string(),
                 m.created.format("%Y-%m-%d %H:%M:%S").to_string(),
                 status.map_or(m.etcd.revision, |s| s.revision),
