@@ -211,3 +211,53 @@ async fn a_drill_restores_the_files_too() {
     let report: Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(report["files"], 5, "{report}");
 }
+
+/// `etcd-backupd backup` as the service runs it: a user that is not root (`setpriv`), with or without
+/// the one capability `packaging/control-plane-files.conf` grants.
+async fn backup_as_service_user(cfg: &Path, read_any_file: bool) -> std::process::Output {
+    let mut cmd = tokio::process::Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"]);
+    if read_any_file {
+        cmd.args(["--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search"]);
+    }
+    cmd.arg(env!("CARGO_BIN_EXE_etcd-backupd")).arg("--config").arg(cfg).arg("backup");
+    aws_env(&mut cmd);
+    cmd.env("STATE_DIRECTORY", state_dir_for(cfg));
+    cmd.output().await.unwrap()
+}
+
+/// The service user cannot read a root-only key: the backup fails naming the key and the drop-in, with
+/// nothing committed. With CAP_DAC_READ_SEARCH (the drop-in) the same backup archives it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_root_only_key_needs_the_drop_in() {
+    let etcd = Etcd::start(EtcdVersion::V35);
+    let setup = Setup::new();
+    let tree = control_plane(&setup.work.path().join("host"));
+    let cfg = setup.config(&etcd.config_table(), &files_table(&[&tree]));
+    // What the service user owns (its state and backups) and may read (the config, the folders).
+    let own = |p: &Path| {
+        std::fs::create_dir_all(p).unwrap();
+        nix::unistd::chown(p, Some(65534.into()), Some(65534.into())).unwrap();
+    };
+    own(&state_dir_for(&cfg));
+    own(&setup.folder().parent().unwrap().to_path_buf());
+    own(&setup.folder());
+    std::fs::set_permissions(setup.work.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(&setup.identity.file, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    let out = backup_as_service_user(&cfg, false).await;
+    assert!(!out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("ca.key") && err.contains("CAP_DAC_READ_SEARCH") && err.contains("nothing was committed"),
+        "{err}"
+    );
+    assert!(files(&setup.folder()).is_empty(), "{:?}", files(&setup.folder()));
+
+    let out = backup_as_service_user(&cfg, true).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let m = manifest_of(&setup.folder());
+    let key = tree.join("pki/ca.key").display().to_string();
+    assert!(m["files"]["entries"].as_array().unwrap().iter().any(|e| e["path"] == key), "{m}");
+}

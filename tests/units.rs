@@ -141,3 +141,28 @@ fn the_message_catalog_explains_every_message_id() {
         assert!(entry.lines().nth(1).unwrap().starts_with("Subject: "), "{id}");
     }
 }
+
+/// The opt-in drop-in for `[files]` adds exactly one capability, CAP_DAC_READ_SEARCH (read, never
+/// write), and the service with it still scores low in `systemd-analyze security`.
+#[test]
+fn the_control_plane_files_drop_in_grants_reading_only() {
+    let (dir, _) = staged();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let drop_in = std::fs::read_to_string(root.join("packaging/control-plane-files.conf")).unwrap();
+    let service = std::fs::read_to_string(dir.path().join("etcd-backupd.service")).unwrap();
+    // systemd applies a drop-in's lines after the unit's: appended, they are the same unit.
+    let combined = dir.path().join("etcd-backupd-files.service");
+    std::fs::write(&combined, format!("{service}\n{drop_in}")).unwrap();
+    let out = Command::new("systemd-analyze").arg("verify").arg("--man=no").arg(&combined).output().unwrap();
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stderr).trim().is_empty(), "{out:?}");
+    let out = Command::new("systemd-analyze").args(["security", "--offline=true"]).arg(&combined).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let caps: Vec<&str> = text.lines().filter(|l| l.contains("CAP_") && l.starts_with('✗')).collect();
+    // The one capability falls in the DAC group; nothing else is flagged.
+    assert!(caps.len() == 1 && caps[0].contains("DAC_"), "{caps:#?}");
+    let line = text.lines().find(|l| l.contains("Overall exposure level")).unwrap();
+    let score: f64 =
+        line.split(": ").nth(1).and_then(|s| s.split_whitespace().next()).and_then(|s| s.parse().ok()).unwrap();
+    println!("with the [files] drop-in: {line}");
+    assert!(score <= 2.5, "{line}\n{text}");
+}
