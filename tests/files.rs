@@ -261,3 +261,26 @@ async fn a_root_only_key_needs_the_drop_in() {
     let key = tree.join("pki/ca.key").display().to_string();
     assert!(m["files"]["entries"].as_array().unwrap().iter().any(|e| e["path"] == key), "{m}");
 }
+
+/// Retention removes a backup's files archive with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pruning_removes_the_archive_with_its_backup() {
+    let etcd = Etcd::start(EtcdVersion::V35);
+    let setup = Setup::new();
+    let tree = control_plane(&setup.work.path().join("host"));
+    let cfg = write_config(
+        setup.work.path(),
+        &etcd.config_table(),
+        &setup.identity.recipient,
+        "retention = { keep_last = 1 }",
+        &files_table(&[&tree]),
+    );
+    assert!(run(&cfg, &["backup"]).await.status.success());
+    let first: Vec<String> = files(&setup.folder());
+    etcd.seed(3, 10).await;
+    let out = run(&cfg, &["backup"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let now = files(&setup.folder());
+    assert_eq!(now.iter().filter(|n| n.ends_with(".files.tar.zst.age")).count(), 1, "{now:?}");
+    assert!(first.iter().all(|n| !now.contains(n)), "the first backup, archive included, is gone: {first:?} {now:?}");
+}
