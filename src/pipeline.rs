@@ -343,7 +343,8 @@ async fn archive_files(
         let paths = crate::archive::collect(&files)?;
         let file = crate::files::unnamed_in(&dir)
             .with_context(|| format!("cannot write the files archive in '{}'", dir.display()))?;
-        let facts = crate::archive::write(&paths, &files.recipients, level, &id, file.try_clone()?)?;
+        let mut facts = crate::archive::write(&paths, &files.recipients, level, &id, file.try_clone()?)?;
+        facts.preset = files.preset;
         tracing::info!(files = facts.entries.len(), size = facts.size, "control-plane files archived");
         Ok((facts, file))
     })

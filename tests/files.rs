@@ -240,7 +240,7 @@ async fn a_root_only_key_needs_the_drop_in() {
         nix::unistd::chown(p, Some(65534.into()), Some(65534.into())).unwrap();
     };
     own(&state_dir_for(&cfg));
-    own(&setup.folder().parent().unwrap().to_path_buf());
+    own(setup.folder().parent().unwrap());
     own(&setup.folder());
     std::fs::set_permissions(setup.work.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -283,4 +283,28 @@ async fn pruning_removes_the_archive_with_its_backup() {
     let now = files(&setup.folder());
     assert_eq!(now.iter().filter(|n| n.ends_with(".files.tar.zst.age")).count(), 1, "{now:?}");
     assert!(first.iter().all(|n| !now.contains(n)), "the first backup, archive included, is gone: {first:?} {now:?}");
+}
+
+/// A backup whose files came from a preset: `restore` prints that distribution's node procedure with
+/// the paths it restored to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_prints_the_presets_node_procedure() {
+    let etcd = Etcd::start(EtcdVersion::V35);
+    let setup = Setup::new();
+    let tree = control_plane(&setup.work.path().join("host"));
+    let cfg = setup.config(&etcd.config_table(), &files_table(&[&tree]));
+    assert!(run(&cfg, &["backup"]).await.status.success());
+    // As a kubeadm preset would have recorded it (this host has no /etc/kubernetes to archive).
+    let name = files(&setup.folder()).into_iter().find(|n| n.ends_with(".manifest.json")).unwrap();
+    let path = setup.folder().join(name);
+    let mut m: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    m["files"]["preset"] = "kubeadm".into();
+    std::fs::write(&path, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    let identity = setup.identity.file.display().to_string();
+    let into = setup.work.path().join("files").display().to_string();
+    let out = run(&cfg, &["restore", "latest", "--identity", &identity, "--files", &into, "--files-only"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("node procedure for kubeadm"), "{text}");
+    assert!(text.contains(&format!("cp -a {into}/etc/kubernetes/. /etc/kubernetes/")), "{text}");
 }

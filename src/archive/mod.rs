@@ -108,6 +108,7 @@ pub fn write(
         size: sealed.size,
         sha256: hex::encode(sealed.hasher.finalize()),
         recipients: recipients.iter().map(|r| r.as_str().to_string()).collect(),
+        preset: None,
         entries,
     })
 }

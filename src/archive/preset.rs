@@ -91,6 +91,38 @@ impl Preset {
     }
 }
 
+/// The node procedure after `restore`, for this distribution, with the paths given: `data_dir` (the
+/// restored data dir), `files` (where the archive was extracted), `snapshot` (the plain snapshot, for
+/// k3s and rke2, which restore it themselves).
+pub fn procedure(
+    preset: Preset,
+    data_dir: Option<&std::path::Path>,
+    files: Option<&std::path::Path>,
+    snapshot: Option<&std::path::Path>,
+) -> Vec<String> {
+    let shown = |p: Option<&std::path::Path>, what: &str| p.map_or(what.to_string(), |p| p.display().to_string());
+    let files = shown(files, "<the folder of restore --files>");
+    match preset {
+        Preset::Kubeadm => vec![
+            "stop the static pods: mkdir -p /etc/kubernetes/manifests.stopped && mv /etc/kubernetes/manifests/*.yaml /etc/kubernetes/manifests.stopped/ (the kubelet stops etcd and the API server; `crictl ps` shows them gone)".into(),
+            "move the old data dir aside: mv /var/lib/etcd /var/lib/etcd.before-restore".into(),
+            format!("put the restored data dir in its place: mv {} /var/lib/etcd && chmod 0700 /var/lib/etcd", shown(data_dir, "<restore --data-dir>")),
+            format!("put back the control-plane files: cp -a {files}/etc/kubernetes/. /etc/kubernetes/ (and {files}/var/lib/kubelet/. /var/lib/kubelet/)"),
+            "start: mv /etc/kubernetes/manifests.stopped/*.yaml /etc/kubernetes/manifests/, then check `etcdctl endpoint status` and `kubectl get nodes`".into(),
+        ],
+        Preset::K3s | Preset::Rke2 => {
+            let name = preset.as_str();
+            let snapshot = shown(snapshot, "<restore --output FILE>");
+            vec![
+                format!("stop {name} on every server: systemctl stop {name}{}", if preset == Preset::Rke2 { "-server" } else { "" }),
+                format!("put back the server's files: cp -a {files}/var/lib/rancher/{name}/server/. /var/lib/rancher/{name}/server/ && cp -a {files}/etc/rancher/{name}/. /etc/rancher/{name}/"),
+                format!("restore with {name}'s own reset, from the plain snapshot and with the token just put back: {name} server --cluster-reset --cluster-reset-restore-path={snapshot}"),
+                format!("start {name} on this server, then on each other server remove /var/lib/rancher/{name}/server/db and start it to rejoin"),
+            ]
+        }
+    }
+}
+
 /// The file kube-apiserver's `--encryption-provider-config` names in its static pod manifest (written
 /// `--flag=value`, or `--flag` and the value as the next list item), if any. Without it, the Secrets a
 /// restored etcd holds cannot be read.
@@ -132,6 +164,26 @@ mod tests {
             assert!(preset.paths().iter().any(|p| p.required));
         }
         assert_eq!(Preset::parse("openshift"), None);
+    }
+
+    #[test]
+    fn the_procedure_names_the_paths_given() {
+        let lines = procedure(
+            Preset::Kubeadm,
+            Some(std::path::Path::new("/var/lib/etcd-restored")),
+            Some(std::path::Path::new("/root/files")),
+            None,
+        );
+        assert!(lines.iter().any(|l| l.contains("mv /var/lib/etcd-restored /var/lib/etcd")), "{lines:?}");
+        assert!(lines.iter().any(|l| l.contains("cp -a /root/files/etc/kubernetes/. /etc/kubernetes/")), "{lines:?}");
+        let k3s = procedure(Preset::K3s, None, Some(std::path::Path::new("/f")), Some(std::path::Path::new("/s.db")));
+        assert!(
+            k3s.iter().any(|l| l.contains("k3s server --cluster-reset --cluster-reset-restore-path=/s.db")),
+            "{k3s:?}"
+        );
+        assert!(k3s.iter().any(|l| l.contains("/f/var/lib/rancher/k3s/server/.")), "{k3s:?}");
+        let rke2 = procedure(Preset::Rke2, None, None, None);
+        assert!(rke2.iter().any(|l| l.contains("systemctl stop rke2-server")), "{rke2:?}");
     }
 
     #[test]

@@ -136,7 +136,32 @@ pub(super) async fn restore(
             );
         }
     }
-    let Some(target) = target else { return Ok(()) };
+    // The node procedure of the distribution the backup's files came from, with these paths.
+    let preset = m.files.as_ref().and_then(|f| f.preset);
+    let procedure = preset.map(|p| {
+        let files_dir = match &files {
+            Some(crate::restore::files::Into::Folder { dir, .. }) => Some(dir.as_path()),
+            _ => None,
+        };
+        let (data_dir, snapshot) = match &target {
+            Some(RestoreTarget::DataDir(dir, ..)) => (Some(dir.as_path()), None),
+            Some(RestoreTarget::File(file)) => (None, Some(file.as_path())),
+            None => (None, None),
+        };
+        (p, crate::archive::preset::procedure(p, data_dir, files_dir, snapshot))
+    });
+    let print_procedure = || {
+        if let Some((preset, lines)) = &procedure {
+            out!("the node procedure for {} (the backup's [files] preset):", preset.as_str());
+            for (i, line) in lines.iter().enumerate() {
+                out!("  {}. {line}", i + 1);
+            }
+        }
+    };
+    let Some(target) = target else {
+        print_procedure();
+        return Ok(());
+    };
     let snapshot = match &target {
         RestoreTarget::File(file) => file.clone(),
         RestoreTarget::DataDir(..) => scratch.path().join("snapshot.db"),
@@ -179,21 +204,27 @@ pub(super) async fn restore(
                 ),
                 crate::restore::Bump::Off => {}
             }
-            out!("next steps, on every member:");
-            if flags.initial_cluster.as_deref().is_some_and(|c| c.contains(',')) {
-                out!(
-                    "  0. restore {} the same way (done on this one): the same --initial-cluster and \
-                     --initial-cluster-token, the member's own --name and --initial-advertise-peer-urls",
-                    m.id
-                );
+            if procedure.is_none() {
+                generic_next_steps(&m, &flags, &dir);
             }
-            out!(
-                "  1. stop the Kubernetes API servers (kubeadm: move kube-apiserver.yaml out of /etc/kubernetes/manifests)"
-            );
-            out!("  2. stop etcd");
-            out!("  3. move the old data dir aside and put {} in its place (keep owner and mode 0700)", dir.display());
-            out!("  4. start etcd and check `etcdctl endpoint status`, then start the API servers");
         }
     }
+    print_procedure();
     Ok(())
+}
+
+/// What to do after a restore into a data dir, for any etcd.
+fn generic_next_steps(m: &crate::manifest::Manifest, flags: &crate::restore::MemberFlags, dir: &std::path::Path) {
+    out!("next steps, on every member:");
+    if flags.initial_cluster.as_deref().is_some_and(|c| c.contains(',')) {
+        out!(
+            "  0. restore {} the same way (done on this one): the same --initial-cluster and \
+             --initial-cluster-token, the member's own --name and --initial-advertise-peer-urls",
+            m.id
+        );
+    }
+    out!("  1. stop the Kubernetes API servers (kubeadm: move kube-apiserver.yaml out of /etc/kubernetes/manifests)");
+    out!("  2. stop etcd");
+    out!("  3. move the old data dir aside and put {} in its place (keep owner and mode 0700)", dir.display());
+    out!("  4. start etcd and check `etcdctl endpoint status`, then start the API servers");
 }

@@ -17,6 +17,9 @@ pub struct FilesFacts {
     pub size: u64,
     pub sha256: String,
     pub recipients: Vec<String>,
+    /// The distribution whose layout `[files] preset` named: `restore` prints its node procedure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preset: Option<crate::archive::preset::Preset>,
     pub entries: Vec<FileEntry>,
 }
 
@@ -133,6 +136,7 @@ mod tests {
             size: 10,
             sha256: "a".repeat(64),
             recipients: vec![],
+            preset: None,
             entries: vec![
                 FileEntry {
                     path: "/etc/kubernetes/pki".into(),

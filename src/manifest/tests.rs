@@ -230,6 +230,7 @@ fn a_files_archive_needs_format_2_and_is_checked() {
         size: 10,
         sha256: "ef".repeat(32),
         recipients: vec!["age1x".into()],
+        preset: Some(crate::archive::preset::Preset::Kubeadm),
         entries: vec![FileEntry {
             path: "/etc/kubernetes/pki/ca.key".into(),
             kind: FileKind::File,
