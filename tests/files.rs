@@ -308,3 +308,29 @@ async fn restore_prints_the_presets_node_procedure() {
     assert!(text.contains("node procedure for kubeadm"), "{text}");
     assert!(text.contains(&format!("cp -a {into}/etc/kubernetes/. /etc/kubernetes/")), "{text}");
 }
+
+/// `[files] recipients` may be fewer people than the snapshots': the archive opens with theirs alone,
+/// and the snapshots' key does not open it. A socket in a folder is left out, with a warning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_archive_goes_to_its_own_recipients_and_skips_sockets() {
+    let etcd = Etcd::start(EtcdVersion::V35);
+    let setup = Setup::new();
+    let tree = control_plane(&setup.work.path().join("host"));
+    let _socket = std::os::unix::net::UnixListener::bind(tree.join("pki/agent.sock")).unwrap();
+    let ca_keeper = age_identity(setup.work.path(), "ca-keeper");
+    let table = format!("{}recipients = [\"{}\"]\n", files_table(&[&tree]), ca_keeper.recipient);
+    let cfg = setup.config(&etcd.config_table(), &table);
+    let out = run(&cfg, &["backup"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("a device, socket or fifo"), "{}", stderr(&out));
+    let archive = files(&setup.folder()).into_iter().find(|n| n.ends_with(".files.tar.zst.age")).unwrap();
+    let archive = setup.folder().join(archive);
+    let listed = open_archive(&archive, &ca_keeper.file, &setup.work.path().join("opened"));
+    assert!(
+        listed.iter().any(|l| l.ends_with("ca.key")) && !listed.iter().any(|l| l.ends_with("agent.sock")),
+        "{listed:?}"
+    );
+    let out =
+        std::process::Command::new("age").arg("-d").arg("-i").arg(&setup.identity.file).arg(&archive).output().unwrap();
+    assert!(!out.status.success(), "the snapshots' key opened the CA keys' archive");
+}
