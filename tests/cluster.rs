@@ -237,25 +237,30 @@ fn local_labels(dir: &std::path::Path) -> Vec<String> {
         .collect()
 }
 
-/// The member holding a slot is killed mid-snapshot: its lease lapses, another member takes the same
-/// slot and commits it; the killed one left nothing committed.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_holder_hands_its_slot_to_another_member() {
-    let setup = Setup::new();
-    let s3 = S3::start().await;
-    // Big enough for several S3 parts, and every part slow: the holder is still streaming when killed.
+/// Three members whose daemons all ask for the same slot at once (a new install backs up at start), the
+/// database big enough for several S3 parts and every part slow: the member that took the slot is still
+/// uploading for a while. The members, the cluster, the daemons, and which one holds the slot.
+async fn a_slow_holder(setup: &Setup, s3: &S3) -> (Vec<Member>, Vec<Etcd>, Vec<Daemon>, usize) {
     s3.faults.part_delay_ms.store(3_000, std::sync::atomic::Ordering::SeqCst);
-    let (members, cluster) = three_members(&setup, EtcdVersion::V35);
+    let (members, cluster) = three_members(setup, EtcdVersion::V35);
     cluster[0].seed(120, 200_000).await;
-    // A new install backs up at once: every daemon asks for the same slot.
-    let mut daemons = start_daemons(&setup, &cluster, &members, &s3, |t| t.replace("*/2 * * * * *", "0 0 1 1 *")).await;
+    let daemons = start_daemons(setup, &cluster, &members, s3, |t| t.replace("*/2 * * * * *", "0 0 1 1 *")).await;
     let mut holder = None;
     until("a member to take the slot", Duration::from_secs(30), async || {
         holder = daemons.iter().position(|d| d.log().contains("this member takes the slot"));
         holder.is_some()
     })
     .await;
-    let holder = holder.unwrap();
+    (members, cluster, daemons, holder.unwrap())
+}
+
+/// The member holding a slot is killed mid-snapshot: its lease lapses, another member takes the same
+/// slot and commits it; the killed one left nothing committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_holder_hands_its_slot_to_another_member() {
+    let setup = Setup::new();
+    let s3 = S3::start().await;
+    let (members, cluster, mut daemons, holder) = a_slow_holder(&setup, &s3).await;
     // A daemon still waiting for the slot stops at once on SIGTERM: only a backup gets stop_grace (5s).
     let waiter = (0..3).find(|i| *i != holder).unwrap();
     let (status, took, _, log) = daemons.remove(waiter).stop().await;
@@ -298,17 +303,7 @@ async fn a_killed_holder_hands_its_slot_to_another_member() {
 async fn a_holder_that_loses_its_quorum_mid_backup_finishes_it() {
     let setup = Setup::new();
     let s3 = S3::start().await;
-    s3.faults.part_delay_ms.store(3_000, std::sync::atomic::Ordering::SeqCst);
-    let (members, mut cluster) = three_members(&setup, EtcdVersion::V35);
-    cluster[0].seed(120, 200_000).await;
-    let mut daemons = start_daemons(&setup, &cluster, &members, &s3, |t| t.replace("*/2 * * * * *", "0 0 1 1 *")).await;
-    let mut holder = None;
-    until("a member to take the slot", Duration::from_secs(30), async || {
-        holder = daemons.iter().position(|d| d.log().contains("this member takes the slot"));
-        holder.is_some()
-    })
-    .await;
-    let holder = holder.unwrap();
+    let (_, mut cluster, mut daemons, holder) = a_slow_holder(&setup, &s3).await;
     let holder_id = member_id_of(&cluster[holder]);
     let mut survivor = None;
     for (i, d) in daemons.drain(..).enumerate() {

@@ -248,31 +248,15 @@ fn resolve_files(settings: &mut Settings) -> Vec<Issue> {
     }
 
     let enc = &mut settings.encryption;
-    if let Some(file) = enc.recipients_file.clone() {
-        match std::fs::read_to_string(&file) {
-            Err(e) => issues.push(Issue::new("encryption.recipients_file", unreadable(&file, &e))),
-            Ok(text) => match crate::crypto::parse_recipients_text(&text) {
-                Ok(list) => enc.recipients.extend(list),
-                Err((line, e)) => {
-                    issues.push(Issue::new("encryption.recipients_file", format!("{}:{line}: {e}", file.display())))
-                }
-            },
-        }
+    if let Some(file) = &enc.recipients_file {
+        read_recipients_file(file, "encryption.recipients_file", &mut enc.recipients, &mut issues);
     }
     let mut seen = std::collections::HashSet::new();
     enc.recipients.retain(|r| seen.insert(r.clone()));
     let default_recipients = enc.recipients.clone();
     if let Some(files) = &mut settings.files {
-        if let Some(file) = files.recipients_file.clone() {
-            match std::fs::read_to_string(&file) {
-                Err(e) => issues.push(Issue::new("files.recipients_file", unreadable(&file, &e))),
-                Ok(text) => match crate::crypto::parse_recipients_text(&text) {
-                    Ok(list) => files.recipients.extend(list),
-                    Err((line, e)) => {
-                        issues.push(Issue::new("files.recipients_file", format!("{}:{line}: {e}", file.display())))
-                    }
-                },
-            }
+        if let Some(file) = &files.recipients_file {
+            read_recipients_file(file, "files.recipients_file", &mut files.recipients, &mut issues);
         }
         // The CA keys may go to a smaller set of people; by default, to those of the snapshots.
         if files.recipients.is_empty() {
@@ -287,6 +271,17 @@ fn resolve_files(settings: &mut Settings) -> Vec<Issue> {
         ));
     }
     issues
+}
+
+/// Adds the recipients listed in `file` (the config's `key`) to `list`, or says what is wrong with it.
+fn read_recipients_file(file: &Path, key: &str, list: &mut Vec<crate::crypto::PublicKey>, issues: &mut Vec<Issue>) {
+    match std::fs::read_to_string(file) {
+        Err(e) => issues.push(Issue::new(key, unreadable(file, &e))),
+        Ok(text) => match crate::crypto::parse_recipients_text(&text) {
+            Ok(found) => list.extend(found),
+            Err((line, e)) => issues.push(Issue::new(key, format!("{}:{line}: {e}", file.display()))),
+        },
+    }
 }
 
 /// Secrets the config names that every user of this host may read. ssh refuses such a private key; a
