@@ -142,6 +142,8 @@ async fn restore_files_gives_back_the_tree_and_a_tampered_archive_is_refused() {
     let etcd = Etcd::start(EtcdVersion::V35);
     let setup = Setup::new();
     let tree = control_plane(&setup.work.path().join("host"));
+    std::fs::write(tree.join("pki/helper"), "#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(tree.join("pki/helper"), std::fs::Permissions::from_mode(0o4755)).unwrap();
     let cfg = setup.config(&etcd.config_table(), &files_table(&[&tree]));
     assert!(run(&cfg, &["backup"]).await.status.success());
     let identity = setup.identity.file.display().to_string();
@@ -150,7 +152,7 @@ async fn restore_files_gives_back_the_tree_and_a_tampered_archive_is_refused() {
     let restore = ["restore", "latest", "--identity", &identity, "--files", &into_arg, "--files-only"];
     let out = run(&cfg, &restore).await;
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stdout(&out).contains("extracted 5 files"), "{}", stdout(&out));
+    assert!(stdout(&out).contains("extracted 6 files"), "{}", stdout(&out));
     let back = |p: &str| into.join(tree.join(p).strip_prefix("/").unwrap());
     for name in ["pki/ca.crt", "pki/ca.key", "pki/etcd/server.key", "enc/enc.yaml", "manifests/kube-apiserver.yaml"] {
         assert_eq!(std::fs::read(back(name)).unwrap(), std::fs::read(tree.join(name)).unwrap(), "{name}");
@@ -159,6 +161,8 @@ async fn restore_files_gives_back_the_tree_and_a_tampered_archive_is_refused() {
     }
     assert_eq!(std::fs::read_link(back("pki/current.crt")).unwrap(), Path::new("ca.crt"));
     assert!(!back("pki/scratch.tmp").exists());
+    let helper = std::fs::metadata(back("pki/helper")).unwrap().mode() & 0o7777;
+    assert_eq!(helper, 0o755, "never setuid or setgid on restore");
 
     let out = run(&cfg, &restore).await;
     assert!(!out.status.success());

@@ -24,14 +24,21 @@ const READ_FIX: &str = "the service runs as user etcd-backupd: grant it read acc
 /// symlinks, excluded ones left out; sorted, each once. A path that must be there and is not, or cannot be
 /// read, is an error naming it and the fix.
 pub fn collect(files: &FilesSettings) -> Result<Vec<PathBuf>> {
+    collect_in(files, Path::new("/"))
+}
+
+/// `collect`, with a preset's paths (and the encryption config kube-apiserver's manifest names) under
+/// `host` instead of `/`.
+fn collect_in(files: &FilesSettings, host: &Path) -> Result<Vec<PathBuf>> {
+    let on_host = |path: &str| host.join(path.trim_start_matches('/')).to_string_lossy().into_owned();
     let mut roots: Vec<(String, bool)> = Vec::new();
     if let Some(preset) = files.preset {
-        roots.extend(preset.paths().iter().map(|p| (p.path.to_string(), p.required)));
+        roots.extend(preset.paths().iter().map(|p| (on_host(p.path), p.required)));
         if preset == preset::Preset::Kubeadm
-            && let Ok(manifest) = std::fs::read_to_string(preset::KUBEADM_APISERVER_MANIFEST)
+            && let Ok(manifest) = std::fs::read_to_string(on_host(preset::KUBEADM_APISERVER_MANIFEST))
             && let Some(config) = preset::encryption_config(&manifest)
         {
-            roots.push((config, true));
+            roots.push((on_host(&config), true));
         }
     }
     roots.extend(files.paths.iter().map(|p| (p.to_string_lossy().into_owned(), true)));
@@ -196,5 +203,64 @@ impl<W: Write> Write for Hashing<W> {
 
     fn flush(&mut self) -> std::io::Result<()> {
         self.inner.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kubeadm() -> FilesSettings {
+        FilesSettings {
+            preset: Some(preset::Preset::Kubeadm),
+            paths: vec![],
+            exclude: vec![glob::Pattern::new("*.tmp").unwrap()],
+            recipients: vec![],
+            recipients_file: None,
+        }
+    }
+
+    /// The kubeadm preset on a host laid out as kubeadm does: its folders walked, its kubeconfigs
+    /// matched, and the encryption config that kube-apiserver's manifest names, wherever it lies; a
+    /// required folder missing fails naming it.
+    #[test]
+    fn the_kubeadm_preset_finds_the_encryption_config_its_apiserver_names() {
+        let host = tempfile::tempdir().unwrap();
+        let at = |p: &str| host.path().join(p);
+        for dir in ["etc/kubernetes/pki/etcd", "etc/kubernetes/manifests", "srv/secrets"] {
+            std::fs::create_dir_all(at(dir)).unwrap();
+        }
+        for file in [
+            "etc/kubernetes/pki/ca.key",
+            "etc/kubernetes/pki/etcd/ca.key",
+            "etc/kubernetes/admin.conf",
+            "srv/secrets/enc.yaml",
+            "etc/kubernetes/pki/x.tmp",
+        ] {
+            std::fs::write(at(file), "x").unwrap();
+        }
+        std::fs::write(
+            at("etc/kubernetes/manifests/kube-apiserver.yaml"),
+            "    - --encryption-provider-config=/srv/secrets/enc.yaml\n",
+        )
+        .unwrap();
+        let found = collect_in(&kubeadm(), host.path()).unwrap();
+        for want in [
+            "etc/kubernetes/pki/ca.key",
+            "etc/kubernetes/pki/etcd/ca.key",
+            "etc/kubernetes/admin.conf",
+            "etc/kubernetes/manifests/kube-apiserver.yaml",
+            "srv/secrets/enc.yaml",
+        ] {
+            assert!(found.contains(&at(want)), "{want} not in {found:?}");
+        }
+        assert!(!found.contains(&at("etc/kubernetes/pki/x.tmp")), "excluded");
+
+        std::fs::remove_file(at("srv/secrets/enc.yaml")).unwrap();
+        let err = collect_in(&kubeadm(), host.path()).unwrap_err().to_string();
+        assert!(err.contains("srv/secrets/enc.yaml") && err.contains("does not exist"), "{err}");
+        std::fs::remove_dir_all(at("etc/kubernetes/pki")).unwrap();
+        let err = collect_in(&kubeadm(), host.path()).unwrap_err().to_string();
+        assert!(err.contains("etc/kubernetes/pki"), "{err}");
     }
 }

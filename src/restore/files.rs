@@ -158,6 +158,11 @@ fn open_file(
                     bail!("{listed} would land outside '{}': the archive was tampered with", dir.display());
                 }
                 if facts.kind == FileKind::File {
+                    // The mode is the manifest's, never setuid or setgid (a planted archive could ask).
+                    use std::os::unix::fs::PermissionsExt;
+                    let mode = std::fs::Permissions::from_mode(facts.mode & 0o1777);
+                    std::fs::set_permissions(&target, mode)
+                        .with_context(|| format!("cannot set the mode of '{}'", target.display()))?;
                     let mut written = std::fs::File::open(&target)?;
                     let mut hasher = Sha256::new();
                     opened.bytes += std::io::copy(&mut written, &mut hasher)?;
