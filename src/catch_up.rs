@@ -128,11 +128,10 @@ async fn attach_local_archive(
     // The name from the id, never from the manifest's field.
     let name = id.files_name();
     let path = folder.join(&name);
-    let bytes = tokio::fs::read(&path).await.with_context(|| format!("cannot read '{}'", path.display()))?;
-    let sha = hex::encode(Sha256::digest(&bytes));
-    if sha != files.sha256 {
-        bail!("'{}' does not match its manifest: the local copy is damaged; it is not uploaded", path.display());
-    }
+    let (checked, size, sha256) = (path.clone(), files.size, files.sha256.clone());
+    tokio::task::spawn_blocking(move || crate::restore::check_file(&checked, size, &sha256, "archive"))
+        .await?
+        .context("the local copy is damaged; it is not uploaded")?;
     let file = std::fs::File::open(&path).with_context(|| format!("cannot open '{}'", path.display()))?;
     upload.attach(&name, file).await
 }

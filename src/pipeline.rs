@@ -322,7 +322,7 @@ fn manifest_of(
 /// Writes the files archive (`archive`, the file `archive_files` wrote) into an upload, read from its
 /// start: the uploads attach it one after another, so the shared file offset is theirs in turn.
 async fn attach_archive(upload: &mut Upload, manifest: &Manifest, archive: Option<&std::fs::File>) -> Result<()> {
-    let (Some(_), Some(file)) = (&manifest.files, archive) else { return Ok(()) };
+    let Some(file) = archive else { return Ok(()) };
     use std::io::Seek;
     let mut file = file.try_clone().context("cannot reopen the files archive")?;
     file.rewind().context("cannot read the files archive")?;

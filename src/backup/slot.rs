@@ -82,7 +82,7 @@ async fn connect_for_slot(etcd: &crate::config::EtcdSettings, at: &str) -> Resul
         }
         match crate::etcd::status_without_login(etcd).await {
             Some((true, _)) => return Err(Turn::Leave(Outcome::Learner(None))),
-            Some((false, false)) if waited < ELECTION_WAIT => {
+            Some((false, false)) if waited < crate::coordination::ELECTION => {
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 waited += Duration::from_millis(500);
             }
@@ -93,7 +93,7 @@ async fn connect_for_slot(etcd: &crate::config::EtcdSettings, at: &str) -> Resul
                         "slot {at}: etcd has had no leader for {}, and its password login (etcd.username) needs \
                          one, so no emergency backup can be taken; log in with a client certificate (etcd.cert, \
                          its CN the user) to back up a cluster that has lost its quorum ({failed:#})",
-                        humantime::format_duration(ELECTION_WAIT)
+                        humantime::format_duration(crate::coordination::ELECTION)
                     ),
                 ))));
             }
@@ -101,9 +101,6 @@ async fn connect_for_slot(etcd: &crate::config::EtcdSettings, at: &str) -> Resul
         }
     }
 }
-
-/// How long a member without a leader waits for an election before it counts as without quorum.
-const ELECTION_WAIT: Duration = Duration::from_secs(3);
 
 /// After a run that held its slot: the record of the backup that covers it (none if it failed: the next
 /// member takes the slot). A one-shot backup in cluster mode counts for its slot if no member covered it.

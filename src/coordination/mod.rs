@@ -169,7 +169,7 @@ const QUESTION: Duration = Duration::from_secs(5);
 
 /// How long a member without a leader waits for one to be elected before the cluster counts as
 /// without quorum (an election takes one or two of etcd's election timeouts, 1 s by default).
-const ELECTION: Duration = Duration::from_secs(3);
+pub const ELECTION: Duration = Duration::from_secs(3);
 
 /// Returns once the member has had no leader for `ELECTION` (checked every second); never otherwise.
 async fn leader_lost(member: &Member) {

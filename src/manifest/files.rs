@@ -113,7 +113,7 @@ impl FilesFacts {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -131,8 +131,13 @@ mod tests {
     }
 
     fn facts() -> FilesFacts {
+        facts_of(&id())
+    }
+
+    /// The archive record of backup `id`: a folder and a 0600 key in it.
+    pub(crate) fn facts_of(id: &BackupId) -> FilesFacts {
         FilesFacts {
-            name: id().files_name(),
+            name: id.files_name(),
             size: 10,
             sha256: "a".repeat(64),
             recipients: vec![],

@@ -226,22 +226,8 @@ fn a_files_archive_needs_format_2_and_is_checked() {
     let mut m = sample();
     m.format_version = FILES_FORMAT_VERSION;
     m.files = Some(FilesFacts {
-        name: m.id.files_name(),
-        size: 10,
-        sha256: "ef".repeat(32),
-        recipients: vec!["age1x".into()],
         preset: Some(crate::archive::preset::Preset::Kubeadm),
-        entries: vec![FileEntry {
-            path: "/etc/kubernetes/pki/ca.key".into(),
-            kind: FileKind::File,
-            size: 3,
-            mode: 0o600,
-            uid: 0,
-            gid: 0,
-            mtime: 0,
-            sha256: Some("12".repeat(32)),
-            target: None,
-        }],
+        ..super::files::tests::facts_of(&m.id)
     });
     let json = m.to_json();
     assert_eq!(Manifest::from_json(&json, &m.id, &m.cluster).unwrap(), m);

@@ -45,7 +45,8 @@ pub async fn fetch(
                 .map(|()| Fetched { path, downloaded: false })
         }
         Ok(ArtifactFile::Downloaded { size, sha256 }) => {
-            matches_manifest(&format!("{name} in {}", holder.place()), size, &sha256, manifest)
+            let want = (manifest.artifact.size, manifest.artifact.sha256.as_str());
+            matches(&format!("{name} in {}", holder.place()), (size, &sha256), want, "artifact")
                 .map(|()| Fetched { path: download.clone(), downloaded: true })
         }
         Err(e) => Err(e),
@@ -78,19 +79,27 @@ pub async fn fetch_and_decrypt(
 
 /// Checks that an artifact file is the one the manifest recorded: size and sha256.
 pub fn check_artifact(path: &Path, manifest: &Manifest) -> Result<()> {
-    let mut file = std::fs::File::open(path).with_context(|| format!("cannot open '{}'", path.display()))?;
-    let mut hasher = Sha256::new();
-    let size = std::io::copy(&mut file, &mut hasher).with_context(|| format!("cannot read '{}'", path.display()))?;
-    matches_manifest(&format!("'{}'", path.display()), size, &hex::encode(hasher.finalize()), manifest)
+    check_file(path, manifest.artifact.size, &manifest.artifact.sha256, "artifact")
 }
 
-/// An artifact of `size` bytes with `sha` is the one `manifest` recorded, or an error naming `what`.
-fn matches_manifest(what: &str, size: u64, sha: &str, manifest: &Manifest) -> Result<()> {
-    if size != manifest.artifact.size || sha != manifest.artifact.sha256 {
+/// Checks that the file at `path` (a backup's `what`: its artifact, its files archive) has the size and
+/// sha256 its manifest recorded, read as a stream.
+pub fn check_file(path: &Path, size: u64, sha256: &str, what: &str) -> Result<()> {
+    let mut file = std::fs::File::open(path).with_context(|| format!("cannot open '{}'", path.display()))?;
+    let mut hasher = Sha256::new();
+    let read = std::io::copy(&mut file, &mut hasher).with_context(|| format!("cannot read '{}'", path.display()))?;
+    matches(&format!("'{}'", path.display()), (read, &hex::encode(hasher.finalize())), (size, sha256), what)
+}
+
+/// `got` (size, sha256) of `shown` is what its manifest recorded (`want`), or an error naming it.
+fn matches(shown: &str, got: (u64, &str), want: (u64, &str), what: &str) -> Result<()> {
+    if got != want {
         bail!(
-            "{what} does not match its manifest: {size} bytes with sha256 {sha}, the manifest says {} bytes with sha256 {}; the artifact is damaged or was replaced",
-            manifest.artifact.size,
-            manifest.artifact.sha256
+            "{shown} does not match its manifest: {} bytes with sha256 {}, the manifest says {} bytes with sha256 {}; the {what} is damaged or was replaced",
+            got.0,
+            got.1,
+            want.0,
+            want.1
         );
     }
     Ok(())

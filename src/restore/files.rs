@@ -86,18 +86,7 @@ fn open_file(
     into: &Into,
     cancel: &CancellationToken,
 ) -> Result<Opened> {
-    let mut file = std::fs::File::open(path).with_context(|| format!("cannot open '{}'", path.display()))?;
-    let mut hasher = Sha256::new();
-    let size = std::io::copy(&mut file, &mut hasher).with_context(|| format!("cannot read '{}'", path.display()))?;
-    let sha = hex::encode(hasher.finalize());
-    if size != files.size || sha != files.sha256 {
-        bail!(
-            "'{}' does not match its manifest: {size} bytes with sha256 {sha}, the manifest says {} bytes with sha256 {}; the archive is damaged or was replaced",
-            path.display(),
-            files.size,
-            files.sha256
-        );
-    }
+    super::artifact::check_file(path, files.size, &files.sha256, "archive")?;
     let Some(identities) = identities else { return Ok(Opened::default()) };
     let file = std::io::BufReader::new(std::fs::File::open(path)?);
     let decryptor = age::Decryptor::new_buffered(file).map_err(|e| anyhow!("not an age file: {e}"))?;
