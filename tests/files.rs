@@ -338,3 +338,29 @@ async fn the_archive_goes_to_its_own_recipients_and_skips_sockets() {
         std::process::Command::new("age").arg("-d").arg("-i").arg(&setup.identity.file).arg(&archive).output().unwrap();
     assert!(!out.status.success(), "the snapshots' key opened the CA keys' archive");
 }
+
+/// A backup taken while S3 was down is caught up by the next one, its files archive with it (checked
+/// against the manifest on the way): S3's listing then accepts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catch_up_uploads_the_archive_with_its_backup() {
+    let etcd = Etcd::start(EtcdVersion::V35);
+    let s3 = S3::start().await;
+    let setup = Setup::new();
+    let tree = control_plane(&setup.work.path().join("host"));
+    let extra = format!("{}\n{}", s3.config_table(BUCKET, ""), files_table(&[&tree]));
+    let cfg = setup.config(&etcd.config_table(), &extra);
+    s3.faults.down.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(run(&cfg, &["backup"]).await.status.code(), Some(1));
+    s3.faults.down.store(false, std::sync::atomic::Ordering::SeqCst);
+    let first = manifest_of(&setup.folder())["id"].as_str().unwrap().to_string();
+    assert!(!s3.keys(BUCKET).iter().any(|k| k.contains(&first)), "{:?}", s3.keys(BUCKET));
+    etcd.seed(2, 10).await;
+    let out = run(&cfg, &["backup"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let keys = s3.keys(BUCKET);
+    assert!(keys.iter().any(|k| k.ends_with(&format!("{first}.files.tar.zst.age"))), "{keys:?}");
+    let out = run(&cfg, &["list", "--json"]).await;
+    let rows: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let row = rows.as_array().unwrap().iter().find(|r| r["id"] == first.as_str()).unwrap();
+    assert!(row["destinations"].as_array().unwrap().iter().any(|d| d == "s3"), "{row}");
+}
