@@ -31,7 +31,7 @@ pub struct BackupRequest {
     pub cancel: tokio_util::sync::CancellationToken,
     /// Cancelled at once by SIGTERM: a run still waiting for its slot gives up.
     pub stopping: tokio_util::sync::CancellationToken,
-    /// Where the plain snapshot's unnamed check copy is written: the state dir.
+    /// Where the snapshot check's unnamed scratch file (page summaries) is written: the state dir.
     pub state_dir: std::path::PathBuf,
     /// The schedule slot this run is for (in cluster mode, one backup per slot for the whole cluster).
     pub slot: Option<SlotRun>,

@@ -1,6 +1,7 @@
-//! The encoder of a backup, on a blocking thread: plain snapshot chunks in; etcd's trailer and the
-//! database structure checked on a private check copy; compressed, encrypted once, hashed, and fanned
-//! out in pieces to every destination still taking them.
+//! The encoder of a backup, on a blocking thread: plain snapshot chunks in; etcd's trailer checked, and
+//! the database structure checked as it streams on a thread of its own (page summaries spilled to an
+//! unnamed scratch file: no plain snapshot is written anywhere); compressed, encrypted once, hashed, and
+//! fanned out in pieces to every destination still taking them.
 
 use std::io::Write;
 
@@ -13,6 +14,8 @@ use crate::config::units::format_size;
 use crate::errors::{Cause, classified};
 use crate::manifest::Compression;
 use crate::snapshot::TrailerCheck;
+use crate::snapshot::bbolt::{BboltError, Status};
+use crate::snapshot::stream::{Spill, StreamCheck};
 
 /// Encrypted bytes are handed to destinations in pieces of this size.
 pub const CHUNK: usize = 1 << 20;
@@ -39,8 +42,9 @@ pub fn encode(
     senders: Vec<mpsc::Sender<Bytes>>,
     compression: Compression,
     recipients: &[crate::crypto::PublicKey],
-    mut copy: std::fs::File,
+    spill: std::fs::File,
 ) -> Result<Encoded> {
+    let mut structure = Checker::start(spill)?;
     let fanout = FanOut {
         senders: senders.into_iter().map(Some).collect(),
         buf: BytesMut::with_capacity(CHUNK),
@@ -56,8 +60,9 @@ pub fn encode(
     };
     let mut check = TrailerCheck::new();
     while let Some(chunk) = plain.blocking_recv() {
+        let chunk = Bytes::from(chunk);
         check.update(&chunk);
-        copy.write_all(&chunk).map_err(copy_error)?;
+        structure.feed(chunk.clone());
         sealer.write_all(&chunk).map_err(write_error)?;
     }
     let fanout = sealer.finish().map_err(write_error)?;
@@ -65,8 +70,7 @@ pub fn encode(
     let (artifact_size, artifact_sha256) = fanout.close().map_err(write_error)?;
     let snapshot_sha256 = check.finish()?;
     // The database itself: every page reachable once, types and bounds sane, and its status.
-    let status = crate::snapshot::bbolt::status(&copy)
-        .map_err(|e| anyhow!("etcd sent a snapshot that is not a sound database: {e}"))?;
+    let status = structure.finish()?.map_err(|e| anyhow!("etcd sent a snapshot that is not a sound database: {e}"))?;
     Ok(Encoded { plain_size, snapshot_sha256, artifact_size, artifact_sha256, status })
 }
 
@@ -97,20 +101,90 @@ fn write_error(e: std::io::Error) -> anyhow::Error {
     anyhow!("cannot write the encrypted backup: {e}")
 }
 
-fn copy_error(e: std::io::Error) -> anyhow::Error {
-    anyhow!("cannot write the snapshot's check copy in the state dir: {e}")
+/// The structure check's thread, fed the plain chunks; joined when finished or dropped.
+struct Checker {
+    chunks: Option<std::sync::mpsc::SyncSender<Bytes>>,
+    thread: Option<std::thread::JoinHandle<Result<Status, BboltError>>>,
 }
 
-/// An unnamed file in the state dir for the plain snapshot while it is checked: it has no name, so
-/// no plaintext survives a crash, and it is gone when closed.
-pub fn check_copy(state_dir: &std::path::Path, db_size: u64) -> Result<std::fs::File> {
+impl Checker {
+    fn start(spill: std::fs::File) -> Result<Self> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Bytes>(16);
+        let thread = std::thread::Builder::new()
+            .name("snapshot-check".into())
+            .spawn(move || {
+                let mut check = StreamCheck::new(SpillFile::new(spill));
+                rx.iter().for_each(|chunk| check.update(&chunk));
+                check.finish()
+            })
+            .context("cannot start the snapshot check's thread")?;
+        Ok(Checker { chunks: Some(tx), thread: Some(thread) })
+    }
+
+    fn feed(&mut self, chunk: Bytes) {
+        if let Some(tx) = &self.chunks
+            && tx.send(chunk).is_err()
+        {
+            self.chunks = None; // the thread ended; `finish` says why
+        }
+    }
+
+    fn finish(mut self) -> Result<Result<Status, BboltError>> {
+        self.chunks = None;
+        let thread = self.thread.take().ok_or_else(|| anyhow!("the snapshot check ran twice"))?;
+        thread.join().map_err(|_| anyhow!("the snapshot check's thread panicked; please report this as a bug"))
+    }
+}
+
+impl Drop for Checker {
+    fn drop(&mut self) {
+        self.chunks = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The spill as an unnamed file, written through a buffer and read back once the stream ends.
+struct SpillFile {
+    file: std::io::BufWriter<std::fs::File>,
+}
+
+impl SpillFile {
+    fn new(file: std::fs::File) -> Self {
+        SpillFile { file: std::io::BufWriter::with_capacity(1 << 20, file) }
+    }
+}
+
+impl Spill for SpillFile {
+    fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.file.write_all(bytes)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        std::os::unix::fs::FileExt::read_exact_at(self.file.get_ref(), buf, offset)
+    }
+}
+
+/// Space the structure check's scratch file may need for a database of `db_size` bytes: its page
+/// summaries are a small part of it (a record of 25 bytes per key revision, a few per page).
+pub fn required_check_space(db_size: u64) -> u64 {
+    db_size / 4 + 16 * 1024 * 1024
+}
+
+/// An unnamed file in the state dir for the structure check's page summaries (digests and revisions,
+/// never the snapshot's keys or values): it has no name, so nothing survives a crash, and it is gone
+/// when closed.
+pub fn check_spill(state_dir: &std::path::Path, db_size: u64) -> Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
     std::fs::DirBuilder::new()
         .recursive(true)
         .create(state_dir)
         .with_context(|| format!("cannot create the state dir '{}'", state_dir.display()))?;
     let free = crate::files::free_space(state_dir)?;
-    let needed = required_local_space(db_size);
+    let needed = required_check_space(db_size);
     if free < needed {
         return Err(classified(
             Cause::NoSpace,
@@ -125,12 +199,12 @@ pub fn check_copy(state_dir: &std::path::Path, db_size: u64) -> Result<std::fs::
     crate::files::unnamed_in(state_dir)
         .or_else(|_| {
             // File systems without O_TMPFILE: a named file, unlinked at once.
-            let path = state_dir.join(format!(".check-{}.db", std::process::id()));
+            let path = state_dir.join(format!(".check-{}.index", std::process::id()));
             let f = std::fs::OpenOptions::new().read(true).write(true).create_new(true).mode(0o600).open(&path)?;
             std::fs::remove_file(&path)?;
             Ok::<_, std::io::Error>(f)
         })
-        .with_context(|| format!("cannot create the snapshot's check copy in '{}'", state_dir.display()))
+        .with_context(|| format!("cannot create the snapshot check's scratch file in '{}'", state_dir.display()))
 }
 
 /// Hashes the artifact and hands it, in `CHUNK` pieces, to every destination still taking it.

@@ -27,7 +27,7 @@ pub struct Write {
     pub label: Option<String>,
     /// Cancelled (by SIGTERM after the grace period): stop streaming, abort every upload, commit nothing.
     pub cancel: tokio_util::sync::CancellationToken,
-    /// Where the plain snapshot's unnamed check copy is written: the state dir.
+    /// Where the snapshot check's unnamed scratch file (page summaries) is written: the state dir.
     pub check_dir: std::path::PathBuf,
     /// The host recorded in the manifest.
     pub host: String,
@@ -82,11 +82,11 @@ pub async fn write_backup<S: SnapshotSource>(
         ),
         None => None,
     };
-    // Where the plain snapshot is checked before anything commits; without it, nothing begins.
-    let copy = crate::encode::check_copy(&request.check_dir, facts.db_size)
+    // Where the snapshot's structure check keeps its page summaries; without it, nothing begins.
+    let spill = crate::encode::check_spill(&request.check_dir, facts.db_size)
         .context("the backup cannot be checked; nothing was committed")?;
     let uploads = begin_all(destinations, facts.db_size, &id, settings.compression, &mut failures).await?;
-    let (read, encoded, finished) = stream(settings, request, etcd.snapshot_timeout, source, uploads, copy).await?;
+    let (read, encoded, finished) = stream(settings, request, etcd.snapshot_timeout, source, uploads, spill).await?;
 
     // A cancelled run commits nothing, even where its upload had finished; nor does a snapshot older
     // than the revision its member reported.
@@ -221,7 +221,7 @@ async fn stream<S: SnapshotSource>(
     timeout: std::time::Duration,
     mut source: S,
     uploads: Vec<Upload>,
-    copy: std::fs::File,
+    spill: std::fs::File,
 ) -> Result<Streamed> {
     // Destinations: each drains its own queue; on error it stops, which the encoder notices.
     let mut senders = Vec::new();
@@ -248,7 +248,7 @@ async fn stream<S: SnapshotSource>(
     let compression = settings.compression;
     let recipients = settings.encryption.recipients.clone();
     let encoder =
-        tokio::task::spawn_blocking(move || crate::encode::encode(plain_rx, senders, compression, &recipients, copy));
+        tokio::task::spawn_blocking(move || crate::encode::encode(plain_rx, senders, compression, &recipients, spill));
 
     let read = tokio::time::timeout(timeout, async {
         source.open().await?;

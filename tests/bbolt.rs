@@ -7,7 +7,15 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::*;
-use etcd_backupd::snapshot::bbolt::{BboltError, status};
+use etcd_backupd::snapshot::bbolt::{BboltError, Status, status};
+use etcd_backupd::snapshot::stream::StreamCheck;
+
+/// The streaming check's status of `bytes`, fed in pieces of `piece` bytes.
+fn streamed(bytes: &[u8], piece: usize) -> Result<Status, BboltError> {
+    let mut check = StreamCheck::new(Vec::new());
+    bytes.chunks(piece.max(1)).for_each(|c| check.update(c));
+    check.finish()
+}
 
 fn save(etcd: &Etcd, dir: &Path, name: &str) -> PathBuf {
     let path = dir.join(name);
@@ -49,6 +57,10 @@ fn assert_same(version: EtcdVersion, snapshot: &Path, live: u64) {
     assert_eq!(ours.total_key, theirs["totalKey"].as_u64().unwrap(), "totalKey of {}", snapshot.display());
     assert_eq!(ours.total_size, theirs["totalSize"].as_u64().unwrap(), "totalSize of {}", snapshot.display());
     assert_eq!(ours.live_keys, live, "live keys of {}", snapshot.display());
+    let bytes = std::fs::read(snapshot).unwrap();
+    for piece in [1 << 20, 4096, 1000, 65_537] {
+        assert_eq!(streamed(&bytes, piece), Ok(ours), "streamed in {piece}-byte pieces: {}", snapshot.display());
+    }
 }
 
 async fn shapes(version: EtcdVersion) {
@@ -99,6 +111,7 @@ async fn damaged_databases_are_rejected_with_a_reason() {
     // Truncated.
     let err = status(&good[..good.len() / 2]).unwrap_err();
     assert!(matches!(err, BboltError::Damaged(ref m) if m.contains("truncated")), "{err}");
+    assert_eq!(streamed(&good[..good.len() / 2], 5000), Err(err));
     // A flipped page type on every branch or leaf page header in turn. (Bytes inside values are data:
     // only etcd's sha256 trailer can tell those are wrong.)
     let page = 4096;
@@ -111,14 +124,22 @@ async fn damaged_databases_are_rejected_with_a_reason() {
         }
         let mut bad = good.clone();
         bad[id * page + 8] ^= 0x7f;
+        let streaming = streamed(&bad, 1 << 16);
         match status(&bad[..]) {
             Err(BboltError::Damaged(m)) => {
                 assert!(m.contains(&format!("page {id}")), "{m}");
+                assert!(
+                    matches!(streaming, Err(BboltError::Damaged(ref s)) if s.contains(&format!("page {id}"))),
+                    "{streaming:?}"
+                );
                 flipped += 1;
             }
             Err(e) => panic!("page {id}: {e}"),
             // A freed page that is no longer reachable.
-            Ok(s) => assert_eq!(s, status(&good[..]).unwrap(), "page {id}"),
+            Ok(s) => {
+                assert_eq!(s, status(&good[..]).unwrap(), "page {id}");
+                assert_eq!(streaming, Ok(s), "page {id}");
+            }
         }
     }
     assert!(flipped > 3, "{flipped} reachable node pages were checked");
@@ -127,16 +148,26 @@ async fn damaged_databases_are_rejected_with_a_reason() {
     let root = u64::from_le_bytes(good[16 + 16..16 + 24].try_into().unwrap()) as usize;
     bad[root * page] ^= 0x01;
     assert!(matches!(status(&bad[..]), Err(BboltError::Damaged(_))));
+    assert!(matches!(streamed(&bad, 4096), Err(BboltError::Damaged(_))));
     // Both meta pages broken.
     let mut bad = good.clone();
     bad[16] ^= 0xff;
     bad[page + 16] ^= 0xff;
     assert!(matches!(status(&bad[..]), Err(BboltError::NotBbolt(_))));
+    assert!(matches!(streamed(&bad, 4096), Err(BboltError::NotBbolt(_))));
+    for tiny in [0, 100, 2047, 2048, 4095, 4096, 8191] {
+        assert_eq!(
+            streamed(&good[..tiny], 7).is_err(),
+            status(&good[..tiny]).is_err(),
+            "a {tiny}-byte file: {:?}",
+            streamed(&good[..tiny], 7)
+        );
+    }
 }
 
 /// What the fuzz target (`fuzz/`, nightly) checks, on stable and in every CI run: thousands of damaged
 /// variants of a real snapshot (bytes flipped, page headers and element fields set to extremes, the file
-/// cut short) each give a status or an error, never a panic.
+/// cut short) each give a status or an error, never a panic; and the streaming check gives the same.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn damaged_variants_never_panic() {
     let etcd = Etcd::start(EtcdVersion::V35);
@@ -183,9 +214,14 @@ async fn damaged_variants_never_panic() {
                 }
             }
         }
-        match std::panic::catch_unwind(|| status(&bad[..])) {
-            Ok(Ok(_)) => {}
-            Ok(Err(_)) => errors += 1,
+        let piece = 1 + next() as usize % 70_000;
+        match std::panic::catch_unwind(|| (status(&bad[..]), streamed(&bad, piece))) {
+            // The streaming check agrees with the reader of the whole file on every variant.
+            Ok((Ok(s), streaming)) => assert_eq!(streaming, Ok(s), "round {round}"),
+            Ok((Err(_), streaming)) => {
+                assert!(streaming.is_err(), "round {round}: the streaming check passed a damaged file: {streaming:?}");
+                errors += 1;
+            }
             Err(_) => {
                 let path = dir.path().join("panic.db");
                 std::fs::write(&path, &bad).unwrap();

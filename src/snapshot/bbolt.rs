@@ -5,13 +5,13 @@
 
 use std::collections::{HashMap, HashSet};
 
-const MAGIC: u32 = 0xED0C_DAED;
-const PAGE_HEADER: usize = 16;
-const ELEMENT: usize = 16;
-const BRANCH: u16 = 0x01;
-const LEAF: u16 = 0x02;
-const META: u16 = 0x04;
-const BUCKET_LEAF: u32 = 0x01;
+pub(super) const MAGIC: u32 = 0xED0C_DAED;
+pub(super) const PAGE_HEADER: usize = 16;
+pub(super) const ELEMENT: usize = 16;
+pub(super) const BRANCH: u16 = 0x01;
+pub(super) const LEAF: u16 = 0x02;
+pub(super) const META: u16 = 0x04;
+pub(super) const BUCKET_LEAF: u32 = 0x01;
 
 /// Random access to the database bytes.
 pub trait Pages {
@@ -48,7 +48,7 @@ pub enum BboltError {
     Damaged(String),
 }
 
-fn damaged(what: String) -> BboltError {
+pub(super) fn damaged(what: String) -> BboltError {
     BboltError::Damaged(what)
 }
 
@@ -91,20 +91,20 @@ impl Status {
     }
 }
 
-struct Meta {
-    page_size: u64,
-    root: u64,
-    high_water: u64,
-    txid: u64,
+pub(super) struct Meta {
+    pub(super) page_size: u64,
+    pub(super) root: u64,
+    pub(super) high_water: u64,
+    pub(super) txid: u64,
 }
 
-fn u16_at(b: &[u8], at: usize) -> u16 {
+pub(super) fn u16_at(b: &[u8], at: usize) -> u16 {
     u16::from_le_bytes([b[at], b[at + 1]])
 }
-fn u32_at(b: &[u8], at: usize) -> u32 {
+pub(super) fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(b[at..at + 4].try_into().unwrap_or_default())
 }
-fn u64_at(b: &[u8], at: usize) -> u64 {
+pub(super) fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(b[at..at + 8].try_into().unwrap_or_default())
 }
 
@@ -113,7 +113,7 @@ fn fnv1a64(bytes: &[u8]) -> u64 {
 }
 
 /// Parses one meta page; `None` if it is not a valid meta page.
-fn parse_meta(page: &[u8]) -> Option<Meta> {
+pub(super) fn parse_meta(page: &[u8]) -> Option<Meta> {
     if page.len() < PAGE_HEADER + 64 || u16_at(page, 8) & META == 0 {
         return None;
     }
@@ -129,6 +129,37 @@ fn parse_meta(page: &[u8]) -> Option<Meta> {
     })
 }
 
+/// Where the second meta page is: the page size the first one names, or bbolt's default if it is not
+/// valid.
+pub(super) fn first_page_size(meta0: Option<&Meta>) -> Result<u64, BboltError> {
+    let page_size = meta0.map(|m| m.page_size).unwrap_or(4096);
+    if !(512..=65536).contains(&page_size) || !page_size.is_power_of_two() {
+        return Err(BboltError::NotBbolt(format!("page size {page_size}")));
+    }
+    Ok(page_size)
+}
+
+/// The meta page of the newest transaction among the valid ones.
+pub(super) fn newest_meta(meta0: Option<Meta>, meta1: Option<Meta>) -> Result<Meta, BboltError> {
+    match (meta0, meta1) {
+        (Some(a), Some(b)) => Ok(if a.txid >= b.txid { a } else { b }),
+        (Some(a), None) | (None, Some(a)) => Ok(a),
+        (None, None) => Err(BboltError::NotBbolt("no valid meta page (bad magic, version or checksum)".into())),
+    }
+}
+
+/// The database's size as its meta page states it, which a file of `size` bytes must hold.
+pub(super) fn database_size(meta: &Meta, size: u64) -> Result<u64, BboltError> {
+    let total_size = meta
+        .high_water
+        .checked_mul(meta.page_size)
+        .ok_or_else(|| damaged(format!("the meta page claims {} pages", meta.high_water)))?;
+    if total_size > size {
+        return Err(damaged(format!("the file is truncated: {size} bytes, the database needs {total_size}")));
+    }
+    Ok(total_size)
+}
+
 struct Reader<'a, P: Pages + ?Sized> {
     pages: &'a P,
     meta: Meta,
@@ -138,7 +169,7 @@ struct Reader<'a, P: Pages + ?Sized> {
 
 /// Far deeper than any real B+tree (a billion keys need fewer than ten levels), shallow enough that a
 /// damaged file cannot exhaust the stack.
-const MAX_DEPTH: usize = 64;
+pub(super) const MAX_DEPTH: usize = 64;
 
 /// Called with each key, value and leaf flags of a tree, in order.
 type Visit<'f, 'p, P> = dyn FnMut(&mut Reader<'p, P>, &[u8], &[u8], u32) -> Result<(), BboltError> + 'f;
@@ -254,30 +285,11 @@ pub fn status<P: Pages + ?Sized>(pages: &P) -> Result<Status, BboltError> {
     first.truncate(size.min(4096) as usize);
     pages.read_at(0, &mut first).map_err(|e| BboltError::NotBbolt(e.to_string()))?;
     let meta0 = parse_meta(&first);
-    let page_size = meta0.as_ref().map(|m| m.page_size).unwrap_or(4096);
-    if !(512..=65536).contains(&page_size) || !page_size.is_power_of_two() {
-        return Err(BboltError::NotBbolt(format!("page size {page_size}")));
-    }
+    let page_size = first_page_size(meta0.as_ref())?;
     let mut second = vec![0u8; PAGE_HEADER + 64];
     let meta1 = pages.read_at(page_size, &mut second).ok().and_then(|()| parse_meta(&second));
-    let meta = match (meta0, meta1) {
-        (Some(a), Some(b)) => {
-            if a.txid >= b.txid {
-                a
-            } else {
-                b
-            }
-        }
-        (Some(a), None) | (None, Some(a)) => a,
-        (None, None) => return Err(BboltError::NotBbolt("no valid meta page (bad magic, version or checksum)".into())),
-    };
-    let total_size = meta
-        .high_water
-        .checked_mul(meta.page_size)
-        .ok_or_else(|| damaged(format!("the meta page claims {} pages", meta.high_water)))?;
-    if total_size > size {
-        return Err(damaged(format!("the file is truncated: {size} bytes, the database needs {total_size}")));
-    }
+    let meta = newest_meta(meta0, meta1)?;
+    let total_size = database_size(&meta, size)?;
     let root = meta.root;
     let mut reader = Reader { pages, meta, seen: HashSet::new(), depth: 0 };
     let root_page = reader.page(root)?;
@@ -322,18 +334,18 @@ pub fn status<P: Pages + ?Sized>(pages: &P) -> Result<Status, BboltError> {
 
 /// The main revision at the start of etcd's revision bytes (8 bytes big-endian, then `_` and the sub
 /// revision); `None` if they are too short.
-fn main_revision(bytes: &[u8]) -> Option<i64> {
+pub(super) fn main_revision(bytes: &[u8]) -> Option<i64> {
     bytes.get(..8).and_then(|b| b.try_into().ok()).map(i64::from_be_bytes)
 }
 
-fn digest(bytes: &[u8]) -> u128 {
+pub(super) fn digest(bytes: &[u8]) -> u128 {
     use sha2::Digest;
     let sum = sha2::Sha256::digest(bytes);
     u128::from_le_bytes(sum[..16].try_into().unwrap_or_default())
 }
 
 /// Field 1 (`key`) of an `mvccpb.KeyValue` protobuf message; `None` if the bytes are not such a message.
-fn user_key(message: &[u8]) -> Option<&[u8]> {
+pub(super) fn user_key(message: &[u8]) -> Option<&[u8]> {
     fn varint(b: &[u8], at: &mut usize) -> Option<u64> {
         let mut value = 0u64;
         for shift in (0..64).step_by(7) {

@@ -1,6 +1,8 @@
 //! Checks on the plain snapshot bytes as they stream past. Pure.
 
 pub mod bbolt;
+pub mod stream;
+mod summary;
 mod trailer;
 
 pub use trailer::{TRAILER_LEN, TrailerCheck, TrailerError};

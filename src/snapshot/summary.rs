@@ -1,0 +1,420 @@
+//! What the streaming check keeps of one page of a bbolt file: enough to walk the tree and compute the
+//! status once the whole file has passed, without the page's bytes. A page's place in the tree (which
+//! bucket it belongs to, whether it is reachable at all) is only known at the end, so a summary holds
+//! what each possible place needs. Summaries are encoded into a spill (the state dir's unnamed scratch
+//! file), so memory does not grow with the database. Pure.
+
+use super::bbolt::{
+    BRANCH, BUCKET_LEAF, BboltError, ELEMENT, LEAF, PAGE_HEADER, digest, main_revision, u16_at, u32_at, u64_at,
+    user_key,
+};
+
+/// One page (or an inline bucket's page), summarized.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Summary {
+    /// Damage that only matters if the page is reachable.
+    Bad(String),
+    /// A page (its id, its type) of another type (meta, freelist, garbage) where the tree may point.
+    Other(u64, u16),
+    /// A branch page's children, in order.
+    Branch(Vec<u64>),
+    Leaf(Leaf),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Leaf {
+    /// Elements in the page: keys, as etcd's tools count them inside a bucket.
+    pub count: u64,
+    /// CRC-32C over each key and (unless it is a nested bucket) its value, and the bytes it covered: the
+    /// page's part of the status hash if it belongs to a bucket.
+    pub crc: u32,
+    pub len: u64,
+    /// If the page is a leaf of the top level: its buckets, or the first plain key, which is damage there.
+    pub buckets: Result<Vec<(Vec<u8>, Bucket)>, Vec<u8>>,
+    /// If the page belongs to bucket `key`: its records, or why they are not etcd records.
+    pub records: Result<Vec<Record>, String>,
+    /// If the page belongs to bucket `meta`: `finishedCompactRev`, if it is here.
+    pub compact: Option<Result<i64, String>>,
+}
+
+/// A bucket named in a leaf of the top level.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Bucket {
+    Root(u64),
+    Inline(Box<Summary>),
+    Bad(String),
+}
+
+/// One record of bucket `key`: a digest of its user key, its main revision, and whether it deletes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Record {
+    pub key: u128,
+    pub revision: i64,
+    pub tombstone: bool,
+}
+
+/// Summarizes a page from its bytes (with its overflow pages), or an inline bucket's page.
+pub(super) fn summarize(page: &[u8]) -> Summary {
+    let id = u64_at(page, 0);
+    let flags = u16_at(page, 8);
+    let count = usize::from(u16_at(page, 10));
+    if PAGE_HEADER + count * ELEMENT > page.len() {
+        return Summary::Bad(format!("page {id} has more elements than fit in it"));
+    }
+    let out_of_bounds = || Summary::Bad(format!("page {id} has an element out of bounds"));
+    let slice = |from: usize, len: usize| page.get(from..from + len);
+    match flags {
+        BRANCH => {
+            let mut children = Vec::with_capacity(count);
+            for i in 0..count {
+                let e = PAGE_HEADER + i * ELEMENT;
+                if slice(e + u32_at(page, e) as usize, u32_at(page, e + 4) as usize).is_none() {
+                    return out_of_bounds();
+                }
+                children.push(u64_at(page, e + 8));
+            }
+            Summary::Branch(children)
+        }
+        LEAF => {
+            let mut leaf = Leaf {
+                count: count as u64,
+                crc: 0,
+                len: 0,
+                buckets: Ok(Vec::new()),
+                records: Ok(Vec::new()),
+                compact: None,
+            };
+            for i in 0..count {
+                let e = PAGE_HEADER + i * ELEMENT;
+                let (eflags, pos, ksize, vsize) = (
+                    u32_at(page, e),
+                    u32_at(page, e + 4) as usize,
+                    u32_at(page, e + 8) as usize,
+                    u32_at(page, e + 12) as usize,
+                );
+                let (Some(key), Some(value)) = (slice(e + pos, ksize), slice(e + pos + ksize, vsize)) else {
+                    return out_of_bounds();
+                };
+                leaf.add(key, value, eflags);
+            }
+            Summary::Leaf(leaf)
+        }
+        other => Summary::Other(id, other),
+    }
+}
+
+impl Leaf {
+    fn add(&mut self, key: &[u8], value: &[u8], flags: u32) {
+        self.crc = crc32c::crc32c_append(self.crc, key);
+        self.len += key.len() as u64;
+        let nested = flags & BUCKET_LEAF != 0;
+        if !nested {
+            self.crc = crc32c::crc32c_append(self.crc, value);
+            self.len += value.len() as u64;
+        }
+        if let Ok(buckets) = &mut self.buckets {
+            if nested {
+                buckets.push((key.to_vec(), bucket(value)));
+            } else {
+                self.buckets = Err(key.to_vec());
+            }
+        }
+        if let Ok(records) = &mut self.records {
+            match record(key, value) {
+                Ok(r) => records.push(r),
+                Err(why) => self.records = Err(why),
+            }
+        }
+        if key == b"finishedCompactRev" {
+            self.compact = Some(main_revision(value).ok_or_else(|| "meta/finishedCompactRev is truncated".to_string()));
+        }
+    }
+}
+
+/// A bucket's value in its parent: its root page, or its page inline.
+fn bucket(value: &[u8]) -> Bucket {
+    if value.len() < 16 {
+        return Bucket::Bad("a bucket header is truncated".into());
+    }
+    match u64_at(value, 0) {
+        0 if value.len() < 16 + PAGE_HEADER => Bucket::Bad("an inline bucket is truncated".into()),
+        0 => Bucket::Inline(Box::new(summarize(&value[16..]))),
+        root => Bucket::Root(root),
+    }
+}
+
+fn record(key: &[u8], value: &[u8]) -> Result<Record, String> {
+    let revision = main_revision(key).ok_or_else(|| format!("bucket key holds a short key {key:02x?}"))?;
+    let user_key = user_key(value)
+        .ok_or_else(|| format!("the record at revision {revision} in bucket key is not an etcd key-value"))?;
+    Ok(Record { key: digest(user_key), revision, tombstone: key.len() == 18 && key[17] == b't' })
+}
+
+// The spill's encoding: little-endian integers, byte strings with a u32 length, a tag byte per variant.
+
+pub(super) fn encode(s: &Summary, out: &mut Vec<u8>) {
+    match s {
+        Summary::Bad(why) => {
+            out.push(0);
+            bytes(out, why.as_bytes());
+        }
+        Summary::Other(id, flags) => {
+            out.push(1);
+            out.extend_from_slice(&id.to_le_bytes());
+            out.extend_from_slice(&flags.to_le_bytes());
+        }
+        Summary::Branch(children) => {
+            out.push(2);
+            out.extend_from_slice(&(children.len() as u32).to_le_bytes());
+            children.iter().for_each(|c| out.extend_from_slice(&c.to_le_bytes()));
+        }
+        Summary::Leaf(l) => {
+            out.push(3);
+            out.extend_from_slice(&l.count.to_le_bytes());
+            out.extend_from_slice(&l.crc.to_le_bytes());
+            out.extend_from_slice(&l.len.to_le_bytes());
+            match &l.buckets {
+                Ok(buckets) => {
+                    out.push(0);
+                    out.extend_from_slice(&(buckets.len() as u32).to_le_bytes());
+                    for (name, b) in buckets {
+                        bytes(out, name);
+                        match b {
+                            Bucket::Root(root) => {
+                                out.push(0);
+                                out.extend_from_slice(&root.to_le_bytes());
+                            }
+                            Bucket::Inline(inner) => {
+                                out.push(1);
+                                encode(inner, out);
+                            }
+                            Bucket::Bad(why) => {
+                                out.push(2);
+                                bytes(out, why.as_bytes());
+                            }
+                        }
+                    }
+                }
+                Err(plain) => {
+                    out.push(1);
+                    bytes(out, plain);
+                }
+            }
+            match &l.records {
+                Ok(records) => {
+                    out.push(0);
+                    out.extend_from_slice(&(records.len() as u32).to_le_bytes());
+                    for r in records {
+                        out.extend_from_slice(&r.key.to_le_bytes());
+                        out.extend_from_slice(&r.revision.to_le_bytes());
+                        out.push(u8::from(r.tombstone));
+                    }
+                }
+                Err(why) => {
+                    out.push(1);
+                    bytes(out, why.as_bytes());
+                }
+            }
+            match &l.compact {
+                None => out.push(0),
+                Some(Ok(rev)) => {
+                    out.push(1);
+                    out.extend_from_slice(&rev.to_le_bytes());
+                }
+                Some(Err(why)) => {
+                    out.push(2);
+                    bytes(out, why.as_bytes());
+                }
+            }
+        }
+    }
+}
+
+fn bytes(out: &mut Vec<u8>, b: &[u8]) {
+    out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+    out.extend_from_slice(b);
+}
+
+/// Reads back what `encode` wrote.
+pub(super) struct Decoder<'a> {
+    buf: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Decoder<'a> {
+    pub(super) fn new(buf: &'a [u8]) -> Self {
+        Decoder { buf, at: 0 }
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], BboltError> {
+        let got = self.buf.get(self.at..self.at + n).ok_or_else(spill_damaged)?;
+        self.at += n;
+        Ok(got)
+    }
+    fn u8(&mut self) -> Result<u8, BboltError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u32(&mut self) -> Result<u32, BboltError> {
+        Ok(u32_at(self.take(4)?, 0))
+    }
+    fn u64(&mut self) -> Result<u64, BboltError> {
+        Ok(u64_at(self.take(8)?, 0))
+    }
+    fn bytes(&mut self) -> Result<Vec<u8>, BboltError> {
+        let n = self.u32()? as usize;
+        Ok(self.take(n)?.to_vec())
+    }
+    fn text(&mut self) -> Result<String, BboltError> {
+        Ok(String::from_utf8_lossy(&self.bytes()?).into_owned())
+    }
+
+    pub(super) fn summary(&mut self) -> Result<Summary, BboltError> {
+        Ok(match self.u8()? {
+            0 => Summary::Bad(self.text()?),
+            1 => Summary::Other(self.u64()?, u16_at(self.take(2)?, 0)),
+            2 => {
+                let n = self.u32()?;
+                Summary::Branch((0..n).map(|_| self.u64()).collect::<Result<_, _>>()?)
+            }
+            3 => {
+                let (count, crc, len) = (self.u64()?, self.u32()?, self.u64()?);
+                let buckets = match self.u8()? {
+                    0 => {
+                        let n = self.u32()?;
+                        let mut buckets = Vec::new();
+                        for _ in 0..n {
+                            let name = self.bytes()?;
+                            let b = match self.u8()? {
+                                0 => Bucket::Root(self.u64()?),
+                                1 => Bucket::Inline(Box::new(self.summary()?)),
+                                _ => Bucket::Bad(self.text()?),
+                            };
+                            buckets.push((name, b));
+                        }
+                        Ok(buckets)
+                    }
+                    _ => Err(self.bytes()?),
+                };
+                let records = match self.u8()? {
+                    0 => {
+                        let n = self.u32()?;
+                        let mut records = Vec::with_capacity(n as usize);
+                        for _ in 0..n {
+                            let key = u128::from_le_bytes(self.take(16)?.try_into().map_err(|_| spill_damaged())?);
+                            let revision = self.u64()? as i64;
+                            records.push(Record { key, revision, tombstone: self.u8()? != 0 });
+                        }
+                        Ok(records)
+                    }
+                    _ => Err(self.text()?),
+                };
+                let compact = match self.u8()? {
+                    0 => None,
+                    1 => Some(Ok(self.u64()? as i64)),
+                    _ => Some(Err(self.text()?)),
+                };
+                Summary::Leaf(Leaf { count, crc, len, buckets, records, compact })
+            }
+            _ => return Err(spill_damaged()),
+        })
+    }
+}
+
+/// The spill is our own file: reading back something else means the state dir's disk failed.
+fn spill_damaged() -> BboltError {
+    BboltError::Damaged("the check's scratch file in the state dir reads back differently than it was written".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page(id: u64, flags: u16, elements: &[(u32, &[u8], &[u8])]) -> Vec<u8> {
+        let mut p = vec![0u8; PAGE_HEADER + elements.len() * ELEMENT];
+        p[..8].copy_from_slice(&id.to_le_bytes());
+        p[8..10].copy_from_slice(&flags.to_le_bytes());
+        p[10..12].copy_from_slice(&(elements.len() as u16).to_le_bytes());
+        for (i, (eflags, k, v)) in elements.iter().enumerate() {
+            let e = PAGE_HEADER + i * ELEMENT;
+            let pos = (p.len() - e) as u32;
+            if flags == BRANCH {
+                p[e..e + 4].copy_from_slice(&pos.to_le_bytes());
+                p[e + 4..e + 8].copy_from_slice(&(k.len() as u32).to_le_bytes());
+                p[e + 8..e + 16].copy_from_slice(&u64::from(*eflags).to_le_bytes());
+                p.extend_from_slice(k);
+            } else {
+                p[e..e + 4].copy_from_slice(&eflags.to_le_bytes());
+                p[e + 4..e + 8].copy_from_slice(&pos.to_le_bytes());
+                p[e + 8..e + 12].copy_from_slice(&(k.len() as u32).to_le_bytes());
+                p[e + 12..e + 16].copy_from_slice(&(v.len() as u32).to_le_bytes());
+                p.extend_from_slice(k);
+                p.extend_from_slice(v);
+            }
+        }
+        p
+    }
+
+    fn round_trip(s: &Summary) -> Summary {
+        let mut buf = Vec::new();
+        encode(s, &mut buf);
+        Decoder::new(&buf).summary().unwrap()
+    }
+
+    #[test]
+    fn a_key_leaf_keeps_its_records_hash_and_count() {
+        let kv = [0x0a, 1, b'a', 0x10, 2];
+        let mut put = 7i64.to_be_bytes().to_vec();
+        put.extend_from_slice(b"_\0\0\0\0\0\0\0\0");
+        let mut del = put.clone();
+        del[7] = 8;
+        del.push(b't');
+        let s = summarize(&page(9, LEAF, &[(0, &put, &kv), (0, &del, &kv)]));
+        let Summary::Leaf(l) = &s else { panic!("{s:?}") };
+        assert_eq!(l.count, 2);
+        let whole = [&put[..], &kv, &del, &kv].concat();
+        assert_eq!((l.crc, l.len), (crc32c::crc32c(&whole), whole.len() as u64));
+        let records = l.records.as_ref().unwrap();
+        assert_eq!(records.iter().map(|r| (r.revision, r.tombstone)).collect::<Vec<_>>(), [(7, false), (8, true)]);
+        assert_eq!(l.buckets, Err(put.clone()), "a plain key cannot be at the top level");
+        assert_eq!(round_trip(&s), s);
+    }
+
+    #[test]
+    fn a_top_leaf_names_its_buckets_root_and_inline() {
+        let inline_page = page(0, LEAF, &[(0, b"finishedCompactRev", &5i64.to_be_bytes())]);
+        let mut inline = vec![0u8; 16];
+        inline.extend_from_slice(&inline_page);
+        let mut rooted = 42u64.to_le_bytes().to_vec();
+        rooted.extend_from_slice(&[0; 8]);
+        let s = summarize(&page(
+            3,
+            LEAF,
+            &[(BUCKET_LEAF, b"key", &rooted), (BUCKET_LEAF, b"meta", &inline), (BUCKET_LEAF, b"x", &[1])],
+        ));
+        let Summary::Leaf(l) = &s else { panic!("{s:?}") };
+        let buckets = l.buckets.as_ref().unwrap();
+        assert_eq!(buckets[0], (b"key".to_vec(), Bucket::Root(42)));
+        let Bucket::Inline(inner) = &buckets[1].1 else { panic!("{buckets:?}") };
+        let Summary::Leaf(meta) = &**inner else { panic!("{inner:?}") };
+        assert_eq!(meta.compact, Some(Ok(5)));
+        assert_eq!(buckets[2].1, Bucket::Bad("a bucket header is truncated".into()));
+        assert_eq!(crc32c::crc32c(b"keymetax"), l.crc, "nested buckets add their names only");
+        assert_eq!(round_trip(&s), s);
+    }
+
+    #[test]
+    fn branches_and_damage_are_summarized() {
+        let s = summarize(&page(4, BRANCH, &[(10, b"a", b""), (11, b"b", b"")]));
+        assert_eq!(s, Summary::Branch(vec![10, 11]));
+        assert_eq!(round_trip(&s), s);
+        let mut bad = page(5, LEAF, &[(0, b"k", b"v")]);
+        bad[PAGE_HEADER + 12] = 0xff; // value size past the page
+        assert_eq!(summarize(&bad), Summary::Bad("page 5 has an element out of bounds".into()));
+        let mut many = page(6, LEAF, &[]);
+        many[10] = 9;
+        assert_eq!(summarize(&many), Summary::Bad("page 6 has more elements than fit in it".into()));
+        assert_eq!(summarize(&page(7, 0x10, &[])), Summary::Other(7, 0x10));
+        assert_eq!(round_trip(&Summary::Other(7, 0x10)), Summary::Other(7, 0x10));
+        assert!(Decoder::new(&[3, 1]).summary().is_err(), "a short spill is an error, not a panic");
+    }
+}
