@@ -22,6 +22,7 @@ pub mod manifest;
 pub mod manpages;
 pub mod metrics;
 pub mod notify;
+pub mod pace;
 pub mod pipeline;
 pub mod progress;
 pub mod prune;

@@ -2,7 +2,7 @@
 //! compressing and encrypting it once → fan the encrypted bytes out to every destination → commit each
 //! destination on its own, manifest last.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
 use bytes::Bytes;
@@ -67,6 +67,21 @@ pub async fn write_backup<S: SnapshotSource>(
     let clock = Instant::now();
     let facts = source.facts().clone();
     report_facts(&facts);
+    if let Some(rate) = settings.max_rate {
+        let least = crate::pace::Pace::new(rate).least_time(facts.db_size);
+        if least >= etcd.snapshot_timeout {
+            return Err(classified(
+                Cause::Config,
+                format!(
+                    "at backup.max_rate = {}/s the {} database takes at least {}, not less than etcd.snapshot_timeout ({}): raise max_rate or snapshot_timeout; nothing was committed",
+                    format_size(rate.get()),
+                    format_size(facts.db_size),
+                    humantime::format_duration(Duration::from_secs(least.as_secs())),
+                    humantime::format_duration(etcd.snapshot_timeout)
+                ),
+            ));
+        }
+    }
     let mut failures = Failures::default();
     for (kind, e) in unusable {
         failures.add(kind, e, Cause::Config);
@@ -250,19 +265,29 @@ async fn stream<S: SnapshotSource>(
     let encoder =
         tokio::task::spawn_blocking(move || crate::encode::encode(plain_rx, senders, compression, &recipients, spill));
 
+    let mut pace = settings.max_rate.map(crate::pace::Pace::new);
     let read = tokio::time::timeout(timeout, async {
         source.open().await?;
+        let began = tokio::time::Instant::now();
         loop {
             let chunk = tokio::select! {
                 chunk = source.next_chunk() => chunk?,
                 () = request.cancel.cancelled() => return Err(cancelled()),
             };
             let Some(chunk) = chunk else { break };
+            let due = pace.as_mut().map(|p| began + p.read(chunk.len() as u64));
             tokio::select! {
                 sent = plain_tx.send(chunk) => if sent.is_err() {
                     break; // the encoder stopped; its result says why
                 },
                 () = request.cancel.cancelled() => return Err(cancelled()),
+            }
+            // [backup] max_rate: not reading is what slows etcd's sender (flow control), nothing queues.
+            if let Some(due) = due {
+                tokio::select! {
+                    () = tokio::time::sleep_until(due) => {}
+                    () = request.cancel.cancelled() => return Err(cancelled()),
+                }
             }
         }
         anyhow::Ok(())

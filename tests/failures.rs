@@ -616,3 +616,25 @@ async fn a_hung_store_is_bounded_by_s3_timeout() {
     assert_committed_locally(&s.folder());
     assert!(s3.keys(BUCKET).is_empty(), "{:?}", s3.keys(BUCKET));
 }
+
+/// `[backup] max_rate` that cannot finish within `etcd.snapshot_timeout` is refused before anything
+/// begins, naming both keys; a rate that can backs up (paced) and commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_max_rate_too_slow_for_the_snapshot_timeout_is_refused_before_streaming() {
+    let s = Setup::new();
+    let etcd = Etcd::start(EtcdVersion::V35);
+    etcd.seed(800, 10_000).await;
+    let etcd_table = format!("{}\nsnapshot_timeout = \"2s\"\n", etcd.config_table());
+    let config = s.config(&etcd_table, "[backup]\nmax_rate = \"1MiB\"\n");
+    let out = run(&config, &["backup"]).await;
+    let err = stderr(&out);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("at backup.max_rate = 1.0 MiB/s") && err.contains("etcd.snapshot_timeout (2s)"), "{err}");
+    assert!(err.contains("raise max_rate or snapshot_timeout"), "{err}");
+    assert_nothing_local(&s.folder());
+
+    let config = s.config(&etcd_table, "[backup]\nmax_rate = \"64MiB\"\n");
+    let out = run(&config, &["backup"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_committed_locally(&s.folder());
+}

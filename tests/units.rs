@@ -77,6 +77,11 @@ fn the_one_shot_unit_shares_the_service_sandbox() {
     };
     assert_eq!(sandbox("etcd-backupd-once.service"), sandbox("etcd-backupd.service"));
     assert_eq!(sandbox("etcd-backupd-drill.service"), sandbox("etcd-backupd.service"));
+    // Below etcd in CPU and disk: nice, idle-ish I/O priority and cgroup weights under etcd's 100.
+    let service = sandbox("etcd-backupd.service");
+    for want in ["Nice=10", "IOSchedulingPriority=7", "CPUWeight=20", "IOWeight=20"] {
+        assert!(service.iter().any(|l| l == want), "etcd-backupd.service lacks {want}");
+    }
 }
 
 #[test]

@@ -110,6 +110,7 @@ pub struct RawBackup {
     pub compression: Option<String>,
     pub compression_level: Option<i64>,
     pub leftover_grace: Option<String>,
+    pub max_rate: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -109,6 +109,12 @@ pub const TABLES: &[Table] = &[
             key("compression", Text, "zstd", "\"zstd\" or \"none\""),
             key("compression_level", Integer, "3", "zstd level, 1 to 19"),
             key("leftover_grace", Duration, "24h", "leftovers of crashed runs younger than this are left alone"),
+            key(
+                "max_rate",
+                Size,
+                "none",
+                "the most bytes per second read from etcd, at least 1MiB; the stream is paced, never buffered (README, \"Load on the member\")",
+            ),
         ],
     },
     Table {

@@ -15,6 +15,8 @@ pub const DEFAULT_S3_TIMEOUT: Duration = Duration::from_secs(120);
 pub const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
 pub const MAX_PART_SIZE: u64 = 5 * 1024 * 1024 * 1024;
 pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
+/// The least `[backup] max_rate`: slower, an 8 GiB database would take more than two hours.
+pub const MIN_RATE: u64 = 1024 * 1024;
 pub const DEFAULT_LEFTOVER_GRACE: Duration = Duration::from_secs(24 * 3600);
 
 /// Everything the program needs to know, checked.
@@ -34,6 +36,8 @@ pub struct Settings {
     pub metrics_textfile: Option<PathBuf>,
     /// Leftovers of crashed runs younger than this are left alone: their run may still be going.
     pub leftover_grace: Duration,
+    /// `[backup] max_rate`: the snapshot stream averages at most this many bytes per second.
+    pub max_rate: Option<std::num::NonZeroU64>,
     pub drill: DrillSettings,
     pub coordination: CoordinationSettings,
     pub notify: NotifySettings,

@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::keys::{duration_key, path_key, retention};
 use super::raw::{RawConfig, RawCoordination, RawDrill, RawEtcd, RawNotify};
 use super::settings::*;
-use super::units::parse_duration;
+use super::units::{format_size, parse_duration, parse_size};
 use super::validate_s3::validate_s3;
 use crate::manifest::{ClusterName, Compression};
 use crate::retention::Policy;
@@ -135,6 +135,24 @@ pub fn validate(raw: RawConfig) -> Result<Settings, Vec<Issue>> {
     let metrics_textfile = raw.metrics.and_then(|m| path_key(m.textfile, "metrics.textfile", &mut issues));
     let leftover_grace =
         duration_key(raw.backup.leftover_grace, "backup.leftover_grace", DEFAULT_LEFTOVER_GRACE, &mut issues);
+    let max_rate = match raw.backup.max_rate.as_deref().map(parse_size) {
+        None => None,
+        Some(Ok(rate)) if rate >= MIN_RATE => std::num::NonZeroU64::new(rate),
+        Some(Ok(_)) => {
+            issues.push(Issue::new(
+                "backup.max_rate",
+                format!(
+                    "is below the least rate, {}: at such a rate a large database takes hours while etcd holds its read transaction open; leave it out for no limit",
+                    format_size(MIN_RATE)
+                ),
+            ));
+            None
+        }
+        Some(Err(e)) => {
+            issues.push(Issue::new("backup.max_rate", e));
+            None
+        }
+    };
     let drill = raw.drill.map(|d| validate_drill(d, timezone, &mut issues)).unwrap_or_default();
     let notify = raw.notify.map(|n| validate_notify(n, &mut issues)).unwrap_or_default();
     let coordination = validate_coordination(raw.coordination.unwrap_or_default(), &cluster, &mut issues);
@@ -154,6 +172,7 @@ pub fn validate(raw: RawConfig) -> Result<Settings, Vec<Issue>> {
         schedule,
         metrics_textfile,
         leftover_grace,
+        max_rate,
         drill,
         notify,
         coordination,

@@ -49,6 +49,7 @@ snapshot_timeout = "1h"
 cluster = "prod-east"
 compression = "zstd"
 compression_level = 9
+max_rate = "100MiB"
 
 [encryption]
 recipients = ["{KEY}", "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHS95VBVaLPmudeOW9aEVTrqx9kr85m1tzlEzwEJFKwE ops@example"]
@@ -85,6 +86,7 @@ part_size = "16MiB"
     assert_eq!(s.etcd().unwrap().snapshot_timeout, Duration::from_secs(3600));
     assert_eq!(s.cluster.as_str(), "prod-east");
     assert_eq!(s.compression, crate::manifest::Compression::Zstd { level: 9 });
+    assert_eq!(s.max_rate.map(|r| r.get()), Some(100 << 20));
     assert_eq!(s.encryption.recipients.len(), 2);
     assert_eq!(s.local.dir, PathBuf::from("/srv/backups"));
     let s3 = s.s3.unwrap();

@@ -7,6 +7,8 @@ const REFUSED: &[(&str, &str, &str)] = &[
     ("[backup]\ncluster = \"prod east\"\n", "backup.cluster", ""),
     ("[backup]\ncompression = \"gzip\"\n", "backup.compression", "\"zstd\" or \"none\""),
     ("[backup]\ncompression_level = 25\n", "backup.compression_level", ""),
+    ("[backup]\nmax_rate = \"100KiB\"\n", "backup.max_rate", "below the least rate, 1.0 MiB"),
+    ("[backup]\nmax_rate = \"fast\"\n", "backup.max_rate", "not a size"),
     ("[local]\ndir = \"backups\"\n", "local.dir", "\"/var/lib/etcd-backupd/backups\""),
     ("[s3]\nbucket = \"Etcd_Backups\"\n", "s3.bucket", "not a valid bucket name"),
     ("[s3]\nbucket = \"b-1\"\npart_size = \"1MiB\"\n", "s3.part_size", ""),
