@@ -15,7 +15,7 @@ use crate::errors::{Cause, classified};
 use crate::manifest::Compression;
 use crate::snapshot::TrailerCheck;
 use crate::snapshot::bbolt::{BboltError, Status};
-use crate::snapshot::stream::{Spill, StreamCheck};
+use crate::snapshot::stream::StreamCheck;
 
 /// Encrypted bytes are handed to destinations in pieces of this size.
 pub const CHUNK: usize = 1 << 20;
@@ -102,18 +102,19 @@ fn write_error(e: std::io::Error) -> anyhow::Error {
 }
 
 /// The structure check's thread, fed the plain chunks; joined when finished or dropped.
-struct Checker {
+pub struct Checker {
     chunks: Option<std::sync::mpsc::SyncSender<Bytes>>,
     thread: Option<std::thread::JoinHandle<Result<Status, BboltError>>>,
 }
 
 impl Checker {
-    fn start(spill: std::fs::File) -> Result<Self> {
+    /// Starts the check, its page summaries spilled to `spill` (see `check_spill`).
+    pub fn start(spill: std::fs::File) -> Result<Self> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Bytes>(16);
         let thread = std::thread::Builder::new()
             .name("snapshot-check".into())
             .spawn(move || {
-                let mut check = StreamCheck::new(SpillFile::new(spill));
+                let mut check = StreamCheck::new(std::io::BufWriter::with_capacity(1 << 20, spill));
                 rx.iter().for_each(|chunk| check.update(&chunk));
                 check.finish()
             })
@@ -121,7 +122,7 @@ impl Checker {
         Ok(Checker { chunks: Some(tx), thread: Some(thread) })
     }
 
-    fn feed(&mut self, chunk: Bytes) {
+    pub fn feed(&mut self, chunk: Bytes) {
         if let Some(tx) = &self.chunks
             && tx.send(chunk).is_err()
         {
@@ -129,7 +130,8 @@ impl Checker {
         }
     }
 
-    fn finish(mut self) -> Result<Result<Status, BboltError>> {
+    /// The database's status, or what is wrong with it; `Err` if the check itself could not run.
+    pub fn finish(mut self) -> Result<Result<Status, BboltError>> {
         self.chunks = None;
         let thread = self.thread.take().ok_or_else(|| anyhow!("the snapshot check ran twice"))?;
         thread.join().map_err(|_| anyhow!("the snapshot check's thread panicked; please report this as a bug"))
@@ -142,29 +144,6 @@ impl Drop for Checker {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
-    }
-}
-
-/// The spill as an unnamed file, written through a buffer and read back once the stream ends.
-struct SpillFile {
-    file: std::io::BufWriter<std::fs::File>,
-}
-
-impl SpillFile {
-    fn new(file: std::fs::File) -> Self {
-        SpillFile { file: std::io::BufWriter::with_capacity(1 << 20, file) }
-    }
-}
-
-impl Spill for SpillFile {
-    fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.file.write_all(bytes)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.file.flush()
-    }
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
-        std::os::unix::fs::FileExt::read_exact_at(self.file.get_ref(), buf, offset)
     }
 }
 

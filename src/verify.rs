@@ -45,11 +45,8 @@ pub async fn check_copies(
                 let _ = std::fs::remove_file(&plain);
                 return anyhow::Ok(Some(checked?.status));
             }
-            // Fetching checks the artifact's size and sha256 against the manifest.
-            let fetched = crate::restore::fetch(holder, m, scratch.path(), cancel).await?;
-            if fetched.downloaded {
-                let _ = std::fs::remove_file(&fetched.path);
-            }
+            // The artifact's size and sha256 against the manifest, read as a stream.
+            crate::restore::check_copy(holder, m, cancel).await?;
             anyhow::Ok(None)
         }
         .await;

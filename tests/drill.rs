@@ -171,7 +171,7 @@ async fn progress_is_a_bar_on_a_terminal_and_log_lines_elsewhere() {
     let s3 = S3::start().await;
     let config = drill_config(&s, &etcd.config_table(), &s3.config_table(BUCKET, "p"));
     assert!(run(&config, &["backup"]).await.status.success());
-    std::fs::remove_dir_all(s.folder()).unwrap(); // from S3: a download, then a decrypt
+    std::fs::remove_dir_all(s.folder()).unwrap(); // from S3: downloaded and decrypted in one pass
 
     let piped = s.work.path().join("piped.db");
     let out = run(
@@ -181,7 +181,10 @@ async fn progress_is_a_bar_on_a_terminal_and_log_lines_elsewhere() {
     .await;
     assert!(out.status.success(), "{}", stderr(&out));
     let err = stderr(&out);
-    assert!(err.contains("downloading: started") && err.contains("decrypting: done"), "{err}");
+    assert!(
+        err.contains("downloading and decrypting: started") && err.contains("downloading and decrypting: done"),
+        "{err}"
+    );
     assert!(!err.contains('\r') && !err.contains("\u{1b}["), "no terminal control on a pipe: {err:?}");
 
     // `script` gives the command a pseudo-terminal.
@@ -200,8 +203,8 @@ async fn progress_is_a_bar_on_a_terminal_and_log_lines_elsewhere() {
     let out = cmd.output().await.unwrap();
     assert!(out.status.success(), "{}", stdout(&out));
     let text = stdout(&out);
-    assert!(text.contains("downloading") && text.contains("decrypting") && text.contains("[====="), "{text:?}");
-    assert!(!text.contains("downloading: started"), "a bar, not log lines: {text:?}");
+    assert!(text.contains("downloading and decrypting") && text.contains("[====="), "{text:?}");
+    assert!(!text.contains("decrypting: started"), "a bar, not log lines: {text:?}");
     assert_eq!(std::fs::read(&piped).unwrap(), std::fs::read(&on_tty).unwrap());
 }
 

@@ -413,3 +413,65 @@ async fn the_revision_is_bumped_where_the_tool_offers_it_and_its_lack_is_explain
         }
     }
 }
+
+/// A restore from S3 reads a large artifact with ranged GETs that together cover it exactly once, and
+/// decrypts as they arrive; a download that breaks off is named as such, and leaves no output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_from_s3_streams_ranged_gets_and_names_a_broken_download() {
+    let s = Setup::new();
+    let etcd = Etcd::start(EtcdVersion::V35);
+    etcd.seed(14, 1_000_000).await; // incompressible: an artifact of some 14 MB, several ranges
+    let s3 = S3::start().await;
+    let config = s.config(&etcd.config_table(), &s3.config_table(BUCKET, ""));
+    assert!(run(&config, &["backup"]).await.status.success());
+    std::fs::remove_dir_all(s.folder()).unwrap();
+    let identity = s.identity.file.display().to_string();
+    let artifact_size =
+        s3.keys(BUCKET).iter().filter(|k| k.ends_with(".age")).map(|k| s3.object(BUCKET, k).len()).sum::<usize>();
+    assert!(artifact_size > 12 << 20, "{artifact_size}");
+
+    let target = s.work.path().join("out.db");
+    let args = ["restore", "latest", "--identity", &identity, "--output", target.to_str().unwrap()];
+    let out = run(&config, &args).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let ranges: Vec<(usize, usize)> = s3
+        .faults
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.ends_with(".age"))
+        .map(|r| {
+            let range = r.range.as_deref().unwrap_or_else(|| panic!("a GET without a range: {r:?}"));
+            let (from, to) = range.trim_start_matches("bytes=").split_once('-').unwrap();
+            (from.parse().unwrap(), to.parse::<usize>().unwrap() + 1)
+        })
+        .collect();
+    let mut sorted = ranges.clone();
+    sorted.sort();
+    assert!(sorted.len() >= 3, "{sorted:?}");
+    assert_eq!(sorted[0].0, 0);
+    assert!(sorted.windows(2).all(|w| w[0].1 == w[1].0), "the ranges follow each other: {sorted:?}");
+    assert_eq!(sorted.last().unwrap().1, artifact_size, "and end at the artifact's end");
+    // etcd's own tool reads the snapshot.
+    let status = std::process::Command::new(etcd_bin_dir(EtcdVersion::V35).join("etcdutl"))
+        .args(["snapshot", "status", "-w", "json"])
+        .arg(&target)
+        .output()
+        .unwrap();
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+
+    // The server goes away after the first range.
+    s3.faults.artifact_gets.store(0, std::sync::atomic::Ordering::SeqCst);
+    s3.faults.artifact_gets_then_down.store(1, std::sync::atomic::Ordering::SeqCst);
+    let broken = s.work.path().join("broken.db");
+    let args = ["restore", "latest", "--identity", &identity, "--output", broken.to_str().unwrap()];
+    let out = run(&config, &args).await;
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("from s3://") && err.contains("failed: "), "the download is named: {err}");
+    assert!(!err.contains("corrupt") && !err.contains("cannot decrypt"), "{err}");
+    assert!(!broken.exists());
+    let left: Vec<_> = std::fs::read_dir(s.work.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(!left.iter().any(|n| n.to_string_lossy().contains("broken")), "{left:?}");
+}

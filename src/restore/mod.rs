@@ -5,7 +5,7 @@ mod artifact;
 mod etcdutl;
 pub mod files;
 
-pub use artifact::{Fetched, Plain, check_artifact, check_file, decrypt_to, fetch, fetch_and_decrypt};
+pub use artifact::{Plain, check_artifact, check_copy, check_file, decrypt_from, fetch_and_decrypt};
 pub use etcdutl::{
     Bump, DEFAULT_BUMP, MemberFlags, check_new_data_dir, restore_into, restore_tool, searched, tool_dirs,
 };

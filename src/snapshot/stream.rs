@@ -32,6 +32,19 @@ impl Spill for Vec<u8> {
     }
 }
 
+/// An unnamed scratch file, written through a buffer and read back once the stream ends.
+impl Spill for std::io::BufWriter<std::fs::File> {
+    fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        std::io::Write::write_all(self, bytes)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::Write::flush(self)
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        std::os::unix::fs::FileExt::read_exact_at(self.get_ref(), buf, offset)
+    }
+}
+
 /// A page with its overflow pages larger than this is not held: etcd's values are limited to its
 /// request size (1.5 MiB by default, at most a few tens of MiB in practice).
 pub const MAX_PAGE_SPAN: u64 = 64 << 20;

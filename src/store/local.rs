@@ -82,6 +82,12 @@ impl Store for LocalStore {
         Ok(ArtifactFile::InPlace(self.folder.join(name)))
     }
 
+    async fn artifact_reader(&self, name: &str, _size: u64) -> Result<super::reader::ArtifactReader> {
+        let path = self.folder.join(name);
+        let file = std::fs::File::open(&path).with_context(|| format!("cannot open '{}'", path.display()))?;
+        Ok(super::reader::ArtifactReader::file(file))
+    }
+
     /// Whether anything of backup `id` is already here.
     async fn holds(&self, id: &BackupId, compression: Compression) -> bool {
         [id.manifest_name(), id.artifact_name(compression)].iter().any(|n| self.folder.join(n).exists())

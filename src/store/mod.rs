@@ -4,6 +4,7 @@
 
 pub mod catalog;
 pub mod local;
+pub mod reader;
 pub mod s3;
 
 use std::collections::{HashMap, HashSet};
@@ -251,6 +252,11 @@ pub trait Store: Send + Sync {
     /// `download` (0600, hashed as it arrives, a bar on a terminal). Unchecked: the caller compares it
     /// with the manifest, and removes `download` if this fails or is dropped.
     async fn artifact_file(&self, name: &str, size: u64, download: &std::path::Path) -> Result<ArtifactFile>;
+
+    /// The artifact `name` (`size` bytes, as its manifest says) as a stream of its bytes: the file where
+    /// it lies, or a download read as it arrives. Unchecked: the reader of it compares it with the
+    /// manifest.
+    async fn artifact_reader(&self, name: &str, size: u64) -> Result<reader::ArtifactReader>;
 }
 
 /// An artifact made available as a file.

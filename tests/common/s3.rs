@@ -35,6 +35,10 @@ pub struct Faults {
     pub log: std::sync::Mutex<Vec<Logged>>,
     /// DeleteObjects refuses this key (a per-object AccessDenied in the answer); the object stays.
     pub refuse_delete: std::sync::Mutex<Option<String>>,
+    /// After this many GetObject requests of an artifact (`.age`), every later one fails as if the
+    /// server went away (0: never).
+    pub artifact_gets_then_down: AtomicUsize,
+    pub artifact_gets: AtomicUsize,
 }
 
 /// One request the S3 server received.
@@ -47,6 +51,8 @@ pub struct Logged {
     pub amz: std::collections::BTreeMap<String, String>,
     /// For DeleteObjects: the keys it names, in order.
     pub delete_keys: Vec<String>,
+    /// The `Range` header, if any.
+    pub range: Option<String>,
 }
 
 /// An in-process S3 (s3s-fs over a temp dir) on 127.0.0.1 with SigV4 auth.
@@ -104,7 +110,16 @@ impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for FaultySe
                     .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
                     .collect(),
                 delete_keys: Vec::new(),
+                range: req.headers().get("range").and_then(|v| v.to_str().ok()).map(str::to_string),
             };
+            if kind == "get" && logged.path.ends_with(".age") {
+                let before = faults.artifact_gets.fetch_add(1, Ordering::SeqCst);
+                let limit = faults.artifact_gets_then_down.load(Ordering::SeqCst);
+                if limit > 0 && before >= limit {
+                    faults.log.lock().unwrap().push(logged);
+                    return Err(s3s::HttpError::new("injected: server went away".into()));
+                }
+            }
             if kind == "delete" {
                 // Read the request to log its keys (and drop a refused one), then hand it on.
                 use http_body_util::BodyExt;

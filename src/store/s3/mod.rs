@@ -10,6 +10,7 @@ use aws_sdk_s3::types::ServerSideEncryption as SseHeader;
 use chrono::{DateTime, Utc};
 
 mod client;
+mod download;
 mod remove;
 mod upload;
 
@@ -386,5 +387,9 @@ impl Store for S3Store {
         let (size, sha256) = self.download(name, download, &progress).await?;
         progress.finish();
         Ok(ArtifactFile::Downloaded { size, sha256 })
+    }
+
+    async fn artifact_reader(&self, name: &str, size: u64) -> Result<super::reader::ArtifactReader> {
+        self.stream_artifact(name, size).await
     }
 }

@@ -1,0 +1,141 @@
+//! An artifact read from S3 as a stream for restore, verify and drills: ranged GETs, several at once,
+//! handed on in order, so that decryption runs at the speed of the download and memory holds a few
+//! ranges, never the artifact.
+
+use anyhow::{Context, Result, anyhow, bail};
+use aws_sdk_s3::config::ResponseChecksumValidation;
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::sync::mpsc;
+
+use super::S3Store;
+use crate::store::reader::{ArtifactReader, Piece};
+
+/// The size of one ranged GET.
+pub const RANGE: u64 = 4 << 20;
+/// Ranged GETs in flight at once: with the range, what memory holds of a download.
+pub const RANGES_AT_ONCE: usize = 4;
+/// Tries per range: a range whose body breaks off is asked for again (the SDK retries the request
+/// itself, not a body that stops half-way).
+const TRIES: usize = 3;
+
+impl S3Store {
+    /// The artifact `name` of `size` bytes (as its manifest says) as a reader. The first range is asked
+    /// for before this returns, so a missing object or a refusal is this call's error; later failures
+    /// end the reader's stream, and `ArtifactReader::broke` says why.
+    pub async fn stream_artifact(&self, name: &str, size: u64) -> Result<ArtifactReader> {
+        let key = format!("{}{name}", self.folder);
+        let first = self.get_range(&key, 0, size.min(RANGE)).await?;
+        let (tx, rx) = mpsc::channel::<Piece>(1);
+        let task = match first.total {
+            // A server that ignores Range sends the whole object: streamed as it comes, one GET.
+            None => {
+                if first.length != size {
+                    bail!(self.size_mismatch(&key, first.length, size));
+                }
+                let body = first.body;
+                tokio::spawn(async move {
+                    let mut body = body;
+                    loop {
+                        let piece = match body.try_next().await {
+                            Ok(Some(chunk)) => Ok(chunk),
+                            Ok(None) => return,
+                            Err(e) => Err(format!("downloading '{key}' broke: {e}")),
+                        };
+                        let failed = piece.is_err();
+                        if tx.send(piece).await.is_err() || failed {
+                            return;
+                        }
+                    }
+                })
+            }
+            Some(total) if total != size => bail!(self.size_mismatch(&key, total, size)),
+            Some(_) => {
+                let store = self.clone();
+                tokio::spawn(async move {
+                    let first = first.collect(&key, 0, size.min(RANGE)).await;
+                    let rest = (size.min(RANGE)..size).step_by(RANGE as usize).map(|start| {
+                        let (store, key) = (store.clone(), key.clone());
+                        async move { store.fetch_range(&key, start, (start + RANGE).min(size)).await }
+                    });
+                    let mut parts = futures::stream::once(std::future::ready(first))
+                        .chain(futures::stream::iter(rest).buffered(RANGES_AT_ONCE));
+                    while let Some(part) = parts.next().await {
+                        let part = part.map_err(|e| format!("{e:#}"));
+                        let failed = part.is_err();
+                        if tx.send(part).await.is_err() || failed {
+                            return;
+                        }
+                    }
+                })
+            }
+        };
+        Ok(ArtifactReader::download(rx, task))
+    }
+
+    fn size_mismatch(&self, key: &str, found: u64, want: u64) -> anyhow::Error {
+        anyhow!(
+            "'{key}' in {} is {found} bytes, its manifest says {want}: the artifact is damaged or was replaced",
+            self.place
+        )
+    }
+
+    /// Bytes `start..end` of `key`, whole, asked for again if the body breaks off.
+    async fn fetch_range(&self, key: &str, start: u64, end: u64) -> Result<Bytes> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let got = match self.get_range(key, start, end).await {
+                Ok(range) => range.collect(key, start, end).await,
+                Err(e) => return Err(e), // the SDK has retried the request already
+            };
+            match got {
+                Ok(bytes) => return Ok(bytes),
+                Err(e) if tries >= TRIES => return Err(e),
+                Err(_) => continue,
+            }
+        }
+    }
+
+    async fn get_range(&self, key: &str, start: u64, end: u64) -> Result<Range> {
+        // The artifact is checked against the manifest's sha256 as it is read; the SDK's own check
+        // cannot check a range or a multipart object and would only warn.
+        let no_sdk_check = aws_sdk_s3::config::Builder::default()
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+        let mut get = self.client.get_object().bucket(&self.settings.bucket).key(key);
+        if end > start {
+            get = get.range(format!("bytes={start}-{}", end - 1));
+        }
+        let out = get
+            .customize()
+            .config_override(no_sdk_check)
+            .send()
+            .await
+            .map_err(|e| self.explain(e, "downloading a backup"))?;
+        let total = out.content_range().and_then(|r| r.rsplit('/').next()).and_then(|t| t.parse::<u64>().ok());
+        let length = out.content_length().and_then(|l| u64::try_from(l).ok()).unwrap_or(0);
+        Ok(Range { total, length, body: out.body })
+    }
+}
+
+/// One GET's answer: the object's size if it answered a range, the body's length, the body.
+struct Range {
+    total: Option<u64>,
+    length: u64,
+    body: aws_sdk_s3::primitives::ByteStream,
+}
+
+impl Range {
+    async fn collect(self, key: &str, start: u64, end: u64) -> Result<Bytes> {
+        let bytes = self
+            .body
+            .collect()
+            .await
+            .with_context(|| format!("downloading bytes {start}..{end} of '{key}' broke"))?
+            .into_bytes();
+        if bytes.len() as u64 != end - start {
+            bail!("S3 sent {} bytes of '{key}' for bytes {start}..{end}", bytes.len());
+        }
+        Ok(bytes)
+    }
+}
