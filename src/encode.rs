@@ -101,25 +101,35 @@ fn write_error(e: std::io::Error) -> anyhow::Error {
     anyhow!("cannot write the encrypted backup: {e}")
 }
 
-/// The structure check's thread, fed the plain chunks; joined when finished or dropped.
+/// The structure check's thread, fed the plain chunks; joined when finished, and told to stop and
+/// joined when dropped (on every early exit of its owner).
 pub struct Checker {
     chunks: Option<std::sync::mpsc::SyncSender<Bytes>>,
-    thread: Option<std::thread::JoinHandle<Result<Status, BboltError>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Option<Result<Status, BboltError>>>>,
 }
 
 impl Checker {
     /// Starts the check, its page summaries spilled to `spill` (see `check_spill`).
     pub fn start(spill: std::fs::File) -> Result<Self> {
+        use std::sync::atomic::Ordering;
         let (tx, rx) = std::sync::mpsc::sync_channel::<Bytes>(16);
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
         let thread = std::thread::Builder::new()
             .name("snapshot-check".into())
             .spawn(move || {
                 let mut check = StreamCheck::new(std::io::BufWriter::with_capacity(1 << 20, spill));
-                rx.iter().for_each(|chunk| check.update(&chunk));
-                check.finish()
+                for chunk in rx {
+                    if stopped.load(Ordering::Relaxed) {
+                        return None;
+                    }
+                    check.update(&chunk);
+                }
+                Some(check.finish())
             })
             .context("cannot start the snapshot check's thread")?;
-        Ok(Checker { chunks: Some(tx), thread: Some(thread) })
+        Ok(Checker { chunks: Some(tx), stop, thread: Some(thread) })
     }
 
     pub fn feed(&mut self, chunk: Bytes) {
@@ -130,16 +140,29 @@ impl Checker {
         }
     }
 
-    /// The database's status, or what is wrong with it; `Err` if the check itself could not run.
+    /// The database's status, or what is wrong with it; `Err` if the check itself could not run (its
+    /// scratch file failed, a limit of the check), with the cause of an I/O failure.
     pub fn finish(mut self) -> Result<Result<Status, BboltError>> {
         self.chunks = None;
         let thread = self.thread.take().ok_or_else(|| anyhow!("the snapshot check ran twice"))?;
-        thread.join().map_err(|_| anyhow!("the snapshot check's thread panicked; please report this as a bug"))
+        let outcome = thread
+            .join()
+            .map_err(|_| anyhow!("the snapshot check's thread panicked; please report this as a bug"))?
+            .ok_or_else(|| anyhow!("the snapshot check was stopped"))?;
+        match outcome {
+            Err(BboltError::Scratch { what, kind, message }) => {
+                let cause = crate::errors::io_cause(&std::io::Error::from(kind)).unwrap_or(Cause::Unreachable);
+                Err(classified(cause, format!("{what} in the state dir failed: {message}")))
+            }
+            Err(BboltError::Limit(why)) => Err(anyhow!("the snapshot cannot be checked: {why}")),
+            other => Ok(other),
+        }
     }
 }
 
 impl Drop for Checker {
     fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         self.chunks = None;
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
@@ -148,9 +171,10 @@ impl Drop for Checker {
 }
 
 /// Space the structure check's scratch file may need for a database of `db_size` bytes: its page
-/// summaries are a small part of it (a record of 25 bytes per key revision, a few per page).
+/// summaries (a record of 25 bytes per key revision, where a revision takes at least some 45 bytes of a
+/// page, and a few bytes per page) are less than three quarters of it.
 pub fn required_check_space(db_size: u64) -> u64 {
-    db_size / 4 + 16 * 1024 * 1024
+    db_size / 4 * 3 + 16 * 1024 * 1024
 }
 
 /// An unnamed file in the state dir for the structure check's page summaries (digests and revisions,

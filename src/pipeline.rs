@@ -68,12 +68,13 @@ pub async fn write_backup<S: SnapshotSource>(
     let facts = source.facts().clone();
     report_facts(&facts);
     if let Some(rate) = settings.max_rate {
-        let least = crate::pace::Pace::new(rate).least_time(facts.db_size);
-        if least >= etcd.snapshot_timeout {
+        // The stream must end well inside the timeout: connecting and the ends of the stream take time too.
+        let least = crate::pace::Pace::new(rate).time_for(facts.db_size);
+        if least * 5 > etcd.snapshot_timeout * 4 {
             return Err(classified(
                 Cause::Config,
                 format!(
-                    "at backup.max_rate = {}/s the {} database takes at least {}, not less than etcd.snapshot_timeout ({}): raise max_rate or snapshot_timeout; nothing was committed",
+                    "at backup.max_rate = {}/s the {} database takes at least {}, more than 80% of etcd.snapshot_timeout ({}): raise max_rate or snapshot_timeout; nothing was committed",
                     format_size(rate.get()),
                     format_size(facts.db_size),
                     humantime::format_duration(Duration::from_secs(least.as_secs())),
@@ -275,7 +276,7 @@ async fn stream<S: SnapshotSource>(
                 () = request.cancel.cancelled() => return Err(cancelled()),
             };
             let Some(chunk) = chunk else { break };
-            let due = pace.as_mut().map(|p| began + p.read(chunk.len() as u64));
+            let due = pace.as_mut().map(|p| began + p.read(chunk.len() as u64, began.elapsed()));
             tokio::select! {
                 sent = plain_tx.send(chunk) => if sent.is_err() {
                     break; // the encoder stopped; its result says why

@@ -10,10 +10,15 @@ use common::*;
 use etcd_backupd::snapshot::bbolt::{BboltError, Status, status};
 use etcd_backupd::snapshot::stream::StreamCheck;
 
-/// The streaming check's status of `bytes`, fed in pieces of `piece` bytes.
+/// The streaming check's status of `bytes`, fed in pieces of `piece` bytes; it never holds more than
+/// `MAX_HELD` of them.
 fn streamed(bytes: &[u8], piece: usize) -> Result<Status, BboltError> {
+    const MAX_HELD: usize = 4 << 20;
     let mut check = StreamCheck::new(Vec::new());
-    bytes.chunks(piece.max(1)).for_each(|c| check.update(c));
+    for c in bytes.chunks(piece.max(1)) {
+        check.update(c);
+        assert!(check.held() <= MAX_HELD + piece, "{} bytes held", check.held());
+    }
     check.finish()
 }
 

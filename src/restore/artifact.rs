@@ -8,6 +8,8 @@ use std::path::Path;
 use anyhow::{Context, Result, anyhow, bail};
 use sha2::{Digest, Sha256};
 
+use super::hashing::HashingReader;
+
 use tokio_util::sync::CancellationToken;
 
 use crate::interrupt::Interrupted;
@@ -25,19 +27,16 @@ pub async fn check_copy(holder: &Destination, manifest: &Manifest, cancel: &Canc
         got = holder.artifact_reader(&name, manifest.artifact.size) => got?,
         () = cancel.cancelled() => return Err(Interrupted.into()),
     };
+    let stop = StopOnCancel::new(&reader, cancel);
     let (manifest, place, cancel) = (manifest.clone(), holder.place(), cancel.clone());
-    tokio::task::spawn_blocking(move || {
+    let checked = tokio::task::spawn_blocking(move || {
         let progress = Progress::start("checking", manifest.artifact.size);
-        let mut hashed = HashingReader {
-            inner: std::io::BufReader::new(reader),
-            hasher: Sha256::new(),
-            size: 0,
-            progress: &progress,
-        };
+        let mut hashed = HashingReader::new(std::io::BufReader::new(reader), manifest.artifact.size, &progress);
         let mut buf = vec![0u8; 1 << 20];
         loop {
             let n = match hashed.read(&mut buf) {
                 Ok(n) => n,
+                Err(_) if cancel.is_cancelled() => return Err(Interrupted.into()),
                 Err(e) => match hashed.inner.get_ref().broke() {
                     Some(why) => bail!("reading {} from {place} failed: {why}", manifest.id),
                     None => bail!("cannot read {name} in {place}: {e}"),
@@ -48,12 +47,38 @@ pub async fn check_copy(holder: &Destination, manifest: &Manifest, cancel: &Canc
             }
             crate::interrupt::check(&cancel)?;
         }
+        crate::interrupt::check(&cancel)?;
         progress.finish();
-        let sha256 = hex::encode(hashed.hasher.finalize_reset());
         let want = (manifest.artifact.size, manifest.artifact.sha256.as_str());
-        matches(&format!("{name} in {place}"), (hashed.size, &sha256), want, "artifact")
+        matches(&format!("{name} in {place}"), (hashed.size, &hashed.sha256()), want, "artifact")
     })
-    .await?
+    .await?;
+    drop(stop);
+    checked
+}
+
+/// A download stopped when the command is interrupted: a reader waiting for its next piece then sees
+/// the end at once. Dropped when the read is over.
+struct StopOnCancel(Option<tokio::task::JoinHandle<()>>);
+
+impl StopOnCancel {
+    fn new(reader: &ArtifactReader, cancel: &CancellationToken) -> Self {
+        StopOnCancel(reader.abort_handle().map(|download| {
+            let cancel = cancel.clone();
+            tokio::spawn(async move {
+                cancel.cancelled().await;
+                download.abort();
+            })
+        }))
+    }
+}
+
+impl Drop for StopOnCancel {
+    fn drop(&mut self) {
+        if let Some(watch) = self.0.take() {
+            watch.abort();
+        }
+    }
 }
 
 /// Decrypts one copy of a backup into `output` with every check of `decrypt_from`, in one pass as its
@@ -80,11 +105,14 @@ pub async fn fetch_and_decrypt(
         crate::store::Kind::Local => "decrypting",
         crate::store::Kind::S3 => "downloading and decrypting",
     };
-    tokio::task::spawn_blocking(move || {
+    let stop = StopOnCancel::new(&reader, &cancel);
+    let plain = tokio::task::spawn_blocking(move || {
         let progress = Progress::start(what, manifest.artifact.size);
         decrypt_from(reader, &place, &manifest, &identities, spill, &output, &progress, &cancel)
     })
-    .await?
+    .await?;
+    drop(stop);
+    plain
 }
 
 /// Checks that an artifact file is the one the manifest recorded: size and sha256.
@@ -151,31 +179,15 @@ pub fn decrypt_from(
         Ok(file) => (file, false),
         Err(_) => (crate::files::create_private(&part)?, true),
     };
-    let mut hashed = HashingReader {
-        inner: std::io::BufReader::with_capacity(1 << 20, artifact),
-        hasher: Sha256::new(),
-        size: 0,
-        progress,
-    };
-    let result = decrypt_checked(&mut hashed, manifest, identities, spill, &mut out, &part, cancel);
-    let result = match result {
+    let mut hashed =
+        HashingReader::new(std::io::BufReader::with_capacity(1 << 20, artifact), manifest.artifact.size, progress);
+    let result = match decrypt_checked(&mut hashed, manifest, identities, spill, &mut out, &part, cancel) {
         Ok(plain) => Ok(plain),
-        Err(e) if e.downcast_ref::<Interrupted>().is_some() => Err(e),
-        // A download that broke is the reason, not what decryption made of the missing bytes; and an
-        // artifact that is not the manifest's is named as such, not by the decryption error it caused:
-        // the rest is read through the hash to tell.
-        Err(e) => match drain(&mut hashed, cancel) {
-            Err(_) if hashed.inner.get_ref().broke().is_some() => {
-                let why = hashed.inner.get_ref().broke().unwrap_or_default();
-                Err(anyhow!("reading {} from {place} failed: {why}", manifest.id))
-            }
-            Err(drained) => Err(drained),
-            Ok(()) => match artifact_matches(&mut hashed, manifest) {
-                Ok(()) => Err(e),
-                Err(mismatch) => Err(mismatch),
-            },
-        },
+        Err(Failed::Other(e)) => Err(e),
+        Err(Failed::Artifact(e)) => Err(why_unreadable(&mut hashed, e, place, manifest, cancel)),
     };
+    // A download stopped by the interruption ends in errors of its own: the interruption is the reason.
+    let result = result.map_err(|e| if cancel.is_cancelled() { Interrupted.into() } else { e });
     match (result, named) {
         (Ok(plain), false) => {
             crate::files::link_unnamed(&out, output)
@@ -197,6 +209,22 @@ pub fn decrypt_from(
     }
 }
 
+/// Why a one-pass decryption failed.
+enum Failed {
+    /// Reading, decrypting or decompressing the artifact, or a snapshot longer than its manifest says:
+    /// the artifact itself may not be the manifest's.
+    Artifact(anyhow::Error),
+    /// Anything else: writing the output, the check, a check made once the artifact matched, a wrong
+    /// identity, an interruption.
+    Other(anyhow::Error),
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failed {
+    fn from(e: E) -> Self {
+        Failed::Other(e.into())
+    }
+}
+
 fn decrypt_checked(
     hashed: &mut HashingReader<'_, std::io::BufReader<ArtifactReader>>,
     manifest: &Manifest,
@@ -205,14 +233,12 @@ fn decrypt_checked(
     out: &mut std::fs::File,
     part: &Path,
     cancel: &CancellationToken,
-) -> Result<Plain> {
+) -> Result<Plain, Failed> {
+    let id = &manifest.id;
     let decryptor = age::Decryptor::new_buffered(&mut *hashed)
-        .map_err(|e| anyhow!("the artifact of {} is not an age file: {e}", manifest.id))?;
+        .map_err(|e| Failed::Artifact(anyhow!("the artifact of {id} is not an age file: {e}")))?;
     let decrypted = decryptor.decrypt(identities.iter().map(|i| i.as_ref() as &dyn age::Identity)).map_err(|e| {
-        anyhow!(
-            "cannot decrypt {}: {e} (is the identity one of the backup's recipients? the manifest lists them)",
-            manifest.id
-        )
+        anyhow!("cannot decrypt {id}: {e} (is the identity one of the backup's recipients? the manifest lists them)")
     })?;
     let mut plain: Box<dyn Read> = match manifest.compression() {
         Compression::Zstd { .. } => Box::new(zstd::stream::read::Decoder::new(decrypted).context("cannot start zstd")?),
@@ -222,91 +248,72 @@ fn decrypt_checked(
     let mut structure = crate::encode::Checker::start(spill)?;
     loop {
         let mut buf = vec![0u8; 1 << 20];
-        let n = plain.read(&mut buf).map_err(|e| anyhow!("the artifact of {} is corrupt: {e}", manifest.id))?;
+        let n = plain.read(&mut buf).map_err(|e| Failed::Artifact(anyhow!("the artifact of {id} is corrupt: {e}")))?;
         if n == 0 {
             break;
         }
         crate::interrupt::check(cancel)?;
         buf.truncate(n);
         check.update(&buf);
+        if check.total() > manifest.snapshot.size {
+            return Err(Failed::Artifact(anyhow!(
+                "the artifact of {id} holds more than the {} bytes of snapshot its manifest records",
+                manifest.snapshot.size
+            )));
+        }
         out.write_all(&buf).with_context(|| format!("cannot write '{}'", part.display()))?;
         structure.feed(buf.into());
     }
     drop(plain);
     let size = check.total();
-    let sha256 = check.finish().map_err(|e| anyhow!("{}: {e}", manifest.id))?;
+    let sha256 = check.finish().map_err(|e| Failed::Artifact(anyhow!("{id}: {e}")))?;
     // Read whatever the decoder left, so the artifact hash covers the whole file.
-    drain(hashed, cancel)?;
-    artifact_matches(hashed, manifest)?;
+    drain(hashed, cancel).map_err(Failed::Artifact)?;
+    hashed.matches(manifest)?;
+    // The artifact is the manifest's: what fails from here on is said as it is.
     if size != manifest.snapshot.size || sha256 != manifest.snapshot.sha256 {
-        bail!("the snapshot in {} does not match its manifest (size or sha256)", manifest.id);
+        return Err(anyhow!("the snapshot in {id} does not match its manifest (size or sha256)").into());
     }
-    let status = structure
-        .finish()?
-        .map_err(|e| anyhow!("the snapshot in {} is not a sound etcd database: {e}", manifest.id))?;
+    let status = structure.finish()?.map_err(|e| anyhow!("the snapshot in {id} is not a sound etcd database: {e}"))?;
     out.sync_all()?;
     if let Some(recorded) = &manifest.snapshot.status
         && *recorded != status
     {
-        bail!("the database in {} differs from its manifest: recorded {recorded:?}, found {status:?}", manifest.id);
+        return Err(
+            anyhow!("the database in {id} differs from its manifest: recorded {recorded:?}, found {status:?}").into()
+        );
     }
-    status.check_not_older_than(manifest.etcd.revision).map_err(|e| anyhow!("{}: {e}", manifest.id))?;
+    status.check_not_older_than(manifest.etcd.revision).map_err(|e| anyhow!("{id}: {e}"))?;
     Ok(Plain { size, sha256, status })
 }
 
-/// Reads the rest of the artifact through the hash.
+/// Why the artifact could not be read: a download that broke is the reason, not what decryption made
+/// of the missing bytes; an artifact that is not the manifest's is named as such, not by the error it
+/// caused (the rest is read through the hash to tell); else `failed` itself.
+fn why_unreadable(
+    hashed: &mut HashingReader<'_, std::io::BufReader<ArtifactReader>>,
+    failed: anyhow::Error,
+    place: &str,
+    manifest: &Manifest,
+    cancel: &CancellationToken,
+) -> anyhow::Error {
+    let broke = |hashed: &HashingReader<'_, std::io::BufReader<ArtifactReader>>| {
+        hashed.inner.get_ref().broke().map(|why| anyhow!("reading {} from {place} failed: {why}", manifest.id))
+    };
+    if let Some(e) = broke(hashed) {
+        return e;
+    }
+    match drain(hashed, cancel) {
+        Err(e) => broke(hashed).unwrap_or(e),
+        Ok(()) => hashed.matches(manifest).err().unwrap_or(failed),
+    }
+}
+
+/// Reads the rest of the artifact through the hash (at most its manifest's size).
 fn drain<R: std::io::BufRead>(hashed: &mut HashingReader<'_, R>, cancel: &CancellationToken) -> Result<()> {
     let mut buf = vec![0u8; 1 << 20];
     while hashed.read(&mut buf)? > 0 {
         crate::interrupt::check(cancel)?;
     }
     Ok(())
-}
-
-/// The artifact read whole is the one the manifest recorded: size and sha256.
-fn artifact_matches<R: std::io::BufRead>(hashed: &mut HashingReader<'_, R>, manifest: &Manifest) -> Result<()> {
-    let sha256 = hex::encode(hashed.hasher.finalize_reset());
-    if hashed.size != manifest.artifact.size || sha256 != manifest.artifact.sha256 {
-        bail!(
-            "the artifact of {} does not match its manifest: {} bytes with sha256 {sha256}, the manifest says {} bytes with sha256 {}; it is damaged or was replaced",
-            manifest.id,
-            hashed.size,
-            manifest.artifact.size,
-            manifest.artifact.sha256
-        );
-    }
-    Ok(())
-}
-
-struct HashingReader<'p, R> {
-    inner: R,
-    hasher: Sha256,
-    size: u64,
-    progress: &'p Progress,
-}
-
-impl<R: std::io::BufRead> Read for HashingReader<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.size += n as u64;
-        self.progress.advance(n as u64);
-        Ok(n)
-    }
-}
-
-impl<R: std::io::BufRead> std::io::BufRead for HashingReader<'_, R> {
-    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
-        self.inner.fill_buf()
-    }
-
-    fn consume(&mut self, amt: usize) {
-        if let Ok(buf) = self.inner.fill_buf() {
-            let n = amt.min(buf.len());
-            self.hasher.update(&buf[..n]);
-            self.size += n as u64;
-            self.progress.advance(n as u64);
-        }
-        self.inner.consume(amt);
-    }
 }

@@ -4,6 +4,7 @@
 mod artifact;
 mod etcdutl;
 pub mod files;
+mod hashing;
 
 pub use artifact::{Plain, check_artifact, check_copy, check_file, decrypt_from, fetch_and_decrypt};
 pub use etcdutl::{

@@ -46,6 +46,12 @@ pub enum BboltError {
     NotBbolt(String),
     #[error("the database is damaged: {0}")]
     Damaged(String),
+    /// The streaming check's own scratch file failed (not the database): its kind tells the cause.
+    #[error("{what}: {message}")]
+    Scratch { what: String, kind: std::io::ErrorKind, message: String },
+    /// Beyond what the streaming check holds (not damage).
+    #[error("{0}")]
+    Limit(String),
 }
 
 pub(super) fn damaged(what: String) -> BboltError {
@@ -129,6 +135,25 @@ pub(super) fn parse_meta(page: &[u8]) -> Option<Meta> {
     })
 }
 
+/// Element data starts after the element headers and follows in their order without overlapping, as
+/// bbolt writes it: then the work and memory a page costs stay within its size, whatever it claims.
+pub(super) struct Layout {
+    next: usize,
+}
+
+impl Layout {
+    pub(super) fn new(count: usize) -> Self {
+        Layout { next: PAGE_HEADER + count * ELEMENT }
+    }
+
+    /// Element data at `from`, `len` bytes long: true if it follows the previous element's.
+    pub(super) fn follows(&mut self, from: usize, len: usize) -> bool {
+        let ok = from >= self.next;
+        self.next = from.saturating_add(len);
+        ok
+    }
+}
+
 /// Where the second meta page is: the page size the first one names, or bbolt's default if it is not
 /// valid.
 pub(super) fn first_page_size(meta0: Option<&Meta>) -> Result<u64, BboltError> {
@@ -146,6 +171,12 @@ pub(super) fn newest_meta(meta0: Option<Meta>, meta1: Option<Meta>) -> Result<Me
         (Some(a), None) | (None, Some(a)) => Ok(a),
         (None, None) => Err(BboltError::NotBbolt("no valid meta page (bad magic, version or checksum)".into())),
     }
+    .and_then(|meta| {
+        if !(512..=65536).contains(&meta.page_size) || !meta.page_size.is_power_of_two() {
+            return Err(BboltError::NotBbolt(format!("page size {}", meta.page_size)));
+        }
+        Ok(meta)
+    })
 }
 
 /// The database's size as its meta page states it, which a file of `size` bytes must hold.
@@ -217,6 +248,8 @@ impl<'p, P: Pages + ?Sized> Reader<'p, P> {
         let slice = |from: usize, len: usize| {
             page.get(from..from + len).ok_or_else(|| damaged(format!("page {id} has an element out of bounds")))
         };
+        let mut layout = Layout::new(count);
+        let overlapping = || damaged(format!("page {id} has elements out of order or overlapping"));
         match flags {
             BRANCH => {
                 for i in 0..count {
@@ -224,6 +257,9 @@ impl<'p, P: Pages + ?Sized> Reader<'p, P> {
                     let (pos, ksize, child) =
                         (u32_at(page, e) as usize, u32_at(page, e + 4) as usize, u64_at(page, e + 8));
                     slice(e + pos, ksize)?;
+                    if !layout.follows(e + pos, ksize) {
+                        return Err(overlapping());
+                    }
                     if self.depth >= MAX_DEPTH {
                         return Err(damaged(format!("page {id} is more than {MAX_DEPTH} levels deep")));
                     }
@@ -246,6 +282,9 @@ impl<'p, P: Pages + ?Sized> Reader<'p, P> {
                     );
                     let key = slice(e + pos, ksize)?;
                     let value = slice(e + pos + ksize, vsize)?;
+                    if !layout.follows(e + pos, ksize + vsize) {
+                        return Err(overlapping());
+                    }
                     f(self, key, value, eflags)?;
                 }
                 Ok(())

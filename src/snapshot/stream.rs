@@ -10,7 +10,7 @@ use super::bbolt::{
     BboltError, MAX_DEPTH, Meta, PAGE_HEADER, Status, damaged, database_size, first_page_size, newest_meta, parse_meta,
     u32_at, u64_at,
 };
-use super::summary::{Bucket, Decoder, Summary, encode, summarize};
+use super::summary::{Bucket, Decoder, Summary, encode, spill_damaged, summarize};
 
 /// Where page summaries go while the stream passes: appended, then read back by offset.
 pub trait Spill {
@@ -97,15 +97,19 @@ impl<S: Spill> StreamCheck<S> {
         }
     }
 
+    /// Bytes of the snapshot held in memory now: at most about one page with its overflow (and the
+    /// piece last given), whatever the database's size.
+    pub fn held(&self) -> usize {
+        self.buf.len()
+    }
+
     /// The database's status, once every byte has been given to `update`.
     pub fn finish(mut self) -> Result<Status, BboltError> {
         if let Some(e) = self.failed.take() {
             return Err(e);
         }
         self.advance(true)?;
-        self.spill
-            .flush()
-            .map_err(|e| damaged(format!("cannot write the check's scratch file in the state dir: {e}")))?;
+        self.spill.flush().map_err(|e| scratch("cannot write the snapshot check's scratch file", e))?;
         let Some(meta) = self.meta.take() else {
             return Err(BboltError::NotBbolt(format!("only {} bytes", self.received)));
         };
@@ -136,6 +140,11 @@ impl<S: Spill> StreamCheck<S> {
     }
 
     fn advance(&mut self, at_end: bool) -> Result<(), BboltError> {
+        // What is behind the next page goes, also while a long page is still arriving.
+        if self.start > (1 << 20) && self.start * 2 > self.buf.len() && self.start <= self.buf.len() {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
         if self.meta.is_none() && !self.read_meta(at_end)? {
             return Ok(());
         }
@@ -154,9 +163,11 @@ impl<S: Spill> StreamCheck<S> {
                 } else if span > MAX_PAGE_SPAN {
                     Some((
                         overflow,
-                        Summary::Bad(format!(
-                            "page {} spans {} bytes, more than the {MAX_PAGE_SPAN} the streaming check holds",
-                            self.next, span
+                        Summary::TooLarge(format!(
+                            "page {} with its overflow is {} MiB, more than the {} MiB the snapshot check holds in memory: a value of that size is beyond what etcd accepts by default (--max-request-bytes)",
+                            self.next,
+                            span >> 20,
+                            MAX_PAGE_SPAN >> 20
                         )),
                     ))
                 } else if here.len() < span as usize {
@@ -165,7 +176,7 @@ impl<S: Spill> StreamCheck<S> {
                     }
                     return Ok(()); // wait for the rest of the page
                 } else {
-                    Some((overflow, summarize(&here[..span as usize])))
+                    Some((overflow, summarize(&here[..span as usize], true)))
                 }
             };
             let slot = match summary {
@@ -175,10 +186,6 @@ impl<S: Spill> StreamCheck<S> {
             self.index.push(slot);
             self.next += 1;
             self.start += ps;
-        }
-        if self.start > (1 << 20) && self.start * 2 > self.buf.len() {
-            self.buf.drain(..self.start);
-            self.start = 0;
         }
         Ok(())
     }
@@ -199,9 +206,6 @@ impl<S: Spill> StreamCheck<S> {
         }
         let meta1 = self.buf.get(page_size..second_end).and_then(parse_meta);
         let meta = newest_meta(meta0, meta1)?;
-        if !(512..=65536).contains(&meta.page_size) || !meta.page_size.is_power_of_two() {
-            return Err(BboltError::NotBbolt(format!("page size {}", meta.page_size)));
-        }
         self.start = 2 * meta.page_size as usize;
         self.meta = Some(meta);
         Ok(true)
@@ -216,11 +220,13 @@ impl<S: Spill> StreamCheck<S> {
         self.encoded[..4].copy_from_slice(&len.to_le_bytes());
         let padded = self.encoded.len().next_multiple_of(ALIGN as usize);
         self.encoded.resize(padded, 0);
-        let slot =
-            u32::try_from(self.spilled / ALIGN + 1).map_err(|_| damaged("the database has too many pages".into()))?;
-        self.spill
-            .append(&self.encoded)
-            .map_err(|e| damaged(format!("cannot write the check's scratch file in the state dir: {e}")))?;
+        let slot = u32::try_from(self.spilled / ALIGN + 1).map_err(|_| {
+            BboltError::Limit(format!(
+                "the snapshot check's page summaries passed {} GiB, more than it can index",
+                (u64::from(u32::MAX) * ALIGN) >> 30
+            ))
+        })?;
+        self.spill.append(&self.encoded).map_err(|e| scratch("cannot write the snapshot check's scratch file", e))?;
         self.spilled += padded as u64;
         Ok(slot)
     }
@@ -233,14 +239,20 @@ impl<S: Spill> StreamCheck<S> {
         }
         let offset = (u64::from(slot) - 1) * ALIGN;
         let mut len = [0u8; 4];
-        let read_error =
-            |e: std::io::Error| damaged(format!("cannot read the check's scratch file in the state dir: {e}"));
+        let read_error = |e| scratch("cannot read the snapshot check's scratch file", e);
         self.spill.read_at(offset, &mut len).map_err(read_error)?;
-        let mut buf = vec![0u8; u32::from_le_bytes(len) as usize];
+        let len = u32::from_le_bytes(len) as usize;
+        if !(8..=(MAX_PAGE_SPAN as usize) * 2).contains(&len) {
+            return Err(spill_damaged());
+        }
+        let mut buf = vec![0u8; len];
         self.spill.read_at(offset + 4, &mut buf).map_err(read_error)?;
-        let overflow = u64_at(&buf, 0);
-        Ok(Some((overflow, Decoder::new(buf.get(8..).unwrap_or_default()).summary()?)))
+        Ok(Some((u64_at(&buf, 0), Decoder::new(&buf[8..]).summary()?)))
     }
+}
+
+fn scratch(what: &str, e: std::io::Error) -> BboltError {
+    BboltError::Scratch { what: what.to_string(), kind: e.kind(), message: e.to_string() }
 }
 
 #[derive(Clone, Copy)]
@@ -281,8 +293,13 @@ impl<S: Spill> Walk<'_, S> {
         let Some((overflow, summary)) = self.check.load(id)? else {
             return Err(damaged(format!("page {id} is not a page's start: its header names another page")));
         };
-        if let Summary::Bad(why) = summary {
-            return Err(damaged(why));
+        match summary {
+            Summary::Bad(why) => return Err(damaged(why)),
+            Summary::TooLarge(why) => return Err(BboltError::Limit(why)),
+            _ => {}
+        }
+        if id.saturating_add(overflow) >= self.high_water {
+            return Err(spill_damaged());
         }
         for extra in id + 1..=id + overflow {
             self.mark(extra)?;
@@ -293,6 +310,7 @@ impl<S: Spill> Walk<'_, S> {
     fn tree(&mut self, page: &Summary, level: Level) -> Result<(), BboltError> {
         match page {
             Summary::Bad(why) => Err(damaged(why.clone())),
+            Summary::TooLarge(why) => Err(BboltError::Limit(why.clone())),
             Summary::Other(id, flags) => {
                 Err(damaged(format!("page {id} has type {flags:#x} where a branch or leaf page belongs")))
             }

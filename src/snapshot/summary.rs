@@ -5,15 +5,20 @@
 //! file), so memory does not grow with the database. Pure.
 
 use super::bbolt::{
-    BRANCH, BUCKET_LEAF, BboltError, ELEMENT, LEAF, PAGE_HEADER, digest, main_revision, u16_at, u32_at, u64_at,
+    BRANCH, BUCKET_LEAF, BboltError, ELEMENT, LEAF, Layout, PAGE_HEADER, digest, main_revision, u16_at, u32_at, u64_at,
     user_key,
 };
+
+/// Of a plain key where a bucket belongs, this much is kept for the message.
+const SHOWN_KEY: usize = 64;
 
 /// One page (or an inline bucket's page), summarized.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Summary {
     /// Damage that only matters if the page is reachable.
     Bad(String),
+    /// A page larger than the streaming check holds: its limit, not damage (if the page is reachable).
+    TooLarge(String),
     /// A page (its id, its type) of another type (meta, freelist, garbage) where the tree may point.
     Other(u64, u16),
     /// A branch page's children, in order.
@@ -29,7 +34,8 @@ pub(super) struct Leaf {
     /// page's part of the status hash if it belongs to a bucket.
     pub crc: u32,
     pub len: u64,
-    /// If the page is a leaf of the top level: its buckets, or the first plain key, which is damage there.
+    /// If the page is a leaf of the top level: its buckets, or (the start of) the first plain key, which
+    /// is damage there. An inline bucket's page is never at the top level: empty.
     pub buckets: Result<Vec<(Vec<u8>, Bucket)>, Vec<u8>>,
     /// If the page belongs to bucket `key`: its records, or why they are not etcd records.
     pub records: Result<Vec<Record>, String>,
@@ -53,8 +59,10 @@ pub(super) struct Record {
     pub tombstone: bool,
 }
 
-/// Summarizes a page from its bytes (with its overflow pages), or an inline bucket's page.
-pub(super) fn summarize(page: &[u8]) -> Summary {
+/// Summarizes a page from its bytes (with its overflow pages), or (`top` false) an inline bucket's
+/// page, which is only ever walked as a bucket's content: its nested buckets are not summarized, so an
+/// inline page never leads to another.
+pub(super) fn summarize(page: &[u8], top: bool) -> Summary {
     let id = u64_at(page, 0);
     let flags = u16_at(page, 8);
     let count = usize::from(u16_at(page, 10));
@@ -62,14 +70,20 @@ pub(super) fn summarize(page: &[u8]) -> Summary {
         return Summary::Bad(format!("page {id} has more elements than fit in it"));
     }
     let out_of_bounds = || Summary::Bad(format!("page {id} has an element out of bounds"));
+    let overlapping = || Summary::Bad(format!("page {id} has elements out of order or overlapping"));
     let slice = |from: usize, len: usize| page.get(from..from + len);
+    let mut layout = Layout::new(count);
     match flags {
         BRANCH => {
             let mut children = Vec::with_capacity(count);
             for i in 0..count {
                 let e = PAGE_HEADER + i * ELEMENT;
-                if slice(e + u32_at(page, e) as usize, u32_at(page, e + 4) as usize).is_none() {
+                let (pos, ksize) = (u32_at(page, e) as usize, u32_at(page, e + 4) as usize);
+                if slice(e + pos, ksize).is_none() {
                     return out_of_bounds();
+                }
+                if !layout.follows(e + pos, ksize) {
+                    return overlapping();
                 }
                 children.push(u64_at(page, e + 8));
             }
@@ -80,7 +94,7 @@ pub(super) fn summarize(page: &[u8]) -> Summary {
                 count: count as u64,
                 crc: 0,
                 len: 0,
-                buckets: Ok(Vec::new()),
+                buckets: if top { Ok(Vec::new()) } else { Err(Vec::new()) },
                 records: Ok(Vec::new()),
                 compact: None,
             };
@@ -95,6 +109,9 @@ pub(super) fn summarize(page: &[u8]) -> Summary {
                 let (Some(key), Some(value)) = (slice(e + pos, ksize), slice(e + pos + ksize, vsize)) else {
                     return out_of_bounds();
                 };
+                if !layout.follows(e + pos, ksize + vsize) {
+                    return overlapping();
+                }
                 leaf.add(key, value, eflags);
             }
             Summary::Leaf(leaf)
@@ -116,7 +133,7 @@ impl Leaf {
             if nested {
                 buckets.push((key.to_vec(), bucket(value)));
             } else {
-                self.buckets = Err(key.to_vec());
+                self.buckets = Err(key[..key.len().min(SHOWN_KEY)].to_vec());
             }
         }
         if let Ok(records) = &mut self.records {
@@ -125,7 +142,8 @@ impl Leaf {
                 Err(why) => self.records = Err(why),
             }
         }
-        if key == b"finishedCompactRev" {
+        // As the whole-file reader does, the first truncated one is the error.
+        if key == b"finishedCompactRev" && !matches!(self.compact, Some(Err(_))) {
             self.compact = Some(main_revision(value).ok_or_else(|| "meta/finishedCompactRev is truncated".to_string()));
         }
     }
@@ -138,7 +156,7 @@ fn bucket(value: &[u8]) -> Bucket {
     }
     match u64_at(value, 0) {
         0 if value.len() < 16 + PAGE_HEADER => Bucket::Bad("an inline bucket is truncated".into()),
-        0 => Bucket::Inline(Box::new(summarize(&value[16..]))),
+        0 => Bucket::Inline(Box::new(summarize(&value[16..], false))),
         root => Bucket::Root(root),
     }
 }
@@ -156,6 +174,10 @@ pub(super) fn encode(s: &Summary, out: &mut Vec<u8>) {
     match s {
         Summary::Bad(why) => {
             out.push(0);
+            bytes(out, why.as_bytes());
+        }
+        Summary::TooLarge(why) => {
+            out.push(4);
             bytes(out, why.as_bytes());
         }
         Summary::Other(id, flags) => {
@@ -271,6 +293,7 @@ impl<'a> Decoder<'a> {
     pub(super) fn summary(&mut self) -> Result<Summary, BboltError> {
         Ok(match self.u8()? {
             0 => Summary::Bad(self.text()?),
+            4 => Summary::TooLarge(self.text()?),
             1 => Summary::Other(self.u64()?, u16_at(self.take(2)?, 0)),
             2 => {
                 let n = self.u32()?;
@@ -298,7 +321,7 @@ impl<'a> Decoder<'a> {
                 let records = match self.u8()? {
                     0 => {
                         let n = self.u32()?;
-                        let mut records = Vec::with_capacity(n as usize);
+                        let mut records = Vec::with_capacity((n as usize).min(1 << 16));
                         for _ in 0..n {
                             let key = u128::from_le_bytes(self.take(16)?.try_into().map_err(|_| spill_damaged())?);
                             let revision = self.u64()? as i64;
@@ -320,9 +343,13 @@ impl<'a> Decoder<'a> {
     }
 }
 
-/// The spill is our own file: reading back something else means the state dir's disk failed.
-fn spill_damaged() -> BboltError {
-    BboltError::Damaged("the check's scratch file in the state dir reads back differently than it was written".into())
+/// The spill is our own file: reading back something else means the disk under it failed.
+pub(super) fn spill_damaged() -> BboltError {
+    BboltError::Scratch {
+        what: "the snapshot check's scratch file".into(),
+        kind: std::io::ErrorKind::Other,
+        message: "it reads back differently than it was written".into(),
+    }
 }
 
 #[cfg(test)]
@@ -354,6 +381,10 @@ mod tests {
         p
     }
 
+    fn summarize_page(p: &[u8]) -> Summary {
+        summarize(p, true)
+    }
+
     fn round_trip(s: &Summary) -> Summary {
         let mut buf = Vec::new();
         encode(s, &mut buf);
@@ -368,7 +399,7 @@ mod tests {
         let mut del = put.clone();
         del[7] = 8;
         del.push(b't');
-        let s = summarize(&page(9, LEAF, &[(0, &put, &kv), (0, &del, &kv)]));
+        let s = summarize_page(&page(9, LEAF, &[(0, &put, &kv), (0, &del, &kv)]));
         let Summary::Leaf(l) = &s else { panic!("{s:?}") };
         assert_eq!(l.count, 2);
         let whole = [&put[..], &kv, &del, &kv].concat();
@@ -386,7 +417,7 @@ mod tests {
         inline.extend_from_slice(&inline_page);
         let mut rooted = 42u64.to_le_bytes().to_vec();
         rooted.extend_from_slice(&[0; 8]);
-        let s = summarize(&page(
+        let s = summarize_page(&page(
             3,
             LEAF,
             &[(BUCKET_LEAF, b"key", &rooted), (BUCKET_LEAF, b"meta", &inline), (BUCKET_LEAF, b"x", &[1])],
@@ -404,17 +435,52 @@ mod tests {
 
     #[test]
     fn branches_and_damage_are_summarized() {
-        let s = summarize(&page(4, BRANCH, &[(10, b"a", b""), (11, b"b", b"")]));
+        let s = summarize_page(&page(4, BRANCH, &[(10, b"a", b""), (11, b"b", b"")]));
         assert_eq!(s, Summary::Branch(vec![10, 11]));
         assert_eq!(round_trip(&s), s);
         let mut bad = page(5, LEAF, &[(0, b"k", b"v")]);
         bad[PAGE_HEADER + 12] = 0xff; // value size past the page
-        assert_eq!(summarize(&bad), Summary::Bad("page 5 has an element out of bounds".into()));
+        assert_eq!(summarize_page(&bad), Summary::Bad("page 5 has an element out of bounds".into()));
         let mut many = page(6, LEAF, &[]);
         many[10] = 9;
-        assert_eq!(summarize(&many), Summary::Bad("page 6 has more elements than fit in it".into()));
-        assert_eq!(summarize(&page(7, 0x10, &[])), Summary::Other(7, 0x10));
+        assert_eq!(summarize_page(&many), Summary::Bad("page 6 has more elements than fit in it".into()));
+        assert_eq!(summarize_page(&page(7, 0x10, &[])), Summary::Other(7, 0x10));
         assert_eq!(round_trip(&Summary::Other(7, 0x10)), Summary::Other(7, 0x10));
         assert!(Decoder::new(&[3, 1]).summary().is_err(), "a short spill is an error, not a panic");
+    }
+
+    /// bbolt writes element data in order after the headers; elements that share or go back over data
+    /// could make a small page cost unbounded work (the same value hashed 65,535 times, inline buckets
+    /// nested in each other), so they are damage.
+    #[test]
+    fn overlapping_elements_are_damage() {
+        let mut p = page(8, LEAF, &[(0, b"a", b"1"), (0, b"b", b"2")]);
+        // The second element's data set to the first's.
+        let pos0 = u32::from_le_bytes(p[PAGE_HEADER + 4..PAGE_HEADER + 8].try_into().unwrap());
+        let second = PAGE_HEADER + ELEMENT;
+        p[second + 4..second + 8].copy_from_slice(&(pos0 - ELEMENT as u32).to_le_bytes());
+        assert_eq!(summarize_page(&p), Summary::Bad("page 8 has elements out of order or overlapping".into()));
+        let mut b = page(9, BRANCH, &[(10, b"a", b""), (11, b"b", b"")]);
+        b[PAGE_HEADER + ELEMENT..PAGE_HEADER + ELEMENT + 4].copy_from_slice(&0u32.to_le_bytes());
+        assert_eq!(summarize_page(&b), Summary::Bad("page 9 has elements out of order or overlapping".into()));
+    }
+
+    /// An inline bucket's page is summarized as a bucket's content only: a nested bucket in it leads no
+    /// further (the whole-file reader never walks one either).
+    #[test]
+    fn inline_pages_do_not_nest() {
+        let innermost = page(0, LEAF, &[(0, b"k", b"v")]);
+        let mut nested = vec![0u8; 16];
+        nested.extend_from_slice(&innermost);
+        let inner = page(0, LEAF, &[(BUCKET_LEAF, b"deeper", &nested)]);
+        let mut inline = vec![0u8; 16];
+        inline.extend_from_slice(&inner);
+        let s = summarize_page(&page(3, LEAF, &[(BUCKET_LEAF, b"outer", &inline)]));
+        let Summary::Leaf(l) = &s else { panic!("{s:?}") };
+        let Bucket::Inline(inner) = &l.buckets.as_ref().unwrap()[0].1 else { panic!("{l:?}") };
+        let Summary::Leaf(inner) = &**inner else { panic!("{inner:?}") };
+        assert_eq!(inner.buckets, Err(Vec::new()), "not summarized further");
+        assert_eq!(inner.count, 1);
+        assert_eq!(round_trip(&s), s);
     }
 }

@@ -35,6 +35,15 @@ impl ArtifactReader {
         ArtifactReader { source: Source::Download { pieces, piece: Bytes::new(), broke: None, task } }
     }
 
+    /// What stops the download (nothing for a file): a reader blocked waiting for the next piece then
+    /// sees the end at once.
+    pub fn abort_handle(&self) -> Option<tokio::task::AbortHandle> {
+        match &self.source {
+            Source::Download { task, .. } => Some(task.abort_handle()),
+            Source::File(_) => None,
+        }
+    }
+
     /// Why the download stopped, if it did: the reason to report rather than what decryption made of
     /// the missing bytes.
     pub fn broke(&self) -> Option<&str> {

@@ -52,14 +52,25 @@ impl S3Store {
             Some(total) if total != size => bail!(self.size_mismatch(&key, total, size)),
             Some(_) => {
                 let store = self.clone();
+                let first_end = size.min(RANGE);
                 tokio::spawn(async move {
-                    let first = first.collect(&key, 0, size.min(RANGE)).await;
-                    let rest = (size.min(RANGE)..size).step_by(RANGE as usize).map(|start| {
+                    // A first range whose body breaks off is asked for again, as every other.
+                    let first = match first.collect(&key, 0, first_end).await {
+                        Ok(bytes) => Ok(bytes),
+                        Err(_) => store.fetch_range(&key, 0, first_end).await,
+                    };
+                    // Each later range downloads in a task of its own, so that up to RANGES_AT_ONCE
+                    // arrive while the reader is busy; dropping this stream stops them.
+                    let rest = (first_end..size).step_by(RANGE as usize).map(|start| {
                         let (store, key) = (store.clone(), key.clone());
-                        async move { store.fetch_range(&key, start, (start + RANGE).min(size)).await }
+                        Owned(tokio::spawn(
+                            async move { store.fetch_range(&key, start, (start + RANGE).min(size)).await },
+                        ))
                     });
-                    let mut parts = futures::stream::once(std::future::ready(first))
-                        .chain(futures::stream::iter(rest).buffered(RANGES_AT_ONCE));
+                    let rest = futures::stream::iter(rest)
+                        .buffered(RANGES_AT_ONCE)
+                        .map(|joined| joined.unwrap_or_else(|e| Err(anyhow!("a download task ended: {e}"))));
+                    let mut parts = futures::stream::once(std::future::ready(first)).chain(rest);
                     while let Some(part) = parts.next().await {
                         let part = part.map_err(|e| format!("{e:#}"));
                         let failed = part.is_err();
@@ -125,8 +136,29 @@ struct Range {
     body: aws_sdk_s3::primitives::ByteStream,
 }
 
+/// A task that is stopped when its handle is dropped.
+struct Owned<T>(tokio::task::JoinHandle<T>);
+
+impl<T> std::future::Future for Owned<T> {
+    type Output = Result<T, tokio::task::JoinError>;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx)
+    }
+}
+
+impl<T> Drop for Owned<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 impl Range {
+    /// The body, whole: refused before it is read if its length is not the range's.
     async fn collect(self, key: &str, start: u64, end: u64) -> Result<Bytes> {
+        if self.length != end - start {
+            bail!("S3 answered bytes {start}..{end} of '{key}' with {} bytes", self.length);
+        }
         let bytes = self
             .body
             .collect()
