@@ -8,8 +8,8 @@
 //! - `writer ENDPOINT PUTS_PER_SECOND`: puts 1 KiB values at a steady rate, open loop (each put starts on
 //!   schedule whether or not the last one returned, so a slow member shows as latency, not as fewer
 //!   puts), printing `<unix ms when due> <latency µs> <ok|err>` per put, until killed.
-//! - `plant DIR COUNT`: COUNT committed-looking backups (manifest and a small artifact) in DIR, one a
-//!   minute up to now, for the prune benchmark.
+//! - `plant DIR CLUSTER COUNT`: COUNT committed-looking backups of CLUSTER (manifest and a small
+//!   artifact) in DIR, one a minute up to now, for the prune benchmark.
 
 use std::sync::Arc;
 
@@ -28,13 +28,13 @@ async fn main() {
         Some("s3") => s3(arg(1), num(2) as u16).await,
         Some("fill") => fill(&arg(1), num(2), num(3) as usize).await,
         Some("writer") => writer(&arg(1), num(2)).await,
-        Some("plant") => plant(&arg(1), num(2)),
+        Some("plant") => plant(&arg(1), &arg(2), num(3)),
         _ => usage(),
     }
 }
 
 fn usage() -> ! {
-    eprintln!("usage: bench s3 ROOT PORT | fill ENDPOINT COUNT BYTES | writer ENDPOINT RATE | plant DIR COUNT");
+    eprintln!("usage: bench s3 ROOT PORT | fill ENDPOINT COUNT BYTES | writer ENDPOINT RATE | plant DIR CLUSTER COUNT");
     std::process::exit(2)
 }
 
@@ -153,7 +153,7 @@ async fn writer(endpoint: &str, rate: u64) {
     }
 }
 
-fn plant(dir: &str, count: u64) {
+fn plant(dir: &str, cluster: &str, count: u64) {
     use etcd_backupd::manifest::*;
     let dir = std::path::Path::new(dir);
     std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
@@ -167,7 +167,7 @@ fn plant(dir: &str, count: u64) {
             id: id.clone(),
             created: id.created(),
             duration_ms: 10,
-            cluster: ClusterName::default(),
+            cluster: ClusterName::parse(cluster).unwrap_or_else(|e| panic!("{cluster}: {e}")),
             label: None,
             host: "bench".into(),
             tool_version: "0.0.0".into(),

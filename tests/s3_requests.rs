@@ -78,3 +78,50 @@ async fn storage_class_and_sse_go_on_the_artifact_and_sse_on_the_manifest() {
     assert_eq!(manifest.amz.get("x-amz-server-side-encryption").map(String::as_str), Some("AES256"), "{manifest:?}");
     assert_eq!(manifest.amz.get("x-amz-storage-class"), None, "manifests stay in the default class: {manifest:?}");
 }
+
+/// A listing downloads only the manifests it has not read before: the second `list` of a folder reads
+/// none; a manifest that changed in the store (another ETag) is read again and checked again; a cache
+/// planted with other bytes under the right ETag is checked like the store's bytes and cannot add a
+/// backup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manifests_are_read_once_and_again_when_they_change() {
+    let s = Setup::new();
+    let s3 = S3::start().await;
+    let remote = s3.root.join(BUCKET).join("default");
+    let start = Utc::now() - Duration::days(1);
+    let ids: Vec<BackupId> = (0..5).map(|i| BackupId::new(start + Duration::minutes(i), i + 1, "a1")).collect();
+    for id in &ids {
+        plant(&remote, id, 10, false);
+    }
+    let config = s.config("[etcd]\nendpoints = [\"http://127.0.0.1:9\"]\n", &s3.config_table(BUCKET, ""));
+    let manifest_gets = || {
+        s3.faults.log.lock().unwrap().iter().filter(|r| r.method == "GET" && r.path.ends_with(".manifest.json")).count()
+    };
+    let listed = |out: &std::process::Output| ids.iter().filter(|id| stdout(out).contains(&id.to_string())).count();
+
+    let out = run(&config, &["list"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!((listed(&out), manifest_gets()), (5, 5));
+    let out = run(&config, &["list"]).await;
+    assert_eq!((listed(&out), manifest_gets()), (5, 5), "the second listing reads no manifest");
+
+    // One manifest changes in the store: it alone is read again, and checked (another cluster's is not
+    // this folder's backup).
+    let changed = remote.join(ids[2].manifest_name());
+    let text = std::fs::read_to_string(&changed).unwrap();
+    std::fs::write(&changed, text.replace("\"cluster\": \"default\"", "\"cluster\": \"other\"")).unwrap();
+    let out = run(&config, &["list"]).await;
+    assert_eq!(manifest_gets(), 6, "{}", stderr(&out));
+    assert_eq!(listed(&out), 4, "the changed manifest is checked: {}", stdout(&out));
+
+    // The cache is untrusted input: other bytes under a listed ETag go through the same checks.
+    let state = state_dir_for(&config);
+    let cache = std::fs::read_dir(state.join("s3-manifests")).unwrap().next().unwrap().unwrap().path();
+    let planted = std::fs::read_to_string(&cache)
+        .unwrap()
+        .replace(&format!("\\\"id\\\": \\\"{}\\\"", ids[0]), &format!("\\\"id\\\": \\\"{}\\\"", ids[1]));
+    std::fs::write(&cache, planted).unwrap();
+    let out = run(&config, &["list"]).await;
+    assert_eq!(listed(&out), 3, "a cached manifest naming another id is refused: {}", stdout(&out));
+    assert!(stderr(&out).contains(&ids[0].manifest_name()), "and named: {}", stderr(&out));
+}

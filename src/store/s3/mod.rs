@@ -9,6 +9,7 @@ use aws_sdk_s3::types::ServerSideEncryption as SseHeader;
 
 use chrono::{DateTime, Utc};
 
+mod cache;
 mod client;
 mod download;
 mod remove;
@@ -78,10 +79,12 @@ impl S3Store {
         }
     }
 
-    /// The committed backups under this cluster's prefix (newest first), leftovers and strangers.
+    /// The committed backups under this cluster's prefix (newest first), leftovers and strangers. Only
+    /// manifests not read before (or changed since) are downloaded; see `cache.rs`.
     pub async fn list_folder(&self) -> Result<Listing> {
         use futures::StreamExt;
         let mut found = Vec::new();
+        let mut versions = std::collections::HashMap::new();
         let mut pages = self
             .client
             .list_objects_v2()
@@ -95,31 +98,58 @@ impl S3Store {
             for object in page.contents() {
                 if let Some(name) = object.key().and_then(|k| k.strip_prefix(&self.folder)) {
                     let modified = utc(object.last_modified());
-                    found.push(Found {
-                        name: name.to_string(),
-                        size: object.size().unwrap_or(0).max(0) as u64,
-                        modified,
-                    });
+                    let size = object.size().unwrap_or(0).max(0) as u64;
+                    let version =
+                        cache::Version { etag: object.e_tag().map(str::to_string), modified: modified.timestamp() };
+                    versions.insert(name.to_string(), version);
+                    found.push(Found { name: name.to_string(), size, modified });
                 }
             }
         }
+        let sizes: std::collections::HashMap<&str, u64> = found.iter().map(|f| (f.name.as_str(), f.size)).collect();
         let Paired { pairs, mut leftovers, mut ignored } = pair_up(&found);
-        let reads = futures::stream::iter(pairs.into_iter().map(|pair| async move {
+        let cache = cache::Cache::for_place(&self.place);
+        let cached = cache.load();
+        let reads = futures::stream::iter(pairs.into_iter().map(|pair| {
             let key = format!("{}{}", self.folder, pair.manifest_name);
-            let read =
-                self.get_small(&key).await.and_then(|b| accept(&b, &pair, &self.cluster).map_err(|e| anyhow!(e)));
-            (pair, read)
+            let size = sizes.get(pair.manifest_name.as_str()).copied().unwrap_or(0);
+            let hit = versions
+                .get(&pair.manifest_name)
+                .and_then(|listed| cache::hit(&cached, &key, listed, size))
+                .map(|e| (e.manifest.as_bytes().to_vec(), e.version.clone()));
+            async move {
+                let got = match hit {
+                    Some(got) => Ok(got),
+                    None => self.get_small(&key).await,
+                };
+                // What is cached is labelled with the version it was served as, and used while the
+                // listing shows that version.
+                let read = got.and_then(|(b, version)| {
+                    let manifest = accept(&b, &pair, &self.cluster).map_err(|e| anyhow!(e))?;
+                    Ok((manifest, b, version))
+                });
+                (pair, key, read)
+            }
         }))
         .buffered(MANIFEST_READS);
         let mut backups = Vec::new();
-        for (pair, read) in reads.collect::<Vec<_>>().await {
+        let mut keep = std::collections::HashMap::new();
+        for (pair, key, read) in reads.collect::<Vec<_>>().await {
             match read {
-                Ok(manifest) => backups.push(Stored { manifest, pinned: pair.pinned }),
+                Ok((manifest, bytes, version)) => {
+                    if let Ok(text) = String::from_utf8(bytes) {
+                        keep.insert(key, cache::Entry { version, size: text.len() as u64, manifest: text });
+                    }
+                    backups.push(Stored { manifest, pinned: pair.pinned });
+                }
                 Err(why) => {
                     tracing::warn!(key = %pair.manifest_name, why = %format!("{why:#}"), "ignoring a manifest that does not check out");
                     ignored.push((pair.manifest_name, format!("{why:#}")));
                 }
             }
+        }
+        if keep.len() != cached.len() || keep.iter().any(|(k, e)| cached.get(k) != Some(e)) {
+            cache.save(keep).await;
         }
         leftovers.extend(self.unfinished_uploads().await);
         Ok(Listing { backups, leftovers, ignored })
@@ -212,7 +242,8 @@ impl S3Store {
         Ok((size, hex::encode(hasher.finalize())))
     }
 
-    async fn get_small(&self, key: &str) -> Result<Vec<u8>> {
+    /// A manifest's bytes and the version they were served as.
+    async fn get_small(&self, key: &str) -> Result<(Vec<u8>, cache::Version)> {
         let out = self
             .client
             .get_object()
@@ -224,8 +255,10 @@ impl S3Store {
         if out.content_length().unwrap_or(0) > MAX_MANIFEST_BYTES as i64 {
             anyhow::bail!("'{key}' is too large to be a manifest");
         }
+        let version =
+            cache::Version { etag: out.e_tag().map(str::to_string), modified: utc(out.last_modified()).timestamp() };
         let body = out.body.collect().await.with_context(|| format!("cannot read '{key}'"))?;
-        Ok(body.into_bytes().to_vec())
+        Ok((body.into_bytes().to_vec(), version))
     }
 
     /// Turns an SDK error into a sentence naming bucket, endpoint and what to check.
