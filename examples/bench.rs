@@ -107,15 +107,24 @@ fn base64(bytes: &[u8]) -> String {
 
 async fn fill(endpoint: &str, count: u64, bytes: usize) {
     let client = connect(endpoint).await;
+    // A loaded member can time a large put out ("context deadline exceeded"): each is tried again.
     let puts = futures::stream::iter(0..count).map(|i| {
         let mut client = client.clone();
         async move {
             let mut raw = vec![0u8; bytes * 3 / 4];
             getrandom::getrandom(&mut raw).unwrap_or_default();
-            client.put(format!("/registry/bench/{i:08}"), base64(&raw), None).await
+            let value = base64(&raw);
+            let mut tries = 0;
+            loop {
+                tries += 1;
+                match client.put(format!("/registry/bench/{i:08}"), value.as_str(), None).await {
+                    Err(_) if tries < 10 => tokio::time::sleep(Duration::from_secs(1)).await,
+                    done => return done,
+                }
+            }
         }
     });
-    let mut puts = puts.buffer_unordered(4);
+    let mut puts = puts.buffer_unordered(2);
     while let Some(put) = puts.next().await {
         if let Err(e) = put {
             eprintln!("bench: a put failed: {e}");
