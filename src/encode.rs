@@ -113,7 +113,7 @@ impl Checker {
     /// Starts the check, its page summaries spilled to `spill` (see `check_spill`).
     pub fn start(spill: std::fs::File) -> Result<Self> {
         use std::sync::atomic::Ordering;
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Bytes>(16);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Bytes>(4);
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stopped = stop.clone();
         let thread = std::thread::Builder::new()
@@ -125,6 +125,10 @@ impl Checker {
                         return None;
                     }
                     check.update(&chunk);
+                }
+                // Dropped rather than finished: no walk over what was summarized.
+                if stopped.load(Ordering::Relaxed) {
+                    return None;
                 }
                 Some(check.finish())
             })

@@ -70,7 +70,7 @@ pub async fn write_backup<S: SnapshotSource>(
     if let Some(rate) = settings.max_rate {
         // The stream must end well inside the timeout: connecting and the ends of the stream take time too.
         let least = crate::pace::Pace::new(rate).time_for(facts.db_size);
-        if least * 5 > etcd.snapshot_timeout * 4 {
+        if least.saturating_mul(5) > etcd.snapshot_timeout.saturating_mul(4) {
             return Err(classified(
                 Cause::Config,
                 format!(

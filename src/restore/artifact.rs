@@ -235,10 +235,20 @@ fn decrypt_checked(
     cancel: &CancellationToken,
 ) -> Result<Plain, Failed> {
     let id = &manifest.id;
-    let decryptor = age::Decryptor::new_buffered(&mut *hashed)
+    let left = std::cell::Cell::new(super::hashing::HEADER_BUDGET);
+    let budget = super::hashing::Budget { inner: &mut *hashed, left: &left };
+    let decryptor = age::Decryptor::new_buffered(budget)
         .map_err(|e| Failed::Artifact(anyhow!("the artifact of {id} is not an age file: {e}")))?;
+    left.set(u64::MAX);
     let decrypted = decryptor.decrypt(identities.iter().map(|i| i.as_ref() as &dyn age::Identity)).map_err(|e| {
-        anyhow!("cannot decrypt {id}: {e} (is the identity one of the backup's recipients? the manifest lists them)")
+        // No identity fits: the operator's key (or a replaced artifact, which its hash tells apart only
+        // at a cost the common case should not pay). Anything else is damage to the header.
+        match e {
+            age::DecryptError::NoMatchingKeys => Failed::Other(anyhow!(
+                "cannot decrypt {id}: {e} (is the identity one of the backup's recipients? the manifest lists them)"
+            )),
+            e => Failed::Artifact(anyhow!("cannot decrypt {id}: {e}")),
+        }
     })?;
     let mut plain: Box<dyn Read> = match manifest.compression() {
         Compression::Zstd { .. } => Box::new(zstd::stream::read::Decoder::new(decrypted).context("cannot start zstd")?),

@@ -62,7 +62,7 @@ impl<'p, R: BufRead> HashingReader<'p, R> {
 impl<R: BufRead> Read for HashingReader<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         self.over_limit()?;
-        let room = usize::try_from(self.limit - self.size).unwrap_or(usize::MAX).max(1);
+        let room = usize::try_from(self.limit.saturating_sub(self.size)).unwrap_or(usize::MAX).max(1);
         let take = buf.len().min(room);
         let n = self.inner.read(&mut buf[..take])?;
         self.count(&buf[..n]);
@@ -73,7 +73,10 @@ impl<R: BufRead> Read for HashingReader<'_, R> {
 impl<R: BufRead> BufRead for HashingReader<'_, R> {
     fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
         self.over_limit()?;
-        self.inner.fill_buf()
+        // Never past the limit (and one byte, to tell that there is more).
+        let room = usize::try_from(self.limit.saturating_sub(self.size)).unwrap_or(usize::MAX).saturating_add(1);
+        let buf = self.inner.fill_buf()?;
+        Ok(&buf[..buf.len().min(room)])
     }
 
     fn consume(&mut self, amt: usize) {
@@ -83,6 +86,52 @@ impl<R: BufRead> BufRead for HashingReader<'_, R> {
             self.size += n as u64;
             self.progress.advance(n as u64);
         }
+        self.inner.consume(amt);
+    }
+}
+
+/// The most an age header may take: age parses it line by line, again after every line, holding it
+/// whole; ours hold a few recipients' stanzas (a few hundred bytes each).
+pub const HEADER_BUDGET: u64 = 64 << 10;
+
+/// A reader that gives at most `budget` bytes until the budget is lifted (set to `u64::MAX`): an
+/// artifact that is not an age file cannot make the header parser hold or re-read all of it.
+pub struct Budget<'b, R> {
+    pub inner: R,
+    pub left: &'b std::cell::Cell<u64>,
+}
+
+impl<R: BufRead> Budget<'_, R> {
+    fn spent(&self) -> std::io::Error {
+        std::io::Error::other(format!("its age header is longer than {} KiB", HEADER_BUDGET >> 10))
+    }
+}
+
+impl<R: BufRead> Read for Budget<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self.left.get();
+        if left == 0 {
+            return Err(self.spent());
+        }
+        let take = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..take])?;
+        self.left.set(left.saturating_sub(n as u64));
+        Ok(n)
+    }
+}
+
+impl<R: BufRead> BufRead for Budget<'_, R> {
+    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+        let left = self.left.get();
+        if left == 0 {
+            return Err(self.spent());
+        }
+        let buf = self.inner.fill_buf()?;
+        Ok(&buf[..buf.len().min(usize::try_from(left).unwrap_or(usize::MAX))])
+    }
+
+    fn consume(&mut self, amt: usize) {
+        self.left.set(self.left.get().saturating_sub(amt as u64));
         self.inner.consume(amt);
     }
 }
@@ -107,8 +156,25 @@ mod tests {
 
         let mut buffered = HashingReader::new(&b"0123456789abc"[..], 10, &progress);
         let n = buffered.fill_buf().unwrap().len();
+        assert_eq!(n, 11, "the buffer shows the limit and one byte more");
         buffered.consume(n);
-        assert_eq!(buffered.size, 13, "consume counts what the buffer gave");
-        assert!(buffered.fill_buf().is_ok(), "nothing is left after it");
+        assert_eq!(buffered.size, 11);
+        let err = buffered.fill_buf().unwrap_err();
+        assert!(err.to_string().contains("more than the 10 bytes"), "{err}");
+        assert!(buffered.read(&mut [0u8; 4]).is_err(), "and reading on does not underflow");
+    }
+
+    #[test]
+    fn a_budget_stops_reading_until_lifted() {
+        let left = std::cell::Cell::new(5);
+        let mut r = Budget { inner: &b"0123456789"[..], left: &left };
+        let mut line = Vec::new();
+        let err = r.read_until(b'\n', &mut line).unwrap_err();
+        assert!(err.to_string().contains("age header is longer"), "{err}");
+        assert_eq!(line, b"01234");
+        left.set(u64::MAX);
+        let mut rest = Vec::new();
+        r.read_to_end(&mut rest).unwrap();
+        assert_eq!(rest, b"56789");
     }
 }

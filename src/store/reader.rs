@@ -7,8 +7,13 @@ use std::io::Read;
 use bytes::{Buf, Bytes};
 use tokio::sync::mpsc;
 
-/// Why a download stopped, apart from what the bytes themselves are: read back with `broke`.
-pub type Piece = Result<Bytes, String>;
+/// What a download hands on: bytes in order, then its end, or why it broke (read back with `broke`). A
+/// download that stops without saying either (its task panicked or was stopped) broke.
+pub enum Piece {
+    Bytes(Bytes),
+    End,
+    Broke(String),
+}
 
 pub struct ArtifactReader {
     source: Source,
@@ -64,9 +69,10 @@ impl Read for ArtifactReader {
                         return Err(std::io::Error::other(why.clone()));
                     }
                     match pieces.blocking_recv() {
-                        Some(Ok(next)) => *piece = next,
-                        Some(Err(why)) => *broke = Some(why),
-                        None => return Ok(0),
+                        Some(Piece::Bytes(next)) => *piece = next,
+                        Some(Piece::End) => return Ok(0),
+                        Some(Piece::Broke(why)) => *broke = Some(why),
+                        None => *broke = Some("the download stopped before its end".into()),
                     }
                 }
                 let n = buf.len().min(piece.len());
@@ -95,9 +101,9 @@ mod tests {
         let (tx, rx) = mpsc::channel(1);
         let task = tokio::spawn(async move {
             for p in [&b"abc"[..], b"", b"defgh"] {
-                let _ = tx.send(Ok(Bytes::from_static(p))).await;
+                let _ = tx.send(Piece::Bytes(Bytes::from_static(p))).await;
             }
-            let _ = tx.send(Err("the connection was reset".into())).await;
+            let _ = tx.send(Piece::Broke("the connection was reset".into())).await;
         });
         let (got, err, broke) = tokio::task::spawn_blocking(move || {
             let mut r = ArtifactReader::download(rx, task);
@@ -114,11 +120,35 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_end_is_said_and_a_silent_stop_is_a_break() {
+        let (tx, rx) = mpsc::channel(2);
+        let task = tokio::spawn(async move {
+            let _ = tx.send(Piece::Bytes(Bytes::from_static(b"ab"))).await;
+            let _ = tx.send(Piece::End).await;
+        });
+        let (tx2, rx2) = mpsc::channel(2);
+        let silent = tokio::spawn(async move {
+            let _ = tx2.send(Piece::Bytes(Bytes::from_static(b"ab"))).await;
+        });
+        let (ended, stopped) = tokio::task::spawn_blocking(move || {
+            let mut all = Vec::new();
+            let ended = ArtifactReader::download(rx, task).read_to_end(&mut all).map(|_| all);
+            let mut some = Vec::new();
+            let stopped = ArtifactReader::download(rx2, silent).read_to_end(&mut some).map_err(|e| e.to_string());
+            (ended.unwrap(), stopped)
+        })
+        .await
+        .unwrap();
+        assert_eq!(ended, b"ab");
+        assert_eq!(stopped, Err("the download stopped before its end".to_string()));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn dropping_the_reader_stops_the_download() {
         let (tx, rx) = mpsc::channel(1);
         let task = tokio::spawn(async move {
             loop {
-                if tx.send(Ok(Bytes::from_static(b"x"))).await.is_err() {
+                if tx.send(Piece::Bytes(Bytes::from_static(b"x"))).await.is_err() {
                     break;
                 }
             }

@@ -14,17 +14,24 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Version {
     pub etag: Option<String>,
-    pub modified: i64,
+    pub modified: Option<i64>,
 }
 
 impl Version {
-    /// The listed version is the cached one: by ETag where the listing gives one, else by time.
+    /// The listed version is the cached one: by ETag where the listing gives one, else by time; a store
+    /// that gives neither is never cached.
     fn is(&self, listed: &Version) -> bool {
-        match &listed.etag {
-            Some(etag) => self.etag.as_ref() == Some(etag),
-            None => self.modified == listed.modified,
+        match (&listed.etag, listed.modified) {
+            (Some(etag), _) => self.etag.as_deref().map(normal) == Some(normal(etag)),
+            (None, Some(modified)) => self.modified == Some(modified),
+            (None, None) => false,
         }
     }
+}
+
+/// An ETag without its quotes or weak marker: stores write them differently in a listing and a GET.
+fn normal(etag: &str) -> &str {
+    etag.trim_start_matches("W/").trim_matches('"')
 }
 
 /// One manifest as the store served it.
@@ -43,8 +50,10 @@ struct File {
 }
 
 const VERSION: u32 = 2;
-/// A cache larger than this is not read (it is rewritten from the listing).
-const MAX_BYTES: u64 = 256 << 20;
+/// A cache larger than this is neither read nor written.
+const MAX_BYTES: u64 = 64 << 20;
+/// A manifest larger than this is not cached (ours are a few KiB).
+pub const MAX_ENTRY: usize = 64 << 10;
 
 /// The cache of one S3 folder (bucket, prefix, cluster, endpoint: `place`).
 pub struct Cache {
@@ -58,33 +67,59 @@ impl Cache {
         Cache { path: crate::host::state_dir().join("s3-manifests").join(format!("{name}.json")) }
     }
 
-    /// What was cached, or nothing.
-    pub fn load(&self) -> HashMap<String, Entry> {
-        let read = std::fs::metadata(&self.path)
-            .ok()
-            .filter(|m| m.len() <= MAX_BYTES)
-            .and_then(|_| std::fs::read(&self.path).ok())
-            .and_then(|bytes| serde_json::from_slice::<File>(&bytes).ok())
-            .filter(|f| f.version == VERSION);
-        read.map(|f| f.entries).unwrap_or_default()
+    /// What was cached, or nothing: only a regular file (not followed through a symlink, never a
+    /// FIFO that would block), at most `MAX_BYTES`, read and parsed off the async workers.
+    pub async fn load(&self) -> HashMap<String, Entry> {
+        let path = self.path.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            use std::io::Read;
+            use std::os::unix::fs::OpenOptionsExt;
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+                .open(&path)
+                .ok()?;
+            if !file.metadata().ok()?.is_file() {
+                return None;
+            }
+            let mut bytes = Vec::new();
+            file.take(MAX_BYTES + 1).read_to_end(&mut bytes).ok()?;
+            if bytes.len() as u64 > MAX_BYTES {
+                return None;
+            }
+            serde_json::from_slice::<File>(&bytes).ok().filter(|f| f.version == VERSION)
+        })
+        .await;
+        read.ok().flatten().map(|f| f.entries).unwrap_or_default()
     }
 
-    /// Replaces the cache with `entries` (the manifests of the last listing that checked out).
+    /// Replaces the cache with `entries` (the manifests of the last listing that checked out). Only
+    /// the state dir's owner writes it: a root shell's `list` must not leave a file the service user
+    /// cannot replace. Not synced: a cache lost in a crash is read again.
     pub async fn save(&self, entries: HashMap<String, Entry>) {
-        let Some(folder) = self.path.parent() else { return };
-        let bytes = match serde_json::to_vec(&File { version: VERSION, entries }) {
-            Ok(b) => b,
-            Err(_) => return,
-        };
-        let name = self.path.file_name().and_then(|n| n.to_str()).unwrap_or("cache.json").to_string();
-        let saved = async {
-            use std::os::unix::fs::DirBuilderExt;
+        let path = self.path.clone();
+        let saved = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            use std::io::Write;
+            use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+            let Some(folder) = path.parent() else { return Ok(()) };
+            let owner = folder.parent().map(std::fs::metadata).transpose()?.map(|m| m.uid());
+            if owner != Some(nix::unistd::geteuid().as_raw()) {
+                return Ok(());
+            }
+            let bytes = serde_json::to_vec(&File { version: VERSION, entries }).map_err(std::io::Error::other)?;
+            if bytes.len() as u64 > MAX_BYTES {
+                return Ok(());
+            }
             std::fs::DirBuilder::new().recursive(true).mode(0o700).create(folder)?;
-            crate::files::write_atomic(folder, &name, &bytes).await
-        }
+            // A name of its own: a daemon and a command saving at once never publish each other's half.
+            let mut part = tempfile::NamedTempFile::new_in(folder)?;
+            part.write_all(&bytes)?;
+            part.persist(&path).map_err(|e| e.error)?;
+            Ok(())
+        })
         .await;
-        if let Err(e) = saved {
-            tracing::debug!(path = %self.path.display(), error = %format!("{e:#}"), "cannot save the manifest cache");
+        if let Ok(Err(e)) = saved {
+            tracing::debug!(path = %self.path.display(), error = %e, "cannot save the manifest cache");
         }
     }
 }
@@ -102,20 +137,22 @@ mod tests {
     #[test]
     fn only_an_unchanged_object_is_a_hit() {
         let v = |etag: Option<&str>, modified| Version { etag: etag.map(str::to_string), modified };
-        let entry = Entry { version: v(Some("\"abc\""), 100), size: 2, manifest: "{}".into() };
+        let entry = Entry { version: v(Some("\"abc\""), Some(100)), size: 2, manifest: "{}".into() };
         let cache: HashMap<String, Entry> = [("p/a.manifest.json".to_string(), entry)].into();
         let key = "p/a.manifest.json";
-        assert!(hit(&cache, key, &v(Some("\"abc\""), 999), 2).is_some(), "the ETag decides where listed");
-        assert!(hit(&cache, key, &v(Some("\"abd\""), 100), 2).is_none(), "another ETag");
-        assert!(hit(&cache, key, &v(Some("\"abc\""), 100), 3).is_none(), "another size");
-        assert!(hit(&cache, key, &v(None, 100), 2).is_some(), "no ETag listed: the time decides");
-        assert!(hit(&cache, key, &v(None, 101), 2).is_none(), "a later time");
-        assert!(hit(&cache, "p/b.manifest.json", &v(Some("\"abc\""), 100), 2).is_none());
-        let lying = Entry { version: v(None, 100), size: 2, manifest: "{\"x\":1}".into() };
+        assert!(hit(&cache, key, &v(Some("\"abc\""), Some(999)), 2).is_some(), "the ETag decides where listed");
+        assert!(hit(&cache, key, &v(Some("abc"), None), 2).is_some(), "with or without its quotes");
+        assert!(hit(&cache, key, &v(Some("\"abd\""), Some(100)), 2).is_none(), "another ETag");
+        assert!(hit(&cache, key, &v(Some("\"abc\""), Some(100)), 3).is_none(), "another size");
+        assert!(hit(&cache, key, &v(None, Some(100)), 2).is_some(), "no ETag listed: the time decides");
+        assert!(hit(&cache, key, &v(None, Some(101)), 2).is_none(), "a later time");
+        assert!(hit(&cache, key, &v(None, None), 2).is_none(), "neither: never cached");
+        assert!(hit(&cache, "p/b.manifest.json", &v(Some("\"abc\""), Some(100)), 2).is_none());
+        let lying = Entry { version: v(None, Some(100)), size: 2, manifest: "{\"x\":1}".into() };
         let cache: HashMap<String, Entry> = [("k".to_string(), lying)].into();
-        assert!(hit(&cache, "k", &v(None, 100), 2).is_none(), "cached bytes of another size");
-        let unlisted = Entry { version: v(None, 100), size: 2, manifest: "{}".into() };
+        assert!(hit(&cache, "k", &v(None, Some(100)), 2).is_none(), "cached bytes of another size");
+        let unlisted = Entry { version: v(None, Some(100)), size: 2, manifest: "{}".into() };
         let cache: HashMap<String, Entry> = [("k".to_string(), unlisted)].into();
-        assert!(hit(&cache, "k", &v(Some("\"abc\""), 100), 2).is_none(), "read without an ETag, listed with one");
+        assert!(hit(&cache, "k", &v(Some("\"abc\""), Some(100)), 2).is_none(), "read without an ETag, listed with one");
     }
 }

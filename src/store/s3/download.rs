@@ -38,12 +38,12 @@ impl S3Store {
                     let mut body = body;
                     loop {
                         let piece = match body.try_next().await {
-                            Ok(Some(chunk)) => Ok(chunk),
-                            Ok(None) => return,
-                            Err(e) => Err(format!("downloading '{key}' broke: {e}")),
+                            Ok(Some(chunk)) => Piece::Bytes(chunk),
+                            Ok(None) => Piece::End,
+                            Err(e) => Piece::Broke(format!("downloading '{key}' broke: {e}")),
                         };
-                        let failed = piece.is_err();
-                        if tx.send(piece).await.is_err() || failed {
+                        let last = !matches!(piece, Piece::Bytes(_));
+                        if tx.send(piece).await.is_err() || last {
                             return;
                         }
                     }
@@ -72,12 +72,16 @@ impl S3Store {
                         .map(|joined| joined.unwrap_or_else(|e| Err(anyhow!("a download task ended: {e}"))));
                     let mut parts = futures::stream::once(std::future::ready(first)).chain(rest);
                     while let Some(part) = parts.next().await {
-                        let part = part.map_err(|e| format!("{e:#}"));
-                        let failed = part.is_err();
-                        if tx.send(part).await.is_err() || failed {
+                        let piece = match part {
+                            Ok(bytes) => Piece::Bytes(bytes),
+                            Err(e) => Piece::Broke(format!("{e:#}")),
+                        };
+                        let failed = matches!(piece, Piece::Broke(_));
+                        if tx.send(piece).await.is_err() || failed {
                             return;
                         }
                     }
+                    let _ = tx.send(Piece::End).await;
                 })
             }
         };
@@ -91,19 +95,21 @@ impl S3Store {
         )
     }
 
-    /// Bytes `start..end` of `key`, whole, asked for again if the body breaks off.
+    /// Bytes `start..end` of `key`, whole, asked for again (after a pause) if the body breaks off or
+    /// the request fails in a way that may pass: one range must not end a long restore.
     async fn fetch_range(&self, key: &str, start: u64, end: u64) -> Result<Bytes> {
         let mut tries = 0;
         loop {
             tries += 1;
             let got = match self.get_range(key, start, end).await {
                 Ok(range) => range.collect(key, start, end).await,
-                Err(e) => return Err(e), // the SDK has retried the request already
+                Err(e) if !crate::errors::is_transient(&e) => return Err(e),
+                Err(e) => Err(e),
             };
             match got {
                 Ok(bytes) => return Ok(bytes),
                 Err(e) if tries >= TRIES => return Err(e),
-                Err(_) => continue,
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(500 * tries as u64)).await,
             }
         }
     }

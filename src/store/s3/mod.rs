@@ -99,8 +99,10 @@ impl S3Store {
                 if let Some(name) = object.key().and_then(|k| k.strip_prefix(&self.folder)) {
                     let modified = utc(object.last_modified());
                     let size = object.size().unwrap_or(0).max(0) as u64;
-                    let version =
-                        cache::Version { etag: object.e_tag().map(str::to_string), modified: modified.timestamp() };
+                    let version = cache::Version {
+                        etag: object.e_tag().map(str::to_string),
+                        modified: object.last_modified().map(|t| t.secs()),
+                    };
                     versions.insert(name.to_string(), version);
                     found.push(Found { name: name.to_string(), size, modified });
                 }
@@ -109,7 +111,7 @@ impl S3Store {
         let sizes: std::collections::HashMap<&str, u64> = found.iter().map(|f| (f.name.as_str(), f.size)).collect();
         let Paired { pairs, mut leftovers, mut ignored } = pair_up(&found);
         let cache = cache::Cache::for_place(&self.place);
-        let cached = cache.load();
+        let cached = cache.load().await;
         let reads = futures::stream::iter(pairs.into_iter().map(|pair| {
             let key = format!("{}{}", self.folder, pair.manifest_name);
             let size = sizes.get(pair.manifest_name.as_str()).copied().unwrap_or(0);
@@ -137,7 +139,7 @@ impl S3Store {
         for (pair, key, read) in reads.collect::<Vec<_>>().await {
             match read {
                 Ok((manifest, bytes, version)) => {
-                    if let Ok(text) = String::from_utf8(bytes) {
+                    if let (true, Ok(text)) = (bytes.len() <= cache::MAX_ENTRY, String::from_utf8(bytes)) {
                         keep.insert(key, cache::Entry { version, size: text.len() as u64, manifest: text });
                     }
                     backups.push(Stored { manifest, pinned: pair.pinned });
@@ -256,9 +258,17 @@ impl S3Store {
             anyhow::bail!("'{key}' is too large to be a manifest");
         }
         let version =
-            cache::Version { etag: out.e_tag().map(str::to_string), modified: utc(out.last_modified()).timestamp() };
-        let body = out.body.collect().await.with_context(|| format!("cannot read '{key}'"))?;
-        Ok((body.into_bytes().to_vec(), version))
+            cache::Version { etag: out.e_tag().map(str::to_string), modified: out.last_modified().map(|t| t.secs()) };
+        // Read up to the limit, whatever the answer said of its length.
+        let mut body = out.body;
+        let mut bytes = Vec::new();
+        while let Some(chunk) = body.try_next().await.with_context(|| format!("cannot read '{key}'"))? {
+            bytes.extend_from_slice(&chunk);
+            if bytes.len() > MAX_MANIFEST_BYTES {
+                anyhow::bail!("'{key}' is too large to be a manifest");
+            }
+        }
+        Ok((bytes, version))
     }
 
     /// Turns an SDK error into a sentence naming bucket, endpoint and what to check.
