@@ -24,6 +24,8 @@ enum Source {
     Download {
         pieces: mpsc::Receiver<Piece>,
         piece: Bytes,
+        /// The download said its end: every later read is the end too.
+        ended: bool,
         broke: Option<String>,
         /// The task feeding `pieces`: stopped when the reader is dropped, on every exit path.
         task: tokio::task::JoinHandle<()>,
@@ -37,7 +39,7 @@ impl ArtifactReader {
 
     /// Reads what `task` sends to `pieces`, in order; an `Err` piece ends the stream with that reason.
     pub fn download(pieces: mpsc::Receiver<Piece>, task: tokio::task::JoinHandle<()>) -> Self {
-        ArtifactReader { source: Source::Download { pieces, piece: Bytes::new(), broke: None, task } }
+        ArtifactReader { source: Source::Download { pieces, piece: Bytes::new(), ended: false, broke: None, task } }
     }
 
     /// What stops the download (nothing for a file): a reader blocked waiting for the next piece then
@@ -63,14 +65,17 @@ impl Read for ArtifactReader {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         match &mut self.source {
             Source::File(f) => f.read(buf),
-            Source::Download { pieces, piece, broke, .. } => {
+            Source::Download { pieces, piece, ended, broke, .. } => {
                 while piece.is_empty() {
+                    if *ended {
+                        return Ok(0);
+                    }
                     if let Some(why) = broke {
                         return Err(std::io::Error::other(why.clone()));
                     }
                     match pieces.blocking_recv() {
                         Some(Piece::Bytes(next)) => *piece = next,
-                        Some(Piece::End) => return Ok(0),
+                        Some(Piece::End) => *ended = true,
                         Some(Piece::Broke(why)) => *broke = Some(why),
                         None => *broke = Some("the download stopped before its end".into()),
                     }
@@ -132,7 +137,9 @@ mod tests {
         });
         let (ended, stopped) = tokio::task::spawn_blocking(move || {
             let mut all = Vec::new();
-            let ended = ArtifactReader::download(rx, task).read_to_end(&mut all).map(|_| all);
+            let mut reader = ArtifactReader::download(rx, task);
+            let ended = reader.read_to_end(&mut all).map(|_| all);
+            assert_eq!(reader.read(&mut [0u8; 4]).ok(), Some(0), "the end stays the end");
             let mut some = Vec::new();
             let stopped = ArtifactReader::download(rx2, silent).read_to_end(&mut some).map_err(|e| e.to_string());
             (ended.unwrap(), stopped)
