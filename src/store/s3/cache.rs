@@ -102,8 +102,10 @@ impl Cache {
             use std::io::Write;
             use std::os::unix::fs::{DirBuilderExt, MetadataExt};
             let Some(folder) = path.parent() else { return Ok(()) };
-            let owner = folder.parent().map(std::fs::metadata).transpose()?.map(|m| m.uid());
-            if owner != Some(nix::unistd::geteuid().as_raw()) {
+            let Some(state_dir) = folder.parent() else { return Ok(()) };
+            // A state dir that does not exist yet is this user's to create.
+            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(state_dir)?;
+            if std::fs::metadata(state_dir)?.uid() != nix::unistd::geteuid().as_raw() {
                 return Ok(());
             }
             let bytes = serde_json::to_vec(&File { version: VERSION, entries }).map_err(std::io::Error::other)?;
