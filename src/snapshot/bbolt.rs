@@ -135,22 +135,49 @@ pub(super) fn parse_meta(page: &[u8]) -> Option<Meta> {
     })
 }
 
-/// Element data starts after the element headers and follows in their order without overlapping, as
-/// bbolt writes it: then the work and memory a page costs stay within its size, whatever it claims.
-pub(super) struct Layout {
+/// The elements of a branch or leaf page, read in order. Each must lie within the page, its data after
+/// the element headers and after the previous element's data, as bbolt writes it: then the work and
+/// memory a page costs stay within its size, whatever it claims. Errors are the damage, in words.
+pub(super) struct Elements<'p> {
+    page: &'p [u8],
+    id: u64,
     next: usize,
 }
 
-impl Layout {
-    pub(super) fn new(count: usize) -> Self {
-        Layout { next: PAGE_HEADER + count * ELEMENT }
+impl<'p> Elements<'p> {
+    pub(super) fn new(page: &'p [u8], id: u64, count: usize) -> Self {
+        Elements { page, id, next: PAGE_HEADER + count * ELEMENT }
     }
 
-    /// Element data at `from`, `len` bytes long: true if it follows the previous element's.
-    pub(super) fn follows(&mut self, from: usize, len: usize) -> bool {
-        let ok = from >= self.next;
-        self.next = from.saturating_add(len);
-        ok
+    fn data(&mut self, from: usize, len: usize) -> Result<&'p [u8], String> {
+        let data =
+            self.page.get(from..from + len).ok_or_else(|| format!("page {} has an element out of bounds", self.id))?;
+        if from < self.next {
+            return Err(format!("page {} has elements out of order or overlapping", self.id));
+        }
+        self.next = from + len;
+        Ok(data)
+    }
+
+    /// Branch element `i`: the child page it points to.
+    pub(super) fn branch(&mut self, i: usize) -> Result<u64, String> {
+        let e = PAGE_HEADER + i * ELEMENT;
+        let (pos, ksize) = (u32_at(self.page, e) as usize, u32_at(self.page, e + 4) as usize);
+        self.data(e + pos, ksize)?;
+        Ok(u64_at(self.page, e + 8))
+    }
+
+    /// Leaf element `i`: its flags, key and value.
+    pub(super) fn leaf(&mut self, i: usize) -> Result<(u32, &'p [u8], &'p [u8]), String> {
+        let e = PAGE_HEADER + i * ELEMENT;
+        let (flags, pos, ksize, vsize) = (
+            u32_at(self.page, e),
+            u32_at(self.page, e + 4) as usize,
+            u32_at(self.page, e + 8) as usize,
+            u32_at(self.page, e + 12) as usize,
+        );
+        let data = self.data(e + pos, ksize + vsize)?;
+        Ok((flags, &data[..ksize], &data[ksize..]))
     }
 }
 
@@ -245,21 +272,11 @@ impl<'p, P: Pages + ?Sized> Reader<'p, P> {
         if PAGE_HEADER + count * ELEMENT > page.len() {
             return Err(damaged(format!("page {id} has more elements than fit in it")));
         }
-        let slice = |from: usize, len: usize| {
-            page.get(from..from + len).ok_or_else(|| damaged(format!("page {id} has an element out of bounds")))
-        };
-        let mut layout = Layout::new(count);
-        let overlapping = || damaged(format!("page {id} has elements out of order or overlapping"));
+        let mut elements = Elements::new(page, id, count);
         match flags {
             BRANCH => {
                 for i in 0..count {
-                    let e = PAGE_HEADER + i * ELEMENT;
-                    let (pos, ksize, child) =
-                        (u32_at(page, e) as usize, u32_at(page, e + 4) as usize, u64_at(page, e + 8));
-                    slice(e + pos, ksize)?;
-                    if !layout.follows(e + pos, ksize) {
-                        return Err(overlapping());
-                    }
+                    let child = elements.branch(i).map_err(damaged)?;
                     if self.depth >= MAX_DEPTH {
                         return Err(damaged(format!("page {id} is more than {MAX_DEPTH} levels deep")));
                     }
@@ -273,18 +290,7 @@ impl<'p, P: Pages + ?Sized> Reader<'p, P> {
             }
             LEAF => {
                 for i in 0..count {
-                    let e = PAGE_HEADER + i * ELEMENT;
-                    let (eflags, pos, ksize, vsize) = (
-                        u32_at(page, e),
-                        u32_at(page, e + 4) as usize,
-                        u32_at(page, e + 8) as usize,
-                        u32_at(page, e + 12) as usize,
-                    );
-                    let key = slice(e + pos, ksize)?;
-                    let value = slice(e + pos + ksize, vsize)?;
-                    if !layout.follows(e + pos, ksize + vsize) {
-                        return Err(overlapping());
-                    }
+                    let (eflags, key, value) = elements.leaf(i).map_err(damaged)?;
                     f(self, key, value, eflags)?;
                 }
                 Ok(())

@@ -5,8 +5,8 @@
 //! file), so memory does not grow with the database. Pure.
 
 use super::bbolt::{
-    BRANCH, BUCKET_LEAF, BboltError, ELEMENT, LEAF, Layout, PAGE_HEADER, digest, main_revision, u16_at, u32_at, u64_at,
-    user_key,
+    BRANCH, BUCKET_LEAF, BboltError, ELEMENT, Elements, LEAF, PAGE_HEADER, digest, main_revision, u16_at, u32_at,
+    u64_at, user_key,
 };
 
 /// Of a plain key where a bucket belongs, this much is kept for the message.
@@ -69,23 +69,15 @@ pub(super) fn summarize(page: &[u8], top: bool) -> Summary {
     if PAGE_HEADER + count * ELEMENT > page.len() {
         return Summary::Bad(format!("page {id} has more elements than fit in it"));
     }
-    let out_of_bounds = || Summary::Bad(format!("page {id} has an element out of bounds"));
-    let overlapping = || Summary::Bad(format!("page {id} has elements out of order or overlapping"));
-    let slice = |from: usize, len: usize| page.get(from..from + len);
-    let mut layout = Layout::new(count);
+    let mut elements = Elements::new(page, id, count);
     match flags {
         BRANCH => {
             let mut children = Vec::with_capacity(count);
             for i in 0..count {
-                let e = PAGE_HEADER + i * ELEMENT;
-                let (pos, ksize) = (u32_at(page, e) as usize, u32_at(page, e + 4) as usize);
-                if slice(e + pos, ksize).is_none() {
-                    return out_of_bounds();
+                match elements.branch(i) {
+                    Ok(child) => children.push(child),
+                    Err(why) => return Summary::Bad(why),
                 }
-                if !layout.follows(e + pos, ksize) {
-                    return overlapping();
-                }
-                children.push(u64_at(page, e + 8));
             }
             Summary::Branch(children)
         }
@@ -99,20 +91,10 @@ pub(super) fn summarize(page: &[u8], top: bool) -> Summary {
                 compact: None,
             };
             for i in 0..count {
-                let e = PAGE_HEADER + i * ELEMENT;
-                let (eflags, pos, ksize, vsize) = (
-                    u32_at(page, e),
-                    u32_at(page, e + 4) as usize,
-                    u32_at(page, e + 8) as usize,
-                    u32_at(page, e + 12) as usize,
-                );
-                let (Some(key), Some(value)) = (slice(e + pos, ksize), slice(e + pos + ksize, vsize)) else {
-                    return out_of_bounds();
-                };
-                if !layout.follows(e + pos, ksize + vsize) {
-                    return overlapping();
+                match elements.leaf(i) {
+                    Ok((eflags, key, value)) => leaf.add(key, value, eflags),
+                    Err(why) => return Summary::Bad(why),
                 }
-                leaf.add(key, value, eflags);
             }
             Summary::Leaf(leaf)
         }
