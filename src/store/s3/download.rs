@@ -11,10 +11,12 @@ use tokio::sync::mpsc;
 use super::S3Store;
 use crate::store::reader::{ArtifactReader, Piece};
 
-/// The size of one ranged GET.
-pub const RANGE: u64 = 4 << 20;
+/// The size of one ranged GET. Measured against a loopback server (bench/run's set-up): at the same bytes
+/// in flight, many small ranges download faster than a few large ones (16 × 1 MiB: 3.1 s for 931 MiB,
+/// 4 × 4 MiB: 4.8 s; `aws s3 cp`: 2.4 s with 10 × 8 MiB).
+pub const RANGE: u64 = 1 << 20;
 /// Ranged GETs in flight at once: with the range, what memory holds of a download.
-pub const RANGES_AT_ONCE: usize = 4;
+pub const RANGES_AT_ONCE: usize = 16;
 /// Tries per range: a range whose body breaks off is asked for again (the SDK retries the request
 /// itself, not a body that stops half-way).
 const TRIES: usize = 3;
@@ -72,13 +74,17 @@ impl S3Store {
                         .map(|joined| joined.unwrap_or_else(|e| Err(anyhow!("a download task ended: {e}"))));
                     let mut parts = futures::stream::once(std::future::ready(first)).chain(rest);
                     while let Some(part) = parts.next().await {
-                        let piece = match part {
-                            Ok(bytes) => Piece::Bytes(bytes),
-                            Err(e) => Piece::Broke(format!("{e:#}")),
+                        let segments = match part {
+                            Ok(segments) => segments,
+                            Err(e) => {
+                                let _ = tx.send(Piece::Broke(format!("{e:#}"))).await;
+                                return;
+                            }
                         };
-                        let failed = matches!(piece, Piece::Broke(_));
-                        if tx.send(piece).await.is_err() || failed {
-                            return;
+                        for segment in segments {
+                            if tx.send(Piece::Bytes(segment)).await.is_err() {
+                                return;
+                            }
                         }
                     }
                     let _ = tx.send(Piece::End).await;
@@ -97,7 +103,7 @@ impl S3Store {
 
     /// Bytes `start..end` of `key`, whole, asked for again (after a pause) if the body breaks off or
     /// the request fails in a way that may pass: one range must not end a long restore.
-    async fn fetch_range(&self, key: &str, start: u64, end: u64) -> Result<Bytes> {
+    async fn fetch_range(&self, key: &str, start: u64, end: u64) -> Result<Vec<Bytes>> {
         let mut tries = 0;
         loop {
             tries += 1;
@@ -160,8 +166,9 @@ impl<T> Drop for Owned<T> {
 }
 
 impl Range {
-    /// The body, whole: refused before it is read if its length is not the range's.
-    async fn collect(self, key: &str, start: u64, end: u64) -> Result<Bytes> {
+    /// The body, whole, as the pieces it arrived in (not copied into one): refused before it is read if
+    /// its length is not the range's.
+    async fn collect(self, key: &str, start: u64, end: u64) -> Result<Vec<Bytes>> {
         if self.length != end - start {
             bail!("S3 answered bytes {start}..{end} of '{key}' with {} bytes", self.length);
         }
@@ -170,9 +177,11 @@ impl Range {
             .collect()
             .await
             .with_context(|| format!("downloading bytes {start}..{end} of '{key}' broke"))?
-            .into_bytes();
-        if bytes.len() as u64 != end - start {
-            bail!("S3 sent {} bytes of '{key}' for bytes {start}..{end}", bytes.len());
+            .into_segments()
+            .collect::<Vec<_>>();
+        let sent: usize = bytes.iter().map(Bytes::len).sum();
+        if sent as u64 != end - start {
+            bail!("S3 sent {sent} bytes of '{key}' for bytes {start}..{end}");
         }
         Ok(bytes)
     }
