@@ -126,9 +126,17 @@ pub async fn drill(
         let scratch = crate::scratch::scratch_dir()?;
         let snapshot = scratch.path().join("snapshot.db");
         tracing::info!(id = %m.id, from = %holder.kind(), "drill: fetching and decrypting");
-        crate::restore::fetch_and_decrypt(holder, &m, &identities, scratch.path(), &snapshot, cancel)
-            .await
-            .with_context(|| format!("the {} copy of {} cannot be restored", holder.kind(), m.id))?;
+        crate::restore::fetch_and_decrypt(
+            holder,
+            &m,
+            &identities,
+            scratch.path(),
+            &snapshot,
+            crate::restore::Keep::Scratch,
+            cancel,
+        )
+        .await
+        .with_context(|| format!("the {} copy of {} cannot be restored", holder.kind(), m.id))?;
         let data = scratch.path().join("data");
         let observed = serve_and_count(&snapshot, &data, &etcd, etcd_bin, settings, cancel).await?;
         compare(expected, observed).map_err(|e| anyhow!("{}: {e}", m.id))?;

@@ -13,9 +13,9 @@ use tokio::sync::mpsc;
 use crate::config::units::format_size;
 use crate::errors::{Cause, classified};
 use crate::manifest::Compression;
-use crate::snapshot::TrailerCheck;
 use crate::snapshot::bbolt::{BboltError, Status};
 use crate::snapshot::stream::StreamCheck;
+use crate::snapshot::{TrailerCheck, TrailerError};
 
 /// Encrypted bytes are handed to destinations in pieces of this size.
 pub const CHUNK: usize = 1 << 20;
@@ -44,7 +44,7 @@ pub fn encode(
     recipients: &[crate::crypto::PublicKey],
     spill: std::fs::File,
 ) -> Result<Encoded> {
-    let mut structure = Checker::start(spill)?;
+    let mut structure = Checker::start(spill, None)?;
     let fanout = FanOut {
         senders: senders.into_iter().map(Some).collect(),
         buf: BytesMut::with_capacity(CHUNK),
@@ -58,20 +58,18 @@ pub fn encode(
         }
         Compression::None => Sealer::Age(encrypted),
     };
-    let mut check = TrailerCheck::new();
     while let Some(chunk) = plain.blocking_recv() {
         let chunk = Bytes::from(chunk);
-        check.update(&chunk);
-        structure.feed(chunk.clone());
+        let _ = structure.feed(chunk.clone()); // writes nothing: it runs to the end
         sealer.write_all(&chunk).map_err(write_error)?;
     }
     let fanout = sealer.finish().map_err(write_error)?;
-    let plain_size = check.total();
     let (artifact_size, artifact_sha256) = fanout.close().map_err(write_error)?;
-    let snapshot_sha256 = check.finish()?;
+    let checked = structure.finish()?;
+    let snapshot_sha256 = checked.trailer?;
     // The database itself: every page reachable once, types and bounds sane, and its status.
-    let status = structure.finish()?.map_err(|e| anyhow!("etcd sent a snapshot that is not a sound database: {e}"))?;
-    Ok(Encoded { plain_size, snapshot_sha256, artifact_size, artifact_sha256, status })
+    let status = checked.structure?.map_err(|e| anyhow!("etcd sent a snapshot that is not a sound database: {e}"))?;
+    Ok(Encoded { plain_size: checked.size, snapshot_sha256, artifact_size, artifact_sha256, status })
 }
 
 /// What makes the artifact: zstd then age, or age alone.
@@ -101,17 +99,36 @@ fn write_error(e: std::io::Error) -> anyhow::Error {
     anyhow!("cannot write the encrypted backup: {e}")
 }
 
-/// The structure check's thread, fed the plain chunks; joined when finished, and told to stop and
-/// joined when dropped (on every early exit of its owner).
+/// The checks of the plain snapshot, on a thread of their own, fed its chunks: etcd's sha256 trailer and
+/// the database's structure; a restore's output is written there too. Joined when finished; told to
+/// stop and joined when dropped (on every early exit of its owner).
 pub struct Checker {
     chunks: Option<std::sync::mpsc::SyncSender<Bytes>>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: Option<std::thread::JoinHandle<Option<Result<Status, BboltError>>>>,
+    thread: Option<std::thread::JoinHandle<Option<Found>>>,
+}
+
+/// What the check thread found: the trailer as it stood, the structure (unless a write failed first),
+/// and how writing the output went.
+type Found = (TrailerCheck, Option<Result<Status, BboltError>>, std::io::Result<()>);
+
+/// What the checks of a plain snapshot found.
+pub struct Checked {
+    /// Bytes fed, etcd's trailer included.
+    pub size: u64,
+    /// The trailer, checked: the database's sha256.
+    pub trailer: Result<String, TrailerError>,
+    /// The database's status, or what is wrong with it; `Err` if the structure check itself could not
+    /// run (its scratch file failed, a limit of the check), with the cause of an I/O failure.
+    pub structure: Result<Result<Status, BboltError>>,
+    /// Writing the output (where there was one): a failure stopped the checks, so look at it first.
+    pub written: std::io::Result<()>,
 }
 
 impl Checker {
-    /// Starts the check, its page summaries spilled to `spill` (see `check_spill`).
-    pub fn start(spill: std::fs::File) -> Result<Self> {
+    /// Starts the checks, the structure's page summaries spilled to `spill` (see `check_spill`); every
+    /// chunk is also written to `output`, if any.
+    pub fn start(spill: std::fs::File, mut output: Option<std::fs::File>) -> Result<Self> {
         use std::sync::atomic::Ordering;
         let (tx, rx) = std::sync::mpsc::sync_channel::<Bytes>(4);
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -119,48 +136,57 @@ impl Checker {
         let thread = std::thread::Builder::new()
             .name("snapshot-check".into())
             .spawn(move || {
+                let mut trailer = TrailerCheck::new();
                 let mut check = StreamCheck::new(std::io::BufWriter::with_capacity(1 << 20, spill));
                 for chunk in rx {
                     if stopped.load(Ordering::Relaxed) {
                         return None;
                     }
+                    trailer.update(&chunk);
                     check.update(&chunk);
+                    if let Some(Err(e)) = output.as_mut().map(|out| out.write_all(&chunk)) {
+                        return Some((trailer, None, Err(e))); // the feeder sees the channel closed
+                    }
                 }
                 // Dropped rather than finished: no walk over what was summarized.
                 if stopped.load(Ordering::Relaxed) {
                     return None;
                 }
-                Some(check.finish())
+                Some((trailer, Some(check.finish()), Ok(())))
             })
             .context("cannot start the snapshot check's thread")?;
         Ok(Checker { chunks: Some(tx), stop, thread: Some(thread) })
     }
 
-    pub fn feed(&mut self, chunk: Bytes) {
+    /// Hands the next chunk to the checks; `false` once they stopped (a failed write, a bug): `finish`
+    /// says why.
+    pub fn feed(&mut self, chunk: Bytes) -> bool {
         if let Some(tx) = &self.chunks
             && tx.send(chunk).is_err()
         {
-            self.chunks = None; // the thread ended; `finish` says why
+            self.chunks = None;
         }
+        self.chunks.is_some()
     }
 
-    /// The database's status, or what is wrong with it; `Err` if the check itself could not run (its
-    /// scratch file failed, a limit of the check), with the cause of an I/O failure.
-    pub fn finish(mut self) -> Result<Result<Status, BboltError>> {
+    /// What the checks found; `Err` only if they did not run to the end (stopped, or a bug).
+    pub fn finish(mut self) -> Result<Checked> {
         self.chunks = None;
         let thread = self.thread.take().ok_or_else(|| anyhow!("the snapshot check ran twice"))?;
-        let outcome = thread
+        let (trailer, outcome, written) = thread
             .join()
             .map_err(|_| anyhow!("the snapshot check's thread panicked; please report this as a bug"))?
             .ok_or_else(|| anyhow!("the snapshot check was stopped"))?;
-        match outcome {
-            Err(BboltError::Scratch { what, kind, message }) => {
+        let structure = match outcome {
+            None => Err(anyhow!("the snapshot check stopped when the output could not be written")),
+            Some(Err(BboltError::Scratch { what, kind, message })) => {
                 let cause = crate::errors::io_cause(&std::io::Error::from(kind)).unwrap_or(Cause::Unreachable);
                 Err(classified(cause, format!("{what} in the state dir failed: {message}")))
             }
-            Err(BboltError::Limit(why)) => Err(anyhow!("the snapshot cannot be checked: {why}")),
-            other => Ok(other),
-        }
+            Some(Err(BboltError::Limit(why))) => Err(anyhow!("the snapshot cannot be checked: {why}")),
+            Some(other) => Ok(other),
+        };
+        Ok(Checked { size: trailer.total(), trailer: trailer.finish(), structure, written })
     }
 }
 
@@ -272,5 +298,57 @@ mod tests {
         let gib = 1u64 << 30;
         assert!(required_local_space(gib) > gib + gib / 100);
         assert!(required_local_space(gib) < gib + gib / 10);
+    }
+
+    /// `body` followed by its sha256, as etcd ends a snapshot stream.
+    fn with_trailer(body: &[u8]) -> Vec<u8> {
+        let mut stream = body.to_vec();
+        stream.extend_from_slice(&Sha256::digest(body));
+        stream
+    }
+
+    #[test]
+    fn the_check_thread_checks_the_trailer_and_writes_every_chunk_to_the_output() {
+        let body: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let stream = with_trailer(&body);
+        let spill = tempfile::tempfile().unwrap();
+        let output = tempfile::NamedTempFile::new().unwrap();
+        let mut checker = Checker::start(spill, Some(output.as_file().try_clone().unwrap())).unwrap();
+        for chunk in stream.chunks(65_537) {
+            assert!(checker.feed(Bytes::copy_from_slice(chunk)));
+        }
+        let checked = checker.finish().unwrap();
+        assert_eq!(checked.size, stream.len() as u64);
+        assert_eq!(checked.trailer, Ok(hex::encode(Sha256::digest(&body))));
+        assert!(checked.written.is_ok());
+        // Not a database: the structure check ran and says so.
+        assert!(matches!(checked.structure, Ok(Err(_))));
+        assert!(std::fs::read(output.path()).unwrap() == stream, "the output is not what was fed");
+    }
+
+    #[test]
+    fn a_failed_write_stops_the_checks_and_is_what_they_report() {
+        let spill = tempfile::tempfile().unwrap();
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let read_only = std::fs::File::open(file.path()).unwrap();
+        let mut checker = Checker::start(spill, Some(read_only)).unwrap();
+        // The thread stops at the first write; the queue takes a few chunks more, then refuses.
+        let fed = (0..100).take_while(|_| checker.feed(Bytes::from(vec![7u8; 4096]))).count();
+        assert!(fed < 100, "the checks went on after the output failed");
+        let checked = checker.finish().unwrap();
+        assert!(checked.written.is_err());
+        let why = checked.structure.err().expect("no structure check after a failed write").to_string();
+        assert!(why.contains("output could not be written"), "{why}");
+    }
+
+    #[test]
+    fn without_an_output_the_checks_run_to_the_end_and_a_bad_trailer_is_named() {
+        let mut stream = with_trailer(b"some bytes that are not a database");
+        *stream.last_mut().unwrap() ^= 1;
+        let mut checker = Checker::start(tempfile::tempfile().unwrap(), None).unwrap();
+        assert!(checker.feed(Bytes::from(stream)));
+        let checked = checker.finish().unwrap();
+        assert!(matches!(checked.trailer, Err(TrailerError::Mismatch { .. })));
+        assert!(checked.written.is_ok());
     }
 }

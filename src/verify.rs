@@ -41,7 +41,16 @@ pub async fn check_copies(
             if let Some(ids) = identities {
                 // Decrypting checks the artifact's size and sha256 too.
                 let plain = scratch.path().join("plain.db");
-                let checked = crate::restore::fetch_and_decrypt(holder, m, ids, scratch.path(), &plain, cancel).await;
+                let checked = crate::restore::fetch_and_decrypt(
+                    holder,
+                    m,
+                    ids,
+                    scratch.path(),
+                    &plain,
+                    crate::restore::Keep::Scratch,
+                    cancel,
+                )
+                .await;
                 let _ = std::fs::remove_file(&plain);
                 return anyhow::Ok(Some(checked?.status));
             }

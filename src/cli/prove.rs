@@ -162,12 +162,12 @@ pub(super) async fn restore(
         print_procedure();
         return Ok(());
     };
-    let snapshot = match &target {
-        RestoreTarget::File(file) => file.clone(),
-        RestoreTarget::DataDir(..) => scratch.path().join("snapshot.db"),
+    let (snapshot, keep) = match &target {
+        RestoreTarget::File(file) => (file.clone(), crate::restore::Keep::Durable),
+        RestoreTarget::DataDir(..) => (scratch.path().join("snapshot.db"), crate::restore::Keep::Scratch),
     };
     // Local first; a damaged or unreadable copy falls back to the next destination that holds it.
-    let plain = crate::restore::first_good_copy(&found, &identities, scratch.path(), &snapshot, cancel).await?;
+    let plain = crate::restore::first_good_copy(&found, &identities, scratch.path(), &snapshot, keep, cancel).await?;
     match target {
         RestoreTarget::File(file) => {
             out!(

@@ -2,7 +2,7 @@
 //! trailer and structure checked as they stream, and the artifact's size and sha256 compared with the
 //! manifest before the plain snapshot is given a name. Or one copy's artifact checked alone.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::Path;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -15,7 +15,6 @@ use tokio_util::sync::CancellationToken;
 use crate::interrupt::Interrupted;
 use crate::manifest::{Compression, Manifest};
 use crate::progress::Progress;
-use crate::snapshot::TrailerCheck;
 use crate::store::Destination;
 use crate::store::reader::ArtifactReader;
 
@@ -57,6 +56,15 @@ pub async fn check_copy(holder: &Destination, manifest: &Manifest, cancel: &Canc
     checked
 }
 
+/// What the plain snapshot a copy is decrypted into is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Keep {
+    /// The operator's file (`restore --output`): on disk before it is given its name.
+    Durable,
+    /// Read once (by etcdutl, a drill, a check) and removed: not flushed, which would only slow what reads it.
+    Scratch,
+}
+
 /// A download stopped when the command is interrupted: a reader waiting for its next piece then sees
 /// the end at once. Dropped when the read is over.
 struct StopOnCancel(Option<tokio::task::JoinHandle<()>>);
@@ -90,6 +98,7 @@ pub async fn fetch_and_decrypt(
     identities: &super::Identities,
     scratch: &Path,
     output: &Path,
+    keep: Keep,
     cancel: &CancellationToken,
 ) -> Result<Plain> {
     let name = manifest.artifact_name();
@@ -108,7 +117,7 @@ pub async fn fetch_and_decrypt(
     let stop = StopOnCancel::new(&reader, &cancel);
     let plain = tokio::task::spawn_blocking(move || {
         let progress = Progress::start(what, manifest.artifact.size);
-        decrypt_from(reader, &place, &manifest, &identities, spill, &output, &progress, &cancel)
+        decrypt_from(reader, &place, &manifest, &identities, spill, (&output, keep), &progress, &cancel)
     })
     .await?;
     drop(stop);
@@ -153,7 +162,7 @@ pub struct Plain {
 }
 
 /// Decrypts and decompresses the artifact read from `artifact` (a copy in `place`) into `output` (0600,
-/// unnamed until every check passed, then linked): the artifact's size and sha256 must match the
+/// unnamed until every check passed, then linked; flushed first if it is to be kept): the artifact's size and sha256 must match the
 /// manifest, and the plain snapshot's trailer, size, sha256 and status too. The database structure is
 /// checked as it streams (page summaries to `spill`), so nothing reads the output back. Runs on the
 /// calling thread: call it from a blocking task.
@@ -164,7 +173,7 @@ pub fn decrypt_from(
     manifest: &Manifest,
     identities: &[Box<dyn age::Identity + Send + Sync>],
     spill: std::fs::File,
-    output: &Path,
+    (output, keep): (&Path, Keep),
     progress: &Progress,
     cancel: &CancellationToken,
 ) -> Result<Plain> {
@@ -181,7 +190,7 @@ pub fn decrypt_from(
     };
     let mut hashed =
         HashingReader::new(std::io::BufReader::with_capacity(1 << 20, artifact), manifest.artifact.size, progress);
-    let result = match decrypt_checked(&mut hashed, manifest, identities, spill, &mut out, &part, cancel) {
+    let result = match decrypt_checked(&mut hashed, manifest, identities, spill, (&mut out, &part, keep), cancel) {
         Ok(plain) => Ok(plain),
         Err(Failed::Other(e)) => Err(e),
         Err(Failed::Artifact(e)) => Err(why_unreadable(&mut hashed, e, place, manifest, cancel)),
@@ -230,8 +239,7 @@ fn decrypt_checked(
     manifest: &Manifest,
     identities: &[Box<dyn age::Identity + Send + Sync>],
     spill: std::fs::File,
-    out: &mut std::fs::File,
-    part: &Path,
+    (out, part, keep): (&mut std::fs::File, &Path, Keep),
     cancel: &CancellationToken,
 ) -> Result<Plain, Failed> {
     let id = &manifest.id;
@@ -254,8 +262,10 @@ fn decrypt_checked(
         Compression::Zstd { .. } => Box::new(zstd::stream::read::Decoder::new(decrypted).context("cannot start zstd")?),
         Compression::None => Box::new(decrypted),
     };
-    let mut check = TrailerCheck::new();
-    let mut structure = crate::encode::Checker::start(spill)?;
+    // The checks, and writing the output, on a thread of their own.
+    let written = out.try_clone().with_context(|| format!("cannot write '{}'", part.display()))?;
+    let mut structure = crate::encode::Checker::start(spill, Some(written))?;
+    let mut size = 0u64;
     loop {
         let mut buf = vec![0u8; 1 << 20];
         let n = plain.read(&mut buf).map_err(|e| Failed::Artifact(anyhow!("the artifact of {id} is corrupt: {e}")))?;
@@ -264,19 +274,21 @@ fn decrypt_checked(
         }
         crate::interrupt::check(cancel)?;
         buf.truncate(n);
-        check.update(&buf);
-        if check.total() > manifest.snapshot.size {
+        size += n as u64;
+        if size > manifest.snapshot.size {
             return Err(Failed::Artifact(anyhow!(
                 "the artifact of {id} holds more than the {} bytes of snapshot its manifest records",
                 manifest.snapshot.size
             )));
         }
-        out.write_all(&buf).with_context(|| format!("cannot write '{}'", part.display()))?;
-        structure.feed(buf.into());
+        if !structure.feed(buf.into()) {
+            break; // `finish` says why
+        }
     }
     drop(plain);
-    let size = check.total();
-    let sha256 = check.finish().map_err(|e| Failed::Artifact(anyhow!("{id}: {e}")))?;
+    let checked = structure.finish()?;
+    checked.written.with_context(|| format!("cannot write '{}'", part.display()))?;
+    let sha256 = checked.trailer.map_err(|e| Failed::Artifact(anyhow!("{id}: {e}")))?;
     // Read whatever the decoder left, so the artifact hash covers the whole file.
     drain(hashed, cancel).map_err(Failed::Artifact)?;
     hashed.matches(manifest)?;
@@ -284,8 +296,10 @@ fn decrypt_checked(
     if size != manifest.snapshot.size || sha256 != manifest.snapshot.sha256 {
         return Err(anyhow!("the snapshot in {id} does not match its manifest (size or sha256)").into());
     }
-    let status = structure.finish()?.map_err(|e| anyhow!("the snapshot in {id} is not a sound etcd database: {e}"))?;
-    out.sync_all()?;
+    let status = checked.structure?.map_err(|e| anyhow!("the snapshot in {id} is not a sound etcd database: {e}"))?;
+    if keep == Keep::Durable {
+        out.sync_all()?;
+    }
     if let Some(recorded) = &manifest.snapshot.status
         && *recorded != status
     {

@@ -6,7 +6,7 @@ mod etcdutl;
 pub mod files;
 mod hashing;
 
-pub use artifact::{Plain, check_artifact, check_copy, check_file, decrypt_from, fetch_and_decrypt};
+pub use artifact::{Keep, Plain, check_artifact, check_copy, check_file, decrypt_from, fetch_and_decrypt};
 pub use etcdutl::{
     Bump, DEFAULT_BUMP, MemberFlags, check_new_data_dir, restore_into, restore_tool, searched, tool_dirs,
 };
@@ -153,12 +153,13 @@ pub async fn first_good_copy(
     identities: &Identities,
     scratch: &std::path::Path,
     output: &std::path::Path,
+    keep: Keep,
     cancel: &tokio_util::sync::CancellationToken,
 ) -> Result<Plain> {
     let mut failures = Vec::new();
     for (holder, stored) in &found.holders {
         tracing::info!(id = %found.manifest.id, from = %holder.kind(), "restoring");
-        match fetch_and_decrypt(holder, &stored.manifest, identities, scratch, output, cancel).await {
+        match fetch_and_decrypt(holder, &stored.manifest, identities, scratch, output, keep, cancel).await {
             Ok(plain) => return Ok(plain),
             Err(e) => {
                 tracing::warn!(from = %holder.kind(), error = %format!("{e:#}"), "this copy cannot be restored; trying the next");
