@@ -318,6 +318,11 @@ mod config_errors {
         assert!(out.status.success(), "{}", stderr(&out));
         let text = stdout(&out);
         assert!(text.contains(": OK") && text.contains("recipients: 1"), "{text}");
+        assert!(text.contains("max rate:   none"), "{text}");
+        // The pace an operator set, as the backup will apply it.
+        let paced = s.config("[etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\n", "[backup]\nmax_rate = \"50MiB\"\n");
+        let text = stdout(&run(&paced, &["check-config"]).await);
+        assert!(text.contains("max rate:   50.0 MiB/s read from etcd ([backup] max_rate)"), "{text}");
     }
 }
 
@@ -420,6 +425,46 @@ async fn too_little_free_space_is_refused_before_streaming() {
     assert!(err.contains("not enough free space") && err.contains(&s.folder().display().to_string()), "{err}");
     assert!(err.contains("needed for a"), "{err}");
     assert_nothing_local(&s.folder());
+}
+
+/// A restore whose output folder (a 4 MiB tmpfs in a private mount namespace) cannot hold the plain
+/// snapshot is refused before anything is read, naming the folder and both sizes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_without_room_for_the_snapshot_is_refused_before_reading() {
+    let s = Setup::new();
+    let etcd = Etcd::start(EtcdVersion::V34);
+    etcd.seed(800, 10_000).await;
+    let config = s.config(&etcd.config_table(), "");
+    let out = run(&config, &["backup"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let small = s.work.path().join("small");
+    std::fs::create_dir_all(&small).unwrap();
+    let mut cmd = tokio::process::Command::new("unshare");
+    cmd.args([
+        "-m",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        "mount -t tmpfs -o size=4m tmpfs \"$1\" && shift && exec \"$@\"",
+        "sh",
+    ])
+    .arg(&small)
+    .arg(env!("CARGO_BIN_EXE_etcd-backupd"))
+    .arg("--config")
+    .arg(&config)
+    .args(["restore", "latest", "--identity"])
+    .arg(&s.identity.file)
+    .arg("--output")
+    .arg(small.join("snapshot.db"));
+    aws_env(&mut cmd);
+    cmd.env("STATE_DIRECTORY", state_dir_for(&config));
+    let out = cmd.output().await.unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let named = format!("not enough free space in '{}' for the plain snapshot of", small.display());
+    assert!(err.contains(&named) && err.contains("needed"), "{err}");
+    assert!(!err.contains("decrypting: started"), "read before refusing: {err}");
 }
 
 /// A backup id that already exists in S3 is never overwritten.

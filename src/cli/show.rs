@@ -35,6 +35,10 @@ pub(super) fn print_summary(path: &std::path::Path, s: &Settings) {
         None => out!("  s3:         not configured (backups stay on this host)"),
     }
     out!("  recipients: {}", s.encryption.recipients.len());
+    match s.max_rate {
+        Some(rate) => out!("  max rate:   {}/s read from etcd ([backup] max_rate)", format_size(rate.get())),
+        None => out!("  max rate:   none: the snapshot is read as fast as etcd sends it"),
+    }
     for w in config::secret_warnings(s) {
         out!("warning: {}: {}", w.key, w.message);
     }

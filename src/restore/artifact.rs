@@ -12,6 +12,7 @@ use super::hashing::HashingReader;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::config::units::format_size;
 use crate::interrupt::Interrupted;
 use crate::manifest::{Compression, Manifest};
 use crate::progress::Progress;
@@ -101,6 +102,7 @@ pub async fn fetch_and_decrypt(
     keep: Keep,
     cancel: &CancellationToken,
 ) -> Result<Plain> {
+    room_for_plain(manifest, scratch, output)?;
     let name = manifest.artifact_name();
     let reader = tokio::select! {
         got = holder.artifact_reader(&name, manifest.artifact.size) => got?,
@@ -122,6 +124,33 @@ pub async fn fetch_and_decrypt(
     .await?;
     drop(stop);
     plain
+}
+
+/// Refuses, before anything is read, a folder for `output` with less free space than the plain
+/// snapshot its manifest records, with the structure check's scratch file where that shares the file
+/// system: found now rather than when the disk fills after a long download.
+fn room_for_plain(manifest: &Manifest, scratch: &Path, output: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let folder = crate::files::folder_of(output);
+    let shared =
+        matches!((std::fs::metadata(folder), std::fs::metadata(scratch)), (Ok(a), Ok(b)) if a.dev() == b.dev());
+    let size = manifest.snapshot.size;
+    let needed = if shared { size.saturating_add(crate::encode::required_check_space(size)) } else { size };
+    let free = crate::files::free_space(folder)?;
+    if free < needed {
+        return Err(crate::errors::classified(
+            crate::errors::Cause::NoSpace,
+            format!(
+                "not enough free space in '{}' for the plain snapshot of {}: {} free, {} needed{}; free some space or restore elsewhere",
+                folder.display(),
+                manifest.id,
+                format_size(free),
+                format_size(needed),
+                if shared { " (with the snapshot check's scratch file)" } else { "" }
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Checks that an artifact file is the one the manifest recorded: size and sha256.
