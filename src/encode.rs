@@ -337,7 +337,7 @@ mod tests {
         assert!(fed < 100, "the checks went on after the output failed");
         let checked = checker.finish().unwrap();
         assert!(checked.written.is_err());
-        let why = checked.structure.err().expect("no structure check after a failed write").to_string();
+        let why = checked.structure.expect_err("no structure check after a failed write").to_string();
         assert!(why.contains("output could not be written"), "{why}");
     }
 

@@ -1,5 +1,7 @@
 //! The artifact as read for a restore, verify or drill: hashed and counted as it passes, never more
 //! than its manifest's size (an artifact that was replaced by a larger one stops there), with progress.
+//! The hash is computed on a thread of its own: the thread that reads the artifact also decrypts and
+//! decompresses it, and is what a restore waits for.
 
 use std::io::{BufRead, Read};
 
@@ -10,7 +12,7 @@ use crate::progress::Progress;
 
 pub struct HashingReader<'p, R> {
     pub inner: R,
-    hasher: Sha256,
+    hasher: Hasher,
     pub size: u64,
     limit: u64,
     progress: &'p Progress,
@@ -19,16 +21,16 @@ pub struct HashingReader<'p, R> {
 impl<'p, R: BufRead> HashingReader<'p, R> {
     /// Reads `inner`, which must hold at most `limit` bytes.
     pub fn new(inner: R, limit: u64, progress: &'p Progress) -> Self {
-        HashingReader { inner, hasher: Sha256::new(), size: 0, limit, progress }
+        HashingReader { inner, hasher: Hasher::start(), size: 0, limit, progress }
     }
 
     /// The sha256 (hex) of what was read so far.
-    pub fn sha256(&self) -> String {
-        hex::encode(self.hasher.clone().finalize())
+    pub fn sha256(&mut self) -> String {
+        self.hasher.so_far()
     }
 
     /// The artifact read so far is the one `manifest` recorded: size and sha256.
-    pub fn matches(&self, manifest: &Manifest) -> anyhow::Result<()> {
+    pub fn matches(&mut self, manifest: &Manifest) -> anyhow::Result<()> {
         let sha256 = self.sha256();
         if self.size != manifest.artifact.size || sha256 != manifest.artifact.sha256 {
             anyhow::bail!(
@@ -87,6 +89,102 @@ impl<R: BufRead> BufRead for HashingReader<'_, R> {
             self.progress.advance(n as u64);
         }
         self.inner.consume(amt);
+    }
+}
+
+/// What the hashing thread is given at a time.
+const PIECE: usize = 256 << 10;
+
+/// A sha256 computed on a thread of its own from copies of what it is given, in pieces of about
+/// `PIECE` (at most four queued); hashed in place where no thread can be started. The thread ends
+/// when this is dropped.
+struct Hasher {
+    piece: Vec<u8>,
+    worker: Worker,
+}
+
+enum Worker {
+    Thread { tx: Option<std::sync::mpsc::SyncSender<Message>>, thread: Option<std::thread::JoinHandle<()>> },
+    Inline(Sha256),
+}
+
+enum Message {
+    Bytes(Vec<u8>),
+    /// Reply with the hash of every piece before this one.
+    SoFar(std::sync::mpsc::SyncSender<String>),
+}
+
+/// Said for a hash the thread could not give: it matches no manifest.
+const NO_HASH: &str = "(none: the hashing thread failed)";
+
+impl Hasher {
+    fn start() -> Self {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Message>(4);
+        let spawned = std::thread::Builder::new().name("artifact-hash".into()).spawn(move || {
+            let mut sha = Sha256::new();
+            for message in rx {
+                match message {
+                    Message::Bytes(bytes) => sha.update(&bytes),
+                    Message::SoFar(reply) => {
+                        let _ = reply.send(hex::encode(sha.clone().finalize()));
+                    }
+                }
+            }
+        });
+        let worker = match spawned {
+            Ok(thread) => Worker::Thread { tx: Some(tx), thread: Some(thread) },
+            Err(_) => Worker::Inline(Sha256::new()),
+        };
+        Hasher { piece: Vec::new(), worker }
+    }
+
+    fn update(&mut self, bytes: &[u8]) {
+        match &mut self.worker {
+            Worker::Inline(sha) => sha.update(bytes),
+            Worker::Thread { .. } => {
+                if self.piece.capacity() == 0 {
+                    self.piece.reserve_exact(PIECE.max(bytes.len()));
+                }
+                self.piece.extend_from_slice(bytes);
+                if self.piece.len() >= PIECE {
+                    self.send();
+                }
+            }
+        }
+    }
+
+    fn send(&mut self) {
+        if let Worker::Thread { tx: Some(tx), .. } = &self.worker
+            && !self.piece.is_empty()
+        {
+            let _ = tx.send(Message::Bytes(std::mem::take(&mut self.piece)));
+        }
+    }
+
+    fn so_far(&mut self) -> String {
+        self.send();
+        match &self.worker {
+            Worker::Inline(sha) => hex::encode(sha.clone().finalize()),
+            Worker::Thread { tx: Some(tx), .. } => {
+                let (reply, answer) = std::sync::mpsc::sync_channel(1);
+                match tx.send(Message::SoFar(reply)) {
+                    Ok(()) => answer.recv().unwrap_or_else(|_| NO_HASH.to_string()),
+                    Err(_) => NO_HASH.to_string(),
+                }
+            }
+            Worker::Thread { tx: None, .. } => NO_HASH.to_string(),
+        }
+    }
+}
+
+impl Drop for Hasher {
+    fn drop(&mut self) {
+        if let Worker::Thread { tx, thread } = &mut self.worker {
+            *tx = None;
+            if let Some(thread) = thread.take() {
+                let _ = thread.join();
+            }
+        }
     }
 }
 
@@ -162,6 +260,32 @@ mod tests {
         let err = buffered.fill_buf().unwrap_err();
         assert!(err.to_string().contains("more than the 10 bytes"), "{err}");
         assert!(buffered.read(&mut [0u8; 4]).is_err(), "and reading on does not underflow");
+    }
+
+    /// The hash, asked for at any point, is that of exactly what was read, in order, whatever the
+    /// sizes of the reads and of the pieces handed to the hashing thread.
+    #[test]
+    fn the_hash_so_far_is_of_what_was_read_in_every_piece_size() {
+        let data: Vec<u8> = (0..(2 * PIECE + 12_345)).map(|i| (i * 7 % 253) as u8).collect();
+        let progress = Progress::start("test", data.len() as u64);
+        for read in [1, 4096, 65_536, PIECE - 1, PIECE, PIECE + 1, 2 * PIECE + 3] {
+            let mut hashed = HashingReader::new(std::io::BufReader::new(&data[..]), data.len() as u64, &progress);
+            let mut buf = vec![0u8; read];
+            let (mut seen, mut next) = (0, 1);
+            loop {
+                let n = hashed.read(&mut buf).unwrap();
+                if n == 0 {
+                    break;
+                }
+                seen += n;
+                if seen >= next {
+                    assert_eq!(hashed.sha256(), hex::encode(Sha256::digest(&data[..seen])), "read {read}, at {seen}");
+                    next = seen * 2 + 1;
+                }
+            }
+            assert_eq!(hashed.sha256(), hex::encode(Sha256::digest(&data)), "read {read}");
+            assert_eq!(hashed.size, data.len() as u64);
+        }
     }
 
     #[test]
