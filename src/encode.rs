@@ -119,7 +119,8 @@ pub struct Checked {
     /// The trailer, checked: the database's sha256.
     pub trailer: Result<String, TrailerError>,
     /// The database's status, or what is wrong with it; `Err` if the structure check itself could not
-    /// run (its scratch file failed, a limit of the check), with the cause of an I/O failure.
+    /// run (its scratch file failed, a limit of the check), with the cause of an I/O failure, or was
+    /// stopped by a failed write.
     pub structure: Result<Result<Status, BboltError>>,
     /// Writing the output (where there was one): a failure stopped the checks, so look at it first.
     pub written: std::io::Result<()>,
@@ -169,7 +170,8 @@ impl Checker {
         self.chunks.is_some()
     }
 
-    /// What the checks found; `Err` only if they did not run to the end (stopped, or a bug).
+    /// What the checks found (a failed write among them); `Err` only if the thread was stopped or
+    /// panicked (a bug).
     pub fn finish(mut self) -> Result<Checked> {
         self.chunks = None;
         let thread = self.thread.take().ok_or_else(|| anyhow!("the snapshot check ran twice"))?;

@@ -24,14 +24,14 @@ impl<'p, R: BufRead> HashingReader<'p, R> {
         HashingReader { inner, hasher: Hasher::start(), size: 0, limit, progress }
     }
 
-    /// The sha256 (hex) of what was read so far.
-    pub fn sha256(&mut self) -> String {
+    /// The sha256 (hex) of what was read so far; `Err` only if the hashing thread failed (a bug).
+    pub fn sha256(&mut self) -> anyhow::Result<String> {
         self.hasher.so_far()
     }
 
     /// The artifact read so far is the one `manifest` recorded: size and sha256.
     pub fn matches(&mut self, manifest: &Manifest) -> anyhow::Result<()> {
-        let sha256 = self.sha256();
+        let sha256 = self.sha256()?;
         if self.size != manifest.artifact.size || sha256 != manifest.artifact.sha256 {
             anyhow::bail!(
                 "the artifact of {} does not match its manifest: {} bytes with sha256 {sha256}, the manifest says {} bytes with sha256 {}; it is damaged or was replaced",
@@ -95,9 +95,9 @@ impl<R: BufRead> BufRead for HashingReader<'_, R> {
 /// What the hashing thread is given at a time.
 const PIECE: usize = 256 << 10;
 
-/// A sha256 computed on a thread of its own from copies of what it is given, in pieces of about
-/// `PIECE` (at most four queued); hashed in place where no thread can be started. The thread ends
-/// when this is dropped.
+/// A sha256 computed on a thread of its own from copies of what it is given, in pieces of at least
+/// `PIECE` (a larger read is one piece): four queued, one hashed and one filling at most. Hashed in
+/// place where no thread can be started. The thread ends when this is dropped.
 struct Hasher {
     piece: Vec<u8>,
     worker: Worker,
@@ -113,9 +113,6 @@ enum Message {
     /// Reply with the hash of every piece before this one.
     SoFar(std::sync::mpsc::SyncSender<String>),
 }
-
-/// Said for a hash the thread could not give: it matches no manifest.
-const NO_HASH: &str = "(none: the hashing thread failed)";
 
 impl Hasher {
     fn start() -> Self {
@@ -161,18 +158,17 @@ impl Hasher {
         }
     }
 
-    fn so_far(&mut self) -> String {
+    fn so_far(&mut self) -> anyhow::Result<String> {
         self.send();
+        let failed = || anyhow::anyhow!("the artifact's hashing thread failed; please report this as a bug");
         match &self.worker {
-            Worker::Inline(sha) => hex::encode(sha.clone().finalize()),
+            Worker::Inline(sha) => Ok(hex::encode(sha.clone().finalize())),
             Worker::Thread { tx: Some(tx), .. } => {
                 let (reply, answer) = std::sync::mpsc::sync_channel(1);
-                match tx.send(Message::SoFar(reply)) {
-                    Ok(()) => answer.recv().unwrap_or_else(|_| NO_HASH.to_string()),
-                    Err(_) => NO_HASH.to_string(),
-                }
+                tx.send(Message::SoFar(reply)).map_err(|_| failed())?;
+                answer.recv().map_err(|_| failed())
             }
-            Worker::Thread { tx: None, .. } => NO_HASH.to_string(),
+            Worker::Thread { tx: None, .. } => Err(failed()),
         }
     }
 }
@@ -245,7 +241,7 @@ mod tests {
         let mut out = Vec::new();
         exact.read_to_end(&mut out).unwrap();
         assert_eq!((out.len(), exact.size), (10, 10));
-        assert_eq!(exact.sha256(), hex::encode(Sha256::digest(b"0123456789")));
+        assert_eq!(exact.sha256().unwrap(), hex::encode(Sha256::digest(b"0123456789")));
 
         let mut longer = HashingReader::new(&b"0123456789abc"[..], 10, &progress);
         let err = longer.read_to_end(&mut Vec::new()).unwrap_err();
@@ -279,11 +275,40 @@ mod tests {
                 }
                 seen += n;
                 if seen >= next {
-                    assert_eq!(hashed.sha256(), hex::encode(Sha256::digest(&data[..seen])), "read {read}, at {seen}");
+                    let so_far = hashed.sha256().unwrap();
+                    assert_eq!(so_far, hex::encode(Sha256::digest(&data[..seen])), "read {read}, at {seen}");
                     next = seen * 2 + 1;
                 }
             }
-            assert_eq!(hashed.sha256(), hex::encode(Sha256::digest(&data)), "read {read}");
+            assert_eq!(hashed.sha256().unwrap(), hex::encode(Sha256::digest(&data)), "read {read}");
+            assert_eq!(hashed.size, data.len() as u64);
+        }
+    }
+
+    /// Reads through the buffer (`fill_buf` and `consume`, as age reads its header) and plain reads,
+    /// mixed, hash what was consumed; so does the in-place hasher used where no thread starts.
+    #[test]
+    fn buffered_and_plain_reads_mixed_hash_what_was_consumed_with_either_hasher() {
+        let data: Vec<u8> = (0..(PIECE + 777)).map(|i| (i * 13 % 251) as u8).collect();
+        let progress = Progress::start("test", data.len() as u64);
+        for inline in [false, true] {
+            let mut hashed = HashingReader::new(std::io::BufReader::new(&data[..]), data.len() as u64, &progress);
+            if inline {
+                hashed.hasher = Hasher { piece: Vec::new(), worker: Worker::Inline(Sha256::new()) };
+            }
+            let mut buf = [0u8; 1000];
+            let mut seen = 0;
+            while seen < data.len() {
+                let n = if seen % 2 == 0 {
+                    let n = hashed.fill_buf().unwrap().len().min(333);
+                    hashed.consume(n);
+                    n
+                } else {
+                    hashed.read(&mut buf).unwrap()
+                };
+                seen += n;
+            }
+            assert_eq!(hashed.sha256().unwrap(), hex::encode(Sha256::digest(&data)), "inline {inline}");
             assert_eq!(hashed.size, data.len() as u64);
         }
     }

@@ -1,6 +1,6 @@
 //! An artifact read from S3 as a stream for restore, verify and drills: ranged GETs, several at once,
-//! handed on in order, so that decryption runs at the speed of the download and memory holds a few
-//! ranges, never the artifact.
+//! handed on in order, so that decryption runs at the speed of the download and memory holds
+//! `RANGES_AT_ONCE` ranges and the one being handed on (some 17 MiB), never the artifact.
 
 use anyhow::{Context, Result, anyhow, bail};
 use aws_sdk_s3::config::ResponseChecksumValidation;
