@@ -394,14 +394,9 @@ async fn an_active_alarm_is_a_warning_not_a_refusal() {
     assert!(m["etcd"]["alarms"][0].as_str().unwrap().contains("Nospace"), "{m}");
 }
 
-/// A local folder on a 4 MiB tmpfs (in a private mount namespace) cannot take an 8 MiB database.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn too_little_free_space_is_refused_before_streaming() {
-    let s = Setup::new();
-    let etcd = Etcd::start(EtcdVersion::V34);
-    etcd.seed(800, 10_000).await;
-    std::fs::create_dir_all(s.local()).unwrap();
-    let config = s.config(&etcd.config_table(), "");
+/// Runs etcd-backupd with `args` and this config where `dir` is a 4 MiB tmpfs, mounted in a private
+/// mount namespace (so nothing outside the command sees it).
+async fn on_a_small_tmpfs(dir: &Path, config: &Path, args: &[&std::ffi::OsStr]) -> std::process::Output {
     let mut cmd = tokio::process::Command::new("unshare");
     cmd.args([
         "-m",
@@ -412,14 +407,25 @@ async fn too_little_free_space_is_refused_before_streaming() {
         "mount -t tmpfs -o size=4m tmpfs \"$1\" && shift && exec \"$@\"",
         "sh",
     ])
-    .arg(s.local())
+    .arg(dir)
     .arg(env!("CARGO_BIN_EXE_etcd-backupd"))
     .arg("--config")
-    .arg(&config)
-    .arg("backup");
+    .arg(config)
+    .args(args);
     aws_env(&mut cmd);
-    cmd.env("STATE_DIRECTORY", state_dir_for(&config));
-    let out = cmd.output().await.unwrap();
+    cmd.env("STATE_DIRECTORY", state_dir_for(config));
+    cmd.output().await.unwrap()
+}
+
+/// A local folder on a 4 MiB tmpfs (in a private mount namespace) cannot take an 8 MiB database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_little_free_space_is_refused_before_streaming() {
+    let s = Setup::new();
+    let etcd = Etcd::start(EtcdVersion::V34);
+    etcd.seed(800, 10_000).await;
+    std::fs::create_dir_all(s.local()).unwrap();
+    let config = s.config(&etcd.config_table(), "");
+    let out = on_a_small_tmpfs(&s.local(), &config, &["backup".as_ref()]).await;
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("not enough free space") && err.contains(&s.folder().display().to_string()), "{err}");
@@ -439,27 +445,10 @@ async fn a_restore_without_room_for_the_snapshot_is_refused_before_reading() {
     assert!(out.status.success(), "{}", stderr(&out));
     let small = s.work.path().join("small");
     std::fs::create_dir_all(&small).unwrap();
-    let mut cmd = tokio::process::Command::new("unshare");
-    cmd.args([
-        "-m",
-        "--propagation",
-        "private",
-        "sh",
-        "-c",
-        "mount -t tmpfs -o size=4m tmpfs \"$1\" && shift && exec \"$@\"",
-        "sh",
-    ])
-    .arg(&small)
-    .arg(env!("CARGO_BIN_EXE_etcd-backupd"))
-    .arg("--config")
-    .arg(&config)
-    .args(["restore", "latest", "--identity"])
-    .arg(&s.identity.file)
-    .arg("--output")
-    .arg(small.join("snapshot.db"));
-    aws_env(&mut cmd);
-    cmd.env("STATE_DIRECTORY", state_dir_for(&config));
-    let out = cmd.output().await.unwrap();
+    let output = small.join("snapshot.db");
+    let args = ["restore".as_ref(), "latest".as_ref(), "--identity".as_ref(), s.identity.file.as_os_str()];
+    let out =
+        on_a_small_tmpfs(&small, &config, &[&args[..], &["--output".as_ref(), output.as_os_str()]].concat()).await;
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
     let named = format!("not enough free space in '{}' for the plain snapshot of", small.display());
