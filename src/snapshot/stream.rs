@@ -10,7 +10,8 @@ use super::bbolt::{
     BboltError, MAX_DEPTH, Meta, PAGE_HEADER, Status, damaged, database_size, first_page_size, newest_meta, parse_meta,
     u32_at, u64_at,
 };
-use super::summary::{Bucket, Decoder, Summary, encode, spill_damaged, summarize};
+use super::spill::{Decoder, encode, spill_damaged};
+use super::summary::{Bucket, Summary, summarize};
 
 /// Where page summaries go while the stream passes: appended, then read back by offset.
 pub trait Spill {
