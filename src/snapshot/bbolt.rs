@@ -3,7 +3,9 @@
 //! values, in order), revision (of the last key in bucket `key`), total keys and total size.
 //! Pure: it reads through `Pages`, so a file is never held in memory.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
+
+use super::mvcc::{LiveKeys, digest, main_revision, user_key};
 
 pub(super) const MAGIC: u32 = 0xED0C_DAED;
 pub(super) const PAGE_HEADER: usize = 16;
@@ -340,8 +342,7 @@ pub fn status<P: Pages + ?Sized>(pages: &P) -> Result<Status, BboltError> {
     let root_page = reader.page(root)?;
     let mut hasher = 0u32;
     let (mut total_key, mut revision, mut compact_revision) = (0u64, 0i64, 0i64);
-    // Newest state of each user key, by a 128-bit digest of the key so that memory stays small.
-    let mut latest: HashMap<u128, bool> = HashMap::new();
+    let mut live = LiveKeys::default();
     reader.walk(&root_page, &mut |r, name, value, flags| {
         if flags & BUCKET_LEAF == 0 {
             return Err(damaged(format!(
@@ -363,7 +364,7 @@ pub fn status<P: Pages + ?Sized>(pages: &P) -> Result<Status, BboltError> {
                     damaged(format!("the record at revision {revision} in bucket key is not an etcd key-value"))
                 })?;
                 let tombstone = k.len() == 18 && k[17] == b't';
-                latest.insert(digest(user_key), !tombstone);
+                live.record(digest(user_key), tombstone);
             }
             if is_meta && k == b"finishedCompactRev" {
                 compact_revision =
@@ -373,57 +374,7 @@ pub fn status<P: Pages + ?Sized>(pages: &P) -> Result<Status, BboltError> {
             Ok(())
         })
     })?;
-    let live_keys = latest.values().filter(|live| **live).count() as u64;
-    Ok(Status { hash: hasher, revision, total_key, live_keys, compact_revision, total_size })
-}
-
-/// The main revision at the start of etcd's revision bytes (8 bytes big-endian, then `_` and the sub
-/// revision); `None` if they are too short.
-pub(super) fn main_revision(bytes: &[u8]) -> Option<i64> {
-    bytes.get(..8).and_then(|b| b.try_into().ok()).map(i64::from_be_bytes)
-}
-
-pub(super) fn digest(bytes: &[u8]) -> u128 {
-    use sha2::Digest;
-    let sum = sha2::Sha256::digest(bytes);
-    u128::from_le_bytes(sum[..16].try_into().unwrap_or_default())
-}
-
-/// Field 1 (`key`) of an `mvccpb.KeyValue` protobuf message; `None` if the bytes are not such a message.
-pub(super) fn user_key(message: &[u8]) -> Option<&[u8]> {
-    fn varint(b: &[u8], at: &mut usize) -> Option<u64> {
-        let mut value = 0u64;
-        for shift in (0..64).step_by(7) {
-            let byte = *b.get(*at)?;
-            *at += 1;
-            value |= u64::from(byte & 0x7f) << shift;
-            if byte & 0x80 == 0 {
-                return Some(value);
-            }
-        }
-        None
-    }
-    let mut at = 0;
-    let mut key = None;
-    while at < message.len() {
-        let tag = varint(message, &mut at)?;
-        let len = match tag & 7 {
-            0 => {
-                varint(message, &mut at)?;
-                0
-            }
-            1 => 8,
-            2 => usize::try_from(varint(message, &mut at)?).ok()?,
-            5 => 4,
-            _ => return None,
-        };
-        let field = message.get(at..at.checked_add(len)?)?;
-        if tag == (1 << 3 | 2) {
-            key = Some(field);
-        }
-        at += len;
-    }
-    key
+    Ok(Status { hash: hasher, revision, total_key, live_keys: live.count(), compact_revision, total_size })
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //! written anywhere, and memory holds one page (with its overflow) and an index of four bytes per page.
 //! Pure: the spill is a trait.
 
-use std::collections::HashMap;
+use super::mvcc::LiveKeys;
 
 use super::bbolt::{
     BboltError, MAX_DEPTH, Meta, PAGE_HEADER, Status, damaged, database_size, first_page_size, newest_meta, parse_meta,
@@ -125,11 +125,11 @@ impl<S: Spill> StreamCheck<S> {
             total_key: 0,
             revision: 0,
             compact_revision: 0,
-            latest: HashMap::new(),
+            live: LiveKeys::default(),
         };
         let root = walk.page(meta.root)?;
         walk.tree(&root, Level::Top)?;
-        let live_keys = walk.latest.values().filter(|live| **live).count() as u64;
+        let live_keys = walk.live.count();
         Ok(Status {
             hash: walk.hash,
             revision: walk.revision,
@@ -272,7 +272,7 @@ struct Walk<'a, S: Spill> {
     total_key: u64,
     revision: i64,
     compact_revision: i64,
-    latest: HashMap<u128, bool>,
+    live: LiveKeys,
 }
 
 impl<S: Spill> Walk<'_, S> {
@@ -356,7 +356,7 @@ impl<S: Spill> Walk<'_, S> {
                     if is_key {
                         for r in leaf.records.as_ref().map_err(|why| damaged(why.clone()))? {
                             self.revision = r.revision;
-                            self.latest.insert(r.key, !r.tombstone);
+                            self.live.record(r.key, r.tombstone);
                         }
                     }
                     if is_meta && let Some(compact) = &leaf.compact {

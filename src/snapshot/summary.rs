@@ -4,9 +4,8 @@
 //! what each possible place needs. Summaries are encoded into a spill (the state dir's unnamed scratch
 //! file; the encoding is `spill`'s), so memory does not grow with the database. Pure.
 
-use super::bbolt::{
-    BRANCH, BUCKET_LEAF, ELEMENT, Elements, LEAF, PAGE_HEADER, digest, main_revision, u16_at, u64_at, user_key,
-};
+use super::bbolt::{BRANCH, BUCKET_LEAF, ELEMENT, Elements, LEAF, PAGE_HEADER, u16_at, u64_at};
+use super::mvcc::{digest, main_revision, user_key};
 
 /// Of a plain key where a bucket belongs, this much is kept for the message.
 const SHOWN_KEY: usize = 64;
