@@ -456,6 +456,41 @@ async fn a_restore_without_room_for_the_snapshot_is_refused_before_reading() {
     assert!(!err.contains("decrypting: started"), "read before refusing: {err}");
 }
 
+/// A restore whose output cannot be written past 2 MiB (a file-size limit, with SIGXFSZ ignored so the
+/// write fails rather than the process) names the file and why, and leaves neither the output nor a
+/// `.part` of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_whose_write_fails_part_way_names_it_and_leaves_nothing() {
+    let s = Setup::new();
+    let etcd = Etcd::start(EtcdVersion::V34);
+    etcd.seed(800, 10_000).await;
+    let config = s.config(&etcd.config_table(), "");
+    let out = run(&config, &["backup"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let into = s.work.path().join("restored");
+    std::fs::create_dir_all(&into).unwrap();
+    let output = into.join("snapshot.db");
+    let mut cmd = tokio::process::Command::new("sh");
+    cmd.args(["-c", "trap '' XFSZ; exec prlimit --fsize=2097152 \"$@\"", "sh"])
+        .arg(env!("CARGO_BIN_EXE_etcd-backupd"))
+        .arg("--config")
+        .arg(&config)
+        .args(["restore", "latest", "--identity"])
+        .arg(&s.identity.file)
+        .arg("--output")
+        .arg(&output);
+    aws_env(&mut cmd);
+    cmd.env("STATE_DIRECTORY", state_dir_for(&config));
+    let out = cmd.output().await.unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let named = format!("cannot write '{}", into.display());
+    assert!(err.contains(&named) && err.contains("File too large"), "{err}");
+    assert!(!err.contains("does not match its manifest"), "a failed write is not damage: {err}");
+    let left: Vec<_> = std::fs::read_dir(&into).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(left.is_empty(), "the failed restore left {left:?}");
+}
+
 /// A backup id that already exists in S3 is never overwritten.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_existing_backup_in_s3_is_never_overwritten() {
