@@ -394,27 +394,32 @@ async fn an_active_alarm_is_a_warning_not_a_refusal() {
     assert!(m["etcd"]["alarms"][0].as_str().unwrap().contains("Nospace"), "{m}");
 }
 
-/// Runs etcd-backupd with `args` and this config where `dir` is a 4 MiB tmpfs, mounted in a private
-/// mount namespace (so nothing outside the command sees it).
-async fn on_a_small_tmpfs(dir: &Path, config: &Path, args: &[&std::ffi::OsStr]) -> std::process::Output {
-    let mut cmd = tokio::process::Command::new("unshare");
-    cmd.args([
-        "-m",
-        "--propagation",
-        "private",
-        "sh",
-        "-c",
-        "mount -t tmpfs -o size=4m tmpfs \"$1\" && shift && exec \"$@\"",
-        "sh",
-    ])
-    .arg(dir)
-    .arg(env!("CARGO_BIN_EXE_etcd-backupd"))
-    .arg("--config")
-    .arg(config)
-    .args(args);
+/// Runs etcd-backupd with this config and `args` under `wrapper` (a command and its arguments that
+/// ends by running the rest of its command line), with the tests' environment.
+async fn wrapped(wrapper: &[&std::ffi::OsStr], config: &Path, args: &[&std::ffi::OsStr]) -> std::process::Output {
+    let mut cmd = tokio::process::Command::new(wrapper[0]);
+    cmd.args(&wrapper[1..]).arg(env!("CARGO_BIN_EXE_etcd-backupd")).arg("--config").arg(config).args(args);
     aws_env(&mut cmd);
     cmd.env("STATE_DIRECTORY", state_dir_for(config));
     cmd.output().await.unwrap()
+}
+
+/// Runs etcd-backupd with `args` and this config where `dir` is a 4 MiB tmpfs, mounted in a private
+/// mount namespace (so nothing outside the command sees it).
+async fn on_a_small_tmpfs(dir: &Path, config: &Path, args: &[&std::ffi::OsStr]) -> std::process::Output {
+    let mount = "mount -t tmpfs -o size=4m tmpfs \"$1\" && shift && exec \"$@\"";
+    let unshare = ["unshare", "-m", "--propagation", "private", "sh", "-c", mount, "sh"].map(std::ffi::OsStr::new);
+    wrapped(&[&unshare[..], &[dir.as_os_str()]].concat(), config, args).await
+}
+
+/// An 8 MiB database of a fresh etcd 3.4, backed up to the local folder: its config, and the member.
+async fn an_8_mib_backup(s: &Setup) -> (std::path::PathBuf, Etcd) {
+    let etcd = Etcd::start(EtcdVersion::V34);
+    etcd.seed(800, 10_000).await;
+    let config = s.config(&etcd.config_table(), "");
+    let out = run(&config, &["backup"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    (config, etcd)
 }
 
 /// A local folder on a 4 MiB tmpfs (in a private mount namespace) cannot take an 8 MiB database.
@@ -438,11 +443,7 @@ async fn too_little_free_space_is_refused_before_streaming() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restore_without_room_for_the_snapshot_is_refused_before_reading() {
     let s = Setup::new();
-    let etcd = Etcd::start(EtcdVersion::V34);
-    etcd.seed(800, 10_000).await;
-    let config = s.config(&etcd.config_table(), "");
-    let out = run(&config, &["backup"]).await;
-    assert!(out.status.success(), "{}", stderr(&out));
+    let (config, _etcd) = an_8_mib_backup(&s).await;
     let small = s.work.path().join("small");
     std::fs::create_dir_all(&small).unwrap();
     let output = small.join("snapshot.db");
@@ -462,26 +463,13 @@ async fn a_restore_without_room_for_the_snapshot_is_refused_before_reading() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restore_whose_write_fails_part_way_names_it_and_leaves_nothing() {
     let s = Setup::new();
-    let etcd = Etcd::start(EtcdVersion::V34);
-    etcd.seed(800, 10_000).await;
-    let config = s.config(&etcd.config_table(), "");
-    let out = run(&config, &["backup"]).await;
-    assert!(out.status.success(), "{}", stderr(&out));
+    let (config, _etcd) = an_8_mib_backup(&s).await;
     let into = s.work.path().join("restored");
     std::fs::create_dir_all(&into).unwrap();
     let output = into.join("snapshot.db");
-    let mut cmd = tokio::process::Command::new("sh");
-    cmd.args(["-c", "trap '' XFSZ; exec prlimit --fsize=2097152 \"$@\"", "sh"])
-        .arg(env!("CARGO_BIN_EXE_etcd-backupd"))
-        .arg("--config")
-        .arg(&config)
-        .args(["restore", "latest", "--identity"])
-        .arg(&s.identity.file)
-        .arg("--output")
-        .arg(&output);
-    aws_env(&mut cmd);
-    cmd.env("STATE_DIRECTORY", state_dir_for(&config));
-    let out = cmd.output().await.unwrap();
+    let limit = ["sh", "-c", "trap '' XFSZ; exec prlimit --fsize=2097152 \"$@\"", "sh"].map(std::ffi::OsStr::new);
+    let args = ["restore".as_ref(), "latest".as_ref(), "--identity".as_ref(), s.identity.file.as_os_str()];
+    let out = wrapped(&limit, &config, &[&args[..], &["--output".as_ref(), output.as_os_str()]].concat()).await;
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
     let named = format!("cannot write '{}", into.display());
