@@ -104,6 +104,8 @@ fn write_error(e: std::io::Error) -> anyhow::Error {
 /// stop and joined when dropped (on every early exit of its owner).
 pub struct Checker {
     chunks: Option<std::sync::mpsc::SyncSender<Bytes>>,
+    /// Buffers the thread is done with, for the feeder to fill again (fresh ones cost page faults).
+    spare: std::sync::mpsc::Receiver<Vec<u8>>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<Option<Found>>>,
 }
@@ -132,6 +134,7 @@ impl Checker {
     pub fn start(spill: std::fs::File, mut output: Option<std::fs::File>) -> Result<Self> {
         use std::sync::atomic::Ordering;
         let (tx, rx) = std::sync::mpsc::sync_channel::<Bytes>(4);
+        let (back, spare) = std::sync::mpsc::sync_channel::<Vec<u8>>(8);
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stopped = stop.clone();
         let thread = std::thread::Builder::new()
@@ -148,6 +151,9 @@ impl Checker {
                     if let Some(Err(e)) = output.as_mut().map(|out| out.write_all(&chunk)) {
                         return Some((trailer, None, Err(e))); // the feeder sees the channel closed
                     }
+                    if chunk.is_unique() {
+                        let _ = back.try_send(Vec::from(chunk)); // else a new one is made
+                    }
                 }
                 // Dropped rather than finished: no walk over what was summarized.
                 if stopped.load(Ordering::Relaxed) {
@@ -156,7 +162,15 @@ impl Checker {
                 Some((trailer, Some(check.finish()), Ok(())))
             })
             .context("cannot start the snapshot check's thread")?;
-        Ok(Checker { chunks: Some(tx), stop, thread: Some(thread) })
+        Ok(Checker { chunks: Some(tx), spare, stop, thread: Some(thread) })
+    }
+
+    /// A buffer of `len` bytes to fill and `feed`: one the checks are done with if there is one, its
+    /// old content left in place to be overwritten.
+    pub fn buffer(&self, len: usize) -> Vec<u8> {
+        let mut buf = self.spare.try_recv().unwrap_or_default();
+        buf.resize(len, 0);
+        buf
     }
 
     /// Hands the next chunk to the checks; `false` once they stopped (a failed write, a bug): `finish`
@@ -326,6 +340,33 @@ mod tests {
         // Not a database: the structure check ran and says so.
         assert!(matches!(checked.structure, Ok(Err(_))));
         assert!(std::fs::read(output.path()).unwrap() == stream, "the output is not what was fed");
+    }
+
+    #[test]
+    fn buffers_come_back_to_be_filled_again_and_what_is_written_is_only_what_was_filled() {
+        let body: Vec<u8> = (0..700_000u32).map(|i| (i % 241) as u8).collect();
+        let stream = with_trailer(&body);
+        let output = tempfile::NamedTempFile::new().unwrap();
+        let mut checker =
+            Checker::start(tempfile::tempfile().unwrap(), Some(output.as_file().try_clone().unwrap())).unwrap();
+        // Long buffers filled short, then short ones filled long: a reused buffer's old bytes never leak.
+        let mut lens = [200_000usize, 3, 150_000, 1, 65_536].into_iter().cycle();
+        let mut rest = &stream[..];
+        while !rest.is_empty() {
+            let len = lens.next().unwrap().min(rest.len());
+            let mut buf = checker.buffer(1 << 18);
+            assert_eq!(buf.len(), 1 << 18);
+            buf[..len].copy_from_slice(&rest[..len]);
+            buf.truncate(len);
+            rest = &rest[len..];
+            assert!(checker.feed(buf.into()));
+        }
+        let back = checker.spare.recv_timeout(std::time::Duration::from_secs(30)).expect("a buffer comes back");
+        assert!(back.capacity() >= 1 << 18, "the allocation itself, not a copy");
+        let checked = checker.finish().unwrap();
+        assert!(checked.written.is_ok());
+        assert_eq!(checked.trailer, Ok(hex::encode(Sha256::digest(&body))));
+        assert_eq!(std::fs::read(output.path()).unwrap(), stream);
     }
 
     #[test]

@@ -306,7 +306,7 @@ fn decrypt_checked(
     let mut structure = crate::encode::Checker::start(spill, Some(written))?;
     let mut size = 0u64;
     loop {
-        let mut buf = vec![0u8; 1 << 20];
+        let mut buf = structure.buffer(1 << 20);
         let n = plain.read(&mut buf).map_err(|e| Failed::Artifact(anyhow!("the artifact of {id} is corrupt: {e}")))?;
         if n == 0 {
             break;
