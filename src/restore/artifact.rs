@@ -307,7 +307,8 @@ fn decrypt_checked(
     let mut size = 0u64;
     loop {
         let mut buf = structure.buffer(1 << 20);
-        let n = plain.read(&mut buf).map_err(|e| Failed::Artifact(anyhow!("the artifact of {id} is corrupt: {e}")))?;
+        let n = fill(&mut plain, &mut buf)
+            .map_err(|e| Failed::Artifact(anyhow!("the artifact of {id} is corrupt: {e}")))?;
         if n == 0 {
             break;
         }
@@ -374,6 +375,21 @@ fn why_unreadable(
     }
 }
 
+/// Reads until `buf` is full or the end: fewer, fuller chunks for the checks (the decoder hands out
+/// a block at a time).
+fn fill(reader: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
 /// Reads the rest of the artifact through the hash (at most its manifest's size).
 fn drain<R: std::io::BufRead>(hashed: &mut HashingReader<'_, R>, cancel: &CancellationToken) -> Result<()> {
     let mut buf = vec![0u8; 1 << 20];
@@ -381,4 +397,44 @@ fn drain<R: std::io::BufRead>(hashed: &mut HashingReader<'_, R>, cancel: &Cancel
         crate::interrupt::check(cancel)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reader that hands out at most `step` bytes a read and is interrupted before each.
+    struct Trickle<'a> {
+        data: &'a [u8],
+        step: usize,
+        interrupt: bool,
+    }
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            self.interrupt = !self.interrupt;
+            if self.interrupt {
+                return Err(std::io::ErrorKind::Interrupted.into());
+            }
+            let n = self.step.min(buf.len()).min(self.data.len());
+            buf[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn fill_reads_until_the_buffer_is_full_or_the_end_and_retries_interruptions() {
+        let data: Vec<u8> = (0..1000u32).map(|i| i as u8).collect();
+        for step in [1, 7, 100, 1000] {
+            let mut reader = Trickle { data: &data, step, interrupt: false };
+            let mut buf = [0u8; 300];
+            assert_eq!(fill(&mut reader, &mut buf).unwrap(), 300, "step {step}");
+            assert_eq!(buf[..], data[..300]);
+            let mut rest = vec![0u8; 2000];
+            assert_eq!(fill(&mut reader, &mut rest).unwrap(), 700, "the end, step {step}");
+            assert_eq!(rest[..700], data[300..]);
+            assert_eq!(fill(&mut reader, &mut buf).unwrap(), 0);
+        }
+    }
 }

@@ -97,14 +97,19 @@ const PIECE: usize = 256 << 10;
 
 /// A sha256 computed on a thread of its own from copies of what it is given, in pieces of at least
 /// `PIECE` (a larger read is one piece): four queued, one hashed and one filling at most. Hashed in
-/// place where no thread can be started. The thread ends when this is dropped.
+/// place where no thread can be started. The thread ends when this is dropped. Hashed pieces come back
+/// to be filled again (fresh ones cost page faults).
 struct Hasher {
     piece: Vec<u8>,
     worker: Worker,
 }
 
 enum Worker {
-    Thread { tx: Option<std::sync::mpsc::SyncSender<Message>>, thread: Option<std::thread::JoinHandle<()>> },
+    Thread {
+        tx: Option<std::sync::mpsc::SyncSender<Message>>,
+        spare: std::sync::mpsc::Receiver<Vec<u8>>,
+        thread: Option<std::thread::JoinHandle<()>>,
+    },
     Inline(Sha256),
 }
 
@@ -117,11 +122,16 @@ enum Message {
 impl Hasher {
     fn start() -> Self {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Message>(4);
+        let (back, spare) = std::sync::mpsc::sync_channel::<Vec<u8>>(6);
         let spawned = std::thread::Builder::new().name("artifact-hash".into()).spawn(move || {
             let mut sha = Sha256::new();
             for message in rx {
                 match message {
-                    Message::Bytes(bytes) => sha.update(&bytes),
+                    Message::Bytes(mut bytes) => {
+                        sha.update(&bytes);
+                        bytes.clear();
+                        let _ = back.try_send(bytes);
+                    }
                     Message::SoFar(reply) => {
                         let _ = reply.send(hex::encode(sha.clone().finalize()));
                     }
@@ -129,7 +139,7 @@ impl Hasher {
             }
         });
         let worker = match spawned {
-            Ok(thread) => Worker::Thread { tx: Some(tx), thread: Some(thread) },
+            Ok(thread) => Worker::Thread { tx: Some(tx), spare, thread: Some(thread) },
             Err(_) => Worker::Inline(Sha256::new()),
         };
         Hasher { piece: Vec::new(), worker }
@@ -138,8 +148,9 @@ impl Hasher {
     fn update(&mut self, bytes: &[u8]) {
         match &mut self.worker {
             Worker::Inline(sha) => sha.update(bytes),
-            Worker::Thread { .. } => {
+            Worker::Thread { spare, .. } => {
                 if self.piece.capacity() == 0 {
+                    self.piece = spare.try_recv().unwrap_or_default();
                     self.piece.reserve_exact(PIECE.max(bytes.len()));
                 }
                 self.piece.extend_from_slice(bytes);
@@ -175,7 +186,7 @@ impl Hasher {
 
 impl Drop for Hasher {
     fn drop(&mut self) {
-        if let Worker::Thread { tx, thread } = &mut self.worker {
+        if let Worker::Thread { tx, thread, .. } = &mut self.worker {
             *tx = None;
             if let Some(thread) = thread.take() {
                 let _ = thread.join();
@@ -283,6 +294,16 @@ mod tests {
             assert_eq!(hashed.sha256().unwrap(), hex::encode(Sha256::digest(&data)), "read {read}");
             assert_eq!(hashed.size, data.len() as u64);
         }
+    }
+
+    #[test]
+    fn a_hashed_piece_comes_back_empty_to_be_filled_again() {
+        let mut hasher = Hasher::start();
+        hasher.update(&[9u8; PIECE]);
+        assert_eq!(hasher.so_far().unwrap(), hex::encode(Sha256::digest([9u8; PIECE])));
+        let Worker::Thread { spare, .. } = &hasher.worker else { panic!("the hashing thread started") };
+        let back = spare.try_recv().expect("the piece is back once hashed");
+        assert!(back.is_empty() && back.capacity() >= PIECE);
     }
 
     /// Reads through the buffer (`fill_buf` and `consume`, as age reads its header) and plain reads,
