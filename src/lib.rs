@@ -9,6 +9,7 @@ pub mod config;
 pub mod coordination;
 pub mod crypto;
 pub mod daemon;
+pub mod deltas;
 pub mod drill;
 pub mod encode;
 pub mod errors;

@@ -1,0 +1,79 @@
+use super::*;
+use crate::deltas::manifest::SegmentId;
+use crate::deltas::manifest::tests::{base, segment};
+
+fn chain_of(segments: &[SegmentManifest]) -> Chain<'_> {
+    follow(&base(), 105, segments)
+}
+
+#[test]
+fn segments_in_any_order_make_one_chain_and_others_bases_are_ignored() {
+    let mut found: Vec<SegmentManifest> = (1..=4).rev().map(segment).collect();
+    let mut stranger = segment(1);
+    stranger.id = SegmentId::new(BackupId::parse("20261123T060000Z-r900-8e9e05c52164694d").unwrap(), 1);
+    found.push(stranger);
+    let chain = chain_of(&found);
+    assert_eq!(chain.segments.iter().map(|s| s.id.seq()).collect::<Vec<_>>(), [1, 2, 3, 4]);
+    assert_eq!(chain.broken, None);
+    assert_eq!(chain.end_revision(), 145);
+    assert_eq!(chain.end_time(), segment(4).closed);
+}
+
+#[test]
+fn no_segment_is_a_chain_of_the_base_alone() {
+    let chain = chain_of(&[]);
+    assert_eq!((chain.end_revision(), chain.end_time(), chain.broken), (105, base().created(), None));
+}
+
+#[test]
+fn each_break_stops_the_chain_where_it_is_and_is_named() {
+    type Edit = fn(&mut Vec<SegmentManifest>);
+    let cases: [(Edit, usize, &str); 5] = [
+        (|s| drop(s.remove(2)), 2, "segment 3 of the chain from 20261122T060000Z-r100-8e9e05c52164694d is missing"),
+        (|s| drop(s.remove(0)), 0, "segment 1 of the chain"),
+        (
+            |s| s[2].first_revision += 1,
+            2,
+            "segment 3 of the chain from 20261122T060000Z-r100-8e9e05c52164694d starts at revision 127, not at 126",
+        ),
+        (|s| s[1].previous_sha256 = s[2].previous_sha256.clone(), 1, "does not continue segment 1"),
+        (|s| s[3].base_revision = 104, 3, "names base revision 104, not the snapshot's 105"),
+    ];
+    for (edit, kept, why) in cases {
+        let mut found: Vec<SegmentManifest> = (1..=5).map(segment).collect();
+        edit(&mut found);
+        let chain = chain_of(&found);
+        assert_eq!(chain.segments.len(), kept, "{why}");
+        assert!(chain.broken.as_ref().unwrap().to_string().contains(why), "{}", chain.broken.unwrap());
+    }
+}
+
+/// The body of segment 2 replaced (its manifest with it): segment 3 no longer continues it.
+#[test]
+fn a_replaced_segment_breaks_the_link_to_the_next() {
+    let mut found: Vec<SegmentManifest> = (1..=3).map(segment).collect();
+    found[1].body.sha256 = "ab".repeat(32);
+    let chain = chain_of(&found);
+    assert_eq!(chain.segments.len(), 2);
+    assert!(matches!(chain.broken, Some(Break::Link { seq: 3, .. })));
+}
+
+#[test]
+fn a_restore_needs_the_segments_up_to_the_one_holding_its_target() {
+    let found: Vec<SegmentManifest> = (1..=3).map(segment).collect();
+    let chain = chain_of(&found);
+    let seqs = |t| chain.needs(t).map(|s| s.iter().map(|s| s.id.seq()).collect::<Vec<_>>());
+    for (revision, needed) in [(105, vec![]), (106, vec![1]), (115, vec![1]), (116, vec![1, 2]), (135, vec![1, 2, 3])] {
+        assert_eq!(seqs(Target::Revision(revision)), Ok(needed), "revision {revision}");
+    }
+    assert_eq!(seqs(Target::Revision(104)), Err(Uncovered::BeforeBase { target: 104, base_revision: 105 }));
+    assert_eq!(seqs(Target::Revision(136)), Err(Uncovered::AfterEnd { target: 136, end: 135 }));
+    let at = |s: i64| base().created() + chrono::Duration::seconds(s);
+    for (second, needed) in
+        [(0, vec![]), (59, vec![]), (60, vec![1]), (119, vec![1]), (120, vec![1, 2]), (195, vec![1, 2, 3])]
+    {
+        assert_eq!(seqs(Target::Time(at(second))), Ok(needed), "second {second}");
+    }
+    assert!(matches!(seqs(Target::Time(at(-1))), Err(Uncovered::TimeBeforeBase { .. })));
+    assert!(matches!(seqs(Target::Time(at(196))), Err(Uncovered::TimeAfterEnd { .. })));
+}
