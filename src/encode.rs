@@ -134,7 +134,7 @@ impl Checker {
     pub fn start(spill: std::fs::File, mut output: Option<std::fs::File>) -> Result<Self> {
         use std::sync::atomic::Ordering;
         let (tx, rx) = std::sync::mpsc::sync_channel::<Bytes>(4);
-        let (back, spare) = std::sync::mpsc::sync_channel::<Vec<u8>>(8);
+        let (back, spare) = std::sync::mpsc::sync_channel::<Vec<u8>>(2);
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stopped = stop.clone();
         let thread = std::thread::Builder::new()

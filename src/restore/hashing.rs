@@ -122,7 +122,7 @@ enum Message {
 impl Hasher {
     fn start() -> Self {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Message>(4);
-        let (back, spare) = std::sync::mpsc::sync_channel::<Vec<u8>>(6);
+        let (back, spare) = std::sync::mpsc::sync_channel::<Vec<u8>>(2);
         let spawned = std::thread::Builder::new().name("artifact-hash".into()).spawn(move || {
             let mut sha = Sha256::new();
             for message in rx {
