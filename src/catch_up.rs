@@ -97,7 +97,7 @@ pub async fn upload_missing(
         };
         // One backup that cannot go (a damaged local copy) holds back none of the others.
         let sent = match copied {
-            Ok(()) => upload.commit(m, cancel).await,
+            Ok(()) => upload.commit(&m.to_json(), cancel).await,
             Err(e) => {
                 upload.abort().await;
                 Err(e)

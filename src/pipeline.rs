@@ -395,7 +395,7 @@ async fn commit_all(
             Err(e) => Err(e),
         };
         let outcome = match written {
-            Ok(()) => upload.commit(manifest, cancel).await,
+            Ok(()) => upload.commit(&manifest.to_json(), cancel).await,
             Err(e) => {
                 upload.abort().await;
                 Err(e)

@@ -14,7 +14,7 @@ use super::{ArtifactFile, Found, Kind, Listing, Paired, Store, Stored, Upload, W
 use crate::config::units::format_size;
 use crate::errors::{Cause, classified};
 use crate::files::{PART_SUFFIX, free_space, open_new, sync_dir, write_atomic};
-use crate::manifest::{BackupId, ClusterName, Compression, Manifest};
+use crate::manifest::{BackupId, ClusterName, Compression};
 use crate::retention::Leftover;
 use tokio_util::sync::CancellationToken;
 
@@ -239,7 +239,7 @@ impl Writer for LocalUpload {
         dst.sync_all().await.with_context(|| format!("cannot fsync '{}'", part.display()))
     }
 
-    async fn commit(mut self: Box<Self>, manifest: &Manifest, _cancel: &CancellationToken) -> Result<()> {
+    async fn commit(mut self: Box<Self>, manifest: &[u8], _cancel: &CancellationToken) -> Result<()> {
         if let Some((part, archive)) = &self.attached {
             tokio::fs::rename(part, archive).await.with_context(|| format!("cannot rename '{}'", part.display()))?;
         }
@@ -252,7 +252,7 @@ impl Writer for LocalUpload {
             .with_context(|| format!("cannot rename '{}'", self.part_path.display()))?;
         self.done = true;
         sync_dir(&self.folder).await?;
-        write_atomic(&self.folder, &self.manifest_name, &manifest.to_json()).await.inspect_err(|_| {
+        write_atomic(&self.folder, &self.manifest_name, manifest).await.inspect_err(|_| {
             // Without its manifest the artifact is not a backup; do not leave it looking like one.
             let _ = std::fs::remove_file(&self.final_path);
             if let Some((_, archive)) = &self.attached {

@@ -278,9 +278,10 @@ pub trait Writer: Send {
     /// artifact: part of the commit, removed by `abort`.
     async fn attach(&mut self, name: &str, file: std::fs::File) -> Result<()>;
 
-    /// Makes the artifact durable and visible, then writes the manifest: the commit. A cancelled commit
-    /// that is still waiting for its data aborts the upload instead.
-    async fn commit(self: Box<Self>, manifest: &Manifest, cancel: &tokio_util::sync::CancellationToken) -> Result<()>;
+    /// Makes the artifact durable and visible, then writes the manifest (its JSON, a backup's or a delta
+    /// segment's): the commit. A cancelled commit that is still waiting for its data aborts the upload
+    /// instead.
+    async fn commit(self: Box<Self>, manifest: &[u8], cancel: &tokio_util::sync::CancellationToken) -> Result<()>;
 
     /// Removes every trace of the unfinished write.
     async fn abort(self: Box<Self>);

@@ -10,7 +10,6 @@ use tokio::task::JoinHandle;
 use super::{S3Store, sse_headers};
 use crate::config::ChecksumMode;
 use crate::errors::Cause;
-use crate::manifest::Manifest;
 use crate::store::{Kind, Writer};
 
 impl S3Store {
@@ -132,7 +131,7 @@ impl S3Upload {
 
     pub async fn complete_and_commit(
         mut self,
-        manifest: &Manifest,
+        manifest: &[u8],
         cancel: &tokio_util::sync::CancellationToken,
     ) -> Result<()> {
         let completed = tokio::select! {
@@ -151,7 +150,7 @@ impl S3Upload {
             .bucket(&s.bucket)
             .key(&self.manifest_key)
             .content_type("application/json")
-            .body(ByteStream::from(manifest.to_json()));
+            .body(ByteStream::from(manifest.to_vec()));
         let (sse, kms_key) = sse_headers(&s.sse);
         put = put.set_server_side_encryption(sse).set_ssekms_key_id(kms_key);
         if let Err(e) = put.send().await {
@@ -266,7 +265,7 @@ impl Writer for S3Upload {
         self.put_archive(name, file).await
     }
 
-    async fn commit(self: Box<Self>, manifest: &Manifest, cancel: &tokio_util::sync::CancellationToken) -> Result<()> {
+    async fn commit(self: Box<Self>, manifest: &[u8], cancel: &tokio_util::sync::CancellationToken) -> Result<()> {
         S3Upload::complete_and_commit(*self, manifest, cancel).await
     }
 
