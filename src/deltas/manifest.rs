@@ -67,6 +67,29 @@ impl SegmentId {
     }
 }
 
+/// What a name in a cluster folder is, if it is a delta segment's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SegmentEntry {
+    Manifest(SegmentId),
+    Artifact(SegmentId),
+    /// A `.part` of either, left by a write that did not finish.
+    Partial,
+}
+
+/// Classifies a name found next to backups: `None` if it is not a segment's.
+pub fn classify(name: &str) -> Option<SegmentEntry> {
+    if let Some(stem) = name.strip_suffix(crate::manifest::PART_SUFFIX) {
+        return classify(stem).filter(|e| *e != SegmentEntry::Partial).map(|_| SegmentEntry::Partial);
+    }
+    if let Some(stem) = name.strip_suffix(SEGMENT_MANIFEST_SUFFIX) {
+        return SegmentId::parse(stem).ok().map(SegmentEntry::Manifest);
+    }
+    [Compression::None, Compression::Zstd { level: 0 }].into_iter().find_map(|c| {
+        let stem = name.strip_suffix(artifact_extension(c))?;
+        SegmentId::parse(stem).ok().map(SegmentEntry::Artifact)
+    })
+}
+
 /// File extension of a segment's artifact, e.g. `.delta.zst.age`.
 pub fn artifact_extension(compression: Compression) -> &'static str {
     match compression {

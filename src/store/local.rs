@@ -139,7 +139,7 @@ impl Store for LocalStore {
                 });
             }
         }
-        let Paired { pairs, leftovers, mut ignored } = pair_up(&found);
+        let Paired { pairs, leftovers, mut ignored, segments } = pair_up(&found);
         let mut backups = Vec::new();
         for pair in pairs {
             let path = self.folder.join(&pair.manifest_name);
@@ -152,7 +152,7 @@ impl Store for LocalStore {
                 }
             }
         }
-        Ok(Listing { backups, leftovers, ignored })
+        Ok(Listing { backups, leftovers, ignored, segments })
     }
 
     /// Removes backups: artifact, then pin, then manifest (the commit marker goes last).

@@ -13,6 +13,7 @@ use anyhow::Result;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
+use crate::deltas::manifest::{self as segment, SegmentEntry, SegmentId};
 use crate::manifest::{BackupId, ClusterName, Compression, Entry, Manifest, classify};
 use crate::retention::{Leftover, LeftoverKind};
 
@@ -32,6 +33,16 @@ pub struct Listing {
     pub leftovers: Vec<Leftover>,
     /// Names in the cluster folder that are not ours, or whose manifest does not check out: never touched.
     pub ignored: Vec<Ignored>,
+    /// Delta segments whose manifest and artifact are both present, unread (`deltas::stored` reads them).
+    pub segments: Vec<SegmentPair>,
+}
+
+/// A delta segment's manifest with the artifacts of its id found beside it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentPair {
+    pub id: SegmentId,
+    pub manifest_name: String,
+    pub artifacts: Vec<(String, u64)>,
 }
 
 /// A name in the cluster folder that is left alone, and why.
@@ -61,6 +72,8 @@ pub struct Paired {
     pub pairs: Vec<Pair>,
     pub leftovers: Vec<Leftover>,
     pub ignored: Vec<Ignored>,
+    /// In id order.
+    pub segments: Vec<SegmentPair>,
 }
 
 /// Sorts the names found in a cluster folder into backups, leftovers and strangers. Pure.
@@ -72,7 +85,22 @@ pub fn pair_up(found: &[Found]) -> Paired {
     let mut manifests = Vec::new();
     let mut pins = Vec::new();
     let mut out = Paired::default();
+    let mut segment_manifests = Vec::new();
+    let mut segment_artifacts: HashMap<SegmentId, Vec<(String, u64)>> = HashMap::new();
     for f in found {
+        if let Some(entry) = segment::classify(&f.name) {
+            match entry {
+                SegmentEntry::Manifest(id) => segment_manifests.push((id, f.name.clone())),
+                SegmentEntry::Artifact(id) => segment_artifacts.entry(id).or_default().push((f.name.clone(), f.size)),
+                SegmentEntry::Partial => out.leftovers.push(Leftover {
+                    name: f.name.clone(),
+                    kind: LeftoverKind::Partial,
+                    time: f.modified,
+                    upload_id: None,
+                }),
+            }
+            continue;
+        }
         match classify(&f.name) {
             // A backup's files archive pairs with its manifest as its artifact does (`accept` tells them
             // apart by name).
@@ -115,6 +143,16 @@ pub fn pair_up(found: &[Found]) -> Paired {
             }
         }
     }
+    for (id, manifest_name) in segment_manifests {
+        match segment_artifacts.remove(&id) {
+            Some(artifacts) => out.segments.push(SegmentPair { id, manifest_name, artifacts }),
+            None => out.leftovers.push(half_removed(time_of(&manifest_name), manifest_name)),
+        }
+    }
+    for name in segment_artifacts.into_values().flatten().map(|(name, _)| name) {
+        out.leftovers.push(Leftover { time: time_of(&name), name, kind: LeftoverKind::Uncommitted, upload_id: None });
+    }
+    out.segments.sort_by(|a, b| a.id.cmp(&b.id));
     out.pairs.sort_by(|a, b| b.id.cmp(&a.id));
     out.leftovers.sort_by(|a, b| a.name.cmp(&b.name));
     out.ignored.sort();
@@ -351,5 +389,42 @@ mod tests {
         );
         let ignored: Vec<&str> = p.ignored.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(ignored, vec!["20261107T000000Z-r7-a.tar", "notes.txt"]);
+    }
+
+    #[test]
+    fn segments_pair_apart_from_backups_and_their_leftovers_are_leftovers() {
+        let base = "20261101T000000Z-r1-a";
+        let names = [
+            format!("{base}.db.zst.age"),
+            format!("{base}.manifest.json"),
+            format!("{base}.d00000002.segment.json"),
+            format!("{base}.d00000002.delta.zst.age"),
+            format!("{base}.d00000001.delta.zst.age"),
+            format!("{base}.d00000001.segment.json"),
+            format!("{base}.d00000003.delta.zst.age"),
+            format!("{base}.d00000004.segment.json"),
+            format!("{base}.d00000005.delta.zst.age.part"),
+        ];
+        let p = pair_up(&names.iter().map(|n| found(n)).collect::<Vec<_>>());
+        assert_eq!(p.pairs.len(), 1);
+        assert!(p.ignored.is_empty(), "{:?}", p.ignored);
+        let segments: Vec<(u32, &str, usize)> =
+            p.segments.iter().map(|s| (s.id.seq(), s.manifest_name.as_str(), s.artifacts.len())).collect();
+        assert_eq!(
+            segments,
+            vec![
+                (1, "20261101T000000Z-r1-a.d00000001.segment.json", 1),
+                (2, "20261101T000000Z-r1-a.d00000002.segment.json", 1)
+            ]
+        );
+        let left: Vec<(&str, LeftoverKind)> = p.leftovers.iter().map(|l| (l.name.as_str(), l.kind)).collect();
+        assert_eq!(
+            left,
+            vec![
+                ("20261101T000000Z-r1-a.d00000003.delta.zst.age", LeftoverKind::Uncommitted),
+                ("20261101T000000Z-r1-a.d00000004.segment.json", LeftoverKind::HalfRemoved),
+                ("20261101T000000Z-r1-a.d00000005.delta.zst.age.part", LeftoverKind::Partial),
+            ]
+        );
     }
 }

@@ -132,3 +132,25 @@ fn a_newer_format_or_an_unknown_field_is_refused() {
     assert!(unknown.unwrap_err().contains("unknown field"));
     assert!(SegmentManifest::from_json(b"{", &m.id, &ClusterName::default()).is_err());
 }
+
+#[test]
+fn names_in_a_folder_are_told_apart() {
+    let id = SegmentId::new(base(), 2);
+    let zstd = Compression::Zstd { level: 3 };
+    assert_eq!(classify(&id.manifest_name()), Some(SegmentEntry::Manifest(id.clone())));
+    assert_eq!(classify(&id.artifact_name(zstd)), Some(SegmentEntry::Artifact(id.clone())));
+    assert_eq!(classify(&id.artifact_name(Compression::None)), Some(SegmentEntry::Artifact(id.clone())));
+    assert_eq!(classify(&format!("{}.part", id.manifest_name())), Some(SegmentEntry::Partial));
+    assert_eq!(classify(&format!("{}.part", id.artifact_name(zstd))), Some(SegmentEntry::Partial));
+    for stranger in [
+        format!("{}.part.part", id.manifest_name()),
+        "notes.part".to_string(),
+        base().manifest_name(),
+        base().artifact_name(zstd),
+        format!("{}.d00000000.segment.json", base()),
+        format!("{id}.delta.gz.age"),
+        format!("x{}", id.manifest_name()),
+    ] {
+        assert_eq!(classify(&stranger), None, "{stranger}");
+    }
+}

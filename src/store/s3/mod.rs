@@ -109,7 +109,7 @@ impl S3Store {
             }
         }
         let sizes: std::collections::HashMap<&str, u64> = found.iter().map(|f| (f.name.as_str(), f.size)).collect();
-        let Paired { pairs, mut leftovers, mut ignored } = pair_up(&found);
+        let Paired { pairs, mut leftovers, mut ignored, segments } = pair_up(&found);
         let cache = cache::Cache::for_place(&self.place);
         let cached = cache.load().await;
         let reads = futures::stream::iter(pairs.into_iter().map(|pair| {
@@ -154,7 +154,7 @@ impl S3Store {
             cache.save(keep).await;
         }
         leftovers.extend(self.unfinished_uploads().await);
-        Ok(Listing { backups, leftovers, ignored })
+        Ok(Listing { backups, leftovers, ignored, segments })
     }
 
     /// Multipart uploads under our prefix that were never completed or aborted. Stores that cannot
