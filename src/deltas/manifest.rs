@@ -236,6 +236,39 @@ impl SegmentManifest {
         Ok(())
     }
 
+    /// The body read back holds what the manifest says: the same revisions, events and times.
+    pub fn matches(&self, found: &super::segment::Summary) -> Result<(), String> {
+        let recorded = (
+            self.first_revision,
+            self.last_revision,
+            self.revisions,
+            self.events,
+            self.first_received,
+            self.last_received,
+        );
+        let read = (
+            found.first_revision,
+            found.last_revision,
+            found.revisions,
+            found.events,
+            found.first_received,
+            found.last_received,
+        );
+        if recorded != read {
+            return Err(format!(
+                "segment {} holds revisions {} to {} ({} events), its manifest says {} to {} ({} events)",
+                self.id,
+                found.first_revision,
+                found.last_revision,
+                found.events,
+                self.first_revision,
+                self.last_revision,
+                self.events
+            ));
+        }
+        Ok(())
+    }
+
     pub fn compression(&self) -> Compression {
         Compression::of(self.artifact.compression, self.artifact.compression_level)
     }

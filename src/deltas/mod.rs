@@ -8,3 +8,4 @@ pub mod chain;
 pub mod manifest;
 pub mod seal;
 pub mod segment;
+pub mod stored;

@@ -155,6 +155,20 @@ impl Store for LocalStore {
         Ok(Listing { backups, leftovers, ignored, segments })
     }
 
+    async fn read_manifest(&self, name: &str) -> Result<Vec<u8>> {
+        use std::io::Read;
+        let path = self.folder.join(name);
+        let file = std::fs::File::open(&path).with_context(|| format!("cannot read '{}'", path.display()))?;
+        let mut bytes = Vec::new();
+        file.take(MAX_MANIFEST_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .with_context(|| format!("cannot read '{}'", path.display()))?;
+        if bytes.len() as u64 > MAX_MANIFEST_BYTES {
+            anyhow::bail!("'{}' is too large to be a manifest", path.display());
+        }
+        Ok(bytes)
+    }
+
     /// Removes backups: artifact, then pin, then manifest (the commit marker goes last).
     async fn remove(&self, backups: &[&Stored]) -> Vec<(BackupId, String)> {
         let mut failed = Vec::new();
@@ -266,6 +280,9 @@ impl Writer for LocalUpload {
         self.remove_part();
     }
 }
+
+/// The most a manifest may hold.
+const MAX_MANIFEST_BYTES: u64 = 1 << 20;
 
 impl LocalUpload {
     fn remove_part(&mut self) {

@@ -276,6 +276,10 @@ pub trait Store: Send + Sync {
     /// Committed backups (newest first), leftovers and strangers.
     async fn list(&self) -> Result<Listing>;
 
+    /// The manifest `name` in the cluster folder (a backup's or a delta segment's), at most 1 MiB:
+    /// unchecked bytes.
+    async fn read_manifest(&self, name: &str) -> Result<Vec<u8>>;
+
     /// Removes committed backups: every artifact first, then pins and manifests, so that an interrupted
     /// removal never leaves a manifest that `list` shows as good. Returns the backups it could not remove.
     async fn remove(&self, backups: &[&Stored]) -> Vec<(BackupId, String)>;

@@ -413,6 +413,10 @@ impl Store for S3Store {
         self.list_folder().await
     }
 
+    async fn read_manifest(&self, name: &str) -> Result<Vec<u8>> {
+        Ok(self.get_small(&format!("{}{name}", self.folder)).await?.0)
+    }
+
     async fn remove(&self, backups: &[&Stored]) -> Vec<(BackupId, String)> {
         self.remove_backups(backups).await
     }
