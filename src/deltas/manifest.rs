@@ -256,14 +256,18 @@ impl SegmentManifest {
         );
         if recorded != read {
             return Err(format!(
-                "segment {} holds revisions {} to {} ({} events), its manifest says {} to {} ({} events)",
+                "segment {} holds revisions {} to {} ({} events, received {} to {}), its manifest says {} to {} ({} events, received {} to {})",
                 self.id,
                 found.first_revision,
                 found.last_revision,
                 found.events,
+                found.first_received,
+                found.last_received,
                 self.first_revision,
                 self.last_revision,
-                self.events
+                self.events,
+                self.first_received,
+                self.last_received
             ));
         }
         Ok(())

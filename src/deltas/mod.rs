@@ -6,6 +6,8 @@
 
 pub mod chain;
 pub mod manifest;
+pub mod replay;
 pub mod seal;
 pub mod segment;
 pub mod stored;
+pub mod watch;

@@ -242,6 +242,9 @@ impl Summary {
     /// the next one, hold a change, and not have been received earlier.
     fn after(before: Option<&Summary>, revision: &Revision) -> Result<Summary, SegmentError> {
         let r = revision.revision;
+        // A body records times to the millisecond; what it says it holds is what it will read back as.
+        let received =
+            DateTime::from_timestamp_millis(revision.received.timestamp_millis()).unwrap_or(revision.received);
         if revision.events.is_empty() {
             return Err(SegmentError::Empty { revision: r });
         }
@@ -255,18 +258,18 @@ impl Summary {
                 last_revision: r,
                 revisions: 1,
                 events,
-                first_received: revision.received,
-                last_received: revision.received,
+                first_received: received,
+                last_received: received,
             },
             Some(s) if r != s.last_revision + 1 => {
                 return Err(SegmentError::Gap { previous: s.last_revision, found: r });
             }
-            Some(s) if revision.received < s.last_received => return Err(SegmentError::TimeBackwards { revision: r }),
+            Some(s) if received < s.last_received => return Err(SegmentError::TimeBackwards { revision: r }),
             Some(s) => Summary {
                 last_revision: r,
                 revisions: s.revisions + 1,
                 events: s.events + events,
-                last_received: revision.received,
+                last_received: received,
                 ..s.clone()
             },
         })

@@ -221,3 +221,12 @@ fn a_watch_responses_events_group_into_their_revisions() {
     assert_eq!(grouped, expected);
     assert!(group(vec![], at(0)).is_empty());
 }
+
+#[test]
+fn times_are_kept_to_the_millisecond_as_the_body_records_them() {
+    let fine = at(0) + chrono::Duration::nanoseconds(123_456);
+    let revision = Revision { revision: 20, received: fine, events: vec![Event::delete(b"/k", 20)], leases: vec![] };
+    let (body, summary) = written(&[revision]);
+    assert_eq!(summary.first_received, at(0));
+    assert_eq!(read(&body).unwrap().1, summary, "what the writer says it wrote is what reads back");
+}

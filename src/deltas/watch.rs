@@ -1,0 +1,261 @@
+//! One chain streamed: the local member's watch of the whole keyspace from the revision after the
+//! chain's last, its revisions gathered into segments closed on time or size, each sealed and committed
+//! to every destination in turn. Ends when cancelled (the open segment is committed first) or when the
+//! chain can no longer be continued without a hole, saying why: the caller then takes a full snapshot
+//! and starts a new chain.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use anyhow::Result;
+use chrono::Utc;
+use etcd_client::{Client, EventType, GetOptions, WatchOptions};
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+
+use super::manifest::{BodyFacts, SEGMENT_FORMAT, SegmentId, SegmentManifest};
+use super::seal;
+use super::segment::{self, Event, Lease, Revision, SegmentError, Writer};
+use crate::crypto::PublicKey;
+use crate::manifest::{ArtifactFacts, ClusterName, Compression};
+use crate::store::Destination;
+
+/// Where a chain goes on: the next segment's id, the first revision it holds, and the body the one
+/// before it had.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Next {
+    pub id: SegmentId,
+    pub base_revision: i64,
+    pub first_revision: i64,
+    pub previous_sha256: Option<String>,
+}
+
+impl Next {
+    /// The first segment of a chain from `base`, which holds `base_revision`.
+    pub fn first(base: crate::manifest::BackupId, base_revision: i64) -> Self {
+        Next { id: SegmentId::new(base, 1), base_revision, first_revision: base_revision + 1, previous_sha256: None }
+    }
+
+    /// After the committed segment `m`.
+    pub fn after(m: &SegmentManifest) -> Option<Self> {
+        Some(Next {
+            id: m.id.next()?,
+            base_revision: m.base_revision,
+            first_revision: m.last_revision + 1,
+            previous_sha256: Some(m.body.sha256.clone()),
+        })
+    }
+}
+
+/// Where and how segments are written.
+pub struct Sink<'a> {
+    pub stores: &'a [Destination],
+    pub cluster: ClusterName,
+    pub compression: Compression,
+    pub recipients: Vec<PublicKey>,
+    pub host: String,
+    pub member_id: String,
+    pub max_interval: Duration,
+    pub max_size: u64,
+}
+
+/// Why a chain ended.
+#[derive(Debug, thiserror::Error)]
+pub enum Ended {
+    #[error("stopped")]
+    Cancelled,
+    /// etcd no longer holds the revisions the chain needs next.
+    #[error("etcd compacted its history past revision {needed} (compacted to {compacted}): the chain cannot go on")]
+    Compacted { needed: i64, compacted: i64 },
+    /// The watch ended or was cancelled by etcd (it restarted, or the connection broke).
+    #[error("the watch ended: {0}")]
+    WatchLost(String),
+    /// etcd sent a revision that does not follow the last (never expected: said as it is).
+    #[error("the watch skipped revisions: {0}")]
+    Gap(SegmentError),
+    /// A segment could not be committed to every destination.
+    #[error("segment {id} could not be written: {why}")]
+    Write { id: SegmentId, why: String },
+}
+
+/// What the chain reached: the last committed segment (if one was committed) and why it ended.
+pub struct Streamed {
+    pub committed: Vec<SegmentManifest>,
+    pub ended: Ended,
+}
+
+/// Streams the chain from `next` until cancelled or it cannot go on.
+pub async fn stream(client: &mut Client, mut next: Next, sink: &Sink<'_>, cancel: &CancellationToken) -> Streamed {
+    let mut committed = Vec::new();
+    let ended = stream_from(client, &mut next, sink, cancel, &mut committed).await;
+    Streamed { committed, ended }
+}
+
+async fn stream_from(
+    client: &mut Client,
+    next: &mut Next,
+    sink: &Sink<'_>,
+    cancel: &CancellationToken,
+    committed: &mut Vec<SegmentManifest>,
+) -> Ended {
+    let options = WatchOptions::new().with_all_keys().with_start_revision(next.first_revision).with_progress_notify();
+    let mut watch = match client.watch("\0", Some(options)).await {
+        Ok(watch) => watch,
+        Err(e) => return Ended::WatchLost(format!("cannot watch etcd: {e}")),
+    };
+    let mut writer = Writer::default();
+    let mut leases: HashSet<i64> = HashSet::new();
+    let mut deadline: Option<tokio::time::Instant> = None;
+    loop {
+        let due = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        let message = tokio::select! {
+            message = watch.message() => message,
+            () = due => {
+                if let Err(ended) = close(client, next, sink, &mut writer, cancel, committed).await {
+                    return ended;
+                }
+                deadline = None;
+                continue;
+            }
+            () = cancel.cancelled() => {
+                // What was received is committed before stopping: nothing the watch saw is lost.
+                let never = CancellationToken::new();
+                return close(client, next, sink, &mut writer, &never, committed).await.err().unwrap_or(Ended::Cancelled);
+            }
+        };
+        let response = match message {
+            Ok(Some(response)) => response,
+            Ok(None) => return Ended::WatchLost("etcd closed the watch".into()),
+            Err(e) => return Ended::WatchLost(e.to_string()),
+        };
+        if response.compact_revision() > 0 {
+            return Ended::Compacted { needed: writer_next(&writer, next), compacted: response.compact_revision() };
+        }
+        if response.canceled() {
+            return Ended::WatchLost(format!("etcd cancelled the watch: {}", response.cancel_reason()));
+        }
+        let events = response.events().iter().filter_map(event_of);
+        for mut revision in segment::group(events, Utc::now()) {
+            revision.leases = new_leases(client, &revision, &mut leases).await;
+            if let Err(e) = writer.push(&revision) {
+                return Ended::Gap(e);
+            }
+        }
+        if writer.summary().is_some() && deadline.is_none() {
+            deadline = Some(tokio::time::Instant::now() + sink.max_interval);
+        }
+        if writer.len() as u64 >= sink.max_size {
+            if let Err(ended) = close(client, next, sink, &mut writer, cancel, committed).await {
+                return ended;
+            }
+            deadline = None;
+        }
+    }
+}
+
+/// The revision the chain needs next.
+fn writer_next(writer: &Writer, next: &Next) -> i64 {
+    writer.summary().map_or(next.first_revision, |s| s.last_revision + 1)
+}
+
+/// etcd-client's event as the segment's; an event without a key-value (never sent) is dropped, and
+/// `Writer::push` then names what is missing.
+fn event_of(e: &etcd_client::Event) -> Option<Event> {
+    let kv = e.kv()?;
+    Some(match e.event_type() {
+        EventType::Put => {
+            Event::put(kv.key(), kv.value(), kv.create_revision(), kv.mod_revision(), kv.version(), kv.lease())
+        }
+        EventType::Delete => Event::delete(kv.key(), kv.mod_revision()),
+    })
+}
+
+/// The leases `revision`'s puts use that this chain has not recorded, with their granted TTL as etcd
+/// tells it now (1 s for one already gone: its keys' deletion follows in a later revision).
+async fn new_leases(client: &mut Client, revision: &Revision, seen: &mut HashSet<i64>) -> Vec<Lease> {
+    let mut out = Vec::new();
+    for event in revision.events.iter().filter(|e| e.is_put()) {
+        let id = event.kv().lease;
+        if id == 0 || !seen.insert(id) {
+            continue;
+        }
+        let ttl = match client.lease_time_to_live(id, None).await {
+            Ok(answer) if answer.granted_ttl() > 0 => answer.granted_ttl(),
+            _ => 1,
+        };
+        out.push(Lease { id, ttl });
+    }
+    out
+}
+
+/// Commits the open segment, if any, to every destination; the chain then goes on after it.
+async fn close(
+    client: &mut Client,
+    next: &mut Next,
+    sink: &Sink<'_>,
+    writer: &mut Writer,
+    cancel: &CancellationToken,
+    committed: &mut Vec<SegmentManifest>,
+) -> Result<(), Ended> {
+    let Some((body, summary)) = std::mem::take(writer).finish() else { return Ok(()) };
+    let id = next.id.clone();
+    let failed = |why: String| Ended::Write { id: id.clone(), why };
+    let sealed = seal::seal(&body, sink.compression, &sink.recipients).map_err(failed)?;
+    let live_keys = count_at(client, summary.last_revision).await;
+    let manifest = SegmentManifest {
+        format_version: SEGMENT_FORMAT,
+        id: id.clone(),
+        cluster: sink.cluster.clone(),
+        host: sink.host.clone(),
+        tool_version: env!("CARGO_PKG_VERSION").to_string(),
+        member_id: sink.member_id.clone(),
+        base_revision: next.base_revision,
+        first_revision: summary.first_revision,
+        last_revision: summary.last_revision,
+        revisions: summary.revisions,
+        events: summary.events,
+        first_received: summary.first_received,
+        last_received: summary.last_received,
+        closed: Utc::now().max(summary.last_received),
+        previous_sha256: next.previous_sha256.clone(),
+        live_keys,
+        body: BodyFacts { size: body.len() as u64, sha256: hex::encode(Sha256::digest(&body)) },
+        artifact: ArtifactFacts {
+            name: id.artifact_name(sink.compression),
+            size: sealed.artifact.len() as u64,
+            sha256: sealed.sha256.clone(),
+            compression: sink.compression.kind(),
+            compression_level: sink.compression.level(),
+            encryption: "age".into(),
+            recipients: sink.recipients.iter().map(|r| r.as_str().to_string()).collect(),
+        },
+    };
+    for store in sink.stores {
+        super::stored::write(&**store, &sealed, &manifest, cancel)
+            .await
+            .map_err(|e| failed(format!("{}: {e:#}", store.kind())))?;
+    }
+    tracing::info!(
+        segment = %manifest.id,
+        first_revision = manifest.first_revision,
+        last_revision = manifest.last_revision,
+        events = manifest.events,
+        bytes = manifest.artifact.size,
+        "delta segment committed"
+    );
+    *next = Next::after(&manifest).ok_or_else(|| failed("the chain is at its longest".into()))?;
+    committed.push(manifest);
+    Ok(())
+}
+
+/// The keys in the cluster at `revision`, as etcd counts them; `None` if it cannot tell (compacted).
+async fn count_at(client: &mut Client, revision: i64) -> Option<u64> {
+    let options = GetOptions::new().with_all_keys().with_count_only().with_revision(revision);
+    let answer = client.get("\0", Some(options)).await.ok()?;
+    u64::try_from(answer.count()).ok()
+}
