@@ -320,6 +320,7 @@ async fn after_commit(
             leftover_grace: settings.leftover_grace,
             dry_run: false,
             this_run: Some(id.clone()),
+            segments_keep_for: settings.deltas.as_ref().and_then(|d| d.keep_for),
         };
         match prune(destination, &options).await {
             Ok(pruned) => {

@@ -23,6 +23,8 @@ pub struct PruneReport {
     /// Leftovers of crashed runs and unfinished removals, and whether they are old enough to clean.
     pub leftovers: Vec<LeftoverReport>,
     pub ignored: Vec<IgnoredReport>,
+    /// Delta segments removed (or, in a dry run, to remove), and why.
+    pub segments: Vec<SegmentReport>,
     /// What could not be removed, and why.
     pub errors: Vec<String>,
 }
@@ -33,6 +35,12 @@ pub struct LeftoverReport {
     pub kind: LeftoverKind,
     pub time: DateTime<Utc>,
     pub clean: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SegmentReport {
+    pub id: String,
+    pub why: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -56,6 +64,9 @@ pub struct PruneOptions {
     pub dry_run: bool,
     /// The backup the calling run just committed: never removed by this prune.
     pub this_run: Option<BackupId>,
+    /// `[deltas] keep_for`: delta segments go once their base is this old (they go with their base in
+    /// any case).
+    pub segments_keep_for: Option<Duration>,
 }
 
 /// Prunes one destination. Errors removing single backups are reported in the result; a destination
@@ -110,6 +121,14 @@ pub async fn prune(destination: &Destination, options: &PruneOptions) -> Result<
         .iter()
         .map(|(name, why): &Ignored| IgnoredReport { name: name.clone(), why: why.clone() })
         .collect();
+    // The backups kept after this prune decide which delta segments go.
+    let kept: std::collections::HashMap<BackupId, bool> = listing
+        .backups
+        .iter()
+        .filter(|s| decisions.iter().any(|d| d.keep && d.id == s.manifest.id))
+        .map(|s| (s.manifest.id.clone(), s.pinned))
+        .collect();
+    let segments = crate::deltas::retention::plan(&listing.segments, &kept, options.segments_keep_for, options.now);
     let mut report = PruneReport {
         destination: destination.kind(),
         place: destination.place(),
@@ -117,6 +136,10 @@ pub async fn prune(destination: &Destination, options: &PruneOptions) -> Result<
         decisions,
         leftovers,
         ignored,
+        segments: segments
+            .iter()
+            .map(|(s, why)| SegmentReport { id: s.id.to_string(), why: why.to_string() })
+            .collect(),
         errors: Vec::new(),
     };
     if options.dry_run {
@@ -132,6 +155,18 @@ pub async fn prune(destination: &Destination, options: &PruneOptions) -> Result<
         let reasons: Vec<String> = d.reasons.iter().map(ToString::to_string).collect();
         tracing::info!(destination = %destination.kind(), id = %d.id, reasons = %reasons.join(", "), "removed backup");
     }
+    // Segments after their bases: a base removed first never leaves a chain that looks restorable
+    // without it (a chain is read from its base).
+    let doomed_segments: Vec<&crate::store::SegmentPair> = segments.iter().map(|(s, _)| *s).collect();
+    let failed_segments = destination.remove_segments(&doomed_segments).await;
+    for (id, why) in &failed_segments {
+        tracing::error!(destination = %destination.kind(), segment = %id, %why, "cannot remove delta segment");
+        report.errors.push(format!("{id}: {why}"));
+    }
+    for (s, why) in segments.iter().filter(|(s, _)| !failed_segments.iter().any(|(id, _)| id == &s.id)) {
+        tracing::info!(destination = %destination.kind(), segment = %s.id, %why, "removed delta segment");
+    }
+    report.segments.retain(|r| !failed_segments.iter().any(|(id, _)| id.to_string() == r.id));
     let mut not_cleaned = HashSet::new();
     for (name, why) in destination.clean(&stale).await {
         tracing::error!(destination = %destination.kind(), %name, %why, "cannot clean leftover");

@@ -16,8 +16,8 @@ use etcd_backupd::deltas::replay::{keep_leases_alive, replay};
 use etcd_backupd::deltas::stored::{read, read_all};
 use etcd_backupd::deltas::watch::{Ended, Next, Sink, stream};
 use etcd_backupd::manifest::{BackupId, ClusterName, Compression};
-use etcd_backupd::store::Destination;
 use etcd_backupd::store::local::LocalStore;
+use etcd_backupd::store::{Destination, Store};
 use etcd_client::{Client, GetOptions, PutOptions, Txn, TxnOp};
 use tokio_util::sync::CancellationToken;
 
@@ -174,4 +174,145 @@ async fn a_chain_restores_every_revision_with_the_original_numbers(version: Etcd
             "at revision {target}, keys, values, revisions, versions and leases as on the original"
         );
     }
+}
+
+/// The chain from the newest base in the local folder: the base, its revision, the usable segments
+/// and the break, if any.
+async fn chain_in(
+    work: &std::path::Path,
+) -> Option<(BackupId, i64, Vec<etcd_backupd::deltas::manifest::SegmentManifest>, bool)> {
+    let store = LocalStore::new(&work.join("backups"), &ClusterName::default());
+    let listing = store.list().await.ok()?;
+    let base = listing.backups.first()?;
+    let base_revision = base.manifest.snapshot.status.as_ref()?.served_revision();
+    let (committed, _) = read_all(&store, &listing.segments, &ClusterName::default()).await;
+    let chain = follow(&base.manifest.id, base_revision, &committed);
+    let segments = chain.segments.iter().map(|s| (*s).clone()).collect();
+    Some((base.manifest.id.clone(), base_revision, segments, chain.broken.is_some()))
+}
+
+/// Waits until the newest base's chain reaches `revision`.
+async fn chain_reaches(
+    work: &std::path::Path,
+    revision: i64,
+    daemon: &Daemon,
+) -> Vec<etcd_backupd::deltas::manifest::SegmentManifest> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some((_, base_revision, segments, broken)) = chain_in(work).await {
+            assert!(!broken, "the chain is unbroken");
+            if segments.last().map_or(base_revision, |s| s.last_revision) >= revision {
+                return segments;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the chain never reached revision {revision}; log:\n{}",
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn put_some(etcd: &Etcd, prefix: &str, count: u32) -> i64 {
+    let mut client = etcd.client().await;
+    let mut last = 0;
+    for i in 0..count {
+        last = client.put(format!("/{prefix}/{i}"), format!("{i}"), None).await.unwrap().header().unwrap().revision();
+    }
+    last
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_streams_goes_on_after_sigkill_and_starts_a_new_chain_after_compaction() {
+    let work = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(EtcdVersion::V35);
+    etcd.seed(10, 100).await;
+    let identity = age_identity(work.path(), "key");
+    let tables = "[schedule]\ncron = \"0 0 1 1 *\"\n[coordination]\nmode = \"member\"\n[deltas]\nenabled = true\nmax_interval = \"1s\"\n";
+    let cfg = write_config(work.path(), &etcd.config_table(), &identity.recipient, "", tables);
+
+    // The first full backup (none on record) is the first chain's base.
+    let daemon = Daemon::start(&cfg).await;
+    let first = put_some(&etcd, "a", 10).await;
+    let before_kill = chain_reaches(work.path(), first, &daemon).await;
+    let (base, ..) = chain_in(work.path()).await.unwrap();
+
+    // Killed with changes received but their segment not yet closed (max_interval is 1 s).
+    let unsaved = put_some(&etcd, "b", 5).await;
+    daemon.kill().await;
+    let (_, _, after_kill, _) = chain_in(work.path()).await.unwrap();
+    assert_eq!(after_kill[..before_kill.len()], before_kill[..], "no committed segment is lost");
+
+    // Started again, the chain goes on from its last committed segment: the changes the killed daemon
+    // had not committed are read again from etcd's history.
+    let daemon = Daemon::start(&cfg).await;
+    let resumed = chain_reaches(work.path(), unsaved, &daemon).await;
+    assert_eq!(resumed[..after_kill.len()], after_kill[..]);
+    assert_eq!(chain_in(work.path()).await.unwrap().0, base, "the same chain");
+    let (_, _, notes, log) = daemon.stop().await;
+    assert!(notes.iter().any(|n| n.contains("STOPPING=1")), "{log}");
+
+    // While it was stopped, etcd compacted the history the chain needs next: a new full backup, and a
+    // new chain from it.
+    let compacted = put_some(&etcd, "c", 5).await;
+    let out = etcd.etcdctl(&["compact", &compacted.to_string()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let daemon = Daemon::start(&cfg).await;
+    daemon
+        .wait_until("a new base", || {
+            std::fs::read_dir(work.path().join("backups/default"))
+                .unwrap()
+                .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".manifest.json"))
+                .count()
+                == 2
+        })
+        .await;
+    let later = put_some(&etcd, "d", 3).await;
+    let fresh = chain_reaches(work.path(), later, &daemon).await;
+    let (new_base, new_base_revision, ..) = chain_in(work.path()).await.unwrap();
+    assert_ne!(new_base, base);
+    assert!(new_base_revision >= compacted, "the new base holds the compacted revisions");
+    assert_eq!(fresh[0].id.seq(), 1);
+    let log = daemon.log();
+    assert!(log.contains("compacted") && log.contains("taking a full backup now"), "{log}");
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_backup_starts_a_new_chain_and_the_old_chain_goes_with_its_base() {
+    let work = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(EtcdVersion::V35);
+    let s3 = S3::start().await;
+    let identity = age_identity(work.path(), "key");
+    let tables = format!(
+        "[schedule]\ncron = \"0 0 1 1 *\"\n[coordination]\nmode = \"member\"\n[deltas]\nenabled = true\nmax_interval = \"1s\"\n{}",
+        s3.config_table_with(BUCKET, "", "{ keep_last = 1 }")
+    );
+    let cfg =
+        write_config(work.path(), &etcd.config_table(), &identity.recipient, "retention = { keep_last = 1 }", &tables);
+    let daemon = Daemon::start(&cfg).await;
+    chain_reaches(work.path(), put_some(&etcd, "a", 5).await, &daemon).await;
+    let (old_base, ..) = chain_in(work.path()).await.unwrap();
+    let in_s3 = |id: &BackupId| s3.keys(BUCKET).into_iter().filter(|k| k.contains(&id.to_string())).collect::<Vec<_>>();
+    assert!(in_s3(&old_base).iter().any(|k| k.ends_with(".segment.json")), "segments go to S3 too");
+
+    // A new backup: the old one and its chain are pruned (keep_last = 1), and a new chain begins.
+    daemon.signal(nix::sys::signal::Signal::SIGUSR1);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while chain_in(work.path()).await.is_none_or(|(base, ..)| base == old_base) {
+        assert!(std::time::Instant::now() < deadline, "no new base; log:\n{}", daemon.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let fresh = chain_reaches(work.path(), put_some(&etcd, "b", 5).await, &daemon).await;
+    let (new_base, ..) = chain_in(work.path()).await.unwrap();
+    assert_eq!((fresh[0].id.base(), fresh[0].id.seq()), (&new_base, 1));
+    daemon.stop().await;
+    // A segment the old chain committed while the prune ran is an orphan: the next prune takes it.
+    let pruned = run(&cfg, &["prune"]).await;
+    assert!(pruned.status.success(), "{}", stderr(&pruned));
+    let local: Vec<String> = files(&work.path().join("backups/default"));
+    assert!(!local.iter().any(|f| f.contains(&old_base.to_string())), "{local:?}");
+    assert_eq!(in_s3(&old_base), Vec::<String>::new());
+    assert!(in_s3(&new_base).iter().any(|k| k.ends_with(".segment.json")));
 }

@@ -103,6 +103,7 @@ pub(super) async fn prune_all(
             leftover_grace: settings.leftover_grace,
             dry_run,
             this_run: None,
+            segments_keep_for: settings.deltas.as_ref().and_then(|d| d.keep_for),
         };
         match prune(destination, &options).await {
             Ok(report) => {

@@ -7,6 +7,7 @@ mod settings;
 mod typecheck;
 pub mod units;
 mod validate;
+mod validate_deltas;
 mod validate_files;
 mod validate_s3;
 

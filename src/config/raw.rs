@@ -19,6 +19,16 @@ pub struct RawConfig {
     pub notify: Option<RawNotify>,
     pub coordination: Option<RawCoordination>,
     pub files: Option<RawFiles>,
+    pub deltas: Option<RawDeltas>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDeltas {
+    pub enabled: Option<bool>,
+    pub max_interval: Option<String>,
+    pub max_size: Option<String>,
+    pub keep_for: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -43,7 +43,25 @@ pub struct Settings {
     pub notify: NotifySettings,
     /// The control-plane files archived beside each snapshot; `None`: the snapshot alone.
     pub files: Option<FilesSettings>,
+    /// `[deltas]`, when enabled: the cluster's changes between snapshots, for point-in-time recovery.
+    pub deltas: Option<DeltasSettings>,
 }
+
+/// `[deltas]`: how often and how large segments are closed, and how long they are kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeltasSettings {
+    /// A segment is closed this long after its first change at the latest: the most a lost member's
+    /// host can take with it.
+    pub max_interval: Duration,
+    /// A segment is closed once its body holds this many bytes (after the revision that crossed it).
+    pub max_size: u64,
+    /// Segments are removed this long after their base was taken, if their base is kept longer;
+    /// `None`: as long as their base.
+    pub keep_for: Option<Duration>,
+}
+
+pub const DEFAULT_DELTA_INTERVAL: Duration = Duration::from_secs(15);
+pub const DEFAULT_DELTA_SIZE: u64 = 8 * 1024 * 1024;
 
 /// `[files]`: what the companion archive holds and who can open it.
 #[derive(Debug, Clone)]

@@ -157,6 +157,7 @@ pub fn validate(raw: RawConfig) -> Result<Settings, Vec<Issue>> {
     let notify = raw.notify.map(|n| validate_notify(n, &mut issues)).unwrap_or_default();
     let coordination = validate_coordination(raw.coordination.unwrap_or_default(), &cluster, &mut issues);
     let files = raw.files.map(|f| super::validate_files::validate_files(f, &mut issues));
+    let deltas = raw.deltas.and_then(|d| super::validate_deltas::validate_deltas(d, etcd.is_some(), &mut issues));
 
     if !issues.is_empty() {
         return Err(issues);
@@ -177,6 +178,7 @@ pub fn validate(raw: RawConfig) -> Result<Settings, Vec<Issue>> {
         notify,
         coordination,
         files,
+        deltas,
     })
 }
 

@@ -118,7 +118,7 @@ pub async fn claim(
         }
     };
     let lost = run.child_token();
-    let renewing = tokio::spawn(renew(client.clone(), lease, settings.lease_ttl, lost.clone()));
+    let renewing = tokio::spawn(renew(client.clone(), lease, settings.lease_ttl, lost.clone(), "the slot"));
     // Stops renewing whatever way this function ends before the slot is held (a dropped future too).
     let renewing = AbortOnDrop(Some(renewing));
     let left = (until - Utc::now()).to_std().unwrap_or(Duration::ZERO).max(Duration::from_secs(1));
@@ -302,7 +302,9 @@ pub fn grant_command(settings: &CoordinationSettings) -> String {
 /// again on a new stream. `lost` is cancelled when etcd says the lease is gone, or when it could not be
 /// renewed before its deadline while the cluster has a leader (which expires leases). Without a leader no
 /// lease expires and no other member can take the slot: the backup goes on.
-async fn renew(mut client: Client, lease: i64, ttl: Duration, lost: CancellationToken) {
+/// Renews `lease` (of `held`, said in logs: "the slot", "the delta stream") every third of `ttl`; cancels
+/// `lost` if etcd says it is gone or it could not be renewed in time while the cluster had a leader.
+pub(crate) async fn renew(mut client: Client, lease: i64, ttl: Duration, lost: CancellationToken, held: &'static str) {
     let mut deadline = tokio::time::Instant::now() + ttl;
     loop {
         match tokio::time::timeout(ttl / 3, client.lease_keep_alive(lease)).await {
@@ -314,13 +316,13 @@ async fn renew(mut client: Client, lease: i64, ttl: Duration, lost: Cancellation
                     Ok(Ok(Some(answer))) if answer.ttl() > 0 => {
                         deadline = tokio::time::Instant::now() + Duration::from_secs(answer.ttl().unsigned_abs());
                     }
-                    Ok(Ok(Some(_))) => return lease_gone(lease, &lost),
+                    Ok(Ok(Some(_))) => return lease_gone(lease, &lost, held),
                     _ => break,
                 }
                 tokio::time::sleep(ttl / 3).await;
             },
             // etcd-client's answer when etcd no longer knows the lease.
-            Ok(Err(etcd_client::Error::LeaseKeepAliveError(_))) => return lease_gone(lease, &lost),
+            Ok(Err(etcd_client::Error::LeaseKeepAliveError(_))) => return lease_gone(lease, &lost, held),
             _ => {}
         }
         if tokio::time::Instant::now() >= deadline {
@@ -329,7 +331,7 @@ async fn renew(mut client: Client, lease: i64, ttl: Duration, lost: Cancellation
             if !leaderless {
                 tracing::error!(
                     lease,
-                    "the slot's lease could not be renewed in time: stopping this backup, another member may hold the slot"
+                    "the lease of {held} could not be renewed in time: stopping, another member may hold {held}"
                 );
                 lost.cancel();
                 return;
@@ -341,11 +343,8 @@ async fn renew(mut client: Client, lease: i64, ttl: Duration, lost: Cancellation
     }
 }
 
-fn lease_gone(lease: i64, lost: &CancellationToken) {
-    tracing::error!(
-        lease,
-        "etcd says the slot's lease is gone: stopping this backup, another member may hold the slot"
-    );
+fn lease_gone(lease: i64, lost: &CancellationToken, held: &str) {
+    tracing::error!(lease, "etcd says the lease of {held} is gone: stopping, another member may hold {held}");
     lost.cancel();
 }
 

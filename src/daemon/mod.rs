@@ -116,6 +116,14 @@ pub async fn run(config_path: PathBuf, settings: Settings) -> Result<()> {
     let mut finished_drill = None;
     // Stops a running drill cleanly (its etcd, its plaintext) when the daemon stops.
     let stop_drill = CancellationToken::new();
+    // The delta stream ([deltas]): asks for a full backup when its chain cannot go on; told when one was
+    // recorded.
+    let (chain_needs_backup, mut needs_backup) = tokio::sync::mpsc::channel::<String>(1);
+    let signals = crate::deltas::run::Signals {
+        backup_now: chain_needs_backup,
+        backup_recorded: std::sync::Arc::new(tokio::sync::Notify::new()),
+    };
+    let mut deltas = start_deltas(&settings, &signals);
     tracing::info!(
         schedule = %settings.schedule.schedule.text(), timezone = %settings.timezone, next = %at.next,
         next_drill = %at.next_drill.map_or("never".to_string(), |t| t.to_string()),
@@ -128,6 +136,7 @@ pub async fn run(config_path: PathBuf, settings: Settings) -> Result<()> {
         let event = tokio::select! {
             () = tokio::time::sleep_until(instant_at(at.next)) => Event::Due,
             Some(()) = usr1.recv() => Event::BackupNow,
+            Some(_) = needs_backup.recv() => Event::ChainNeedsBackup,
             Some(()) = hup.recv() => Event::Hangup,
             () = sleep_until_maybe(at.next_drill) => Event::DrillDue,
             done = async { drilling.as_mut().expect("guarded").await }, if drilling.is_some() => {
@@ -152,17 +161,23 @@ pub async fn run(config_path: PathBuf, settings: Settings) -> Result<()> {
             for action in actions {
                 match action {
                     Action::StartBackup(trigger) => {
-                        if trigger == Trigger::Signal {
-                            tracing::info!("SIGUSR1: backing up now");
+                        match trigger {
+                            Trigger::Signal => tracing::info!("SIGUSR1: backing up now"),
+                            Trigger::Deltas => tracing::info!("backing up now: the delta stream needs a new base"),
+                            Trigger::Schedule => {}
                         }
-                        // SIGUSR1 asks for a backup now: taken, like a one-shot backup, whoever covers the slot.
-                        running = Some(start(&settings, &state_dir, trigger != Trigger::Signal));
+                        // SIGUSR1 (or the delta stream) asks for a backup now: taken, like a one-shot
+                        // backup, whoever covers the slot.
+                        running = Some(start(&settings, &state_dir, trigger == Trigger::Schedule));
                     }
                     Action::Reload => {
                         notifier.reloading();
                         pending = Some(match config::load(&config_path) {
                             Ok(new) => {
                                 settings = new;
+                                // The stream follows the new [deltas], destinations and recipients.
+                                stop_deltas(deltas.take()).await;
+                                deltas = start_deltas(&settings, &signals);
                                 Event::Reloaded
                             }
                             Err(e) => {
@@ -179,7 +194,10 @@ pub async fn run(config_path: PathBuf, settings: Settings) -> Result<()> {
                     Action::StartDrill => drilling = Some(start_drill(&settings, stop_drill.child_token())),
                     Action::SkipDrill => tracing::warn!("a drill is still running; skipping this scheduled drill"),
                     Action::RecordBackup => match finished_backup.take() {
-                        Some(Ok((started, outcome))) => record_backup(&settings, &state_dir, started, &outcome).await,
+                        Some(Ok((started, outcome))) => {
+                            record_backup(&settings, &state_dir, started, &outcome).await;
+                            signals.backup_recorded.notify_one();
+                        }
                         Some(Err(e)) => tracing::error!(error = %e, "the backup task failed"),
                         None => {}
                     },
@@ -207,6 +225,8 @@ pub async fn run(config_path: PathBuf, settings: Settings) -> Result<()> {
     }
 
     notifier.stopping();
+    // The open delta segment is committed before the stream stops.
+    stop_deltas(deltas.take()).await;
     if let Some(mut d) = drilling.take() {
         // The drill stops its throwaway etcd and removes its files; it proved nothing, and is not recorded.
         tracing::info!("stopping: stopping the running drill");
@@ -238,6 +258,26 @@ pub async fn run(config_path: PathBuf, settings: Settings) -> Result<()> {
     }
     tracing::info!("etcd-backupd stopped");
     Ok(())
+}
+
+/// The delta stream's task and what stops it.
+type Deltas = (JoinHandle<()>, CancellationToken);
+
+fn start_deltas(settings: &Settings, signals: &crate::deltas::run::Signals) -> Option<Deltas> {
+    let deltas = settings.deltas.clone()?;
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(crate::deltas::run::run(settings.clone(), deltas, signals.clone(), cancel.clone()));
+    Some((task, cancel))
+}
+
+/// Stops the delta stream, letting it commit its open segment (for at most a minute).
+async fn stop_deltas(deltas: Option<Deltas>) {
+    let Some((mut task, cancel)) = deltas else { return };
+    cancel.cancel();
+    if tokio::time::timeout(Duration::from_secs(60), &mut task).await.is_err() {
+        tracing::warn!("stopping: the delta stream did not commit its open segment within a minute");
+        task.abort();
+    }
 }
 
 /// A finished drill: when it started, the backup it drilled (if found), and its result.

@@ -43,6 +43,8 @@ pub enum Event {
     Due,
     /// SIGUSR1: back up now.
     BackupNow,
+    /// The delta stream cannot continue its chain: a full backup now starts a new one.
+    ChainNeedsBackup,
     /// SIGHUP: reload the config.
     Hangup,
     /// The new config loaded (the plans passed with it are the new ones).
@@ -90,6 +92,8 @@ pub enum Action {
 pub enum Trigger {
     Schedule,
     Signal,
+    /// The delta stream needs a new base.
+    Deltas,
 }
 
 /// Where the loop begins: a backup at once if none is on record or (with catch-up) one was missed
@@ -125,6 +129,12 @@ pub fn step(mut s: Loop, event: Event, plans: Plans, now: DateTime<Utc>, random:
             }
             s.next = plans.next_backup(now, random);
             actions.extend([Action::SaveNext(s.next), Action::Status]);
+        }
+        // The running backup will be the new chain's base.
+        Event::ChainNeedsBackup if s.backing_up => {}
+        Event::ChainNeedsBackup => {
+            s.backing_up = true;
+            actions.extend([Action::StartBackup(Trigger::Deltas), Action::Status]);
         }
         Event::BackupNow if s.backing_up => actions.push(Action::AlreadyBackingUp),
         Event::BackupNow => {

@@ -7,6 +7,8 @@
 pub mod chain;
 pub mod manifest;
 pub mod replay;
+pub mod retention;
+pub mod run;
 pub mod seal;
 pub mod segment;
 pub mod stored;

@@ -10,8 +10,9 @@ use tokio::io::AsyncWriteExt;
 
 use chrono::{DateTime, Utc};
 
-use super::{ArtifactFile, Found, Kind, Listing, Paired, Store, Stored, Upload, Writer, accept, pair_up};
+use super::{ArtifactFile, Found, Kind, Listing, Paired, SegmentPair, Store, Stored, Upload, Writer, accept, pair_up};
 use crate::config::units::format_size;
+use crate::deltas::manifest::SegmentId;
 use crate::errors::{Cause, classified};
 use crate::files::{PART_SUFFIX, free_space, open_new, sync_dir, write_atomic};
 use crate::manifest::{BackupId, ClusterName, Compression};
@@ -184,6 +185,24 @@ impl Store for LocalStore {
         }
         if let Err(e) = sync_dir(&self.folder).await {
             tracing::warn!(error = %format!("{e:#}"), "cannot fsync the backup folder after removing backups");
+        }
+        failed
+    }
+
+    async fn remove_segments(&self, segments: &[&SegmentPair]) -> Vec<(SegmentId, String)> {
+        let mut failed = Vec::new();
+        for s in segments {
+            // Names found in the folder, each one that parsed as this segment's: never a path.
+            let names = s.artifacts.iter().map(|(name, _)| name).chain(std::iter::once(&s.manifest_name));
+            for name in names {
+                if let Err(e) = remove_if_present(&self.folder.join(name)).await {
+                    failed.push((s.id.clone(), format!("cannot remove '{}': {e}", self.folder.join(name).display())));
+                    break;
+                }
+            }
+        }
+        if let Err(e) = sync_dir(&self.folder).await {
+            tracing::warn!(error = %format!("{e:#}"), "cannot fsync the backup folder after removing segments");
         }
         failed
     }

@@ -284,6 +284,10 @@ pub trait Store: Send + Sync {
     /// removal never leaves a manifest that `list` shows as good. Returns the backups it could not remove.
     async fn remove(&self, backups: &[&Stored]) -> Vec<(BackupId, String)>;
 
+    /// Removes delta segments: every artifact first, then the manifests of those whose artifact went.
+    /// Returns the segments it could not remove.
+    async fn remove_segments(&self, segments: &[&SegmentPair]) -> Vec<(SegmentId, String)>;
+
     /// Removes leftovers (or aborts unfinished uploads). Returns those it could not remove.
     async fn clean(&self, leftovers: &[Leftover]) -> Vec<(String, String)>;
 

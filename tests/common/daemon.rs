@@ -87,6 +87,13 @@ impl Daemon {
         }
     }
 
+    /// SIGKILL, as the OOM killer or a power cut stops it: nothing runs after.
+    pub async fn kill(mut self) -> String {
+        self.signal(Signal::SIGKILL);
+        tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await.expect("dies").unwrap();
+        self.log()
+    }
+
     pub async fn stop(mut self) -> (std::process::ExitStatus, Duration, Vec<String>, String) {
         let t0 = Instant::now();
         self.signal(Signal::SIGTERM);

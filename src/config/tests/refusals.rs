@@ -39,6 +39,16 @@ const REFUSED: &[(&str, &str, &str)] = &[
     ("[files]\npreset = \"k3s\"\nrecipients = [\"AGE-SECRET-KEY-1X\"]\n", "files.recipients[0]", ""),
     ("[coordination]\nlease_ttl = \"1s\"\n", "coordination.lease_ttl", "minimum lease"),
     ("[coordination]\nleader_delay = \"soon\"\n", "coordination.leader_delay", ""),
+    ("[deltas]\nenabled = true\nmax_interval = \"2h\"\n", "deltas.max_interval", "from 1s to 1h"),
+    ("[deltas]\nmax_interval = \"500ms\"\n", "deltas.max_interval", "from 1s to 1h"),
+    ("[deltas]\nmax_interval = \"0s\"\n", "deltas.max_interval", "longer than zero"),
+    ("[deltas]\nmax_size = \"1KiB\"\n", "deltas.max_size", "from 64.0 KiB to 256.0 MiB"),
+    ("[deltas]\nmax_size = \"1GiB\"\n", "deltas.max_size", "a restore reads one segment"),
+    ("[deltas]\nmax_size = \"big\"\n", "deltas.max_size", "not a size"),
+    ("[deltas]\nkeep_for = \"0s\"\n", "deltas.keep_for", "longer than zero"),
+    ("[deltas]\nkeep_for = \"a while\"\n", "deltas.keep_for", ""),
+    ("[deltas]\nenabled = \"yes\"\n", "deltas.enabled", ""),
+    ("[deltas]\ninterval = \"1m\"\n", "deltas.interval", ""),
 ];
 
 #[test]
@@ -58,4 +68,31 @@ fn coordination_defaults_to_cluster_mode_under_the_clusters_prefix() {
     assert_eq!((s.coordination.lease_ttl, s.coordination.leader_delay), (DEFAULT_LEASE_TTL, DEFAULT_LEADER_DELAY));
     let s = parse(&format!("{}[coordination]\nmode = \"member\"\nprefix = \"/x/y\"\n", minimal())).unwrap();
     assert_eq!((s.coordination.mode, s.coordination.prefix.as_str()), (CoordinationMode::Member, "/x/y/"));
+}
+
+#[test]
+fn deltas_are_off_unless_enabled_and_take_their_defaults() {
+    assert_eq!(parse(&minimal()).unwrap().deltas, None);
+    let off = parse(&format!("{}[deltas]\nmax_interval = \"30s\"\n", minimal())).unwrap();
+    assert_eq!(off.deltas, None, "keys without enabled = true write nothing");
+    let on = parse(&format!("{}[deltas]\nenabled = true\n", minimal())).unwrap().deltas.unwrap();
+    assert_eq!(on, DeltasSettings { max_interval: Duration::from_secs(15), max_size: 8 << 20, keep_for: None });
+    let set = "[deltas]\nenabled = true\nmax_interval = \"1s\"\nmax_size = \"64KiB\"\nkeep_for = \"2d\"\n";
+    let set = parse(&format!("{}{set}", minimal())).unwrap().deltas.unwrap();
+    assert_eq!(
+        set,
+        DeltasSettings {
+            max_interval: Duration::from_secs(1),
+            max_size: 64 << 10,
+            keep_for: Some(Duration::from_secs(2 * 86400))
+        }
+    );
+}
+
+#[test]
+fn deltas_need_the_etcd_table() {
+    let text = format!("[encryption]\nrecipients = [\"{KEY}\"]\n[deltas]\nenabled = true\n");
+    let p = one(&text);
+    assert_eq!(p.key, "deltas.enabled");
+    assert!(p.message.contains("needs [etcd]"), "{}", p.message);
 }

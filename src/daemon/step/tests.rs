@@ -132,3 +132,16 @@ fn the_end_of_a_run_that_is_not_running_changes_nothing() {
         assert_eq!((s, actions), (idle(t(12, 0, 0)), vec![]), "{end:?}");
     }
 }
+
+#[test]
+fn a_chain_that_needs_a_base_starts_a_backup_unless_one_runs() {
+    let (b, d) = schedules();
+    let p = plans(&b, &d);
+    let (s, actions) = step(idle(t(12, 0, 0)), Event::ChainNeedsBackup, p, t(9, 0, 0), 0);
+    assert!(s.backing_up);
+    assert_eq!(s.next, t(12, 0, 0), "the schedule stays");
+    assert_eq!(actions, vec![Action::StartBackup(Trigger::Deltas), Action::Status]);
+    let running = Loop { backing_up: true, ..idle(t(12, 0, 0)) };
+    let (s, actions) = step(running.clone(), Event::ChainNeedsBackup, p, t(9, 0, 0), 0);
+    assert_eq!((s, actions), (running, vec![]), "the running backup will be the new base");
+}

@@ -17,8 +17,9 @@ mod upload;
 
 pub use upload::S3Upload;
 
-use super::{ArtifactFile, Found, Kind, Listing, Paired, Store, Stored, Upload, accept, pair_up};
+use super::{ArtifactFile, Found, Kind, Listing, Paired, SegmentPair, Store, Stored, Upload, accept, pair_up};
 use crate::config::{S3Settings, ServerSideEncryption};
+use crate::deltas::manifest::SegmentId;
 use crate::errors::Cause;
 use crate::manifest::BackupId;
 use crate::manifest::ClusterName;
@@ -419,6 +420,10 @@ impl Store for S3Store {
 
     async fn remove(&self, backups: &[&Stored]) -> Vec<(BackupId, String)> {
         self.remove_backups(backups).await
+    }
+
+    async fn remove_segments(&self, segments: &[&SegmentPair]) -> Vec<(SegmentId, String)> {
+        self.remove_segment_objects(segments).await
     }
 
     async fn clean(&self, leftovers: &[Leftover]) -> Vec<(String, String)> {

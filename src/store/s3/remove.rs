@@ -10,9 +10,10 @@ use aws_sdk_s3::types::{Delete, ObjectIdentifier};
 use chrono::Utc;
 
 use super::{DELETE_BATCH, S3Store, sse_headers};
+use crate::deltas::manifest::SegmentId;
 use crate::manifest::BackupId;
 use crate::retention::Leftover;
-use crate::store::Stored;
+use crate::store::{SegmentPair, Stored};
 
 impl S3Store {
     /// Removes backups with DeleteObjects in batches of at most 1000 keys: every artifact first, then
@@ -46,6 +47,31 @@ impl S3Store {
             if let Some(why) = marker_errors.get(&manifest_key) {
                 failed.push((
                     b.manifest.id.clone(),
+                    format!("artifact removed, manifest not (the next prune finishes it): {why}"),
+                ));
+            }
+        }
+        failed
+    }
+
+    /// Removes delta segments: every artifact first, then the manifests of those whose artifact went.
+    pub async fn remove_segment_objects(&self, segments: &[&SegmentPair]) -> Vec<(SegmentId, String)> {
+        let key = |name: &str| format!("{}{name}", self.folder);
+        let artifacts: Vec<String> = segments.iter().flat_map(|s| s.artifacts.iter().map(|(n, _)| key(n))).collect();
+        let artifact_errors = self.delete_keys(&artifacts).await;
+        let mut failed = Vec::new();
+        let mut manifests = Vec::new();
+        for s in segments {
+            match s.artifacts.iter().find_map(|(n, _)| artifact_errors.get(&key(n))) {
+                Some(why) => failed.push((s.id.clone(), why.clone())),
+                None => manifests.push(key(&s.manifest_name)),
+            }
+        }
+        let manifest_errors = self.delete_keys(&manifests).await;
+        for s in segments {
+            if let Some(why) = manifest_errors.get(&key(&s.manifest_name)) {
+                failed.push((
+                    s.id.clone(),
                     format!("artifact removed, manifest not (the next prune finishes it): {why}"),
                 ));
             }
