@@ -2,17 +2,15 @@
 //! throwaway etcd on loopback, and comparing what that member serves with what the manifest recorded.
 //! The comparison and the member's command line are pure; the rest is thin glue around `restore`.
 
-use std::ffi::OsString;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow};
 use chrono::Utc;
 
 use crate::config::Settings;
 use crate::manifest::Manifest;
-use crate::restore::{MemberFlags, Selector};
+use crate::restore::Selector;
 use tokio_util::sync::CancellationToken;
 
 /// What a member restored from the backup must serve.
@@ -49,42 +47,19 @@ pub fn compare(expected: Expected, observed: Observed) -> Result<(), String> {
     if wrong.is_empty() { Ok(()) } else { Err(format!("the restored member serves {}", wrong.join(" and "))) }
 }
 
-pub const DRILL_MEMBER: &str = "etcd-backupd-drill";
-
-fn peer_url(peer_port: u16) -> String {
-    format!("http://127.0.0.1:{peer_port}")
-}
-
-/// The member flags `snapshot restore` gets for the drill's one-member cluster.
-pub fn restore_flags(peer_port: u16) -> MemberFlags {
-    MemberFlags {
-        name: Some(DRILL_MEMBER.into()),
-        initial_cluster: Some(format!("{DRILL_MEMBER}={}", peer_url(peer_port))),
-        initial_advertise_peer_urls: Some(peer_url(peer_port)),
-        initial_cluster_token: Some(DRILL_MEMBER.into()),
-        // The drill checks the revision the manifest recorded.
-        bump_revision: None,
-    }
-}
-
-/// The throwaway member's command line: loopback only, plain HTTP, nothing else of the host's.
-pub fn member_args(data_dir: &Path, client_port: u16, peer_port: u16) -> Vec<OsString> {
-    let client = format!("http://127.0.0.1:{client_port}");
-    let mut args: Vec<OsString> = vec!["--data-dir".into(), data_dir.into()];
-    for (flag, value) in [
-        ("--name", DRILL_MEMBER.to_string()),
-        ("--listen-client-urls", client.clone()),
-        ("--advertise-client-urls", client),
-        ("--listen-peer-urls", peer_url(peer_port)),
-        ("--initial-advertise-peer-urls", peer_url(peer_port)),
-        ("--initial-cluster", format!("{DRILL_MEMBER}={}", peer_url(peer_port))),
-        ("--initial-cluster-token", DRILL_MEMBER.to_string()),
-        ("--initial-cluster-state", "new".to_string()),
-    ] {
-        args.push(flag.into());
-        args.push(value.into());
-    }
-    args
+/// Restores the snapshot into a throwaway member and counts what it serves.
+async fn serve_and_count(
+    snapshot: &Path,
+    data_dir: &Path,
+    etcd: &Path,
+    etcd_bin: Option<&Path>,
+    settings: &Settings,
+    cancel: &CancellationToken,
+) -> Result<Observed> {
+    let (_member, mut client) = crate::throwaway::start(snapshot, data_dir, etcd, etcd_bin, settings, cancel).await?;
+    let all = etcd_client::GetOptions::new().with_all_keys().with_count_only();
+    let response = client.get("", Some(all)).await.context("cannot count the throwaway etcd's keys")?;
+    Ok(Observed { revision: response.header().map_or(0, |h| h.revision()), keys: response.count() as u64 })
 }
 
 /// The result of a drill that ran.
@@ -113,7 +88,7 @@ pub async fn drill(
         })?;
         let etcd_bin = etcd_bin.or(settings.drill.etcd_bin.as_deref());
         let identities = std::sync::Arc::new(crate::crypto::read_identities(identity).map_err(|e| anyhow!(e))?);
-        let etcd = etcd_binary(etcd_bin)?;
+        let etcd = crate::throwaway::etcd_binary(etcd_bin)?;
         crate::restore::restore_tool(etcd_bin)?;
         let started = std::time::Instant::now();
         let (destinations, _) = crate::store::open_all(settings).await;
@@ -160,139 +135,6 @@ pub async fn drill(
     // Whatever a step said when it was stopped (its etcd killed under it, say), the drill was interrupted.
     let result = result.map_err(|e| if cancel.is_cancelled() { crate::interrupt::Interrupted.into() } else { e });
     (id, result)
-}
-
-/// `etcd` in `etcd_bin`, else on PATH.
-fn etcd_binary(etcd_bin: Option<&Path>) -> Result<PathBuf> {
-    crate::restore::tool_dirs(etcd_bin).into_iter().map(|d| d.join("etcd")).find(|p| p.is_file()).ok_or_else(|| {
-        anyhow!(
-            "a drill starts a throwaway etcd, and no etcd binary was found {}: install etcd (the same major.minor as the cluster) or set drill.etcd_bin / --etcd-bin",
-            crate::restore::searched(etcd_bin)
-        )
-    })
-}
-
-/// A free loopback port (the kernel's choice; released just before etcd binds it).
-fn free_port() -> Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("cannot find a free loopback port")?;
-    Ok(listener.local_addr()?.port())
-}
-
-/// Stops the throwaway member however the drill ends.
-struct Member(Child);
-
-impl Drop for Member {
-    fn drop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        for _ in 0..100 {
-            if matches!(self.0.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Restores the snapshot, starts etcd on it (retrying on a port race), and counts what it serves.
-async fn serve_and_count(
-    snapshot: &Path,
-    data_dir: &Path,
-    etcd: &Path,
-    etcd_bin: Option<&Path>,
-    settings: &Settings,
-    cancel: &CancellationToken,
-) -> Result<Observed> {
-    let mut last_error = None;
-    for _attempt in 0..3 {
-        let (client_port, peer_port) = (free_port()?, free_port()?);
-        if data_dir.exists() {
-            std::fs::remove_dir_all(data_dir).with_context(|| format!("cannot clear '{}'", data_dir.display()))?;
-        }
-        crate::restore::restore_into(snapshot, data_dir, &restore_flags(peer_port), etcd_bin, cancel)?;
-        let log_path = data_dir.with_extension("log");
-        let log = std::fs::File::create(&log_path).context("cannot create the drill's etcd log")?;
-        let child = crate::interrupt::die_with_parent(&mut Command::new(etcd))
-            .args(member_args(data_dir, client_port, peer_port))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("cannot start '{}'", etcd.display()))?;
-        let mut member = Member(child);
-        tracing::info!(port = client_port, "drill: throwaway etcd started");
-        let counted = tokio::select! {
-            counted = count(&mut member, client_port, settings) => counted,
-            () = cancel.cancelled() => return Err(crate::interrupt::Interrupted.into()),
-        };
-        match counted {
-            Ok(observed) => return Ok(observed),
-            Err(e) => {
-                let tail = log_tail(&log_path);
-                last_error = Some(e.context(format!("the throwaway etcd's last words:\n{tail}")));
-                if !tail.contains("address already in use") {
-                    break;
-                }
-            }
-        }
-    }
-    Err(last_error.unwrap_or_else(|| anyhow!("the throwaway etcd did not start")))
-}
-
-fn log_tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(8)..].join("\n")
-}
-
-/// Waits for the member to serve, then reads its revision and key count. A snapshot with auth enabled
-/// needs the [etcd] user (the one that took the backup) to count keys.
-async fn count(member: &mut Member, port: u16, settings: &Settings) -> Result<Observed> {
-    let endpoint = format!("http://127.0.0.1:{port}");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let all = || etcd_client::GetOptions::new().with_all_keys().with_count_only();
-    loop {
-        if let Ok(Some(status)) = member.0.try_wait() {
-            bail!("the throwaway etcd exited ({status}) before it served");
-        }
-        let options = etcd_client::ConnectOptions::new().with_connect_timeout(Duration::from_secs(2));
-        let attempt = async {
-            let mut client = etcd_client::Client::connect([endpoint.as_str()], Some(options.clone())).await?;
-            match client.get("", Some(all())).await {
-                Ok(r) => Ok(r),
-                Err(e) if is_auth_error(&e) => {
-                    let auth = settings.etcd.as_ref().and_then(|e| e.auth.as_ref()).ok_or_else(|| {
-                        etcd_client::Error::InvalidArgs(
-                            "the backup has etcd auth enabled: set etcd.username and etcd.password_file (a user with the root role) so the drill can count keys".into(),
-                        )
-                    })?;
-                    let options = crate::etcd::with_user(options, auth)
-                        .map_err(|e| etcd_client::Error::InvalidArgs(format!("{e:#}")))?;
-                    let mut client = etcd_client::Client::connect([endpoint.as_str()], Some(options)).await?;
-                    client.get("", Some(all())).await
-                }
-                Err(e) => Err(e),
-            }
-        }
-        .await;
-        match attempt {
-            Ok(response) => {
-                let revision = response.header().map(|h| h.revision()).unwrap_or_default();
-                return Ok(Observed { revision, keys: response.count() as u64 });
-            }
-            Err(e @ etcd_client::Error::InvalidArgs(_)) => return Err(e.into()),
-            Err(e) if tokio::time::Instant::now() >= deadline => {
-                return Err(anyhow!("the throwaway etcd at {endpoint} did not serve within 60s: {e}"));
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    }
-}
-
-fn is_auth_error(e: &etcd_client::Error) -> bool {
-    crate::etcd::cause(e) == crate::errors::Cause::Auth
 }
 
 /// Records a drill in the state file, the journal and the metrics; returns the state as saved.
@@ -364,24 +206,5 @@ mod tests {
             "the restored member serves 0 keys where the manifest says 3"
         );
         assert!(compare(e, Observed { revision: 1, keys: 1 }).unwrap_err().contains(" and "));
-    }
-
-    #[test]
-    fn the_member_listens_on_loopback_only() {
-        let args: Vec<String> =
-            member_args(Path::new("/tmp/d"), 40001, 40002).into_iter().map(|a| a.into_string().unwrap()).collect();
-        let text = args.join(" ");
-        assert!(text.starts_with("--data-dir /tmp/d --name etcd-backupd-drill"), "{text}");
-        assert!(text.contains("--listen-client-urls http://127.0.0.1:40001"), "{text}");
-        assert!(text.contains("--listen-peer-urls http://127.0.0.1:40002"), "{text}");
-        assert!(text.contains("--initial-cluster etcd-backupd-drill=http://127.0.0.1:40002"), "{text}");
-        for (i, a) in args.iter().enumerate() {
-            if a.ends_with("-urls") {
-                assert!(args[i + 1].starts_with("http://127.0.0.1:"), "{a} {}", args[i + 1]);
-            }
-        }
-        let flags = restore_flags(40002);
-        assert_eq!(flags.initial_cluster.as_deref(), Some("etcd-backupd-drill=http://127.0.0.1:40002"));
-        assert_eq!(flags.name.as_deref(), Some(DRILL_MEMBER));
     }
 }

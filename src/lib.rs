@@ -35,4 +35,5 @@ pub mod snapshot;
 pub mod state;
 pub mod store;
 pub mod telemetry;
+pub mod throwaway;
 pub mod verify;
