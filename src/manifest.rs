@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod files;
 mod names;
+pub mod segments;
 
 pub use files::{FileEntry, FileKind, FilesFacts};
 pub use names::{Entry, classify};

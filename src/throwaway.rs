@@ -37,7 +37,12 @@ pub fn restore_flags(peer_port: u16) -> MemberFlags {
     }
 }
 
-/// The throwaway member's command line: loopback only, plain HTTP, nothing else of the host's.
+/// Limits a replay needs above etcd's defaults: it makes one transaction of each original revision, and
+/// a prefix delete or an expired lease's keys, one operation there, become one operation per key.
+pub const REPLAY_LIMITS: [(&str, &str); 2] = [("--max-txn-ops", "1000000"), ("--max-request-bytes", "134217728")];
+
+/// The throwaway member's command line: loopback only, plain HTTP, nothing else of the host's; room for
+/// a replay's transactions.
 pub fn member_args(data_dir: &Path, client_port: u16, peer_port: u16) -> Vec<OsString> {
     let client = format!("http://127.0.0.1:{client_port}");
     let mut args: Vec<OsString> = vec!["--data-dir".into(), data_dir.into()];
@@ -53,6 +58,9 @@ pub fn member_args(data_dir: &Path, client_port: u16, peer_port: u16) -> Vec<OsS
     ] {
         args.push(flag.into());
         args.push(value.into());
+    }
+    for (flag, value) in REPLAY_LIMITS {
+        args.extend([flag.into(), value.into()]);
     }
     args
 }

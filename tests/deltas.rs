@@ -67,7 +67,7 @@ async fn a_chain_restores_every_revision_with_the_original_numbers_34() {
 async fn a_chain_restores_every_revision_with_the_original_numbers(version: EtcdVersion) {
     let work = tempfile::tempdir().unwrap();
     let etcd = Etcd::start(version);
-    etcd.seed(30, 200).await;
+    etcd.seed(300, 20).await;
     let base_file = work.path().join("base.db");
     let saved = etcd.etcdctl(&["snapshot", "save", base_file.to_str().unwrap()]);
     assert!(saved.status.success(), "{}", String::from_utf8_lossy(&saved.stderr));
@@ -84,6 +84,7 @@ async fn a_chain_restores_every_revision_with_the_original_numbers(version: Etcd
         recipients: vec![public],
         host: "test".into(),
         member_id: etcd.member_id_hex(),
+        cluster_id: cluster_id_hex(&etcd),
         max_interval: Duration::from_millis(300),
         max_size: 8 * 1024,
     };
@@ -91,7 +92,7 @@ async fn a_chain_restores_every_revision_with_the_original_numbers(version: Etcd
     let streaming = {
         let (mut client, cancel, next) =
             (etcd.client().await, cancel.clone(), Next::first(base.clone(), base_revision));
-        async move { stream(&mut client, next, &sink, &cancel).await }
+        async move { stream(&mut client, next, &sink, &cancel, &CancellationToken::new()).await }
     };
     // The writes, with the revision each made.
     let writes = async {
@@ -100,6 +101,12 @@ async fn a_chain_restores_every_revision_with_the_original_numbers(version: Etcd
         let lease = client.lease_grant(600, None).await.unwrap().id();
         for i in 0..40u32 {
             let header = match i % 8 {
+                // One delete of more keys than etcd's default transaction allows operations (128).
+                _ if i == 13 => client
+                    .delete("seed/", Some(etcd_client::DeleteOptions::new().with_prefix()))
+                    .await
+                    .unwrap()
+                    .take_header(),
                 0 => client.put(format!("/app/{i}"), vec![b'x'; 1500], None).await.unwrap().take_header(),
                 1 => client.put(format!("/app/{}", i - 1), "rewritten", None).await.unwrap().take_header(),
                 2 => client.delete(format!("seed/{i:06}"), None).await.unwrap().take_header(),
@@ -154,7 +161,8 @@ async fn a_chain_restores_every_revision_with_the_original_numbers(version: Etcd
     let mut original = etcd.client().await;
     for target in targets {
         let expected = everything(&mut original, Some(target)).await.1;
-        let restored = Etcd::start_restored(version, &base_file);
+        let limits: Vec<&str> = etcd_backupd::throwaway::REPLAY_LIMITS.iter().flat_map(|(f, v)| [*f, *v]).collect();
+        let restored = Etcd::start_restored_with(version, &base_file, &limits);
         let mut client = restored.client().await;
         let stop = CancellationToken::new();
         let keeper = tokio::spawn(keep_leases_alive(client.clone(), stop.clone()));
@@ -315,4 +323,88 @@ async fn a_new_backup_starts_a_new_chain_and_the_old_chain_goes_with_its_base() 
     assert!(!local.iter().any(|f| f.contains(&old_base.to_string())), "{local:?}");
     assert_eq!(in_s3(&old_base), Vec::<String>::new());
     assert!(in_s3(&new_base).iter().any(|k| k.ends_with(".segment.json")));
+}
+
+fn cluster_id_hex(etcd: &Etcd) -> String {
+    let out = etcd.etcdctl(&["endpoint", "status", "-w", "json"]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    format!("{:x}", status[0]["Status"]["header"]["cluster_id"].as_u64().unwrap())
+}
+
+/// A segment planted in the folder that claims a billion revisions past the base: followed naively, the
+/// stream would watch from a revision etcd reaches in years and stall in silence. It is refused as
+/// ahead of etcd's history, and a new full backup starts a new chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_planted_segment_ahead_of_etcd_starts_a_new_chain_rather_than_stalling() {
+    planted_segment_starts_a_new_chain(true, "ahead of etcd's").await;
+}
+
+/// The same segment recording another cluster's id: a chain never goes on into another history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_segment_of_another_cluster_starts_a_new_chain() {
+    planted_segment_starts_a_new_chain(false, "not this one").await;
+}
+
+async fn planted_segment_starts_a_new_chain(same_cluster: bool, said: &str) {
+    use etcd_backupd::deltas::manifest::{BodyFacts, SegmentId, SegmentManifest};
+    use sha2::Digest;
+    let work = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(EtcdVersion::V35);
+    let identity = age_identity(work.path(), "key");
+    let tables = "[schedule]\ncron = \"0 0 1 1 *\"\n[coordination]\nmode = \"member\"\n[deltas]\nenabled = true\nmax_interval = \"1s\"\n";
+    let cfg = write_config(work.path(), &etcd.config_table(), &identity.recipient, "", tables);
+    let out = run(&cfg, &["backup"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (base, base_revision, ..) = chain_in(work.path()).await.unwrap();
+    let folder = work.path().join("backups/default");
+    let id = SegmentId::new(base.clone(), 1);
+    let artifact = b"not a segment at all".to_vec();
+    let now = chrono::Utc::now();
+    let planted = SegmentManifest {
+        format_version: 1,
+        id: id.clone(),
+        cluster: ClusterName::default(),
+        host: "elsewhere".into(),
+        tool_version: "0".into(),
+        member_id: etcd.member_id_hex(),
+        cluster_id: if same_cluster { cluster_id_hex(&etcd) } else { "0".into() },
+        base_revision,
+        first_revision: base_revision + 1,
+        last_revision: base_revision + 1_000_000_000,
+        revisions: 1_000_000_000,
+        events: 1_000_000_000,
+        first_received: now,
+        last_received: now,
+        closed: now,
+        previous_sha256: None,
+        live_keys: None,
+        body: BodyFacts { size: 10, sha256: "00".repeat(32) },
+        artifact: etcd_backupd::manifest::ArtifactFacts {
+            name: id.artifact_name(Compression::Zstd { level: 3 }),
+            size: artifact.len() as u64,
+            sha256: hex::encode(sha2::Sha256::digest(&artifact)),
+            compression: etcd_backupd::manifest::CompressionName::Zstd,
+            compression_level: Some(3),
+            encryption: "age".into(),
+            recipients: vec![],
+        },
+    };
+    std::fs::write(folder.join(id.artifact_name(Compression::Zstd { level: 3 })), &artifact).unwrap();
+    std::fs::write(folder.join(id.manifest_name()), planted.to_json()).unwrap();
+
+    let daemon = Daemon::start(&cfg).await;
+    daemon
+        .wait_until("a new base", || {
+            std::fs::read_dir(&folder)
+                .unwrap()
+                .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".manifest.json"))
+                .count()
+                == 2
+        })
+        .await;
+    let fresh = chain_reaches(work.path(), put_some(&etcd, "x", 3).await, &daemon).await;
+    assert_ne!(fresh[0].id.base(), &base);
+    let log = daemon.log();
+    assert!(log.contains(said), "{log}");
+    daemon.stop().await;
 }

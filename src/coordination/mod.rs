@@ -298,12 +298,11 @@ pub fn grant_command(settings: &CoordinationSettings) -> String {
     format!("etcdctl role grant-permission <role> readwrite --prefix=true {}", settings.prefix)
 }
 
-/// Renews the lease until aborted. A renewal that fails (a leader election, a broken stream) is tried
-/// again on a new stream. `lost` is cancelled when etcd says the lease is gone, or when it could not be
-/// renewed before its deadline while the cluster has a leader (which expires leases). Without a leader no
-/// lease expires and no other member can take the slot: the backup goes on.
-/// Renews `lease` (of `held`, said in logs: "the slot", "the delta stream") every third of `ttl`; cancels
-/// `lost` if etcd says it is gone or it could not be renewed in time while the cluster had a leader.
+/// Renews `lease` (of `held`, as logs say it: "the slot", "the delta stream") every third of `ttl`
+/// until aborted. A renewal that fails (a leader election, a broken stream) is tried again on a new
+/// stream. `lost` is cancelled, and renewing ends, when etcd says the lease is gone, or when it could
+/// not be renewed before its deadline while the cluster has a leader (which expires leases). Without a
+/// leader no lease expires and no other member can take what it holds: the work goes on.
 pub(crate) async fn renew(mut client: Client, lease: i64, ttl: Duration, lost: CancellationToken, held: &'static str) {
     let mut deadline = tokio::time::Instant::now() + ttl;
     loop {

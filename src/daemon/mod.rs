@@ -123,7 +123,7 @@ pub async fn run(config_path: PathBuf, settings: Settings) -> Result<()> {
         backup_now: chain_needs_backup,
         backup_recorded: std::sync::Arc::new(tokio::sync::Notify::new()),
     };
-    let mut deltas = start_deltas(&settings, &signals);
+    let mut deltas = restart_deltas(None, &settings, &signals);
     tracing::info!(
         schedule = %settings.schedule.schedule.text(), timezone = %settings.timezone, next = %at.next,
         next_drill = %at.next_drill.map_or("never".to_string(), |t| t.to_string()),
@@ -175,9 +175,9 @@ pub async fn run(config_path: PathBuf, settings: Settings) -> Result<()> {
                         pending = Some(match config::load(&config_path) {
                             Ok(new) => {
                                 settings = new;
-                                // The stream follows the new [deltas], destinations and recipients.
-                                stop_deltas(deltas.take()).await;
-                                deltas = start_deltas(&settings, &signals);
+                                // The stream follows the new [deltas], destinations and recipients; the
+                                // new one starts once the old one committed its open segment.
+                                deltas = restart_deltas(deltas.take(), &settings, &signals);
                                 Event::Reloaded
                             }
                             Err(e) => {
@@ -263,10 +263,21 @@ pub async fn run(config_path: PathBuf, settings: Settings) -> Result<()> {
 /// The delta stream's task and what stops it.
 type Deltas = (JoinHandle<()>, CancellationToken);
 
-fn start_deltas(settings: &Settings, signals: &crate::deltas::run::Signals) -> Option<Deltas> {
-    let deltas = settings.deltas.clone()?;
+/// Stops the running delta stream, if any, and starts one for `settings` (if `[deltas]` is on) once
+/// the old one has committed its open segment: the loop does not wait for it.
+fn restart_deltas(old: Option<Deltas>, settings: &Settings, signals: &crate::deltas::run::Signals) -> Option<Deltas> {
+    let stopping = old.map(|old| tokio::spawn(stop_deltas(Some(old))));
+    let deltas = settings.deltas.clone();
     let cancel = CancellationToken::new();
-    let task = tokio::spawn(crate::deltas::run::run(settings.clone(), deltas, signals.clone(), cancel.clone()));
+    let (settings, signals, token) = (settings.clone(), signals.clone(), cancel.clone());
+    let task = tokio::spawn(async move {
+        if let Some(stopping) = stopping {
+            let _ = stopping.await;
+        }
+        if let Some(deltas) = deltas {
+            crate::deltas::run::run(settings, deltas, signals, token).await;
+        }
+    });
     Some((task, cancel))
 }
 

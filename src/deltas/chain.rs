@@ -49,7 +49,7 @@ pub fn follow<'a>(
         let seq = chain.segments.len() as u32 + 1;
         let base = base.clone();
         let previous = chain.segments.last();
-        let expected = previous.map_or(base_revision, |p| p.last_revision) + 1;
+        let expected = previous.map_or(base_revision, |p| p.last_revision).saturating_add(1);
         chain.broken = if m.id.seq() != seq {
             Some(Break::Missing { base, seq })
         } else if m.base_revision != base_revision {

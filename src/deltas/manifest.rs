@@ -2,121 +2,18 @@
 //! names, and the manifest that commits it and chains it to the one before. Pure. A manifest is read
 //! back from a store, so it is untrusted: parsed, then checked against the id its name gives.
 
-use std::fmt;
-
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::manifest::{ArtifactFacts, BackupId, ClusterName, Compression, is_sha256_hex};
+pub use crate::manifest::segments::{SEGMENT_MANIFEST_SUFFIX, SegmentEntry, SegmentId, artifact_extension, classify};
+use crate::manifest::{ArtifactFacts, ClusterName, Compression, is_sha256_hex};
 
 pub const SEGMENT_FORMAT: u32 = 1;
-pub const SEGMENT_MANIFEST_SUFFIX: &str = ".segment.json";
-
-/// A segment's id: the backup its chain starts from, and its place in the chain from 1,
-/// `20261122T060000Z-r48211-8e9e05c52164694d.d00000007`. Ids of one chain sort by place.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct SegmentId {
-    base: BackupId,
-    seq: u32,
-}
-
-impl SegmentId {
-    /// `seq` counts from 1; 0 is raised to 1.
-    pub fn new(base: BackupId, seq: u32) -> Self {
-        SegmentId { base, seq: seq.max(1) }
-    }
-
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let bad = || {
-            format!(
-                "\"{}\" is not a segment id: expected one like 20261122T060000Z-r48211-8e9e05c52164694d.d00000007",
-                text.escape_debug()
-            )
-        };
-        let (base, seq) = text.rsplit_once(".d").ok_or_else(bad)?;
-        if seq.len() != 8 || !seq.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(bad());
-        }
-        let seq: u32 = seq.parse().map_err(|_| bad())?;
-        if seq == 0 {
-            return Err(bad());
-        }
-        Ok(SegmentId { base: BackupId::parse(base).map_err(|_| bad())?, seq })
-    }
-
-    pub fn base(&self) -> &BackupId {
-        &self.base
-    }
-
-    pub fn seq(&self) -> u32 {
-        self.seq
-    }
-
-    /// The id of the segment after this one; `None` past 99,999,999.
-    pub fn next(&self) -> Option<Self> {
-        (self.seq < 99_999_999).then(|| SegmentId { base: self.base.clone(), seq: self.seq + 1 })
-    }
-
-    pub fn manifest_name(&self) -> String {
-        format!("{self}{SEGMENT_MANIFEST_SUFFIX}")
-    }
-
-    pub fn artifact_name(&self, compression: Compression) -> String {
-        format!("{self}{}", artifact_extension(compression))
-    }
-}
-
-/// What a name in a cluster folder is, if it is a delta segment's.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SegmentEntry {
-    Manifest(SegmentId),
-    Artifact(SegmentId),
-    /// A `.part` of either, left by a write that did not finish.
-    Partial,
-}
-
-/// Classifies a name found next to backups: `None` if it is not a segment's.
-pub fn classify(name: &str) -> Option<SegmentEntry> {
-    if let Some(stem) = name.strip_suffix(crate::manifest::PART_SUFFIX) {
-        return classify(stem).filter(|e| *e != SegmentEntry::Partial).map(|_| SegmentEntry::Partial);
-    }
-    if let Some(stem) = name.strip_suffix(SEGMENT_MANIFEST_SUFFIX) {
-        return SegmentId::parse(stem).ok().map(SegmentEntry::Manifest);
-    }
-    [Compression::None, Compression::Zstd { level: 0 }].into_iter().find_map(|c| {
-        let stem = name.strip_suffix(artifact_extension(c))?;
-        SegmentId::parse(stem).ok().map(SegmentEntry::Artifact)
-    })
-}
-
-/// File extension of a segment's artifact, e.g. `.delta.zst.age`.
-pub fn artifact_extension(compression: Compression) -> &'static str {
-    match compression {
-        Compression::None => ".delta.age",
-        Compression::Zstd { .. } => ".delta.zst.age",
-    }
-}
-
-impl fmt::Display for SegmentId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.d{:08}", self.base, self.seq)
-    }
-}
-
-impl TryFrom<String> for SegmentId {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        SegmentId::parse(&s)
-    }
-}
-
-impl From<SegmentId> for String {
-    fn from(id: SegmentId) -> String {
-        id.to_string()
-    }
-}
-
+/// The most a segment's body or artifact may hold, as a manifest says: `[deltas] max_size` is at most
+/// 256 MiB, and a segment closes after the revision that crossed it. A restore holds one body in memory;
+/// a manifest saying more is refused before anything is read.
+pub const MAX_BODY: u64 = 1 << 30;
+pub use super::segment::MAX_REVISION;
 /// The commit marker of a segment, stored as JSON next to its artifact.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -128,6 +25,9 @@ pub struct SegmentManifest {
     pub tool_version: String,
     /// The member whose watch the segment was written from (hex).
     pub member_id: String,
+    /// The cluster the chain follows (hex, as etcd reports it): a chain never continues into another
+    /// cluster's history (one restored from an older snapshot has a new id).
+    pub cluster_id: String,
     /// The revision its base snapshot holds (from the database, not the status call): the chain
     /// starts at the revision after it.
     pub base_revision: i64,
@@ -199,6 +99,12 @@ impl SegmentManifest {
                 self.base_revision,
                 id.base().revision()
             ));
+        }
+        if self.last_revision > MAX_REVISION {
+            return Err(format!("{id} says it holds revisions past {MAX_REVISION}: that cannot be"));
+        }
+        if self.body.size > MAX_BODY || self.artifact.size > MAX_BODY + MAX_BODY / 64 {
+            return Err(format!("{id} says it holds more than a segment can ({} bytes at most)", MAX_BODY));
         }
         let span = self.last_revision.checked_sub(self.first_revision).and_then(|d| d.checked_add(1));
         if self.first_revision <= self.base_revision || span != i64::try_from(self.revisions).ok() || span < Some(1) {

@@ -1,8 +1,13 @@
 //! Point-in-time recovery: between full snapshots, the cluster's changes written out as encrypted delta
 //! segments, each committed by a manifest that chains it to the one before and to its base snapshot.
-//! `segment` is a body's format, `manifest` a segment's id and commit, `chain` how segments follow a
-//! base and what they can restore (all three pure); `seal` compresses and encrypts a body, and opens a
-//! stored one with every check its manifest allows.
+//!
+//! Pure: `segment` (a body: etcd's own `mvccpb.Event`s grouped by revision, with the leases they first
+//! use), `manifest` (a segment's commit, checked against its name), `chain` (following a chain from its
+//! base to its first break, and what a restore to a revision or a time needs), `retention` (which
+//! segments a prune removes). Over bytes: `seal` (zstd + age, and opening against a manifest). I/O:
+//! `stored` (a destination's segments written and read back), `watch` (one chain streamed from etcd's
+//! watch), `run` (the daemon's stream: which chain, the cluster's lock, asking for a new base),
+//! `replay` (segments replayed into a throwaway member, one transaction per original revision).
 
 pub mod chain;
 pub mod manifest;

@@ -71,27 +71,28 @@ pub async fn replay(
     Ok(last)
 }
 
-/// Keeps every lease of the member alive until `stop` is cancelled, renewing each once a second.
+/// Keeps every lease of the member alive until `stop` is cancelled, renewing each once a second on a
+/// stream of its own; a lease that is gone is let go.
 pub async fn keep_leases_alive(mut client: Client, stop: CancellationToken) {
-    let mut keepers: HashMap<i64, etcd_client::LeaseKeeper> = HashMap::new();
-    let mut answers = Vec::new();
+    type Keeper = (etcd_client::LeaseKeeper, etcd_client::LeaseKeepAliveStream);
+    let mut keepers: HashMap<i64, Keeper> = HashMap::new();
     loop {
         if let Ok(leases) = client.leases().await {
-            for lease in leases.leases() {
-                if let std::collections::hash_map::Entry::Vacant(slot) = keepers.entry(lease.id())
-                    && let Ok((keeper, stream)) = client.lease_keep_alive(lease.id()).await
+            let live: HashSet<i64> = leases.leases().iter().map(|l| l.id()).collect();
+            keepers.retain(|id, _| live.contains(id));
+            for id in live {
+                if let std::collections::hash_map::Entry::Vacant(slot) = keepers.entry(id)
+                    && let Ok(keeper) = client.lease_keep_alive(id).await
                 {
                     slot.insert(keeper);
-                    answers.push(stream);
                 }
             }
         }
-        for keeper in keepers.values_mut() {
-            let _ = keeper.keep_alive().await;
-        }
-        for stream in &mut answers {
-            // Drain what came back so the streams never fill; the answer itself is not needed.
-            let _ = tokio::time::timeout(Duration::from_millis(1), stream.message()).await;
+        for (keeper, answers) in keepers.values_mut() {
+            if keeper.keep_alive().await.is_ok() {
+                // The answer is not needed; reading it keeps the stream from filling.
+                let _ = tokio::time::timeout(Duration::from_millis(100), answers.message()).await;
+            }
         }
         tokio::select! {
             () = tokio::time::sleep(Duration::from_secs(1)) => {}

@@ -37,6 +37,11 @@ enum Outcome {
     NeedBackup { after: Option<BackupId>, why: String },
     /// No backup yet: the daemon takes its first one on its own.
     NoBase,
+    /// Something passing (etcd restarted, the lock moved, another streamer wrote first): the chain is
+    /// read again from the store and goes on from its last committed segment.
+    Retry(String),
+    /// This member is a learner: etcd serves it no watch; it streams once promoted.
+    Learner,
 }
 
 /// Runs until `cancel`; never fails: what goes wrong is logged and retried.
@@ -46,20 +51,27 @@ pub async fn run(settings: Settings, deltas: DeltasSettings, signals: Signals, c
         if cancel.is_cancelled() {
             return;
         }
-        match one_chain(&settings, &deltas, &signals, &cancel).await {
-            Ok(Outcome::Stopped) => return,
-            Ok(Outcome::NewBase) => retry = Duration::from_secs(1),
-            Ok(Outcome::NoBase) => {
+        let outcome = match one_chain(&settings, &deltas, &signals, &cancel).await {
+            Ok(outcome) => outcome,
+            Err(e) => Outcome::Retry(format!("{e:#}")),
+        };
+        match outcome {
+            Outcome::Stopped => return,
+            Outcome::NewBase => retry = Duration::from_secs(1),
+            Outcome::NoBase => {
                 tracing::info!("delta segments start once the first full backup is committed");
-                wait_for_newer_base(&settings, None, &signals, &cancel).await;
+                wait_for_newer_base(&settings, None, &signals, &cancel, None).await;
             }
-            Ok(Outcome::NeedBackup { after, why }) => {
+            Outcome::NeedBackup { after, why } => {
                 tracing::warn!(%why, "the delta chain cannot go on: taking a full backup now to start a new one");
-                let _ = signals.backup_now.try_send(why);
-                wait_for_newer_base(&settings, after.as_ref(), &signals, &cancel).await;
+                wait_for_newer_base(&settings, after.as_ref(), &signals, &cancel, Some(why)).await;
             }
-            Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), retry_in = %humantime::format_duration(retry), "the delta stream stopped");
+            Outcome::Learner | Outcome::Retry(_) => {
+                if let Outcome::Retry(why) = &outcome {
+                    tracing::warn!(%why, retry_in = %humantime::format_duration(retry), "the delta stream stopped; it goes on from its last committed segment");
+                } else {
+                    tracing::info!("this member is a learner: it streams delta segments once promoted");
+                }
                 tokio::select! {
                     () = tokio::time::sleep(retry) => {}
                     () = cancel.cancelled() => return,
@@ -76,12 +88,18 @@ fn home(stores: &[Destination]) -> Option<&Destination> {
     stores.iter().find(|s| s.kind() == Kind::S3).or_else(|| stores.first())
 }
 
-/// The newest committed backup whose database revision is known (it can be a base), with that revision.
-fn newest_base(listing: &Listing) -> Option<(BackupId, i64)> {
-    listing
-        .backups
-        .iter()
-        .find_map(|b| Some((b.manifest.id.clone(), b.manifest.snapshot.status.as_ref()?.served_revision())))
+/// The newest committed backup that can be a base (its database revision is known, it is not dated in
+/// the future, and in member mode it is this member's: each member follows its own chain), with that
+/// revision and the cluster it was taken of.
+fn newest_base(listing: &Listing, member: Option<&str>) -> Option<(BackupId, i64, String)> {
+    let now = chrono::Utc::now();
+    listing.backups.iter().find_map(|b| {
+        let id = &b.manifest.id;
+        let mine = member.is_none_or(|m| id.member() == m);
+        let usable = mine && !crate::retention::is_future_dated(id, now);
+        let revision = b.manifest.snapshot.status.as_ref()?.served_revision();
+        usable.then(|| (id.clone(), revision, b.manifest.etcd.cluster_id.to_ascii_lowercase()))
+    })
 }
 
 async fn one_chain(
@@ -91,16 +109,19 @@ async fn one_chain(
     cancel: &CancellationToken,
 ) -> Result<Outcome> {
     let member = crate::etcd::connect(settings.etcd()?).await?;
+    if member.learner {
+        return Ok(Outcome::Learner);
+    }
     let mut client = member.client();
-    // Cluster mode: one stream for the cluster, held under a lease.
-    let held = match settings.coordination.mode {
-        CoordinationMode::Cluster if member.voters.is_some_and(|v| v > 1) || member.learner => {
-            match hold(&mut client, settings, cancel).await? {
-                Some(held) => Some(held),
-                None => return Ok(Outcome::Stopped),
-            }
+    // Cluster mode: one stream for the cluster, held under a lease (unless this is the only voter).
+    let cluster_mode = settings.coordination.mode == CoordinationMode::Cluster;
+    let held = if cluster_mode && member.voters != Some(1) {
+        match hold(&mut client, settings, cancel).await? {
+            Some(held) => Some(held),
+            None => return Ok(Outcome::Stopped),
         }
-        _ => None,
+    } else {
+        None
     };
     let (stores, errors) = crate::store::open_all(settings).await;
     if let Some((kind, e)) = errors.into_iter().next() {
@@ -108,41 +129,54 @@ async fn one_chain(
     }
     let home = home(&stores).ok_or_else(|| anyhow!("no destination"))?;
     let listing = home.list().await?;
-    let Some((base, base_revision)) = newest_base(&listing) else {
+    let own = member.facts.member_id.to_ascii_lowercase();
+    let Some((base, base_revision, base_cluster)) = newest_base(&listing, (!cluster_mode).then_some(own.as_str()))
+    else {
         return Ok(Outcome::NoBase);
     };
+    let cluster_id = member.facts.cluster_id.to_ascii_lowercase();
+    let need = |why: String| Ok(Outcome::NeedBackup { after: Some(base.clone()), why });
+    if base_cluster != cluster_id {
+        return need(format!(
+            "the newest backup, {base}, is of cluster {base_cluster}, not of this one ({cluster_id})"
+        ));
+    }
     let pairs: Vec<_> = listing.segments.iter().filter(|p| p.id.base() == &base).cloned().collect();
     let (segments, _) = read_all(&**home, &pairs, &settings.cluster).await;
     let chain = follow(&base, base_revision, &segments);
     if let Some(broken) = chain.broken {
-        return Ok(Outcome::NeedBackup { after: Some(base), why: broken.to_string() });
+        return need(broken.to_string());
+    }
+    if let Some(other) = chain.segments.iter().find(|s| s.cluster_id.to_ascii_lowercase() != cluster_id) {
+        return need(format!("segment {} follows cluster {}, not this one ({cluster_id})", other.id, other.cluster_id));
     }
     let next = match chain.segments.last() {
         Some(last) => Next::after(last).ok_or_else(|| anyhow!("the chain from {base} is at its longest"))?,
         None => Next::first(base.clone(), base_revision),
     };
+    // A chain ahead of etcd's history is not this history (a restored cluster reuses revisions).
+    if next.first_revision.saturating_sub(1) > member.facts.revision {
+        return need(format!(
+            "the chain from {base} reaches revision {}, ahead of etcd's {}: etcd's history is not the chain's",
+            next.first_revision - 1,
+            member.facts.revision
+        ));
+    }
     tracing::info!(base = %base, segment = %next.id, from_revision = next.first_revision, "streaming delta segments");
-    // The chain ends when the daemon stops, the stream's lease is lost, or a newer base is recorded.
-    let chain_cancel = held.as_ref().map_or_else(|| cancel.child_token(), |h| h.lost.clone());
-    let stop_on_stop = {
-        let (cancel, chain_cancel) = (cancel.clone(), chain_cancel.clone());
-        tokio::spawn(async move {
-            cancel.cancelled().await;
-            chain_cancel.cancel();
-        })
-    };
+    // The chain ends, its open segment committed, when the daemon stops or a newer base is recorded.
+    let stop = cancel.child_token();
     let new_base = {
-        let (settings, signals, chain_cancel, base) =
-            (settings.clone(), signals.clone(), chain_cancel.clone(), base.clone());
-        tokio::spawn(async move {
+        let (settings, signals, stop, base) = (settings.clone(), signals.clone(), stop.clone(), base.clone());
+        let own = (!cluster_mode).then_some(own.clone());
+        AbortOnDrop(tokio::spawn(async move {
             loop {
                 signals.backup_recorded.notified().await;
-                if newer_base_than(&settings, Some(&base)).await {
-                    chain_cancel.cancel();
+                if newer_base_than(&settings, Some(&base), own.as_deref()).await {
+                    stop.cancel();
                     return;
                 }
             }
-        })
+        }))
     };
     let sink = Sink {
         stores: &stores,
@@ -150,71 +184,104 @@ async fn one_chain(
         compression: settings.compression,
         recipients: settings.encryption.recipients.clone(),
         host: crate::host::hostname(),
-        member_id: member.facts.member_id.clone(),
+        member_id: own.clone(),
+        cluster_id,
         max_interval: deltas.max_interval,
         max_size: deltas.max_size,
     };
-    let streamed = stream(&mut client, next, &sink, &chain_cancel).await;
-    stop_on_stop.abort();
-    new_base.abort();
-    if let Some(held) = held {
-        held.release(&mut client).await;
-    }
+    let never = CancellationToken::new();
+    let lost = held.as_ref().map_or(&never, |h| &h.lost);
+    let streamed = stream(&mut client, next, &sink, &stop, lost).await;
+    drop(new_base);
+    drop(held);
     Ok(match streamed.ended {
         Ended::Cancelled if cancel.is_cancelled() => Outcome::Stopped,
         Ended::Cancelled => Outcome::NewBase,
+        ended @ (Ended::LockLost | Ended::WatchLost(_) | Ended::Unanswered(_)) => Outcome::Retry(ended.to_string()),
+        Ended::Write { error, .. } if crate::errors::cause_of(&error) == Some(crate::errors::Cause::Exists) => {
+            Outcome::Retry(format!("another streamer committed the same segment first: {error:#}"))
+        }
         ended => Outcome::NeedBackup { after: Some(base), why: ended.to_string() },
     })
 }
 
-/// Whether `home` holds a backup that can be a base, newer than `than`.
-async fn newer_base_than(settings: &Settings, than: Option<&BackupId>) -> bool {
+/// Whether `home` holds a backup that can be a base (of `member`, in member mode), newer than `than`.
+async fn newer_base_than(settings: &Settings, than: Option<&BackupId>, member: Option<&str>) -> bool {
     let (stores, _) = crate::store::open_all(settings).await;
     let Some(home) = home(&stores) else { return false };
     match home.list().await {
-        Ok(listing) => newest_base(&listing).is_some_and(|(id, _)| than.is_none_or(|t| &id > t)),
+        Ok(listing) => newest_base(&listing, member).is_some_and(|(id, ..)| than.is_none_or(|t| &id > t)),
         Err(_) => false,
     }
 }
 
 /// Waits until a base newer than `after` is recorded (checked when the daemon records a backup, and
-/// every minute), or `cancel`.
+/// every minute), or `cancel`. With `ask` (why), asks the daemon for a full backup, and again, less and
+/// less often, while none comes (a failed backup is no base).
 async fn wait_for_newer_base(
     settings: &Settings,
     after: Option<&BackupId>,
     signals: &Signals,
     cancel: &CancellationToken,
+    ask: Option<String>,
 ) {
+    let mut again = Duration::from_secs(60);
+    let mut asked = tokio::time::Instant::now();
+    if let Some(why) = &ask {
+        let _ = signals.backup_now.try_send(why.clone());
+    }
     loop {
         tokio::select! {
             () = signals.backup_recorded.notified() => {}
             () = tokio::time::sleep(Duration::from_secs(60)) => {}
             () = cancel.cancelled() => return,
         }
-        if newer_base_than(settings, after).await {
+        // Any base newer than `after`: in member mode the loop picks this member's.
+        if newer_base_than(settings, after, None).await {
             return;
+        }
+        if let Some(why) = &ask
+            && asked.elapsed() >= again
+        {
+            let _ = signals.backup_now.try_send(why.clone());
+            asked = tokio::time::Instant::now();
+            again = (again * 2).min(Duration::from_secs(3600));
         }
     }
 }
 
-/// The cluster's stream, held by this member.
-struct Held {
-    lease: i64,
-    lock_key: Vec<u8>,
-    lost: CancellationToken,
-    renewing: tokio::task::JoinHandle<()>,
+/// A task aborted when this is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
-impl Held {
-    async fn release(self, client: &mut etcd_client::Client) {
-        self.renewing.abort();
-        let _ = tokio::time::timeout(Duration::from_secs(5), client.unlock(self.lock_key)).await;
-        let _ = tokio::time::timeout(Duration::from_secs(5), client.lease_revoke(self.lease)).await;
+/// The cluster's stream, held by this member; released (unlocked, lease revoked) however it is dropped.
+struct Held {
+    client: etcd_client::Client,
+    lease: i64,
+    lock_key: Vec<u8>,
+    /// Cancelled when the lease could not be renewed: another member may hold the stream.
+    lost: CancellationToken,
+    renewing: AbortOnDrop,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.renewing.0.abort();
+        let (mut client, lease, key) = (self.client.clone(), self.lease, std::mem::take(&mut self.lock_key));
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(5), client.unlock(key)).await;
+            let _ = tokio::time::timeout(Duration::from_secs(5), client.lease_revoke(lease)).await;
+        });
     }
 }
 
 /// Takes the cluster's stream lock (`<prefix>deltas`), waiting while another member holds it; `None`
-/// if cancelled first.
+/// if cancelled first. The lease is revoked on every way out.
 async fn hold(
     client: &mut etcd_client::Client,
     settings: &Settings,
@@ -222,24 +289,61 @@ async fn hold(
 ) -> Result<Option<Held>> {
     let ttl = settings.coordination.lease_ttl;
     let lease = client.lease_grant(ttl.as_secs().max(2) as i64, None).await?.id();
-    let lost = cancel.child_token();
-    let renewing =
-        tokio::spawn(crate::coordination::renew(client.clone(), lease, ttl, lost.clone(), "the delta stream"));
+    let lost = CancellationToken::new();
+    let renewing = AbortOnDrop(tokio::spawn(crate::coordination::renew(
+        client.clone(),
+        lease,
+        ttl,
+        lost.clone(),
+        "the delta stream",
+    )));
+    let mut held = Held { client: client.clone(), lease, lock_key: Vec::new(), lost, renewing };
     let name = format!("{}deltas", settings.coordination.prefix);
     let options = etcd_client::LockOptions::new().with_lease(lease);
     tokio::select! {
-        locked = client.lock(name.as_str(), Some(options)) => match locked {
-            Ok(locked) => Ok(Some(Held { lease, lock_key: locked.key().to_vec(), lost, renewing })),
-            Err(e) => {
-                renewing.abort();
-                let _ = client.lease_revoke(lease).await;
-                Err(e.into())
-            }
-        },
-        () = cancel.cancelled() => {
-            renewing.abort();
-            let _ = client.lease_revoke(lease).await;
-            Ok(None)
+        locked = client.lock(name.as_str(), Some(options)) => {
+            held.lock_key = locked?.key().to_vec();
+            Ok(Some(held))
         }
+        () = cancel.cancelled() => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Stored;
+
+    fn stored(date: &str, revision: i64, member: &str, status: bool) -> Stored {
+        let mut manifest = crate::manifest::tests::sample();
+        let at = chrono::DateTime::parse_from_rfc3339(&format!("{date}T06:00:00Z")).unwrap().to_utc();
+        manifest.id = BackupId::new(at, revision, member);
+        manifest.snapshot.status = status.then(|| crate::snapshot::bbolt::Status {
+            hash: 1,
+            revision: revision + 5,
+            total_key: 1,
+            live_keys: 1,
+            compact_revision: 0,
+            total_size: 1,
+        });
+        Stored { manifest, pinned: false }
+    }
+
+    #[test]
+    fn the_newest_base_has_a_known_revision_is_not_from_the_future_and_in_member_mode_is_ours() {
+        // Newest first, as a listing is.
+        let backups = vec![
+            stored("2099-01-01", 9000, "a", true),
+            stored("2026-11-25", 2500, "b", true),
+            stored("2026-11-24", 2400, "a", false),
+            stored("2026-11-20", 2000, "a", true),
+        ];
+        let listing = Listing { backups, ..Listing::default() };
+        let pick = |member| newest_base(&listing, member).map(|(id, revision, _)| (id.revision(), revision));
+        assert_eq!(pick(None), Some((2500, 2505)), "not the one dated 2099, nor one without a status");
+        assert_eq!(pick(Some("a")), Some((2000, 2005)), "member mode: this member's own");
+        assert_eq!(pick(Some("c")), None);
+        let cluster = newest_base(&listing, None).map(|(.., cluster)| cluster);
+        assert_eq!(cluster.as_deref(), Some("cdf818194e3a8c32"));
     }
 }

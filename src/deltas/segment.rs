@@ -17,6 +17,9 @@ use chrono::{DateTime, Utc};
 use prost::Message;
 use prost::encoding::{decode_varint, encode_varint};
 
+/// Revisions past this are refused (a chain adds one to its last, and never overflows).
+pub const MAX_REVISION: i64 = 1 << 62;
+
 /// The first bytes of every segment body.
 pub const MAGIC: &[u8] = b"etcd-backupd delta 1\n";
 
@@ -189,17 +192,29 @@ fn check_revision(revision: &Revision) -> Result<(), SegmentError> {
 pub struct Writer {
     body: Vec<u8>,
     summary: Option<Summary>,
+    /// The revision the first one pushed must be, if known.
+    first: Option<i64>,
 }
 
 impl Default for Writer {
     fn default() -> Self {
-        Writer { body: MAGIC.to_vec(), summary: None }
+        Writer { body: MAGIC.to_vec(), summary: None, first: None }
     }
 }
 
 impl Writer {
+    /// A body whose first revision must be `first` (`Gap` otherwise): the one after its chain's last.
+    pub fn starting_at(first: i64) -> Self {
+        Writer { first: Some(first), ..Writer::default() }
+    }
+
     /// Appends `revision`, which must follow the last one appended (`Gap` otherwise, the body unchanged).
     pub fn push(&mut self, revision: &Revision) -> Result<(), SegmentError> {
+        if let (None, Some(first)) = (&self.summary, self.first)
+            && revision.revision != first
+        {
+            return Err(SegmentError::Gap { previous: first - 1, found: revision.revision });
+        }
         let next = Summary::after(self.summary.as_ref(), revision)?;
         check_revision(revision)?;
         encode_varint(revision.revision as u64, &mut self.body);
@@ -248,8 +263,8 @@ impl Summary {
         if revision.events.is_empty() {
             return Err(SegmentError::Empty { revision: r });
         }
-        if r < 1 {
-            return Err(SegmentError::BadEvent { revision: r, why: "a revision below 1".into() });
+        if !(1..=MAX_REVISION).contains(&r) {
+            return Err(SegmentError::BadEvent { revision: r, why: "a revision below 1 or past 2^62".into() });
         }
         let events = revision.events.len() as u64;
         Ok(match before {
@@ -300,7 +315,7 @@ pub fn read(body: &[u8]) -> Result<(Vec<Revision>, Summary), SegmentError> {
         if count > rest.len() as u64 / 2 {
             return Err(SegmentError::Truncated { after });
         }
-        let mut events = Vec::with_capacity(count as usize);
+        let mut events = Vec::with_capacity(count.min(1024) as usize);
         for _ in 0..count {
             let event = Event::decode_length_delimited(&mut rest).map_err(truncated)?;
             events.push(event);
@@ -309,7 +324,7 @@ pub fn read(body: &[u8]) -> Result<(Vec<Revision>, Summary), SegmentError> {
         if leases > rest.len() as u64 / 2 {
             return Err(SegmentError::Truncated { after });
         }
-        let mut lease_list = Vec::with_capacity(leases as usize);
+        let mut lease_list = Vec::with_capacity(leases.min(1024) as usize);
         for _ in 0..leases {
             let id = decode_varint(&mut rest).map_err(truncated)?;
             let ttl = decode_varint(&mut rest).map_err(truncated)?;

@@ -33,7 +33,12 @@ pub struct Next {
 impl Next {
     /// The first segment of a chain from `base`, which holds `base_revision`.
     pub fn first(base: crate::manifest::BackupId, base_revision: i64) -> Self {
-        Next { id: SegmentId::new(base, 1), base_revision, first_revision: base_revision + 1, previous_sha256: None }
+        Next {
+            id: SegmentId::new(base, 1),
+            base_revision,
+            first_revision: base_revision.saturating_add(1),
+            previous_sha256: None,
+        }
     }
 
     /// After the committed segment `m`.
@@ -41,7 +46,7 @@ impl Next {
         Some(Next {
             id: m.id.next()?,
             base_revision: m.base_revision,
-            first_revision: m.last_revision + 1,
+            first_revision: m.last_revision.saturating_add(1),
             previous_sha256: Some(m.body.sha256.clone()),
         })
     }
@@ -55,6 +60,8 @@ pub struct Sink<'a> {
     pub recipients: Vec<PublicKey>,
     pub host: String,
     pub member_id: String,
+    /// The cluster's id (hex): recorded in every manifest, and a chain continues only in its cluster.
+    pub cluster_id: String,
     pub max_interval: Duration,
     pub max_size: u64,
 }
@@ -64,6 +71,10 @@ pub struct Sink<'a> {
 pub enum Ended {
     #[error("stopped")]
     Cancelled,
+    /// The cluster's stream lock was lost: another member may stream now; the open segment is not
+    /// committed (it would race that member's).
+    #[error("the lease of the cluster's delta stream was lost")]
+    LockLost,
     /// etcd no longer holds the revisions the chain needs next.
     #[error("etcd compacted its history past revision {needed} (compacted to {compacted}): the chain cannot go on")]
     Compacted { needed: i64, compacted: i64 },
@@ -73,9 +84,13 @@ pub enum Ended {
     /// etcd sent a revision that does not follow the last (never expected: said as it is).
     #[error("the watch skipped revisions: {0}")]
     Gap(SegmentError),
-    /// A segment could not be committed to every destination.
-    #[error("segment {id} could not be written: {why}")]
-    Write { id: SegmentId, why: String },
+    /// A segment could not be committed to every destination (`Cause::Exists`: another streamer
+    /// committed it first).
+    #[error("segment {id} could not be written: {error:#}")]
+    Write { id: SegmentId, error: anyhow::Error },
+    /// etcd could not be asked what the chain records (a lease's TTL).
+    #[error("etcd did not answer: {0}")]
+    Unanswered(String),
 }
 
 /// What the chain reached: the last committed segment (if one was committed) and why it ended.
@@ -84,18 +99,30 @@ pub struct Streamed {
     pub ended: Ended,
 }
 
-/// Streams the chain from `next` until cancelled or it cannot go on.
-pub async fn stream(client: &mut Client, mut next: Next, sink: &Sink<'_>, cancel: &CancellationToken) -> Streamed {
+/// Streams the chain from `next` until `stop` (the open segment is committed first), `lost` (the
+/// cluster's stream lock: nothing more is committed), or it cannot go on. Commits are never cancelled
+/// half-way: a segment is committed to every destination or its chain ends.
+pub async fn stream(
+    client: &mut Client,
+    mut next: Next,
+    sink: &Sink<'_>,
+    stop: &CancellationToken,
+    lost: &CancellationToken,
+) -> Streamed {
     let mut committed = Vec::new();
-    let ended = stream_from(client, &mut next, sink, cancel, &mut committed).await;
+    let ended = stream_from(client, &mut next, sink, stop, lost, &mut committed).await;
     Streamed { committed, ended }
 }
+
+/// How long one question to etcd besides the watch may take.
+const QUESTION: Duration = Duration::from_secs(10);
 
 async fn stream_from(
     client: &mut Client,
     next: &mut Next,
     sink: &Sink<'_>,
     cancel: &CancellationToken,
+    lost: &CancellationToken,
     committed: &mut Vec<SegmentManifest>,
 ) -> Ended {
     let options = WatchOptions::new().with_all_keys().with_start_revision(next.first_revision).with_progress_notify();
@@ -103,7 +130,7 @@ async fn stream_from(
         Ok(watch) => watch,
         Err(e) => return Ended::WatchLost(format!("cannot watch etcd: {e}")),
     };
-    let mut writer = Writer::default();
+    let mut writer = Writer::starting_at(next.first_revision);
     let mut leases: HashSet<i64> = HashSet::new();
     let mut deadline: Option<tokio::time::Instant> = None;
     loop {
@@ -116,16 +143,16 @@ async fn stream_from(
         let message = tokio::select! {
             message = watch.message() => message,
             () = due => {
-                if let Err(ended) = close(client, next, sink, &mut writer, cancel, committed).await {
+                if let Err(ended) = close(client, next, sink, &mut writer, committed).await {
                     return ended;
                 }
                 deadline = None;
                 continue;
             }
+            () = lost.cancelled() => return Ended::LockLost,
             () = cancel.cancelled() => {
                 // What was received is committed before stopping: nothing the watch saw is lost.
-                let never = CancellationToken::new();
-                return close(client, next, sink, &mut writer, &never, committed).await.err().unwrap_or(Ended::Cancelled);
+                return close(client, next, sink, &mut writer, committed).await.err().unwrap_or(Ended::Cancelled);
             }
         };
         let response = match message {
@@ -141,7 +168,10 @@ async fn stream_from(
         }
         let events = response.events().iter().filter_map(event_of);
         for mut revision in segment::group(events, Utc::now()) {
-            revision.leases = new_leases(client, &revision, &mut leases).await;
+            revision.leases = match new_leases(client, &revision, &mut leases).await {
+                Ok(new) => new,
+                Err(e) => return e,
+            };
             if let Err(e) = writer.push(&revision) {
                 return Ended::Gap(e);
             }
@@ -150,7 +180,7 @@ async fn stream_from(
             deadline = Some(tokio::time::Instant::now() + sink.max_interval);
         }
         if writer.len() as u64 >= sink.max_size {
-            if let Err(ended) = close(client, next, sink, &mut writer, cancel, committed).await {
+            if let Err(ended) = close(client, next, sink, &mut writer, committed).await {
                 return ended;
             }
             deadline = None;
@@ -160,7 +190,7 @@ async fn stream_from(
 
 /// The revision the chain needs next.
 fn writer_next(writer: &Writer, next: &Next) -> i64 {
-    writer.summary().map_or(next.first_revision, |s| s.last_revision + 1)
+    writer.summary().map_or(next.first_revision, |s| s.last_revision.saturating_add(1))
 }
 
 /// etcd-client's event as the segment's; an event without a key-value (never sent) is dropped, and
@@ -176,36 +206,43 @@ fn event_of(e: &etcd_client::Event) -> Option<Event> {
 }
 
 /// The leases `revision`'s puts use that this chain has not recorded, with their granted TTL as etcd
-/// tells it now (1 s for one already gone: its keys' deletion follows in a later revision).
-async fn new_leases(client: &mut Client, revision: &Revision, seen: &mut HashSet<i64>) -> Vec<Lease> {
+/// tells it now (1 s for one etcd says is gone: its keys' deletion follows in a later revision). etcd
+/// not answering ends the chain's stream (it is resumed from its last segment), never a guess.
+async fn new_leases(client: &mut Client, revision: &Revision, seen: &mut HashSet<i64>) -> Result<Vec<Lease>, Ended> {
     let mut out = Vec::new();
     for event in revision.events.iter().filter(|e| e.is_put()) {
         let id = event.kv().lease;
-        if id == 0 || !seen.insert(id) {
+        if id == 0 || seen.contains(&id) {
             continue;
         }
-        let ttl = match client.lease_time_to_live(id, None).await {
-            Ok(answer) if answer.granted_ttl() > 0 => answer.granted_ttl(),
-            _ => 1,
+        let answer = match tokio::time::timeout(QUESTION, client.lease_time_to_live(id, None)).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(e)) => return Err(Ended::Unanswered(format!("the TTL of lease {id:x}: {e}"))),
+            Err(_) => return Err(Ended::Unanswered(format!("the TTL of lease {id:x}: no answer"))),
         };
+        let ttl = if answer.ttl() < 0 { 1 } else { answer.granted_ttl().max(1) };
+        seen.insert(id);
         out.push(Lease { id, ttl });
     }
-    out
+    Ok(out)
 }
 
-/// Commits the open segment, if any, to every destination; the chain then goes on after it.
+/// Commits the open segment, if any, to every destination (never cancelled half-way); the chain then
+/// goes on after it.
 async fn close(
     client: &mut Client,
     next: &mut Next,
     sink: &Sink<'_>,
     writer: &mut Writer,
-    cancel: &CancellationToken,
     committed: &mut Vec<SegmentManifest>,
 ) -> Result<(), Ended> {
+    if writer.is_empty() {
+        return Ok(());
+    }
     let Some((body, summary)) = std::mem::take(writer).finish() else { return Ok(()) };
     let id = next.id.clone();
-    let failed = |why: String| Ended::Write { id: id.clone(), why };
-    let sealed = seal::seal(&body, sink.compression, &sink.recipients).map_err(failed)?;
+    let failed = |error: anyhow::Error| Ended::Write { id: id.clone(), error };
+    let sealed = seal::seal(&body, sink.compression, &sink.recipients).map_err(|e| failed(anyhow::anyhow!(e)))?;
     let live_keys = count_at(client, summary.last_revision).await;
     let manifest = SegmentManifest {
         format_version: SEGMENT_FORMAT,
@@ -214,6 +251,7 @@ async fn close(
         host: sink.host.clone(),
         tool_version: env!("CARGO_PKG_VERSION").to_string(),
         member_id: sink.member_id.clone(),
+        cluster_id: sink.cluster_id.clone(),
         base_revision: next.base_revision,
         first_revision: summary.first_revision,
         last_revision: summary.last_revision,
@@ -235,10 +273,11 @@ async fn close(
             recipients: sink.recipients.iter().map(|r| r.as_str().to_string()).collect(),
         },
     };
+    let never = CancellationToken::new();
     for store in sink.stores {
-        super::stored::write(&**store, &sealed, &manifest, cancel)
+        super::stored::write(&**store, &sealed, &manifest, &never)
             .await
-            .map_err(|e| failed(format!("{}: {e:#}", store.kind())))?;
+            .map_err(|e| failed(e.context(format!("writing to {}", store.kind().title()))))?;
     }
     tracing::info!(
         segment = %manifest.id,
@@ -248,7 +287,8 @@ async fn close(
         bytes = manifest.artifact.size,
         "delta segment committed"
     );
-    *next = Next::after(&manifest).ok_or_else(|| failed("the chain is at its longest".into()))?;
+    *next = Next::after(&manifest).ok_or_else(|| failed(anyhow::anyhow!("the chain is at its longest")))?;
+    *writer = Writer::starting_at(next.first_revision);
     committed.push(manifest);
     Ok(())
 }
@@ -256,6 +296,6 @@ async fn close(
 /// The keys in the cluster at `revision`, as etcd counts them; `None` if it cannot tell (compacted).
 async fn count_at(client: &mut Client, revision: i64) -> Option<u64> {
     let options = GetOptions::new().with_all_keys().with_count_only().with_revision(revision);
-    let answer = client.get("\0", Some(options)).await.ok()?;
+    let answer = tokio::time::timeout(QUESTION, client.get("\0", Some(options))).await.ok()?.ok()?;
     u64::try_from(answer.count()).ok()
 }

@@ -12,9 +12,9 @@ use chrono::{DateTime, Utc};
 
 use super::{ArtifactFile, Found, Kind, Listing, Paired, SegmentPair, Store, Stored, Upload, Writer, accept, pair_up};
 use crate::config::units::format_size;
-use crate::deltas::manifest::SegmentId;
 use crate::errors::{Cause, classified};
 use crate::files::{PART_SUFFIX, free_space, open_new, sync_dir, write_atomic};
+use crate::manifest::segments::SegmentId;
 use crate::manifest::{BackupId, ClusterName, Compression};
 use crate::retention::Leftover;
 use tokio_util::sync::CancellationToken;
@@ -157,12 +157,13 @@ impl Store for LocalStore {
     }
 
     async fn read_manifest(&self, name: &str) -> Result<Vec<u8>> {
-        use std::io::Read;
+        use tokio::io::AsyncReadExt;
         let path = self.folder.join(name);
-        let file = std::fs::File::open(&path).with_context(|| format!("cannot read '{}'", path.display()))?;
+        let file = tokio::fs::File::open(&path).await.with_context(|| format!("cannot read '{}'", path.display()))?;
         let mut bytes = Vec::new();
         file.take(MAX_MANIFEST_BYTES + 1)
             .read_to_end(&mut bytes)
+            .await
             .with_context(|| format!("cannot read '{}'", path.display()))?;
         if bytes.len() as u64 > MAX_MANIFEST_BYTES {
             anyhow::bail!("'{}' is too large to be a manifest", path.display());

@@ -13,7 +13,7 @@ use anyhow::Result;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
-use crate::deltas::manifest::{self as segment, SegmentEntry, SegmentId};
+use crate::manifest::segments::{self as segment, SegmentEntry, SegmentId};
 use crate::manifest::{BackupId, ClusterName, Compression, Entry, Manifest, classify};
 use crate::retention::{Leftover, LeftoverKind};
 

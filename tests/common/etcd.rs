@@ -221,6 +221,11 @@ impl Etcd {
     /// Restores `snapshot` with the version's own tool (`etcdutl` for 3.5, `etcdctl` for 3.4) into a new
     /// data dir and starts a plain member on it.
     pub fn start_restored(version: EtcdVersion, snapshot: &Path) -> Etcd {
+        Self::start_restored_with(version, snapshot, &[])
+    }
+
+    /// As `start_restored`, with more flags for the member.
+    pub fn start_restored_with(version: EtcdVersion, snapshot: &Path, extra: &[&str]) -> Etcd {
         let dir = tempfile::tempdir().unwrap();
         let data_dir = dir.path().join("data");
         let peer_port = free_port();
@@ -240,7 +245,7 @@ impl Etcd {
             .output()
             .unwrap();
         assert!(out.status.success(), "{tool} snapshot restore failed: {}", String::from_utf8_lossy(&out.stderr));
-        Self::spawn(version, dir, data_dir, false, Some(peer_port), &[])
+        Self::spawn(version, dir, data_dir, false, Some(peer_port), extra)
     }
 
     /// Turns on etcd authentication with a root user and a `backup` user holding the root role

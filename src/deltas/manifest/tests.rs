@@ -1,4 +1,5 @@
 use super::*;
+use crate::manifest::BackupId;
 use crate::manifest::CompressionName;
 
 pub(crate) fn base() -> BackupId {
@@ -21,6 +22,7 @@ pub(crate) fn segment(seq: u32) -> SegmentManifest {
         host: "node-1".into(),
         tool_version: "0.0.0".into(),
         member_id: "8e9e05c52164694d".into(),
+        cluster_id: "cdf818194e3a8c32".into(),
         base_revision: 105,
         first_revision: first,
         last_revision: first + 9,
@@ -89,7 +91,10 @@ fn a_manifest_reads_back_as_written() {
 #[test]
 fn a_manifest_that_disagrees_with_its_name_or_itself_is_refused() {
     type Edit = fn(&mut SegmentManifest);
-    let edits: [(Edit, &str); 16] = [
+    let edits: [(Edit, &str); 19] = [
+        (|m| (m.first_revision, m.last_revision) = (MAX_REVISION - 8, MAX_REVISION + 1), "past"),
+        (|m| m.body.size = MAX_BODY + 1, "more than a segment can"),
+        (|m| m.artifact.size = u64::MAX, "more than a segment can"),
         (|m| m.id = SegmentId::new(base(), 4), "stored as"),
         (|m| m.cluster = ClusterName::parse("other").unwrap(), "cluster"),
         (|m| m.base_revision = 99, "older than the 100"),

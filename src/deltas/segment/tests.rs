@@ -230,3 +230,19 @@ fn times_are_kept_to_the_millisecond_as_the_body_records_them() {
     assert_eq!(summary.first_received, at(0));
     assert_eq!(read(&body).unwrap().1, summary, "what the writer says it wrote is what reads back");
 }
+
+#[test]
+fn a_writer_told_where_its_chain_goes_on_refuses_any_other_first_revision() {
+    for (start, accepted) in [(11, true), (10, false), (12, false)] {
+        let mut writer = Writer::starting_at(start);
+        let pushed = writer.push(&history()[0]);
+        assert_eq!(pushed.is_ok(), accepted, "{start}");
+        if !accepted {
+            assert_eq!(pushed, Err(SegmentError::Gap { previous: start - 1, found: 11 }));
+        }
+    }
+    let mut huge = history()[0].clone();
+    huge.revision = MAX_REVISION + 1;
+    huge.events = vec![Event::delete(b"/k", MAX_REVISION + 1)];
+    assert!(matches!(Writer::default().push(&huge), Err(SegmentError::BadEvent { .. })));
+}

@@ -19,11 +19,11 @@ pub use upload::S3Upload;
 
 use super::{ArtifactFile, Found, Kind, Listing, Paired, SegmentPair, Store, Stored, Upload, accept, pair_up};
 use crate::config::{S3Settings, ServerSideEncryption};
-use crate::deltas::manifest::SegmentId;
 use crate::errors::Cause;
 use crate::manifest::BackupId;
 use crate::manifest::ClusterName;
 use crate::manifest::Compression;
+use crate::manifest::segments::SegmentId;
 use crate::progress::Progress;
 use crate::retention::{Leftover, LeftoverKind};
 

@@ -10,8 +10,8 @@ use aws_sdk_s3::types::{Delete, ObjectIdentifier};
 use chrono::Utc;
 
 use super::{DELETE_BATCH, S3Store, sse_headers};
-use crate::deltas::manifest::SegmentId;
 use crate::manifest::BackupId;
+use crate::manifest::segments::SegmentId;
 use crate::retention::Leftover;
 use crate::store::{SegmentPair, Stored};
 
