@@ -408,3 +408,80 @@ async fn planted_segment_starts_a_new_chain(same_cluster: bool, said: &str) {
     assert!(log.contains(said), "{log}");
     daemon.stop().await;
 }
+
+/// `restore --revision` and `--at`, as an operator runs them after the daemon streamed: a snapshot file
+/// and a new data dir, each holding exactly what `get --rev` showed on the original at that point.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_to_a_revision_or_a_time_gives_what_the_cluster_held_then() {
+    let version = EtcdVersion::V35;
+    let work = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(version);
+    etcd.seed(20, 50).await;
+    let identity = age_identity(work.path(), "key");
+    let tables = "[schedule]\ncron = \"0 0 1 1 *\"\n[coordination]\nmode = \"member\"\n[deltas]\nenabled = true\nmax_interval = \"1s\"\n";
+    let cfg = write_config(work.path(), &etcd.config_table(), &identity.recipient, "", tables);
+    let daemon = Daemon::start(&cfg).await;
+    let mut client = etcd.client().await;
+    let lease = client.lease_grant(3600, None).await.unwrap().id();
+    client.put("/leased", "yes", Some(PutOptions::new().with_lease(lease))).await.unwrap();
+    client.delete("seed/", Some(etcd_client::DeleteOptions::new().with_prefix())).await.unwrap();
+    let first = put_some(&etcd, "a", 10).await;
+    chain_reaches(work.path(), first, &daemon).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let between = chrono::Utc::now();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let second = put_some(&etcd, "b", 10).await;
+    chain_reaches(work.path(), second, &daemon).await;
+    daemon.stop().await;
+
+    let bin = etcd_bin_dir(version).display().to_string();
+    let key = identity.file.display().to_string();
+    let restored_file = |name: &str| work.path().join(name).display().to_string();
+    let at = between.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    for (point, value, expected) in [
+        ("--revision", (first - 4).to_string(), first - 4),
+        ("--at", at, first),
+        ("--revision", second.to_string(), second),
+    ] {
+        let file = restored_file(&format!("point-{expected}.db"));
+        let out =
+            run(&cfg, &["restore", point, &value, "--identity", &key, "--output", &file, "--etcd-bin", &bin]).await;
+        assert!(out.status.success(), "{point} {value}: {}", stderr(&out));
+        assert!(stdout(&out).contains(&format!("at revision {expected} ")), "{}", stdout(&out));
+        let restored = Etcd::start_restored(version, std::path::Path::new(&file));
+        let (revision, got) = everything(&mut restored.client().await, None).await;
+        assert_eq!(revision, expected, "{point} {value}: the restored member is at the point's revision");
+        assert_eq!(got, everything(&mut client, Some(expected)).await.1, "{point} {value}");
+    }
+
+    // Into a new data dir, as one member of the restored cluster, revision numbers kept.
+    let member = &Member::several(1)[0];
+    let data_dir = work.path().join("restored");
+    let (dir, cluster, peer) = (data_dir.display().to_string(), Member::initial_cluster([member]), member.peer_url());
+    let target = (first + 2).to_string();
+    let args = ["restore", "--revision", &target, "--identity", &key, "--data-dir", &dir, "--etcd-bin", &bin];
+    let more = [
+        "--name",
+        &member.name,
+        "--initial-cluster",
+        &cluster,
+        "--initial-advertise-peer-urls",
+        &peer,
+        "--no-bump-revision",
+    ];
+    let out = run(&cfg, &[&args[..], &more[..]].concat()).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let restored = Etcd::start_on(version, &data_dir, member);
+    let (revision, got) = everything(&mut restored.client().await, None).await;
+    assert_eq!(revision, first + 2);
+    assert_eq!(got, everything(&mut client, Some(first + 2)).await.1);
+
+    // A point no chain holds: said, with what the destinations hold.
+    let beyond = (second + 1000).to_string();
+    let file = restored_file("beyond.db");
+    let out =
+        run(&cfg, &["restore", "--revision", &beyond, "--identity", &key, "--output", &file, "--etcd-bin", &bin]).await;
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("no backup and chain of delta segments holds revision"), "{}", stderr(&out));
+    assert!(!std::path::Path::new(&file).exists());
+}

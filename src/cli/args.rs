@@ -24,6 +24,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once per run: the size of the largest command (restore's flags) costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Check the config file and the files it names; exit 78 if it is not usable.
@@ -72,6 +74,13 @@ pub enum Command {
         /// The newest backup taken before this time (RFC 3339).
         #[arg(long, value_parser = parse_time)]
         before: Option<DateTime<Utc>>,
+        /// Restore the cluster as it was at this revision: a backup and its delta segments ([deltas]),
+        /// replayed with the original revision numbers.
+        #[arg(long, value_name = "REV", conflicts_with_all = ["backup", "before", "at", "files", "files_only"])]
+        revision: Option<i64>,
+        /// Restore the cluster as it was at this time (RFC 3339): the newest revision received by then.
+        #[arg(long, value_name = "TIME", value_parser = parse_time, conflicts_with_all = ["backup", "before", "files", "files_only"])]
+        at: Option<DateTime<Utc>>,
         /// An age identity file (or unencrypted SSH private key) that can decrypt the backup.
         #[arg(long)]
         identity: PathBuf,

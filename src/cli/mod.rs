@@ -44,6 +44,7 @@ fn print_line(args: std::fmt::Arguments<'_>) {
 
 pub mod args;
 mod change;
+mod point;
 mod prove;
 mod show;
 
@@ -144,6 +145,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Restore {
             backup,
             before,
+            revision,
+            at,
             identity,
             data_dir,
             output,
@@ -167,6 +170,12 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 initial_cluster_token,
                 bump_revision,
             };
+            let point = match (revision, at) {
+                (Some(r), _) => Some(crate::deltas::chain::Target::Revision(r)),
+                (None, Some(t)) => Some(crate::deltas::chain::Target::Time(t)),
+                (None, None) => None,
+            };
+            let tools = etcd_bin.clone();
             let target = match (data_dir, output) {
                 (Some(dir), _) => Some(RestoreTarget::DataDir(dir, flags, etcd_bin)),
                 (None, Some(file)) => Some(RestoreTarget::File(file)),
@@ -174,7 +183,13 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 (None, None) => None,
             };
             let files = files.map(|dir| crate::restore::files::Into::Folder { dir, force });
-            restore(&settings, &selector, &identity, target, files, &crate::interrupt::on_signals()).await
+            let cancel = crate::interrupt::on_signals();
+            match (point, target) {
+                (Some(point), Some(target)) => {
+                    point::restore_point(&settings, point, &identity, target, tools.as_deref(), &cancel).await
+                }
+                (_, target) => restore(&settings, &selector, &identity, target, files, &cancel).await,
+            }
         }
         Command::Drill { backup, identity, etcd_bin, json } => {
             let cancel = crate::interrupt::on_signals();

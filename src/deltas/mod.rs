@@ -11,6 +11,7 @@
 
 pub mod chain;
 pub mod manifest;
+pub mod point;
 pub mod replay;
 pub mod retention;
 pub mod run;

@@ -1,0 +1,248 @@
+//! A restore to a point in time: the newest base whose chain, in one destination, holds the point;
+//! that base made plain like any backup; its segments replayed into a throwaway member on loopback up
+//! to the point (one transaction per original revision, so revision numbers are the original's); and
+//! the member's database saved again as a plain snapshot at the point, which the caller restores as it
+//! would a backup's. Every step is checked: the segments against their manifests, each replayed
+//! revision against the original's number, the member's revision at the end against the point.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow, bail};
+use chrono::{DateTime, Utc};
+use tokio_util::sync::CancellationToken;
+
+use super::chain::{Target, follow};
+use super::manifest::SegmentManifest;
+use super::replay::{keep_leases_alive, replay};
+use super::stored::{read, read_all};
+use crate::config::Settings;
+use crate::manifest::{BackupId, Manifest};
+use crate::restore::{Identities, Keep};
+use crate::store::Destination;
+
+/// The chain a restore to a point takes: where, from which base, through which segments.
+pub struct Chosen<'a> {
+    pub holder: &'a Destination,
+    pub base: Manifest,
+    pub segments: Vec<SegmentManifest>,
+}
+
+/// What a restore to a point made.
+#[derive(Debug)]
+pub struct AtPoint {
+    pub base: BackupId,
+    /// The revision the saved snapshot holds.
+    pub revision: i64,
+    /// Segments replayed (the last perhaps in part).
+    pub segments: usize,
+    /// When the streamer received that revision (none: the base itself).
+    pub received: Option<DateTime<Utc>>,
+}
+
+/// The newest base whose chain holds `target`, in the first destination (local first) that holds
+/// both; `Err` says what the destinations can restore instead.
+pub async fn choose<'a>(destinations: &'a [Destination], target: Target, settings: &Settings) -> Result<Chosen<'a>> {
+    let mut best: Option<Chosen<'a>> = None;
+    let mut reach = Vec::new();
+    for holder in destinations {
+        let listing = match holder.list().await {
+            Ok(listing) => listing,
+            Err(e) => {
+                reach.push(format!("{}: {e:#}", holder.kind()));
+                continue;
+            }
+        };
+        let (segments, _) = read_all(&**holder, &listing.segments, &settings.cluster).await;
+        for stored in &listing.backups {
+            let Some(status) = &stored.manifest.snapshot.status else { continue };
+            let chain = follow(&stored.manifest.id, status.served_revision(), &segments);
+            let needed = match chain.needs(target) {
+                Ok(needed) => needed,
+                Err(_) => {
+                    reach.push(format!(
+                        "{}: {} holds revisions {} to {} ({} to {})",
+                        holder.kind(),
+                        stored.manifest.id,
+                        chain.base_revision,
+                        chain.end_revision(),
+                        stored.manifest.id.created().format("%Y-%m-%d %H:%M:%S"),
+                        chain.end_time().format("%Y-%m-%d %H:%M:%S UTC")
+                    ));
+                    continue;
+                }
+            };
+            if best.as_ref().is_none_or(|b| stored.manifest.id > b.base.id) {
+                let segments = needed.iter().map(|s| (*s).clone()).collect();
+                best = Some(Chosen { holder, base: stored.manifest.clone(), segments });
+            }
+        }
+    }
+    best.ok_or_else(|| {
+        let wanted = match target {
+            Target::Revision(r) => format!("revision {r}"),
+            Target::Time(t) => format!("{}", t.format("%Y-%m-%d %H:%M:%S UTC")),
+        };
+        let reach = if reach.is_empty() { "no backup with a known revision".to_string() } else { reach.join("; ") };
+        anyhow!("no backup and chain of delta segments holds {wanted}; the destinations hold: {reach}")
+    })
+}
+
+/// Restores `chosen` to `target` and writes the plain snapshot at the point to `output` (a new file,
+/// named only once complete; fsynced with its folder when `keep` is durable).
+#[allow(clippy::too_many_arguments)]
+pub async fn restore_to(
+    chosen: &Chosen<'_>,
+    target: Target,
+    identities: &Identities,
+    settings: &Settings,
+    etcd_bin: Option<&Path>,
+    scratch: &Path,
+    output: &Path,
+    keep: Keep,
+    cancel: &CancellationToken,
+) -> Result<AtPoint> {
+    let base_file = scratch.join("base.db");
+    let base = &chosen.base;
+    crate::restore::fetch_and_decrypt(chosen.holder, base, identities, scratch, &base_file, Keep::Scratch, cancel)
+        .await
+        .with_context(|| format!("the {} copy of {} cannot be restored", chosen.holder.kind(), base.id))?;
+    let base_revision = base.snapshot.status.as_ref().map_or(base.etcd.revision, |s| s.served_revision());
+    if chosen.segments.is_empty() {
+        // The point is the base itself.
+        copy_new(&base_file, output, keep)?;
+        return Ok(AtPoint { base: base.id.clone(), revision: base_revision, segments: 0, received: None });
+    }
+    let etcd = crate::throwaway::etcd_binary(etcd_bin)?;
+    let data = scratch.join("data");
+    let (member, mut client) = crate::throwaway::start(&base_file, &data, &etcd, etcd_bin, settings, cancel).await?;
+    let _ = std::fs::remove_file(&base_file);
+    let stop = CancellationToken::new();
+    let keeping = tokio::spawn(keep_leases_alive(client.clone(), stop.clone()));
+    let replayed = replay_all(chosen, target, identities, &mut client, cancel).await;
+    let saved = match &replayed {
+        Ok((revision, _)) => save_at(&mut client, *revision, output, keep).await,
+        Err(_) => Ok(()),
+    };
+    // Leases stay alive until the snapshot is taken.
+    stop.cancel();
+    let _ = keeping.await;
+    drop(member);
+    let (revision, received) = replayed?;
+    saved?;
+    Ok(AtPoint { base: base.id.clone(), revision, segments: chosen.segments.len(), received })
+}
+
+/// Replays the chosen segments up to the target: the revision reached, and when it was received.
+async fn replay_all(
+    chosen: &Chosen<'_>,
+    target: Target,
+    identities: &Identities,
+    client: &mut etcd_client::Client,
+    cancel: &CancellationToken,
+) -> Result<(i64, Option<DateTime<Utc>>)> {
+    let mut granted = std::collections::HashSet::new();
+    let mut reached = None;
+    for segment in &chosen.segments {
+        crate::interrupt::check(cancel)?;
+        let revisions = read(&**chosen.holder, segment, identities.clone()).await?;
+        // A time is the newest revision received at or before it, in order.
+        let until = match target {
+            Target::Revision(r) => r,
+            Target::Time(t) => match revisions.iter().take_while(|r| r.received <= t).last() {
+                Some(last) => last.revision,
+                None => break,
+            },
+        };
+        let last = replay(client, &revisions, until, &mut granted).await?;
+        if let Some(last) = last {
+            let received = revisions.iter().find(|r| r.revision == last).map(|r| r.received);
+            reached = Some((last, received));
+        }
+        if last != Some(segment.last_revision) {
+            break;
+        }
+    }
+    let (revision, received) = match reached {
+        Some(reached) => reached,
+        None => bail!("no revision of the chain from {} is at or before the point", chosen.base.id),
+    };
+    if let Target::Revision(r) = target
+        && r != revision
+    {
+        bail!("the replay reached revision {revision}, not {r}");
+    }
+    Ok((revision, received))
+}
+
+/// Saves the member's database (which must be at `revision`) to `output` as a plain snapshot.
+async fn save_at(client: &mut etcd_client::Client, revision: i64, output: &Path, keep: Keep) -> Result<()> {
+    let serving = client.get("\0", Some(etcd_client::GetOptions::new().with_count_only())).await?;
+    let at = serving.header().map_or(0, |h| h.revision());
+    if at != revision {
+        bail!("the replayed member is at revision {at}, not {revision}: something else wrote to it");
+    }
+    let (mut file, part) = new_file(output)?;
+    let written = async {
+        use std::io::Write;
+        let mut stream = client.snapshot().await.context("cannot read the replayed member's snapshot")?;
+        while let Some(chunk) = stream.message().await.context("the replayed member's snapshot broke off")? {
+            file.write_all(chunk.blob()).with_context(|| format!("cannot write '{}'", output.display()))?;
+        }
+        name(&file, part.as_deref(), output, keep)
+    }
+    .await;
+    if written.is_err()
+        && let Some(part) = &part
+    {
+        let _ = std::fs::remove_file(part);
+    }
+    written
+}
+
+/// A new file for `output`: unnamed in its folder where the file system allows (a killed restore leaves
+/// nothing), else a `.part` beside it.
+fn new_file(output: &Path) -> Result<(std::fs::File, Option<PathBuf>)> {
+    match crate::files::unnamed_in(crate::files::folder_of(output)) {
+        Ok(file) => Ok((file, None)),
+        Err(_) => {
+            let name = output.file_name().and_then(|n| n.to_str()).context("the output needs a file name")?;
+            let part = output.with_file_name(format!(".{name}.part"));
+            Ok((crate::files::create_private(&part)?, Some(part)))
+        }
+    }
+}
+
+/// Names a complete file `output` (never over an existing one), durable with its folder if asked.
+fn name(file: &std::fs::File, part: Option<&Path>, output: &Path, keep: Keep) -> Result<()> {
+    if keep == Keep::Durable {
+        file.sync_all().with_context(|| format!("cannot fsync '{}'", output.display()))?;
+    }
+    match part {
+        Some(part) => std::fs::rename(part, output).with_context(|| format!("cannot rename '{}'", part.display()))?,
+        None => {
+            crate::files::link_unnamed(file, output).with_context(|| format!("cannot create '{}'", output.display()))?
+        }
+    }
+    if keep == Keep::Durable {
+        let folder = crate::files::folder_of(output);
+        std::fs::File::open(folder)
+            .and_then(|dir| dir.sync_all())
+            .with_context(|| format!("cannot fsync '{}'", folder.display()))?;
+    }
+    Ok(())
+}
+
+/// Copies the base's plain snapshot to a new `output`.
+fn copy_new(from: &Path, output: &Path, keep: Keep) -> Result<()> {
+    let (mut file, part) = new_file(output)?;
+    let copied = std::fs::File::open(from)
+        .and_then(|mut source| std::io::copy(&mut source, &mut file))
+        .with_context(|| format!("cannot write '{}'", output.display()))
+        .and_then(|_| name(&file, part.as_deref(), output, keep));
+    if copied.is_err()
+        && let Some(part) = &part
+    {
+        let _ = std::fs::remove_file(part);
+    }
+    copied
+}
