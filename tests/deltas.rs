@@ -432,7 +432,16 @@ async fn restore_to_a_revision_or_a_time_gives_what_the_cluster_held_then() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     let second = put_some(&etcd, "b", 10).await;
     chain_reaches(work.path(), second, &daemon).await;
+    let third = put_some(&etcd, "c", 5).await;
+    chain_reaches(work.path(), third, &daemon).await;
     daemon.stop().await;
+
+    // `list` says how far each backup's chain reaches.
+    let listed = run(&cfg, &["list"]).await;
+    assert!(stdout(&listed).contains(&format!("restorable to any revision up to {third}")), "{}", stdout(&listed));
+    let json = run(&cfg, &["list", "--json"]).await;
+    let rows: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(rows[0]["chain"]["until_revision"], third, "{rows}");
 
     let bin = etcd_bin_dir(version).display().to_string();
     let key = identity.file.display().to_string();
@@ -483,5 +492,33 @@ async fn restore_to_a_revision_or_a_time_gives_what_the_cluster_held_then() {
         run(&cfg, &["restore", "--revision", &beyond, "--identity", &key, "--output", &file, "--etcd-bin", &bin]).await;
     assert!(!out.status.success());
     assert!(stderr(&out).contains("no backup and chain of delta segments holds revision"), "{}", stderr(&out));
+    assert!(!std::path::Path::new(&file).exists());
+
+    // A replaced segment is named as damaged; a segment removed from the chain stops it there, and the
+    // refusal of a point past it names the missing segment.
+    let folder = work.path().join("backups/default");
+    let (_, _, segments, _) = chain_in(work.path()).await.unwrap();
+    assert!(segments.len() >= 3, "{} segments", segments.len());
+    let first_segment = &segments[0];
+    let artifact = folder.join(first_segment.artifact_name());
+    let good = std::fs::read(&artifact).unwrap();
+    let mut bytes = good.clone();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 1;
+    std::fs::write(&artifact, bytes).unwrap();
+    let inside = first_segment.last_revision.to_string();
+    let out =
+        run(&cfg, &["restore", "--revision", &inside, "--identity", &key, "--output", &file, "--etcd-bin", &bin]).await;
+    assert!(!out.status.success());
+    let said = stderr(&out);
+    assert!(said.contains(&first_segment.id.to_string()) && said.contains("damaged or replaced"), "{said}");
+    std::fs::write(&artifact, good).unwrap();
+    let gone = &segments[1];
+    std::fs::remove_file(folder.join(gone.artifact_name())).unwrap();
+    let last = segments.last().unwrap().last_revision.to_string();
+    let out =
+        run(&cfg, &["restore", "--revision", &last, "--identity", &key, "--output", &file, "--etcd-bin", &bin]).await;
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains(&format!("segment {} of the chain", gone.id.seq())), "{}", stderr(&out));
     assert!(!std::path::Path::new(&file).exists());
 }

@@ -148,7 +148,7 @@ pub(super) fn status(settings: &Settings, json: bool) -> Result<(), Failure> {
 
 pub(super) async fn list(settings: &Settings, json: bool) -> Result<(), Failure> {
     let (destinations, mut errors) = destinations(settings).await;
-    let catalog = crate::store::catalog::catalog(&destinations).await;
+    let catalog = crate::store::catalog::catalog(&destinations, &settings.cluster).await;
     errors.extend(catalog.errors);
     let rows = catalog.rows;
     if json {
@@ -181,6 +181,17 @@ pub(super) async fn list(settings: &Settings, json: bool) -> Result<(), Failure>
                 m.label.as_deref().unwrap_or("-"),
                 crate::store::Kind::join(&r.destinations, ","),
             );
+            if let Some(chain) = &r.chain {
+                out!(
+                    "  + {} delta segment{} ({}): restorable to any revision up to {}, any time up to {}{}",
+                    chain.segments,
+                    if chain.segments == 1 { "" } else { "s" },
+                    chain.destination,
+                    chain.until_revision,
+                    chain.until.format("%Y-%m-%d %H:%M:%S UTC"),
+                    chain.broken.as_ref().map_or(String::new(), |b| format!("; BROKEN: {b}"))
+                );
+            }
         }
     }
     if errors.is_empty() {

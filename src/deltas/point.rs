@@ -60,13 +60,14 @@ pub async fn choose<'a>(destinations: &'a [Destination], target: Target, setting
                 Ok(needed) => needed,
                 Err(_) => {
                     reach.push(format!(
-                        "{}: {} holds revisions {} to {} ({} to {})",
+                        "{}: {} holds revisions {} to {} ({} to {}){}",
                         holder.kind(),
                         stored.manifest.id,
                         chain.base_revision,
                         chain.end_revision(),
                         stored.manifest.id.created().format("%Y-%m-%d %H:%M:%S"),
-                        chain.end_time().format("%Y-%m-%d %H:%M:%S UTC")
+                        chain.end_time().format("%Y-%m-%d %H:%M:%S UTC"),
+                        chain.broken.as_ref().map_or(String::new(), |b| format!(", then {b}"))
                     ));
                     continue;
                 }

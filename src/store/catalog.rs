@@ -14,8 +14,25 @@ pub struct Listed {
     pub destinations: Vec<Kind>,
     /// Pinned in any destination.
     pub pinned: bool,
+    /// Its chain of delta segments, if it has one: the longest any destination holds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chain: Option<ChainReach>,
     #[serde(flatten)]
     pub manifest: Manifest,
+}
+
+/// What a backup's chain of delta segments can restore.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChainReach {
+    pub segments: usize,
+    /// `restore --revision` takes any revision from the backup's to this one.
+    pub until_revision: i64,
+    /// `restore --at` takes any time from the backup's to this one.
+    pub until: chrono::DateTime<chrono::Utc>,
+    /// Where the chain stops short of segments that were found, if it does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub broken: Option<String>,
+    pub destination: Kind,
 }
 
 /// The merged rows, newest first, and the destinations that could not be listed.
@@ -24,17 +41,60 @@ pub struct Catalog {
     pub errors: Vec<String>,
 }
 
-/// Lists every destination and merges what they hold.
-pub async fn catalog(destinations: &[Destination]) -> Catalog {
+/// Lists every destination and merges what they hold, with each backup's chain of delta segments.
+pub async fn catalog(destinations: &[Destination], cluster: &crate::manifest::ClusterName) -> Catalog {
     let mut listings = Vec::new();
     let mut errors = Vec::new();
+    let mut reaches: BTreeMap<BackupId, ChainReach> = BTreeMap::new();
     for destination in destinations {
         match destination.list().await {
-            Ok(listing) => listings.push((destination.kind(), listing.backups)),
+            Ok(listing) => {
+                if !listing.segments.is_empty() {
+                    let (segments, _) =
+                        crate::deltas::stored::read_all(&**destination, &listing.segments, cluster).await;
+                    for (id, reach) in chains(destination.kind(), &listing.backups, &segments) {
+                        let longer = reaches.get(&id).is_none_or(|r| reach.until_revision > r.until_revision);
+                        if longer {
+                            reaches.insert(id, reach);
+                        }
+                    }
+                }
+                listings.push((destination.kind(), listing.backups));
+            }
             Err(e) => errors.push(format!("{}: {e:#}", destination.kind())),
         }
     }
-    Catalog { rows: merge(listings), errors }
+    let mut rows = merge(listings);
+    for row in &mut rows {
+        row.chain = reaches.remove(&row.manifest.id);
+    }
+    Catalog { rows, errors }
+}
+
+/// The chains one destination's segments make from its backups. Pure.
+fn chains(
+    kind: Kind,
+    backups: &[Stored],
+    segments: &[crate::deltas::manifest::SegmentManifest],
+) -> Vec<(BackupId, ChainReach)> {
+    backups
+        .iter()
+        .filter_map(|b| {
+            let base_revision = b.manifest.snapshot.status.as_ref()?.served_revision();
+            let chain = crate::deltas::chain::follow(&b.manifest.id, base_revision, segments);
+            let found = segments.iter().any(|s| s.id.base() == &b.manifest.id);
+            found.then(|| {
+                let reach = ChainReach {
+                    segments: chain.segments.len(),
+                    until_revision: chain.end_revision(),
+                    until: chain.end_time(),
+                    broken: chain.broken.as_ref().map(ToString::to_string),
+                    destination: kind,
+                };
+                (b.manifest.id.clone(), reach)
+            })
+        })
+        .collect()
 }
 
 /// One row per backup id, newest first, in the order the listings come. Pure.
@@ -45,6 +105,7 @@ pub fn merge(listings: Vec<(Kind, Vec<Stored>)>) -> Vec<Listed> {
             let entry = merged.entry(stored.manifest.id.clone()).or_insert_with(|| Listed {
                 destinations: Vec::new(),
                 pinned: false,
+                chain: None,
                 manifest: stored.manifest,
             });
             entry.destinations.push(kind);
