@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
 use chrono::Utc;
 
 use crate::config::Settings;
@@ -47,6 +47,56 @@ pub fn compare(expected: Expected, observed: Observed) -> Result<(), String> {
     if wrong.is_empty() { Ok(()) } else { Err(format!("the restored member serves {}", wrong.join(" and "))) }
 }
 
+/// The backup's chain of delta segments in `holder`, if it has one, replayed to its end: the member
+/// must be at the chain's last revision and hold the keys the streamer counted there.
+async fn drill_chain(
+    settings: &Settings,
+    holder: &crate::store::Destination,
+    base: &Manifest,
+    identities: &crate::restore::Identities,
+    etcd_bin: Option<&Path>,
+    scratch: &Path,
+    cancel: &CancellationToken,
+) -> Result<Option<ChainDrill>> {
+    let Some(status) = &base.snapshot.status else { return Ok(None) };
+    let listing = holder.list().await?;
+    let pairs: Vec<_> = listing.segments.iter().filter(|p| p.id.base() == &base.id).cloned().collect();
+    if pairs.is_empty() {
+        return Ok(None);
+    }
+    let (segments, _) = crate::deltas::stored::read_all(&**holder, &pairs, &settings.cluster).await;
+    let chain = crate::deltas::chain::follow(&base.id, status.served_revision(), &segments);
+    if let Some(broken) = &chain.broken {
+        bail!("{broken}");
+    }
+    let Some(last) = chain.segments.last() else { return Ok(None) };
+    let chosen = crate::deltas::point::Chosen {
+        holder,
+        base: base.clone(),
+        segments: chain.segments.iter().map(|s| (*s).clone()).collect(),
+    };
+    let work = scratch.join("chain");
+    std::fs::create_dir(&work).with_context(|| format!("cannot create '{}'", work.display()))?;
+    let target = crate::deltas::chain::Target::Revision(last.last_revision);
+    let at = crate::deltas::point::restore_to(
+        &chosen,
+        target,
+        identities,
+        settings,
+        etcd_bin,
+        &work,
+        &work.join("end.db"),
+        crate::restore::Keep::Scratch,
+        cancel,
+    )
+    .await
+    .with_context(|| format!("the chain of delta segments of {} cannot be replayed", base.id))?;
+    let observed = Observed { revision: at.revision, keys: at.keys };
+    let expected = Expected { revision: last.last_revision, keys: last.live_keys.unwrap_or(at.keys) };
+    compare(expected, observed).map_err(|e| anyhow!("the chain of {} to segment {}: {e}", base.id, last.id))?;
+    Ok(Some(ChainDrill { segments: chain.segments.len(), observed }))
+}
+
 /// Restores the snapshot into a throwaway member and counts what it serves.
 async fn serve_and_count(
     snapshot: &Path,
@@ -70,7 +120,16 @@ pub struct DrillReport {
     pub observed: Observed,
     /// The control-plane files restored and checked from its files archive, if it has one.
     pub files: Option<usize>,
+    /// Its chain of delta segments, replayed to its end and checked, if it has one.
+    pub chain: Option<ChainDrill>,
     pub duration: Duration,
+}
+
+/// A chain of delta segments drilled: replayed to its end in a throwaway member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChainDrill {
+    pub segments: usize,
+    pub observed: Observed,
 }
 
 /// Runs a drill: the identity and the etcd tools come from the arguments or the `[drill]` table.
@@ -129,7 +188,8 @@ pub async fn drill(
             }
             None => None,
         };
-        Ok(DrillReport { id: m.id.clone(), from: holder.kind(), observed, files, duration: started.elapsed() })
+        let chain = drill_chain(settings, holder, &m, &identities, etcd_bin, scratch.path(), cancel).await?;
+        Ok(DrillReport { id: m.id.clone(), from: holder.kind(), observed, files, chain, duration: started.elapsed() })
     }
     .await;
     // Whatever a step said when it was stopped (its etcd killed under it, say), the drill was interrupted.

@@ -108,8 +108,18 @@ pub struct Drill {
     pub keys: Option<u64>,
     /// The control-plane files restored from its files archive, if it has one.
     pub files: Option<usize>,
+    /// Its chain of delta segments replayed to its end: segments, revision and keys there.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chain: Option<DrilledChain>,
     pub duration_ms: Option<u64>,
     pub error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DrilledChain {
+    pub segments: usize,
+    pub revision: i64,
+    pub keys: u64,
 }
 
 impl Drill {
@@ -122,6 +132,11 @@ impl Drill {
                 revision: Some(r.observed.revision),
                 keys: Some(r.observed.keys),
                 files: r.files,
+                chain: r.chain.map(|c| DrilledChain {
+                    segments: c.segments,
+                    revision: c.observed.revision,
+                    keys: c.observed.keys,
+                }),
                 duration_ms: Some(r.duration.as_millis() as u64),
                 error: None,
             },
@@ -132,6 +147,7 @@ impl Drill {
                 revision: None,
                 keys: None,
                 files: None,
+                chain: None,
                 duration_ms: None,
                 error: Some(format!("{e:#}")),
             },

@@ -445,6 +445,17 @@ async fn restore_to_a_revision_or_a_time_gives_what_the_cluster_held_then() {
 
     let bin = etcd_bin_dir(version).display().to_string();
     let key = identity.file.display().to_string();
+
+    // A drill replays the chain to its end and checks the revision and the keys the stream counted.
+    let drilled = run(&cfg, &["drill", "--identity", &key, "--etcd-bin", &bin, "--json"]).await;
+    assert!(drilled.status.success(), "{}", stderr(&drilled));
+    let report: serde_json::Value = serde_json::from_slice(&drilled.stdout).unwrap();
+    let keys_then = everything(&mut client, Some(third)).await.1.len();
+    assert_eq!(
+        (report["chain"]["revision"].as_i64(), report["chain"]["keys"].as_u64()),
+        (Some(third), Some(keys_then as u64)),
+        "{report}"
+    );
     let restored_file = |name: &str| work.path().join(name).display().to_string();
     let at = between.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     for (point, value, expected) in [

@@ -91,6 +91,13 @@ pub(super) async fn drill(
         return Ok(());
     }
     let files = report.files.map_or(String::new(), |n| format!(", and its {n} control-plane files restored as listed"));
+    let files = match report.chain {
+        Some(c) => format!(
+            "{files}; its {} delta segments replayed to revision {} with {} keys, as the stream counted them",
+            c.segments, c.observed.revision, c.observed.keys
+        ),
+        None => files,
+    };
     out!(
         "drill passed: {} (from {}) restored, and a throwaway etcd served revision {} with {} keys, as the manifest says{files} ({})",
         report.id,

@@ -37,6 +37,9 @@ pub struct AtPoint {
     pub segments: usize,
     /// When the streamer received that revision (none: the base itself).
     pub received: Option<DateTime<Utc>>,
+    /// Keys in the cluster at that revision, as the replayed member counted them (the base's status
+    /// without segments).
+    pub keys: u64,
 }
 
 /// The newest base whose chain holds `target`, in the first destination (local first) that holds
@@ -111,7 +114,8 @@ pub async fn restore_to(
     if chosen.segments.is_empty() {
         // The point is the base itself.
         copy_new(&base_file, output, keep)?;
-        return Ok(AtPoint { base: base.id.clone(), revision: base_revision, segments: 0, received: None });
+        let keys = base.snapshot.status.as_ref().map_or(0, |s| s.live_keys);
+        return Ok(AtPoint { base: base.id.clone(), revision: base_revision, segments: 0, received: None, keys });
     }
     let etcd = crate::throwaway::etcd_binary(etcd_bin)?;
     let data = scratch.join("data");
@@ -122,15 +126,15 @@ pub async fn restore_to(
     let replayed = replay_all(chosen, target, identities, &mut client, cancel).await;
     let saved = match &replayed {
         Ok((revision, _)) => save_at(&mut client, *revision, output, keep).await,
-        Err(_) => Ok(()),
+        Err(_) => Ok(0),
     };
     // Leases stay alive until the snapshot is taken.
     stop.cancel();
     let _ = keeping.await;
     drop(member);
     let (revision, received) = replayed?;
-    saved?;
-    Ok(AtPoint { base: base.id.clone(), revision, segments: chosen.segments.len(), received })
+    let keys = saved?;
+    Ok(AtPoint { base: base.id.clone(), revision, segments: chosen.segments.len(), received, keys })
 }
 
 /// Replays the chosen segments up to the target: the revision reached, and when it was received.
@@ -175,9 +179,11 @@ async fn replay_all(
     Ok((revision, received))
 }
 
-/// Saves the member's database (which must be at `revision`) to `output` as a plain snapshot.
-async fn save_at(client: &mut etcd_client::Client, revision: i64, output: &Path, keep: Keep) -> Result<()> {
-    let serving = client.get("\0", Some(etcd_client::GetOptions::new().with_count_only())).await?;
+/// Saves the member's database (which must be at `revision`) to `output` as a plain snapshot; returns
+/// the keys it holds.
+async fn save_at(client: &mut etcd_client::Client, revision: i64, output: &Path, keep: Keep) -> Result<u64> {
+    let all = etcd_client::GetOptions::new().with_all_keys().with_count_only();
+    let serving = client.get("\0", Some(all)).await?;
     let at = serving.header().map_or(0, |h| h.revision());
     if at != revision {
         bail!("the replayed member is at revision {at}, not {revision}: something else wrote to it");
@@ -197,7 +203,7 @@ async fn save_at(client: &mut etcd_client::Client, revision: i64, output: &Path,
     {
         let _ = std::fs::remove_file(part);
     }
-    written
+    written.map(|()| u64::try_from(serving.count()).unwrap_or(0))
 }
 
 /// A new file for `output`: unnamed in its folder where the file system allows (a killed restore leaves
