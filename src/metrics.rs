@@ -62,6 +62,34 @@ pub fn render(state: &State, cluster: &str) -> String {
         "Backups dated in the future (a wrong clock), kept and counted for no retention rule.",
         Some(state.future_dated.len() as f64),
     );
+    let d = state.deltas.as_ref();
+    gauge(
+        "delta_covered_until_timestamp_seconds",
+        "[deltas]: every change up to this time is in a committed delta segment (restore --at reaches it).",
+        d.and_then(|d| d.covered_until).map(|t| t.timestamp_millis() as f64 / 1000.0),
+    );
+    gauge(
+        "delta_last_revision",
+        "[deltas]: the last revision a committed delta segment holds (restore --revision reaches it).",
+        d.map(|d| d.last_revision as f64),
+    );
+    gauge(
+        "delta_lag_revisions",
+        "[deltas]: revisions etcd had made that no committed segment held, when the stream last heard from etcd.",
+        d.map(|d| d.lag_revisions as f64),
+    );
+    let mut counter = |name: &str, help: &str, value: Option<u64>| {
+        let _ = writeln!(out, "# HELP etcd_backupd_{name} {help}\n# TYPE etcd_backupd_{name} counter");
+        if let Some(v) = value {
+            let _ = writeln!(out, "etcd_backupd_{name}{{cluster=\"{c}\"}} {v}");
+        }
+    };
+    counter("delta_segments_total", "[deltas]: delta segments this host committed.", d.map(|d| d.segments));
+    counter(
+        "delta_bytes_total",
+        "[deltas]: bytes of delta segments (encrypted) this host committed.",
+        d.map(|d| d.bytes),
+    );
     let _ = writeln!(
         out,
         "# HELP etcd_backupd_drills_total Restore drills by result.\n# TYPE etcd_backupd_drills_total counter"

@@ -57,6 +57,28 @@ pub struct State {
     /// Cluster mode: the newest slot another member covered (this member rightly skipped it).
     #[serde(deserialize_with = "lenient")]
     pub last_covered: Option<crate::coordination::slot::Record>,
+    /// The delta stream of this host (`[deltas]`), as it last reported.
+    #[serde(deserialize_with = "lenient")]
+    pub deltas: Option<DeltaState>,
+}
+
+/// How the delta stream stands.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DeltaState {
+    /// The backup the current chain starts from.
+    pub chain: String,
+    /// The newest segment this host committed, and the last revision it holds.
+    pub segment: String,
+    pub last_revision: i64,
+    /// Every change up to this time is in a committed segment (the last close, or etcd's word that
+    /// nothing changed since).
+    pub covered_until: Option<DateTime<Utc>>,
+    /// Revisions etcd had made that no committed segment held, when the stream last heard from it.
+    pub lag_revisions: i64,
+    /// Segments and bytes this host committed since the state file began.
+    pub segments: u64,
+    pub bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -14,6 +14,8 @@ pub const MESSAGE_BACKUP_FAILED: &str = "0acec5109baa46fdaa2302d289c85bdf";
 pub const MESSAGE_PRUNED: &str = "c7492101e0cf4b4497ca671a0778e215";
 pub const MESSAGE_DRILL_PASSED: &str = "a1d343ee59864745a2c51a9158c8c043";
 pub const MESSAGE_DRILL_FAILED: &str = "bebb1a90537e431ba951fff46f84cf9f";
+pub const MESSAGE_DELTA_COMMITTED: &str = "5d1e0b7a3c4f4e2a9b8d6c1f0e2a7b94";
+pub const MESSAGE_CHAIN_ENDED: &str = "9e4c2b1d7a6f4c3e8b5a0d9f1c2e3a47";
 
 /// The one journal entry that ends a successful backup.
 pub fn backup_committed(report: &crate::backup::BackupReport) {

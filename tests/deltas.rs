@@ -87,6 +87,7 @@ async fn a_chain_restores_every_revision_with_the_original_numbers(version: Etcd
         cluster_id: cluster_id_hex(&etcd),
         max_interval: Duration::from_millis(300),
         max_size: 8 * 1024,
+        report: None,
     };
     let cancel = CancellationToken::new();
     let streaming = {
@@ -418,8 +419,12 @@ async fn restore_to_a_revision_or_a_time_gives_what_the_cluster_held_then() {
     let etcd = Etcd::start(version);
     etcd.seed(20, 50).await;
     let identity = age_identity(work.path(), "key");
-    let tables = "[schedule]\ncron = \"0 0 1 1 *\"\n[coordination]\nmode = \"member\"\n[deltas]\nenabled = true\nmax_interval = \"1s\"\n";
-    let cfg = write_config(work.path(), &etcd.config_table(), &identity.recipient, "", tables);
+    let metrics = work.path().join("metrics.prom");
+    let tables = format!(
+        "[schedule]\ncron = \"0 0 1 1 *\"\n[coordination]\nmode = \"member\"\n[deltas]\nenabled = true\nmax_interval = \"1s\"\n[metrics]\ntextfile = \"{}\"\n",
+        metrics.display()
+    );
+    let cfg = write_config(work.path(), &etcd.config_table(), &identity.recipient, "", &tables);
     let daemon = Daemon::start(&cfg).await;
     let mut client = etcd.client().await;
     let lease = client.lease_grant(3600, None).await.unwrap().id();
@@ -433,7 +438,23 @@ async fn restore_to_a_revision_or_a_time_gives_what_the_cluster_held_then() {
     let second = put_some(&etcd, "b", 10).await;
     chain_reaches(work.path(), second, &daemon).await;
     let third = put_some(&etcd, "c", 5).await;
-    chain_reaches(work.path(), third, &daemon).await;
+    let committed = chain_reaches(work.path(), third, &daemon).await;
+    // The metrics follow the stream: how far it reaches, what it wrote.
+    let reached = format!("etcd_backupd_delta_last_revision{{cluster=\"default\"}} {third}\n");
+    daemon.wait_until("the metrics", || std::fs::read_to_string(&metrics).unwrap_or_default().contains(&reached)).await;
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    let segments = format!("etcd_backupd_delta_segments_total{{cluster=\"default\"}} {}\n", committed.len());
+    assert!(text.contains(&segments), "{text}");
+    // Idle, the stream still says how far it covers: etcd, asked, says nothing changed.
+    let covered = || -> f64 {
+        let text = std::fs::read_to_string(&metrics).unwrap_or_default();
+        let line = text.lines().find(|l| l.starts_with("etcd_backupd_delta_covered_until_timestamp_seconds{"));
+        line.and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+    };
+    let before = covered();
+    let now = chrono::Utc::now().timestamp_millis() as f64 / 1000.0;
+    daemon.wait_until("the covered time to move while idle", || covered() > now + 1.0).await;
+    assert!(covered() > before);
     daemon.stop().await;
 
     // `list` says how far each backup's chain reaches.

@@ -125,7 +125,8 @@ fn daemon_and_timer_modes_exclude_each_other() {
 #[test]
 fn the_message_catalog_explains_every_message_id() {
     use etcd_backupd::telemetry::{
-        MESSAGE_BACKUP_COMMITTED, MESSAGE_BACKUP_FAILED, MESSAGE_DRILL_FAILED, MESSAGE_DRILL_PASSED, MESSAGE_PRUNED,
+        MESSAGE_BACKUP_COMMITTED, MESSAGE_BACKUP_FAILED, MESSAGE_CHAIN_ENDED, MESSAGE_DELTA_COMMITTED,
+        MESSAGE_DRILL_FAILED, MESSAGE_DRILL_PASSED, MESSAGE_PRUNED,
     };
     let text =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/etcd-backupd.catalog")).unwrap();
@@ -137,7 +138,9 @@ fn the_message_catalog_explains_every_message_id() {
             MESSAGE_BACKUP_FAILED,
             MESSAGE_PRUNED,
             MESSAGE_DRILL_PASSED,
-            MESSAGE_DRILL_FAILED
+            MESSAGE_DRILL_FAILED,
+            MESSAGE_DELTA_COMMITTED,
+            MESSAGE_CHAIN_ENDED
         ]
     );
     for id in &ids {

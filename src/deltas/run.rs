@@ -63,7 +63,11 @@ pub async fn run(settings: Settings, deltas: DeltasSettings, signals: Signals, c
                 wait_for_newer_base(&settings, None, &signals, &cancel, None).await;
             }
             Outcome::NeedBackup { after, why } => {
-                tracing::warn!(%why, "the delta chain cannot go on: taking a full backup now to start a new one");
+                tracing::warn!(
+                    message_id = crate::telemetry::MESSAGE_CHAIN_ENDED,
+                    %why,
+                    "the delta chain cannot go on: taking a full backup now to start a new one"
+                );
                 wait_for_newer_base(&settings, after.as_ref(), &signals, &cancel, Some(why)).await;
             }
             Outcome::Learner | Outcome::Retry(_) => {
@@ -178,6 +182,8 @@ async fn one_chain(
             }
         }))
     };
+    let (report, reports) = tokio::sync::mpsc::unbounded_channel();
+    let recording = AbortOnDrop(tokio::spawn(record(settings.clone(), base.clone(), reports)));
     let sink = Sink {
         stores: &stores,
         cluster: settings.cluster.clone(),
@@ -188,10 +194,14 @@ async fn one_chain(
         cluster_id,
         max_interval: deltas.max_interval,
         max_size: deltas.max_size,
+        report: Some(report),
     };
     let never = CancellationToken::new();
     let lost = held.as_ref().map_or(&never, |h| &h.lost);
     let streamed = stream(&mut client, next, &sink, &stop, lost).await;
+    // The record of the last commit is written before the chain's end is acted on.
+    drop(sink);
+    let _ = tokio::time::timeout(Duration::from_secs(5), recording.finish()).await;
     drop(new_base);
     drop(held);
     Ok(match streamed.ended {
@@ -250,8 +260,58 @@ async fn wait_for_newer_base(
     }
 }
 
+/// Keeps the stream's record in the state file (and so the metrics): at most once a second, what
+/// the reports since said.
+async fn record(
+    settings: Settings,
+    chain: BackupId,
+    mut reports: tokio::sync::mpsc::UnboundedReceiver<super::watch::Report>,
+) {
+    use super::watch::Report;
+    let state_dir = crate::host::state_dir();
+    while let Some(first) = reports.recv().await {
+        let mut batch = vec![first];
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        while let Ok(more) = reports.try_recv() {
+            batch.push(more);
+        }
+        crate::history::persist(&settings, &state_dir, |state| {
+            let d = state.deltas.get_or_insert_with(Default::default);
+            if d.chain != chain.to_string() {
+                d.chain = chain.to_string();
+            }
+            for report in batch {
+                match report {
+                    Report::Committed { segment, last_revision, closed, bytes } => {
+                        d.segment = segment.to_string();
+                        d.last_revision = last_revision;
+                        d.covered_until = Some(closed);
+                        d.segments += 1;
+                        d.bytes += bytes;
+                    }
+                    Report::Heard { revision, committed, at } => {
+                        d.lag_revisions = (revision - committed).max(0);
+                        if revision <= committed {
+                            d.covered_until = Some(at);
+                        }
+                    }
+                }
+            }
+        })
+        .await;
+    }
+}
+
 /// A task aborted when this is dropped.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl AbortOnDrop {
+    /// Waits for the task to end on its own.
+    async fn finish(mut self) {
+        let task = std::mem::replace(&mut self.0, tokio::spawn(async {}));
+        let _ = task.await;
+    }
+}
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {

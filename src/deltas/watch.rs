@@ -64,6 +64,33 @@ pub struct Sink<'a> {
     pub cluster_id: String,
     pub max_interval: Duration,
     pub max_size: u64,
+    /// Told of every commit and of what etcd says of its revision (for the state file and metrics).
+    pub report: Option<tokio::sync::mpsc::UnboundedSender<Report>>,
+}
+
+/// What the stream tells whoever keeps its record.
+#[derive(Debug, Clone)]
+pub enum Report {
+    Committed {
+        segment: SegmentId,
+        last_revision: i64,
+        closed: chrono::DateTime<Utc>,
+        bytes: u64,
+    },
+    /// etcd is at `revision`; the chain has committed up to `committed`.
+    Heard {
+        revision: i64,
+        committed: i64,
+        at: chrono::DateTime<Utc>,
+    },
+}
+
+impl Sink<'_> {
+    fn tell(&self, report: Report) {
+        if let Some(to) = &self.report {
+            let _ = to.send(report);
+        }
+    }
 }
 
 /// Why a chain ended.
@@ -133,6 +160,10 @@ async fn stream_from(
     let mut writer = Writer::starting_at(next.first_revision);
     let mut leases: HashSet<i64> = HashSet::new();
     let mut deadline: Option<tokio::time::Instant> = None;
+    // While nothing changes, etcd is asked every `max_interval` where it stands: its answer says the
+    // chain covers every change until then (the state file and the metrics say so).
+    let mut ask = tokio::time::interval(sink.max_interval);
+    ask.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let due = async {
             match deadline {
@@ -150,6 +181,12 @@ async fn stream_from(
                 continue;
             }
             () = lost.cancelled() => return Ended::LockLost,
+            _ = ask.tick(), if writer.is_empty() => {
+                if let Err(e) = watch.request_progress().await {
+                    return Ended::WatchLost(format!("cannot ask etcd for the watch's progress: {e}"));
+                }
+                continue;
+            }
             () = cancel.cancelled() => {
                 // What was received is committed before stopping: nothing the watch saw is lost.
                 return close(client, next, sink, &mut writer, committed).await.err().unwrap_or(Ended::Cancelled);
@@ -165,6 +202,10 @@ async fn stream_from(
         }
         if response.canceled() {
             return Ended::WatchLost(format!("etcd cancelled the watch: {}", response.cancel_reason()));
+        }
+        if let Some(header) = response.header() {
+            let committed = next.first_revision.saturating_sub(1);
+            sink.tell(Report::Heard { revision: header.revision(), committed, at: Utc::now() });
         }
         let events = response.events().iter().filter_map(event_of);
         for mut revision in segment::group(events, Utc::now()) {
@@ -280,6 +321,7 @@ async fn close(
             .map_err(|e| failed(e.context(format!("writing to {}", store.kind().title()))))?;
     }
     tracing::info!(
+        message_id = crate::telemetry::MESSAGE_DELTA_COMMITTED,
         segment = %manifest.id,
         first_revision = manifest.first_revision,
         last_revision = manifest.last_revision,
@@ -287,6 +329,12 @@ async fn close(
         bytes = manifest.artifact.size,
         "delta segment committed"
     );
+    sink.tell(Report::Committed {
+        segment: manifest.id.clone(),
+        last_revision: manifest.last_revision,
+        closed: manifest.closed,
+        bytes: manifest.artifact.size,
+    });
     *next = Next::after(&manifest).ok_or_else(|| failed(anyhow::anyhow!("the chain is at its longest")))?;
     *writer = Writer::starting_at(next.first_revision);
     committed.push(manifest);
