@@ -638,3 +638,72 @@ async fn a_failed_backup_hands_its_slot_to_the_next_member() {
     let in_s3 = committed(&s3);
     assert!(recorded.values().all(|(_, id)| in_s3.contains(id)), "{recorded:?} {in_s3:?}");
 }
+
+/// The newest backup's chain of delta segments as `list --json` shows it: (base id, until revision,
+/// broken).
+async fn chain_listed(config: &std::path::Path) -> Option<(String, i64, bool)> {
+    let out = run(config, &["list", "--json"]).await;
+    let rows: Value = serde_json::from_slice(&out.stdout).ok()?;
+    let newest = rows.get(0)?;
+    let chain = newest.get("chain")?;
+    Some((newest["id"].as_str()?.to_string(), chain["until_revision"].as_i64()?, chain.get("broken").is_some()))
+}
+
+/// One member streams the cluster's delta segments; killed, another takes the stream over and goes on
+/// with the same chain from the shared bucket, nothing missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_delta_stream_fails_over_to_another_member_and_goes_on_with_the_chain() {
+    let setup = Setup::new();
+    let s3 = S3::start().await;
+    let (cluster, mut daemons, dirs) = three_daemons(&setup, &s3, |text| {
+        text.replace("cron = \"*/2 * * * * *\"", "cron = \"0 0 1 1 *\"")
+            + "\n[deltas]\nenabled = true\nmax_interval = \"1s\"\n"
+    })
+    .await;
+    let config = dirs[0].join("etcd-backupd.toml");
+    let mut client = cluster[0].client().await;
+    let mut last = 0;
+    for i in 0..10 {
+        last = client.put(format!("/before/{i}"), "x", None).await.unwrap().header().unwrap().revision();
+    }
+    let reaches = |revision: i64| {
+        let config = config.clone();
+        let logs = dirs.iter().map(|d| d.join("daemon.log")).collect::<Vec<_>>();
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(40);
+            loop {
+                if let Some((base, until, broken)) = chain_listed(&config).await {
+                    assert!(!broken, "the chain broke");
+                    if until >= revision {
+                        return base;
+                    }
+                }
+                if std::time::Instant::now() >= deadline {
+                    let logs: Vec<String> =
+                        logs.iter().map(|l| std::fs::read_to_string(l).unwrap_or_default()).collect();
+                    panic!("the chain never reached revision {revision}:\n{}", logs.join("\n-----\n"));
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    let base = reaches(last).await;
+    let streaming: Vec<usize> = (0..3).filter(|i| daemons[*i].log().contains("streaming delta segments")).collect();
+    assert_eq!(streaming.len(), 1, "one member streams for the cluster");
+    let streamer = daemons.remove(streaming[0]);
+    let killed = streamer.kill().await;
+
+    // Changes while no member streams are read again from etcd's history by the next.
+    for i in 0..10 {
+        last = client.put(format!("/after/{i}"), "y", None).await.unwrap().header().unwrap().revision();
+    }
+    let now_base = reaches(last).await;
+    let logs: Vec<String> = daemons.iter().map(|d| d.log()).collect();
+    assert_eq!(now_base, base, "the same chain goes on:\n{}", logs.join("\n-----\n"));
+    let taken_over: Vec<&Daemon> = daemons.iter().filter(|d| d.log().contains("streaming delta segments")).collect();
+    assert_eq!(taken_over.len(), 1, "another member took the stream over; the killed one's log:\n{killed}");
+    for d in daemons {
+        let (status, _, _, log) = d.stop().await;
+        assert!(status.success(), "{log}");
+    }
+}

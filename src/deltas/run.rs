@@ -158,12 +158,15 @@ async fn one_chain(
         Some(last) => Next::after(last).ok_or_else(|| anyhow!("the chain from {base} is at its longest"))?,
         None => Next::first(base.clone(), base_revision),
     };
-    // A chain ahead of etcd's history is not this history (a restored cluster reuses revisions).
-    if next.first_revision.saturating_sub(1) > member.facts.revision {
+    // A chain ahead of etcd's history is not this history (a restored cluster reuses revisions). The
+    // cluster's revision now, by a linearizable read (the chain may be another member's, written while
+    // this one waited for the lock).
+    let now = client.get("\0", Some(etcd_client::GetOptions::new().with_count_only())).await?;
+    let current = now.header().map_or(0, |h| h.revision());
+    if next.first_revision.saturating_sub(1) > current {
         return need(format!(
-            "the chain from {base} reaches revision {}, ahead of etcd's {}: etcd's history is not the chain's",
+            "the chain from {base} reaches revision {}, ahead of etcd's {current}: etcd's history is not the chain's",
             next.first_revision - 1,
-            member.facts.revision
         ));
     }
     tracing::info!(base = %base, segment = %next.id, from_revision = next.first_revision, "streaming delta segments");

@@ -192,16 +192,22 @@ async fn stream_from(
                 return close(client, next, sink, &mut writer, committed).await.err().unwrap_or(Ended::Cancelled);
             }
         };
+        // Every revision received is whole (etcd sends a revision's events in one response): when the
+        // watch ends, what it delivered is committed first, so a member that dies loses only what it
+        // never sent.
         let response = match message {
             Ok(Some(response)) => response,
-            Ok(None) => return Ended::WatchLost("etcd closed the watch".into()),
-            Err(e) => return Ended::WatchLost(e.to_string()),
+            Ok(None) => {
+                return commit_then(client, next, sink, &mut writer, committed, "etcd closed the watch".into()).await;
+            }
+            Err(e) => return commit_then(client, next, sink, &mut writer, committed, e.to_string()).await,
         };
         if response.compact_revision() > 0 {
             return Ended::Compacted { needed: writer_next(&writer, next), compacted: response.compact_revision() };
         }
         if response.canceled() {
-            return Ended::WatchLost(format!("etcd cancelled the watch: {}", response.cancel_reason()));
+            let why = format!("etcd cancelled the watch: {}", response.cancel_reason());
+            return commit_then(client, next, sink, &mut writer, committed, why).await;
         }
         if let Some(header) = response.header() {
             let committed = next.first_revision.saturating_sub(1);
@@ -226,6 +232,21 @@ async fn stream_from(
             }
             deadline = None;
         }
+    }
+}
+
+/// Commits the open segment, then ends with the watch lost (or with why the commit failed).
+async fn commit_then(
+    client: &mut Client,
+    next: &mut Next,
+    sink: &Sink<'_>,
+    writer: &mut Writer,
+    committed: &mut Vec<SegmentManifest>,
+    why: String,
+) -> Ended {
+    match close(client, next, sink, writer, committed).await {
+        Ok(()) => Ended::WatchLost(why),
+        Err(ended) => ended,
     }
 }
 
