@@ -10,6 +10,10 @@
 //!   puts), printing `<unix ms when due> <latency µs> <ok|err>` per put, until killed.
 //! - `plant DIR CLUSTER COUNT`: COUNT committed-looking backups of CLUSTER (manifest and a small
 //!   artifact) in DIR, one a minute up to now, for the prune benchmark.
+//! - `acked ENDPOINT PUTS_PER_SECOND`: puts new keys `/rpo/<n>` at a steady rate, printing
+//!   `<unix ms when acknowledged> <n>` for each put etcd acknowledged, until killed (bench/deltas' RPO).
+//! - `burst ENDPOINT COUNT`: COUNT puts of small values as fast as the member takes them, 64 at a time
+//!   (a long history of revisions in little time).
 
 use std::sync::Arc;
 
@@ -29,12 +33,16 @@ async fn main() {
         Some("fill") => fill(&arg(1), num(2), num(3) as usize).await,
         Some("writer") => writer(&arg(1), num(2)).await,
         Some("plant") => plant(&arg(1), &arg(2), num(3)),
+        Some("acked") => acked(&arg(1), num(2)).await,
+        Some("burst") => burst(&arg(1), num(2)).await,
         _ => usage(),
     }
 }
 
 fn usage() -> ! {
-    eprintln!("usage: bench s3 ROOT PORT | fill ENDPOINT COUNT BYTES | writer ENDPOINT RATE | plant DIR CLUSTER COUNT");
+    eprintln!(
+        "usage: bench s3 ROOT PORT | fill ENDPOINT COUNT BYTES | writer ENDPOINT RATE | plant DIR CLUSTER COUNT | acked ENDPOINT RATE | burst ENDPOINT COUNT"
+    );
     std::process::exit(2)
 }
 
@@ -160,6 +168,54 @@ async fn writer(endpoint: &str, rate: u64) {
             let _ = tx.send((due_ms, due.elapsed().as_micros(), ok));
         });
     }
+}
+
+async fn acked(endpoint: &str, rate: u64) {
+    let client = connect(endpoint).await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(u128, u64)>();
+    tokio::spawn(async move {
+        use std::io::Write;
+        let mut out = std::io::BufWriter::new(std::io::stdout());
+        while let Some((at, n)) = rx.recv().await {
+            let _ = writeln!(out, "{at} {n}");
+            if rx.is_empty() {
+                let _ = out.flush();
+            }
+        }
+    });
+    let mut ticks = tokio::time::interval(Duration::from_nanos(1_000_000_000 / rate.max(1)));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    for n in 0u64.. {
+        ticks.tick().await;
+        let (mut client, tx) = (client.clone(), tx.clone());
+        tokio::spawn(async move {
+            if client.put(format!("/rpo/{n:010}"), "acked", None).await.is_ok() {
+                let at = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis();
+                let _ = tx.send((at, n));
+            }
+        });
+    }
+}
+
+async fn burst(endpoint: &str, count: u64) {
+    let client = connect(endpoint).await;
+    futures::stream::iter(0..count)
+        .map(|n| {
+            let mut client = client.clone();
+            async move {
+                for _ in 0..10 {
+                    if client.put(format!("/burst/{}", n % 10_000), format!("{n}"), None).await.is_ok() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                eprintln!("bench: put {n} failed ten times");
+                std::process::exit(1);
+            }
+        })
+        .buffer_unordered(64)
+        .collect::<Vec<()>>()
+        .await;
 }
 
 fn plant(dir: &str, cluster: &str, count: u64) {
