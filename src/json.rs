@@ -120,6 +120,8 @@ pub struct DrilledChain {
     pub segments: usize,
     pub revision: i64,
     pub keys: u64,
+    /// Whether the keys were compared with the count the stream recorded (it may have none).
+    pub keys_checked: bool,
 }
 
 impl Drill {
@@ -136,6 +138,7 @@ impl Drill {
                     segments: c.segments,
                     revision: c.observed.revision,
                     keys: c.observed.keys,
+                    keys_checked: c.keys_checked,
                 }),
                 duration_ms: Some(r.duration.as_millis() as u64),
                 error: None,

@@ -22,8 +22,10 @@ pub(super) async fn restore_point(
 ) -> Result<(), Failure> {
     let identities = std::sync::Arc::new(crate::crypto::read_identities(identity).map_err(|e| anyhow::anyhow!(e))?);
     target.check()?;
-    // The replay starts a throwaway etcd: found before anything is fetched.
+    // The replay restores the base and starts a throwaway etcd: both tools found before anything is
+    // fetched.
     crate::throwaway::etcd_binary(etcd_bin)?;
+    crate::restore::restore_tool(etcd_bin)?;
     let (destinations, _) = destinations(settings).await;
     let chosen = crate::deltas::point::choose(&destinations, point, settings).await?;
     let scratch = crate::scratch::scratch_dir()?;

@@ -91,6 +91,20 @@ pub enum Uncovered {
 }
 
 impl Chain<'_> {
+    /// How far a restore to `target` through this chain gets, as far as the manifests tell: the target
+    /// revision itself; for a time, the last revision of the last segment it needs if that segment was
+    /// wholly received by then, else that segment's first (a lower bound: its body tells the rest).
+    /// Two chains can both hold a time (the old one streamed on while the next base was uploaded): the
+    /// one that gets further is the one to take.
+    pub fn reach(&self, needed: &[&SegmentManifest], target: Target) -> i64 {
+        match (target, needed.last()) {
+            (Target::Revision(r), _) => r,
+            (Target::Time(_), None) => self.base_revision,
+            (Target::Time(t), Some(last)) if last.last_received <= t => last.last_revision,
+            (Target::Time(_), Some(last)) => last.first_revision,
+        }
+    }
+
     /// The newest revision the chain can restore.
     pub fn end_revision(&self) -> i64 {
         self.segments.last().map_or(self.base_revision, |s| s.last_revision)

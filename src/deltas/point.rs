@@ -45,7 +45,7 @@ pub struct AtPoint {
 /// The newest base whose chain holds `target`, in the first destination (local first) that holds
 /// both; `Err` says what the destinations can restore instead.
 pub async fn choose<'a>(destinations: &'a [Destination], target: Target, settings: &Settings) -> Result<Chosen<'a>> {
-    let mut best: Option<Chosen<'a>> = None;
+    let mut best: Option<((i64, BackupId), Chosen<'a>)> = None;
     let mut reach = Vec::new();
     for holder in destinations {
         let listing = match holder.list().await {
@@ -75,13 +75,15 @@ pub async fn choose<'a>(destinations: &'a [Destination], target: Target, setting
                     continue;
                 }
             };
-            if best.as_ref().is_none_or(|b| stored.manifest.id > b.base.id) {
+            // The chain that gets furthest; of those, the newest base (the least to replay).
+            let rank = (chain.reach(needed, target), stored.manifest.id.clone());
+            if best.as_ref().is_none_or(|(best_rank, _)| rank > *best_rank) {
                 let segments = needed.iter().map(|s| (*s).clone()).collect();
-                best = Some(Chosen { holder, base: stored.manifest.clone(), segments });
+                best = Some((rank, Chosen { holder, base: stored.manifest.clone(), segments }));
             }
         }
     }
-    best.ok_or_else(|| {
+    best.map(|(_, chosen)| chosen).ok_or_else(|| {
         let wanted = match target {
             Target::Revision(r) => format!("revision {r}"),
             Target::Time(t) => format!("{}", t.format("%Y-%m-%d %H:%M:%S UTC")),
@@ -123,17 +125,22 @@ pub async fn restore_to(
     let _ = std::fs::remove_file(&base_file);
     let stop = CancellationToken::new();
     let keeping = tokio::spawn(keep_leases_alive(client.clone(), stop.clone()));
-    let replayed = replay_all(chosen, target, identities, &mut client, cancel).await;
-    let saved = match &replayed {
-        Ok((revision, _)) => save_at(&mut client, *revision, output, keep).await,
-        Err(_) => Ok(0),
+    // Interrupted (SIGINT, SIGTERM), the replay and the saving stop where they are; whatever ends
+    // them, the keepalive and the member go, and nothing is named at `output`.
+    let work = async {
+        let replayed = replay_all(chosen, target, identities, &mut client, cancel).await?;
+        let keys = save_at(&mut client, replayed.0, output, keep).await?;
+        Ok::<_, anyhow::Error>((replayed, keys))
+    };
+    let done = tokio::select! {
+        done = work => done,
+        () = cancel.cancelled() => Err(crate::interrupt::Interrupted.into()),
     };
     // Leases stay alive until the snapshot is taken.
     stop.cancel();
-    let _ = keeping.await;
+    keeping.abort();
     drop(member);
-    let (revision, received) = replayed?;
-    let keys = saved?;
+    let ((revision, received), keys) = done?;
     Ok(AtPoint { base: base.id.clone(), revision, segments: chosen.segments.len(), received, keys })
 }
 
@@ -189,47 +196,55 @@ async fn save_at(client: &mut etcd_client::Client, revision: i64, output: &Path,
         bail!("the replayed member is at revision {at}, not {revision}: something else wrote to it");
     }
     let (mut file, part) = new_file(output)?;
-    let written = async {
-        use std::io::Write;
-        let mut stream = client.snapshot().await.context("cannot read the replayed member's snapshot")?;
-        while let Some(chunk) = stream.message().await.context("the replayed member's snapshot broke off")? {
-            file.write_all(chunk.blob()).with_context(|| format!("cannot write '{}'", output.display()))?;
+    use std::io::Write;
+    let mut stream = client.snapshot().await.context("cannot read the replayed member's snapshot")?;
+    while let Some(chunk) = stream.message().await.context("the replayed member's snapshot broke off")? {
+        file.write_all(chunk.blob()).with_context(|| format!("cannot write '{}'", output.display()))?;
+    }
+    name(&file, part, output, keep)?;
+    Ok(u64::try_from(serving.count()).unwrap_or(0))
+}
+
+/// A `.part` file, removed however its writer ends unless it was named.
+struct Part(Option<PathBuf>);
+
+impl Drop for Part {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            let _ = std::fs::remove_file(path);
         }
-        name(&file, part.as_deref(), output, keep)
     }
-    .await;
-    if written.is_err()
-        && let Some(part) = &part
-    {
-        let _ = std::fs::remove_file(part);
-    }
-    written.map(|()| u64::try_from(serving.count()).unwrap_or(0))
 }
 
 /// A new file for `output`: unnamed in its folder where the file system allows (a killed restore leaves
-/// nothing), else a `.part` beside it.
-fn new_file(output: &Path) -> Result<(std::fs::File, Option<PathBuf>)> {
+/// nothing), else a `.part` beside it (removed if the write ends early, a dropped future included).
+fn new_file(output: &Path) -> Result<(std::fs::File, Part)> {
     match crate::files::unnamed_in(crate::files::folder_of(output)) {
-        Ok(file) => Ok((file, None)),
+        Ok(file) => Ok((file, Part(None))),
         Err(_) => {
             let name = output.file_name().and_then(|n| n.to_str()).context("the output needs a file name")?;
             let part = output.with_file_name(format!(".{name}.part"));
-            Ok((crate::files::create_private(&part)?, Some(part)))
+            Ok((crate::files::create_private(&part)?, Part(Some(part))))
         }
     }
 }
 
 /// Names a complete file `output` (never over an existing one), durable with its folder if asked.
-fn name(file: &std::fs::File, part: Option<&Path>, output: &Path, keep: Keep) -> Result<()> {
+fn name(file: &std::fs::File, part: Part, output: &Path, keep: Keep) -> Result<()> {
     if keep == Keep::Durable {
         file.sync_all().with_context(|| format!("cannot fsync '{}'", output.display()))?;
     }
-    match part {
-        Some(part) => std::fs::rename(part, output).with_context(|| format!("cannot rename '{}'", part.display()))?,
+    match &part.0 {
+        // Linked, never renamed over whatever appeared at `output` meanwhile; the `.part` then goes
+        // with `part`.
+        Some(path) => {
+            std::fs::hard_link(path, output).with_context(|| format!("cannot create '{}'", output.display()))?
+        }
         None => {
             crate::files::link_unnamed(file, output).with_context(|| format!("cannot create '{}'", output.display()))?
         }
     }
+    drop(part);
     if keep == Keep::Durable {
         let folder = crate::files::folder_of(output);
         std::fs::File::open(folder)
@@ -242,14 +257,8 @@ fn name(file: &std::fs::File, part: Option<&Path>, output: &Path, keep: Keep) ->
 /// Copies the base's plain snapshot to a new `output`.
 fn copy_new(from: &Path, output: &Path, keep: Keep) -> Result<()> {
     let (mut file, part) = new_file(output)?;
-    let copied = std::fs::File::open(from)
+    std::fs::File::open(from)
         .and_then(|mut source| std::io::copy(&mut source, &mut file))
-        .with_context(|| format!("cannot write '{}'", output.display()))
-        .and_then(|_| name(&file, part.as_deref(), output, keep));
-    if copied.is_err()
-        && let Some(part) = &part
-    {
-        let _ = std::fs::remove_file(part);
-    }
-    copied
+        .with_context(|| format!("cannot write '{}'", output.display()))?;
+    name(&file, part, output, keep)
 }

@@ -1,6 +1,6 @@
 //! Which delta segments a prune removes: a chain goes with its base, and (with `[deltas] keep_for`)
-//! once its base is that old; a pinned base keeps its whole chain, and the newest base's chain (the one
-//! being written) is never removed. Pure: ids and the time in, decisions out.
+//! once its base is that old; a pinned base keeps its whole chain, and each member's newest base's
+//! chain (the one being written) is never removed. Pure: ids and the time in, decisions out.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -37,7 +37,15 @@ pub fn plan<'a>(
     keep_for: Option<Duration>,
     now: DateTime<Utc>,
 ) -> Vec<(&'a SegmentPair, Why)> {
-    let newest = kept.keys().max();
+    // The chains being written: each member's newest base (member mode streams one per member), never
+    // one dated in the future (a wrong clock, or planted).
+    let mut newest: HashMap<&str, &BackupId> = HashMap::new();
+    for id in kept.keys().filter(|id| !crate::retention::is_future_dated(id, now)) {
+        let entry = newest.entry(id.member()).or_insert(id);
+        if id > *entry {
+            *entry = id;
+        }
+    }
     let oldest = kept.keys().min();
     let expired = |base: &BackupId| {
         keep_for
@@ -48,7 +56,7 @@ pub fn plan<'a>(
         .iter()
         .filter_map(|pair| {
             let base = pair.id.base();
-            if Some(base) == newest || kept.get(base) == Some(&true) {
+            if newest.get(base.member()) == Some(&base) || kept.get(base) == Some(&true) {
                 return None;
             }
             let why = match kept.get(base) {
@@ -123,6 +131,25 @@ mod tests {
         assert!(plan(&segments, &HashMap::new(), None, now()).is_empty());
         let week = Some(Duration::from_secs(7 * 86400));
         assert_eq!(removed(&plan(&segments, &HashMap::new(), week, now())), vec![(11, 1, Why::Expired)]);
+    }
+
+    #[test]
+    fn each_members_newest_chain_stays_and_a_future_dated_base_protects_nothing() {
+        let other = BackupId::parse("20261118T000000Z-r18-b").unwrap();
+        let future = BackupId::parse("20991218T000000Z-r99-a").unwrap();
+        let mut segments: Vec<SegmentPair> = [chain(15, 1), chain(19, 1)].concat();
+        segments.push(SegmentPair {
+            id: SegmentId::new(other.clone(), 1),
+            manifest_name: String::new(),
+            artifacts: vec![],
+        });
+        let kept = HashMap::from([(id(15), false), (id(19), false), (other, false), (future, false)]);
+        let day = Some(Duration::from_secs(86400));
+        assert_eq!(
+            removed(&plan(&segments, &kept, day, now())),
+            vec![(15, 1, Why::Expired)],
+            "day 19 is member a's newest (not the one dated 2099), day 18 member b's"
+        );
     }
 
     #[test]

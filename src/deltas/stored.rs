@@ -12,8 +12,9 @@ use super::segment::{self, Revision};
 use crate::manifest::ClusterName;
 use crate::store::{Ignored, SegmentPair, Store};
 
-/// Writes one segment to `store`: its artifact, then its manifest (the commit). Refused
-/// (`Cause::Exists`) where that segment is already committed: another streamer wrote it.
+/// Writes one segment to `store`: its artifact, then its manifest (the commit). Where that segment is
+/// already committed with the same body (a stream that stopped between two destinations wrote it
+/// before), that is done; with another body it is refused (`Cause::Exists`: another streamer wrote it).
 pub async fn write(
     store: &dyn Store,
     sealed: &Sealed,
@@ -21,7 +22,18 @@ pub async fn write(
     cancel: &CancellationToken,
 ) -> Result<()> {
     store.ready(sealed.artifact.len() as u64).await?;
-    let mut upload = store.begin(&manifest.artifact_name(), &manifest.id.manifest_name()).await?;
+    let begun = store.begin(&manifest.artifact_name(), &manifest.id.manifest_name()).await;
+    let mut upload = match begun {
+        Ok(upload) => upload,
+        Err(e) if crate::errors::cause_of(&e) == Some(crate::errors::Cause::Exists) => {
+            let there = store.read_manifest(&manifest.id.manifest_name()).await.ok();
+            let same = there
+                .and_then(|bytes| SegmentManifest::from_json(&bytes, &manifest.id, &manifest.cluster).ok())
+                .is_some_and(|m| m.body == manifest.body);
+            return if same { Ok(()) } else { Err(e) };
+        }
+        Err(e) => return Err(e),
+    };
     match upload.write(Bytes::from(sealed.artifact.clone())).await {
         Ok(()) => upload.commit(&manifest.to_json(), cancel).await,
         Err(e) => {

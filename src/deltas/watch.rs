@@ -336,7 +336,11 @@ async fn close(
         },
     };
     let never = CancellationToken::new();
-    for store in sink.stores {
+    // The destination chains are continued from (S3 when configured) first: a stream stopped between
+    // two writes goes on from there, and the other is written again (the same body counts as done).
+    let mut stores: Vec<&Destination> = sink.stores.iter().collect();
+    stores.sort_by_key(|s| s.kind() != crate::store::Kind::S3);
+    for store in stores {
         super::stored::write(&**store, &sealed, &manifest, &never)
             .await
             .map_err(|e| failed(e.context(format!("writing to {}", store.kind().title()))))?;

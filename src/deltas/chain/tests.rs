@@ -77,3 +77,19 @@ fn a_restore_needs_the_segments_up_to_the_one_holding_its_target() {
     assert!(matches!(seqs(Target::Time(at(-1))), Err(Uncovered::TimeBeforeBase { .. })));
     assert!(matches!(seqs(Target::Time(at(196))), Err(Uncovered::TimeAfterEnd { .. })));
 }
+
+/// The old chain streamed on while the next base was taken and uploaded: for a time in between, the old
+/// chain gets further than the new base alone.
+#[test]
+fn of_two_chains_holding_a_time_the_one_that_gets_further_is_ranked_higher() {
+    let found: Vec<SegmentManifest> = (1..=3).map(segment).collect();
+    let old = chain_of(&found);
+    let at = |s: i64| base().created() + chrono::Duration::seconds(s);
+    let needed = old.needs(Target::Time(at(150))).unwrap();
+    assert_eq!(old.reach(needed, Target::Time(at(150))), 125, "segment 2 wholly received by then");
+    let needed = old.needs(Target::Time(at(125))).unwrap();
+    assert_eq!(old.reach(needed, Target::Time(at(125))), 116, "segment 2 partly: its first revision at least");
+    let newer = follow(&base(), 130, std::iter::empty());
+    assert_eq!(newer.reach(&[], Target::Time(at(150))), 130);
+    assert_eq!(old.reach(&[], Target::Revision(120)), 120);
+}

@@ -91,10 +91,14 @@ async fn written_segments_list_chain_and_read_back_as_they_were() {
     for (m, revisions) in &folder.written {
         assert_eq!(&read(&folder.store, m, folder.identities.clone()).await.unwrap(), revisions);
     }
-    // A committed segment is never written over.
+    // A committed segment is never written over; written again with the same body, it is done.
     let other = Sealed { artifact: vec![1], sha256: String::new() };
-    let again = write(&folder.store, &other, &folder.written[0].0, &CancellationToken::new()).await;
+    let mut changed = folder.written[0].0.clone();
+    changed.body.sha256 = "cd".repeat(32);
+    let again = write(&folder.store, &other, &changed, &CancellationToken::new()).await;
     assert_eq!(crate::errors::cause_of(&again.unwrap_err()), Some(crate::errors::Cause::Exists));
+    write(&folder.store, &other, &folder.written[0].0, &CancellationToken::new()).await.expect("the same body");
+    assert_eq!(listed(&folder.store).await.0[0], folder.written[0].0, "untouched");
 }
 
 #[tokio::test]
