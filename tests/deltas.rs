@@ -562,3 +562,65 @@ async fn restore_to_a_revision_or_a_time_gives_what_the_cluster_held_then() {
     assert!(stderr(&out).contains(&format!("segment {} of the chain", gone.id.seq())), "{}", stderr(&out));
     assert!(!std::path::Path::new(&file).exists());
 }
+
+/// SIGTERM with a segment open (its interval far off): the segment is committed before the daemon
+/// exits, and the next one started goes on after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_commits_the_open_segment() {
+    let work = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(EtcdVersion::V35);
+    let identity = age_identity(work.path(), "key");
+    let tables = "[schedule]\ncron = \"0 0 1 1 *\"\n[coordination]\nmode = \"member\"\n[deltas]\nenabled = true\nmax_interval = \"30m\"\n";
+    let cfg = write_config(work.path(), &etcd.config_table(), &identity.recipient, "", tables);
+    let daemon = Daemon::start(&cfg).await;
+    daemon.wait_until("the stream", || daemon.log().contains("streaming delta segments")).await;
+    let written = put_some(&etcd, "open", 5).await;
+    tokio::time::sleep(Duration::from_millis(500)).await; // the watch delivers them
+    let (_, base_revision, before, _) = chain_in(work.path()).await.unwrap();
+    assert!(before.is_empty(), "nothing closed yet: the interval is half an hour");
+    let (status, _, _, log) = daemon.stop().await;
+    assert!(status.success(), "{log}");
+    let (_, _, after, broken) = chain_in(work.path()).await.unwrap();
+    assert!(!broken);
+    assert_eq!(
+        (after.len(), after[0].first_revision, after[0].last_revision),
+        (1, base_revision + 1, written),
+        "{log}"
+    );
+}
+
+/// A pinned backup keeps its whole chain when retention removes the backups around it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pinned_backup_keeps_its_chain() {
+    let work = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(EtcdVersion::V35);
+    let identity = age_identity(work.path(), "key");
+    let tables = "[schedule]\ncron = \"0 0 1 1 *\"\n[coordination]\nmode = \"member\"\n[deltas]\nenabled = true\nmax_interval = \"1s\"\n";
+    let cfg =
+        write_config(work.path(), &etcd.config_table(), &identity.recipient, "retention = { keep_last = 1 }", tables);
+    let daemon = Daemon::start(&cfg).await;
+    let kept = chain_reaches(work.path(), put_some(&etcd, "a", 5).await, &daemon).await;
+    let pinned = kept[0].id.base().clone();
+    let out = run(&cfg, &["pin", &pinned.to_string(), "--wait", "30s"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    daemon.signal(nix::sys::signal::Signal::SIGUSR1);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while chain_in(work.path()).await.is_none_or(|(base, ..)| base == pinned) {
+        assert!(std::time::Instant::now() < deadline, "no new base; log:\n{}", daemon.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    chain_reaches(work.path(), put_some(&etcd, "b", 5).await, &daemon).await;
+    daemon.stop().await;
+    let out = run(&cfg, &["prune"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let store = LocalStore::new(&work.path().join("backups"), &ClusterName::default());
+    let listing = store.list().await.unwrap();
+    let (segments, _) = read_all(&store, &listing.segments, &ClusterName::default()).await;
+    // Every segment of the pinned chain (the stream may have added some before the new base was recorded).
+    let still: Vec<_> = segments.iter().filter(|s| s.id.base() == &pinned).map(|s| s.id.clone()).collect();
+    let before: Vec<_> = kept.iter().map(|s| s.id.clone()).collect();
+    assert!(still.len() >= before.len() && still[..before.len()] == before[..], "{still:?}");
+    let base = listing.backups.iter().find(|b| b.manifest.id == pinned).expect("the pinned backup stays");
+    let chain = follow(&pinned, base.manifest.snapshot.status.as_ref().unwrap().served_revision(), &segments);
+    assert_eq!((chain.segments.len(), chain.broken), (still.len(), None));
+}
