@@ -60,11 +60,11 @@ async fn drill_chain(
 ) -> Result<Option<ChainDrill>> {
     let Some(status) = &base.snapshot.status else { return Ok(None) };
     let listing = holder.list().await?;
-    let pairs: Vec<_> = listing.segments.iter().filter(|p| p.id.base() == &base.id).cloned().collect();
-    if pairs.is_empty() {
+    if !listing.segments.iter().any(|p| p.id.base() == &base.id) {
         return Ok(None);
     }
-    let (segments, rejected) = crate::deltas::stored::read_all(&**holder, &pairs, &settings.cluster).await;
+    let (segments, rejected) =
+        crate::deltas::stored::read_chain(&**holder, &listing.segments, &base.id, &settings.cluster).await;
     // A segment manifest of this chain that does not check out is a fault of the chain, wherever it is.
     if let Some((name, why)) = rejected.first() {
         bail!("the chain of {} holds a segment whose manifest does not check out: {name}: {why}", base.id);

@@ -14,7 +14,7 @@ use etcd_backupd::crypto::PublicKey;
 use etcd_backupd::deltas::chain::{Target, follow};
 use etcd_backupd::deltas::replay::{keep_leases_alive, replay};
 use etcd_backupd::deltas::stored::{read, read_all};
-use etcd_backupd::deltas::watch::{Ended, Next, Sink, stream};
+use etcd_backupd::deltas::watch::{Ended, Next, Report, Sink, stream};
 use etcd_backupd::manifest::{BackupId, ClusterName, Compression};
 use etcd_backupd::store::local::LocalStore;
 use etcd_backupd::store::{Destination, Store};
@@ -77,6 +77,8 @@ async fn a_chain_restores_every_revision_with_the_original_numbers(version: Etcd
     let identity = age::x25519::Identity::generate();
     let public = PublicKey::parse(&identity.to_public().to_string()).unwrap();
     let stores = vec![Destination::Local(LocalStore::new(&work.path().join("backups"), &ClusterName::default()))];
+    // What the stream says it committed, to compare with what the store holds.
+    let (reports, mut reported) = tokio::sync::mpsc::unbounded_channel();
     let sink = Sink {
         stores: &stores,
         cluster: ClusterName::default(),
@@ -87,7 +89,7 @@ async fn a_chain_restores_every_revision_with_the_original_numbers(version: Etcd
         cluster_id: cluster_id_hex(&etcd),
         max_interval: Duration::from_millis(300),
         max_size: 8 * 1024,
-        report: None,
+        report: Some(reports),
     };
     let cancel = CancellationToken::new();
     let streaming = {
@@ -141,16 +143,22 @@ async fn a_chain_restores_every_revision_with_the_original_numbers(version: Etcd
         cancel.cancel();
         made
     };
-    let (streamed, made) = tokio::join!(streaming, writes);
-    assert!(matches!(streamed.ended, Ended::Cancelled), "{}", streamed.ended);
+    let (ended, made) = tokio::join!(streaming, writes);
+    assert!(matches!(ended, Ended::Cancelled), "{ended}");
     let end = *made.last().unwrap();
-    assert!(streamed.committed.len() >= 3, "closed on size and on time: {}", streamed.committed.len());
+    let mut streamed = Vec::new();
+    while let Ok(report) = reported.try_recv() {
+        if let Report::Committed(m) = report {
+            streamed.push(*m);
+        }
+    }
+    assert!(streamed.len() >= 3, "closed on size and on time: {}", streamed.len());
 
     // Read back from the store as a restore does: listed, checked, chained.
     let listing = stores[0].list().await.unwrap();
     let (committed, ignored) = read_all(&*stores[0], &listing.segments, &ClusterName::default()).await;
     assert!(ignored.is_empty(), "{ignored:?}");
-    assert_eq!(committed, streamed.committed);
+    assert_eq!(committed, streamed);
     let chain = follow(&base, base_revision, &committed);
     assert_eq!((chain.broken.clone(), chain.end_revision()), (None, end), "every revision up to the last write");
     let live_keys = committed.last().unwrap().live_keys;

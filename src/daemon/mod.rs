@@ -177,7 +177,7 @@ pub async fn run(config_path: PathBuf, settings: Settings) -> Result<()> {
                                 settings = new;
                                 // The stream follows the new [deltas], destinations and recipients; the
                                 // new one starts once the old one committed its open segment.
-                                deltas = restart_deltas(deltas.take(), &settings, &signals);
+                                deltas = restart_deltas(Some(deltas), &settings, &signals);
                                 Event::Reloaded
                             }
                             Err(e) => {
@@ -226,7 +226,7 @@ pub async fn run(config_path: PathBuf, settings: Settings) -> Result<()> {
 
     notifier.stopping();
     // The open delta segment is committed before the stream stops.
-    stop_deltas(deltas.take()).await;
+    stop_deltas(deltas).await;
     if let Some(mut d) = drilling.take() {
         // The drill stops its throwaway etcd and removes its files; it proved nothing, and is not recorded.
         tracing::info!("stopping: stopping the running drill");
@@ -265,8 +265,8 @@ type Deltas = (JoinHandle<()>, CancellationToken);
 
 /// Stops the running delta stream, if any, and starts one for `settings` (if `[deltas]` is on) once
 /// the old one has committed its open segment: the loop does not wait for it.
-fn restart_deltas(old: Option<Deltas>, settings: &Settings, signals: &crate::deltas::run::Signals) -> Option<Deltas> {
-    let stopping = old.map(|old| tokio::spawn(stop_deltas(Some(old))));
+fn restart_deltas(old: Option<Deltas>, settings: &Settings, signals: &crate::deltas::run::Signals) -> Deltas {
+    let stopping = old.map(|old| tokio::spawn(stop_deltas(old)));
     let deltas = settings.deltas.clone();
     let cancel = CancellationToken::new();
     let (settings, signals, token) = (settings.clone(), signals.clone(), cancel.clone());
@@ -278,12 +278,11 @@ fn restart_deltas(old: Option<Deltas>, settings: &Settings, signals: &crate::del
             crate::deltas::run::run(settings, deltas, signals, token).await;
         }
     });
-    Some((task, cancel))
+    (task, cancel)
 }
 
 /// Stops the delta stream, letting it commit its open segment (for at most a minute).
-async fn stop_deltas(deltas: Option<Deltas>) {
-    let Some((mut task, cancel)) = deltas else { return };
+async fn stop_deltas((mut task, cancel): Deltas) {
     cancel.cancel();
     if tokio::time::timeout(Duration::from_secs(60), &mut task).await.is_err() {
         tracing::warn!("stopping: the delta stream did not commit its open segment within a minute");

@@ -13,7 +13,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::chain::follow;
-use super::stored::read_all;
+use super::stored::read_chain;
 use super::watch::{Ended, Next, Sink, stream};
 use crate::config::{CoordinationMode, DeltasSettings, Settings};
 use crate::manifest::BackupId;
@@ -145,8 +145,7 @@ async fn one_chain(
             "the newest backup, {base}, is of cluster {base_cluster}, not of this one ({cluster_id})"
         ));
     }
-    let pairs: Vec<_> = listing.segments.iter().filter(|p| p.id.base() == &base).cloned().collect();
-    let (segments, _) = read_all(&**home, &pairs, &settings.cluster).await;
+    let (segments, _) = read_chain(&**home, &listing.segments, &base, &settings.cluster).await;
     let chain = follow(&base, base_revision, &segments);
     if let Some(broken) = chain.broken {
         return need(broken.to_string());
@@ -201,13 +200,13 @@ async fn one_chain(
     };
     let never = CancellationToken::new();
     let lost = held.as_ref().map_or(&never, |h| &h.lost);
-    let streamed = stream(&mut client, next, &sink, &stop, lost).await;
+    let ended = stream(&mut client, next, &sink, &stop, lost).await;
     // The record of the last commit is written before the chain's end is acted on.
     drop(sink);
     let _ = tokio::time::timeout(Duration::from_secs(5), recording.finish()).await;
     drop(new_base);
     drop(held);
-    Ok(match streamed.ended {
+    Ok(match ended {
         Ended::Cancelled if cancel.is_cancelled() => Outcome::Stopped,
         Ended::Cancelled => Outcome::NewBase,
         ended @ (Ended::LockLost | Ended::WatchLost(_) | Ended::Unanswered(_)) => Outcome::Retry(ended.to_string()),
@@ -285,12 +284,12 @@ async fn record(
             }
             for report in batch {
                 match report {
-                    Report::Committed { segment, last_revision, closed, bytes } => {
-                        d.segment = segment.to_string();
-                        d.last_revision = last_revision;
-                        d.covered_until = Some(closed);
+                    Report::Committed(m) => {
+                        d.segment = m.id.to_string();
+                        d.last_revision = m.last_revision;
+                        d.covered_until = Some(m.closed);
                         d.segments += 1;
-                        d.bytes += bytes;
+                        d.bytes += m.artifact.size;
                     }
                     Report::Heard { revision, committed, at } => {
                         d.lag_revisions = (revision - committed).max(0);

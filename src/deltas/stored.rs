@@ -64,6 +64,18 @@ pub async fn read_all(
     (committed, ignored)
 }
 
+/// The committed segments of `base`'s chain among a listing's, in id order; those whose manifest does
+/// not check out, with why.
+pub async fn read_chain(
+    store: &dyn Store,
+    pairs: &[SegmentPair],
+    base: &crate::manifest::BackupId,
+    cluster: &ClusterName,
+) -> (Vec<SegmentManifest>, Vec<Ignored>) {
+    let of_base: Vec<SegmentPair> = pairs.iter().filter(|p| p.id.base() == base).cloned().collect();
+    read_all(store, &of_base, cluster).await
+}
+
 /// A segment manifest read back, checked against its name, its folder's cluster and the artifact found
 /// beside it (the one its id and compression name, at the size it records).
 pub fn accept(bytes: &[u8], pair: &SegmentPair, cluster: &ClusterName) -> Result<SegmentManifest, String> {

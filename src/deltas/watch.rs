@@ -71,18 +71,10 @@ pub struct Sink<'a> {
 /// What the stream tells whoever keeps its record.
 #[derive(Debug, Clone)]
 pub enum Report {
-    Committed {
-        segment: SegmentId,
-        last_revision: i64,
-        closed: chrono::DateTime<Utc>,
-        bytes: u64,
-    },
+    /// A segment committed to every destination.
+    Committed(Box<SegmentManifest>),
     /// etcd is at `revision`; the chain has committed up to `committed`.
-    Heard {
-        revision: i64,
-        committed: i64,
-        at: chrono::DateTime<Utc>,
-    },
+    Heard { revision: i64, committed: i64, at: chrono::DateTime<Utc> },
 }
 
 impl Sink<'_> {
@@ -120,25 +112,18 @@ pub enum Ended {
     Unanswered(String),
 }
 
-/// What the chain reached: the last committed segment (if one was committed) and why it ended.
-pub struct Streamed {
-    pub committed: Vec<SegmentManifest>,
-    pub ended: Ended,
-}
-
 /// Streams the chain from `next` until `stop` (the open segment is committed first), `lost` (the
 /// cluster's stream lock: nothing more is committed), or it cannot go on. Commits are never cancelled
-/// half-way: a segment is committed to every destination or its chain ends.
+/// half-way: a segment is committed to every destination or its chain ends. Each commit is reported
+/// to the sink (nothing is kept here: a chain can run for days).
 pub async fn stream(
     client: &mut Client,
     mut next: Next,
     sink: &Sink<'_>,
     stop: &CancellationToken,
     lost: &CancellationToken,
-) -> Streamed {
-    let mut committed = Vec::new();
-    let ended = stream_from(client, &mut next, sink, stop, lost, &mut committed).await;
-    Streamed { committed, ended }
+) -> Ended {
+    stream_from(client, &mut next, sink, stop, lost).await
 }
 
 /// How long one question to etcd besides the watch may take.
@@ -150,7 +135,6 @@ async fn stream_from(
     sink: &Sink<'_>,
     cancel: &CancellationToken,
     lost: &CancellationToken,
-    committed: &mut Vec<SegmentManifest>,
 ) -> Ended {
     let options = WatchOptions::new().with_all_keys().with_start_revision(next.first_revision).with_progress_notify();
     let mut watch = match client.watch("\0", Some(options)).await {
@@ -174,7 +158,7 @@ async fn stream_from(
         let message = tokio::select! {
             message = watch.message() => message,
             () = due => {
-                if let Err(ended) = close(client, next, sink, &mut writer, committed).await {
+                if let Err(ended) = close(client, next, sink, &mut writer).await {
                     return ended;
                 }
                 deadline = None;
@@ -189,7 +173,7 @@ async fn stream_from(
             }
             () = cancel.cancelled() => {
                 // What was received is committed before stopping: nothing the watch saw is lost.
-                return close(client, next, sink, &mut writer, committed).await.err().unwrap_or(Ended::Cancelled);
+                return close(client, next, sink, &mut writer).await.err().unwrap_or(Ended::Cancelled);
             }
         };
         // Every revision received is whole (etcd sends a revision's events in one response): when the
@@ -198,16 +182,16 @@ async fn stream_from(
         let response = match message {
             Ok(Some(response)) => response,
             Ok(None) => {
-                return commit_then(client, next, sink, &mut writer, committed, "etcd closed the watch".into()).await;
+                return commit_then(client, next, sink, &mut writer, "etcd closed the watch".into()).await;
             }
-            Err(e) => return commit_then(client, next, sink, &mut writer, committed, e.to_string()).await,
+            Err(e) => return commit_then(client, next, sink, &mut writer, e.to_string()).await,
         };
         if response.compact_revision() > 0 {
             return Ended::Compacted { needed: writer_next(&writer, next), compacted: response.compact_revision() };
         }
         if response.canceled() {
             let why = format!("etcd cancelled the watch: {}", response.cancel_reason());
-            return commit_then(client, next, sink, &mut writer, committed, why).await;
+            return commit_then(client, next, sink, &mut writer, why).await;
         }
         if let Some(header) = response.header() {
             let committed = next.first_revision.saturating_sub(1);
@@ -227,7 +211,7 @@ async fn stream_from(
             deadline = Some(tokio::time::Instant::now() + sink.max_interval);
         }
         if writer.len() as u64 >= sink.max_size {
-            if let Err(ended) = close(client, next, sink, &mut writer, committed).await {
+            if let Err(ended) = close(client, next, sink, &mut writer).await {
                 return ended;
             }
             deadline = None;
@@ -236,15 +220,8 @@ async fn stream_from(
 }
 
 /// Commits the open segment, then ends with the watch lost (or with why the commit failed).
-async fn commit_then(
-    client: &mut Client,
-    next: &mut Next,
-    sink: &Sink<'_>,
-    writer: &mut Writer,
-    committed: &mut Vec<SegmentManifest>,
-    why: String,
-) -> Ended {
-    match close(client, next, sink, writer, committed).await {
+async fn commit_then(client: &mut Client, next: &mut Next, sink: &Sink<'_>, writer: &mut Writer, why: String) -> Ended {
+    match close(client, next, sink, writer).await {
         Ok(()) => Ended::WatchLost(why),
         Err(ended) => ended,
     }
@@ -291,13 +268,7 @@ async fn new_leases(client: &mut Client, revision: &Revision, seen: &mut HashSet
 
 /// Commits the open segment, if any, to every destination (never cancelled half-way); the chain then
 /// goes on after it.
-async fn close(
-    client: &mut Client,
-    next: &mut Next,
-    sink: &Sink<'_>,
-    writer: &mut Writer,
-    committed: &mut Vec<SegmentManifest>,
-) -> Result<(), Ended> {
+async fn close(client: &mut Client, next: &mut Next, sink: &Sink<'_>, writer: &mut Writer) -> Result<(), Ended> {
     if writer.is_empty() {
         return Ok(());
     }
@@ -354,15 +325,9 @@ async fn close(
         bytes = manifest.artifact.size,
         "delta segment committed"
     );
-    sink.tell(Report::Committed {
-        segment: manifest.id.clone(),
-        last_revision: manifest.last_revision,
-        closed: manifest.closed,
-        bytes: manifest.artifact.size,
-    });
     *next = Next::after(&manifest).ok_or_else(|| failed(anyhow::anyhow!("the chain is at its longest")))?;
     *writer = Writer::starting_at(next.first_revision);
-    committed.push(manifest);
+    sink.tell(Report::Committed(Box::new(manifest)));
     Ok(())
 }
 
