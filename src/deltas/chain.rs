@@ -28,6 +28,9 @@ pub struct Chain<'a> {
     pub base: BackupId,
     /// The revision the base snapshot holds.
     pub base_revision: i64,
+    /// When the base's snapshot had surely been read: its backup's end (`taken_by`); its id's time
+    /// until told. A time before it may be before the snapshot's revision: the base does not hold it.
+    pub base_taken: DateTime<Utc>,
     /// Segments 1, 2, … in order, each continuing the one before.
     pub segments: Vec<&'a SegmentManifest>,
     /// Where the chain stops short of a segment that was found, if it does.
@@ -44,7 +47,8 @@ pub fn follow<'a>(
     let mut found: Vec<&SegmentManifest> = found.into_iter().filter(|m| m.id.base() == base).collect();
     found.sort_by_key(|m| m.id.seq());
     found.dedup_by_key(|m| m.id.seq());
-    let mut chain = Chain { base: base.clone(), base_revision, segments: Vec::new(), broken: None };
+    let mut chain =
+        Chain { base: base.clone(), base_revision, base_taken: base.created(), segments: Vec::new(), broken: None };
     for m in found {
         let seq = chain.segments.len() as u32 + 1;
         let base = base.clone();
@@ -91,6 +95,18 @@ pub enum Uncovered {
 }
 
 impl Chain<'_> {
+    /// The chain, its base's snapshot read by `manifest`'s end: its start plus its duration (the id's
+    /// time is the start, to the second, and the snapshot is read after it). Read back from a store:
+    /// a time past the representable ones is never reached.
+    pub fn taken_by(mut self, manifest: &crate::manifest::Manifest) -> Self {
+        let duration = i64::try_from(manifest.duration_ms).unwrap_or(i64::MAX);
+        self.base_taken = chrono::Duration::try_milliseconds(duration)
+            .and_then(|d| manifest.created.checked_add_signed(d))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC)
+            .max(self.base.created());
+        self
+    }
+
     /// How far a restore to `target` through this chain gets, as far as the manifests tell: the target
     /// revision itself; for a time, the last revision of the last segment it needs if that segment was
     /// wholly received by then, else that segment's first (a lower bound: its body tells the rest).
@@ -111,9 +127,9 @@ impl Chain<'_> {
     }
 
     /// Until when the chain is known to hold every change: its last segment's close (the watch had
-    /// seen everything until then), or the base's id time without segments.
+    /// seen everything until then), or, without segments, when the base's snapshot had surely been read.
     pub fn end_time(&self) -> DateTime<Utc> {
-        self.segments.last().map_or(self.base.created(), |s| s.closed)
+        self.segments.last().map_or(self.base_taken, |s| s.closed)
     }
 
     /// The segments a restore to `target` replays (a prefix of the chain; the last one may be
@@ -127,8 +143,8 @@ impl Chain<'_> {
             }
             Target::Revision(target) if target > end => return Err(Uncovered::AfterEnd { target, end }),
             Target::Revision(target) => self.segments.iter().take_while(|s| s.first_revision <= target).count(),
-            Target::Time(target) if target < self.base.created() => {
-                return Err(Uncovered::TimeBeforeBase { target, base_taken: self.base.created() });
+            Target::Time(target) if target < self.base_taken => {
+                return Err(Uncovered::TimeBeforeBase { target, base_taken: self.base_taken });
             }
             Target::Time(target) if target > self.end_time() => {
                 return Err(Uncovered::TimeAfterEnd { target, end: self.end_time() });
@@ -136,6 +152,25 @@ impl Chain<'_> {
             Target::Time(target) => self.segments.iter().take_while(|s| s.first_received <= target).count(),
         };
         Ok(&self.segments[..count])
+    }
+
+    /// `needs`, and also a time after the chain's end that a later backup proves nothing changed
+    /// until: one taken at or after `target` holding the revision the chain ends at (a quiet cluster
+    /// makes no revisions, so no segments). `later`: when each other backup of the same cluster began
+    /// (its snapshot was read after) and the revision its snapshot holds.
+    pub fn needs_until(
+        &self,
+        target: Target,
+        later: &[(DateTime<Utc>, i64)],
+    ) -> Result<&[&SegmentManifest], Uncovered> {
+        match self.needs(target) {
+            Err(Uncovered::TimeAfterEnd { target, .. })
+                if later.iter().any(|&(taken, revision)| taken >= target && revision == self.end_revision()) =>
+            {
+                Ok(&self.segments[..])
+            }
+            needed => needed,
+        }
     }
 }
 

@@ -81,7 +81,7 @@ fn chains(
         .iter()
         .filter_map(|b| {
             let base_revision = b.manifest.snapshot.status.as_ref()?.served_revision();
-            let chain = crate::deltas::chain::follow(&b.manifest.id, base_revision, segments);
+            let chain = crate::deltas::chain::follow(&b.manifest.id, base_revision, segments).taken_by(&b.manifest);
             let found = segments.iter().any(|s| s.id.base() == &b.manifest.id);
             found.then(|| {
                 let reach = ChainReach {

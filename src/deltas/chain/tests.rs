@@ -93,3 +93,51 @@ fn of_two_chains_holding_a_time_the_one_that_gets_further_is_ranked_higher() {
     assert_eq!(newer.reach(&[], Target::Time(at(150))), 130);
     assert_eq!(old.reach(&[], Target::Revision(120)), 120);
 }
+
+/// A quiet cluster: no change after the chain's last segment, and the next backup holds the revision
+/// the chain ends at. A time in between is the chain's end; without such a backup it is held by none.
+#[test]
+fn a_time_after_a_chain_is_its_end_when_a_later_backup_shows_nothing_changed() {
+    let found: Vec<SegmentManifest> = (1..=3).map(segment).collect();
+    let chain = chain_of(&found);
+    let at = |s: i64| base().created() + chrono::Duration::seconds(s);
+    let needed = |later: &[(DateTime<Utc>, i64)]| chain.needs_until(Target::Time(at(500)), later).map(|s| s.len());
+    assert_eq!(needed(&[(at(600), 135)]), Ok(3));
+    assert_eq!(needed(&[(at(500), 135)]), Ok(3), "taken at that very time");
+    assert!(matches!(needed(&[(at(600), 136)]), Err(Uncovered::TimeAfterEnd { .. })), "something changed");
+    assert!(matches!(needed(&[(at(400), 135)]), Err(Uncovered::TimeAfterEnd { .. })), "taken before it");
+    assert!(matches!(needed(&[]), Err(Uncovered::TimeAfterEnd { .. })));
+    // Within the chain, and for revisions, as `needs`.
+    let later = [(at(600), 135)];
+    for target in [Target::Time(at(150)), Target::Time(at(-1)), Target::Revision(120), Target::Revision(136)] {
+        assert_eq!(chain.needs_until(target, &later), chain.needs(target), "{target:?}");
+    }
+    assert_eq!(chain.reach(chain.needs_until(Target::Time(at(500)), &later).unwrap(), Target::Time(at(500))), 135);
+    // A chain without segments: the base itself.
+    let alone = chain_of(&[]);
+    assert_eq!(alone.needs_until(Target::Time(at(500)), &[(at(600), 105)]).map(|s| s.len()), Ok(0));
+}
+
+/// A backup's id is its start, to the second; its snapshot is read after, by its end. A time before that
+/// end may be before the snapshot's revision: the base does not hold it (an older chain that streamed
+/// through it does), however far the base's revision reaches.
+#[test]
+fn a_base_holds_no_time_before_its_backup_ended() {
+    let mut manifest = crate::manifest::tests::sample();
+    manifest.id = base();
+    manifest.created = base().created() + chrono::Duration::milliseconds(700);
+    manifest.duration_ms = 90_000;
+    let chain = follow(&base(), 105, std::iter::empty()).taken_by(&manifest);
+    let at = |ms: i64| base().created() + chrono::Duration::milliseconds(ms);
+    for before in [0, 500, 90_699] {
+        assert!(matches!(chain.needs(Target::Time(at(before))), Err(Uncovered::TimeBeforeBase { .. })), "{before}");
+    }
+    assert_eq!(chain.needs(Target::Time(at(90_700))).map(|s| s.len()), Ok(0));
+    assert_eq!(chain.end_time(), at(90_700));
+    assert_eq!(chain.needs(Target::Revision(105)).map(|s| s.len()), Ok(0), "revisions are what they are");
+    // A manifest read back from a store that says its backup never ended: it holds no time.
+    manifest.duration_ms = u64::MAX;
+    let chain = follow(&base(), 105, std::iter::empty()).taken_by(&manifest);
+    assert_eq!(chain.base_taken, DateTime::<Utc>::MAX_UTC);
+    assert!(matches!(chain.needs(Target::Time(at(10_000_000_000))), Err(Uncovered::TimeBeforeBase { .. })));
+}
