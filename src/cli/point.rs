@@ -33,25 +33,27 @@ pub(super) async fn restore_point(
         RestoreTarget::File(file) => (file.clone(), Keep::Durable),
         RestoreTarget::DataDir(..) => (scratch.path().join("point.db"), Keep::Scratch),
     };
-    tracing::info!(base = %chosen.base.id, segments = chosen.segments.len(), from = %chosen.holder.kind(), "restoring to a point");
-    let work = tempfile::Builder::new().prefix("point-").tempdir_in(scratch.path()).map_err(anyhow::Error::from)?;
-    let at = crate::deltas::point::restore_to(
+    let restored = crate::deltas::point::restore_first_good(
         &chosen,
         point,
         &identities,
         settings,
         etcd_bin,
-        work.path(),
+        scratch.path(),
         &snapshot,
         keep,
         cancel,
     )
     .await?;
-    drop(work);
+    for failed in &restored.failed {
+        out!("could not restore through {failed}");
+    }
+    let at = restored.at;
+    let from = restored.through.holder.kind();
     let received =
         at.received.map_or(String::new(), |t| format!(", received {}", t.format("%Y-%m-%d %H:%M:%S%.3f UTC")));
     let how = format!(
-        "revision {} (backup {} and {} delta segment{}{received})",
+        "revision {} (backup {} and {} delta segment{} from {from}{received})",
         at.revision,
         at.base,
         at.segments,
@@ -65,16 +67,13 @@ pub(super) async fn restore_point(
                 "its revision numbers are the original's: `etcdutl snapshot restore {}` checks its hash",
                 file.display()
             );
+            super::prove::kubernetes_hint();
         }
         RestoreTarget::DataDir(dir, flags, tool_dir) => {
             let bump = crate::restore::restore_into(&snapshot, &dir, &flags, tool_dir.as_deref(), cancel)?;
             let _ = std::fs::remove_file(&snapshot);
             out!("restored {how} into {}", dir.display());
-            if let crate::restore::Bump::Raised(by) = bump {
-                out!(
-                    "the revision is raised by {by} and marked compacted, as for any restore (--no-bump-revision keeps it)"
-                );
-            }
+            super::prove::tell_bump(&bump, at.revision);
         }
     }
     Ok(())

@@ -185,32 +185,13 @@ pub(super) async fn restore(
                 file.display()
             );
             out!("it is exactly what etcd sent: `etcdutl snapshot restore {}` checks its hash", file.display());
-            out!(
-                "under Kubernetes, add `--bump-revision {} --mark-compacted` (etcdutl 3.5.10+) so that watch caches start over",
-                crate::restore::DEFAULT_BUMP
-            );
+            kubernetes_hint();
         }
         RestoreTarget::DataDir(dir, flags, etcd_bin) => {
             let bump = crate::restore::restore_into(&snapshot, &dir, &flags, etcd_bin.as_deref(), cancel)?;
             let _ = std::fs::remove_file(&snapshot);
             out!("restored {} (revision {}) into {}", m.id, m.etcd.revision, dir.display());
-            match bump {
-                crate::restore::Bump::Raised(by) => out!(
-                    "the revision is raised by {by} to {} and marked compacted: Kubernetes' watch caches and \
-                     informers will list afresh rather than serve what they held",
-                    m.etcd.revision.saturating_add(i64::try_from(by).unwrap_or(i64::MAX))
-                ),
-                crate::restore::Bump::Unsupported(tool) => out!(
-                    "warning: {} does not offer --bump-revision and --mark-compacted (etcd 3.5.10 added them): \
-                     the restored revision is the snapshot's, {}, lower than what the API servers and their \
-                     clients last saw, so their watch caches may keep serving stale objects. Restart every \
-                     kube-apiserver and every controller after etcd is back, or restore again with a newer \
-                     etcdutl (--etcd-bin); --no-bump-revision silences this where no Kubernetes uses this etcd",
-                    tool.display(),
-                    m.etcd.revision
-                ),
-                crate::restore::Bump::Off => {}
-            }
+            tell_bump(&bump, m.etcd.revision);
             if procedure.is_none() {
                 generic_next_steps(&m, &flags, &dir);
             }
@@ -234,4 +215,32 @@ fn generic_next_steps(m: &crate::manifest::Manifest, flags: &crate::restore::Mem
     out!("  2. stop etcd");
     out!("  3. move the old data dir aside and put {} in its place (keep owner and mode 0700)", dir.display());
     out!("  4. start etcd and check `etcdctl endpoint status`, then start the API servers");
+}
+
+/// Says what became of the revision of a data dir restored from a snapshot at `revision`.
+pub(super) fn tell_bump(bump: &crate::restore::Bump, revision: i64) {
+    match bump {
+        crate::restore::Bump::Raised(by) => out!(
+            "the revision is raised by {by} to {} and marked compacted: Kubernetes' watch caches and \
+             informers will list afresh rather than serve what they held",
+            revision.saturating_add(i64::try_from(*by).unwrap_or(i64::MAX))
+        ),
+        crate::restore::Bump::Unsupported(tool) => out!(
+            "warning: {} does not offer --bump-revision and --mark-compacted (etcd 3.5.10 added them): \
+             the restored revision is the snapshot's, {revision}, lower than what the API servers and their \
+             clients last saw, so their watch caches may keep serving stale objects. Restart every \
+             kube-apiserver and every controller after etcd is back, or restore again with a newer \
+             etcdutl (--etcd-bin); --no-bump-revision silences this where no Kubernetes uses this etcd",
+            tool.display()
+        ),
+        crate::restore::Bump::Off => {}
+    }
+}
+
+/// For a snapshot file: what a restore of it under Kubernetes needs.
+pub(super) fn kubernetes_hint() {
+    out!(
+        "under Kubernetes, add `--bump-revision {} --mark-compacted` (etcdutl 3.5.10+) so that watch caches start over",
+        crate::restore::DEFAULT_BUMP
+    );
 }

@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
@@ -42,10 +42,15 @@ pub struct AtPoint {
     pub keys: u64,
 }
 
-/// The newest base whose chain holds `target`, in the first destination (local first) that holds
-/// both; `Err` says what the destinations can restore instead.
-pub async fn choose<'a>(destinations: &'a [Destination], target: Target, settings: &Settings) -> Result<Chosen<'a>> {
-    let mut best: Option<((i64, BackupId), Chosen<'a>)> = None;
+/// The chains that hold `target`, best first: the one that gets furthest, then the newest base, then
+/// the destinations in order (local first), so that a copy that fails falls back to the next. `Err`
+/// says what the destinations can restore instead.
+pub async fn choose<'a>(
+    destinations: &'a [Destination],
+    target: Target,
+    settings: &Settings,
+) -> Result<Vec<Chosen<'a>>> {
+    let mut held = Vec::new();
     let mut reach = Vec::new();
     for holder in destinations {
         let listing = match holder.list().await {
@@ -56,10 +61,22 @@ pub async fn choose<'a>(destinations: &'a [Destination], target: Target, setting
             }
         };
         let (segments, _) = read_all(&**holder, &listing.segments, &settings.cluster).await;
+        // When each backup began (its snapshot was read after), the revision it holds, and of which
+        // cluster.
+        let taken: Vec<_> = listing
+            .backups
+            .iter()
+            .filter_map(|b| {
+                let revision = b.manifest.snapshot.status.as_ref()?.served_revision();
+                Some((b.manifest.created, revision, b.manifest.etcd.cluster_id.to_ascii_lowercase()))
+            })
+            .collect();
         for stored in &listing.backups {
             let Some(status) = &stored.manifest.snapshot.status else { continue };
-            let chain = follow(&stored.manifest.id, status.served_revision(), &segments);
-            let needed = match chain.needs(target) {
+            let chain = follow(&stored.manifest.id, status.served_revision(), &segments).taken_by(&stored.manifest);
+            let cluster = stored.manifest.etcd.cluster_id.to_ascii_lowercase();
+            let later: Vec<_> = taken.iter().filter(|(.., c)| *c == cluster).map(|&(t, r, _)| (t, r)).collect();
+            let needed = match chain.needs_until(target, &later) {
                 Ok(needed) => needed,
                 Err(_) => {
                     reach.push(format!(
@@ -75,22 +92,64 @@ pub async fn choose<'a>(destinations: &'a [Destination], target: Target, setting
                     continue;
                 }
             };
-            // The chain that gets furthest; of those, the newest base (the least to replay).
             let rank = (chain.reach(needed, target), stored.manifest.id.clone());
-            if best.as_ref().is_none_or(|(best_rank, _)| rank > *best_rank) {
-                let segments = needed.iter().map(|s| (*s).clone()).collect();
-                best = Some((rank, Chosen { holder, base: stored.manifest.clone(), segments }));
-            }
+            let segments = needed.iter().map(|s| (*s).clone()).collect();
+            held.push((rank, Chosen { holder, base: stored.manifest.clone(), segments }));
         }
     }
-    best.map(|(_, chosen)| chosen).ok_or_else(|| {
+    if held.is_empty() {
         let wanted = match target {
             Target::Revision(r) => format!("revision {r}"),
             Target::Time(t) => format!("{}", t.format("%Y-%m-%d %H:%M:%S UTC")),
         };
         let reach = if reach.is_empty() { "no backup with a known revision".to_string() } else { reach.join("; ") };
-        anyhow!("no backup and chain of delta segments holds {wanted}; the destinations hold: {reach}")
-    })
+        bail!("no backup and chain of delta segments holds {wanted}; the destinations hold: {reach}");
+    }
+    // Stable: equal chains keep the destinations' order.
+    held.sort_by(|(a, _), (b, _)| b.cmp(a));
+    Ok(held.into_iter().map(|(_, chosen)| chosen).collect())
+}
+
+/// What `restore_first_good` restored, through which chain, and why the chains before it failed.
+pub struct Restored<'c, 'a> {
+    pub at: AtPoint,
+    pub through: &'c Chosen<'a>,
+    pub failed: Vec<String>,
+}
+
+/// Restores through the first of `chosen` (best first) that works, each in a fresh folder under
+/// `scratch`: a damaged or missing copy of the base or a segment falls back to the next chain that
+/// holds the point. `Err` names why each failed, or says the restore was interrupted.
+#[allow(clippy::too_many_arguments)]
+pub async fn restore_first_good<'c, 'a>(
+    chosen: &'c [Chosen<'a>],
+    target: Target,
+    identities: &Identities,
+    settings: &Settings,
+    etcd_bin: Option<&Path>,
+    scratch: &Path,
+    output: &Path,
+    keep: Keep,
+    cancel: &CancellationToken,
+) -> Result<Restored<'c, 'a>> {
+    let mut failed = Vec::new();
+    for through in chosen {
+        let attempt = tempfile::Builder::new().prefix("point-").tempdir_in(scratch)?;
+        tracing::info!(base = %through.base.id, segments = through.segments.len(), from = %through.holder.kind(), "restoring to a point");
+        let done =
+            restore_to(through, target, identities, settings, etcd_bin, attempt.path(), output, keep, cancel).await;
+        drop(attempt);
+        match done {
+            Ok(at) => return Ok(Restored { at, through, failed }),
+            Err(_) if cancel.is_cancelled() => return Err(crate::interrupt::Interrupted.into()),
+            Err(e) => {
+                let what = format!("{} and its segments in {}: {e:#}", through.base.id, through.holder.kind());
+                tracing::warn!(error = %what, "this chain cannot be restored; trying the next");
+                failed.push(what);
+            }
+        }
+    }
+    bail!("no chain holding the point could be restored:\n  {}", failed.join("\n  "))
 }
 
 /// Restores `chosen` to `target` and writes the plain snapshot at the point to `output` (a new file,
