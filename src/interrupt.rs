@@ -8,8 +8,9 @@ use std::os::unix::process::CommandExt;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
-/// Exit code after a second signal: 128 + SIGINT, as shells report it.
-const EXIT_INTERRUPTED: i32 = 130;
+/// Exit code of an interrupted command (after cleaning up, or at once on a second signal): 128 + SIGINT,
+/// as shells report it.
+pub const EXIT_INTERRUPTED: u8 = 130;
 
 /// The error a step returns when it stopped because the command was interrupted.
 #[derive(Debug, thiserror::Error)]
@@ -29,9 +30,15 @@ pub fn on_signals() -> CancellationToken {
         tracing::warn!("interrupted: stopping and cleaning up (a second signal exits at once)");
         cancel.cancel();
         tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
-        std::process::exit(EXIT_INTERRUPTED);
+        std::process::exit(i32::from(EXIT_INTERRUPTED));
     });
     token
+}
+
+/// Whether `e` says the command was interrupted (a step's `Interrupted`, or a failure of cause
+/// `Cancelled`).
+pub fn was_interrupted(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.is::<Interrupted>()) || crate::errors::cause_of(e) == Some(crate::errors::Cause::Cancelled)
 }
 
 /// `Err(Interrupted)` once `cancel` is cancelled.

@@ -83,6 +83,7 @@ pub fn main_page() -> Result<String> {
                 ("1", "failure: the message names what to fix; nothing half-written looks like a backup"),
                 ("2", "a bad command line"),
                 ("78", "the configuration is not usable (EX_CONFIG); every problem is listed with file:line:column"),
+                ("130", "interrupted by SIGINT or SIGTERM: what the run had written is removed (at once on a second signal)"),
             ],
         ),
         (

@@ -99,6 +99,10 @@ pub fn main() -> ExitCode {
             );
             ExitCode::from(EXIT_CONFIG)
         }
+        Err(Failure::Other(e)) if crate::interrupt::was_interrupted(&e) => {
+            eprintln!("etcd-backupd: {e:#}");
+            ExitCode::from(crate::interrupt::EXIT_INTERRUPTED)
+        }
         Err(Failure::Other(e)) => {
             eprintln!("etcd-backupd: error: {e:#}");
             ExitCode::from(EXIT_FAILURE)
