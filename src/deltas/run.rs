@@ -13,6 +13,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::chain::follow;
+use super::manifest::SegmentManifest;
 use super::stored::read_chain;
 use super::watch::{Ended, Next, Sink, stream};
 use crate::config::{CoordinationMode, DeltasSettings, Settings};
@@ -33,8 +34,10 @@ enum Outcome {
     Stopped,
     /// A newer full backup was recorded: start its chain.
     NewBase,
-    /// No chain can go on: a full backup is needed first (why).
-    NeedBackup { after: Option<BackupId>, why: String },
+    /// No chain can go on: a full backup is needed first (why). `overtaken`: etcd compacted the
+    /// revisions after the base before its chain could start (the backup took longer than etcd keeps
+    /// its history).
+    NeedBackup { after: Option<BackupId>, why: String, overtaken: bool },
     /// No backup yet: the daemon takes its first one on its own.
     NoBase,
     /// Something passing (etcd restarted, the lock moved, another streamer wrote first): the chain is
@@ -47,6 +50,8 @@ enum Outcome {
 /// Runs until `cancel`; never fails: what goes wrong is logged and retried.
 pub async fn run(settings: Settings, deltas: DeltasSettings, signals: Signals, cancel: CancellationToken) {
     let mut retry = Duration::from_secs(1);
+    // New bases in a row whose chain could not start: compacted before it could.
+    let mut overtaken_in_a_row = 0u32;
     loop {
         if cancel.is_cancelled() {
             return;
@@ -55,6 +60,10 @@ pub async fn run(settings: Settings, deltas: DeltasSettings, signals: Signals, c
             Ok(outcome) => outcome,
             Err(e) => Outcome::Retry(format!("{e:#}")),
         };
+        overtaken_in_a_row = match &outcome {
+            Outcome::NeedBackup { overtaken: true, .. } => overtaken_in_a_row + 1,
+            _ => 0,
+        };
         match outcome {
             Outcome::Stopped => return,
             Outcome::NewBase => retry = Duration::from_secs(1),
@@ -62,7 +71,20 @@ pub async fn run(settings: Settings, deltas: DeltasSettings, signals: Signals, c
                 tracing::info!("delta segments start once the first full backup is committed");
                 wait_for_newer_base(&settings, None, &signals, &cancel, None).await;
             }
-            Outcome::NeedBackup { after, why } => {
+            // A second full backup at once would take as long and be overtaken again: one backup after
+            // another, and still no chain. The next scheduled backup tries again.
+            Outcome::NeedBackup { after, why, .. } if overtaken_in_a_row >= 2 => {
+                tracing::error!(
+                    message_id = crate::telemetry::MESSAGE_CHAIN_ENDED,
+                    %why,
+                    "twice in a row etcd compacted the history a new delta chain needs before its full backup was committed: \
+                     full backups take longer than etcd keeps its history. No full backup is taken for it now; the next \
+                     scheduled backup tries again. Make backups faster (the upload), or have etcd keep more history \
+                     (etcd --auto-compaction-retention, kube-apiserver --etcd-compaction-interval)"
+                );
+                wait_for_newer_base(&settings, after.as_ref(), &signals, &cancel, None).await;
+            }
+            Outcome::NeedBackup { after, why, .. } => {
                 tracing::warn!(
                     message_id = crate::telemetry::MESSAGE_CHAIN_ENDED,
                     %why,
@@ -139,7 +161,7 @@ async fn one_chain(
         return Ok(Outcome::NoBase);
     };
     let cluster_id = member.facts.cluster_id.to_ascii_lowercase();
-    let need = |why: String| Ok(Outcome::NeedBackup { after: Some(base.clone()), why });
+    let need = |why: String| Ok(Outcome::NeedBackup { after: Some(base.clone()), why, overtaken: false });
     if base_cluster != cluster_id {
         return need(format!(
             "the newest backup, {base}, is of cluster {base_cluster}, not of this one ({cluster_id})"
@@ -167,6 +189,13 @@ async fn one_chain(
             "the chain from {base} reaches revision {}, ahead of etcd's {current}: etcd's history is not the chain's",
             next.first_revision - 1,
         ));
+    }
+    // The chain's last segment must be this history's too (planted, it could be anything the public
+    // recipients and sha256s allow): etcd counts the keys at its last revision as the stream did.
+    if let Some(last) = chain.segments.last()
+        && let Some(why) = unlike_history(&mut client, last).await?
+    {
+        return need(why);
     }
     tracing::info!(base = %base, segment = %next.id, from_revision = next.first_revision, "streaming delta segments");
     // The chain ends, its open segment committed, when the daemon stops or a newer base is recorded.
@@ -213,8 +242,37 @@ async fn one_chain(
         Ended::Write { error, .. } if crate::errors::cause_of(&error) == Some(crate::errors::Cause::Exists) => {
             Outcome::Retry(format!("another streamer committed the same segment first: {error:#}"))
         }
-        ended => Outcome::NeedBackup { after: Some(base), why: ended.to_string() },
+        ended @ Ended::Compacted { needed, .. } => {
+            let overtaken = needed == base_revision.saturating_add(1);
+            Outcome::NeedBackup { after: Some(base), why: ended.to_string(), overtaken }
+        }
+        ended => Outcome::NeedBackup { after: Some(base), why: ended.to_string(), overtaken: false },
     })
+}
+
+/// Why `last`, the segment a chain would go on after, is not etcd's history, if it is not: etcd's count
+/// of the keys at its last revision differs from the one it records, or it records none (the host cannot
+/// decrypt its segments to compare their events). Nothing to say when etcd has compacted that revision:
+/// the watch's start then decides.
+async fn unlike_history(client: &mut etcd_client::Client, last: &SegmentManifest) -> Result<Option<String>> {
+    let Some(recorded) = last.live_keys else {
+        return Ok(Some(format!(
+            "segment {} records no key count: it cannot be checked against etcd's history",
+            last.id
+        )));
+    };
+    let options = etcd_client::GetOptions::new().with_all_keys().with_count_only().with_revision(last.last_revision);
+    match client.get("\0", Some(options)).await {
+        Ok(answer) if u64::try_from(answer.count()).ok() == Some(recorded) => Ok(None),
+        Ok(answer) => Ok(Some(format!(
+            "segment {} records {recorded} keys at revision {}, etcd counts {}: the chain is not etcd's history",
+            last.id,
+            last.last_revision,
+            answer.count()
+        ))),
+        Err(etcd_client::Error::GRpcStatus(status)) if status.code() == tonic::Code::OutOfRange => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Whether `home` holds a backup that can be a base (of `member`, in member mode), newer than `than`.
