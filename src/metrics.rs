@@ -90,6 +90,14 @@ pub fn render(state: &State, cluster: &str) -> String {
         "[deltas]: bytes of delta segments (encrypted) this host committed.",
         d.map(|d| d.bytes),
     );
+    // The chain streamed, by its base's id: one series, which changes with each new base.
+    let _ = writeln!(
+        out,
+        "# HELP etcd_backupd_delta_chain_info [deltas]: the chain this host streams, by its base backup's id.\n# TYPE etcd_backupd_delta_chain_info gauge"
+    );
+    if let Some(d) = d.filter(|d| !d.chain.is_empty()) {
+        let _ = writeln!(out, "etcd_backupd_delta_chain_info{{cluster=\"{c}\",chain=\"{}\"}} 1", escape(&d.chain));
+    }
     let _ = writeln!(
         out,
         "# HELP etcd_backupd_drills_total Restore drills by result.\n# TYPE etcd_backupd_drills_total counter"
@@ -165,7 +173,28 @@ mod tests {
             revision: 1,
             time: t,
         });
+        s.deltas = Some(crate::state::DeltaState {
+            chain: "20261122T060000Z-r48211-a\"".into(),
+            last_revision: 48300,
+            lag_revisions: 2,
+            segments: 9,
+            bytes: 4096,
+            covered_until: Some(t),
+            ..Default::default()
+        });
         let text = render(&s, "prod\"east");
+        let chain =
+            "etcd_backupd_delta_chain_info{cluster=\"prod\\\"east\",chain=\"20261122T060000Z-r48211-a\\\"\"} 1\n";
+        assert!(text.contains(chain), "{text}");
+        for line in [
+            "etcd_backupd_delta_covered_until_timestamp_seconds{cluster=\"prod\\\"east\"} 1795327200\n",
+            "etcd_backupd_delta_last_revision{cluster=\"prod\\\"east\"} 48300\n",
+            "etcd_backupd_delta_lag_revisions{cluster=\"prod\\\"east\"} 2\n",
+            "etcd_backupd_delta_segments_total{cluster=\"prod\\\"east\"} 9\n",
+            "etcd_backupd_delta_bytes_total{cluster=\"prod\\\"east\"} 4096\n",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
         assert!(text.contains("etcd_backupd_last_covered_timestamp_seconds{cluster=\"prod\\\"east\"} 1795327200\n"));
         assert!(text.contains("etcd_backupd_runs_total{cluster=\"prod\\\"east\",result=\"covered\"} 5\n"));
         assert!(
