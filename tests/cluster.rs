@@ -688,6 +688,7 @@ async fn the_delta_stream_fails_over_to_another_member_and_goes_on_with_the_chai
         }
     };
     let base = reaches(last).await;
+    let before_failover = last;
     let streaming: Vec<usize> = (0..3).filter(|i| daemons[*i].log().contains("streaming delta segments")).collect();
     assert_eq!(streaming.len(), 1, "one member streams for the cluster");
     let streamer = daemons.remove(streaming[0]);
@@ -705,5 +706,21 @@ async fn the_delta_stream_fails_over_to_another_member_and_goes_on_with_the_chai
     for d in daemons {
         let (status, _, _, log) = d.stop().await;
         assert!(status.success(), "{log}");
+    }
+
+    // Restored through the chain the two members wrote: what the cluster held before the failover and
+    // after it, as `get --rev` shows, revision numbers included.
+    let key = setup.identity.file.display().to_string();
+    let bin = etcd_bin_dir(EtcdVersion::V35).display().to_string();
+    for revision in [before_failover, last] {
+        let file = setup.work.path().join(format!("point-{revision}.db"));
+        let (target, output) = (revision.to_string(), file.display().to_string());
+        let args = ["restore", "--revision", &target, "--identity", &key, "--output", &output, "--etcd-bin", &bin];
+        let out = run(&config, &args).await;
+        assert!(out.status.success(), "{}", stderr(&out));
+        let restored = Etcd::start_restored(EtcdVersion::V35, &file);
+        let (at, got) = everything(&mut restored.client().await, None).await;
+        assert_eq!(at, revision);
+        assert_eq!(got, everything(&mut client, Some(revision)).await.1, "at revision {revision}");
     }
 }

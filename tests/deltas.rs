@@ -18,26 +18,8 @@ use etcd_backupd::deltas::watch::{Ended, Next, Report, Sink, stream};
 use etcd_backupd::manifest::{BackupId, ClusterName, Compression};
 use etcd_backupd::store::local::LocalStore;
 use etcd_backupd::store::{Destination, Store};
-use etcd_client::{Client, GetOptions, PutOptions, Txn, TxnOp};
+use etcd_client::{Client, PutOptions, Txn, TxnOp};
 use tokio_util::sync::CancellationToken;
-
-/// Every key at `revision` (the member's newest without one): key, value, create and mod revision,
-/// version and lease, as etcd answers them; and the revision the answer came from.
-async fn everything(client: &mut Client, revision: Option<i64>) -> (i64, Vec<(Vec<u8>, Vec<u8>, i64, i64, i64, i64)>) {
-    let mut options = GetOptions::new().with_all_keys();
-    if let Some(r) = revision {
-        options = options.with_revision(r);
-    }
-    let answer = client.get("\0", Some(options)).await.unwrap();
-    let kvs = answer
-        .kvs()
-        .iter()
-        .map(|kv| {
-            (kv.key().to_vec(), kv.value().to_vec(), kv.create_revision(), kv.mod_revision(), kv.version(), kv.lease())
-        })
-        .collect();
-    (answer.header().unwrap().revision(), kvs)
-}
 
 fn snapshot_revision(version: EtcdVersion, snapshot: &std::path::Path) -> i64 {
     let tool = match version {
@@ -353,16 +335,41 @@ fn cluster_id_hex(etcd: &Etcd) -> String {
 /// ahead of etcd's history, and a new full backup starts a new chain.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_planted_segment_ahead_of_etcd_starts_a_new_chain_rather_than_stalling() {
-    planted_segment_starts_a_new_chain(true, "ahead of etcd's").await;
+    planted_segment_starts_a_new_chain(Planted::Ahead, "ahead of etcd's").await;
 }
 
 /// The same segment recording another cluster's id: a chain never goes on into another history.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_segment_of_another_cluster_starts_a_new_chain() {
-    planted_segment_starts_a_new_chain(false, "not this one").await;
+    planted_segment_starts_a_new_chain(Planted::OtherCluster, "not this one").await;
 }
 
-async fn planted_segment_starts_a_new_chain(same_cluster: bool, said: &str) {
+/// A segment planted at the chain's end, within etcd's history, that is not that history: the keys it
+/// says the cluster held at its last revision are not what etcd counts there. Continued after, it
+/// would stand in every restore past it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_planted_segment_unlike_etcds_history_starts_a_new_chain() {
+    planted_segment_starts_a_new_chain(Planted::WrongCount, "records 1000 keys at revision").await;
+}
+
+/// The same without a key count: nothing to check it by, so the chain is not continued after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_segment_without_a_key_count_is_not_continued_after() {
+    planted_segment_starts_a_new_chain(Planted::NoCount, "records no key count").await;
+}
+
+enum Planted {
+    /// A billion revisions past etcd's.
+    Ahead,
+    /// Of another cluster id.
+    OtherCluster,
+    /// Three revisions etcd has, with a key count etcd does not give.
+    WrongCount,
+    /// Three revisions etcd has, with no key count.
+    NoCount,
+}
+
+async fn planted_segment_starts_a_new_chain(plant: Planted, said: &str) {
     use etcd_backupd::deltas::manifest::{BodyFacts, SegmentId, SegmentManifest};
     use sha2::Digest;
     let work = tempfile::tempdir().unwrap();
@@ -373,6 +380,13 @@ async fn planted_segment_starts_a_new_chain(same_cluster: bool, said: &str) {
     let out = run(&cfg, &["backup"]).await;
     assert!(out.status.success(), "{}", stderr(&out));
     let (base, base_revision, ..) = chain_in(work.path()).await.unwrap();
+    // Revisions etcd has: three new keys.
+    put_some(&etcd, "had", 3).await;
+    let (last_revision, live_keys) = match plant {
+        Planted::Ahead | Planted::OtherCluster => (base_revision + 1_000_000_000, None),
+        Planted::WrongCount => (base_revision + 3, Some(1000)),
+        Planted::NoCount => (base_revision + 3, None),
+    };
     let folder = work.path().join("backups/default");
     let id = SegmentId::new(base.clone(), 1);
     let artifact = b"not a segment at all".to_vec();
@@ -384,17 +398,17 @@ async fn planted_segment_starts_a_new_chain(same_cluster: bool, said: &str) {
         host: "elsewhere".into(),
         tool_version: "0".into(),
         member_id: etcd.member_id_hex(),
-        cluster_id: if same_cluster { cluster_id_hex(&etcd) } else { "0".into() },
+        cluster_id: if matches!(plant, Planted::OtherCluster) { "0".into() } else { cluster_id_hex(&etcd) },
         base_revision,
         first_revision: base_revision + 1,
-        last_revision: base_revision + 1_000_000_000,
-        revisions: 1_000_000_000,
-        events: 1_000_000_000,
+        last_revision,
+        revisions: (last_revision - base_revision) as u64,
+        events: (last_revision - base_revision) as u64,
         first_received: now,
         last_received: now,
         closed: now,
         previous_sha256: None,
-        live_keys: None,
+        live_keys,
         body: BodyFacts { size: 10, sha256: "00".repeat(32) },
         artifact: etcd_backupd::manifest::ArtifactFacts {
             name: id.artifact_name(Compression::Zstd { level: 3 }),
@@ -461,6 +475,9 @@ async fn restore_to_a_revision_or_a_time_gives_what_the_cluster_held_then() {
     let text = std::fs::read_to_string(&metrics).unwrap();
     let segments = format!("etcd_backupd_delta_segments_total{{cluster=\"default\"}} {}\n", committed.len());
     assert!(text.contains(&segments), "{text}");
+    let chain =
+        format!("etcd_backupd_delta_chain_info{{cluster=\"default\",chain=\"{}\"}} 1\n", committed[0].id.base());
+    assert!(text.contains(&chain), "{text}");
     // Idle, the stream still says how far it covers: etcd, asked, says nothing changed.
     let covered = || -> f64 {
         let text = std::fs::read_to_string(&metrics).unwrap_or_default();
@@ -631,4 +648,326 @@ async fn a_pinned_backup_keeps_its_chain() {
     let base = listing.backups.iter().find(|b| b.manifest.id == pinned).expect("the pinned backup stays");
     let chain = follow(&pinned, base.manifest.snapshot.status.as_ref().unwrap().served_revision(), &segments);
     assert_eq!((chain.segments.len(), chain.broken), (still.len(), None));
+}
+
+/// `restore POINT VALUE --output FILE` with the test's identity and etcd.
+async fn restore_point(
+    cfg: &std::path::Path,
+    version: EtcdVersion,
+    point: &str,
+    value: &str,
+    file: &std::path::Path,
+) -> std::process::Output {
+    let key = cfg.parent().unwrap().join("key.txt").display().to_string();
+    let bin = etcd_bin_dir(version).display().to_string();
+    let file = file.display().to_string();
+    run(cfg, &["restore", point, value, "--identity", &key, "--output", &file, "--etcd-bin", &bin]).await
+}
+
+/// The snapshot at `file`, served, holds exactly what the original held at `revision`, at that revision.
+async fn holds_what_was_at(version: EtcdVersion, file: &std::path::Path, original: &mut Client, revision: i64) {
+    let restored = Etcd::start_restored(version, file);
+    let (at, got) = everything(&mut restored.client().await, None).await;
+    assert_eq!(at, revision, "the restored member is at the point's revision");
+    assert_eq!(got, everything(original, Some(revision)).await.1, "the keys at revision {revision}");
+}
+
+/// A copy that fails falls back to the next: with a segment damaged in the local folder, the restore
+/// goes through the same chain in S3, and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_local_segment_falls_back_to_the_copy_in_s3() {
+    let version = EtcdVersion::V34;
+    let work = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(version);
+    let s3 = S3::start().await;
+    let identity = age_identity(work.path(), "key");
+    let tables = format!(
+        "[schedule]\ncron = \"0 0 1 1 *\"\n[coordination]\nmode = \"member\"\n[deltas]\nenabled = true\nmax_interval = \"1s\"\n{}",
+        s3.config_table(BUCKET, "")
+    );
+    let cfg = write_config(work.path(), &etcd.config_table(), &identity.recipient, "", &tables);
+    let daemon = Daemon::start(&cfg).await;
+    chain_reaches(work.path(), put_some(&etcd, "a", 5).await, &daemon).await;
+    let last = put_some(&etcd, "b", 5).await;
+    let segments = chain_reaches(work.path(), last, &daemon).await;
+    daemon.stop().await;
+    // S3 is written first: it holds every segment the folder holds.
+    let damaged = work.path().join("backups/default").join(segments[0].artifact_name());
+    let mut bytes = std::fs::read(&damaged).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 1;
+    std::fs::write(&damaged, bytes).unwrap();
+
+    let file = work.path().join("point.db");
+    let out = restore_point(&cfg, version, "--revision", &last.to_string(), &file).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let said = stdout(&out);
+    assert!(said.contains("could not restore through") && said.contains("in local"), "{said}");
+    assert!(said.contains(&segments[0].id.to_string()) && said.contains("damaged or replaced"), "{said}");
+    assert!(said.contains(&format!("at revision {last} ")) && said.contains("from s3"), "{said}");
+    holds_what_was_at(version, &file, &mut etcd.client().await, last).await;
+}
+
+/// `[deltas] keep_for`: a prune removes the segments of a base older than that, keeps the base itself
+/// (retention decides it) and the chain being written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_for_removes_an_old_chain_and_keeps_its_base() {
+    let work = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(EtcdVersion::V35);
+    let identity = age_identity(work.path(), "key");
+    let tables = "[schedule]\ncron = \"0 0 1 1 *\"\n[coordination]\nmode = \"member\"\n[deltas]\nenabled = true\nmax_interval = \"1s\"\nkeep_for = \"1s\"\n";
+    let cfg =
+        write_config(work.path(), &etcd.config_table(), &identity.recipient, "retention = { keep_last = 5 }", tables);
+    let daemon = Daemon::start(&cfg).await;
+    let old = chain_reaches(work.path(), put_some(&etcd, "a", 5).await, &daemon).await;
+    let old_base = old[0].id.base().clone();
+    daemon.signal(nix::sys::signal::Signal::SIGUSR1);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while chain_in(work.path()).await.is_none_or(|(base, ..)| base == old_base) {
+        assert!(std::time::Instant::now() < deadline, "no new base; log:\n{}", daemon.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let fresh = chain_reaches(work.path(), put_some(&etcd, "b", 5).await, &daemon).await;
+    daemon.stop().await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let out = run(&cfg, &["prune"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let left = files(&work.path().join("backups/default"));
+    let segment = |f: &String| f.ends_with(".segment.json") || f.ends_with(".delta.zst.age");
+    assert!(!left.iter().any(|f| f.contains(&old_base.to_string()) && segment(f)), "{left:?}");
+    assert!(left.contains(&format!("{old_base}.manifest.json")), "the base stays: {left:?}");
+    let (_, _, now, broken) = chain_in(work.path()).await.unwrap();
+    assert!(!broken && now.len() >= fresh.len() && now[..fresh.len()] == fresh[..], "the chain being written stays");
+}
+
+/// `--at` between a base and its first segment restores the base; points before and after a new base
+/// each go through the chain that holds them, a quiet time before the new base included; every one
+/// equal to `get --rev` on the original.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn points_before_the_first_segment_and_across_a_new_base() {
+    let version = EtcdVersion::V34;
+    let work = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(version);
+    etcd.seed(10, 20).await;
+    let identity = age_identity(work.path(), "key");
+    let tables = "[schedule]\ncron = \"0 0 1 1 *\"\n[coordination]\nmode = \"member\"\n[deltas]\nenabled = true\nmax_interval = \"1s\"\n";
+    let cfg = write_config(work.path(), &etcd.config_table(), &identity.recipient, "", tables);
+    let daemon = Daemon::start(&cfg).await;
+    daemon.wait_until("the stream", || daemon.log().contains("streaming delta segments")).await;
+    let (first_base, first_base_revision, ..) = chain_in(work.path()).await.unwrap();
+    let before_segments = chrono::Utc::now();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let in_first = put_some(&etcd, "a", 5).await;
+    chain_reaches(work.path(), in_first, &daemon).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // A time is restorable once a segment closed after it (a chain holds every change until its last
+    // segment's close): one more change after each time asked for.
+    let between = chrono::Utc::now();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let end_of_first = put_some(&etcd, "later", 1).await;
+    chain_reaches(work.path(), end_of_first, &daemon).await;
+    // Then nothing changes until the next backup, which holds the revision the chain ends at: a time
+    // after the chain's last segment closed is the chain's end.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let quiet = chrono::Utc::now();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    daemon.signal(nix::sys::signal::Signal::SIGUSR1);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while chain_in(work.path()).await.is_none_or(|(base, ..)| base == first_base) {
+        assert!(std::time::Instant::now() < deadline, "no new base; log:\n{}", daemon.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let in_second = put_some(&etcd, "b", 5).await;
+    let second = chain_reaches(work.path(), in_second, &daemon).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let after = chrono::Utc::now();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    chain_reaches(work.path(), put_some(&etcd, "later", 1).await, &daemon).await;
+    daemon.stop().await;
+    assert_ne!(second[0].id.base(), &first_base);
+
+    let mut client = etcd.client().await;
+    let time = |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    for (point, value, expected, base) in [
+        ("--at", time(before_segments), first_base_revision, &first_base),
+        ("--revision", (in_first - 2).to_string(), in_first - 2, &first_base),
+        ("--at", time(between), in_first, &first_base),
+        ("--at", time(quiet), end_of_first, &first_base),
+        ("--at", time(after), in_second, second[0].id.base()),
+    ] {
+        let file = work.path().join(format!("point-{expected}.db"));
+        let out = restore_point(&cfg, version, point, &value, &file).await;
+        assert!(out.status.success(), "{point} {value}: {}", stderr(&out));
+        let said = stdout(&out);
+        assert!(said.contains(&format!("at revision {expected} (backup {base} ")), "{point} {value}: {said}");
+        holds_what_was_at(version, &file, &mut client, expected).await;
+    }
+}
+
+/// A lease that expires in the original while the chain runs: a point before the expiry holds the key
+/// with its lease, a point after holds neither. Into a data dir the revision is raised as for any
+/// restore; where etcdutl cannot (before 3.5.10), that is said with what to do instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_expiring_mid_chain_and_the_revision_of_a_data_dir() {
+    let version = EtcdVersion::V35;
+    let work = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(version);
+    let identity = age_identity(work.path(), "key");
+    let tables = "[schedule]\ncron = \"0 0 1 1 *\"\n[coordination]\nmode = \"member\"\n[deltas]\nenabled = true\nmax_interval = \"1s\"\n";
+    let cfg = write_config(work.path(), &etcd.config_table(), &identity.recipient, "", tables);
+    let daemon = Daemon::start(&cfg).await;
+    daemon.wait_until("the stream", || daemon.log().contains("streaming delta segments")).await;
+    let mut client = etcd.client().await;
+    let lease = client.lease_grant(6, None).await.unwrap().id();
+    let leased = client
+        .put("/ephemeral", "soon gone", Some(PutOptions::new().with_lease(lease)))
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    put_some(&etcd, "a", 3).await;
+    // etcd revokes the lease once its TTL passes: the key's deletion is a revision of its own.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !client.get("/ephemeral", None).await.unwrap().kvs().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the lease never expired");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let gone = client.get("/ephemeral", None).await.unwrap().header().unwrap().revision();
+    let after = put_some(&etcd, "b", 3).await;
+    chain_reaches(work.path(), after, &daemon).await;
+    daemon.stop().await;
+
+    for revision in [leased, gone] {
+        let file = work.path().join(format!("point-{revision}.db"));
+        let out = restore_point(&cfg, version, "--revision", &revision.to_string(), &file).await;
+        assert!(out.status.success(), "{}", stderr(&out));
+        holds_what_was_at(version, &file, &mut client, revision).await;
+    }
+
+    // Into a data dir, without --no-bump-revision.
+    let member = &Member::several(1)[0];
+    let data_dir = work.path().join("restored");
+    let (dir, cluster, peer) = (data_dir.display().to_string(), Member::initial_cluster([member]), member.peer_url());
+    let key = identity.file.display().to_string();
+    let bin = etcd_bin_dir(version).display().to_string();
+    let target = leased.to_string();
+    let args = ["restore", "--revision", &target, "--identity", &key, "--data-dir", &dir, "--etcd-bin", &bin];
+    let more = ["--name", &member.name, "--initial-cluster", &cluster, "--initial-advertise-peer-urls", &peer];
+    let out = run(&cfg, &[&args[..], &more[..]].concat()).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    // etcdutl 3.5.1 cannot raise the revision (3.5.10 can): said, with what to do instead.
+    let said = stdout(&out);
+    assert!(
+        said.contains("does not offer --bump-revision") && said.contains(&format!("snapshot's, {leased},")),
+        "{said}"
+    );
+    let restored = Etcd::start_on(version, &data_dir, member);
+    let (revision, got) = everything(&mut restored.client().await, None).await;
+    assert_eq!(revision, leased);
+    assert_eq!(got, everything(&mut client, Some(leased)).await.1, "the keys and their own revisions");
+}
+
+/// SIGINT while the segments are replayed: the restore stops its throwaway etcd, writes nothing at
+/// the output, leaves no scratch folder, and exits 130.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_during_a_point_restore_leaves_nothing() {
+    use futures::StreamExt;
+    let version = EtcdVersion::V34;
+    let work = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(version);
+    let identity = age_identity(work.path(), "key");
+    let tables = "[schedule]\ncron = \"0 0 1 1 *\"\n[coordination]\nmode = \"member\"\n[deltas]\nenabled = true\nmax_interval = \"1s\"\n";
+    let cfg = write_config(work.path(), &etcd.config_table(), &identity.recipient, "", tables);
+    let daemon = Daemon::start(&cfg).await;
+    daemon.wait_until("the stream", || daemon.log().contains("streaming delta segments")).await;
+    // Enough revisions that the replay takes a while.
+    let client = etcd.client().await;
+    let last = futures::stream::iter(0..20_000u32)
+        .map(|i| {
+            let mut client = client.clone();
+            async move {
+                client
+                    .put(format!("/many/{}", i % 500), format!("{i}"), None)
+                    .await
+                    .unwrap()
+                    .header()
+                    .unwrap()
+                    .revision()
+            }
+        })
+        .buffer_unordered(32)
+        .fold(0, |a, b| async move { a.max(b) })
+        .await;
+    chain_reaches(work.path(), last, &daemon).await;
+    daemon.stop().await;
+
+    let state = state_dir_for(&cfg);
+    let file = work.path().join("point.db");
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_etcd-backupd"));
+    cmd.arg("--config").arg(&cfg).args(["restore", "--revision", &last.to_string(), "--identity"]);
+    cmd.arg(&identity.file).arg("--output").arg(&file).arg("--etcd-bin").arg(etcd_bin_dir(version));
+    cmd.env("STATE_DIRECTORY", &state).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
+    aws_env(&mut cmd);
+    let restore = cmd.spawn().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while etcd_children_in(&state).is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the restore's etcd never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(restore.id().unwrap() as i32), nix::sys::signal::Signal::SIGINT)
+        .unwrap();
+    let out = restore.wait_with_output().await.unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(etcd_children_in(&state).is_empty(), "the throwaway etcd outlived the restore");
+    assert!(!file.exists(), "nothing is named at the output");
+    let left: Vec<String> = files(&state).into_iter().filter(|n| n.starts_with(".etcd-backupd-scratch")).collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+/// Full backups slower than etcd keeps its history (an upload of minutes against kube-apiserver's
+/// five-minute compaction): each new chain is compacted away before it can start. After the second in
+/// a row the daemon says so, with what to change, and takes no more full backups for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backups_slower_than_etcds_history_do_not_take_one_backup_after_another() {
+    let work = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(EtcdVersion::V35);
+    let s3 = S3::start().await;
+    // Every upload takes at least this long.
+    s3.faults.part_delay_ms.store(1500, std::sync::atomic::Ordering::SeqCst);
+    let identity = age_identity(work.path(), "key");
+    let tables = format!(
+        "[schedule]\ncron = \"0 0 1 1 *\"\n[coordination]\nmode = \"member\"\n[deltas]\nenabled = true\nmax_interval = \"1s\"\n{}",
+        s3.config_table(BUCKET, "")
+    );
+    let cfg = write_config(work.path(), &etcd.config_table(), &identity.recipient, "", &tables);
+    // etcd compacts its history as fast as it changes.
+    let mut client = etcd.client().await;
+    let compactor = AbortOnDrop(tokio::spawn(async move {
+        for i in 0u64.. {
+            let revision = client.put("/busy", i.to_string(), None).await.unwrap().header().unwrap().revision();
+            client.compact(revision, None).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }));
+    let daemon = Daemon::start(&cfg).await;
+    daemon.wait_until("the second chain compacted away", || daemon.log().contains("twice in a row")).await;
+    let bases = || files(&work.path().join("backups/default")).iter().filter(|f| f.ends_with(".manifest.json")).count();
+    let then = bases();
+    assert_eq!(then, 2, "the first backup, and one more taken at once for the chain");
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(bases(), then, "no full backup after another; log:\n{}", daemon.log());
+    let log = daemon.log();
+    assert!(log.contains("--auto-compaction-retention") && log.contains("--etcd-compaction-interval"), "{log}");
+    drop(compactor);
+    daemon.stop().await;
+}
+
+/// Aborts a task when dropped (a test's background writer ends with the test, even when it fails).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

@@ -4,16 +4,19 @@
 
 mod common;
 
+use std::ffi::OsStr;
 use std::process::Command;
 
 use common::*;
 use etcd_backupd::telemetry::{
-    MESSAGE_BACKUP_COMMITTED, MESSAGE_BACKUP_FAILED, MESSAGE_DRILL_FAILED, MESSAGE_DRILL_PASSED,
+    MESSAGE_BACKUP_COMMITTED, MESSAGE_BACKUP_FAILED, MESSAGE_CHAIN_ENDED, MESSAGE_DELTA_COMMITTED,
+    MESSAGE_DRILL_FAILED, MESSAGE_DRILL_PASSED,
 };
 
-const SCRIPT: &str = r#"
+/// Mounts temp dirs over /run/systemd and /run/log (in the private namespace) and starts journald there.
+const JOURNALD: &str = r#"
 set -eu
-T=$1; BIN=$2; GOOD=$3; BAD=$4
+T=$1; BIN=$2
 mkdir -p /run/systemd /run/log
 mount --bind "$T/systemd" /run/systemd
 mount --bind "$T/log" /run/log
@@ -22,15 +25,53 @@ mkdir -p /run/systemd/journal
 journald=$!
 for i in $(seq 100); do [ -S /run/systemd/journal/socket ] && break; sleep 0.05; done
 export ETCD_BACKUPD_LOG_TARGET=journal
-"$BIN" --config "$GOOD" backup --label journal-test > "$T/good.out" 2>&1 || echo "good exit $?" >> "$T/good.out"
-"$BIN" --config "$BAD" backup > "$T/bad.out" 2>&1 || true
-"$BIN" --config "$GOOD" drill latest > "$T/drill.out" 2>&1 || echo "drill exit $?" >> "$T/drill.out"
-"$BIN" --config "$GOOD" drill 20200101T000000Z-r1-abc > /dev/null 2>&1 || true
+"#;
+
+/// Flushes the journal and stops journald.
+const FLUSH: &str = r#"
 sleep 0.5
 journalctl -D /run/log/journal --sync >/dev/null 2>&1 || true
 kill $journald
 wait $journald || true
 "#;
+
+const BACKUPS: &str = r#"
+GOOD=$3; BAD=$4
+"$BIN" --config "$GOOD" backup --label journal-test > "$T/good.out" 2>&1 || echo "good exit $?" >> "$T/good.out"
+"$BIN" --config "$BAD" backup > "$T/bad.out" 2>&1 || true
+"$BIN" --config "$GOOD" drill latest > "$T/drill.out" 2>&1 || echo "drill exit $?" >> "$T/drill.out"
+"$BIN" --config "$GOOD" drill 20200101T000000Z-r1-abc > /dev/null 2>&1 || true
+"#;
+
+/// The daemon with deltas on, while keys are put, until a segment is committed; then SIGTERM.
+const STREAM: &str = r#"
+CONFIG=$3; ETCDCTL=$4; ENDPOINT=$5; COMMITTED=$6
+"$BIN" --config "$CONFIG" run > "$T/daemon.out" 2>&1 &
+daemon=$!
+for i in $(seq 300); do
+    ETCDCTL_API=3 "$ETCDCTL" --endpoints "$ENDPOINT" put "/journal/$i" x > /dev/null
+    journalctl -D /run/log/journal -q --no-pager "MESSAGE_ID=$COMMITTED" | grep -q . && break
+    sleep 0.1
+done
+kill -TERM $daemon
+wait $daemon || echo "daemon exit $?" >> "$T/daemon.out"
+"#;
+
+/// Runs `body` between `JOURNALD` and `FLUSH` in a private mount namespace: `$1` is `work`, `$2` the
+/// binary, then `args`.
+fn in_journald(work: &std::path::Path, body: &str, args: &[&OsStr]) {
+    let script = format!("{JOURNALD}{body}{FLUSH}");
+    let status = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "bash", "-c", &script, "bash"])
+        .arg(work)
+        .arg(env!("CARGO_BIN_EXE_etcd-backupd"))
+        .args(args)
+        .env("STATE_DIRECTORY", work.join("state"))
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .status()
+        .expect("unshare");
+    assert!(status.success());
+}
 
 fn entries(dir: &std::path::Path, message_id: &str) -> Vec<serde_json::Value> {
     let out = Command::new("journalctl")
@@ -65,17 +106,7 @@ async fn the_journal_holds_the_backup_history() {
     let dead = format!("http://127.0.0.1:{}", free_port());
     std::fs::write(&bad, body(&dead)).unwrap();
 
-    let status = Command::new("unshare")
-        .args(["-m", "--propagation", "private", "bash", "-c", SCRIPT, "bash"])
-        .arg(work.path())
-        .arg(env!("CARGO_BIN_EXE_etcd-backupd"))
-        .arg(&good)
-        .arg(&bad)
-        .env("STATE_DIRECTORY", work.path().join("state"))
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .status()
-        .expect("unshare");
-    assert!(status.success());
+    in_journald(work.path(), BACKUPS, &[good.as_os_str(), bad.as_os_str()]);
     let good_out = std::fs::read_to_string(work.path().join("good.out")).unwrap();
     assert!(!good_out.contains("good exit"), "{good_out}");
     assert!(!good_out.contains("INFO"), "logs went to the journal, not stderr: {good_out}");
@@ -111,4 +142,47 @@ async fn the_journal_holds_the_backup_history() {
     assert_eq!(failed.len(), 1, "{failed:?}");
     assert!(failed[0]["ERROR"].as_str().unwrap().contains("no destination holds a backup"), "{}", failed[0]);
     assert_eq!(failed[0]["PRIORITY"], "3");
+}
+
+/// The delta stream in the journal: a chain that cannot go on (etcd compacted the history after its
+/// base while the daemon was stopped) is said once, with why; each committed segment with its
+/// revisions, events and size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_journal_holds_the_delta_stream() {
+    let etcd = Etcd::start(EtcdVersion::V35);
+    let Setup { work, identity: id } = Setup::new();
+    for d in ["systemd", "log", "state"] {
+        std::fs::create_dir_all(work.path().join(d)).unwrap();
+    }
+    let tables = "[schedule]\ncron = \"0 0 1 1 *\"\n[coordination]\nmode = \"member\"\n[deltas]\nenabled = true\nmax_interval = \"1s\"\n";
+    let config = write_config(work.path(), &etcd.config_table(), &id.recipient, "", tables);
+    let mut backup = tokio::process::Command::new(env!("CARGO_BIN_EXE_etcd-backupd"));
+    backup.arg("--config").arg(&config).arg("backup").env("STATE_DIRECTORY", work.path().join("state"));
+    aws_env(&mut backup);
+    assert!(backup.status().await.unwrap().success());
+    let compacted = etcd.seed(3, 10).await;
+    let out = etcd.etcdctl(&["compact", &compacted.to_string()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let etcdctl = etcd_bin_dir(EtcdVersion::V35).join("etcdctl");
+    let (endpoint, committed_id) = (OsStr::new(&etcd.endpoint), OsStr::new(MESSAGE_DELTA_COMMITTED));
+    let args = [config.as_os_str(), etcdctl.as_os_str(), endpoint, committed_id];
+    in_journald(work.path(), STREAM, &args);
+    let said = std::fs::read_to_string(work.path().join("daemon.out")).unwrap();
+    assert!(!said.contains("daemon exit"), "{said}");
+
+    let ended = entries(work.path(), MESSAGE_CHAIN_ENDED);
+    assert_eq!(ended.len(), 1, "{ended:?}");
+    assert!(ended[0]["WHY"].as_str().unwrap().contains("compacted"), "{}", ended[0]);
+    assert_eq!(ended[0]["PRIORITY"], "4");
+    let committed = entries(work.path(), MESSAGE_DELTA_COMMITTED);
+    assert!(!committed.is_empty());
+    let e = &committed[0];
+    assert!(e["SEGMENT"].as_str().unwrap().ends_with(".d00000001"), "the new chain's first: {e}");
+    let first: i64 = e["FIRST_REVISION"].as_str().unwrap().parse().unwrap();
+    let last: i64 = e["LAST_REVISION"].as_str().unwrap().parse().unwrap();
+    assert!(first > compacted && last >= first, "{e}");
+    for field in ["EVENTS", "BYTES"] {
+        assert!(e[field].as_str().unwrap().parse::<u64>().unwrap() > 0, "{field} in {e}");
+    }
 }

@@ -290,22 +290,6 @@ async fn an_artifact_without_its_manifest_does_not_block_later_backups() {
     assert!(out.status.success(), "{}", stderr(&out));
 }
 
-/// The drill's throwaway etcd processes: those whose command line names `dir`.
-fn etcd_children_in(dir: &Path) -> Vec<i32> {
-    let needle = dir.display().to_string();
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
-        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        let serving = cmdline.contains("--listen-client-urls") && cmdline.contains("etcd-backupd-drill");
-        if serving && cmdline.contains(&needle) {
-            pids.push(pid);
-        }
-    }
-    pids
-}
-
 fn scratch_left(state: &Path) -> Vec<String> {
     files(state).into_iter().filter(|n| n.starts_with(".etcd-backupd-scratch")).collect()
 }

@@ -377,3 +377,40 @@ impl Drop for Etcd {
         let _ = self.child.wait();
     }
 }
+
+/// Every key at `revision` (the member's newest without one): key, value, create and mod revision,
+/// version and lease, as etcd answers them; and the revision the answer came from.
+pub async fn everything(
+    client: &mut etcd_client::Client,
+    revision: Option<i64>,
+) -> (i64, Vec<(Vec<u8>, Vec<u8>, i64, i64, i64, i64)>) {
+    let mut options = etcd_client::GetOptions::new().with_all_keys();
+    if let Some(r) = revision {
+        options = options.with_revision(r);
+    }
+    let answer = client.get("\0", Some(options)).await.unwrap();
+    let kvs = answer
+        .kvs()
+        .iter()
+        .map(|kv| {
+            (kv.key().to_vec(), kv.value().to_vec(), kv.create_revision(), kv.mod_revision(), kv.version(), kv.lease())
+        })
+        .collect();
+    (answer.header().unwrap().revision(), kvs)
+}
+
+/// The throwaway etcd processes (drills, point restores): those whose command line names `dir`.
+pub fn etcd_children_in(dir: &Path) -> Vec<i32> {
+    let needle = dir.display().to_string();
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let serving = cmdline.contains("--listen-client-urls") && cmdline.contains("etcd-backupd-drill");
+        if serving && cmdline.contains(&needle) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
