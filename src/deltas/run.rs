@@ -250,16 +250,25 @@ async fn one_chain(
     })
 }
 
-/// Why `last`, the segment a chain would go on after, is not etcd's history, if it is not: etcd's count
-/// of the keys at its last revision differs from the one it records, or it records none (the host cannot
-/// decrypt its segments to compare their events). Nothing to say when etcd has compacted that revision:
-/// the watch's start then decides.
+/// Why `last`, the segment a chain would go on after, is not etcd's history, if it is not (the host
+/// cannot decrypt its segments to compare their events): etcd's count of the keys at its last revision
+/// differs from the one it records; or, where it records none (etcd could not be asked when it was
+/// committed: the watch was lost as etcd went down), the revisions and events etcd's history holds over
+/// its range differ from its own counts. Nothing to say when etcd has compacted that history: the
+/// watch's start then decides.
 async fn unlike_history(client: &mut etcd_client::Client, last: &SegmentManifest) -> Result<Option<String>> {
     let Some(recorded) = last.live_keys else {
-        return Ok(Some(format!(
-            "segment {} records no key count: it cannot be checked against etcd's history",
-            last.id
-        )));
+        let counted = super::watch::recount(client, last.first_revision, last.last_revision).await.map_err(|e| {
+            anyhow!("cannot read revisions {} to {} again: {e}", last.first_revision, last.last_revision)
+        })?;
+        return Ok(match counted {
+            Some((revisions, events)) if (revisions, events) != (last.revisions, last.events) => Some(format!(
+                "segment {} records {} revisions and {} events from revision {} to {}, etcd's history holds {revisions} \
+                 and {events}: the chain is not etcd's history",
+                last.id, last.revisions, last.events, last.first_revision, last.last_revision
+            )),
+            _ => None,
+        });
     };
     let options = etcd_client::GetOptions::new().with_all_keys().with_count_only().with_revision(last.last_revision);
     match client.get("\0", Some(options)).await {

@@ -331,6 +331,40 @@ async fn close(client: &mut Client, next: &mut Next, sink: &Sink<'_>, writer: &m
     Ok(())
 }
 
+/// The revisions and events etcd's history holds from `first` to `last`, read again by a watch;
+/// `Ok(None)` if etcd has compacted them.
+pub async fn recount(client: &mut Client, first: i64, last: i64) -> Result<Option<(u64, u64)>, String> {
+    let options = WatchOptions::new().with_all_keys().with_start_revision(first);
+    let read = async {
+        let mut watch = client.watch("\0", Some(options)).await.map_err(|e| e.to_string())?;
+        let (mut revisions, mut events, mut seen) = (0u64, 0u64, None);
+        // A revision's events come in one response: after the one holding `last`, nothing is missing.
+        while seen != Some(last) {
+            let Some(response) = watch.message().await.map_err(|e| e.to_string())? else {
+                return Err("etcd closed the watch".to_string());
+            };
+            if response.compact_revision() > 0 {
+                return Ok(None);
+            }
+            if response.canceled() {
+                return Err(format!("etcd cancelled the watch: {}", response.cancel_reason()));
+            }
+            for revision in response.events().iter().filter_map(|e| e.kv().map(|kv| kv.mod_revision())) {
+                if revision > last {
+                    return Ok(Some((revisions, events)));
+                }
+                if seen != Some(revision) {
+                    revisions += 1;
+                    seen = Some(revision);
+                }
+                events += 1;
+            }
+        }
+        Ok(Some((revisions, events)))
+    };
+    tokio::time::timeout(Duration::from_secs(60), read).await.unwrap_or_else(|_| Err("no answer in 60 s".to_string()))
+}
+
 /// The keys in the cluster at `revision`, as etcd counts them; `None` if it cannot tell (compacted).
 async fn count_at(client: &mut Client, revision: i64) -> Option<u64> {
     let options = GetOptions::new().with_all_keys().with_count_only().with_revision(revision);
