@@ -78,6 +78,7 @@ async fn drill_chain(
         holder,
         base: base.clone(),
         segments: chain.segments.iter().map(|s| (*s).clone()).collect(),
+        reach: last.last_revision,
     };
     let work = scratch.join("chain");
     std::fs::create_dir(&work).with_context(|| format!("cannot create '{}'", work.display()))?;

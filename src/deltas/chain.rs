@@ -101,9 +101,8 @@ impl Chain<'_> {
     pub fn taken_by(mut self, manifest: &crate::manifest::Manifest) -> Self {
         let duration = i64::try_from(manifest.duration_ms).unwrap_or(i64::MAX);
         self.base_taken = chrono::Duration::try_milliseconds(duration)
-            .and_then(|d| manifest.created.checked_add_signed(d))
-            .unwrap_or(DateTime::<Utc>::MAX_UTC)
-            .max(self.base.created());
+            .and_then(|d| manifest.created.max(self.base.created()).checked_add_signed(d))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
         self
     }
 

@@ -25,6 +25,8 @@ pub struct Chosen<'a> {
     pub holder: &'a Destination,
     pub base: Manifest,
     pub segments: Vec<SegmentManifest>,
+    /// How far toward the point it gets, as far as the manifests tell (`Chain::reach`).
+    pub reach: i64,
 }
 
 /// What a restore to a point made.
@@ -61,21 +63,31 @@ pub async fn choose<'a>(
             }
         };
         let (segments, _) = read_all(&**holder, &listing.segments, &settings.cluster).await;
-        // When each backup began (its snapshot was read after), the revision it holds, and of which
-        // cluster.
+        // The backups that can show a cluster was quiet after a chain's end: when each began (its
+        // snapshot was read after), the revision and keys it holds, of which cluster. Not one dated in
+        // the future (a wrong clock) or taken without quorum (a member's stale data).
+        let now = chrono::Utc::now();
         let taken: Vec<_> = listing
             .backups
             .iter()
+            .filter(|b| !b.manifest.is_emergency() && !crate::retention::is_future_dated(&b.manifest.id, now))
             .filter_map(|b| {
-                let revision = b.manifest.snapshot.status.as_ref()?.served_revision();
-                Some((b.manifest.created, revision, b.manifest.etcd.cluster_id.to_ascii_lowercase()))
+                let status = b.manifest.snapshot.status.as_ref()?;
+                let cluster = b.manifest.etcd.cluster_id.to_ascii_lowercase();
+                Some((b.manifest.created, status.served_revision(), status.live_keys, cluster))
             })
             .collect();
         for stored in &listing.backups {
             let Some(status) = &stored.manifest.snapshot.status else { continue };
             let chain = follow(&stored.manifest.id, status.served_revision(), &segments).taken_by(&stored.manifest);
+            // Of the same cluster, with the keys the chain ends with (the revision is checked by the chain).
             let cluster = stored.manifest.etcd.cluster_id.to_ascii_lowercase();
-            let later: Vec<_> = taken.iter().filter(|(.., c)| *c == cluster).map(|&(t, r, _)| (t, r)).collect();
+            let end_keys = chain.segments.last().map_or(Some(status.live_keys), |s| s.live_keys);
+            let later: Vec<_> = taken
+                .iter()
+                .filter(|(_, _, keys, c)| *c == cluster && Some(*keys) == end_keys)
+                .map(|&(t, r, ..)| (t, r))
+                .collect();
             let needed = match chain.needs_until(target, &later) {
                 Ok(needed) => needed,
                 Err(_) => {
@@ -85,16 +97,19 @@ pub async fn choose<'a>(
                         stored.manifest.id,
                         chain.base_revision,
                         chain.end_revision(),
-                        stored.manifest.id.created().format("%Y-%m-%d %H:%M:%S"),
+                        chain.base_taken.format("%Y-%m-%d %H:%M:%S"),
                         chain.end_time().format("%Y-%m-%d %H:%M:%S UTC"),
                         chain.broken.as_ref().map_or(String::new(), |b| format!(", then {b}"))
                     ));
                     continue;
                 }
             };
-            let rank = (chain.reach(needed, target), stored.manifest.id.clone());
+            let reach = chain.reach(needed, target);
             let segments = needed.iter().map(|s| (*s).clone()).collect();
-            held.push((rank, Chosen { holder, base: stored.manifest.clone(), segments }));
+            held.push((
+                (reach, stored.manifest.id.clone()),
+                Chosen { holder, base: stored.manifest.clone(), segments, reach },
+            ));
         }
     }
     if held.is_empty() {
@@ -117,9 +132,15 @@ pub struct Restored<'c, 'a> {
     pub failed: Vec<String>,
 }
 
+/// At most this many chains are tried for one restore (each downloads a base and replays its segments).
+const ATTEMPTS: usize = 4;
+
 /// Restores through the first of `chosen` (best first) that works, each in a fresh folder under
-/// `scratch`: a damaged or missing copy of the base or a segment falls back to the next chain that
-/// holds the point. `Err` names why each failed, or says the restore was interrupted.
+/// `scratch`: a copy that cannot be restored (a damaged or missing base or segment, a store that does
+/// not answer) falls back to the next chain that gets as far, at most `ATTEMPTS` in all; never to one
+/// that gets less far (for a time, an older point), which is named instead. A failure no other copy
+/// mends (no room, the output taken meanwhile, the config or the tools) ends the restore at once.
+/// `Err` names why each failed, or says the restore was interrupted.
 #[allow(clippy::too_many_arguments)]
 pub async fn restore_first_good<'c, 'a>(
     chosen: &'c [Chosen<'a>],
@@ -132,24 +153,40 @@ pub async fn restore_first_good<'c, 'a>(
     keep: Keep,
     cancel: &CancellationToken,
 ) -> Result<Restored<'c, 'a>> {
+    let Some(best) = chosen.first() else { bail!("no chain holds the point") };
     let mut failed = Vec::new();
-    for through in chosen {
+    for through in chosen.iter().filter(|c| c.reach == best.reach).take(ATTEMPTS) {
         let attempt = tempfile::Builder::new().prefix("point-").tempdir_in(scratch)?;
         tracing::info!(base = %through.base.id, segments = through.segments.len(), from = %through.holder.kind(), "restoring to a point");
         let done =
             restore_to(through, target, identities, settings, etcd_bin, attempt.path(), output, keep, cancel).await;
         drop(attempt);
-        match done {
+        let e = match done {
             Ok(at) => return Ok(Restored { at, through, failed }),
             Err(_) if cancel.is_cancelled() => return Err(crate::interrupt::Interrupted.into()),
-            Err(e) => {
-                let what = format!("{} and its segments in {}: {e:#}", through.base.id, through.holder.kind());
-                tracing::warn!(error = %what, "this chain cannot be restored; trying the next");
-                failed.push(what);
-            }
+            Err(e) => e,
+        };
+        use crate::errors::Cause;
+        if matches!(
+            crate::errors::cause_of(&e),
+            Some(Cause::NoSpace | Cause::Exists | Cause::Config | Cause::Cancelled)
+        ) {
+            return Err(e.context(format!("restoring through {} in {}", through.base.id, through.holder.kind())));
         }
+        let what = format!("{} and its segments in {}: {e:#}", through.base.id, through.holder.kind());
+        tracing::warn!(error = %what, "this chain cannot be restored; trying the next");
+        failed.push(what);
     }
-    bail!("no chain holding the point could be restored:\n  {}", failed.join("\n  "))
+    let shorter = chosen.iter().find(|c| c.reach < best.reach).map_or(String::new(), |c| {
+        format!(
+            "\nthe next chain that holds the point, {} in {}, gets only to revision {} (at least): ask for that \
+             revision if it will do",
+            c.base.id,
+            c.holder.kind(),
+            c.reach
+        )
+    });
+    bail!("no chain holding the point could be restored:\n  {}{shorter}", failed.join("\n  "))
 }
 
 /// Restores `chosen` to `target` and writes the plain snapshot at the point to `output` (a new file,
