@@ -83,19 +83,19 @@ async fn drill_chain(
     let work = scratch.join("chain");
     std::fs::create_dir(&work).with_context(|| format!("cannot create '{}'", work.display()))?;
     let target = crate::deltas::chain::Target::Revision(last.last_revision);
-    let at = crate::deltas::point::restore_to(
-        &chosen,
+    let end = work.join("end.db");
+    let ask = crate::deltas::point::Ask {
         target,
         identities,
         settings,
         etcd_bin,
-        &work,
-        &work.join("end.db"),
-        crate::restore::Keep::Scratch,
+        output: &end,
+        keep: crate::restore::Keep::Scratch,
         cancel,
-    )
-    .await
-    .with_context(|| format!("the chain of delta segments of {} cannot be replayed", base.id))?;
+    };
+    let at = crate::deltas::point::restore_to(&chosen, &ask, &work)
+        .await
+        .with_context(|| format!("the chain of delta segments of {} cannot be replayed", base.id))?;
     let observed = Observed { revision: at.revision, keys: at.keys };
     // The stream counts the keys when it commits a segment; without that count (etcd had compacted
     // the revision meanwhile) the keys are not checked, and the report says so.

@@ -190,6 +190,20 @@ async fn chain_in(
     Some((base.manifest.id.clone(), base_revision, segments, chain.broken.is_some()))
 }
 
+/// The `[schedule]` (no scheduled backup), `[coordination]` and `[deltas]` tables of a member that
+/// streams segments closed every second.
+const STREAMING: &str = "[schedule]\ncron = \"0 0 1 1 *\"\n[coordination]\nmode = \"member\"\n[deltas]\nenabled = true\nmax_interval = \"1s\"\n";
+
+/// Asks the daemon for a full backup (SIGUSR1) and waits until the newest base is another than `old`.
+async fn new_base(work: &std::path::Path, daemon: &Daemon, old: &BackupId) {
+    daemon.signal(nix::sys::signal::Signal::SIGUSR1);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while chain_in(work).await.is_none_or(|(base, ..)| &base == old) {
+        assert!(std::time::Instant::now() < deadline, "no new base; log:\n{}", daemon.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Waits until the newest base's chain reaches `revision`.
 async fn chain_reaches(
     work: &std::path::Path,
@@ -228,7 +242,7 @@ async fn the_daemon_streams_goes_on_after_sigkill_and_starts_a_new_chain_after_c
     let etcd = Etcd::start(EtcdVersion::V35);
     etcd.seed(10, 100).await;
     let identity = age_identity(work.path(), "key");
-    let tables = "[schedule]\ncron = \"0 0 1 1 *\"\n[coordination]\nmode = \"member\"\n[deltas]\nenabled = true\nmax_interval = \"1s\"\n";
+    let tables = STREAMING;
     let cfg = write_config(work.path(), &etcd.config_table(), &identity.recipient, "", tables);
 
     // The first full backup (none on record) is the first chain's base.
@@ -292,10 +306,7 @@ async fn a_new_backup_starts_a_new_chain_and_the_old_chain_goes_with_its_base() 
     let etcd = Etcd::start(EtcdVersion::V35);
     let s3 = S3::start().await;
     let identity = age_identity(work.path(), "key");
-    let tables = format!(
-        "[schedule]\ncron = \"0 0 1 1 *\"\n[coordination]\nmode = \"member\"\n[deltas]\nenabled = true\nmax_interval = \"1s\"\n{}",
-        s3.config_table_with(BUCKET, "", "{ keep_last = 1 }")
-    );
+    let tables = format!("{STREAMING}{}", s3.config_table_with(BUCKET, "", "{ keep_last = 1 }"));
     let cfg =
         write_config(work.path(), &etcd.config_table(), &identity.recipient, "retention = { keep_last = 1 }", &tables);
     let daemon = Daemon::start(&cfg).await;
@@ -305,12 +316,7 @@ async fn a_new_backup_starts_a_new_chain_and_the_old_chain_goes_with_its_base() 
     assert!(in_s3(&old_base).iter().any(|k| k.ends_with(".segment.json")), "segments go to S3 too");
 
     // A new backup: the old one and its chain are pruned (keep_last = 1), and a new chain begins.
-    daemon.signal(nix::sys::signal::Signal::SIGUSR1);
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while chain_in(work.path()).await.is_none_or(|(base, ..)| base == old_base) {
-        assert!(std::time::Instant::now() < deadline, "no new base; log:\n{}", daemon.log());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    new_base(work.path(), &daemon, &old_base).await;
     let fresh = chain_reaches(work.path(), put_some(&etcd, "b", 5).await, &daemon).await;
     let (new_base, ..) = chain_in(work.path()).await.unwrap();
     assert_eq!((fresh[0].id.base(), fresh[0].id.seq()), (&new_base, 1));
@@ -376,7 +382,7 @@ async fn planted_segment_starts_a_new_chain(plant: Planted, said: &str) {
     let work = tempfile::tempdir().unwrap();
     let etcd = Etcd::start(EtcdVersion::V35);
     let identity = age_identity(work.path(), "key");
-    let tables = "[schedule]\ncron = \"0 0 1 1 *\"\n[coordination]\nmode = \"member\"\n[deltas]\nenabled = true\nmax_interval = \"1s\"\n";
+    let tables = STREAMING;
     let cfg = write_config(work.path(), &etcd.config_table(), &identity.recipient, "", tables);
     let out = run(&cfg, &["backup"]).await;
     assert!(out.status.success(), "{}", stderr(&out));
@@ -621,7 +627,7 @@ async fn a_pinned_backup_keeps_its_chain() {
     let work = tempfile::tempdir().unwrap();
     let etcd = Etcd::start(EtcdVersion::V35);
     let identity = age_identity(work.path(), "key");
-    let tables = "[schedule]\ncron = \"0 0 1 1 *\"\n[coordination]\nmode = \"member\"\n[deltas]\nenabled = true\nmax_interval = \"1s\"\n";
+    let tables = STREAMING;
     let cfg =
         write_config(work.path(), &etcd.config_table(), &identity.recipient, "retention = { keep_last = 1 }", tables);
     let daemon = Daemon::start(&cfg).await;
@@ -629,12 +635,7 @@ async fn a_pinned_backup_keeps_its_chain() {
     let pinned = kept[0].id.base().clone();
     let out = run(&cfg, &["pin", &pinned.to_string(), "--wait", "30s"]).await;
     assert!(out.status.success(), "{}", stderr(&out));
-    daemon.signal(nix::sys::signal::Signal::SIGUSR1);
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while chain_in(work.path()).await.is_none_or(|(base, ..)| base == pinned) {
-        assert!(std::time::Instant::now() < deadline, "no new base; log:\n{}", daemon.log());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    new_base(work.path(), &daemon, &pinned).await;
     chain_reaches(work.path(), put_some(&etcd, "b", 5).await, &daemon).await;
     daemon.stop().await;
     let out = run(&cfg, &["prune"]).await;
@@ -682,10 +683,7 @@ async fn a_damaged_local_segment_falls_back_to_the_copy_in_s3() {
     let etcd = Etcd::start(version);
     let s3 = S3::start().await;
     let identity = age_identity(work.path(), "key");
-    let tables = format!(
-        "[schedule]\ncron = \"0 0 1 1 *\"\n[coordination]\nmode = \"member\"\n[deltas]\nenabled = true\nmax_interval = \"1s\"\n{}",
-        s3.config_table(BUCKET, "")
-    );
+    let tables = format!("{STREAMING}{}", s3.config_table(BUCKET, ""));
     let cfg = write_config(work.path(), &etcd.config_table(), &identity.recipient, "", &tables);
     let daemon = Daemon::start(&cfg).await;
     chain_reaches(work.path(), put_some(&etcd, "a", 5).await, &daemon).await;
@@ -722,12 +720,7 @@ async fn keep_for_removes_an_old_chain_and_keeps_its_base() {
     let daemon = Daemon::start(&cfg).await;
     let old = chain_reaches(work.path(), put_some(&etcd, "a", 5).await, &daemon).await;
     let old_base = old[0].id.base().clone();
-    daemon.signal(nix::sys::signal::Signal::SIGUSR1);
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while chain_in(work.path()).await.is_none_or(|(base, ..)| base == old_base) {
-        assert!(std::time::Instant::now() < deadline, "no new base; log:\n{}", daemon.log());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    new_base(work.path(), &daemon, &old_base).await;
     let fresh = chain_reaches(work.path(), put_some(&etcd, "b", 5).await, &daemon).await;
     daemon.stop().await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -751,7 +744,7 @@ async fn points_before_the_first_segment_and_across_a_new_base() {
     let etcd = Etcd::start(version);
     etcd.seed(10, 20).await;
     let identity = age_identity(work.path(), "key");
-    let tables = "[schedule]\ncron = \"0 0 1 1 *\"\n[coordination]\nmode = \"member\"\n[deltas]\nenabled = true\nmax_interval = \"1s\"\n";
+    let tables = STREAMING;
     let cfg = write_config(work.path(), &etcd.config_table(), &identity.recipient, "", tables);
     let daemon = Daemon::start(&cfg).await;
     daemon.wait_until("the stream", || daemon.log().contains("streaming delta segments")).await;
@@ -772,12 +765,7 @@ async fn points_before_the_first_segment_and_across_a_new_base() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let quiet = chrono::Utc::now();
     tokio::time::sleep(Duration::from_millis(100)).await;
-    daemon.signal(nix::sys::signal::Signal::SIGUSR1);
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while chain_in(work.path()).await.is_none_or(|(base, ..)| base == first_base) {
-        assert!(std::time::Instant::now() < deadline, "no new base; log:\n{}", daemon.log());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    new_base(work.path(), &daemon, &first_base).await;
     let in_second = put_some(&etcd, "b", 5).await;
     let second = chain_reaches(work.path(), in_second, &daemon).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -814,7 +802,7 @@ async fn a_lease_expiring_mid_chain_and_the_revision_of_a_data_dir() {
     let work = tempfile::tempdir().unwrap();
     let etcd = Etcd::start(version);
     let identity = age_identity(work.path(), "key");
-    let tables = "[schedule]\ncron = \"0 0 1 1 *\"\n[coordination]\nmode = \"member\"\n[deltas]\nenabled = true\nmax_interval = \"1s\"\n";
+    let tables = STREAMING;
     let cfg = write_config(work.path(), &etcd.config_table(), &identity.recipient, "", tables);
     let daemon = Daemon::start(&cfg).await;
     daemon.wait_until("the stream", || daemon.log().contains("streaming delta segments")).await;
@@ -878,7 +866,7 @@ async fn sigint_during_a_point_restore_leaves_nothing() {
     let work = tempfile::tempdir().unwrap();
     let etcd = Etcd::start(version);
     let identity = age_identity(work.path(), "key");
-    let tables = "[schedule]\ncron = \"0 0 1 1 *\"\n[coordination]\nmode = \"member\"\n[deltas]\nenabled = true\nmax_interval = \"1s\"\n";
+    let tables = STREAMING;
     let cfg = write_config(work.path(), &etcd.config_table(), &identity.recipient, "", tables);
     let daemon = Daemon::start(&cfg).await;
     daemon.wait_until("the stream", || daemon.log().contains("streaming delta segments")).await;
@@ -937,10 +925,7 @@ async fn backups_slower_than_etcds_history_do_not_take_one_backup_after_another(
     // Every upload takes at least this long.
     s3.faults.part_delay_ms.store(1500, std::sync::atomic::Ordering::SeqCst);
     let identity = age_identity(work.path(), "key");
-    let tables = format!(
-        "[schedule]\ncron = \"0 0 1 1 *\"\n[coordination]\nmode = \"member\"\n[deltas]\nenabled = true\nmax_interval = \"1s\"\n{}",
-        s3.config_table(BUCKET, "")
-    );
+    let tables = format!("{STREAMING}{}", s3.config_table(BUCKET, ""));
     let cfg = write_config(work.path(), &etcd.config_table(), &identity.recipient, "", &tables);
     // etcd compacts its history as fast as it changes.
     let mut client = etcd.client().await;

@@ -33,18 +33,16 @@ pub(super) async fn restore_point(
         RestoreTarget::File(file) => (file.clone(), Keep::Durable),
         RestoreTarget::DataDir(..) => (scratch.path().join("point.db"), Keep::Scratch),
     };
-    let restored = crate::deltas::point::restore_first_good(
-        &chosen,
-        point,
-        &identities,
+    let ask = crate::deltas::point::Ask {
+        target: point,
+        identities: &identities,
         settings,
         etcd_bin,
-        scratch.path(),
-        &snapshot,
+        output: &snapshot,
         keep,
         cancel,
-    )
-    .await?;
+    };
+    let restored = crate::deltas::point::restore_first_good(&chosen, &ask, scratch.path()).await?;
     for failed in &restored.failed {
         out!("could not restore through {failed}");
     }

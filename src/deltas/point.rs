@@ -29,6 +29,19 @@ pub struct Chosen<'a> {
     pub reach: i64,
 }
 
+/// What a restore to a point is asked for, and with what: the point, the identities that open the
+/// copies, the settings, etcd's binaries, and where the plain snapshot at the point goes (`keep`: made
+/// durable, or a scratch file).
+pub struct Ask<'r> {
+    pub target: Target,
+    pub identities: &'r Identities,
+    pub settings: &'r Settings,
+    pub etcd_bin: Option<&'r Path>,
+    pub output: &'r Path,
+    pub keep: Keep,
+    pub cancel: &'r CancellationToken,
+}
+
 /// What a restore to a point made.
 #[derive(Debug)]
 pub struct AtPoint {
@@ -141,29 +154,21 @@ const ATTEMPTS: usize = 4;
 /// that gets less far (for a time, an older point), which is named instead. A failure no other copy
 /// mends (no room, the output taken meanwhile, the config or the tools) ends the restore at once.
 /// `Err` names why each failed, or says the restore was interrupted.
-#[allow(clippy::too_many_arguments)]
 pub async fn restore_first_good<'c, 'a>(
     chosen: &'c [Chosen<'a>],
-    target: Target,
-    identities: &Identities,
-    settings: &Settings,
-    etcd_bin: Option<&Path>,
+    ask: &Ask<'_>,
     scratch: &Path,
-    output: &Path,
-    keep: Keep,
-    cancel: &CancellationToken,
 ) -> Result<Restored<'c, 'a>> {
     let Some(best) = chosen.first() else { bail!("no chain holds the point") };
     let mut failed = Vec::new();
     for through in chosen.iter().filter(|c| c.reach == best.reach).take(ATTEMPTS) {
         let attempt = tempfile::Builder::new().prefix("point-").tempdir_in(scratch)?;
         tracing::info!(base = %through.base.id, segments = through.segments.len(), from = %through.holder.kind(), "restoring to a point");
-        let done =
-            restore_to(through, target, identities, settings, etcd_bin, attempt.path(), output, keep, cancel).await;
+        let done = restore_to(through, ask, attempt.path()).await;
         drop(attempt);
         let e = match done {
             Ok(at) => return Ok(Restored { at, through, failed }),
-            Err(_) if cancel.is_cancelled() => return Err(crate::interrupt::Interrupted.into()),
+            Err(_) if ask.cancel.is_cancelled() => return Err(crate::interrupt::Interrupted.into()),
             Err(e) => e,
         };
         use crate::errors::Cause;
@@ -189,20 +194,10 @@ pub async fn restore_first_good<'c, 'a>(
     bail!("no chain holding the point could be restored:\n  {}{shorter}", failed.join("\n  "))
 }
 
-/// Restores `chosen` to `target` and writes the plain snapshot at the point to `output` (a new file,
-/// named only once complete; fsynced with its folder when `keep` is durable).
-#[allow(clippy::too_many_arguments)]
-pub async fn restore_to(
-    chosen: &Chosen<'_>,
-    target: Target,
-    identities: &Identities,
-    settings: &Settings,
-    etcd_bin: Option<&Path>,
-    scratch: &Path,
-    output: &Path,
-    keep: Keep,
-    cancel: &CancellationToken,
-) -> Result<AtPoint> {
+/// Restores `chosen` to the point and writes the plain snapshot at it to the output (a new file, named
+/// only once complete; fsynced with its folder when asked to be durable), working in `scratch`.
+pub async fn restore_to(chosen: &Chosen<'_>, ask: &Ask<'_>, scratch: &Path) -> Result<AtPoint> {
+    let Ask { target, identities, settings, etcd_bin, output, keep, cancel } = *ask;
     let base_file = scratch.join("base.db");
     let base = &chosen.base;
     crate::restore::fetch_and_decrypt(chosen.holder, base, identities, scratch, &base_file, Keep::Scratch, cancel)
