@@ -6,10 +6,12 @@
 //! base to its first break, and what a restore to a revision or a time needs), `retention` (which
 //! segments a prune removes). Over bytes: `seal` (zstd + age, and opening against a manifest). I/O:
 //! `stored` (a destination's segments written and read back), `watch` (one chain streamed from etcd's
-//! watch), `run` (the daemon's stream: which chain, the cluster's lock, asking for a new base),
-//! `replay` (segments replayed into a throwaway member, one transaction per original revision).
+//! watch), `run` (the daemon's stream: which chain goes on, checked against etcd, asking for a new
+//! base), `lock` (the cluster's stream lock), `replay` (segments replayed into a throwaway member, one
+//! transaction per original revision), `point` (a restore to a revision or a time).
 
 pub mod chain;
+pub mod lock;
 pub mod manifest;
 pub mod point;
 pub mod replay;
