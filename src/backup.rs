@@ -113,7 +113,7 @@ pub async fn run_once(
     let started = Utc::now();
     // What a killed verify, restore or drill left (plaintext included) goes with the next backup too.
     crate::scratch::sweep(state_dir);
-    let outcome = match Lock::take(state_dir, lock_wait).await {
+    let outcome = match Lock::take_unless(state_dir, lock_wait, &request.stopping).await {
         // Held by another run: skipped (that run notifies). Anything else (a lock file we may not open)
         // is a failure.
         Err(e) if e.downcast_ref::<crate::state::LockHeld>().is_some() => Outcome::Skipped(format!("{e:#}")),

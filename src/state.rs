@@ -336,6 +336,15 @@ impl Lock {
 
     /// Takes the lock, waiting up to `wait` for another run to finish.
     pub async fn take(dir: &Path, wait: std::time::Duration) -> Result<Lock> {
+        Lock::take_unless(dir, wait, &tokio_util::sync::CancellationToken::new()).await
+    }
+
+    /// `take`, the wait ended by `cancel` (SIGINT, SIGTERM) with `Interrupted`.
+    pub async fn take_unless(
+        dir: &Path,
+        wait: std::time::Duration,
+        cancel: &tokio_util::sync::CancellationToken,
+    ) -> Result<Lock> {
         let deadline = tokio::time::Instant::now() + wait;
         let mut told = false;
         loop {
@@ -349,7 +358,10 @@ impl Lock {
                 tracing::info!(lock = %dir.join(LOCK_FILE).display(), "another backup is running; waiting for it");
                 told = true;
             }
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            tokio::select! {
+                () = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+                () = cancel.cancelled() => return Err(crate::interrupt::Interrupted.into()),
+            }
         }
     }
 }

@@ -163,6 +163,36 @@ async fn sigterm_during_an_upload_aborts_cleanly_within_the_grace_period() {
     assert!(state["last_failure"]["error"].as_str().unwrap().contains("cancelled"), "{state}");
 }
 
+/// A one-shot backup waiting for the lock the daemon's backup holds: SIGINT ends the wait at once
+/// (not at the end of `--wait`), and it exits 130, as an interrupted command does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_ends_a_one_shot_backups_wait_for_the_lock() {
+    let etcd = Etcd::start(EtcdVersion::V34);
+    etcd.seed(1200, 10_000).await;
+    let s3 = S3::start().await;
+    s3.faults.part_delay_ms.store(4000, Ordering::SeqCst);
+    let setup = Setup::new();
+    let cfg = write_config(&setup, &etcd, "cron = \"0 0 1 1 *\"\nstop_grace = \"1s\"", &s3.config_table(BUCKET, ""));
+    let daemon = Daemon::start(&cfg).await;
+    daemon.signal(Signal::SIGUSR1);
+    daemon.wait_until("the upload to start", || s3.faults.parts_started.load(Ordering::SeqCst) >= 1).await;
+
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_etcd-backupd"));
+    cmd.arg("--config").arg(&cfg).args(["backup", "--wait", "10m"]).env("STATE_DIRECTORY", state_dir_for(&cfg));
+    cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
+    aws_env(&mut cmd);
+    let oneshot = cmd.spawn().unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(oneshot.id().unwrap() as i32), Signal::SIGINT).unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(30), oneshot.wait_with_output())
+        .await
+        .expect("the wait for the lock ended with the signal, not with --wait")
+        .unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("interrupted"), "{}", String::from_utf8_lossy(&out.stderr));
+    daemon.stop().await;
+}
+
 /// The other half: SIGTERM while a backup uploads, within stop_grace. The backup finishes and commits
 /// everywhere, the daemon exits 0, and the run is recorded as a success.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -139,7 +139,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Backup { label, pin, wait, json } => {
             let cancel = crate::interrupt::on_signals();
             let slot = Some(crate::backup::SlotRun::now(&settings.schedule.schedule, chrono::Utc::now(), false));
-            backup(&settings, BackupRequest { label, pin, cancel, slot, ..BackupRequest::default() }, wait, json).await
+            // The first SIGINT or SIGTERM stops a one-shot backup wherever it is: waiting for the lock or
+            // the slot, streaming, or after its commit (catch-up uploads and pruning wait for the next run).
+            let stopping = cancel.clone();
+            let request = BackupRequest { label, pin, cancel, stopping, slot, ..BackupRequest::default() };
+            backup(&settings, request, wait, json).await
         }
         Command::Run => crate::daemon::run(cli.config.clone(), settings).await.map_err(Failure::Other),
         Command::Status { json } => status(&settings, json),

@@ -65,6 +65,15 @@ async fn the_lock_is_exclusive_and_released_on_drop() {
     let err = Lock::take(dir.path(), std::time::Duration::from_millis(300)).await.err().unwrap();
     assert!(err.to_string().contains("another backup is running"), "{err}");
     assert!(err.downcast_ref::<LockHeld>().is_some(), "held is a type, not a text");
+    // A signal ends the wait at once, typed as an interruption.
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let stop = cancel.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        stop.cancel();
+    });
+    let err = Lock::take_unless(dir.path(), std::time::Duration::from_secs(3600), &cancel).await.err().unwrap();
+    assert!(err.downcast_ref::<crate::interrupt::Interrupted>().is_some(), "{err}");
     drop(first);
     assert!(Lock::try_take(dir.path()).unwrap().is_some());
 }
