@@ -192,7 +192,7 @@ async fn one_chain(
         ));
     }
     // The chain's last segment must be this history's too (planted, it could be anything the public
-    // recipients and sha256s allow): etcd counts the keys at its last revision as the stream did.
+    // recipients and sha256s allow): what etcd's history holds there must be what it records.
     if let Some(last) = chain.segments.last()
         && let Some(why) = unlike_history(&mut client, last).await?
     {
