@@ -34,6 +34,22 @@ fn write_config(setup: &Setup, etcd: &Etcd, schedule: &str, extra: &str) -> Path
     config
 }
 
+/// A daemon whose backup (SIGUSR1) is uploading, the lock held, to an S3 that answers each part
+/// `part_delay_ms` late; `stop_grace` in its [schedule]. The etcd, S3, setup, config and daemon.
+async fn uploading(part_delay_ms: u64, stop_grace: &str) -> (Etcd, S3, Setup, PathBuf, Daemon) {
+    let etcd = Etcd::start(EtcdVersion::V34);
+    etcd.seed(1200, 10_000).await;
+    let s3 = S3::start().await;
+    s3.faults.part_delay_ms.store(part_delay_ms, Ordering::SeqCst);
+    let setup = Setup::new();
+    let schedule = format!("cron = \"0 0 1 1 *\"\nstop_grace = \"{stop_grace}\"");
+    let cfg = write_config(&setup, &etcd, &schedule, &s3.config_table(BUCKET, ""));
+    let daemon = Daemon::start(&cfg).await;
+    daemon.signal(Signal::SIGUSR1);
+    daemon.wait_until("the upload to start", || s3.faults.parts_started.load(Ordering::SeqCst) >= 1).await;
+    (etcd, s3, setup, cfg, daemon)
+}
+
 /// Positions of the notifications, in order of arrival.
 fn position(notes: &[String], what: &str, after: usize) -> usize {
     notes
@@ -129,15 +145,7 @@ async fn sigusr1_backs_up_now_and_a_broken_reload_keeps_the_daemon_running() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_an_upload_aborts_cleanly_within_the_grace_period() {
-    let etcd = Etcd::start(EtcdVersion::V34);
-    etcd.seed(1200, 10_000).await;
-    let s3 = S3::start().await;
-    s3.faults.part_delay_ms.store(4000, Ordering::SeqCst);
-    let setup = Setup::new();
-    let cfg = write_config(&setup, &etcd, "cron = \"0 0 1 1 *\"\nstop_grace = \"1s\"", &s3.config_table(BUCKET, ""));
-    let daemon = Daemon::start(&cfg).await;
-    daemon.signal(Signal::SIGUSR1);
-    daemon.wait_until("the upload to start", || s3.faults.parts_started.load(Ordering::SeqCst) >= 1).await;
+    let (_etcd, s3, setup, cfg, daemon) = uploading(4000, "1s").await;
 
     // A one-shot backup meanwhile is refused clearly: the daemon holds the lock.
     let oneshot = run(&cfg, &["backup", "--wait", "1s"]).await;
@@ -167,15 +175,7 @@ async fn sigterm_during_an_upload_aborts_cleanly_within_the_grace_period() {
 /// (not at the end of `--wait`), and it exits 130, as an interrupted command does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigint_ends_a_one_shot_backups_wait_for_the_lock() {
-    let etcd = Etcd::start(EtcdVersion::V34);
-    etcd.seed(1200, 10_000).await;
-    let s3 = S3::start().await;
-    s3.faults.part_delay_ms.store(4000, Ordering::SeqCst);
-    let setup = Setup::new();
-    let cfg = write_config(&setup, &etcd, "cron = \"0 0 1 1 *\"\nstop_grace = \"1s\"", &s3.config_table(BUCKET, ""));
-    let daemon = Daemon::start(&cfg).await;
-    daemon.signal(Signal::SIGUSR1);
-    daemon.wait_until("the upload to start", || s3.faults.parts_started.load(Ordering::SeqCst) >= 1).await;
+    let (_etcd, _s3, _setup, cfg, daemon) = uploading(4000, "1s").await;
 
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_etcd-backupd"));
     cmd.arg("--config").arg(&cfg).args(["backup", "--wait", "10m"]).env("STATE_DIRECTORY", state_dir_for(&cfg));
@@ -197,15 +197,7 @@ async fn sigint_ends_a_one_shot_backups_wait_for_the_lock() {
 /// everywhere, the daemon exits 0, and the run is recorded as a success.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_within_the_grace_period_lets_the_backup_commit_everywhere() {
-    let etcd = Etcd::start(EtcdVersion::V34);
-    etcd.seed(1200, 10_000).await;
-    let s3 = S3::start().await;
-    s3.faults.part_delay_ms.store(300, Ordering::SeqCst);
-    let setup = Setup::new();
-    let cfg = write_config(&setup, &etcd, "cron = \"0 0 1 1 *\"\nstop_grace = \"5m\"", &s3.config_table(BUCKET, ""));
-    let daemon = Daemon::start(&cfg).await;
-    daemon.signal(Signal::SIGUSR1);
-    daemon.wait_until("the upload to start", || s3.faults.parts_started.load(Ordering::SeqCst) >= 1).await;
+    let (_etcd, s3, setup, cfg, daemon) = uploading(300, "5m").await;
     let (status, _, _, log) = daemon.stop().await;
     assert!(status.success(), "{log}");
     assert!(log.contains("waiting for the running backup to finish"), "{log}");
