@@ -139,8 +139,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Backup { label, pin, wait, json } => {
             let cancel = crate::interrupt::on_signals();
             let slot = Some(crate::backup::SlotRun::now(&settings.schedule.schedule, chrono::Utc::now(), false));
-            // The first SIGINT or SIGTERM stops a one-shot backup wherever it is: waiting for the lock or
-            // the slot, streaming, or after its commit (catch-up uploads and pruning wait for the next run).
+            // The first SIGINT or SIGTERM stops a one-shot backup wherever it is: waiting for the lock,
+            // streaming, or after its commit (catch-up uploads and pruning wait for the next run).
             let stopping = cancel.clone();
             let request = BackupRequest { label, pin, cancel, stopping, slot, ..BackupRequest::default() };
             backup(&settings, request, wait, json).await
