@@ -97,8 +97,8 @@ async fn drill_chain(
         .await
         .with_context(|| format!("the chain of delta segments of {} cannot be replayed", base.id))?;
     let observed = Observed { revision: at.revision, keys: at.keys };
-    // The stream counts the keys when it commits a segment; without that count (etcd had compacted
-    // the revision meanwhile) the keys are not checked, and the report says so.
+    // The stream counts the keys when it commits a segment; without that count (etcd could not tell:
+    // compacted meanwhile, or down as the watch was lost) the keys are not checked, and the report says so.
     let Some(keys) = last.live_keys else {
         compare(Expected { revision: last.last_revision, keys: at.keys }, observed)
             .map_err(|e| anyhow!("the chain of {} to segment {}: {e}", base.id, last.id))?;

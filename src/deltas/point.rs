@@ -119,10 +119,7 @@ pub async fn choose<'a>(
             };
             let reach = chain.reach(needed, target);
             let segments = needed.iter().map(|s| (*s).clone()).collect();
-            held.push((
-                (reach, stored.manifest.id.clone()),
-                Chosen { holder, base: stored.manifest.clone(), segments, reach },
-            ));
+            held.push(Chosen { holder, base: stored.manifest.clone(), segments, reach });
         }
     }
     if held.is_empty() {
@@ -133,9 +130,9 @@ pub async fn choose<'a>(
         let reach = if reach.is_empty() { "no backup with a known revision".to_string() } else { reach.join("; ") };
         bail!("no backup and chain of delta segments holds {wanted}; the destinations hold: {reach}");
     }
-    // Stable: equal chains keep the destinations' order.
-    held.sort_by(|(a, _), (b, _)| b.cmp(a));
-    Ok(held.into_iter().map(|(_, chosen)| chosen).collect())
+    // The furthest first, then the newest base; stable: equal chains keep the destinations' order.
+    held.sort_by(|a, b| (b.reach, &b.base.id).cmp(&(a.reach, &a.base.id)));
+    Ok(held)
 }
 
 /// What `restore_first_good` restored, through which chain, and why the chains before it failed.

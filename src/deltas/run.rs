@@ -271,18 +271,16 @@ async fn unlike_history(client: &mut etcd_client::Client, last: &SegmentManifest
             _ => None,
         });
     };
-    let options = etcd_client::GetOptions::new().with_all_keys().with_count_only().with_revision(last.last_revision);
-    match client.get("\0", Some(options)).await {
-        Ok(answer) if u64::try_from(answer.count()).ok() == Some(recorded) => Ok(None),
-        Ok(answer) => Ok(Some(format!(
-            "segment {} records {recorded} keys at revision {}, etcd counts {}: the chain is not etcd's history",
-            last.id,
-            last.last_revision,
-            answer.count()
-        ))),
-        Err(etcd_client::Error::GRpcStatus(status)) if status.code() == tonic::Code::OutOfRange => Ok(None),
-        Err(e) => Err(e.into()),
-    }
+    let counted = super::watch::count_at(client, last.last_revision)
+        .await
+        .map_err(|e| anyhow!("cannot count the keys at revision {}: {e}", last.last_revision))?;
+    Ok(match counted {
+        Some(counted) if counted != recorded => Some(format!(
+            "segment {} records {recorded} keys at revision {}, etcd counts {counted}: the chain is not etcd's history",
+            last.id, last.last_revision
+        )),
+        _ => None,
+    })
 }
 
 /// Whether `home` holds a backup that can be a base (of `member`, in member mode), newer than `than`.

@@ -276,7 +276,9 @@ async fn close(client: &mut Client, next: &mut Next, sink: &Sink<'_>, writer: &m
     let id = next.id.clone();
     let failed = |error: anyhow::Error| Ended::Write { id: id.clone(), error };
     let sealed = seal::seal(&body, sink.compression, &sink.recipients).map_err(|e| failed(anyhow::anyhow!(e)))?;
-    let live_keys = count_at(client, summary.last_revision).await;
+    // None when etcd cannot tell (compacted meanwhile, or down as the watch was lost): checked otherwise
+    // on resume.
+    let live_keys = count_at(client, summary.last_revision).await.ok().flatten();
     let manifest = SegmentManifest {
         format_version: SEGMENT_FORMAT,
         id: id.clone(),
@@ -365,9 +367,16 @@ pub async fn recount(client: &mut Client, first: i64, last: i64) -> Result<Optio
     tokio::time::timeout(Duration::from_secs(60), read).await.unwrap_or_else(|_| Err("no answer in 60 s".to_string()))
 }
 
-/// The keys in the cluster at `revision`, as etcd counts them; `None` if it cannot tell (compacted).
-async fn count_at(client: &mut Client, revision: i64) -> Option<u64> {
+/// The keys in the cluster at `revision`, as etcd counts them; `Ok(None)` if etcd has compacted that
+/// revision (told by the gRPC code, not the text); `Err` if it could not be asked.
+pub async fn count_at(client: &mut Client, revision: i64) -> Result<Option<u64>, String> {
     let options = GetOptions::new().with_all_keys().with_count_only().with_revision(revision);
-    let answer = tokio::time::timeout(QUESTION, client.get("\0", Some(options))).await.ok()?.ok()?;
-    u64::try_from(answer.count()).ok()
+    match tokio::time::timeout(QUESTION, client.get("\0", Some(options))).await {
+        Ok(Ok(answer)) => {
+            u64::try_from(answer.count()).map(Some).map_err(|_| format!("etcd counted {}", answer.count()))
+        }
+        Ok(Err(etcd_client::Error::GRpcStatus(status))) if status.code() == tonic::Code::OutOfRange => Ok(None),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("no answer".to_string()),
+    }
 }
